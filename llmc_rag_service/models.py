@@ -1,0 +1,93 @@
+"""Typed data shapes shared across modules.
+
+Each shape is a small frozen dataclass; every field's meaning and unit is
+documented here so the modules that pass them around do not have to repeat it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+#: Version of the prompt and answer schema. Part of the enrichment key, so a
+#: change to the prompt re-enriches everything once and never mixes answers.
+PROMPT_VERSION = 1
+
+
+def span_hash_of(language: str, text: str) -> str:
+    """Content hash of a span: ``sha256(language + "\\n" + text)`` as 64 hex chars.
+
+    The path and the name are deliberately not part of it, so identical or
+    moved code maps to the same hash and is never enriched twice.
+    """
+    return hashlib.sha256(f"{language}\n{text}".encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Span:
+    """One unit of enrichment work cut from a source file.
+
+    Attributes:
+        kind: ``function``, ``method``, ``class``, ``block`` (module-level code
+            between definitions), ``window`` (line window of a non-parsed file)
+            or ``error`` (a region the parser could not read; kept as text).
+        name: Human name, e.g. ``f``, ``Cls.method``, ``Cls``, ``lines 10-42``;
+            a split part gets a `` (part 2/3)`` suffix.
+        start_line: First line, 1-based, inclusive.
+        end_line: Last line, 1-based, inclusive.
+        text: The span's source, normalised: no BOM, ``\\n`` line endings.
+        language: Language id (``python``, ``javascript``, ..., or ``text``).
+        span_hash: :func:`span_hash_of` of ``language`` and ``text``.
+    """
+
+    kind: str
+    name: str
+    start_line: int
+    end_line: int
+    text: str
+    language: str
+    span_hash: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.span_hash:
+            object.__setattr__(self, "span_hash", span_hash_of(self.language, self.text))
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    """A validated model answer for one span (the fields of the JSON schema).
+
+    Attributes:
+        summary: One or two sentences, never empty.
+        inputs: Parameters / data read, one string each.
+        outputs: Return values / data produced.
+        side_effects: I/O, mutation, global state touched.
+        pitfalls: Edge cases and misuse to watch for.
+        usage: A short usage example (code or prose).
+    """
+
+    summary: str
+    inputs: list[str]
+    outputs: list[str]
+    side_effects: list[str]
+    pitfalls: list[str]
+    usage: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One enrichment job as claimed from the queue.
+
+    Attributes:
+        id: Row id in ``jobs``.
+        span_hash: The span content hash the job enriches.
+        model: Ollama model name the job is for.
+        attempts: Attempts already made before this claim (0 on the first).
+        priority: Lower runs first (0 = a just-saved file, 10 = backfill).
+    """
+
+    id: int
+    span_hash: str
+    model: str
+    attempts: int
+    priority: int
