@@ -1,0 +1,151 @@
+"""The ``llmc-rag`` command line (DESIGN.md "Contract: command line").
+
+The only place that turns errors into exit codes: 78 (EX_CONFIG) for a bad
+config, 69 (EX_UNAVAILABLE) when Ollama stays unreachable in ``enrich``, 1
+for failed spans or an unknown path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import structlog
+
+from llmc_rag_service import __version__
+from llmc_rag_service import logging as logsetup
+from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config
+
+EX_CONFIG = 78
+EX_SOFTWARE = 70
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmc-rag", description="Keep an LLM enrichment of code repositories fresh.")
+    parser.add_argument("--version", action="version", version=f"llmc-rag {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("-c", "--config", help="config file (default: $LLMC_RAG_CONFIG, "
+                       "$XDG_CONFIG_HOME/llmc-rag/config.yaml, /etc/llmc-rag/config.yaml)")
+        return p
+
+    add("serve", "run the daemon in the foreground (systemd's ExecStart)")
+    p = add("enrich", "scan and enrich every pending span, then exit")
+    p.add_argument("--wait-s", type=float, default=300.0,
+                   help="give up (exit 69) when Ollama is unreachable or the model missing this long (seconds)")
+    p.add_argument("repos", nargs="*", help="repositories to enrich (default: the configured ones)")
+    p = add("status", "show counts and daemon state")
+    p.add_argument("--json", action="store_true")
+    p = add("show", "show the spans of a file and their enrichments")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("target", metavar="PATH[:LINE]")
+    p = sub.add_parser("install-unit", help="write the systemd unit for this installation")
+    p.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
+    p.add_argument("--run-as", help="system unit: the user that owns the repos")
+    p.add_argument("--dest", help="directory to write to (default: the systemd unit directory)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(find_config_path(args.config))
+    logsetup.configure_logging(config.logging.level, config.logging.format)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "install-unit":
+        return _install_unit(args)
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"llmc-rag: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.daemon import AlreadyRunning, Daemon
+
+    try:
+        return Daemon(Path(config.source), config).run()
+    except AlreadyRunning as exc:
+        structlog.get_logger(__name__).error("already_running", error=str(exc))
+        return EX_SOFTWARE
+    except (OSError, sqlite3.Error) as exc:
+        structlog.get_logger(__name__).error("startup_failed", error=str(exc), state_dir=str(config.state_dir))
+        return EX_SOFTWARE
+
+
+def _enrich(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.oneshot import run_enrich
+
+    try:
+        return run_enrich(config, args.repos, args.wait_s)
+    except NotADirectoryError as exc:
+        print(f"llmc-rag: {exc}", file=sys.stderr)
+        return 2
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.report import status_report
+
+    report = status_report(config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    d = report["daemon"]
+    print(f"daemon: {'running, pid ' + str(d['pid']) if d['running'] else 'not running'}")
+    if d["status"]:
+        print(f"status: {d['status']}")
+    o = report["ollama"]
+    print(f"ollama: {o['url']} model {o['model']}" + (f" (last error: {o['last_error']})" if o["last_error"] else ""))
+    for r in report["repos"] + [{"path": "total", **report["totals"]}]:
+        print(f"{r['path']}: {r['files']} files, {r['spans']} spans, {r['enriched']} enriched, "
+              f"{r['pending']} pending, {r['failed']} failed")
+    return 0
+
+
+def _show(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.report import show_report
+
+    path, line = args.target, None
+    head, sep, tail = args.target.rpartition(":")
+    if sep and tail.isdigit():
+        path, line = head, int(tail)
+    spans = show_report(config, path, line)
+    if spans is None:
+        print(f"llmc-rag: {path}: not a known file of a configured repo", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(spans, indent=2))
+        return 0
+    for s in spans:
+        print(f"{s['path']}:{s['start_line']}-{s['end_line']} {s['kind']} {s['name']} [{s['state']}]")
+        if s["enrichment"]:
+            e = s["enrichment"]
+            print(f"  {e['summary']}")
+            for key in ("inputs", "outputs", "side_effects", "pitfalls"):
+                if e[key]:
+                    print(f"  {key}: " + "; ".join(e[key]))
+            if e["usage"]:
+                print(f"  usage: {e['usage']}")
+        elif s["error"]:
+            print(f"  error: {s['error']}")
+    return 0
+
+
+def _install_unit(args: argparse.Namespace) -> int:
+    from llmc_rag_service.units import install_unit
+
+    path = install_unit(args.user, Path(args.dest) if args.dest else None, args.run_as)
+    scope = "--user " if args.user else ""
+    print(f"wrote {path}\nnext: systemctl {scope}daemon-reload && systemctl {scope}enable --now llmc-rag")
+    return 0

@@ -1,0 +1,257 @@
+"""Configuration: load YAML, apply defaults, validate once into frozen values.
+
+The key set is the contract in DESIGN.md ("Contract: config"). Every error is a
+:class:`ConfigError` that names the file, the dotted key path and, where YAML
+knows it, the line; only ``cli.py`` turns it into exit status 78 (EX_CONFIG).
+
+Lookup order (:func:`find_config_path`): ``-c``, ``$LLMC_RAG_CONFIG``,
+``$XDG_CONFIG_HOME/llmc-rag/config.yaml``, ``/etc/llmc-rag/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+#: Ollama options that are fixed when the model is loaded: sending a
+#: different value makes the server reload the model (cases O7).
+LOAD_TIME_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+
+# Go duration as Ollama parses keep_alive strings ("5m", "1h30m", "-1s", "300ms").
+_GO_DURATION = re.compile(r"^[+-]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$|^0$")
+
+
+class ConfigError(Exception):
+    """A config file is missing, unreadable or invalid.
+
+    Attributes:
+        path: The config file.
+        key: Dotted key path (``ollama.keep_alive``, ``repos[1].path``) or ``""``.
+        line: 1-based line of the offending key in the file, when known.
+    """
+
+    def __init__(self, path: Path | str, key: str, message: str, line: int | None = None):
+        self.path, self.key, self.line = Path(path), key, line
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """One watched repository: ``path`` absolute, ``exclude`` gitignore-syntax patterns."""
+
+    path: Path
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OllamaConfig:
+    """How to reach Ollama. ``keep_alive`` is sent verbatim (number of seconds or
+    Go duration string); ``timeout_s`` is the deadline of one request, cold model
+    load included; ``options`` is Ollama's ``options`` object."""
+
+    url: str = "http://127.0.0.1:11434"
+    model: str = "qwen2.5:7b-instruct-q4_K_M"
+    keep_alive: int | float | str = "15m"
+    concurrency: int = 1
+    timeout_s: float = 300.0
+    options: Mapping[str, Any] = field(default_factory=lambda: {"temperature": 0.2, "num_ctx": 8192})
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """``debounce_ms``: quiet time before a saved path is processed;
+    ``max_file_bytes``: larger files are skipped."""
+
+    debounce_ms: int = 500
+    max_file_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """``max_attempts``: failed attempts before a job is dead-lettered."""
+
+    max_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """``level``: debug|info|warning|error; ``format``: auto|json|console."""
+
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration. ``source`` is the file it came from."""
+
+    state_dir: Path
+    repos: tuple[RepoConfig, ...] = ()
+    ollama: OllamaConfig = field(default_factory=OllamaConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: Path | None = None
+
+    @property
+    def db_path(self) -> Path:
+        """The state database, ``<state_dir>/llmc-rag.db``."""
+        return self.state_dir / "llmc-rag.db"
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``), else
+    ``$XDG_STATE_HOME/llmc-rag``, else ``~/.local/state/llmc-rag``."""
+    env = os.environ if env is None else env
+    if env.get("STATE_DIRECTORY"):
+        # systemd passes a colon-separated list when several are configured.
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "llmc-rag"
+
+
+def find_config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
+    """The config file to use, by the lookup order in the module docstring."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("LLMC_RAG_CONFIG"):
+        return Path(env["LLMC_RAG_CONFIG"])
+    xdg = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    user = Path(xdg) / "llmc-rag" / "config.yaml"
+    return user if user.exists() else Path("/etc/llmc-rag/config.yaml")
+
+
+def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate ``path``.
+
+    Raises:
+        ConfigError: missing/unreadable file, YAML syntax error, unknown key,
+            wrong type or out-of-range value (naming key and line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read config: {exc}") from exc
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(path, "", f"invalid YAML: {exc}", mark.line + 1 if mark else None) from exc
+    return _Validator(path, node, env).build(data if data is not None else {})
+
+
+class _Validator:
+    """Walks the parsed YAML beside its node tree so errors carry line numbers."""
+
+    def __init__(self, path: Path, node: yaml.Node | None, env: Mapping[str, str] | None):
+        self.path, self.root, self.env = path, node, env
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.path, key, message, self._line(key))
+
+    def _line(self, key: str) -> int | None:
+        node = self.root
+        for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
+            if isinstance(node, yaml.MappingNode):
+                match = [v for k, v in node.value if k.value == part]
+                if not match:
+                    keys = [k for k, _ in node.value if k.value == part]
+                    return keys[0].start_mark.line + 1 if keys else node.start_mark.line + 1
+                node = match[0]
+            elif isinstance(node, yaml.SequenceNode) and part.startswith("["):
+                idx = int(part[1:-1])
+                if idx >= len(node.value):
+                    break
+                node = node.value[idx]
+            else:
+                break
+        return node.start_mark.line + 1 if node is not None else None
+
+    def mapping(self, key: str, value: Any, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key or "(top level)", f"must be a mapping, got {type(value).__name__}")
+        for name in value:
+            if name not in allowed:
+                full = f"{key}.{name}" if key else str(name)
+                raise self.fail(full, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return value
+
+    def typed(self, key: str, value: Any, kind: type | tuple[type, ...], minimum: float | None = None) -> Any:
+        if isinstance(value, bool) or not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.fail(key, f"must be {want}, got {type(value).__name__} {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(key, f"must be >= {minimum}, got {value!r}")
+        return value
+
+    def section(self, key: str, data: dict, cls: type, checks: dict[str, tuple]) -> Any:
+        raw = self.mapping(key, data.get(key, {}) or {}, {f.name for f in fields(cls)})
+        values = {name: self.typed(f"{key}.{name}", v, *checks[name]) for name, v in raw.items() if name in checks}
+        return cls(**{**values, **{k: v for k, v in raw.items() if k not in checks}})
+
+    def build(self, data: Any) -> Config:
+        top = self.mapping("", data, {"state_dir", "repos", "ollama", "watch", "queue", "logging"})
+        state_dir = default_state_dir(self.env)
+        if "state_dir" in top:
+            state_dir = Path(os.path.expanduser(self.typed("state_dir", top["state_dir"], str)))
+        return Config(
+            state_dir=state_dir,
+            repos=self.repos(top.get("repos", []) or []),
+            ollama=self.ollama(top),
+            watch=self.section("watch", top, WatchConfig, {"debounce_ms": (int, 0), "max_file_bytes": (int, 1)}),
+            queue=self.section("queue", top, QueueConfig, {"max_attempts": (int, 1)}),
+            logging=self.logging(top),
+            source=self.path,
+        )
+
+    def repos(self, value: Any) -> tuple[RepoConfig, ...]:
+        if not isinstance(value, list):
+            raise self.fail("repos", f"must be a list, got {type(value).__name__}")
+        out = []
+        for i, item in enumerate(value):
+            key = f"repos[{i}]"
+            raw = self.mapping(key, item, {"path", "exclude"})
+            if "path" not in raw:
+                raise self.fail(key, "missing key 'path'")
+            path = Path(os.path.expanduser(self.typed(f"{key}.path", raw["path"], str))).resolve()
+            if not path.is_dir():
+                raise self.fail(f"{key}.path", f"{str(path)!r} is not a directory")
+            exclude = raw.get("exclude", []) or []
+            if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
+                raise self.fail(f"{key}.exclude", "must be a list of gitignore-style patterns (strings)")
+            out.append(RepoConfig(path=path, exclude=tuple(exclude)))
+        return tuple(out)
+
+    def ollama(self, top: dict) -> OllamaConfig:
+        checks = {"url": (str,), "model": (str,), "concurrency": (int, 1), "timeout_s": ((int, float), 1)}
+        cfg = self.section("ollama", top, OllamaConfig, checks)
+        if not re.match(r"^https?://[^/\s]+", cfg.url):
+            raise self.fail("ollama.url", f"must be an http:// or https:// URL, got {cfg.url!r}")
+        if not cfg.model.strip():
+            raise self.fail("ollama.model", "must not be empty")
+        ka = cfg.keep_alive
+        if isinstance(ka, bool) or not isinstance(ka, (int, float, str)):
+            raise self.fail("ollama.keep_alive", f"must be seconds (number) or a duration like '15m', got {ka!r}")
+        if isinstance(ka, str) and not _GO_DURATION.match(ka.strip()):
+            # Ollama answers 400 "time: missing unit in duration" (cases O6).
+            raise self.fail("ollama.keep_alive", f"{ka!r} is not a duration: write e.g. '15m', '1h', 300 (seconds) or -1 (forever)")
+        if not isinstance(cfg.options, dict):
+            raise self.fail("ollama.options", "must be a mapping of Ollama options")
+        return OllamaConfig(**{**cfg.__dict__, "url": cfg.url.rstrip("/"), "timeout_s": float(cfg.timeout_s)})
+
+    def logging(self, top: dict) -> LoggingConfig:
+        cfg = self.section("logging", top, LoggingConfig, {"level": (str,), "format": (str,)})
+        if cfg.level.lower() not in {"debug", "info", "warning", "error"}:
+            raise self.fail("logging.level", f"must be debug, info, warning or error, got {cfg.level!r}")
+        if cfg.format not in {"auto", "json", "console"}:
+            raise self.fail("logging.format", f"must be auto, json or console, got {cfg.format!r}")
+        return LoggingConfig(level=cfg.level.lower(), format=cfg.format)

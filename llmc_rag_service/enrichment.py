@@ -1,0 +1,149 @@
+"""The enrichment contract with the model: prompt, JSON schema, validation.
+
+The schema is sent as Ollama's ``format`` (structured outputs, Ollama API doc
+"Chat request (Structured outputs)"), so a well-behaved model answers a JSON
+object with exactly these fields. The answer is still validated here: an
+empty, cut (``done_reason: "length"``), truncated-prompt or malformed answer is
+an :class:`InvalidAnswer` with a stable ``reason`` code and is never stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping
+
+from llmc_rag_service.models import Enrichment
+
+LIST_FIELDS = ("inputs", "outputs", "side_effects", "pitfalls")
+
+#: JSON schema of an answer (sent as ``format``).
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "summary": {"type": "string"},
+        **{name: {"type": "array", "items": {"type": "string"}} for name in LIST_FIELDS},
+        "usage": {"type": "string"},
+    },
+    "required": ["summary", *LIST_FIELDS, "usage"],
+}
+
+SYSTEM_PROMPT = (
+    "You document source code for other programmers and for retrieval tools. "
+    "Given one span of code, answer with a JSON object: summary (one or two sentences on what it does), "
+    "inputs (parameters and data it reads), outputs (return values and data it produces), "
+    "side_effects (I/O, mutation, global state), pitfalls (edge cases, misuse, bugs to watch for), "
+    "usage (a short example of calling or using it). Be factual; use empty lists where nothing applies."
+)
+
+#: Default cap on answer tokens (``options.num_predict``) when config sets none.
+DEFAULT_NUM_PREDICT = 1024
+#: Ollama's default context when ``options.num_ctx`` is not configured.
+DEFAULT_NUM_CTX = 2048
+#: Conservative characters per token for code (real tokenizers give ~3-4).
+CHARS_PER_TOKEN = 3.0
+#: An answer whose prompt_eval_count is below this share of our estimate
+#: means the server silently cut the prompt (cases O10).
+TRUNCATION_RATIO = 0.5
+
+
+class InvalidAnswer(Exception):
+    """The model's answer cannot be stored.
+
+    Attributes:
+        reason: ``empty_response``, ``length``, ``invalid_json``, ``schema`` or
+            ``prompt_truncated``: stable codes used in logs and ``last_error``.
+    """
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def estimate_tokens(text: str) -> int:
+    """A deliberately high token estimate of ``text`` (:data:`CHARS_PER_TOKEN`)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+#: Tokens of a prompt that are not span text: system prompt, header lines
+#: and the chat template.
+PROMPT_OVERHEAD_TOKENS = estimate_tokens(SYSTEM_PROMPT) + 200
+
+
+def effective_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``options`` object sent on every request: the configured options
+    plus a ``num_predict`` cap. Identical on every request, so the server never
+    reloads the model for a changed load-time option (cases O7)."""
+    return {"num_predict": DEFAULT_NUM_PREDICT, **dict(options)}
+
+
+def span_char_budget(options: Mapping[str, Any]) -> int:
+    """Largest span text (characters) whose prompt still fits in ``num_ctx``
+    with room for the answer (``num_predict``) and the fixed prompt parts."""
+    opts = effective_options(options)
+    num_ctx = int(opts.get("num_ctx", DEFAULT_NUM_CTX))
+    tokens = num_ctx - int(opts["num_predict"]) - PROMPT_OVERHEAD_TOKENS
+    # Line-number prefixes ("1234 | ") add up to ~8 chars per ~40-char line.
+    return max(400, int(tokens * CHARS_PER_TOKEN / 1.25))
+
+
+def build_messages(*, path: str, language: str, kind: str, name: str, start_line: int, text: str) -> list[dict]:
+    """Chat messages for one span: path, language, kind and name, then the
+    span's full text with its real line numbers."""
+    lines = text.split("\n")
+    width = len(str(start_line + len(lines) - 1))
+    numbered = "\n".join(f"{n:>{width}} | {line}" for n, line in enumerate(lines, start=start_line))
+    user = (
+        f"File: {path}\nLanguage: {language}\nSpan: {kind} {name} "
+        f"(lines {start_line}-{start_line + len(lines) - 1})\n\n{numbered}\n"
+    )
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def parse_answer(answer: Mapping[str, Any], prompt_tokens_estimate: int | None = None) -> Enrichment:
+    """Validate a ``/api/chat`` answer object into an :class:`Enrichment`.
+
+    Args:
+        answer: The final (``done: true``) response object.
+        prompt_tokens_estimate: :func:`estimate_tokens` of the prompt; when
+            given, a much smaller ``prompt_eval_count`` is flagged (O10).
+
+    Raises:
+        InvalidAnswer: see the reason codes on the class.
+    """
+    content = ((answer.get("message") or {}).get("content") or "").strip()
+    if answer.get("done_reason") == "length":
+        raise InvalidAnswer("length", "answer cut by num_predict or the context size")
+    if not content or content == "{}":
+        raise InvalidAnswer("empty_response", repr(content[:40]))
+    evaluated = answer.get("prompt_eval_count")
+    # The fixed prompt prefix may come from the server's cache and not be
+    # counted, so only the span part is compared.
+    floor = (prompt_tokens_estimate or 0) - PROMPT_OVERHEAD_TOKENS
+    if isinstance(evaluated, int) and 0 < evaluated < floor * TRUNCATION_RATIO:
+        raise InvalidAnswer("prompt_truncated", f"prompt_eval_count {evaluated} << estimate {prompt_tokens_estimate}")
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError as exc:
+        raise InvalidAnswer("invalid_json", f"{exc.msg} at char {exc.pos}") from exc
+    return validate_fields(data)
+
+
+def validate_fields(data: Any) -> Enrichment:
+    """Check the decoded JSON against :data:`SCHEMA` (strictly: right types,
+    non-empty summary). Raises :class:`InvalidAnswer` ``schema``."""
+    if not isinstance(data, dict):
+        raise InvalidAnswer("schema", f"expected an object, got {type(data).__name__}")
+    summary = data.get("summary")
+    if not isinstance(summary, str) or not summary.strip():
+        raise InvalidAnswer("schema", "summary missing or empty")
+    lists = {}
+    for name in LIST_FIELDS:
+        value = data.get(name)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidAnswer("schema", f"{name} must be a list of strings")
+        lists[name] = [v.strip() for v in value if v.strip()]
+    usage = data.get("usage")
+    if not isinstance(usage, str):
+        raise InvalidAnswer("schema", "usage must be a string")
+    return Enrichment(summary=summary.strip(), usage=usage.strip(), **lists)

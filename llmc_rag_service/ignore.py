@@ -1,0 +1,235 @@
+"""Which files of a repository are indexed: .gitignore rules, defaults, secrets, editor temps.
+
+A path (POSIX, relative to the repo root) is ignored when any of these holds:
+
+1. a directory above it is ignored (git cannot re-include below an excluded dir);
+2. it matches :data:`DEFAULT_EXCLUDES` or the repo's configured excludes
+   (``repos[].exclude``, gitignore syntax relative to the root; a ``!pattern``
+   there can re-include a default, e.g. ``!build/`` for a source dir so named);
+3. its nearest deciding ``.gitignore`` says so, git-style: every directory's
+   ``.gitignore`` applies to its subtree with its own anchoring, deeper files
+   override shallower ones, the last matching line of a file wins, then
+   ``.git/info/exclude``;
+4. it is a secret file (:func:`is_secret`) or an editor temp (:func:`is_editor_temp`);
+   these two are decided by name first, so no ``.gitignore`` negation un-ignores them.
+
+Matching uses ``pathspec.GitIgnoreSpec`` (git's wildmatch semantics).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import threading
+from collections.abc import Iterator, Sequence
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import structlog
+from pathspec import GitIgnoreSpec
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_EXCLUDES: tuple[str, ...] = (
+    # Version control internals.
+    ".git/", ".hg/", ".svn/",
+    # Dependencies and virtualenvs: huge, not the user's code, one inotify watch per dir.
+    "node_modules/", ".venv/", "venv/", "bower_components/", "vendor/bundle/",
+    # Tool caches.
+    "__pycache__/", ".mypy_cache/", ".pytest_cache/", ".ruff_cache/", ".tox/", ".nox/",
+    ".cache/", ".gradle/", ".next/", ".nuxt/", ".parcel-cache/", ".turbo/", ".terraform/",
+    # Build outputs and packaging metadata.
+    "build/", "dist/", "target/", "out/", "*.egg-info/", ".eggs/",
+    # Coverage reports.
+    "coverage/", "htmlcov/", ".coverage", ".coverage.*",
+    # IDE project state.
+    ".idea/", ".vscode/", ".vs/",
+    # Compiled objects and bytecode: binary, never worth a span.
+    "*.pyc", "*.pyo", "*.o", "*.so", "*.a", "*.class", "*.dll", "*.exe",
+)
+
+SECRET_PATTERNS: tuple[str, ...] = (
+    # dotenv files, including .env.local / .env.production (templates too: better safe).
+    ".env", ".env.*", "*.env",
+    # TLS / SSH private keys and key stores.
+    "*.pem", "*.key", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
+    "*.p12", "*.pfx", "*.keystore", "*.jks",
+    # Credential files of cloud CLIs, git, package registries and databases.
+    "credentials", "credentials.*", ".git-credentials", ".netrc", ".pgpass",
+    ".npmrc", ".pypirc", ".htpasswd", "*.kdbx",
+)
+
+# One regex per editor/tool convention, matched against the basename.
+_EDITOR_TEMP_RES: tuple[tuple[str, str], ...] = (
+    ("vim: probe file 4913 (then 5036, ... on clash) written to test the dir", r"\d+"),
+    ("vim: swap files .name.swp/.swo/... and .swx", r"\..*\.sw[a-px]|.*\.sw[pox]"),
+    ("vim/emacs/nano: backup name~", r".*~"),
+    ("emacs: autosave #name#", r"#.*#"),
+    ("emacs: lock symlink .#name", r"\.#.*"),
+    ("JetBrains safe-write temp and old copy", r".*___jb_(tmp|old)___"),
+    ("atomic replace: sibling .name.tmpNNNN renamed over the target", r"\..*\.tmp(?!l$)[^.]*"),
+    ("generic temp files", r".*\.tmp"),
+    ("browser/downloader partial files", r".*\.(part|crdownload)"),
+    ("LibreOffice lock .~lock.name#", r"\.~lock\..*#"),
+    ("MS Office owner file ~$name", r"~\$.*"),
+    ("sed -i temp sedXXXXXX", r"sed[A-Za-z0-9]{6}"),
+    ("Kate swap .name.kate-swp", r".*\.kate-swp"),
+    ("gedit/GIO atomic save .goutputstream-XXXXXX", r"\.goutputstream-.*"),
+)
+_EDITOR_TEMP_RE = re.compile("|".join(f"(?:{rx})" for _, rx in _EDITOR_TEMP_RES), re.DOTALL)
+
+
+_INFO_EXCLUDE = "\0info-exclude"  # cache key of .git/info/exclude; no real dir has a NUL
+
+
+def _basename(relpath: str) -> str:
+    return relpath.rstrip("/").rpartition("/")[2]
+
+
+def is_secret(relpath: str) -> bool:
+    """True if the file's basename matches :data:`SECRET_PATTERNS` (case-insensitive).
+
+    Secret files are never read, whatever ``.gitignore`` says.
+    """
+    name = _basename(relpath).lower()
+    return any(fnmatchcase(name, pat) for pat in SECRET_PATTERNS)
+
+
+def is_editor_temp(relpath: str) -> bool:
+    """True if the basename is an editor/tool temp, swap, lock or backup name.
+
+    The conventions (vim, emacs, JetBrains, atomic-save tools, sed -i, ...) are
+    listed with their source in ``_EDITOR_TEMP_RES``; see editor_saves.json.
+    """
+    return _EDITOR_TEMP_RE.fullmatch(_basename(relpath)) is not None
+
+
+def _normalize(relpath: str) -> str:
+    """'./a//b/' -> 'a/b' (POSIX separators, no leading './' or '/')."""
+    parts = [p for p in relpath.replace(os.sep, "/").split("/") if p not in ("", ".")]
+    return "/".join(parts)
+
+
+class RepoIgnore:
+    """Ignore rules of one repository rooted at ``root``; thread-safe.
+
+    ``.gitignore`` files are read lazily, once per directory, and cached until
+    :meth:`invalidate`. ``extra_excludes`` are the config's ``repos[].exclude``.
+    """
+
+    def __init__(self, root: Path, extra_excludes: Sequence[str] = ()) -> None:
+        self.root = Path(root)
+        self._base = GitIgnoreSpec.from_lines([*DEFAULT_EXCLUDES, *extra_excludes])
+        self._lock = threading.Lock()
+        self._specs: dict[str, GitIgnoreSpec | None] = {}  # dir relpath ('' = root) -> spec
+        self._dirs: dict[str, bool] = {}  # dir relpath -> ignored
+
+    def invalidate(self) -> None:
+        """Forget cached ``.gitignore`` specs and decisions (a ``.gitignore`` changed)."""
+        with self._lock:
+            self._specs.clear()
+            self._dirs.clear()
+
+    def is_ignored(self, relpath: str, is_dir: bool = False) -> bool:
+        """True if ``relpath`` (POSIX, relative to root) is excluded from indexing.
+
+        ``is_dir`` says the path is a directory (so ``dir/`` patterns apply and the
+        file-only rules, secrets and editor temps, do not). The root itself is never ignored.
+        """
+        rel = _normalize(relpath)
+        if not rel:
+            return False
+        if not is_dir and (is_secret(rel) or is_editor_temp(rel)):
+            return True
+        parent = rel.rpartition("/")[0]
+        if parent and self._dir_ignored(parent):
+            return True
+        return self._decide(rel, is_dir)
+
+    def _dir_ignored(self, rel: str) -> bool:
+        with self._lock:
+            cached = self._dirs.get(rel)
+        if cached is None:
+            parent = rel.rpartition("/")[0]
+            cached = (bool(parent) and self._dir_ignored(parent)) or self._decide(rel, True)
+            with self._lock:
+                self._dirs[rel] = cached
+        return cached
+
+    def _decide(self, rel: str, is_dir: bool) -> bool:
+        """The rules for ``rel`` itself, ancestors not considered."""
+        probe = rel + "/" if is_dir else rel
+        if self._base.match_file(probe):
+            return True
+        parts = rel.split("/")
+        for depth in range(len(parts) - 1, -1, -1):  # deepest .gitignore first
+            spec = self._spec_for("/".join(parts[:depth]))
+            if spec is not None:
+                verdict = spec.check_file("/".join(parts[depth:]) + ("/" if is_dir else "")).include
+                if verdict is not None:
+                    return verdict
+        info = self._spec_for(_INFO_EXCLUDE)
+        return info is not None and bool(info.match_file(probe))
+
+    def _spec_for(self, key: str) -> GitIgnoreSpec | None:
+        """The parsed ``<key>/.gitignore`` (or ``.git/info/exclude``), None if absent."""
+        with self._lock:
+            if key in self._specs:
+                return self._specs[key]
+        name = ".git/info/exclude" if key == _INFO_EXCLUDE else os.path.join(key, ".gitignore")
+        try:
+            text = (self.root / name).read_text(encoding="utf-8", errors="replace")
+            spec: GitIgnoreSpec | None = GitIgnoreSpec.from_lines(text.splitlines())
+        except FileNotFoundError:
+            spec = None
+        except OSError as exc:  # unreadable or a directory: act as if absent
+            log.debug("gitignore_unreadable", path=str(self.root / name), error=str(exc))
+            spec = None
+        with self._lock:
+            self._specs[key] = spec
+        return spec
+
+    def walk(self, under: str = "") -> Iterator[tuple[str, os.stat_result]]:
+        """Yield ``(relpath, lstat)`` for every indexed regular file, sorted by relpath.
+
+        ``under`` (a dir relpath, default the root) limits the walk to that subtree;
+        relpaths stay relative to the root. Never follows symlinks; ignored directories
+        are pruned without being read; entries that vanish or cannot be read during
+        the walk are skipped (debug log).
+        """
+        start = _normalize(under)
+        if start and (self.is_ignored(start, is_dir=True) or (self.root / start).is_symlink()):
+            return
+        yield from self._walk_dir(start)
+
+    def _walk_dir(self, rel_dir: str) -> Iterator[tuple[str, os.stat_result]]:
+        path = self.root / rel_dir if rel_dir else self.root
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as exc:
+            log.debug("walk_dir_skipped", path=str(path), error=str(exc))
+            return
+        # Sorting dirs as 'name/' makes the depth-first order equal the relpath order.
+        keyed = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            keyed.append((entry.name + "/" if is_dir else entry.name, entry, is_dir))
+        for _, entry, is_dir in sorted(keyed, key=lambda k: k[0]):
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            if self.is_ignored(rel, is_dir=is_dir):
+                continue
+            if is_dir:
+                yield from self._walk_dir(rel)
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                log.debug("walk_file_skipped", path=rel, error=str(exc))
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield rel, st

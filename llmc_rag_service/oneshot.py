@@ -1,0 +1,126 @@
+"""``llmc-rag enrich``: scan, enrich every pending span, exit.
+
+Exit status (DESIGN.md "Contract: command line"): 0 all enriched; 1 some
+spans failed for good; 69 (EX_UNAVAILABLE) Ollama unreachable or the model
+missing for longer than ``wait_s``, pending work kept for next time.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence, TextIO
+
+import structlog
+
+from llmc_rag_service.config import Config, RepoConfig
+from llmc_rag_service.engine import Engine
+from llmc_rag_service.report import repo_counts, open_readonly
+
+log = structlog.get_logger(__name__)
+
+EX_OK, EX_FAILED, EX_UNAVAILABLE = 0, 1, 69
+#: Seconds between plain progress lines when stderr is not a terminal.
+PLAIN_PROGRESS_EVERY_S = 10.0
+#: Seconds a stop may wait for in-flight requests after the work is done.
+STOP_GRACE_S = 5.0
+
+
+def select_repos(config: Config, paths: Sequence[str]) -> tuple[RepoConfig, ...]:
+    """The configured repos, or the given directories (keeping the excludes of
+    a configured repo at the same path)."""
+    if not paths:
+        return config.repos
+    known = {r.path: r for r in config.repos}
+    chosen = []
+    for p in paths:
+        path = Path(p).expanduser().resolve()
+        if not path.is_dir():
+            raise NotADirectoryError(f"{p}: not a directory")
+        chosen.append(known.get(path, RepoConfig(path=path)))
+    return tuple(chosen)
+
+
+class Progress:
+    """A progress bar on a TTY (redrawn in place), plain lines otherwise."""
+
+    def __init__(self, stream: TextIO):
+        self.stream, self.tty = stream, stream.isatty()
+        self.last = 0.0
+
+    def update(self, done: int, total: int, line: str, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty:
+            width = 30
+            filled = int(width * done / total) if total else width
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  {line[:90]:<90}")
+            if final:
+                self.stream.write("\n")
+        elif final or now - self.last >= PLAIN_PROGRESS_EVERY_S:
+            self.stream.write(f"enrich: {done}/{total} spans; {line}\n")
+            self.last = now
+        self.stream.flush()
+
+
+def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 300.0,
+               stream: TextIO | None = None) -> int:
+    """Scan the repos and enrich until nothing is pending; see module docstring."""
+    stream = stream or sys.stderr
+    repos = select_repos(config, repo_paths)
+    config = replace(config, repos=repos)
+    changed = threading.Event()
+    engine = Engine(config, on_change=changed.set)
+    progress = Progress(stream)
+    started = time.monotonic()
+    try:
+        for scanner in engine.scanners.values():
+            scanner.full_scan()
+        engine.pool.start()
+        code = _wait_done(engine, wait_s, progress, changed)
+    finally:
+        engine.close(STOP_GRACE_S)
+    totals = _totals(config)
+    stream.write(
+        f"enrich: {totals['enriched']}/{totals['spans']} spans enriched, {totals['failed']} failed, "
+        f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
+    )
+    if code == EX_OK and totals["failed"]:
+        code = EX_FAILED
+    return code
+
+
+def _wait_done(engine: Engine, wait_s: float, progress: Progress, changed: threading.Event) -> int:
+    down_since: float | None = None
+    while True:
+        c = engine.counts()
+        remaining = c["pending"] + c["running"]
+        total = remaining + engine.pool.done + engine.pool.failed
+        progress.update(total - remaining, total, engine.status_line())
+        if remaining == 0:
+            progress.update(total, total, engine.status_line(), final=True)
+            return EX_OK
+        if engine.pool.host.state != "ok":
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since > wait_s:
+                progress.update(total - remaining, total, engine.status_line(), final=True)
+                log.error("enrich_gave_up", reason=engine.pool.host.state, error=engine.pool.host.error,
+                          waited_s=round(wait_s, 1), pending=remaining)
+                return EX_UNAVAILABLE
+        else:
+            down_since = None
+        # Woken by every job outcome; the timeout keeps the deadline checks going.
+        changed.wait(0.5)
+        changed.clear()
+
+
+def _totals(config: Config) -> dict[str, int]:
+    conn = open_readonly(config.db_path)
+    try:
+        rows = [repo_counts(conn, r.path, config.ollama.model) for r in config.repos]
+    finally:
+        if conn:
+            conn.close()
+    return {k: sum(r[k] for r in rows) for k in ("spans", "enriched", "failed", "pending")}

@@ -1,0 +1,198 @@
+"""The persistent job queue (table ``jobs`` of the store).
+
+A job enriches one span content hash for one model and prompt version::
+
+    pending --claim--> running --complete--> done
+       ^                  |
+       +---- retry -------+  (attempts += 1, next_attempt_at = now + backoff)
+       +---- release -----+  (attempts unchanged: outage, model missing, busy)
+                          +--fail/dead_letter--> failed  (last_error kept)
+
+Jobs are deduplicated by ``(span_hash, model, prompt_version)``; a lower
+``priority`` runs first (:data:`PRIORITY_LIVE` for a just-saved file,
+:data:`PRIORITY_BACKFILL` for scans). A job whose span no longer exists in any
+file is never claimed and is cancelled (deleted), so nothing is sent for
+content that is gone. ``claimed_by`` holds the claiming process id, so a job
+left ``running`` by a dead process is found and returned to pending.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import time
+from typing import Iterable
+
+from llmc_rag_service.models import PROMPT_VERSION, Enrichment, Job
+from llmc_rag_service.store import Store
+
+PRIORITY_LIVE = 0
+PRIORITY_BACKFILL = 10
+
+#: Backoff after the first failed attempt, and its cap, in seconds.
+BACKOFF_BASE_S = 2.0
+BACKOFF_MAX_S = 300.0
+
+# A job is only claimable while some current span still has its hash.
+_HAS_SPAN = "EXISTS (SELECT 1 FROM spans s WHERE s.span_hash = jobs.span_hash)"
+
+
+def backoff_s(attempt: int, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_MAX_S) -> float:
+    """Jittered exponential backoff ("full jitter" between half and all of
+    ``base_s * 2**(attempt-1)``, capped at ``cap_s``), in seconds, for the
+    ``attempt``-th failure (1-based)."""
+    ceiling = min(cap_s, base_s * 2 ** max(0, attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class JobQueue:
+    """Queue operations for one model (``model``) on a :class:`Store`.
+
+    Args:
+        store: The state store.
+        model: Ollama model name; jobs and enrichments are per model.
+        max_attempts: Failed attempts before a job is dead-lettered.
+    """
+
+    def __init__(self, store: Store, model: str, max_attempts: int = 5):
+        self.store, self.model, self.max_attempts = store, model, max_attempts
+        self.prompt_version = PROMPT_VERSION
+
+    def _key(self) -> tuple[str, int]:
+        return self.model, self.prompt_version
+
+    def enqueue(self, tx: sqlite3.Connection, span_hashes: Iterable[str], priority: int) -> int:
+        """Inside ``tx``, add a pending job for each hash that has neither an
+        enrichment nor a job yet; raise the priority of waiting ones.
+
+        Returns the number of jobs created.
+        """
+        now, created = time.time(), 0
+        for span_hash in dict.fromkeys(span_hashes):
+            if tx.execute(
+                "SELECT 1 FROM enrichments WHERE span_hash = ? AND model = ? AND prompt_version = ?",
+                (span_hash, *self._key()),
+            ).fetchone():
+                continue
+            cur = tx.execute(
+                """INSERT INTO jobs(span_hash, model, prompt_version, state, priority, created_at, updated_at)
+                   VALUES (?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT DO NOTHING""",
+                (span_hash, *self._key(), priority, now, now),
+            )
+            if cur.rowcount:
+                created += 1
+            else:
+                tx.execute(
+                    """UPDATE jobs SET priority = MIN(priority, ?) WHERE span_hash = ? AND model = ?
+                       AND prompt_version = ? AND state = 'pending'""",
+                    (priority, span_hash, *self._key()),
+                )
+        return created
+
+    def cancel_orphans(self, tx: sqlite3.Connection) -> int:
+        """Inside ``tx``, delete pending jobs whose span is in no file any more."""
+        return tx.execute(f"DELETE FROM jobs WHERE state = 'pending' AND NOT {_HAS_SPAN}").rowcount
+
+    def recover(self) -> int:
+        """Return jobs left ``running`` by a dead process (or by an earlier life
+        of this one) to pending. Returns how many."""
+        rows = self.store.conn.execute("SELECT id, claimed_by FROM jobs WHERE state = 'running'").fetchall()
+        stale = [r["id"] for r in rows if r["claimed_by"] in (None, os.getpid()) or not _pid_alive(r["claimed_by"])]
+        with self.store.write() as tx:
+            tx.executemany(
+                "UPDATE jobs SET state = 'pending', claimed_by = NULL WHERE id = ? AND state = 'running'",
+                [(i,) for i in stale],
+            )
+        return len(stale)
+
+    def claim(self) -> Job | None:
+        """Atomically take the most urgent ready job (pending, due, span still
+        present) and mark it running by this process; None if there is none."""
+        now = time.time()
+        with self.store.write() as tx:
+            row = tx.execute(
+                f"""UPDATE jobs SET state = 'running', claimed_by = ?, claimed_at = ?, updated_at = ?
+                    WHERE id = (SELECT id FROM jobs WHERE state = 'pending' AND model = ? AND prompt_version = ?
+                                AND next_attempt_at <= ? AND {_HAS_SPAN}
+                                ORDER BY priority, id LIMIT 1)
+                    RETURNING id, span_hash, model, attempts, priority""",
+                (os.getpid(), now, now, *self._key(), now),
+            ).fetchone()
+        return Job(*row) if row else None
+
+    def complete(self, job: Job, enrichment: Enrichment, duration_s: float) -> None:
+        """Store the enrichment and mark the job done, in one transaction."""
+        e = enrichment
+        with self.store.write() as tx:
+            tx.execute(
+                """INSERT OR REPLACE INTO enrichments(span_hash, model, prompt_version, summary, inputs, outputs,
+                   side_effects, pitfalls, usage, created_at, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (job.span_hash, *self._key(), e.summary, json.dumps(e.inputs), json.dumps(e.outputs),
+                 json.dumps(e.side_effects), json.dumps(e.pitfalls), e.usage, time.time(), duration_s),
+            )
+            tx.execute(
+                "UPDATE jobs SET state = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ? WHERE id = ?",
+                (time.time(), job.id),
+            )
+
+    def retry(self, job: Job, error: str, delay_s: float | None = None) -> bool:
+        """Count a failed attempt. Back to pending after a jittered backoff (or
+        ``delay_s``), or dead-lettered (``failed``) once ``max_attempts`` is
+        reached. Returns True if the job was dead-lettered."""
+        attempts = job.attempts + 1
+        if attempts >= self.max_attempts:
+            self.fail(job, error, attempts)
+            return True
+        delay = backoff_s(attempts) if delay_s is None else delay_s
+        self._update(job, "pending", attempts, error, time.time() + delay)
+        return False
+
+    def fail(self, job: Job, error: str, attempts: int | None = None) -> None:
+        """Dead-letter the job at once, keeping ``error`` as its reason."""
+        self._update(job, "failed", job.attempts + 1 if attempts is None else attempts, error, 0)
+
+    def release(self, job: Job, delay_s: float = 0.0, error: str | None = None) -> None:
+        """Put a claimed job back without counting an attempt (the server was
+        unreachable, busy or missing the model: not the job's fault)."""
+        self._update(job, "pending", job.attempts, error, time.time() + delay_s)
+
+    def _update(self, job: Job, state: str, attempts: int, error: str | None, next_at: float) -> None:
+        with self.store.write() as tx:
+            tx.execute(
+                """UPDATE jobs SET state = ?, attempts = ?, last_error = ?, next_attempt_at = ?,
+                   claimed_by = NULL, updated_at = ? WHERE id = ?""",
+                (state, attempts, error, next_at, time.time(), job.id),
+            )
+
+    def counts(self) -> dict[str, int]:
+        """Live job counts for this model: ``pending`` (incl. waiting for
+        backoff), ``ready`` (due now), ``running``, ``failed``, ``done``."""
+        now = time.time()
+        row = self.store.conn.execute(
+            f"""SELECT
+                 SUM(state = 'pending'), SUM(state = 'pending' AND next_attempt_at <= ?),
+                 SUM(state = 'running'), SUM(state = 'failed'), SUM(state = 'done')
+               FROM jobs WHERE model = ? AND prompt_version = ? AND (state IN ('done', 'failed') OR {_HAS_SPAN})""",
+            (now, *self._key()),
+        ).fetchone()
+        return dict(zip(("pending", "ready", "running", "failed", "done"), (v or 0 for v in row)))
+
+    def next_due_s(self) -> float | None:
+        """Seconds until the earliest pending job is due (0 if one is due), None if none."""
+        row = self.store.conn.execute(
+            f"SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'pending' AND model = ? AND prompt_version = ? AND {_HAS_SPAN}",
+            self._key(),
+        ).fetchone()
+        return None if row[0] is None else max(0.0, row[0] - time.time())

@@ -1,0 +1,255 @@
+"""SQLite state: schema, migrations, and the file/span records of each repo.
+
+One file, ``<state_dir>/llmc-rag.db``, in WAL mode with a ``busy_timeout``, so
+the daemon's worker threads, ``status`` and ``show`` can all use it at once.
+The schema version lives in ``PRAGMA user_version``; :data:`MIGRATIONS` are
+applied forward, each in its own transaction.
+
+Tables::
+
+    repos(id, path)                                   one row per watched repository
+    files(id, repo_id, path, size, mtime_ns,          path is POSIX, relative to the repo;
+          content_hash, language, skipped)            skipped = reason when not indexed
+    spans(id, file_id, kind, name, start_line,        the spans currently in the tree
+          end_line, span_hash)
+    span_texts(span_hash, language, text)             content-addressed span text
+    enrichments(span_hash, model, prompt_version,     keyed by content, so identical or
+          summary, inputs, ..., usage, created_at)    moved code is enriched once
+    jobs(...)                                         see queue.py
+    meta(key, value)                                  daemon status for ``status``
+
+Each thread gets its own connection (sqlite3 connections must not be shared
+across threads); writes go through :meth:`Store.write`, a ``BEGIN IMMEDIATE``
+transaction, so a result and its job's completion land together or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from llmc_rag_service.models import Span
+
+#: Seconds a connection waits for another writer before raising "database is locked".
+BUSY_TIMEOUT_S = 30.0
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE repos(id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, added_at REAL NOT NULL);
+    CREATE TABLE files(
+        id INTEGER PRIMARY KEY,
+        repo_id INTEGER NOT NULL REFERENCES repos(id) ON DELETE CASCADE,
+        path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+        content_hash TEXT NOT NULL, language TEXT, skipped TEXT,
+        updated_at REAL NOT NULL, UNIQUE(repo_id, path));
+    CREATE TABLE spans(
+        id INTEGER PRIMARY KEY,
+        file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL, name TEXT NOT NULL,
+        start_line INTEGER NOT NULL, end_line INTEGER NOT NULL, span_hash TEXT NOT NULL);
+    CREATE INDEX spans_file ON spans(file_id, start_line);
+    CREATE INDEX spans_hash ON spans(span_hash);
+    CREATE TABLE span_texts(span_hash TEXT PRIMARY KEY, language TEXT NOT NULL, text TEXT NOT NULL);
+    CREATE TABLE enrichments(
+        span_hash TEXT NOT NULL, model TEXT NOT NULL, prompt_version INTEGER NOT NULL,
+        summary TEXT NOT NULL, inputs TEXT NOT NULL, outputs TEXT NOT NULL,
+        side_effects TEXT NOT NULL, pitfalls TEXT NOT NULL, usage TEXT NOT NULL,
+        created_at REAL NOT NULL, duration_s REAL,
+        PRIMARY KEY(span_hash, model, prompt_version));
+    CREATE TABLE jobs(
+        id INTEGER PRIMARY KEY,
+        span_hash TEXT NOT NULL, model TEXT NOT NULL, prompt_version INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+        priority INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT,
+        claimed_by INTEGER, claimed_at REAL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL,
+        UNIQUE(span_hash, model, prompt_version));
+    CREATE INDEX jobs_ready ON jobs(state, priority, next_attempt_at);
+    CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
+    """,
+)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A stored file: ``mtime_ns`` in nanoseconds, ``size`` in bytes,
+    ``content_hash`` sha256 hex of the raw bytes, ``skipped`` the reason it is
+    not indexed (binary, too_large, decode_error) or None."""
+
+    id: int
+    repo_id: int
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    skipped: str | None
+
+
+class Store:
+    """Access to the state database; safe to share between threads.
+
+    Args:
+        path: The database file; its directory is created (mode 0700).
+
+    Raises:
+        sqlite3.Error: the file cannot be opened or migrated.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.migrate()
+
+    # -- connections ---------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit mode; use :meth:`write`)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction: committed on exit, rolled back on error."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every thread's connection (call once, at shutdown)."""
+        with self._lock:
+            for conn in self._all:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def migrate(self) -> int:
+        """Apply pending :data:`MIGRATIONS`; returns the resulting schema version."""
+        conn = self.conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.write() as tx:
+                for statement in filter(str.strip, script.split(";")):
+                    tx.execute(statement)
+                tx.execute(f"PRAGMA user_version = {number}")
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def writable(self) -> str | None:
+        """Health check: None if a write transaction can be taken, else the reason."""
+        try:
+            with self.write() as tx:
+                tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('health_at', ?)", (str(time.time()),))
+        except sqlite3.Error as exc:
+            return f"store not writable: {exc}"
+        return None
+
+    # -- meta ----------------------------------------------------------
+    def set_meta(self, **values: str | None) -> None:
+        """Set key/value pairs in ``meta`` (None deletes)."""
+        with self.write() as tx:
+            for key, value in values.items():
+                if value is None:
+                    tx.execute("DELETE FROM meta WHERE key = ?", (key,))
+                else:
+                    tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # -- repos and files -----------------------------------------------
+    def repo_id(self, path: Path | str) -> int:
+        """The id of the repo at absolute ``path``, created on first use."""
+        path = str(path)
+        row = self.conn.execute("SELECT id FROM repos WHERE path = ?", (path,)).fetchone()
+        if row:
+            return row[0]
+        with self.write() as tx:
+            tx.execute("INSERT OR IGNORE INTO repos(path, added_at) VALUES (?, ?)", (path, time.time()))
+        return self.conn.execute("SELECT id FROM repos WHERE path = ?", (path,)).fetchone()[0]
+
+    def files(self, repo_id: int, under: str | None = None) -> dict[str, FileRecord]:
+        """Stored files of a repo by relative path; ``under`` limits to a subtree."""
+        sql = "SELECT id, repo_id, path, size, mtime_ns, content_hash, skipped FROM files WHERE repo_id = ?"
+        args: list = [repo_id]
+        if under:
+            sql += " AND (path = ? OR substr(path, 1, ?) = ?)"
+            args += [under, len(under) + 1, under + "/"]
+        return {r["path"]: FileRecord(*r) for r in self.conn.execute(sql, args)}
+
+    def file_spans(self, file_id: int) -> list[sqlite3.Row]:
+        """Span rows of one file in line order."""
+        return self.conn.execute(
+            "SELECT * FROM spans WHERE file_id = ? ORDER BY start_line, id", (file_id,)
+        ).fetchall()
+
+    def put_file(
+        self, tx: sqlite3.Connection, repo_id: int, path: str, *, size: int, mtime_ns: int,
+        content_hash: str, language: str | None, skipped: str | None, spans: Sequence[Span] | None,
+    ) -> int:
+        """Insert or update a file inside ``tx``; ``spans`` (if not None) replace its spans.
+
+        Returns the file id.
+        """
+        tx.execute(
+            """INSERT INTO files(repo_id, path, size, mtime_ns, content_hash, language, skipped, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(repo_id, path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+               content_hash = excluded.content_hash, language = excluded.language,
+               skipped = excluded.skipped, updated_at = excluded.updated_at""",
+            (repo_id, path, size, mtime_ns, content_hash, language, skipped, time.time()),
+        )
+        file_id = tx.execute("SELECT id FROM files WHERE repo_id = ? AND path = ?", (repo_id, path)).fetchone()[0]
+        if spans is not None:
+            tx.execute("DELETE FROM spans WHERE file_id = ?", (file_id,))
+            tx.executemany(
+                "INSERT INTO spans(file_id, kind, name, start_line, end_line, span_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                [(file_id, s.kind, s.name, s.start_line, s.end_line, s.span_hash) for s in spans],
+            )
+            tx.executemany(
+                "INSERT OR IGNORE INTO span_texts(span_hash, language, text) VALUES (?, ?, ?)",
+                [(s.span_hash, s.language, s.text) for s in spans],
+            )
+        return file_id
+
+    def delete_files(self, tx: sqlite3.Connection, repo_id: int, paths: Sequence[str]) -> None:
+        """Drop files (their spans cascade) inside ``tx``. Enrichments stay: they
+        are keyed by content, so the same code coming back costs no request."""
+        tx.executemany("DELETE FROM files WHERE repo_id = ? AND path = ?", [(repo_id, p) for p in paths])
+
+    def span_text(self, span_hash: str) -> sqlite3.Row | None:
+        """``language`` and ``text`` of a span hash plus one current location
+        (``repo``, ``path``, ``kind``, ``name``, ``start_line``, ``end_line``),
+        or None if no file holds it any more."""
+        return self.conn.execute(
+            """SELECT t.language, t.text, r.path AS repo, f.path, s.kind, s.name, s.start_line, s.end_line
+               FROM spans s JOIN files f ON f.id = s.file_id JOIN repos r ON r.id = f.repo_id
+               JOIN span_texts t ON t.span_hash = s.span_hash
+               WHERE s.span_hash = ? LIMIT 1""",
+            (span_hash,),
+        ).fetchone()

@@ -1,0 +1,343 @@
+"""Watch a repository with watchdog (inotify) and hand out debounced batches of changed paths.
+
+Shape: ``RepoWatcher.start()`` → watchdog's threads call ``_on_event`` → each
+relevant relpath goes into a :class:`Debouncer` → the caller's loop calls
+``take_due()`` (paths to re-stat), ``take_rescan()`` (events may be lost: rescan
+the repo and, if ``is_alive()`` is False, ``stop()`` + ``start()`` the watcher)
+and ``gitignore_changed()`` (rules changed: rescan).
+
+Facts about watchdog 7.1 on inotify (read in its source) this module relies on:
+- the kernel mask follows ``event_filter``; leaving out opened / closed-no-write
+  events means the daemon's own reads of watched files produce no events;
+- a save by rename (JetBrains, atomic replace) delivers the new content as the
+  ``dest_path`` of a move, so both ends of a move are reported;
+- an inotify queue overflow is only logged (``watchdog.observers.inotify_c``:
+  "Inotify queue overflowed; filesystem events were lost"), never dispatched, so
+  :class:`_LostEventsHandler` turns that log record into the rescan flag;
+- a recursive watch adds one kernel watch per directory, even below ignored ones;
+  :func:`_make_observer` prunes ignored directories (``node_modules``, ``.git/*``
+  ...) by overriding the watch group's private ``_add_all_callbacks``, and falls
+  back to the plain recursive observer if those internals are missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from watchdog.events import (
+    DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileAttribEvent, FileClosedEvent,
+    FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from .ignore import RepoIgnore
+
+log = structlog.get_logger(__name__)
+
+#: Event kinds listened to. No FileOpenedEvent / FileClosedNoWriteEvent: those are our own reads.
+EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent, FileDeletedEvent,
+    FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
+]
+STOP_TIMEOUT_S = 5.0
+_WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
+
+
+class Debouncer:
+    """Per-path debounce with a cap: a path is due when it has been quiet for debounce_ms, or
+    when max_delay_ms passed since its FIRST event in the current burst (a continuous stream
+    still flushes). ``clock`` returns seconds (monotonic). Raises ValueError on negative delays.
+    """
+
+    def __init__(self, debounce_ms: int = 500, max_delay_ms: int = 5000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if debounce_ms < 0 or max_delay_ms < 0:
+            raise ValueError(f"delays must be >= 0 ms, got {debounce_ms=} {max_delay_ms=}")
+        self._quiet_s = debounce_ms / 1000.0
+        self._cap_s = max_delay_ms / 1000.0
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._first: dict[str, float] = {}  # relpath -> clock() of the burst's first event
+        self._last: dict[str, float] = {}  # relpath -> clock() of the latest event
+
+    def add(self, relpath: str) -> None:
+        """Record an event for ``relpath`` now. Thread-safe."""
+        now = self._clock()
+        with self._lock:
+            self._last[relpath] = now
+            self._first.setdefault(relpath, now)
+
+    def _due_at(self, relpath: str) -> float:
+        return min(self._last[relpath] + self._quiet_s, self._first[relpath] + self._cap_s)
+
+    def due(self) -> set[str]:
+        """Pop and return the paths that are due now."""
+        now = self._clock()
+        with self._lock:
+            ready = {p for p in self._last if self._due_at(p) <= now}
+            for p in ready:
+                del self._last[p], self._first[p]
+        return ready
+
+    def next_due_s(self) -> float | None:
+        """Seconds (>= 0) until the next path is due, None if nothing is pending."""
+        now = self._clock()
+        with self._lock:
+            if not self._last:
+                return None
+            return max(0.0, min(self._due_at(p) for p in self._last) - now)
+
+    def pending(self) -> int:
+        """Number of paths waiting."""
+        with self._lock:
+            return len(self._last)
+
+
+try:  # watchdog 7.x inotify internals, for pruning; absent on other platforms/versions
+    from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+
+    _CAN_PRUNE = all(hasattr(InotifyWatchGroup, a) for a in ("_add_all_callbacks", "_add_callback"))
+except Exception:  # ImportError, or watchdog's UnsupportedLibcError off Linux
+    _CAN_PRUNE = False
+
+if _CAN_PRUNE:
+
+    @dataclass
+    class _PrunedWatchGroup(InotifyWatchGroup):
+        """InotifyWatchGroup that adds no kernel watch to dirs where ``prune(abs_path)``."""
+
+        prune: Callable[[bytes], bool] = field(default=lambda _path: False)
+
+        def _add_all_callbacks(self, path: bytes) -> None:
+            if path != self.path and self.prune(path):
+                return
+            self._add_callback(path)
+            if not (self.is_recursive and os.path.isdir(path)):
+                return
+            for top, dirnames, _ in os.walk(path):  # never follows symlinks
+                dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(top, d))
+                               and not self.prune(os.path.join(top, d))]
+                for name in dirnames:
+                    self._add_callback(os.path.join(top, name))
+
+    class _PrunedEmitter(InotifyEmitter):
+        def __init__(self, *args: object, prune: Callable[[bytes], bool], **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            self._prune = prune
+
+        def on_thread_start(self) -> None:  # as InotifyEmitter's, with the pruning group
+            self._inotify = _PrunedWatchGroup(
+                self._inotify_fd, os.fsencode(self.watch.path), is_recursive=self.watch.is_recursive,
+                event_mask=self.get_event_mask_from_filter(),
+                follow_symlink=self.watch.follow_symlink, prune=self._prune)
+
+
+def _make_observer(prune: Callable[[bytes], bool]) -> BaseObserver:
+    """A recursive observer that adds no kernel watch below dirs where ``prune(abs_path)``.
+
+    Without watchdog 7.x's inotify internals, the plain ``Observer()`` (no pruning).
+    """
+    if not _CAN_PRUNE:
+        log.warning("watch_prune_unavailable", reason="no watchdog 7.x inotify internals")
+        return Observer()
+    observer = InotifyObserver()
+    observer._emitter_class = _PrunedEmitter
+    observer._emitter_kwargs = {**observer._emitter_kwargs, "prune": prune}
+    return observer
+
+
+class _LostEventsHandler(logging.Handler):
+    """Turns watchdog's overflow / watch-rebuild-failure log records into rescan flags.
+
+    The record names no repo; it is logged on the observer's inotify reader thread,
+    so it goes to the watcher owning that thread, or to every watcher if none does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self._watchers: set[RepoWatcher] = set()
+        self._members = threading.Lock()
+
+    def register(self, watcher: RepoWatcher, on: bool) -> None:
+        with self._members:
+            (self._watchers.add if on else self._watchers.discard)(watcher)
+        for name in _WATCHDOG_LOGGERS:
+            logger = logging.getLogger(name)
+            if self not in logger.handlers:
+                logger.addHandler(self)
+            if logger.getEffectiveLevel() > logging.WARNING:
+                logger.setLevel(logging.WARNING)  # a quieter root level must not hide an overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = str(record.msg)
+        if "overflow" not in text.lower() and not text.startswith("Unable to rebuild"):
+            return
+        with self._members:
+            watchers = list(self._watchers)
+        owners = [w for w in watchers if w._reader_thread_id() == record.thread]
+        for watcher in owners or watchers:
+            watcher._request_rescan("inotify_overflow")
+
+
+_LOST_EVENTS = _LostEventsHandler()
+
+
+class _Handler(FileSystemEventHandler):
+    """Forwards every event to the watcher; an error there means events may be lost."""
+
+    def __init__(self, watcher: RepoWatcher) -> None:
+        self._watcher = watcher
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            self._watcher._on_event(event)
+        except Exception:  # an escaping exception would kill the observer thread
+            self._watcher._request_rescan("handler_error")
+            log.exception("watch_event_failed", root=self._watcher.root_str, fs_event=repr(event))
+
+
+class RepoWatcher:
+    """Debounced, coalesced changed relpaths of one repo (POSIX, relative to ``root``).
+
+    Threads: watchdog's observer threads feed it; one caller thread takes from it.
+    """
+
+    def __init__(self, root: Path, ignore: RepoIgnore, *, debounce_ms: int = 500,
+                 max_delay_ms: int = 5000) -> None:
+        self.root_str = os.path.abspath(root)
+        self._ignore = ignore
+        self._debouncer = Debouncer(debounce_ms, max_delay_ms)
+        self._lock = threading.Lock()
+        self._observer: BaseObserver | None = None
+        self._rescan = False
+        self._gitignore = False
+        self._death_reported = False
+        #: Events seen under .git/ (not reported). Hook for git-operation detection
+        #: (.git/index.lock, HEAD; issue 5 item 4): extend _on_git_event.
+        self.git_event_count = 0
+
+    def start(self) -> None:
+        """Start watching (recursive, ignored dirs pruned); no-op if alive.
+
+        Raises OSError if the root cannot be watched (missing, not a dir, inotify limits).
+        """
+        if self.is_alive():
+            return
+        self.stop()  # a dead observer's leftovers
+        observer = _make_observer(self._prune)
+        observer.schedule(_Handler(self), self.root_str, recursive=True, event_filter=EVENT_FILTER)
+        with self._lock:
+            self._observer, self._death_reported = observer, False
+        _LOST_EVENTS.register(self, on=True)
+        try:
+            observer.start()
+        except Exception:
+            self.stop()
+            raise
+        log.info("watch_started", root=self.root_str)
+
+    def stop(self) -> None:
+        """Stop the observer and join its threads, waiting at most STOP_TIMEOUT_S in total."""
+        with self._lock:
+            observer, self._observer = self._observer, None
+        _LOST_EVENTS.register(self, on=False)
+        if observer is None:
+            return
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        # watchdog's stop() joins its emitters without a timeout: run it aside.
+        stopper = threading.Thread(target=observer.stop, name="watch-stop", daemon=True)
+        stopper.start()
+        stopper.join(STOP_TIMEOUT_S)
+        if observer.ident is not None:
+            observer.join(max(0.0, deadline - time.monotonic()))
+        if stopper.is_alive() or observer.is_alive():
+            log.error("watch_stop_timeout", root=self.root_str, timeout_s=STOP_TIMEOUT_S)
+        else:
+            log.info("watch_stopped", root=self.root_str)
+
+    def is_alive(self) -> bool:
+        """True while the observer thread and its emitter threads run."""
+        observer = self._observer
+        return (observer is not None and observer.is_alive()
+                and all(e.is_alive() for e in list(observer.emitters)))
+
+    def take_due(self) -> set[str]:
+        """Relpaths due now (may no longer exist, or be directories: the caller re-stats)."""
+        return self._debouncer.due()
+
+    def next_due_s(self) -> float | None:
+        """Seconds until the next path is due (for the caller's wait), None if none pending."""
+        return self._debouncer.next_due_s()
+
+    def take_rescan(self) -> bool:
+        """True once after events may have been lost: inotify overflow, handler error, or
+        the observer died while started (then the caller also stops and restarts it)."""
+        with self._lock:
+            if self._observer is not None and not self._death_reported and not self.is_alive():
+                self._death_reported = self._rescan = True
+                log.error("watch_died", root=self.root_str)
+            flag, self._rescan = self._rescan, False
+        return flag
+
+    def gitignore_changed(self) -> bool:
+        """True once after a .gitignore in the repo changed (rules already invalidated).
+
+        On True the kernel watches are re-armed, so directories the new rules un-ignore are
+        watched; the caller rescans the repo, which also covers events during the re-arm.
+        """
+        with self._lock:
+            flag, self._gitignore = self._gitignore, False
+            running = self._observer is not None
+        if flag and running:
+            self.stop()
+            self.start()
+        return flag
+
+    def _request_rescan(self, reason: str) -> None:
+        with self._lock:
+            self._rescan = True
+        log.warning("watch_rescan_needed", root=self.root_str, reason=reason)
+
+    def _reader_thread_id(self) -> int | None:
+        reader = getattr(self._observer, "_inotify_fd", None)  # watchdog 7.x InotifyFD thread
+        return getattr(reader, "ident", None)
+
+    def _rel(self, path: bytes | str) -> str | None:
+        path = os.fsdecode(path)
+        if not path.startswith(self.root_str + os.sep):
+            return None
+        return path[len(self.root_str) + 1:].replace(os.sep, "/")
+
+    def _prune(self, path: bytes) -> bool:
+        rel = self._rel(path)  # .git itself stays watched (index.lock, HEAD); its subdirs do not
+        return rel is not None and rel != ".git" and self._ignore.is_ignored(rel, is_dir=True)
+
+    def _on_event(self, event: FileSystemEvent) -> None:
+        if event.is_synthetic:  # per-file events of a dir move: the dir itself is reported
+            return
+        for path in (event.src_path, event.dest_path):
+            rel = self._rel(path) if path else None
+            if rel is None:
+                continue
+            if rel == ".git" or rel.startswith(".git/"):
+                self._on_git_event(rel)
+                continue
+            if rel == ".gitignore" or rel.endswith("/.gitignore"):
+                self._ignore.invalidate()
+                with self._lock:
+                    self._gitignore = True
+            if not self._ignore.is_ignored(rel, is_dir=event.is_directory):
+                self._debouncer.add(rel)
+
+    def _on_git_event(self, rel: str) -> None:
+        """Not reported as a change; counted so a later git-operation gate can hook here."""
+        self.git_event_count += 1

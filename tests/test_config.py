@@ -1,0 +1,106 @@
+"""Config loading and validation (DESIGN.md "Contract: config")."""
+
+from pathlib import Path
+
+import pytest
+
+from llmc_rag_service.config import ConfigError, default_state_dir, find_config_path, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_sample_config_is_valid_and_documents_every_key(tmp_path, monkeypatch):
+    """The shipped etc/llmc-rag.yaml loads (with its repo path present) and sets every key."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "src" / "project").mkdir(parents=True)
+    cfg = load_config(ROOT / "etc" / "llmc-rag.yaml")
+    assert cfg.repos[0].path == (tmp_path / "src" / "project").resolve()
+    assert cfg.repos[0].exclude == ("vendor/**", "*.min.js")
+    assert cfg.ollama.keep_alive == "15m"
+    assert cfg.ollama.options == {"temperature": 0.2, "num_ctx": 8192}
+    text = (ROOT / "etc" / "llmc-rag.yaml").read_text()
+    for key in ("state_dir", "url", "model", "keep_alive", "concurrency", "timeout_s", "options",
+                "debounce_ms", "max_file_bytes", "max_attempts", "level", "format"):
+        assert f"{key}:" in text
+
+
+def test_unknown_key_names_the_key_path_file_and_line(tmp_path):
+    """An unknown key is refused with its dotted path, the file and its line."""
+    path = write(tmp_path, "ollama:\n  model: m\n  concurency: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.key == "ollama.concurency"
+    assert err.value.line == 3
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("watch:\n  debounce_ms: fast\n", "watch.debounce_ms"),
+        ("watch:\n  max_file_bytes: 0\n", "watch.max_file_bytes"),
+        ("queue:\n  max_attempts: true\n", "queue.max_attempts"),
+        ("ollama:\n  concurrency: 0\n", "ollama.concurrency"),
+        ("ollama:\n  keep_alive: '300'\n", "ollama.keep_alive"),
+        ("ollama:\n  keep_alive: true\n", "ollama.keep_alive"),
+        ("ollama:\n  url: localhost:11434\n", "ollama.url"),
+        ("ollama:\n  options: [1]\n", "ollama.options"),
+        ("logging:\n  level: loud\n", "logging.level"),
+        ("logging:\n  format: xml\n", "logging.format"),
+        ("repos:\n  - exclude: []\n", "repos[0]"),
+        ("repos:\n  - path: /nonexistent/dir/x\n", "repos[0].path"),
+        ("repos: {path: /tmp}\n", "repos"),
+        ("bogus: 1\n", "bogus"),
+    ],
+)
+def test_wrong_values_are_refused_with_their_key(tmp_path, text, key):
+    """Each wrong type or value is refused, naming its key."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert err.value.key == key
+    assert key in str(err.value)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    """Broken YAML is a ConfigError with the line of the problem."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "ollama:\n  model: [unclosed\n  url: x\n"))
+    assert err.value.line is not None
+
+
+def test_keep_alive_keeps_its_type(tmp_path):
+    """A number stays a number and a duration stays a string."""
+    assert load_config(write(tmp_path, "ollama:\n  keep_alive: -1\n")).ollama.keep_alive == -1
+    assert load_config(write(tmp_path, "ollama:\n  keep_alive: 1h30m\n")).ollama.keep_alive == "1h30m"
+    assert load_config(write(tmp_path, "ollama:\n  keep_alive: 300\n")).ollama.keep_alive == 300
+
+
+def test_state_dir_defaults_follow_systemd_then_xdg(tmp_path):
+    """$STATE_DIRECTORY wins, then $XDG_STATE_HOME."""
+    assert default_state_dir({"STATE_DIRECTORY": "/var/lib/llmc-rag"}) == Path("/var/lib/llmc-rag")
+    assert default_state_dir({"XDG_STATE_HOME": "/x"}) == Path("/x/llmc-rag")
+    cfg = load_config(write(tmp_path, "state_dir: ~/st\n"), env={})
+    assert cfg.db_path == Path.home() / "st" / "llmc-rag.db"
+
+
+def test_config_lookup_order(tmp_path):
+    """-c, then $LLMC_RAG_CONFIG, then the XDG user file, then /etc."""
+    assert find_config_path("a.yaml", {"LLMC_RAG_CONFIG": "b.yaml"}) == Path("a.yaml")
+    assert find_config_path(None, {"LLMC_RAG_CONFIG": "b.yaml"}) == Path("b.yaml")
+    user = tmp_path / "llmc-rag" / "config.yaml"
+    user.parent.mkdir()
+    user.write_text("{}")
+    assert find_config_path(None, {"XDG_CONFIG_HOME": str(tmp_path)}) == user
+    assert find_config_path(None, {"XDG_CONFIG_HOME": str(tmp_path / "none")}) == Path("/etc/llmc-rag/config.yaml")
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    """A config file that does not exist is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")
