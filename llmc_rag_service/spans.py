@@ -561,7 +561,7 @@ def _capped(item: _Item, language: str, max_chars: int) -> list[Span]:
 def split_source(
     text: str, language: str, *, max_span_chars: int = 12000, window_lines: int = 60
 ) -> list[Span]:
-    """Normalised text -> spans sorted by (start_line, longest first).
+    """Normalised text -> spans in line order (longest first on a tie; parts kept together).
 
     ``text`` must come from :func:`decode_source` (``\\n`` line ends).
     ``max_span_chars`` caps every span's text length (in characters);
@@ -583,8 +583,8 @@ def split_source(
             log.error("span_parse_failed", language=language, error=repr(exc))
     if items is None:
         items = _window_items(lines, window_lines)
-    spans = [span for item in items for span in _capped(item, language, max_span_chars)]
-    return sorted(spans, key=lambda span: (span.start_line, -span.end_line))
+    items.sort(key=lambda item: (item[2][0].first_row, -item[2][-1].last_row))
+    return [span for item in items for span in _capped(item, language, max_span_chars)]
 
 
 def split_file(relpath: str, data: bytes, *, max_file_bytes: int, max_span_chars: int = 12000) -> list[Span]:

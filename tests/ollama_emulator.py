@@ -60,6 +60,8 @@ FAULTS = frozenset({
     "runner_crash_500", "disconnect", "hang", "midstream_error", "model_missing",
     "bad_request_400",
 })
+_ERROR_FAULTS = {"load_timeout_500": (500, LOAD_TIMEOUT_MSG),
+                 "runner_crash_500": (500, RUNNER_CRASH_MSG)}
 _POLL_S = 0.05  # how often waits notice a departed client or a stopped server
 _GO_UNITS_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
                "m": 60.0, "h": 3600.0}
@@ -328,7 +330,7 @@ class OllamaEmulator:
             self._server = _Server(("127.0.0.1", self.port), self)
             self.port = self._server.server_address[1]
             self.url = f"http://127.0.0.1:{self.port}"
-            self._thread = threading.Thread(target=self._server.serve_forever, args=(_POLL_S,),
+            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,),
                                             name=f"ollama-emulator-{self.port}", daemon=True)
             self._thread.start()
             log.debug("emulator_started", url=self.url)
@@ -399,9 +401,10 @@ class OllamaEmulator:
     def inject(self, fault: str, count: int = 1, **params: Any) -> None:
         """Queue ``fault`` (one of FAULTS) for the next ``count`` chat/generate requests, FIFO.
 
-        Params: ``retry_after`` (busy_503: Retry-After header), ``seconds``
-        (hang: then answer normally; default until stop), ``message`` (error text
-        of midstream_error / bad_request_400). Raises ValueError on an unknown fault.
+        Params: ``seconds`` (wait that long first, e.g. a load timeout after a
+        stall; for hang: then answer normally, default until stop), ``retry_after``
+        (busy_503: Retry-After header), ``message`` (error text of midstream_error /
+        bad_request_400). Raises ValueError on an unknown fault.
         """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known: {sorted(FAULTS)}")
@@ -613,24 +616,27 @@ class OllamaEmulator:
             return self._faults.popleft() if self._faults else None
 
     def _early_fault(self, ex: _Handler, fault: _Fault | None, req: _Gen) -> bool:
-        """Apply a fault that replaces the whole exchange; True if the request is over."""
-        kind = fault.kind if fault else None
-        errors = {"load_timeout_500": (500, LOAD_TIMEOUT_MSG),
-                  "runner_crash_500": (500, RUNNER_CRASH_MSG),
-                  "model_missing": (404, f"model '{req.model}' not found"),
-                  "bad_request_400": (400, fault.params.get("message", "invalid request")
-                                      if fault else "")}
+        """Apply a fault that replaces the exchange (after its ``seconds`` delay, if any).
+
+        True if the request is over (dropped); raises _HttpError for error faults;
+        False to go on (no fault, a hang that ended, or a fault of the answer itself).
+        """
+        if fault is None:
+            return False
+        kind, params = fault.kind, fault.params
+        seconds = params.get("seconds", math.inf if kind == "hang" else 0.0)
+        if kind == "disconnect" or (seconds and not self._sleep(ex, seconds)):
+            ex.drop()
+            return True
         if kind == "busy_503":
-            after = fault.params.get("retry_after")
-            raise _HttpError(503, BUSY_MSG, {"Retry-After": str(after)} if after else None)
-        if kind in errors:
-            raise _HttpError(*errors[kind])
-        if kind == "disconnect":
-            ex.drop()
-            return True
-        if kind == "hang" and not self._sleep(ex, fault.params.get("seconds", math.inf)):
-            ex.drop()
-            return True
+            after = params.get("retry_after")
+            raise _HttpError(503, BUSY_MSG, None if after is None else {"Retry-After": str(after)})
+        if kind in _ERROR_FAULTS:
+            raise _HttpError(*_ERROR_FAULTS[kind])
+        if kind == "model_missing":
+            raise _HttpError(404, f"model '{req.model}' not found")
+        if kind == "bad_request_400":
+            raise _HttpError(400, params.get("message", "invalid request"))
         return False
 
     def _handle_gen(self, ex: _Handler, kind: str, body: Any) -> None:
@@ -893,10 +899,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.conn.busy = True
         self.gen = self.emu._gen
         body, invalid = self._read_json()
-        if self.conn.stale:
-            return self.drop()
         path = self.path.split("?", 1)[0]
         self.rec = self.emu._record(method, path, body)
+        if self.conn.stale:  # a connection from before restart(): read, then hang up
+            self.rec.t_end = time.monotonic()
+            return self.drop()
         try:
             if invalid:
                 raise _HttpError(400, "invalid character in request body: not JSON")

@@ -259,7 +259,7 @@ def test_model_is_listed_by_ps_while_loading(pool) -> None:
     with OllamaEmulator({"slow": 0.6}) as emu:
         future = pool.submit(chat, emu.url, model="slow")
         wait_for(lambda: ps_models(emu.url) != [])
-        assert emu.requests[0].t_end is None
+        assert [r.t_end for r in emu.requests if r.path == "/api/chat"] == [None]
         assert expires_in_s(ps_models(emu.url)[0]) > 0
         assert future.result().status_code == 200
 
@@ -310,9 +310,9 @@ def test_parallel_slots_bound_in_flight(pool) -> None:
 
 def test_waiting_requests_are_served_fifo(pool) -> None:
     """Requests waiting for a slot are served in arrival order (O4)."""
-    with OllamaEmulator(num_parallel=1, latency_s=0.1) as emu:
+    with OllamaEmulator(num_parallel=1, latency_s=0.4) as emu:
         futures = [pool.submit(chat, emu.url, "first")]
-        wait_for(lambda: emu.requests and emu.waiting_for_slot == 0 and emu.loaded_models())
+        wait_for(lambda: emu.in_flight_max.get("test-model") == 1)
         for n in range(1, 4):
             futures.append(pool.submit(chat, emu.url, f"n{n}"))
             wait_for(lambda n=n: emu.waiting_for_slot == n)
@@ -323,7 +323,7 @@ def test_waiting_requests_are_served_fifo(pool) -> None:
 
 def test_queue_past_max_queue_is_503(pool) -> None:
     """Beyond max_queue requests waiting for a load, Ollama answers 503 busy (O5)."""
-    with OllamaEmulator({"slow": 0.5}, max_queue=2) as emu:
+    with OllamaEmulator({"slow": 0.8}, max_queue=2) as emu:
         waiting = [pool.submit(chat, emu.url, model="slow") for _ in range(2)]
         wait_for(lambda: emu.waiting_for_load == 2)
         resp = chat(emu.url, model="slow")
@@ -439,15 +439,22 @@ def test_hang_fault_delays_the_answer(ollama: OllamaEmulator) -> None:
 
 def test_hang_fault_never_answers_until_stop(pool) -> None:
     """hang without seconds answers nothing; stop() breaks the connection."""
-    emu = OllamaEmulator()
-    emu.start()
-    emu.inject("hang")
-    future = pool.submit(chat, emu.url)
-    wait_for(lambda: emu.count("/api/chat") == 1)
-    assert not future.done()
-    emu.stop()
-    with pytest.raises(httpx.RemoteProtocolError):
-        future.result()
+    with OllamaEmulator() as emu:
+        emu.inject("hang")
+        future = pool.submit(chat, emu.url)
+        wait_for(lambda: emu.count("/api/chat") == 1)
+        assert not future.done()
+        emu.stop()
+        with pytest.raises(httpx.RemoteProtocolError):
+            future.result()
+
+
+def test_fault_seconds_delays_an_error_fault(ollama: OllamaEmulator) -> None:
+    """An error fault with seconds answers only after that delay, like a load timeout (O14)."""
+    ollama.inject("load_timeout_500", seconds=0.2)
+    start = time.monotonic()
+    assert chat(ollama.url).status_code == 500
+    assert time.monotonic() - start >= 0.2
 
 
 def test_midstream_error_is_a_final_error_line(ollama: OllamaEmulator) -> None:
@@ -480,6 +487,7 @@ def test_restart_breaks_a_pooled_connection(ollama: OllamaEmulator) -> None:
         with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
             client.post("/api/chat", json=body)
         assert client.post("/api/chat", json=body).status_code == 200
+    assert [r.status for r in ollama.requests] == [200, None, 200]
 
 
 def test_stopped_server_refuses_connections(ollama: OllamaEmulator) -> None:

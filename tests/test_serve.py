@@ -1,0 +1,198 @@
+"""``llmc-rag serve`` as a real process: sd_notify on a real datagram socket, saves, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmc_rag_service.report import show_report, status_report
+from tests.helpers import make_config, wait_for, write_tree
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(65536).decode("utf-8")))
+            except (socket.timeout, BlockingIOError):
+                return [m for _, m in self.messages]
+
+    def wait(self, needle: str, timeout_s: float = 20.0) -> str:
+        return wait_for(lambda: next((m for m in self.drain() if needle in m), None), timeout_s, needle)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Serve:
+    """A running ``llmc-rag serve`` subprocess."""
+
+    def __init__(self, config_path: Path, notify: NotifySocket | None, env: dict | None = None):
+        full_env = {**os.environ, **(env or {})}
+        if notify:
+            full_env["NOTIFY_SOCKET"] = notify.path
+        self.log = config_path.parent / "serve.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmc_rag_service", "serve", "-c", str(config_path)],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), env=full_env,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout_s)
+
+    def logs(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def notify(tmp_path):
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = tmp_path / "repo"
+    write_tree(root, {"src/a.py": "def f(x):\n    return x\n\n\ndef g(y):\n    return y\n"})
+    return root
+
+
+@pytest.fixture
+def serve_factory():
+    started: list[Serve] = []
+
+    def start(config, notify=None, env=None) -> Serve:
+        s = Serve(config.source, notify, env)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(10)
+
+
+def chats(emu) -> list:
+    return [r for r in emu.requests if r.path == "/api/chat"]
+
+
+@pytest.mark.timeout(60)
+def test_serve_ready_catch_up_save_and_clean_stop(tmp_path, repo, ollama, notify, serve_factory):
+    """READY after start, catch-up enriches the repo, one save re-enriches the one changed span, SIGTERM stops with STOPPING=1 and exit 0."""
+    config = make_config(tmp_path, ollama.url, [repo])
+    serve = serve_factory(config, notify)
+    notify.wait("READY=1")
+    wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, what="catch-up enrichment")
+    assert status_report(config)["daemon"]["running"] is True
+    (repo / "src" / "a.py").write_text("def f(x):\n    return x + 1\n\n\ndef g(y):\n    return y\n")
+    wait_for(lambda: len(chats(ollama)) == 3, what="the save's job")
+    wait_for(lambda: all(s["state"] == "enriched" for s in show_report(config, str(repo / "src" / "a.py"))))
+    assert "return x + 1" in chats(ollama)[-1].json["messages"][-1]["content"]
+    status = notify.wait("STATUS=")
+    assert "ollama ok" in status
+    assert serve.stop() == 0
+    assert "STOPPING=1" in notify.drain()
+    assert status_report(config)["daemon"]["running"] is False
+    assert len(chats(ollama)) == 3
+    assert '"level": "error"' not in serve.logs()
+
+
+@pytest.mark.timeout(30)
+def test_bad_config_exits_78_and_never_sends_ready(tmp_path, notify):
+    """serve on a config with a wrong type exits 78 and sends no READY."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("watch:\n  debounce_ms: soon\n")
+    proc = subprocess.run([sys.executable, "-m", "llmc_rag_service", "serve", "-c", str(path)],
+                          env={**os.environ, "NOTIFY_SOCKET": notify.path}, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 78
+    assert "watch.debounce_ms" in proc.stderr
+    assert notify.drain() == []
+
+
+@pytest.mark.timeout(60)
+def test_watchdog_pings_at_half_the_interval(tmp_path, repo, ollama, notify, serve_factory):
+    """With WATCHDOG_USEC set, WATCHDOG=1 arrives repeatedly at about half the interval."""
+    config = make_config(tmp_path, ollama.url, [repo])
+    serve = serve_factory(config, notify, env={"WATCHDOG_USEC": "1000000"})
+    notify.wait("READY=1")
+    wait_for(lambda: sum(m == "WATCHDOG=1" for m in notify.drain()) >= 4, what="4 watchdog pings")
+    times = [t for t, m in notify.messages if m == "WATCHDOG=1"]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert max(gaps) < 1.0  # always inside the 1 s watchdog interval
+    assert serve.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_reload_adds_a_repo_and_survives_a_broken_config(tmp_path, repo, ollama, notify, serve_factory):
+    """SIGHUP sends RELOADING=1 with MONOTONIC_USEC and READY=1; a new repo is watched; a broken config is refused and the daemon keeps running."""
+    config = make_config(tmp_path, ollama.url, [repo])
+    serve = serve_factory(config, notify)
+    notify.wait("READY=1")
+    second = tmp_path / "second"
+    write_tree(second, {"b.py": "def b():\n    return 2\n"})
+    data = yaml.safe_load(config.source.read_text())
+    data["repos"].append({"path": str(second)})
+    config.source.write_text(yaml.safe_dump(data))
+    serve.proc.send_signal(signal.SIGHUP)
+    reloading = notify.wait("RELOADING=1")
+    assert "MONOTONIC_USEC=" in reloading
+    wait_for(lambda: any("b.py" in r.json["messages"][-1]["content"] for r in chats(ollama)), what="new repo enriched")
+    config.source.write_text("ollama: [broken\n")
+    serve.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload_failed" in serve.logs(), what="reload_failed log")
+    assert serve.proc.poll() is None
+    (second / "b.py").write_text("def b():\n    return 3\n")
+    wait_for(lambda: any("return 3" in r.json["messages"][-1]["content"] for r in chats(ollama)),
+             what="old config still in force")
+    assert serve.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_kill_9_loses_nothing(tmp_path, repo, notify, serve_factory):
+    """A daemon killed with SIGKILL mid-request leaves its jobs to the next start, which finishes them."""
+    from tests.ollama_emulator import OllamaEmulator
+
+    with OllamaEmulator(latency_s=30.0) as slow:
+        config = make_config(tmp_path, slow.url, [repo])
+        serve = serve_factory(config, notify)
+        notify.wait("READY=1")
+        wait_for(lambda: len(chats(slow)) >= 1, what="a request in flight")
+        serve.stop(signal.SIGKILL)
+    with OllamaEmulator() as fast:
+        config = make_config(tmp_path, fast.url, [repo])
+        serve = serve_factory(config, notify)
+        wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, what="recovered jobs done")
+        assert "jobs_recovered" in serve.logs()
+        assert serve.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_second_serve_on_the_same_state_refuses(tmp_path, repo, ollama, notify, serve_factory):
+    """A second serve on the same state directory exits non-zero instead of sharing it."""
+    config = make_config(tmp_path, ollama.url, [repo])
+    first = serve_factory(config, notify)
+    notify.wait("READY=1")
+    second = serve_factory(config)
+    assert second.proc.wait(30) == 70
+    assert "already_running" in second.logs()
+    assert first.stop() == 0
