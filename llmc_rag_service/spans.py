@@ -200,7 +200,11 @@ _NAME_LEAVES = frozenset({
     "identifier", "field_identifier", "qualified_identifier", "destructor_name",
     "operator_name", "type_identifier", "template_function",
 })
-_MAX_REPARSES = 32  # bound on error-recovery re-parses per file
+#: Error-recovery re-parses may read this many times the file's bytes (plus 64 KiB).
+_REPARSE_BUDGET_FACTOR = 2
+#: Broken nodes at most this many rows apart (a run of macro-laden C declarations,
+#: say) make one ``error`` span rather than one job per line.
+_ERROR_MERGE_ROWS = 3
 
 
 class _Piece(NamedTuple):
@@ -365,9 +369,12 @@ class _Walker:
         defs: list[_Def] = []
         for node in nodes:
             for found in self._top_level(node, prefix):
-                # Skip a definition lying wholly on the previous one's lines (one-line code).
-                if not defs or found.last_row > defs[-1].last_row:
-                    defs.append(found)
+                last = defs[-1] if defs else None
+                if last and found.kind == last.kind == "error" and (
+                        found.first_row - last.last_row <= _ERROR_MERGE_ROWS):
+                    last.last_row, last.end_byte = max(last.last_row, found.last_row), found.end_byte
+                elif last is None or found.last_row > last.last_row:
+                    defs.append(found)  # else it lies on the previous one's lines (one-line code)
         return defs
 
     def _top_level(self, node: Node, prefix: str) -> list[_Def]:
@@ -438,12 +445,13 @@ class _Walker:
         indent = _indent(self.lines[start_row])
         restart = next((row for row in range(start_row + 1, last_row + 1)
                         if self.lines[row].strip() and _indent(self.lines[row]) <= indent), None)
-        if restart is None or self.budget[0] <= 0:
-            return []
-        self.budget[0] -= 1
         region = self.lines[restart:last_row + 1]
+        source = _encode(region)
+        if restart is None or self.budget[0] < len(source):
+            return []
+        self.budget[0] -= len(source)
         sub = _Walker(region, self.parser, self.budget)
-        tree = self.parser.parse(_encode(region))
+        tree = self.parser.parse(source)
         found = [d for d in sub.collect(_roots(tree.root_node), prefix) if d.kind != "error"]
         return [d.shifted(restart) for d in found + sub.recovered]
 
@@ -517,8 +525,9 @@ def _window_items(lines: list[str], window_lines: int) -> list[_Item]:
 
 def _parsed_items(lines: list[str], language: str) -> list[_Item]:
     parser = _parser_for(language)
-    walker = _Walker(lines, parser, [_MAX_REPARSES])
-    defs = walker.collect(_roots(parser.parse(_encode(lines)).root_node), "")
+    source = _encode(lines)
+    walker = _Walker(lines, parser, [_REPARSE_BUDGET_FACTOR * len(source) + 65536])
+    defs = walker.collect(_roots(parser.parse(source).root_node), "")
     claimed = [False] * len(lines)
     for found in defs:
         claimed[found.first_row:found.last_row + 1] = [True] * (found.last_row + 1 - found.first_row)
