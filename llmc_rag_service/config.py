@@ -50,26 +50,49 @@ class RepoConfig:
 
 
 @dataclass(frozen=True)
+class HostConfig:
+    """One Ollama server: base ``url`` and ``concurrency`` (requests in flight)."""
+
+    url: str
+    concurrency: int = 1
+
+
+@dataclass(frozen=True)
 class OllamaConfig:
     """How to reach Ollama. ``keep_alive`` is sent verbatim (number of seconds or
     Go duration string); ``timeout_s`` is the deadline of one request, cold model
-    load included; ``options`` is Ollama's ``options`` object."""
+    load included; ``load_timeout_s`` how long the first byte may take (queue
+    wait + cold load + prompt evaluation, cases O3); ``options`` is Ollama's
+    ``options`` object. ``hosts`` lists several servers (e.g. one per GPU);
+    empty means the single host ``url`` with ``concurrency`` (see
+    :meth:`all_hosts`)."""
 
     url: str = "http://127.0.0.1:11434"
     model: str = "qwen2.5:7b-instruct-q4_K_M"
     keep_alive: int | float | str = "15m"
     concurrency: int = 1
     timeout_s: float = 300.0
+    load_timeout_s: float = 300.0
     options: Mapping[str, Any] = field(default_factory=lambda: {"temperature": 0.2, "num_ctx": 8192})
+    hosts: tuple[HostConfig, ...] = ()
+
+    def all_hosts(self) -> tuple[HostConfig, ...]:
+        """``hosts``, or the one host given by ``url`` and ``concurrency``."""
+        return self.hosts or (HostConfig(self.url, self.concurrency),)
 
 
 @dataclass(frozen=True)
 class WatchConfig:
     """``debounce_ms``: quiet time before a saved path is processed;
-    ``max_file_bytes``: larger files are skipped."""
+    ``max_delay_ms``: a path changing continuously is still processed after
+    this long; ``max_file_bytes``: larger files are skipped; ``reconcile_s``:
+    seconds between full reconcile scans that catch anything events missed
+    (0 = never)."""
 
     debounce_ms: int = 500
     max_file_bytes: int = 1_048_576
+    max_delay_ms: int = 5000
+    reconcile_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -207,7 +230,9 @@ class _Validator:
             state_dir=state_dir,
             repos=self.repos(top.get("repos", []) or []),
             ollama=self.ollama(top),
-            watch=self.section("watch", top, WatchConfig, {"debounce_ms": (int, 0), "max_file_bytes": (int, 1)}),
+            watch=self.section("watch", top, WatchConfig, {"debounce_ms": (int, 0), "max_file_bytes": (int, 1),
+                                                           "max_delay_ms": (int, 0),
+                                                           "reconcile_s": ((int, float), 0)}),
             queue=self.section("queue", top, QueueConfig, {"max_attempts": (int, 1)}),
             logging=self.logging(top),
             source=self.path,
@@ -232,10 +257,10 @@ class _Validator:
         return tuple(out)
 
     def ollama(self, top: dict) -> OllamaConfig:
-        checks = {"url": (str,), "model": (str,), "concurrency": (int, 1), "timeout_s": ((int, float), 1)}
+        checks = {"url": (str,), "model": (str,), "concurrency": (int, 1), "timeout_s": ((int, float), 1),
+                  "load_timeout_s": ((int, float), 1)}
         cfg = self.section("ollama", top, OllamaConfig, checks)
-        if not re.match(r"^https?://[^/\s]+", cfg.url):
-            raise self.fail("ollama.url", f"must be an http:// or https:// URL, got {cfg.url!r}")
+        self.check_url("ollama.url", cfg.url)
         if not cfg.model.strip():
             raise self.fail("ollama.model", "must not be empty")
         ka = cfg.keep_alive
@@ -246,7 +271,29 @@ class _Validator:
             raise self.fail("ollama.keep_alive", f"{ka!r} is not a duration: write e.g. '15m', '1h', 300 (seconds) or -1 (forever)")
         if not isinstance(cfg.options, dict):
             raise self.fail("ollama.options", "must be a mapping of Ollama options")
-        return OllamaConfig(**{**cfg.__dict__, "url": cfg.url.rstrip("/"), "timeout_s": float(cfg.timeout_s)})
+        return OllamaConfig(**{**cfg.__dict__, "url": cfg.url.rstrip("/"), "timeout_s": float(cfg.timeout_s),
+                               "load_timeout_s": float(cfg.load_timeout_s), "hosts": self.hosts(cfg.hosts)})
+
+    def check_url(self, key: str, url: str) -> None:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise self.fail(key, f"must be an http:// or https:// URL, got {url!r}")
+
+    def hosts(self, value: Any) -> tuple[HostConfig, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise self.fail("ollama.hosts", "must be a list of {url, concurrency}")
+        out = []
+        for i, item in enumerate(value):
+            key = f"ollama.hosts[{i}]"
+            if isinstance(item, HostConfig):
+                out.append(item)
+                continue
+            raw = self.mapping(key, item, {"url", "concurrency"})
+            if "url" not in raw:
+                raise self.fail(key, "missing key 'url'")
+            self.check_url(f"{key}.url", self.typed(f"{key}.url", raw["url"], str))
+            concurrency = self.typed(f"{key}.concurrency", raw.get("concurrency", 1), int, 1)
+            out.append(HostConfig(url=raw["url"].rstrip("/"), concurrency=concurrency))
+        return tuple(out)
 
     def logging(self, top: dict) -> LoggingConfig:
         cfg = self.section("logging", top, LoggingConfig, {"level": (str,), "format": (str,)})

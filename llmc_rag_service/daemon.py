@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import queue as stdqueue
 import signal
 import threading
 import time
@@ -35,7 +34,7 @@ from llmc_rag_service import logging as logsetup
 from llmc_rag_service.config import Config, ConfigError, load_config
 from llmc_rag_service.engine import Engine
 from llmc_rag_service.notify import HealthGate, Notifier, watchdog_interval_s
-from llmc_rag_service.queue import PRIORITY_BACKFILL, PRIORITY_LIVE
+from llmc_rag_service.indexer import Indexer
 from llmc_rag_service.report import LOCK_NAME
 from llmc_rag_service.watcher import RepoWatcher
 
@@ -50,41 +49,6 @@ STATUS_MAX_GAP_S = 10.0
 
 class AlreadyRunning(Exception):
     """Another ``serve`` holds the state directory's lock."""
-
-
-class Indexer(threading.Thread):
-    """Runs scans one at a time: ``("full", repo)`` or ``("paths", repo, set)``."""
-
-    def __init__(self, daemon: "Daemon"):
-        super().__init__(name="indexer", daemon=True)
-        self.d = daemon
-        self.items: stdqueue.Queue = stdqueue.Queue()
-        self.busy: str | None = None
-
-    def run(self) -> None:
-        while True:
-            item = self.items.get()
-            if item is None:
-                return
-            kind, repo, paths = item
-            scanner = self.d.engine.scanners.get(repo)
-            if scanner is None:
-                continue
-            self.busy = f"scanning {repo.name}" if kind == "full" else None
-            self.d.status_dirty = True
-            try:
-                if kind == "full":
-                    result = scanner.full_scan(PRIORITY_BACKFILL)
-                else:
-                    result = scanner.process_paths(paths, PRIORITY_LIVE)
-                if result.jobs:
-                    log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind)
-                    self.d.engine.pool.notify_work()
-            except Exception:
-                log.exception("scan_failed", repo=str(repo), kind=kind)
-            finally:
-                self.busy = None
-                self.d.status_dirty = True
 
 
 class Daemon:
@@ -136,7 +100,7 @@ class Daemon:
         self._lock_fd = self._take_lock(self.config.state_dir)
         self.engine = Engine(self.config, on_change=self._mark_dirty)
         self.engine.store.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
-        self.indexer = Indexer(self)
+        self.indexer = Indexer(self.engine, on_change=self._mark_dirty)
         self.indexer.start()
         for repo in self.config.repos:
             self._start_watcher(repo.path)
@@ -146,7 +110,7 @@ class Daemon:
         self.gate.add_check("store", lambda: self.engine.store.writable())
         self.engine.pool.start()
         for repo in self.config.repos:
-            self.indexer.items.put(("full", repo.path, None))
+            self.indexer.put_full(repo.path)
         self.notifier.ready()
         log.info("daemon_ready", repos=[str(r.path) for r in self.config.repos], pid=os.getpid(),
                  model=self.config.ollama.model, url=self.config.ollama.url)
@@ -174,7 +138,7 @@ class Daemon:
         log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.engine.pool.in_flight)
         for watcher in self.watchers.values():
             watcher.stop()
-        self.indexer.items.put(None)
+        self.indexer.stop()
         returned = self.engine.pool.stop(STOP_GRACE_S)
         self.engine.store.set_meta(daemon_status="stopped", daemon_pid=None)
         self.engine.close(0)
@@ -201,7 +165,7 @@ class Daemon:
             self.watchers.pop(path).stop()
         for path in added:
             self._start_watcher(path)
-            self.indexer.items.put(("full", path, None))
+            self.indexer.put_full(path)
         log.info("reloaded", config=str(self.config_path), added=[str(p) for p in added],
                  removed=[str(p) for p in removed])
         self.status_dirty = True
@@ -235,13 +199,13 @@ class Daemon:
                 log.error("watcher_died", repo=str(path))
                 watcher.stop()
                 self._start_watcher(path)
-                self.indexer.items.put(("full", path, None))
+                self.indexer.put_full(path)
                 continue
             if watcher.take_rescan() or watcher.gitignore_changed():
-                self.indexer.items.put(("full", path, None))
+                self.indexer.put_full(path)
             due = watcher.take_due()
             if due:
-                self.indexer.items.put(("paths", path, due))
+                self.indexer.put_paths(path, due)
 
     def _publish_status(self) -> None:
         self.status_dirty = False

@@ -22,14 +22,15 @@ pinned in pyproject.toml; one role table serves every language):
   definitions, trimmed of blank edge lines; gaps without a letter or digit
   (blank, or just ``}``) are dropped.
 - A top-level node with a syntax error becomes an ``error`` span (its full
-  text); definitions swallowed by the broken node are recovered by re-parsing
-  the rest of its region from the next line that is not indented deeper, so
-  they may overlap the ``error`` span.
+  text, still enriched as text); broken nodes at most 3 rows apart share one.
+  Definitions swallowed by a broken node are recovered by re-parsing the rest
+  of its region from the next line that is not indented deeper (bounded to
+  about twice the file's bytes), so they may overlap the ``error`` span.
 - ``text`` files, and files whose parse raises, get ``window`` spans.
 - Any span longer than ``max_span_chars`` is cut into ``(part i/n)`` spans on
   line boundaries (an over-long line is cut into pieces); nothing is dropped.
 
-Parsers are built lazily, one per language per thread (tree-sitter parsers are
+``.h`` files are C unless their text looks like C++. Parsers are built lazily, one per language per thread (tree-sitter parsers are
 not thread-safe; ``Language`` objects are shared).
 """
 
@@ -67,12 +68,15 @@ class SkipFile(Exception):
 
 # ---------------------------------------------------------------- languages
 
-_C_LIKE = {"c": "c", "h": "cpp"}  # .h -> cpp: the C++ grammar reads C headers, not vice versa
+# .h is C unless its text looks like C++ (see split_file): the C grammar reads
+# macro-laden C headers better than the C++ one, but cannot read classes.
+_CPP_HEADER = re.compile(r"^\s*(?:class|namespace|template)\b|\bstd::|^\s*(?:public|private|protected):",
+                         re.MULTILINE)
 _EXTENSIONS = {
     **dict.fromkeys(("py", "pyi", "pyw"), "python"),
     **dict.fromkeys(("js", "mjs", "cjs", "jsx"), "javascript"),
     **dict.fromkeys(("ts", "mts", "cts"), "typescript"),
-    "tsx": "tsx", "go": "go", "rs": "rust", "java": "java", **_C_LIKE,
+    "tsx": "tsx", "go": "go", "rs": "rust", "java": "java", "c": "c", "h": "c",
     **dict.fromkeys(("cc", "cpp", "cxx", "c++", "hh", "hpp", "hxx", "h++", "ipp"), "cpp"),
 }
 
@@ -97,7 +101,7 @@ def language_for(relpath: str) -> str:
     """Language id from the file name's extension (case-insensitive).
 
     Returns one of python, javascript, typescript, tsx, go, rust, java, c, cpp,
-    or ``text`` for anything else. ``.h`` maps to cpp.
+    or ``text`` for anything else. ``.h`` maps to c (split_file may refine it to cpp).
     """
     suffix = PurePosixPath(relpath.replace("\\", "/")).suffix.lower().lstrip(".")
     return _EXTENSIONS.get(suffix, "text")
@@ -445,9 +449,11 @@ class _Walker:
         indent = _indent(self.lines[start_row])
         restart = next((row for row in range(start_row + 1, last_row + 1)
                         if self.lines[row].strip() and _indent(self.lines[row]) <= indent), None)
+        if restart is None:
+            return []
         region = self.lines[restart:last_row + 1]
         source = _encode(region)
-        if restart is None or self.budget[0] < len(source):
+        if self.budget[0] < len(source):
             return []
         self.budget[0] -= len(source)
         sub = _Walker(region, self.parser, self.budget)
@@ -597,7 +603,9 @@ def split_source(
 
 
 def split_file(relpath: str, data: bytes, *, max_file_bytes: int, max_span_chars: int = 12000) -> list[Span]:
-    """File bytes -> spans; the language comes from ``relpath`` (see :func:`language_for`).
+    """File bytes -> spans; the language comes from ``relpath`` (see :func:`language_for`),
+    except that a ``.h`` file whose text looks like C++ (class, namespace,
+    template, ``std::``, access labels) is split as cpp.
 
     Raises SkipFile("too_large") when ``len(data) > max_file_bytes`` (bytes),
     else SkipFile("binary") / SkipFile("decode_error") from :func:`decode_source`.
@@ -605,4 +613,7 @@ def split_file(relpath: str, data: bytes, *, max_file_bytes: int, max_span_chars
     if len(data) > max_file_bytes:
         raise SkipFile("too_large", f"{len(data)} bytes > max_file_bytes {max_file_bytes}")
     language = language_for(relpath)
-    return split_source(decode_source(data, language), language, max_span_chars=max_span_chars)
+    text = decode_source(data, language)
+    if relpath.lower().endswith(".h") and _CPP_HEADER.search(text):
+        language = "cpp"
+    return split_source(text, language, max_span_chars=max_span_chars)

@@ -62,6 +62,7 @@ FAULTS = frozenset({
 })
 _ERROR_FAULTS = {"load_timeout_500": (500, LOAD_TIMEOUT_MSG),
                  "runner_crash_500": (500, RUNNER_CRASH_MSG)}
+_LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 _POLL_S = 0.05  # how often waits notice a departed client or a stopped server
 _GO_UNITS_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
                "m": 60.0, "h": 3600.0}
@@ -261,6 +262,7 @@ class _Gen:
     stream: bool
     keep_alive_s: float | None
     options: dict
+    load_opts: dict  # the load-time options; others than the runner's force a reload
     t0: float
     key: str = ""
     thinks: bool = False
@@ -475,7 +477,7 @@ class OllamaEmulator:
         (None, False) while a runner with other load-time options drains (O7).
         """
         runner = self._runners.get(req.key)
-        if runner is not None and (runner.draining or runner.load_opts != req.options["load"]):
+        if runner is not None and (runner.draining or runner.load_opts != req.load_opts):
             runner.draining = True
             if runner.refs > 0:
                 return None, False
@@ -484,7 +486,7 @@ class OllamaEmulator:
         loader = runner is None
         if loader:
             session_s = DEFAULT_KEEP_ALIVE_S if req.keep_alive_s is None else req.keep_alive_s
-            runner = _Runner(req.key, req.options["load"], session_s)
+            runner = _Runner(req.key, req.load_opts, session_s)
             self._runners[req.key] = runner
             self.loads += 1
         runner.refs += 1
@@ -508,7 +510,7 @@ class OllamaEmulator:
             self._reap()
             runner = self._runners.get(req.key)
             if runner and runner.ready and not runner.draining \
-                    and runner.load_opts == req.options["load"]:
+                    and runner.load_opts == req.load_opts:
                 return False
             if self._load_waiters >= self.max_queue:
                 raise _HttpError(503, BUSY_MSG)
@@ -545,10 +547,11 @@ class OllamaEmulator:
         with self._cond:
             if ok and not runner.failed:
                 runner.ready = True
-            elif self._runners.get(req.key) is runner:
+            else:
                 runner.failed = True
-                del self._runners[req.key]
-                self.aborted_loads += 1
+                if self._runners.get(req.key) is runner:
+                    del self._runners[req.key]
+                    self.aborted_loads += 1
             self._cond.notify_all()
         return ok
 
@@ -592,12 +595,11 @@ class OllamaEmulator:
                 raise _HttpError(400, str(exc)) from exc
         if not body.get("model"):
             raise _HttpError(400, "model is required")
-        options = dict(body.get("options") or {})
-        options["load"] = {"num_ctx": options.get("num_ctx", self.num_ctx_default),
-                           **{k: options.get(k) for k in ("num_batch", "num_gpu", "main_gpu",
-                                                          "use_mmap", "num_thread")}}
+        options = body.get("options") or {}
+        load_opts = {k: options.get(k) for k in _LOAD_OPTIONS}
+        load_opts["num_ctx"] = options.get("num_ctx", self.num_ctx_default)
         return _Gen(kind, body["model"], body, body.get("stream") is not False, keep_alive_s,
-                    options, time.monotonic())
+                    options, load_opts, time.monotonic())
 
     def _resolve(self, req: _Gen) -> None:
         """Find the installed model (404) and whether it thinks (400 if asked and it cannot)."""

@@ -26,7 +26,8 @@ def test_sample_config_is_valid_and_documents_every_key(tmp_path, monkeypatch):
     assert cfg.ollama.options == {"temperature": 0.2, "num_ctx": 8192}
     text = (ROOT / "etc" / "llmc-rag.yaml").read_text()
     for key in ("state_dir", "url", "model", "keep_alive", "concurrency", "timeout_s", "options",
-                "debounce_ms", "max_file_bytes", "max_attempts", "level", "format"):
+                "debounce_ms", "max_file_bytes", "max_attempts", "level", "format", "load_timeout_s",
+                "hosts", "max_delay_ms", "reconcile_s"):
         assert f"{key}:" in text
 
 
@@ -104,3 +105,14 @@ def test_missing_file_is_a_config_error(tmp_path):
     """A config file that does not exist is a ConfigError naming it."""
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_hosts_list_and_single_host_form(tmp_path):
+    """ollama.hosts gives several servers; without it, url+concurrency is the one host."""
+    cfg = load_config(write(tmp_path, "ollama:\n  hosts:\n    - {url: 'http://a:1', concurrency: 2}\n    - {url: 'http://b:2/'}\n"))
+    assert [(h.url, h.concurrency) for h in cfg.ollama.all_hosts()] == [("http://a:1", 2), ("http://b:2", 1)]
+    single = load_config(write(tmp_path, "ollama:\n  url: http://x:3\n  concurrency: 4\n"))
+    assert [(h.url, h.concurrency) for h in single.ollama.all_hosts()] == [("http://x:3", 4)]
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "ollama:\n  hosts:\n    - {url: 'http://a:1', concurrency: 0}\n"))
+    assert err.value.key == "ollama.hosts[0].concurrency" and err.value.line == 3

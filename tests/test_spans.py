@@ -153,7 +153,7 @@ def test_empty_and_whitespace_only_files_have_no_spans() -> None:
     ("relpath", "language"),
     [("a/b.py", "python"), ("x.mjs", "javascript"), ("x.jsx", "javascript"),
      ("x.ts", "typescript"), ("X.TSX", "tsx"), ("main.go", "go"), ("lib.rs", "rust"),
-     ("A.java", "java"), ("x.c", "c"), ("x.hpp", "cpp"), ("x.cc", "cpp"),
+     ("A.java", "java"), ("x.c", "c"), ("x.h", "c"), ("x.hpp", "cpp"), ("x.cc", "cpp"),
      ("README.md", "text"), ("Makefile", "text")],
 )
 def test_language_comes_from_the_extension(relpath: str, language: str) -> None:
@@ -587,10 +587,11 @@ def test_javascript_syntax_error_keeps_the_rest_of_the_file() -> None:
         }
     ''')
     spans = split_source(text, "javascript")
-    kinds = {(s.kind, s.name) for s in spans}
-    assert ("function", "good") in kinds and ("function", "after") in kinds
-    errors = [s for s in spans if s.kind == "error"]
-    assert errors and all(s.start_line <= 5 <= s.end_line for s in errors)
+    assert outline(spans) == [
+        ("function", "good", 1, 3),
+        ("error", "lines 5-11", 5, 11),
+        ("function", "after", 9, 11),
+    ]
     assert_exact_lines(text, spans)
 
 
@@ -618,3 +619,29 @@ def test_spans_are_the_same_when_computed_from_many_threads() -> None:
         thread.join(timeout=20)
     assert not errors and not any(t.is_alive() for t in threads)
     assert len(results) == 60 and all(result == serial for result in results)
+
+
+def test_header_with_cpp_syntax_is_split_as_cpp() -> None:
+    """A .h file is C, unless its text looks like C++ (here a class), then it is cpp."""
+    c_header = b"int add(int a, int b) {\n  return a + b;\n}\n"
+    cpp_header = b"class Box {\n public:\n  int size() const {\n    return 1;\n  }\n};\n"
+    assert [(s.language, s.kind) for s in split_file("a.h", c_header, max_file_bytes=MAX)] == [
+        ("c", "function")]
+    assert outline(split_file("b.h", cpp_header, max_file_bytes=MAX)) == [
+        ("class", "Box", 1, 6), ("method", "Box.size", 3, 5)]
+
+
+def test_unicode_line_separators_do_not_shift_line_numbers() -> None:
+    """Only \\n ends a line: U+2028, NEL and form feed inside code keep later lines in place."""
+    text = 's = "a\u2028b\x85c\x0cd"\n\ndef f():\n    return "\u00e9\u2028"\n'
+    spans = split_source(text, "python")
+    assert outline(spans) == [("block", "lines 1-1", 1, 1), ("function", "f", 3, 4)]
+    assert_exact_lines(text, spans)
+
+
+def test_one_line_methods_get_placeholders_without_their_bodies() -> None:
+    """A method written on one line is cut before its body in the class placeholder."""
+    text = 'class K {\n  m() { return "\u00e9\u00e9"; }\n  n() { return 2; }\n}\n'
+    spans = split_source(text, "javascript")
+    assert spans[0].text == "class K {\n  m() ...\n  n() ...\n}"
+    assert outline(spans) == [("class", "K", 1, 4), ("method", "K.m", 2, 2), ("method", "K.n", 3, 3)]
