@@ -36,7 +36,7 @@ from llmc_rag_service.engine import Engine
 from llmc_rag_service.notify import HealthGate, Notifier, watchdog_interval_s
 from llmc_rag_service.indexer import Indexer
 from llmc_rag_service.report import LOCK_NAME
-from llmc_rag_service.watcher import RepoWatcher
+from llmc_rag_service.watching import Watching
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +66,6 @@ class Daemon:
         self.wake = threading.Event()
         self.stop_requested = self.reload_requested = False
         self.status_dirty = True
-        self.watchers: dict[Path, RepoWatcher] = {}
         self.gate = HealthGate()
 
     # -- signals: record only --------------------------------------------
@@ -102,11 +101,12 @@ class Daemon:
         self.engine.store.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
         self.indexer = Indexer(self.engine, on_change=self._mark_dirty)
         self.indexer.start()
+        self.watching = Watching(self.config.watch)
         for repo in self.config.repos:
-            self._start_watcher(repo.path)
-        self.gate.add_check("watchers", self._watchers_ok)
+            self.watching.start(repo.path, self.engine.scanners[repo.path].ignore)
+        self.gate.add_check("watchers", lambda: self.watching.health())
         self.gate.add_check("indexer", lambda: None if self.indexer.is_alive() else "indexer thread died")
-        self.gate.add_check("workers", lambda: self.engine.pool.hung())
+        self.gate.add_check("workers", lambda: self.engine.hung())
         self.gate.add_check("store", lambda: self.engine.store.writable())
         self.engine.pool.start()
         for repo in self.config.repos:
@@ -136,8 +136,7 @@ class Daemon:
     def shutdown(self) -> None:
         self.notifier.stopping()
         log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.engine.pool.in_flight)
-        for watcher in self.watchers.values():
-            watcher.stop()
+        self.watching.stop_all()
         self.indexer.stop()
         returned = self.engine.pool.stop(STOP_GRACE_S)
         self.engine.store.set_meta(daemon_status="stopped", daemon_pid=None)
@@ -162,9 +161,9 @@ class Daemon:
         self.engine.config = new
         added, removed = self.engine.set_repos(new.repos)
         for path in removed:
-            self.watchers.pop(path).stop()
+            self.watching.stop(path)
         for path in added:
-            self._start_watcher(path)
+            self.watching.start(path, self.engine.scanners[path].ignore)
             self.indexer.put_full(path)
         log.info("reloaded", config=str(self.config_path), added=[str(p) for p in added],
                  removed=[str(p) for p in removed])
@@ -187,25 +186,12 @@ class Daemon:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
 
-    def _start_watcher(self, path: Path) -> None:
-        scanner = self.engine.scanners[path]
-        watcher = RepoWatcher(path, scanner.ignore, debounce_ms=self.config.watch.debounce_ms)
-        watcher.start()
-        self.watchers[path] = watcher
-
     def _drain_watchers(self) -> None:
-        for path, watcher in list(self.watchers.items()):
-            if not watcher.is_alive():
-                log.error("watcher_died", repo=str(path))
-                watcher.stop()
-                self._start_watcher(path)
-                self.indexer.put_full(path)
-                continue
-            if watcher.take_rescan() or watcher.gitignore_changed():
-                self.indexer.put_full(path)
-            due = watcher.take_due()
-            if due:
-                self.indexer.put_paths(path, due)
+        for work in self.watching.poll():
+            if work.kind == "full":
+                self.indexer.put_full(work.repo)
+            else:
+                self.indexer.put_paths(work.repo, set(work.paths))
 
     def _publish_status(self) -> None:
         self.status_dirty = False
@@ -215,9 +201,4 @@ class Daemon:
             activity = "scanning"
         text = self.engine.status_line(activity)
         self.notifier.status(text)
-        host = self.engine.pool.host
-        self.engine.store.set_meta(daemon_status=text, ollama_last_error=host.error)
-
-    def _watchers_ok(self) -> str | None:
-        dead = [str(p) for p, w in self.watchers.items() if not w.is_alive()]
-        return f"watcher thread dead: {', '.join(dead)}" if dead else None
+        self.engine.store.set_meta(daemon_status=text, ollama_last_error=self.engine.last_error())

@@ -75,6 +75,14 @@ class Engine:
             scanner.queue = self.queue
         self.pool.start()
 
+    def last_error(self) -> str | None:
+        """The current Ollama problem (unreachable, model missing), or None."""
+        return self.pool.host.error
+
+    def hung(self) -> str | None:
+        """Watchdog health check: a reason if a request is past its deadline."""
+        return self.pool.hung()
+
     def counts(self) -> dict[str, int]:
         """Queue counts plus the number of requests in flight."""
         return {**self.queue.counts(), "in_flight": self.pool.in_flight}

@@ -30,8 +30,9 @@ pinned in pyproject.toml; one role table serves every language):
 - Any span longer than ``max_span_chars`` is cut into ``(part i/n)`` spans on
   line boundaries (an over-long line is cut into pieces); nothing is dropped.
 
-``.h`` files are C unless their text looks like C++. Parsers are built lazily, one per language per thread (tree-sitter parsers are
-not thread-safe; ``Language`` objects are shared).
+``.h`` files are C unless their text looks like C++. Parsers are built lazily,
+one per language per thread (tree-sitter parsers are not thread-safe;
+``Language`` objects are shared).
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ class SkipFile(Exception):
 
 # .h is C unless its text looks like C++ (see split_file): the C grammar reads
 # macro-laden C headers better than the C++ one, but cannot read classes.
-_CPP_HEADER = re.compile(r"^\s*(?:class|namespace|template)\b|\bstd::|^\s*(?:public|private|protected):",
-                         re.MULTILINE)
+_CPP_HEADER = re.compile(
+    r"^\s*(?:class|namespace|template)\b|\bstd::|^\s*(?:public|private|protected):", re.MULTILINE
+)
 _EXTENSIONS = {
     **dict.fromkeys(("py", "pyi", "pyw"), "python"),
     **dict.fromkeys(("js", "mjs", "cjs", "jsx"), "javascript"),
@@ -198,7 +200,9 @@ _CONTAINERS = {
 }
 _VARIABLES = frozenset({"lexical_declaration", "variable_declaration"})
 _FIELDS = frozenset({"field_definition", "public_field_definition"})
-_FUNCTION_VALUES = frozenset({"arrow_function", "function_expression", "function", "generator_function"})
+_FUNCTION_VALUES = frozenset(
+    {"arrow_function", "function_expression", "function", "generator_function"}
+)
 _ATTACHED = frozenset({"comment", "line_comment", "block_comment", "attribute_item"})
 _NAME_LEAVES = frozenset({
     "identifier", "field_identifier", "qualified_identifier", "destructor_name",
@@ -414,7 +418,8 @@ class _Walker:
             return found
         value_name = _function_value_name(node)
         if value_name:
-            return self._make("method" if in_class else "function", _qualify(prefix, value_name), node, outer)
+            kind = "method" if in_class else "function"
+            return self._make(kind, _qualify(prefix, value_name), node, outer)
         return None
 
     def _members(self, node: Node, owner: _Def, prefix: str | None) -> list[_Def]:
@@ -426,11 +431,7 @@ class _Walker:
         members: list[_Def] = []
         for child in children:
             found = self._definition(_unwrap(child), child, prefix or "", in_class=True)
-            after = members[-1].last_row if members else owner.sig_row
-            # A member sharing a line with the class edges or a sibling stays inline.
-            inside = found is not None and found.last_row < owner.last_row or (
-                found is not None and found.end_byte == owner.end_byte)
-            if found is not None and inside and found.first_row > after:
+            if found is not None and _has_own_lines(found, owner, members):
                 members.append(found)
         return members
 
@@ -460,6 +461,15 @@ class _Walker:
         tree = self.parser.parse(source)
         found = [d for d in sub.collect(_roots(tree.root_node), prefix) if d.kind != "error"]
         return [d.shifted(restart) for d in found + sub.recovered]
+
+
+def _has_own_lines(member: _Def, owner: _Def, previous: list[_Def]) -> bool:
+    """True if the member shares no line with the class header or the previous member,
+    and ends before the class's last line (or with it: Python has no closing brace).
+    A member failing this stays inline in the class text."""
+    after = previous[-1].last_row if previous else owner.sig_row
+    ends_inside = member.last_row < owner.last_row or member.end_byte == owner.end_byte
+    return member.first_row > after and ends_inside
 
 
 def _indent(line: str) -> int:
@@ -602,7 +612,9 @@ def split_source(
     return [span for item in items for span in _capped(item, language, max_span_chars)]
 
 
-def split_file(relpath: str, data: bytes, *, max_file_bytes: int, max_span_chars: int = 12000) -> list[Span]:
+def split_file(
+    relpath: str, data: bytes, *, max_file_bytes: int, max_span_chars: int = 12000
+) -> list[Span]:
     """File bytes -> spans; the language comes from ``relpath`` (see :func:`language_for`),
     except that a ``.h`` file whose text looks like C++ (class, namespace,
     template, ``std::``, access labels) is split as cpp.
