@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmc_rag_service import spans as spans_module
+from llmc_rag_service import syntax as syntax_module
 from llmc_rag_service.models import Span, span_hash_of
 from llmc_rag_service.spans import SkipFile, decode_source, language_for, split_file, split_source
 
@@ -566,7 +566,7 @@ def test_a_failing_parser_falls_back_to_windows(monkeypatch: pytest.MonkeyPatch)
     def broken(language: str) -> None:
         raise ImportError(f"no grammar for {language}")
 
-    monkeypatch.setattr(spans_module, "_parser_for", broken)
+    monkeypatch.setattr(syntax_module, "_parser_for", broken)
     spans = split_source(PYTHON, "python", window_lines=20)
     assert outline(spans) == [("window", "lines 1-20", 1, 20), ("window", "lines 21-27", 21, 27)]
 

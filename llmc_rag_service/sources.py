@@ -1,0 +1,103 @@
+"""Source files as text: language detection and decoding.
+
+``language_for(relpath)`` names the language by extension; ``decode_source``
+turns bytes into normalised text (BOM dropped, CRLF and lone CR -> LF, so line
+numbers never move) or raises :class:`SkipFile` (binary, undecodable).
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from pathlib import PurePosixPath
+
+class SkipFile(Exception):
+    """File is not indexed.
+
+    Attributes:
+        reason: ``binary``, ``too_large`` or ``decode_error``.
+        detail: Human text (offsets, sizes, codec).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------- languages
+
+# .h is C unless its text looks like C++ (see split_file): the C grammar reads
+# macro-laden C headers better than the C++ one, but cannot read classes.
+_CPP_HEADER = re.compile(
+    r"^\s*(?:class|namespace|template)\b|\bstd::|^\s*(?:public|private|protected):", re.MULTILINE
+)
+_EXTENSIONS = {
+    **dict.fromkeys(("py", "pyi", "pyw"), "python"),
+    **dict.fromkeys(("js", "mjs", "cjs", "jsx"), "javascript"),
+    **dict.fromkeys(("ts", "mts", "cts"), "typescript"),
+    "tsx": "tsx", "go": "go", "rs": "rust", "java": "java", "c": "c", "h": "c",
+    **dict.fromkeys(("cc", "cpp", "cxx", "c++", "hh", "hpp", "hxx", "h++", "ipp"), "cpp"),
+}
+
+
+def language_for(relpath: str) -> str:
+    """Language id from the file name's extension (case-insensitive).
+
+    Returns one of python, javascript, typescript, tsx, go, rust, java, c, cpp,
+    or ``text`` for anything else. ``.h`` maps to c (split_file may refine it to cpp).
+    """
+    suffix = PurePosixPath(relpath.replace("\\", "/")).suffix.lower().lstrip(".")
+    return _EXTENSIONS.get(suffix, "text")
+
+
+# ----------------------------------------------------------------- decoding
+
+# PEP 263: the cookie is on line 1, or on line 2 if line 1 is a comment or blank.
+_COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
+_BLANK_OR_COMMENT = re.compile(rb"^[ \t\f]*(?:#.*)?\r?$")
+
+
+def decode_source(data: bytes, language: str) -> str:
+    """Bytes -> normalised text: UTF-8 BOM stripped, CRLF and lone CR -> LF.
+
+    Tries UTF-8; for ``python`` falls back to a PEP 263 coding cookie.
+    Raises SkipFile("binary") if any NUL byte is present, and
+    SkipFile("decode_error") if the bytes cannot be decoded.
+    """
+    nul_at = data.find(b"\x00")
+    if nul_at >= 0:
+        raise SkipFile("binary", f"NUL byte at offset {nul_at}")
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = _decode_by_cookie(data, language, exc)
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _decode_by_cookie(data: bytes, language: str, utf8_error: UnicodeDecodeError) -> str:
+    cookie = _coding_cookie(data) if language == "python" else None
+    if cookie is None:
+        raise SkipFile(
+            "decode_error", f"not UTF-8 ({utf8_error.reason} at byte {utf8_error.start})"
+        ) from utf8_error
+    try:
+        return data.decode(cookie)
+    except (LookupError, UnicodeDecodeError) as exc:
+        raise SkipFile("decode_error", f"cannot decode with coding cookie {cookie!r}: {exc}") from exc
+
+
+def _coding_cookie(data: bytes) -> str | None:
+    for number, line in enumerate(data.split(b"\n", 2)[:2]):
+        match = _COOKIE.match(line)
+        if match:
+            return match.group(1).decode("ascii")
+        if number == 0 and not _BLANK_OR_COMMENT.match(line):
+            return None
+    return None
+
+
+def looks_like_cpp(text: str) -> bool:
+    """Whether a ``.h`` file's text uses C++ (class, namespace, template, ``std::``, access labels)."""
+    return _CPP_HEADER.search(text) is not None
