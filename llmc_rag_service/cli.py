@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from llmc_rag_service.config import Config, ConfigError, find_config_path, load_
 
 EX_CONFIG = 78
 EX_SOFTWARE = 70
+EX_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,14 +63,24 @@ def _load(args: argparse.Namespace) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "install-unit":
-        return _install_unit(args)
     try:
-        config = _load(args)
-    except ConfigError as exc:
-        print(f"llmc-rag: config error: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
+        if args.command == "install-unit":
+            return _install_unit(args)
+        try:
+            config = _load(args)
+        except ConfigError as exc:
+            print(f"llmc-rag: config error: {exc}", file=sys.stderr)
+            return EX_CONFIG
+        return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
+    except KeyboardInterrupt:
+        # enrich: pending work stays in the store for the next run.
+        print("llmc-rag: interrupted", file=sys.stderr)
+        return EX_INTERRUPTED
+    except BrokenPipeError:
+        # `llmc-rag status --json | head`: the reader left; say nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
@@ -147,5 +159,12 @@ def _install_unit(args: argparse.Namespace) -> int:
 
     path = install_unit(args.user, Path(args.dest) if args.dest else None, args.run_as)
     scope = "--user " if args.user else ""
-    print(f"wrote {path}\nnext: systemctl {scope}daemon-reload && systemctl {scope}enable --now llmc-rag")
+    print(f"wrote {path}")
+    if not args.user and not args.run_as:
+        print("llmc-rag: warning: User=llmc-rag is a placeholder; pass --run-as USER (the owner of the repos) "
+              "or set User= in a drop-in", file=sys.stderr)
+    if args.dest:
+        print(f"next: copy it into the systemd unit directory, then systemctl {scope}daemon-reload")
+    else:
+        print(f"next: systemctl {scope}daemon-reload && systemctl {scope}enable --now llmc-rag")
     return 0

@@ -1,0 +1,50 @@
+"""Command-line edges: exit codes, broken pipes, install-unit advice."""
+
+import subprocess
+import sys
+
+from llmc_rag_service import cli
+from tests.helpers import make_config
+
+
+def test_status_piped_into_a_closed_reader_exits_quietly(tmp_path):
+    """`llmc-rag status --json | head -1` prints no BrokenPipeError traceback."""
+    config = make_config(tmp_path, "http://127.0.0.1:9", [tmp_path])
+    proc = subprocess.run(
+        f"{sys.executable} -m llmc_rag_service status --json -c {config.source} | head -c 1",
+        shell=True, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.stdout == "{"
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_interrupt_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a command exits 130 with one line, no traceback."""
+    config = make_config(tmp_path, "http://127.0.0.1:9", [tmp_path])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    import llmc_rag_service.oneshot as oneshot
+
+    monkeypatch.setattr(oneshot, "run_enrich", interrupted)
+    assert cli.main(["enrich", "-c", str(config.source)]) == 130
+    assert capsys.readouterr().err.strip() == "llmc-rag: interrupted"
+
+
+def test_install_unit_warns_about_the_placeholder_user(tmp_path, capsys):
+    """install-unit without --run-as warns that User= is a placeholder, and --dest changes the advice."""
+    assert cli.main(["install-unit", "--dest", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "placeholder" in out.err and "--run-as" in out.err
+    assert "copy it into" in out.out
+    assert (tmp_path / "llmc-rag.service").exists()
+    assert cli.main(["install-unit", "--dest", str(tmp_path), "--run-as", "alice"]) == 0
+    assert "placeholder" not in capsys.readouterr().err
+    assert "User=alice" in (tmp_path / "llmc-rag.service").read_text()
+
+
+def test_status_with_a_missing_config_exits_78(tmp_path, capsys):
+    """status needs a readable config too: 78 naming the file."""
+    assert cli.main(["status", "-c", str(tmp_path / "none.yaml")]) == 78
+    assert "none.yaml" in capsys.readouterr().err
