@@ -130,7 +130,8 @@ def _show(config: Config, args: argparse.Namespace) -> int:
 
     path, line = args.target, None
     head, sep, tail = args.target.rpartition(":")
-    if sep and tail.isdigit():
+    # A file may itself be named "x:12"; only an unknown name is read as PATH:LINE.
+    if sep and tail.isdigit() and show_report(config, args.target) is None:
         path, line = head, int(tail)
     spans = show_report(config, path, line)
     if spans is None:

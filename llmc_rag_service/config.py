@@ -10,17 +10,29 @@ Lookup order (:func:`find_config_path`): ``-c``, ``$LLMC_RAG_CONFIG``,
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+import pathspec
 import yaml
 
 #: Ollama options that are fixed when the model is loaded: sending a
 #: different value makes the server reload the model (cases O7).
 LOAD_TIME_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+
+#: Upper bound of ``ollama.concurrency``: one worker thread per request in flight.
+MAX_CONCURRENCY = 64
+
+# Ollama options with integer values (and their minimum), and with numbers
+# (Ollama API doc, "Valid Parameters and Values"); others pass through.
+_INT_OPTIONS = {"num_ctx": 256, "num_predict": 1, "num_batch": 1, "num_gpu": 0, "main_gpu": 0,
+                "num_thread": 0, "num_keep": -1, "seed": -2**63, "top_k": 0, "repeat_last_n": -1}
+_NUMBER_OPTIONS = frozenset({"temperature", "top_p", "min_p", "typical_p", "repeat_penalty",
+                             "presence_penalty", "frequency_penalty", "mirostat_tau", "mirostat_eta"})
 
 # Go duration as Ollama parses keep_alive strings ("5m", "1h30m", "-1s", "300ms").
 _GO_DURATION = re.compile(r"^[+-]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$|^0$")
@@ -208,12 +220,17 @@ class _Validator:
                 raise self.fail(full, f"unknown key (allowed: {', '.join(sorted(allowed))})")
         return value
 
-    def typed(self, key: str, value: Any, kind: type | tuple[type, ...], minimum: float | None = None) -> Any:
+    def typed(self, key: str, value: Any, kind: type | tuple[type, ...], minimum: float | None = None,
+              maximum: float | None = None) -> Any:
         if isinstance(value, bool) or not isinstance(value, kind):
             want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise self.fail(key, f"must be {want}, got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(key, f"must be a finite number, got {value!r}")
         if minimum is not None and value < minimum:
             raise self.fail(key, f"must be >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise self.fail(key, f"must be <= {maximum}, got {value!r}")
         return value
 
     def section(self, key: str, data: dict, cls: type, checks: dict[str, tuple]) -> Any:
@@ -247,18 +264,43 @@ class _Validator:
             raw = self.mapping(key, item, {"path", "exclude"})
             if "path" not in raw:
                 raise self.fail(key, "missing key 'path'")
-            path = Path(os.path.expanduser(self.typed(f"{key}.path", raw["path"], str))).resolve()
+            raw_path = self.typed(f"{key}.path", raw["path"], str)
+            if not raw_path.strip():
+                raise self.fail(f"{key}.path", "must not be empty")
+            path = Path(os.path.expanduser(raw_path)).resolve()
             if not path.is_dir():
                 raise self.fail(f"{key}.path", f"{str(path)!r} is not a directory")
-            exclude = raw.get("exclude", []) or []
-            if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
-                raise self.fail(f"{key}.exclude", "must be a list of gitignore-style patterns (strings)")
-            out.append(RepoConfig(path=path, exclude=tuple(exclude)))
+            out.append(RepoConfig(path=path, exclude=self.patterns(f"{key}.exclude", raw.get("exclude", []) or [])))
         return tuple(out)
 
+    def patterns(self, key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise self.fail(key, "must be a list of gitignore-style patterns (strings)")
+        for i, pattern in enumerate(value):
+            try:
+                pathspec.GitIgnoreSpec.from_lines([pattern])
+            except (ValueError, re.error) as exc:
+                raise self.fail(f"{key}[{i}]", f"invalid gitignore pattern {pattern!r}: {exc}") from exc
+        return tuple(value)
+
+    def options(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail("ollama.options", "must be a mapping of Ollama options")
+        for name, option in value.items():
+            key = f"ollama.options.{name}"
+            if name in _INT_OPTIONS:
+                self.typed(key, option, int, _INT_OPTIONS[name])
+            elif name in _NUMBER_OPTIONS:
+                self.typed(key, option, (int, float))
+            elif name == "use_mmap" and not isinstance(option, bool):
+                raise self.fail(key, f"must be true or false, got {option!r}")
+            elif name == "stop" and not (isinstance(option, list) and all(isinstance(x, str) for x in option)):
+                raise self.fail(key, "must be a list of strings")
+        return value
+
     def ollama(self, top: dict) -> OllamaConfig:
-        checks = {"url": (str,), "model": (str,), "concurrency": (int, 1), "timeout_s": ((int, float), 1),
-                  "load_timeout_s": ((int, float), 1)}
+        checks = {"url": (str,), "model": (str,), "concurrency": (int, 1, MAX_CONCURRENCY),
+                  "timeout_s": ((int, float), 1, 86400), "load_timeout_s": ((int, float), 1, 86400)}
         cfg = self.section("ollama", top, OllamaConfig, checks)
         self.check_url("ollama.url", cfg.url)
         if not cfg.model.strip():
@@ -269,8 +311,7 @@ class _Validator:
         if isinstance(ka, str) and not _GO_DURATION.match(ka.strip()):
             # Ollama answers 400 "time: missing unit in duration" (cases O6).
             raise self.fail("ollama.keep_alive", f"{ka!r} is not a duration: write e.g. '15m', '1h', 300 (seconds) or -1 (forever)")
-        if not isinstance(cfg.options, dict):
-            raise self.fail("ollama.options", "must be a mapping of Ollama options")
+        self.options(cfg.options)
         return OllamaConfig(**{**cfg.__dict__, "url": cfg.url.rstrip("/"), "timeout_s": float(cfg.timeout_s),
                                "load_timeout_s": float(cfg.load_timeout_s), "hosts": self.hosts(cfg.hosts)})
 
@@ -291,7 +332,7 @@ class _Validator:
             if "url" not in raw:
                 raise self.fail(key, "missing key 'url'")
             self.check_url(f"{key}.url", self.typed(f"{key}.url", raw["url"], str))
-            concurrency = self.typed(f"{key}.concurrency", raw.get("concurrency", 1), int, 1)
+            concurrency = self.typed(f"{key}.concurrency", raw.get("concurrency", 1), int, 1, MAX_CONCURRENCY)
             out.append(HostConfig(url=raw["url"].rstrip("/"), concurrency=concurrency))
         return tuple(out)
 

@@ -38,7 +38,19 @@ def open_readonly(db_path: Path) -> sqlite3.Connection | None:
     (``status`` must work before the daemon ever ran, and create nothing)."""
     if not db_path.exists():
         return None
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10.0)
+    try:
+        conn = _connect(f"file:{db_path}?mode=ro")
+        conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
+    except sqlite3.OperationalError:
+        # A WAL database in a directory we cannot write (no -shm file and no
+        # right to make one) opens only as immutable; the daemon is not
+        # running then, so nothing changes under us.
+        conn = _connect(f"file:{db_path}?mode=ro&immutable=1")
+    return conn
+
+
+def _connect(uri: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, timeout=10.0)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 10000")
     return conn

@@ -48,3 +48,48 @@ def test_status_with_a_missing_config_exits_78(tmp_path, capsys):
     """status needs a readable config too: 78 naming the file."""
     assert cli.main(["status", "-c", str(tmp_path / "none.yaml")]) == 78
     assert "none.yaml" in capsys.readouterr().err
+
+
+def test_status_reads_a_store_in_a_read_only_state_dir(tmp_path, capsys):
+    """status works on a stopped daemon's store whose directory is read-only (no -shm can be made)."""
+    import os
+
+    config = make_config(tmp_path, "http://127.0.0.1:9", [tmp_path])
+    from llmc_rag_service.store import Store
+
+    Store(config.db_path).close()
+    for extra in ("-shm", "-wal"):
+        p = config.db_path.with_name(config.db_path.name + extra)
+        if p.exists():
+            p.unlink()
+    code = (
+        "import sys, json; from llmc_rag_service import cli; sys.exit(cli.main(['status', '--json', '-c', sys.argv[1]]))"
+    )
+    os.chmod(config.state_dir, 0o500)
+    try:
+        # Root ignores directory permissions; drop the capability that lets it.
+        proc = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search,-fowner",
+                               sys.executable, "-c", code, str(config.source)],
+                              capture_output=True, text=True, timeout=30)
+    finally:
+        os.chmod(config.state_dir, 0o700)
+    assert proc.returncode == 0, proc.stderr
+    assert '"totals"' in proc.stdout
+
+
+def test_show_finds_a_file_whose_name_looks_like_path_line(tmp_path, capsys):
+    """A file literally named `x:12` is shown as that file, not as line 12 of `x`."""
+    from llmc_rag_service.models import Span
+    from llmc_rag_service.store import Store
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    config = make_config(tmp_path, "http://127.0.0.1:9", [repo])
+    store = Store(config.db_path)
+    rid = store.repo_id(repo)
+    with store.write() as tx:
+        store.put_file(tx, rid, "x:12", size=1, mtime_ns=1, content_hash="h", language="text",
+                       skipped=None, spans=[Span("window", "lines 1-1", 1, 1, "hello", "text")])
+    store.close()
+    assert cli.main(["show", "-c", str(config.source), "--json", str(repo / "x:12")]) == 0
+    assert '"path": "x:12"' in capsys.readouterr().out

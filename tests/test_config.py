@@ -58,6 +58,15 @@ def test_unknown_key_names_the_key_path_file_and_line(tmp_path):
         ("repos:\n  - path: /nonexistent/dir/x\n", "repos[0].path"),
         ("repos: {path: /tmp}\n", "repos"),
         ("bogus: 1\n", "bogus"),
+        ("repos:\n  - path: ''\n", "repos[0].path"),
+        ("repos:\n  - path: /tmp\n    exclude: ['ok', '[z-a]']\n", "repos[0].exclude[1]"),
+        ("ollama:\n  options: {num_ctx: abc}\n", "ollama.options.num_ctx"),
+        ("ollama:\n  options: {num_predict: lots}\n", "ollama.options.num_predict"),
+        ("ollama:\n  options: {num_predict: -1}\n", "ollama.options.num_predict"),
+        ("ollama:\n  options: {temperature: hot}\n", "ollama.options.temperature"),
+        ("ollama:\n  options: {use_mmap: 1}\n", "ollama.options.use_mmap"),
+        ("ollama:\n  timeout_s: .nan\n", "ollama.timeout_s"),
+        ("ollama:\n  concurrency: 100000\n", "ollama.concurrency"),
     ],
 )
 def test_wrong_values_are_refused_with_their_key(tmp_path, text, key):
