@@ -40,12 +40,16 @@ def open_readonly(db_path: Path) -> sqlite3.Connection | None:
         return None
     try:
         conn = _connect(f"file:{db_path}?mode=ro")
-        conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.OperationalError:
         # A WAL database in a directory we cannot write (no -shm file and no
         # right to make one) opens only as immutable; the daemon is not
         # running then, so nothing changes under us.
         conn = _connect(f"file:{db_path}?mode=ro&immutable=1")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:  # created a moment ago, not migrated yet: as if absent
+        conn.close()
+        return None
     return conn
 
 

@@ -93,3 +93,15 @@ def test_show_finds_a_file_whose_name_looks_like_path_line(tmp_path, capsys):
     store.close()
     assert cli.main(["show", "-c", str(config.source), "--json", str(repo / "x:12")]) == 0
     assert '"path": "x:12"' in capsys.readouterr().out
+
+
+def test_status_on_a_store_file_not_yet_migrated_is_all_zero(tmp_path, capsys):
+    """A database file that exists but has no schema yet (a daemon starting) reads as empty, not as an error."""
+    import json
+    import sqlite3
+
+    config = make_config(tmp_path, "http://127.0.0.1:9", [tmp_path])
+    config.state_dir.mkdir(parents=True)
+    sqlite3.connect(config.db_path).close()
+    assert cli.main(["status", "--json", "-c", str(config.source)]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"]["spans"] == 0
