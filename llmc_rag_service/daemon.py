@@ -3,15 +3,20 @@
 ``run()`` -> ``startup()`` -> ``main_loop()`` -> ``shutdown()``:
 
 * startup: take the state lock, open and migrate the store, start one watcher
-  per repo, then ``READY=1``; the catch-up scan runs after READY on the
-  indexer thread (STATUS says so), and the workers start at once.
-* main loop: ticks every :data:`TICK_S`; hands due watcher paths to the
-  indexer, restarts dead watchers, refreshes STATUS (on change, at most twice
-  a second, at least every 10 s) and pings the watchdog only while the health
-  gate passes (watchers and indexer alive, no job past its deadline, store
-  writable); the ping is sent from the loop, so a stalled loop stops it too.
+  per repo (every inotify watch is in place when ``Watching.start`` returns),
+  then ``READY=1``. A long start (a repo with tens of thousands of
+  directories) sends ``EXTEND_TIMEOUT_USEC=`` every :data:`EXTEND_EVERY_S`.
+  The catch-up scan runs after READY on the indexer thread (STATUS says so),
+  and the workers start at once.
+* main loop: ticks at least every :data:`TICK_S`; hands due watcher paths to
+  the indexer, publishes STATUS (on a change of the text, at most every
+  :data:`STATUS_MIN_GAP_S`, at least every :data:`STATUS_MAX_GAP_S`) and pings
+  the watchdog a little under half of ``WATCHDOG_USEC`` only while the health
+  gate passes (watchers and indexer alive, no job past its deadline plus a
+  grace, store writable). The ping is sent from the loop, so a stalled loop
+  stops it too; a failed check logs one error naming it.
 * signals only record (set a flag, wake the loop): SIGHUP reloads, SIGTERM and
-  SIGINT stop; a second SIGTERM/SIGINT exits at once.
+  SIGINT stop; a second SIGTERM/SIGINT exits at once (status 128 + signal).
 * shutdown: ``STOPPING=1``, stop watchers and intake, give in-flight jobs
   :data:`STOP_GRACE_S` seconds, return the rest to pending, close the store.
 
@@ -22,6 +27,7 @@ the scanners never race each other and the main loop never blocks on I/O.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import signal
 import threading
@@ -31,10 +37,11 @@ from pathlib import Path
 import structlog
 
 from llmc_rag_service import logging as logsetup
-from llmc_rag_service.config import Config, ConfigError, load_config
+from llmc_rag_service.config import Config, ConfigError, RepoConfig, load_config
 from llmc_rag_service.engine import Engine
-from llmc_rag_service.notify import HealthGate, Notifier, watchdog_interval_s
 from llmc_rag_service.indexer import Indexer
+from llmc_rag_service.notify import (HealthGate, Notifier, TimeoutExtender, ping_every_s,
+                                     unset_notify_environment, watchdog_interval_s)
 from llmc_rag_service.report import LOCK_NAME
 from llmc_rag_service.watching import Watching
 
@@ -43,8 +50,15 @@ log = structlog.get_logger(__name__)
 TICK_S = 0.2
 #: Seconds in-flight jobs get to finish on stop (below the unit's TimeoutStopSec=45).
 STOP_GRACE_S = 20.0
+#: Seconds the indexer may take to finish its current scan on stop.
+INDEXER_JOIN_S = 5.0
 STATUS_MIN_GAP_S = 0.5
-STATUS_MAX_GAP_S = 10.0
+#: Below the contract's 10 s, leaving room for one tick.
+STATUS_MAX_GAP_S = 9.5
+#: During start-up and reload: EXTEND_TIMEOUT_USEC every this many seconds ...
+EXTEND_EVERY_S = 5.0
+#: ... each asking for this many seconds more.
+EXTEND_BY_S = 15.0
 
 
 class AlreadyRunning(Exception):
@@ -58,20 +72,30 @@ class Daemon:
         config_path: The file, re-read on SIGHUP.
         config: Its validated contents.
         notifier: sd_notify sender (default: from ``$NOTIFY_SOCKET``).
+
+    The watchdog interval is read from ``$WATCHDOG_USEC``/``$WATCHDOG_PID`` here;
+    then those and ``$NOTIFY_SOCKET`` are removed from the environment, so no
+    child process inherits them.
     """
 
     def __init__(self, config_path: Path, config: Config, notifier: Notifier | None = None):
         self.config_path, self.config = config_path, config
         self.notifier = notifier or Notifier()
+        half_s = watchdog_interval_s()
+        self.ping_every_s: float | None = ping_every_s(half_s) if half_s else None
+        unset_notify_environment()
         self.wake = threading.Event()
         self.stop_requested = self.reload_requested = False
         self.status_dirty = True
         self.gate = HealthGate()
+        self._status_at = -math.inf
+        self._status_text: str | None = None
+        self._degraded: list[str] = []
 
     # -- signals: record only --------------------------------------------
     def _on_term(self, signum, frame) -> None:
         if self.stop_requested:
-            os._exit(1)  # second signal: exit at once; running jobs are recovered at next start
+            os._exit(128 + signum)  # second signal: at once; running jobs are recovered at next start
         self.stop_requested = True
         self.wake.set()
 
@@ -96,48 +120,51 @@ class Daemon:
         return 0
 
     def startup(self) -> None:
+        """Everything READY=1 promises: lock, store migrated, every watch in place."""
         self._lock_fd = self._take_lock(self.config.state_dir)
-        self.engine = Engine(self.config, on_change=self._mark_dirty)
-        self.engine.store.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
-        self.indexer = Indexer(self.engine, on_change=self._mark_dirty)
-        self.indexer.start()
-        self.watching = Watching(self.config.watch)
-        for repo in self.config.repos:
-            self.watching.start(repo.path, self.engine.scanners[repo.path].ignore)
+        with TimeoutExtender(self.notifier, EXTEND_EVERY_S, EXTEND_BY_S):
+            self._send_status("starting: opening the store")
+            self.engine = Engine(self.config, on_change=self._mark_dirty)
+            self.engine.store.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
+            self.indexer = Indexer(self.engine, on_change=self._mark_dirty)
+            self.indexer.start()
+            self.watching = Watching(self.config.watch)
+            self._start_watches(self.config.repos)
         self.gate.add_check("watchers", lambda: self.watching.health())
         self.gate.add_check("indexer", lambda: None if self.indexer.is_alive() else "indexer thread died")
         self.gate.add_check("workers", lambda: self.engine.hung())
         self.gate.add_check("store", lambda: self.engine.store.writable())
         self.engine.pool.start()
-        for repo in self.config.repos:
-            self.indexer.put_full(repo.path)
-        self.notifier.ready()
         log.info("daemon_ready", repos=[str(r.path) for r in self.config.repos], pid=os.getpid(),
                  model=self.config.ollama.model, url=self.config.ollama.url)
+        self.notifier.ready()
 
     def main_loop(self) -> None:
-        interval = watchdog_interval_s()
-        last_ping = last_status = 0.0
+        next_ping = time.monotonic()
         while not self.stop_requested:
-            now = time.monotonic()
             if self.reload_requested:
                 self.reload_requested = False
                 self.reload()
             self._drain_watchers()
-            if self.status_dirty and now - last_status >= STATUS_MIN_GAP_S or now - last_status >= STATUS_MAX_GAP_S:
-                self._publish_status()
-                last_status = now
-            if interval and now - last_ping >= interval and self.gate.should_ping():
-                self.notifier.watchdog()
-                last_ping = now
-            self.wake.wait(TICK_S)
+            now = time.monotonic()
+            self._maybe_publish_status(now)
+            if self.ping_every_s and now >= next_ping:
+                if self.gate.should_ping():
+                    self.notifier.watchdog()
+                next_ping = now + self.ping_every_s
+            wait_s = TICK_S if not self.ping_every_s else min(TICK_S, next_ping - time.monotonic())
+            self.wake.wait(max(0.0, wait_s))
             self.wake.clear()
 
     def shutdown(self) -> None:
+        """Fixed order: STOPPING=1, stop intake, bounded grace, rest to pending, close."""
         self.notifier.stopping()
         log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.engine.pool.in_flight)
         self.watching.stop_all()
         self.indexer.stop()
+        self.indexer.join(INDEXER_JOIN_S)
+        if self.indexer.is_alive():
+            log.warning("indexer_still_running", waited_s=INDEXER_JOIN_S)
         returned = self.engine.pool.stop(STOP_GRACE_S)
         self.engine.store.set_meta(daemon_status="stopped", daemon_pid=None)
         self.engine.close(0)
@@ -148,29 +175,55 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: re-read the config; keep the old one if the new is invalid."""
         self.notifier.reloading()
-        try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
-            log.error("reload_failed", error=str(exc), config=str(self.config_path))
-            self.notifier.ready()
-            return
-        old, self.config = self.config, new
-        logsetup.set_level(new.logging.level)
-        if new.ollama != old.ollama or new.queue != old.queue:
-            self.engine.replace_client(new, STOP_GRACE_S)
-        self.engine.config = new
-        added, removed = self.engine.set_repos(new.repos)
-        for path in removed:
-            self.watching.stop(path)
-        for path in added:
-            self.watching.start(path, self.engine.scanners[path].ignore)
-            self.indexer.put_full(path)
-        log.info("reloaded", config=str(self.config_path), added=[str(p) for p in added],
-                 removed=[str(p) for p in removed])
+        with TimeoutExtender(self.notifier, EXTEND_EVERY_S, EXTEND_BY_S):
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("reload_failed", error=str(exc), config=str(self.config_path))
+                self.notifier.ready()
+                return
+            old, self.config = self.config, new
+            changed = self._apply(old, new)
+        log.info("reloaded", config=str(self.config_path), **changed)
         self.status_dirty = True
         self.notifier.ready()
 
+    def _apply(self, old: Config, new: Config) -> dict[str, list[str]]:
+        """Apply ``new`` over ``old``: log settings, Ollama/queue settings (a new
+        client and worker pool), repos and watch settings. Returns what changed."""
+        if new.logging.format != old.logging.format:
+            logsetup.configure_logging(new.logging.level, new.logging.format)
+        elif new.logging.level != old.logging.level:
+            logsetup.set_level(new.logging.level)
+        if new.ollama != old.ollama or new.queue != old.queue:
+            self.engine.replace_client(new, STOP_GRACE_S)
+        self.engine.config = new
+        sections = [name for name in ("ollama", "queue", "watch", "logging") if getattr(new, name) != getattr(old, name)]
+        # A repo whose scanner or watcher settings changed is restarted: stopped, then added anew.
+        rebuild_all = new.watch != old.watch or new.ollama.options != old.ollama.options
+        old_repos = {r.path: r for r in old.repos}
+        restart = [r.path for r in new.repos if r.path in old_repos and (rebuild_all or old_repos[r.path] != r)]
+        kept = [r for r in new.repos if r.path in old_repos and r.path not in restart]
+        _, removed = self.engine.set_repos(kept)
+        for path in removed:
+            self.watching.stop(path)
+        self.watching.watch = new.watch
+        added, _ = self.engine.set_repos(new.repos)
+        self._start_watches([r for r in new.repos if r.path in added])
+        gone = [p for p in removed if p not in restart]
+        return {"sections": sections, "added": [str(p) for p in added if p not in restart],
+                "removed": [str(p) for p in gone], "restarted": [str(p) for p in restart]}
+
     # -- helpers ------------------------------------------------------------
+    def _start_watches(self, repos: list[RepoConfig] | tuple[RepoConfig, ...]) -> None:
+        """Watch each repo (returns once its watches are in place), then queue its catch-up scan."""
+        for i, repo in enumerate(repos, 1):
+            self._send_status(f"starting: watching {repo.path} ({i}/{len(repos)})")
+            started = time.monotonic()
+            self.watching.start(repo.path, self.engine.scanners[repo.path].ignore)
+            log.info("repo_watched", repo=str(repo.path), duration_s=round(time.monotonic() - started, 3))
+            self.indexer.put_full(repo.path)
+
     def _mark_dirty(self) -> None:
         self.status_dirty = True
 
@@ -193,12 +246,33 @@ class Daemon:
             else:
                 self.indexer.put_paths(work.repo, set(work.paths))
 
-    def _publish_status(self) -> None:
+    def _send_status(self, text: str, heartbeat: bool = False) -> bool:
+        """Send STATUS if the text changed (or ``heartbeat``) and the last one is
+        at least STATUS_MIN_GAP_S old. Returns True if sent."""
+        now = time.monotonic()
+        if now - self._status_at < STATUS_MIN_GAP_S or (text == self._status_text and not heartbeat):
+            return False
+        self._status_at, self._status_text = now, text
+        self.notifier.status(text)
+        return True
+
+    def _maybe_publish_status(self, now: float) -> None:
+        degraded = self.watching.degraded()
+        if degraded != self._degraded:
+            self._degraded, self.status_dirty = degraded, True
+        heartbeat = now - self._status_at >= STATUS_MAX_GAP_S
+        if not (self.status_dirty or heartbeat) or now - self._status_at < STATUS_MIN_GAP_S:
+            return
         self.status_dirty = False
+        if self._send_status(self.status_text(), heartbeat):
+            self.engine.store.set_meta(daemon_status=self._status_text, ollama_last_error=self.engine.last_error())
+
+    def status_text(self) -> str:
+        """The one STATUS line: activity, queue counts, Ollama state, degraded notes."""
         activity = self.indexer.busy
-        queued = self.indexer.items.qsize()
-        if queued and not activity:
+        if self.indexer.items.qsize() and not activity:
             activity = "scanning"
         text = self.engine.status_line(activity)
-        self.notifier.status(text)
-        self.engine.store.set_meta(daemon_status=text, ollama_last_error=self.engine.last_error())
+        if self._degraded:  # each note reads "degraded: polling /repo (...)"
+            text += "; " + "; ".join(self._degraded)
+        return text

@@ -15,6 +15,11 @@ systemd.exec(5)), each line starts with its syslog priority (``<3>`` error,
 ``<4>`` warning, ``<6>`` info, ``<7>`` debug, ``<2>`` critical; sd-daemon(3)),
 which journald strips and stores, so ``journalctl -p err`` shows errors only.
 
+An exception nobody caught (main thread or any other thread) is logged by
+``sys.excepthook``/``threading.excepthook`` as one error record with its
+traceback in ``exception`` (so one ``<3>`` journal line), not as Python's
+multi-line stderr dump, which journald would store as many info lines.
+
 httpx/httpcore log every request at info: their level is held at warning or above;
 watchdog's at info or above.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -43,6 +49,24 @@ _FIRST_KEYS = ("timestamp", "level", "logger", "event")
 _FORMATS = ("auto", "json", "console")
 
 _handler: logging.Handler | None = None
+_unhandled_log = structlog.get_logger("llmc_rag_service.unhandled")
+
+
+def _log_unhandled(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """``sys.excepthook``: one error record (Ctrl-C keeps Python's default)."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    _unhandled_log.error("unhandled_exception", error=f"{exc_type.__name__}: {exc}", exc_info=(exc_type, exc, tb))
+
+
+def _log_thread_unhandled(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook``: one error record naming the thread."""
+    if args.exc_type is SystemExit:
+        return
+    thread = args.thread.name if args.thread is not None else None
+    _unhandled_log.error("thread_crashed", thread=thread, error=f"{args.exc_type.__name__}: {args.exc_value}",
+                         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 def stream_is_journal(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
@@ -132,6 +156,8 @@ def configure_logging(
     ``sys.stderr``) at ``level`` (debug|info|warning|error|critical) in ``fmt``
     (auto|json|console). ``env`` (default ``os.environ``) is read for
     ``JOURNAL_STREAM``. Calling it again (a reload) replaces the previous setup.
+    Also installs ``sys.excepthook`` and ``threading.excepthook`` so an uncaught
+    exception is one error record (``reset_logging`` restores Python's hooks).
     Raises ValueError for an unknown level or format.
     """
     global _handler
@@ -159,6 +185,7 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     logging.captureWarnings(True)
+    sys.excepthook, threading.excepthook = _log_unhandled, _log_thread_unhandled
     set_level(level)
 
 
@@ -184,4 +211,5 @@ def reset_logging() -> None:
     for name in _NOISY_FLOORS:
         logging.getLogger(name).setLevel(logging.NOTSET)
     logging.captureWarnings(False)
+    sys.excepthook, threading.excepthook = sys.__excepthook__, threading.__excepthook__
     structlog.reset_defaults()

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 import structlog
 
@@ -170,6 +170,60 @@ def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     speak for the service."""
     source = os.environ if env is None else env
     return {k: v for k, v in source.items() if k not in _CHILD_DROP}
+
+
+def unset_notify_environment(env: MutableMapping[str, str] | None = None) -> None:
+    """Remove NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID from ``env`` (default
+    ``os.environ``), as ``sd_notify(unset_environment=1)`` does: call after the
+    notifier and the watchdog interval were read, so no child process (git, a
+    hook) inherits them and speaks for the service."""
+    env = os.environ if env is None else env
+    for key in _CHILD_DROP:
+        env.pop(key, None)
+
+
+def ping_every_s(half_interval_s: float) -> float:
+    """Seconds between WATCHDOG=1 pings for a watchdog whose half interval is
+    ``half_interval_s`` (see :func:`watchdog_interval_s`): a little under half,
+    by 20 % up to 1 s, so loop jitter never makes a gap longer than half."""
+    return half_interval_s - min(half_interval_s * 0.2, 1.0)
+
+
+class TimeoutExtender:
+    """Context manager for a long but progressing step (adding watches for a huge
+    repo at start-up, a reload): while inside, a thread sends
+    ``EXTEND_TIMEOUT_USEC=<extend_s in microseconds>`` every ``every_s`` seconds,
+    for at most ``max_s`` seconds in total, so systemd's TimeoutStartSec= is not
+    hit while work goes on, yet a step stuck for ``max_s`` is still failed.
+
+    Does nothing when the notifier is disabled. Raises ValueError unless
+    0 < ``every_s`` < ``extend_s``.
+    """
+
+    def __init__(self, notifier: Notifier, every_s: float = 5.0, extend_s: float = 15.0, max_s: float = 600.0):
+        if not 0 < every_s < extend_s:
+            raise ValueError(f"need 0 < every_s < extend_s, got {every_s} and {extend_s}")
+        self.notifier, self.every_s, self.extend_s, self.max_s = notifier, every_s, extend_s, max_s
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_s
+        while not self._done.wait(self.every_s) and time.monotonic() < deadline:
+            if self.notifier.extend_timeout(int(self.extend_s * 1_000_000)):
+                self.sent += 1
+
+    def __enter__(self) -> TimeoutExtender:
+        if self.notifier.enabled:
+            self._thread = threading.Thread(target=self._run, name="sd-extend-timeout", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 class HealthGate:

@@ -210,3 +210,40 @@ def test_unknown_level_or_format_is_refused():
         configure_logging("loud", stream=io.StringIO(), env={})
     with pytest.raises(ValueError, match="console"):
         configure_logging("info", fmt="xml", stream=io.StringIO(), env={})
+
+
+def test_uncaught_thread_exception_is_one_line_at_error_priority(journal):
+    """An exception escaping a thread is one <3> line naming the thread, traceback inside."""
+    import threading
+
+    stream, env = journal
+    configure_logging("info", stream=stream, env=env)
+
+    def crash() -> None:
+        raise ValueError("thread broke")
+
+    thread = threading.Thread(target=crash, name="crasher")
+    thread.start()
+    thread.join(5)
+    (line,) = _lines(stream)
+    assert line.startswith("<3>")
+    record = json.loads(line[3:])
+    assert record["event"] == "thread_crashed" and record["thread"] == "crasher"
+    assert "ValueError: thread broke" in record["exception"]
+
+
+def test_uncaught_main_exception_hook_logs_one_line_and_reset_restores_python_hooks(journal):
+    """sys.excepthook logs one <3> line; reset_logging puts Python's own hooks back."""
+    import sys
+    import threading
+
+    stream, env = journal
+    configure_logging("info", stream=stream, env=env)
+    try:
+        raise RuntimeError("main broke")
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    (line,) = _lines(stream)
+    assert line.startswith("<3>") and json.loads(line[3:])["event"] == "unhandled_exception"
+    reset_logging()
+    assert sys.excepthook is sys.__excepthook__ and threading.excepthook is threading.__excepthook__

@@ -1,0 +1,232 @@
+"""The system checks, run inside the booted container by ``llmc-rag-check.service``.
+
+Each check records ``{name, ok, detail, seconds}`` in ``<results>/results.json``
+(rewritten after every check, so a crash still leaves what ran); the unit's
+journal goes to ``journal.txt``. Waits are polls with deadlines. Order matters:
+the clean part (start, status, reload, stop, no error in the journal) comes
+before the watchdog check, which makes errors on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+UNIT = "llmc-rag"
+CONFIG = Path("/etc/llmc-rag/config.yaml")
+RESULTS = Path(sys.argv[1] if len(sys.argv) > 1 else "/results")
+results: list[dict] = []
+
+
+class CheckFailed(Exception):
+    """A check's assertion did not hold; the message is the detail."""
+
+
+def sh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+def prop(name: str) -> str:
+    return sh("systemctl", "show", "-p", name, "--value", UNIT).stdout.strip()
+
+
+def wait_for(condition, timeout_s: float, what: str, every_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def expect(condition: bool, detail: str) -> None:
+    if not condition:
+        raise CheckFailed(detail)
+
+
+def journal(*extra: str) -> list[dict]:
+    out = sh("journalctl", "-u", UNIT, "-o", "json", "--no-pager", *extra).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def events(name: str) -> list[dict]:
+    """The daemon's JSON log records with event ``name``, each with journald's receipt time."""
+    found = []
+    for entry in journal():
+        message = entry.get("MESSAGE")
+        if isinstance(message, str) and message.startswith("{"):
+            try:
+                record = json.loads(message)
+            except ValueError:
+                continue
+            if record.get("event") == name:
+                found.append({**record, "_received_us": int(entry["__REALTIME_TIMESTAMP"])})
+    return found
+
+
+def messages() -> list[str]:
+    return [e["MESSAGE"] for e in journal() if isinstance(e.get("MESSAGE"), str)]
+
+
+def check(name: str):
+    def run(fn):
+        started = time.monotonic()
+        try:
+            detail, ok = fn() or "ok", True
+        except Exception as exc:  # a failed check is recorded, the next ones still run
+            detail, ok = f"{type(exc).__name__}: {exc}", False
+        results.append({"name": name, "ok": ok, "detail": detail, "seconds": time.monotonic() - started})
+        (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+        return fn
+    return run
+
+
+def start_and_watch_states() -> list[str]:
+    """``systemctl start --no-block``, then every ActiveState seen until active or failed."""
+    expect(sh("systemctl", "start", "--no-block", UNIT).returncode == 0, "systemctl start --no-block failed")
+    states: list[str] = []
+
+    def settled() -> bool:
+        state = prop("ActiveState")
+        if not states or states[-1] != state:
+            states.append(state)
+        return state in ("active", "failed")
+
+    wait_for(settled, 90, "active", every_s=0.01)
+    return states
+
+
+def iso_us(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1_000_000)
+
+
+@check("emulator answers")
+def _emulator():
+    def up() -> bool:
+        try:
+            return urllib.request.urlopen("http://127.0.0.1:11434/api/version", timeout=2).status == 200
+        except OSError:
+            return False
+    wait_for(up, 60, "the emulator", every_s=0.2)
+
+
+@check("start: active only after READY (store, watches in place)")
+def _start():
+    states = start_and_watch_states()
+    expect(states[-1] == "active", f"states {states}")
+    expect("activating" in states, f"never seen activating: {states}")
+    ready = events("daemon_ready")
+    watched = events("repo_watched")
+    expect(len(ready) == 1 and len(watched) == 1, f"daemon_ready {len(ready)}, repo_watched {len(watched)}")
+    started = [e for e in journal() if "Started" in str(e.get("MESSAGE")) and e.get("_PID") == "1"]
+    expect(bool(started), "no 'Started' message from systemd")
+    active_us = int(started[-1]["__REALTIME_TIMESTAMP"])
+    expect(iso_us(watched[0]["timestamp"]) <= iso_us(ready[0]["timestamp"]) <= active_us,
+           "daemon_ready logged after systemd saw the unit active")
+    start_s = (int(prop("ActiveEnterTimestampMonotonic")) - int(prop("ExecMainStartTimestampMonotonic"))) / 1e6
+    return f"states {states}; READY {start_s:.2f} s after exec; watches took {watched[0]['duration_s']} s"
+
+
+@check("systemctl status shows the STATUS line")
+def _status():
+    text = wait_for(lambda: (t := prop("StatusText")) and "ollama ok" in t and t.startswith("idle") and t,
+                    60, "an idle STATUS with ollama ok", every_s=0.2)
+    status = sh("systemctl", "status", "--no-pager", "-l", UNIT).stdout
+    expect(f'Status: "{text}"' in status, f"not in systemctl status: {text!r}\n{status}")
+    return text
+
+
+@check("systemctl reload re-reads the config and adds a repo")
+def _reload():
+    pid = prop("MainPID")
+    CONFIG.write_text(CONFIG.read_text().replace("  - path: /home/llmc/repo\n",
+                                                 "  - path: /home/llmc/repo\n  - path: /home/llmc/second\n"))
+    result = sh("systemctl", "reload", UNIT)
+    expect(result.returncode == 0, f"reload failed: {result.stderr}")
+    reloaded = wait_for(lambda: events("reloaded"), 30, "the reloaded event")
+    expect(reloaded[-1]["added"] == ["/home/llmc/second"], f"reloaded: {reloaded[-1]}")
+    wait_for(lambda: prop("ActiveState") == "active" and "second" in str(events("jobs_queued")), 30,
+             "the second repo's jobs")
+    expect(prop("MainPID") == pid, "the main PID changed")
+    expect(prop("NRestarts") == "0", "restarted")
+    return f"reloaded: {reloaded[-1]}"
+
+
+@check("systemctl stop ends cleanly")
+def _stop():
+    result = sh("systemctl", "stop", UNIT)
+    expect(result.returncode == 0, f"stop failed: {result.stderr}")
+    state = {p: prop(p) for p in ("ActiveState", "Result", "ExecMainStatus", "ExecMainCode")}
+    expect(state["ActiveState"] == "inactive" and state["Result"] == "success" and state["ExecMainStatus"] == "0",
+           f"after stop: {state}")
+    expect(bool(events("daemon_stopped")), "no daemon_stopped event")
+    return f"{state}"
+
+
+@check("journalctl -u llmc-rag -p err is empty on a clean run")
+def _no_errors():
+    out = sh("journalctl", "-u", UNIT, "-p", "err", "-q", "--no-pager", "-o", "cat").stdout
+    expect(out.strip() == "", f"errors: {out}")
+
+
+@check("journald priorities: info at 6, a refused reload is one error at 3, the daemon keeps running")
+def _priorities():
+    states = start_and_watch_states()
+    expect(states[-1] == "active", f"states {states}")
+    good = CONFIG.read_text()
+    CONFIG.write_text("ollama: [broken\n")
+    try:
+        expect(sh("systemctl", "reload", UNIT).returncode == 0, "reload failed")
+        wait_for(lambda: events("reload_failed"), 30, "reload_failed")
+    finally:
+        CONFIG.write_text(good)
+    by_event = {}
+    for entry in journal():
+        try:
+            by_event.setdefault(json.loads(entry["MESSAGE"]).get("event"), set()).add(entry.get("PRIORITY"))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    expect(by_event.get("daemon_ready") == {"6"}, f"daemon_ready priorities {by_event.get('daemon_ready')}")
+    expect(by_event.get("reload_failed") == {"3"}, f"reload_failed priorities {by_event.get('reload_failed')}")
+    errors = sh("journalctl", "-u", UNIT, "-p", "err", "-q", "--no-pager", "-o", "cat").stdout.splitlines()
+    expect(len(errors) == 1 and '"reload_failed"' in errors[0], f"journalctl -p err: {errors}")
+    expect(prop("ActiveState") == "active" and prop("NRestarts") == "0", "not running after a refused reload")
+    return f"-p err shows: {errors[0][:120]}"
+
+
+@check("SIGSTOP of the main PID: watchdog restart with thread stacks in the journal")
+def _watchdog():
+    pid = int(prop("MainPID"))
+    os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    seen: set[str] = set()
+
+    def restarted() -> bool:
+        seen.add(prop("Result"))
+        return prop("NRestarts") not in ("", "0") and prop("ActiveState") == "active" and int(prop("MainPID")) != pid
+
+    wait_for(restarted, 60, "a restart with a new main PID", every_s=0.1)
+    text = "\n".join(messages())
+    expect("watchdog" in seen, f"Result values seen: {seen}")
+    expect("Failed with result 'watchdog'" in text, "no watchdog result in the journal")
+    expect("most recent call first" in text, "no thread stacks (faulthandler) in the journal")
+    return f"restarted {time.monotonic() - stopped_at:.1f} s after SIGSTOP; NRestarts={prop('NRestarts')}; results seen {sorted(seen)}"
+
+
+@check("systemctl stop after the restart ends cleanly too")
+def _stop_again():
+    expect(sh("systemctl", "stop", UNIT).returncode == 0, "stop failed")
+    expect(prop("Result") == "success" and prop("ExecMainStatus") == "0", f"Result={prop('Result')}")
+
+
+(RESULTS / "journal.txt").write_text(sh("journalctl", "-u", UNIT, "--no-pager", "-o", "short-precise").stdout)
+(RESULTS / "journal-all.txt").write_text(sh("journalctl", "-b", "--no-pager").stdout)
