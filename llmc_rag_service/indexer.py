@@ -2,10 +2,18 @@
 
 The daemon's main loop only hands work over (``put_full``, ``put_paths``), so
 it never blocks on file I/O, and scanners never race each other.
+
+Two lanes: path batches (a save, a settled git operation) are indexed at
+:data:`PRIORITY_LIVE`, full scans (catch-up, rescans, reconcile) at
+:data:`PRIORITY_BACKFILL`, and the queue claims live jobs first. Because a full
+scan of a large repo can take minutes, the scan calls back after every file and
+path batches that arrived meanwhile are indexed right there; full scans that
+arrive during a scan wait for it to end.
 """
 
 from __future__ import annotations
 
+import collections
 import queue as stdqueue
 import threading
 from pathlib import Path
@@ -19,39 +27,81 @@ from llmc_rag_service.queue import PRIORITY_BACKFILL, PRIORITY_LIVE
 log = structlog.get_logger(__name__)
 
 
+class _Stop(Exception):
+    """stop() was called while a full scan ran: end the scan and the thread."""
+
+
 class Indexer(threading.Thread):
-    """Runs scans one at a time: ``("full", repo)`` or ``("paths", repo, set)``."""
+    """Runs scans one at a time: ``("full", repo, None)`` or ``("paths", repo, set)``.
+
+    ``items`` is the intake queue (its ``qsize()`` tells the daemon work is waiting).
+    """
 
     def __init__(self, engine: Engine, on_change: Callable[[], None] = lambda: None):
         super().__init__(name="indexer", daemon=True)
         self.engine, self.on_change = engine, on_change
         self.items: stdqueue.Queue = stdqueue.Queue()
         self.busy: str | None = None
+        self._deferred: collections.deque[Path] = collections.deque()  # full scans waiting
 
     def run(self) -> None:
-        while True:
-            item = self.items.get()
-            if item is None:
-                return
-            kind, repo, paths = item
-            scanner = self.engine.scanners.get(repo)
-            if scanner is None:
-                continue
-            self.busy = f"scanning {repo.name}" if kind == "full" else None
-            self.on_change()
-            try:
-                if kind == "full":
-                    result = scanner.full_scan(PRIORITY_BACKFILL)
-                else:
-                    result = scanner.process_paths(paths, PRIORITY_LIVE)
-                if result.jobs:
-                    log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind)
-                    self.engine.pool.notify_work()
-            except Exception:
-                log.exception("scan_failed", repo=str(repo), kind=kind)
-            finally:
+        try:
+            while True:
+                item = self._next()
+                if item is None:
+                    return
+                self._run_item(*item)
+        except _Stop:
+            return
+
+    def _next(self) -> tuple | None:
+        """The next item: waiting path batches first, then deferred full scans."""
+        if not self._deferred:
+            return self.items.get()
+        try:
+            return self.items.get_nowait()
+        except stdqueue.Empty:
+            return ("full", self._deferred.popleft(), None)
+
+    def _run_item(self, kind: str, repo: Path, paths: set[str] | None) -> None:
+        scanner = self.engine.scanners.get(repo)
+        if scanner is None:
+            return
+        if kind == "full":
+            self.busy = f"scanning {repo.name}"
+        self.on_change()
+        try:
+            if kind == "full":
+                result = scanner.full_scan(PRIORITY_BACKFILL, between=self._serve_live)
+            else:
+                result = scanner.process_paths(paths or (), PRIORITY_LIVE)
+            if result.jobs:
+                log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind)
+                self.engine.pool.notify_work()
+        except _Stop:
+            raise
+        except Exception:
+            log.exception("scan_failed", repo=str(repo), kind=kind)
+        finally:
+            if kind == "full":
                 self.busy = None
-                self.on_change()
+            self.on_change()
+
+    def _serve_live(self) -> None:
+        """Called between the files of a full scan: index the path batches that
+        arrived, defer full scans; raises _Stop on stop()."""
+        while not self.items.empty():
+            try:
+                item = self.items.get_nowait()
+            except stdqueue.Empty:
+                return
+            if item is None:
+                raise _Stop
+            if item[0] == "full":
+                if item[1] not in self._deferred:
+                    self._deferred.append(item[1])
+                continue
+            self._run_item(*item)
 
     def put_full(self, repo: Path) -> None:
         """Queue a full (catch-up) scan of ``repo``."""
@@ -62,7 +112,6 @@ class Indexer(threading.Thread):
         self.items.put(("paths", repo, paths))
 
     def stop(self) -> None:
-        """Finish the current item, then end (queued items are dropped: the
-        next start's catch-up scan redoes them)."""
+        """Finish the current file or batch, then end (queued items are dropped:
+        the next start's catch-up scan redoes them)."""
         self.items.put(None)
-

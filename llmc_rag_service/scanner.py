@@ -23,7 +23,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import structlog
 
@@ -68,14 +68,22 @@ class Scanner:
         self.max_file_bytes, self.max_span_chars = max_file_bytes, max_span_chars
         self.repo_id = store.repo_id(self.root)
 
-    def full_scan(self, priority: int = PRIORITY_BACKFILL) -> ScanResult:
-        """Walk the repo; index new and changed files, drop vanished ones."""
+    def full_scan(self, priority: int = PRIORITY_BACKFILL,
+                  between: Callable[[], None] | None = None) -> ScanResult:
+        """Walk the repo; index new and changed files, drop vanished ones.
+
+        ``between`` is called after each file, on this thread: the indexer serves
+        live path batches there, so a long backfill never delays a save. An
+        exception it raises aborts the scan (every file done so far is committed).
+        """
         started, result = time.monotonic(), ScanResult()
         stored = self.store.files(self.repo_id)
         present = set()
         for relpath, st in self.ignore.walk():
             present.add(relpath)
             self._update(relpath, st, stored.get(relpath), priority, result)
+            if between is not None:
+                between()
         self._delete([p for p in stored if p not in present], result)
         result.duration_s = time.monotonic() - started
         log.info("scan_done", repo=str(self.root), files=result.seen, changed=result.changed,
@@ -129,7 +137,7 @@ class Scanner:
         if old and old.content_hash == content_hash:
             with self.store.write() as tx:
                 tx.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (st.st_size, st.st_mtime_ns, old.id))
-            log.debug("file_unchanged", repo=str(self.root), path=relpath)
+            log.debug("file_skipped", repo=str(self.root), path=relpath, reason="unchanged")
             return
         self._index(relpath, st, data, content_hash, priority, result)
 

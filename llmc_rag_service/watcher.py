@@ -14,20 +14,21 @@ Facts about watchdog 7.1 on inotify (read in its source) this module relies on:
 - an inotify queue overflow is only logged (``watchdog.observers.inotify_c``:
   "Inotify queue overflowed; filesystem events were lost"), never dispatched, so
   :class:`_LostEventsHandler` turns that log record into the rescan flag;
-- a recursive watch adds one kernel watch per directory, even below ignored ones;
-  :func:`_make_observer` prunes ignored directories (``node_modules``, ``.git/*``
-  ...) by overriding the watch group's private ``_add_all_callbacks``, and falls
-  back to the plain recursive observer if those internals are missing.
+- a recursive watch adds one kernel watch per directory, even below ignored ones,
+  and silently skips a subdirectory it cannot watch: ``observers.py`` prunes
+  ignored directories and reports kernel watch limits. On a limit (ENOSPC,
+  ``fs.inotify.max_user_watches``) the repo is watched by the polling observer
+  instead (one error logged with the sysctl hint; :attr:`RepoWatcher.degraded`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -36,10 +37,10 @@ from watchdog.events import (
     FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from .ignore import RepoIgnore
+from .observers import LIMIT_ERRNOS, make_inotify_observer, make_polling_observer
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,8 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
 ]
 STOP_TIMEOUT_S = 5.0
+#: Seconds between snapshots when a repo is watched by polling (inotify limits hit).
+POLL_INTERVAL_S = 2.0
 _WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
 
 
@@ -88,6 +91,14 @@ class Debouncer:
                 del self._last[p], self._first[p]
         return ready
 
+    def take_all(self) -> set[str]:
+        """Pop and return every pending path, due or not."""
+        with self._lock:
+            paths = set(self._last)
+            self._last.clear()
+            self._first.clear()
+        return paths
+
     def next_due_s(self) -> float | None:
         """Seconds (>= 0) until the next path is due, None if nothing is pending."""
         now = self._clock()
@@ -100,59 +111,6 @@ class Debouncer:
         """Number of paths waiting."""
         with self._lock:
             return len(self._last)
-
-
-try:  # watchdog 7.x inotify internals, for pruning; absent on other platforms/versions
-    from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
-
-    _CAN_PRUNE = all(hasattr(InotifyWatchGroup, a) for a in ("_add_all_callbacks", "_add_callback"))
-except Exception:  # ImportError, or watchdog's UnsupportedLibcError off Linux
-    _CAN_PRUNE = False
-
-if _CAN_PRUNE:
-
-    @dataclass
-    class _PrunedWatchGroup(InotifyWatchGroup):
-        """InotifyWatchGroup that adds no kernel watch to dirs where ``prune(abs_path)``."""
-
-        prune: Callable[[bytes], bool] = field(default=lambda _path: False)
-
-        def _add_all_callbacks(self, path: bytes) -> None:
-            if path != self.path and self.prune(path):
-                return
-            self._add_callback(path)
-            if not (self.is_recursive and os.path.isdir(path)):
-                return
-            for top, dirnames, _ in os.walk(path):  # never follows symlinks
-                dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(top, d))
-                               and not self.prune(os.path.join(top, d))]
-                for name in dirnames:
-                    self._add_callback(os.path.join(top, name))
-
-    class _PrunedEmitter(InotifyEmitter):
-        def __init__(self, *args: object, prune: Callable[[bytes], bool], **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-            self._prune = prune
-
-        def on_thread_start(self) -> None:  # as InotifyEmitter's, with the pruning group
-            self._inotify = _PrunedWatchGroup(
-                self._inotify_fd, os.fsencode(self.watch.path), is_recursive=self.watch.is_recursive,
-                event_mask=self.get_event_mask_from_filter(),
-                follow_symlink=self.watch.follow_symlink, prune=self._prune)
-
-
-def _make_observer(prune: Callable[[bytes], bool]) -> BaseObserver:
-    """A recursive observer that adds no kernel watch below dirs where ``prune(abs_path)``.
-
-    Without watchdog 7.x's inotify internals, the plain ``Observer()`` (no pruning).
-    """
-    if not _CAN_PRUNE:
-        log.warning("watch_prune_unavailable", reason="no watchdog 7.x inotify internals")
-        return Observer()
-    observer = InotifyObserver()
-    observer._emitter_class = _PrunedEmitter
-    observer._emitter_kwargs = {**observer._emitter_kwargs, "prune": prune}
-    return observer
 
 
 class _LostEventsHandler(logging.Handler):
@@ -212,28 +170,49 @@ class RepoWatcher:
     """
 
     def __init__(self, root: Path, ignore: RepoIgnore, *, debounce_ms: int = 500,
-                 max_delay_ms: int = 5000) -> None:
+                 max_delay_ms: int = 5000, poll_interval_s: float = POLL_INTERVAL_S) -> None:
         self.root_str = os.path.abspath(root)
         self._ignore = ignore
         self._debouncer = Debouncer(debounce_ms, max_delay_ms)
         self._lock = threading.Lock()
         self._observer: BaseObserver | None = None
         self._rescan = False
-        self._gitignore = False
+        # .gitignore edits, debounced like paths: one save's several events flag it once.
+        self._gitignore = Debouncer(debounce_ms, max_delay_ms)
         self._death_reported = False
-        #: Events seen under .git/ (not reported). Hook for git-operation detection
-        #: (.git/index.lock, HEAD; issue 5 item 4): extend _on_git_event.
+        self._poll_interval_s = poll_interval_s
+        self._limit_error: OSError | None = None
+        #: Why the repo is watched by polling (e.g. the inotify watch limit), else None.
+        self.degraded: str | None = None
+        #: Events seen under .git/ (not reported as changes).
         self.git_event_count = 0
+        #: Called with the relpath of each event under .git/ (watchdog's thread): git gating.
+        self.on_git_event: Callable[[str], None] | None = None
 
     def start(self) -> None:
         """Start watching (recursive, ignored dirs pruned); no-op if alive.
 
-        Raises OSError if the root cannot be watched (missing, not a dir, inotify limits).
+        On an inotify limit (ENOSPC/EMFILE), logs one error with the sysctl hint and
+        watches by polling from then on (:attr:`degraded` says so).
+        Raises OSError if the root cannot be watched (missing, not a dir).
         """
         if self.is_alive():
             return
         self.stop()  # a dead observer's leftovers
-        observer = _make_observer(self._prune)
+        if self.degraded is None:
+            try:
+                self._start_observer(make_inotify_observer(self._prune, self._on_limit))
+                if self._limit_error is None:
+                    return
+            except OSError as exc:
+                if exc.errno not in LIMIT_ERRNOS:
+                    raise
+                self._limit_error = exc
+            self.stop()
+            self._degrade(self._limit_error)
+        self._start_observer(make_polling_observer(self._prune, self._poll_interval_s))
+
+    def _start_observer(self, observer: BaseObserver) -> None:
         observer.schedule(_Handler(self), self.root_str, recursive=True, event_filter=EVENT_FILTER)
         with self._lock:
             self._observer, self._death_reported = observer, False
@@ -243,7 +222,28 @@ class RepoWatcher:
         except Exception:
             self.stop()
             raise
-        log.info("watch_started", root=self.root_str)
+        log.info("watch_started", root=self.root_str, mode="polling" if self.degraded else "inotify")
+
+    def take_limit_hit(self) -> bool:
+        """True once if inotify hit a kernel limit while running (a new directory could
+        not be watched): the caller restarts the watcher, which then polls, and rescans."""
+        with self._lock:
+            hit = self._limit_error is not None and self.degraded is None
+        if hit:
+            self._degrade(self._limit_error)
+        return hit
+
+    def _on_limit(self, exc: OSError) -> None:
+        with self._lock:
+            self._limit_error = self._limit_error or exc
+
+    def _degrade(self, exc: OSError | None) -> None:
+        which = "instance" if exc is not None and exc.errno == errno.EMFILE else "watch"
+        sysctl = f"fs.inotify.max_user_{which}es" if which == "watch" else "fs.inotify.max_user_instances"
+        self.degraded = f"inotify {which} limit"
+        log.error("inotify_limit_reached", root=self.root_str, error=str(exc), fallback="polling",
+                  poll_interval_s=self._poll_interval_s,
+                  hint=f"raise it: sysctl {sysctl}={524288 if which == 'watch' else 1024}")
 
     def stop(self) -> None:
         """Stop the observer and join its threads, waiting at most STOP_TIMEOUT_S in total."""
@@ -274,6 +274,10 @@ class RepoWatcher:
         """Relpaths due now (may no longer exist, or be directories: the caller re-stats)."""
         return self._debouncer.due()
 
+    def take_all(self) -> set[str]:
+        """Every pending relpath, due or not (a git operation settled: the tree is final)."""
+        return self._debouncer.take_all()
+
     def next_due_s(self) -> float | None:
         """Seconds until the next path is due (for the caller's wait), None if none pending."""
         return self._debouncer.next_due_s()
@@ -289,13 +293,14 @@ class RepoWatcher:
         return flag
 
     def gitignore_changed(self) -> bool:
-        """True once after a .gitignore in the repo changed (rules already invalidated).
+        """True once after a .gitignore in the repo changed and its events went quiet for
+        the debounce time (rules already invalidated).
 
         On True the kernel watches are re-armed, so directories the new rules un-ignore are
         watched; the caller rescans the repo, which also covers events during the re-arm.
         """
+        flag = bool(self._gitignore.due())
         with self._lock:
-            flag, self._gitignore = self._gitignore, False
             running = self._observer is not None
         if flag and running:
             self.stop()
@@ -333,11 +338,13 @@ class RepoWatcher:
                 continue
             if rel == ".gitignore" or rel.endswith("/.gitignore"):
                 self._ignore.invalidate()
-                with self._lock:
-                    self._gitignore = True
+                self._gitignore.add(rel)
             if not self._ignore.is_ignored(rel, is_dir=event.is_directory):
                 self._debouncer.add(rel)
 
     def _on_git_event(self, rel: str) -> None:
-        """Not reported as a change; counted so a later git-operation gate can hook here."""
+        """Not reported as a change: counted and passed to :attr:`on_git_event`."""
         self.git_event_count += 1
+        listener = self.on_git_event
+        if listener is not None:
+            listener(rel)

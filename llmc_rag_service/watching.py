@@ -3,21 +3,35 @@
 
 The daemon knows nothing of watchdog, debouncing, lost events or git state:
 it calls :meth:`Watching.poll` and hands each :class:`Work` item to the
-indexer. A watcher whose thread died is restarted here and its repo rescanned.
+indexer. Behind ``poll()``, per repo:
+
+* due paths are held while git rewrites the tree (:class:`~.gitstate.GitGate`)
+  and handed over as one batch once it settled, so no intermediate state of a
+  checkout, merge or rebase is ever indexed;
+* lost events (inotify overflow, a handler error, a dead observer thread) and
+  ``.gitignore`` edits become a full rescan; a dead watcher is restarted;
+* an inotify limit switches the repo to polling (:meth:`Watching.degraded`);
+* every ``watch.reconcile_s`` seconds a full reconcile scan is due (a stat per
+  file when nothing changed).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 from llmc_rag_service.config import WatchConfig
+from llmc_rag_service.gitstate import SETTLE_S, GitGate
 from llmc_rag_service.ignore import RepoIgnore
 from llmc_rag_service.watcher import RepoWatcher
 
 log = structlog.get_logger(__name__)
+
+#: Seconds between attempts to restart a watcher that cannot start (e.g. root missing).
+RESTART_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -30,59 +44,142 @@ class Work:
     paths: frozenset[str] = frozenset()
 
 
+@dataclass
+class _Repo:
+    """Watching state of one repo; times are ``time.monotonic()`` seconds."""
+
+    ignore: RepoIgnore
+    watcher: RepoWatcher
+    gate: GitGate
+    held: set[str] = field(default_factory=set)
+    held_full: str | None = None  # why a full scan waits for the gate (reason), else None
+    holding: str | None = None  # the gate's reason while holding, for one log line per hold
+    holding_ended: bool = False  # a hold just ended: flush the pending paths with it
+    last_full: float = field(default_factory=time.monotonic)
+    retry_at: float = 0.0
+
+
 class Watching:
     """The watchers of every repo.
 
     Args:
-        watch: ``watch`` config (debounce and max delay in milliseconds).
+        watch: ``watch`` config (debounce and max delay in milliseconds,
+            ``reconcile_s`` in seconds, 0 = no periodic reconcile).
+        settle_s: Quiet seconds after a ``.git/`` event before held events go out.
+        poll_interval_s: Snapshot interval of the polling fallback, seconds.
     """
 
-    def __init__(self, watch: WatchConfig):
-        self.watch = watch
-        self.watchers: dict[Path, RepoWatcher] = {}
-        self._ignores: dict[Path, RepoIgnore] = {}
+    def __init__(self, watch: WatchConfig, *, settle_s: float = SETTLE_S,
+                 poll_interval_s: float | None = None):
+        self.watch, self.settle_s, self.poll_interval_s = watch, settle_s, poll_interval_s
+        self._repos: dict[Path, _Repo] = {}
+
+    @property
+    def watchers(self) -> dict[Path, RepoWatcher]:
+        """The watcher of each repo (read-only view, for tests and health)."""
+        return {path: r.watcher for path, r in self._repos.items()}
 
     def start(self, repo: Path, ignore: RepoIgnore) -> None:
-        """Start watching ``repo`` (its ignore rules are shared with its scanner)."""
-        self._ignores[repo] = ignore
-        watcher = RepoWatcher(repo, ignore, debounce_ms=self.watch.debounce_ms, max_delay_ms=self.watch.max_delay_ms)
+        """Start watching ``repo`` (its ignore rules are shared with its scanner).
+
+        The caller queues the first full scan itself; the reconcile clock starts now.
+        Raises OSError if the root cannot be watched at all.
+        """
+        extra = {} if self.poll_interval_s is None else {"poll_interval_s": self.poll_interval_s}
+        watcher = RepoWatcher(repo, ignore, debounce_ms=self.watch.debounce_ms,
+                              max_delay_ms=self.watch.max_delay_ms, **extra)
+        gate = GitGate(repo, self.settle_s)
+        watcher.on_git_event = gate.note_event
         watcher.start()
-        self.watchers[repo] = watcher
+        self._repos[repo] = _Repo(ignore, watcher, gate)
 
     def stop(self, repo: Path) -> None:
-        """Stop watching ``repo`` (bounded)."""
-        watcher = self.watchers.pop(repo, None)
-        self._ignores.pop(repo, None)
-        if watcher:
-            watcher.stop()
+        """Stop watching ``repo`` (bounded); held events are dropped (the next
+        start's catch-up scan covers them)."""
+        state = self._repos.pop(repo, None)
+        if state:
+            state.watcher.stop()
 
     def stop_all(self) -> None:
-        for repo in list(self.watchers):
+        """Stop every watcher."""
+        for repo in list(self._repos):
             self.stop(repo)
 
     def poll(self) -> list[Work]:
-        """Work that is due now, for every repo; call once per main-loop tick."""
+        """Work that is due now, for every repo; call once per main-loop tick (cheap
+        when idle: no file system access unless events are pending)."""
         work: list[Work] = []
-        for repo, watcher in list(self.watchers.items()):
-            if not watcher.is_alive():
-                log.error("watcher_died", repo=str(repo))
-                ignore = self._ignores[repo]
-                self.stop(repo)
-                self.start(repo, ignore)
-                work.append(Work(repo, "full"))
+        now = time.monotonic()
+        for repo, state in list(self._repos.items()):
+            full = self._full_reason(repo, state, now)
+            if full:
+                state.held_full = state.held_full or full
+            state.held |= state.watcher.take_due()
+            if not (state.held or state.held_full) or self._gate_holds(repo, state):
                 continue
-            if watcher.take_rescan() or watcher.gitignore_changed():
+            if state.holding_ended:  # the tree is final: late paths need no more debounce
+                state.held |= state.watcher.take_all()
+                state.holding_ended = False
+            if state.held_full:
+                log.info("rescan_due", repo=str(repo), reason=state.held_full)
                 work.append(Work(repo, "full"))
-            due = watcher.take_due()
-            if due:
-                work.append(Work(repo, "paths", frozenset(due)))
+                state.last_full = now
+            if state.held:
+                work.append(Work(repo, "paths", frozenset(state.held)))
+            state.held, state.held_full = set(), None
         return work
+
+    def _full_reason(self, repo: Path, state: _Repo, now: float) -> str | None:
+        """Why ``repo`` needs a full scan now (restart, lost events, ignore rules, reconcile)."""
+        watcher = state.watcher
+        if watcher.take_limit_hit():  # logged by the watcher; it polls once restarted
+            watcher.stop()
+            watcher.start()
+            return "inotify_limit"
+        if not watcher.is_alive():
+            return self._restart(repo, state, now)
+        if watcher.take_rescan():
+            return "events_lost"
+        if watcher.gitignore_changed():
+            return "gitignore_changed"
+        if self.watch.reconcile_s and now - state.last_full >= self.watch.reconcile_s:
+            state.last_full = now
+            return "reconcile"
+        return None
+
+    def _restart(self, repo: Path, state: _Repo, now: float) -> str | None:
+        if now < state.retry_at:
+            return None
+        log.error("watcher_died", repo=str(repo), degraded=state.watcher.degraded)
+        try:
+            state.watcher.start()
+        except OSError as exc:
+            state.retry_at = now + RESTART_RETRY_S
+            log.error("watch_restart_failed", repo=str(repo), error=str(exc), retry_in_s=RESTART_RETRY_S)
+            return None
+        return "watcher_restarted"
+
+    def _gate_holds(self, repo: Path, state: _Repo) -> bool:
+        """True while git rewrites ``repo``'s tree; logs the start and end of each hold."""
+        reason = state.gate.busy()
+        if reason:
+            if state.holding is None:
+                log.info("git_operation_hold", repo=str(repo), reason=reason, held=len(state.held))
+            state.holding = reason
+            return True
+        if state.holding is not None:
+            log.info("git_operation_settled", repo=str(repo), paths=len(state.held),
+                     head_changed=state.gate.take_head_changed())
+            state.holding, state.holding_ended = None, True
+        return False
 
     def health(self) -> str | None:
         """Watchdog health check: None while every watcher thread is alive."""
-        dead = [str(p) for p, w in self.watchers.items() if not w.is_alive()]
+        dead = [str(p) for p, r in self._repos.items() if not r.watcher.is_alive()]
         return f"watcher thread dead: {', '.join(dead)}" if dead else None
 
     def degraded(self) -> list[str]:
-        """Human notes on repos watched in a degraded mode (none yet)."""
-        return []
+        """One note per repo watched in a degraded mode, e.g.
+        ``degraded: polling /path (inotify watch limit)``; empty when all is well."""
+        return [f"degraded: polling {p} ({r.watcher.degraded})"
+                for p, r in self._repos.items() if r.watcher.degraded]

@@ -1,0 +1,134 @@
+"""Is a git operation running in a repo? Decided from files, never by running git.
+
+A checkout, merge, rebase or cherry-pick rewrites the work tree over a while;
+indexing it half-way would enqueue jobs for intermediate content. git marks
+such operations in its directory (read in git's source and docs,
+``Documentation/git-*.txt`` and ``lockfile.c``):
+
+* ``index.lock`` / ``HEAD.lock``: taken for the whole of a checkout, reset,
+  merge or commit step, removed (renamed over ``index``/``HEAD``) at its end;
+* ``rebase-merge/``, ``rebase-apply/``, ``MERGE_HEAD``, ``CHERRY_PICK_HEAD``,
+  ``REVERT_HEAD``: a multi-step operation is under way; between its steps the
+  locks are briefly absent.
+
+:class:`GitGate` says "busy" while a lock exists, while events under ``.git/``
+came in the last ``settle_s`` (HEAD just changed, a lock was just released),
+or while an operation marker exists and ``.git/`` saw an event in the last
+:data:`STATE_QUIET_S` seconds. A paused operation (a merge conflict being
+resolved, a rebase stopped for editing) is quiet, so the user's saves then flow
+again. A lock held longer than :data:`MAX_HOLD_S` is treated as stale (a
+crashed git leaves ``index.lock`` behind), so the daemon never stalls on it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+LOCK_FILES = ("index.lock", "HEAD.lock")
+STATE_MARKERS = ("rebase-merge", "rebase-apply", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
+#: Quiet seconds after which a multi-step operation's marker no longer holds events.
+STATE_QUIET_S = 2.0
+#: Seconds after which a hold ends even with a lock present (stale lock).
+MAX_HOLD_S = 120.0
+#: Default quiet seconds after the last ``.git/`` event before the repo counts as settled.
+SETTLE_S = 0.3
+
+
+def git_dir_of(root: Path) -> Path | None:
+    """The git directory of the work tree ``root``: ``root/.git`` if a directory,
+    the target of a ``gitdir: PATH`` file (worktrees, submodules), else None."""
+    dot_git = Path(root) / ".git"
+    if dot_git.is_dir():
+        return dot_git
+    try:
+        text = dot_git.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    if not text.startswith("gitdir:"):
+        return None
+    target = Path(text[len("gitdir:"):].strip())
+    return target if target.is_absolute() else (Path(root) / target).resolve()
+
+
+class GitGate:
+    """Whether events of one repo must be held because git is rewriting its tree.
+
+    Args:
+        root: The work tree.
+        settle_s: Quiet seconds after the last ``.git/`` event (seconds).
+        clock: Monotonic clock in seconds.
+
+    Thread-safe: :meth:`note_event` is called from the watcher's thread,
+    :meth:`busy` from the daemon's main loop.
+    """
+
+    def __init__(self, root: Path, settle_s: float = SETTLE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.root, self.settle_s, self._clock = Path(root), settle_s, clock
+        self.git_dir = git_dir_of(self.root)
+        self._lock = threading.Lock()
+        self._last_event = float("-inf")
+        self._hold_since: float | None = None
+        self.head_changed = False
+
+    def note_event(self, rel: str) -> None:
+        """Record an event on ``rel`` (a path under ``.git/``, relative to the work tree)."""
+        with self._lock:
+            self._last_event = self._clock()
+            if rel in (".git/HEAD", ".git/HEAD.lock"):
+                self.head_changed = True
+
+    def busy(self) -> str | None:
+        """Why events must be held now (``index.lock``, ``settling``, ``rebase-merge``...),
+        or None when the repo is settled. Costs a few ``stat`` calls; call it only when
+        events are pending. Starts/ends the hold clock used for the stale-lock cap."""
+        reason = self._reason()
+        now = self._clock()
+        with self._lock:
+            if reason is not None and reason != "settling":
+                # Settle after the last moment git was seen busy too: events written just
+                # before a lock went may reach us after the lock's removal was seen.
+                self._last_event = max(self._last_event, now)
+            if reason is None:
+                self._hold_since = None
+                return None
+            if self._hold_since is None:
+                self._hold_since = now
+            held_s = now - self._hold_since
+        if held_s > MAX_HOLD_S:
+            log.warning("git_hold_expired", repo=str(self.root), reason=reason, held_s=round(held_s, 1))
+            with self._lock:
+                self._hold_since = None
+            return None
+        return reason
+
+    def take_head_changed(self) -> bool:
+        """True once after ``HEAD`` was rewritten (a checkout or a commit)."""
+        with self._lock:
+            flag, self.head_changed = self.head_changed, False
+        return flag
+
+    def _reason(self) -> str | None:
+        git_dir = self.git_dir
+        if git_dir is None:
+            return None
+        for name in LOCK_FILES:
+            if os.path.lexists(git_dir / name):
+                return name
+        with self._lock:
+            quiet_s = self._clock() - self._last_event
+        if quiet_s < self.settle_s:
+            return "settling"
+        if quiet_s < STATE_QUIET_S:
+            for name in STATE_MARKERS:
+                if os.path.lexists(git_dir / name):
+                    return name
+        return None
