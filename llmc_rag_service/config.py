@@ -268,7 +268,9 @@ class _Validator:
             if not raw_path.strip():
                 raise self.fail(f"{key}.path", "must not be empty")
             path = Path(os.path.expanduser(raw_path)).resolve()
-            if not path.is_dir():
+            # A missing directory (unmounted, not cloned yet) is allowed: the
+            # daemon reports it and picks it up when it appears.
+            if path.exists() and not path.is_dir():
                 raise self.fail(f"{key}.path", f"{str(path)!r} is not a directory")
             out.append(RepoConfig(path=path, exclude=self.patterns(f"{key}.exclude", raw.get("exclude", []) or [])))
         return tuple(out)

@@ -105,6 +105,15 @@ def is_editor_temp(relpath: str) -> bool:
     return _EDITOR_TEMP_RE.fullmatch(_basename(relpath)) is not None
 
 
+def _undecodable(relpath: str) -> bool:
+    """True if the name holds bytes that are not UTF-8 (``os.fsdecode`` surrogates)."""
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _normalize(relpath: str) -> str:
     """'./a//b/' -> 'a/b' (POSIX separators, no leading './' or '/')."""
     parts = [p for p in relpath.replace(os.sep, "/").split("/") if p not in ("", ".")]
@@ -124,6 +133,7 @@ class RepoIgnore:
         self._lock = threading.Lock()
         self._specs: dict[str, GitIgnoreSpec | None] = {}  # dir relpath ('' = root) -> spec
         self._dirs: dict[str, bool] = {}  # dir relpath -> ignored
+        self._undecodable_seen: set[str] = set()  # names already logged as undecodable
 
     def invalidate(self) -> None:
         """Forget cached ``.gitignore`` specs and decisions (a ``.gitignore`` changed)."""
@@ -140,6 +150,11 @@ class RepoIgnore:
         rel = _normalize(relpath)
         if not rel:
             return False
+        if _undecodable(rel):
+            # SQLite text must be UTF-8; a name with undecodable bytes (read
+            # as surrogates) cannot be stored, so it is skipped, not crashed on.
+            self._log_undecodable(rel)
+            return True
         if not is_dir and (is_secret(rel) or is_editor_temp(rel)):
             return True
         parent = rel.rpartition("/")[0]
@@ -148,14 +163,25 @@ class RepoIgnore:
         return self._decide(rel, is_dir)
 
     def _dir_ignored(self, rel: str) -> bool:
+        # Iterative: find the nearest cached ancestor, then decide downwards.
+        chain = []
         with self._lock:
-            cached = self._dirs.get(rel)
-        if cached is None:
-            parent = rel.rpartition("/")[0]
-            cached = (bool(parent) and self._dir_ignored(parent)) or self._decide(rel, True)
+            while rel and rel not in self._dirs:
+                chain.append(rel)
+                rel = rel.rpartition("/")[0]
+            ignored = self._dirs[rel] if rel else False
+        for path in reversed(chain):
+            ignored = ignored or self._decide(path, True)
             with self._lock:
-                self._dirs[rel] = cached
-        return cached
+                self._dirs[path] = ignored
+        return ignored
+
+    def _log_undecodable(self, rel: str) -> None:
+        with self._lock:
+            if rel in self._undecodable_seen:
+                return
+            self._undecodable_seen.add(rel)
+        log.info("file_skipped", path=rel.encode("utf-8", "backslashreplace").decode(), reason="undecodable_name")
 
     def _decide(self, rel: str, is_dir: bool) -> bool:
         """The rules for ``rel`` itself, ancestors not considered."""
@@ -204,32 +230,49 @@ class RepoIgnore:
         yield from self._walk_dir(start)
 
     def _walk_dir(self, rel_dir: str) -> Iterator[tuple[str, os.stat_result]]:
+        # An explicit stack, not recursion: a tree 1,000+ directories deep must
+        # not hit Python's recursion limit. Sorting dirs as 'name/' and pushing
+        # in reverse keeps the depth-first order equal to the relpath order.
+        stack: list[tuple[str, bool]] = [(rel_dir, True)]
+        while stack:
+            rel, is_dir = stack.pop()
+            if not is_dir:
+                found = self._file_stat(rel)
+                if found is not None:
+                    yield rel, found
+                continue
+            children = []
+            for entry, child_is_dir in self._entries(rel):
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                if not self.is_ignored(child, is_dir=child_is_dir):
+                    children.append((entry.name + "/" if child_is_dir else entry.name, child, child_is_dir))
+            stack.extend((child, child_is_dir) for _, child, child_is_dir in sorted(children, reverse=True))
+
+    def _entries(self, rel_dir: str) -> list[tuple[os.DirEntry, bool]]:
+        """The entries of a directory with their is-dir flag (no symlink followed)."""
         path = self.root / rel_dir if rel_dir else self.root
         try:
             with os.scandir(path) as it:
                 entries = list(it)
         except OSError as exc:
-            log.debug("walk_dir_skipped", path=str(path), error=str(exc))
-            return
-        # Sorting dirs as 'name/' makes the depth-first order equal the relpath order.
-        keyed = []
+            log.info("file_skipped", path=rel_dir or ".", reason="unreadable_dir", error=str(exc))
+            return []
+        out = []
         for entry in entries:
             try:
-                is_dir = entry.is_dir(follow_symlinks=False)
+                out.append((entry, entry.is_dir(follow_symlinks=False)))
             except OSError:
                 continue
-            keyed.append((entry.name + "/" if is_dir else entry.name, entry, is_dir))
-        for _, entry, is_dir in sorted(keyed, key=lambda k: k[0]):
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            if self.is_ignored(rel, is_dir=is_dir):
-                continue
-            if is_dir:
-                yield from self._walk_dir(rel)
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError as exc:
-                log.debug("walk_file_skipped", path=rel, error=str(exc))
-                continue
-            if stat.S_ISREG(st.st_mode):
-                yield rel, st
+        return out
+
+    def _file_stat(self, rel: str) -> os.stat_result | None:
+        try:
+            st = os.lstat(self.root / rel)
+        except OSError as exc:
+            log.debug("walk_file_skipped", path=rel, error=str(exc))
+            return None
+        if stat.S_ISREG(st.st_mode):
+            return st
+        if not stat.S_ISLNK(st.st_mode):  # FIFOs, sockets, devices: never read
+            log.info("file_skipped", path=rel, reason="not_a_regular_file")
+        return None

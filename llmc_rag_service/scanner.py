@@ -77,11 +77,16 @@ class Scanner:
         exception it raises aborts the scan (every file done so far is committed).
         """
         started, result = time.monotonic(), ScanResult()
+        if not self.root.is_dir():
+            # Unmounted or deleted: keep what is stored (a missing tree is not
+            # an empty one); the watcher retries and a scan follows.
+            log.error("repo_missing", repo=str(self.root))
+            return result
         stored = self.store.files(self.repo_id)
         present = set()
         for relpath, st in self.ignore.walk():
             present.add(relpath)
-            self._update(relpath, st, stored.get(relpath), priority, result)
+            self._guarded(self._update, relpath, st, stored.get(relpath), priority, result)
             if between is not None:
                 between()
         self._delete([p for p in stored if p not in present], result)
@@ -95,9 +100,17 @@ class Scanner:
         """Re-check paths a watcher reported (files or directories, existing or not)."""
         started, result = time.monotonic(), ScanResult()
         for relpath in sorted(set(relpaths)):
-            self._process_one(relpath, priority, result)
+            self._guarded(self._process_one, relpath, priority, result)
         result.duration_s = time.monotonic() - started
         return result
+
+    def _guarded(self, step: Callable[..., None], relpath: str, *args) -> None:
+        """Run one file's step; a failure is logged with the file and the scan
+        goes on (one bad file must never stop the others)."""
+        try:
+            step(relpath, *args)
+        except Exception as exc:
+            log.exception("file_failed", repo=str(self.root), path=relpath, error=str(exc))
 
     def _process_one(self, relpath: str, priority: int, result: ScanResult) -> None:
         stored = self.store.files(self.repo_id, under=relpath)

@@ -57,6 +57,7 @@ class _Repo:
     holding_ended: bool = False  # a hold just ended: flush the pending paths with it
     last_full: float = field(default_factory=time.monotonic)
     retry_at: float = 0.0
+    missing: bool = False  # the root is not a directory (unmounted, deleted): retried, not unhealthy
 
 
 class Watching:
@@ -83,15 +84,20 @@ class Watching:
         """Start watching ``repo`` (its ignore rules are shared with its scanner).
 
         The caller queues the first full scan itself; the reconcile clock starts now.
-        Raises OSError if the root cannot be watched at all.
+        A root that is missing or cannot be watched is not an error: the repo is
+        shown as degraded and retried every :data:`RESTART_RETRY_S` seconds
+        (a full scan follows once it can be watched).
         """
         extra = {} if self.poll_interval_s is None else {"poll_interval_s": self.poll_interval_s}
         watcher = RepoWatcher(repo, ignore, debounce_ms=self.watch.debounce_ms,
                               max_delay_ms=self.watch.max_delay_ms, **extra)
         gate = GitGate(repo, self.settle_s)
         watcher.on_git_event = gate.note_event
-        watcher.start()
-        self._repos[repo] = _Repo(ignore, watcher, gate)
+        state = self._repos[repo] = _Repo(ignore, watcher, gate)
+        try:
+            watcher.start()
+        except OSError as exc:
+            self._mark_missing(repo, state, time.monotonic(), exc)
 
     def stop(self, repo: Path) -> None:
         """Stop watching ``repo`` (bounded); held events are dropped (the next
@@ -150,14 +156,25 @@ class Watching:
     def _restart(self, repo: Path, state: _Repo, now: float) -> str | None:
         if now < state.retry_at:
             return None
-        log.error("watcher_died", repo=str(repo), degraded=state.watcher.degraded)
+        if not state.missing:
+            log.error("watcher_died", repo=str(repo), degraded=state.watcher.degraded)
         try:
             state.watcher.start()
         except OSError as exc:
-            state.retry_at = now + RESTART_RETRY_S
-            log.error("watch_restart_failed", repo=str(repo), error=str(exc), retry_in_s=RESTART_RETRY_S)
+            self._mark_missing(repo, state, now, exc)
             return None
+        if state.missing:
+            state.missing = False
+            log.info("repo_back", repo=str(repo))
         return "watcher_restarted"
+
+    def _mark_missing(self, repo: Path, state: _Repo, now: float, exc: OSError) -> None:
+        """The root cannot be watched (deleted, unmounted): one error log, then
+        a quiet retry every RESTART_RETRY_S seconds."""
+        state.retry_at = now + RESTART_RETRY_S
+        if not state.missing:
+            state.missing = True
+            log.error("repo_unwatchable", repo=str(repo), error=str(exc), retry_in_s=RESTART_RETRY_S)
 
     def _gate_holds(self, repo: Path, state: _Repo) -> bool:
         """True while git rewrites ``repo``'s tree; logs the start and end of each hold."""
@@ -175,11 +192,12 @@ class Watching:
 
     def health(self) -> str | None:
         """Watchdog health check: None while every watcher thread is alive."""
-        dead = [str(p) for p, r in self._repos.items() if not r.watcher.is_alive()]
+        dead = [str(p) for p, r in self._repos.items() if not r.watcher.is_alive() and not r.missing]
         return f"watcher thread dead: {', '.join(dead)}" if dead else None
 
     def degraded(self) -> list[str]:
         """One note per repo watched in a degraded mode, e.g.
         ``degraded: polling /path (inotify watch limit)``; empty when all is well."""
-        return [f"degraded: polling {p} ({r.watcher.degraded})"
-                for p, r in self._repos.items() if r.watcher.degraded]
+        notes = [f"degraded: repo missing {p}" for p, r in self._repos.items() if r.missing]
+        return notes + [f"degraded: polling {p} ({r.watcher.degraded})"
+                        for p, r in self._repos.items() if r.watcher.degraded and not r.missing]

@@ -55,7 +55,7 @@ def test_unknown_key_names_the_key_path_file_and_line(tmp_path):
         ("logging:\n  level: loud\n", "logging.level"),
         ("logging:\n  format: xml\n", "logging.format"),
         ("repos:\n  - exclude: []\n", "repos[0]"),
-        ("repos:\n  - path: /nonexistent/dir/x\n", "repos[0].path"),
+        ("repos:\n  - path: /etc/passwd\n", "repos[0].path"),
         ("repos: {path: /tmp}\n", "repos"),
         ("bogus: 1\n", "bogus"),
         ("repos:\n  - path: ''\n", "repos[0].path"),
