@@ -19,7 +19,7 @@ from llmc_rag_service.ollama import OllamaClient
 from llmc_rag_service.queue import JobQueue
 from llmc_rag_service.scanner import Scanner
 from llmc_rag_service.store import Store
-from llmc_rag_service.workers import WorkerPool
+from llmc_rag_service.workers import Host, WorkerPool
 
 log = structlog.get_logger(__name__)
 
@@ -42,10 +42,24 @@ class Engine:
         recovered = self.queue.recover()
         if recovered:
             log.info("jobs_recovered", count=recovered, reason="left running by a dead process")
-        self.client = OllamaClient(config.ollama)
-        self.pool = WorkerPool(self.store, self.queue, self.client, on_change)
+        self.clients: list[OllamaClient] = []
+        self.pool = self._new_pool()
         self.scanners: dict[Path, Scanner] = {}
         self.set_repos(config.repos)
+
+    def _new_pool(self) -> WorkerPool:
+        """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a pool over them."""
+        self.clients = [OllamaClient(self.config.ollama, host) for host in self.config.ollama.all_hosts()]
+        return WorkerPool(self.store, self.queue, self.clients, self.on_change)
+
+    @property
+    def client(self) -> OllamaClient:
+        """The first host's client (with one host, the only one)."""
+        return self.clients[0]
+
+    def warm_up(self) -> None:
+        """Optionally ask every host to load the model now, without waiting (see WorkerPool.warm_up)."""
+        self.pool.warm_up()
 
     def scanner_for(self, repo: RepoConfig) -> Scanner:
         return Scanner(self.store, self.queue, repo.path, repo.exclude,
@@ -66,18 +80,27 @@ class Engine:
     def replace_client(self, config: Config, grace_s: float) -> None:
         """Swap in new Ollama/queue settings: drain the pool, start a new one."""
         self.pool.stop(grace_s)
-        self.client.close()
+        self._close_clients()
         self.config = config
         self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts)
-        self.client = OllamaClient(config.ollama)
-        self.pool = WorkerPool(self.store, self.queue, self.client, self.on_change)
+        self.pool = self._new_pool()
         for scanner in self.scanners.values():
             scanner.queue = self.queue
         self.pool.start()
 
     def last_error(self) -> str | None:
-        """The current Ollama problem (unreachable, model missing), or None."""
-        return self.pool.host.error
+        """The current Ollama problem (unreachable, model missing, quarantined),
+        or None; with several hosts, each down host's ``url: error``."""
+        down = [h for h in self.pool.hosts if h.state != "ok"]
+        if len(self.pool.hosts) == 1:
+            return down[0].error if down else None
+        return "; ".join(f"{h.url}: {h.error}" for h in down) or None
+
+    def ollama_down(self) -> str | None:
+        """None while some host can take work; else the first host's state
+        (``unreachable``, ``model_missing`` or ``quarantined``)."""
+        states = [h.state for h in self.pool.hosts]
+        return None if "ok" in states else states[0]
 
     def hung(self) -> str | None:
         """Watchdog health check: a reason if a request is past its deadline."""
@@ -91,30 +114,48 @@ class Engine:
         """Stop the workers (bounded by ``grace_s``), close client and store.
         Returns the number of running jobs returned to pending."""
         returned = self.pool.stop(grace_s)
-        self.client.close()
+        self._close_clients()
         self.store.close()
         return returned
+
+    def _close_clients(self) -> None:
+        for client in self.clients:
+            client.close()
 
     def status_line(self, activity: str | None = None) -> str:
         """The one-line STATUS text, e.g. ``enriching: 812 pending, 4 in
         flight, 37 done, 2 failed; ollama ok`` or ``waiting: ollama
-        unreachable at URL: connection refused; retry in 20 s``.
+        unreachable at URL: connection refused; retry in 20 s``. With several
+        hosts the tail lists each: ``ollama 1/2 ok: a:11434 ok, b:11434
+        unreachable (connection refused), retry in 20 s``.
 
         ``activity`` (e.g. ``scanning 2 repos``) is prepended when given.
         """
         c = self.counts()
-        host = self.pool.host
         pending = c["pending"] + c["running"]
         work = f"{pending} pending, {c['in_flight']} in flight, {c['done']} done, {c['failed']} failed"
-        if host.state == "unreachable":
-            head = "waiting"
-            tail = f"ollama unreachable at {self.config.ollama.url}: {host.error}; retry in {host.retry_in_s():.0f} s"
-        elif host.state == "model_missing":
-            head = "waiting"
-            tail = f"model {self.config.ollama.model} missing, run: ollama pull {self.config.ollama.model}"
+        hosts = self.pool.hosts
+        head = "waiting" if self.ollama_down() else "enriching" if pending else "idle"
+        if len(hosts) == 1:
+            tail = self._host_status(hosts[0])
         else:
-            head = "enriching" if pending else "idle"
-            tail = "ollama ok"
+            ok = sum(h.state == "ok" for h in hosts)
+            tail = f"ollama {ok}/{len(hosts)} ok: " + ", ".join(self._host_brief(h) for h in hosts)
         if activity:
             head = f"{activity}, {head}"
         return f"{head}: {work}; {tail}"
+
+    def _host_status(self, host: Host) -> str:
+        model = self.config.ollama.model
+        if host.state == "ok":
+            return "ollama ok"
+        if host.state == "model_missing":
+            return f"model {model} missing, run: ollama pull {model}"
+        return f"ollama {host.state} at {host.url}: {host.error}; retry in {host.retry_in_s():.0f} s"
+
+    @staticmethod
+    def _host_brief(host: Host) -> str:
+        name = host.url.split("://", 1)[-1]
+        if host.state == "ok":
+            return f"{name} ok"
+        return f"{name} {host.state} ({(host.error or '')[:60]}), retry in {host.retry_in_s():.0f} s"

@@ -38,13 +38,25 @@ SYSTEM_PROMPT = (
 
 #: Default cap on answer tokens (``options.num_predict``) when config sets none.
 DEFAULT_NUM_PREDICT = 1024
+#: The smallest answer cap worth sending; a prompt leaving less room in
+#: ``num_ctx`` is :class:`PromptTooLarge`.
+MIN_NUM_PREDICT = 256
+#: A retried job may get up to this many times the configured answer cap (O9).
+MAX_NUM_PREDICT_FACTOR = 4
 #: Ollama's default context when ``options.num_ctx`` is not configured.
 DEFAULT_NUM_CTX = 2048
-#: Conservative characters per token for code (real tokenizers give ~3-4).
+#: Conservative characters per token for code (real tokenizers give ~3-4), so
+#: estimates err high and a prompt we think fits does fit.
 CHARS_PER_TOKEN = 3.0
-#: An answer whose prompt_eval_count is below this share of our estimate
-#: means the server silently cut the prompt (cases O10).
+#: Span text grows by its line-number prefixes ("1234 | "): ~7 chars per line,
+#: i.e. 1.4x for lines of 20 chars. Spans are cut to the budget divided by this.
+NUMBERING_GROWTH = 1.4
+#: An answer whose prompt_eval_count is below this share of our estimate of
+#: the span part means the server silently cut the prompt (cases O10).
 TRUNCATION_RATIO = 0.5
+#: A prompt_eval_count below this many tokens is a prompt served from the
+#: runner's cache (a retried job re-evaluates only its last token), not a cut.
+CACHED_PROMPT_MAX_TOKENS = 16
 
 
 class InvalidAnswer(Exception):
@@ -60,14 +72,26 @@ class InvalidAnswer(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+class PromptTooLarge(Exception):
+    """The prompt leaves less than :data:`MIN_NUM_PREDICT` tokens of ``num_ctx``
+    for the answer (the span was cut for a larger context): retrying cannot help."""
+
+
 def estimate_tokens(text: str) -> int:
     """A deliberately high token estimate of ``text`` (:data:`CHARS_PER_TOKEN`)."""
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-#: Tokens of a prompt that are not span text: system prompt, header lines
-#: and the chat template.
-PROMPT_OVERHEAD_TOKENS = estimate_tokens(SYSTEM_PROMPT) + 200
+#: Tokens of the chat template around each message (role markers etc.).
+TEMPLATE_TOKENS_PER_MESSAGE = 10
+#: Tokens of a prompt that are not span text: system prompt, the header lines
+#: (path, language, kind, name) and the chat template.
+PROMPT_OVERHEAD_TOKENS = estimate_tokens(SYSTEM_PROMPT) + 150
+
+
+def estimate_prompt_tokens(messages: list[dict]) -> int:
+    """High estimate of the tokens Ollama evaluates for ``messages``."""
+    return sum(estimate_tokens(str(m.get("content") or "")) + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
 
 
 def effective_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,14 +101,38 @@ def effective_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return {"num_predict": DEFAULT_NUM_PREDICT, **dict(options)}
 
 
+def num_ctx_of(options: Mapping[str, Any]) -> int:
+    """The context size in tokens the requests ask for (``num_ctx`` or Ollama's default)."""
+    return int(options.get("num_ctx", DEFAULT_NUM_CTX))
+
+
 def span_char_budget(options: Mapping[str, Any]) -> int:
     """Largest span text (characters) whose prompt still fits in ``num_ctx``
-    with room for the answer (``num_predict``) and the fixed prompt parts."""
+    with room for the answer (``num_predict``) and the fixed prompt parts;
+    spans are split to this size when files are read."""
     opts = effective_options(options)
-    num_ctx = int(opts.get("num_ctx", DEFAULT_NUM_CTX))
-    tokens = num_ctx - int(opts["num_predict"]) - PROMPT_OVERHEAD_TOKENS
-    # Line-number prefixes ("1234 | ") add up to ~8 chars per ~40-char line.
-    return max(400, int(tokens * CHARS_PER_TOKEN / 1.25))
+    tokens = num_ctx_of(opts) - int(opts["num_predict"]) - PROMPT_OVERHEAD_TOKENS
+    return max(400, int(tokens * CHARS_PER_TOKEN / NUMBERING_GROWTH))
+
+
+def plan_num_predict(messages: list[dict], options: Mapping[str, Any], attempt: int = 1) -> int:
+    """The answer cap for one request: the configured ``num_predict``, doubled
+    for each retry up to :data:`MAX_NUM_PREDICT_FACTOR` times (an answer cut
+    by the cap, O9), never more than the room the prompt leaves in ``num_ctx``.
+
+    Args:
+        attempt: 1-based attempt number of the job.
+
+    Raises:
+        PromptTooLarge: less than :data:`MIN_NUM_PREDICT` tokens of room.
+    """
+    opts = effective_options(options)
+    room = num_ctx_of(opts) - estimate_prompt_tokens(messages)
+    if room < MIN_NUM_PREDICT:
+        raise PromptTooLarge(f"prompt of ~{num_ctx_of(opts) - room} tokens leaves {room} of num_ctx "
+                             f"{num_ctx_of(opts)} for the answer; raise ollama.options.num_ctx")
+    factor = min(2 ** max(0, attempt - 1), MAX_NUM_PREDICT_FACTOR)
+    return min(int(opts["num_predict"]) * factor, room)
 
 
 def build_messages(*, path: str, language: str, kind: str, name: str, start_line: int, text: str) -> list[dict]:
@@ -105,7 +153,7 @@ def parse_answer(answer: Mapping[str, Any], prompt_tokens_estimate: int | None =
 
     Args:
         answer: The final (``done: true``) response object.
-        prompt_tokens_estimate: :func:`estimate_tokens` of the prompt; when
+        prompt_tokens_estimate: :func:`estimate_prompt_tokens`; when
             given, a much smaller ``prompt_eval_count`` is flagged (O10).
 
     Raises:
@@ -120,7 +168,7 @@ def parse_answer(answer: Mapping[str, Any], prompt_tokens_estimate: int | None =
     # The fixed prompt prefix may come from the server's cache and not be
     # counted, so only the span part is compared.
     floor = (prompt_tokens_estimate or 0) - PROMPT_OVERHEAD_TOKENS
-    if isinstance(evaluated, int) and 0 < evaluated < floor * TRUNCATION_RATIO:
+    if isinstance(evaluated, int) and CACHED_PROMPT_MAX_TOKENS <= evaluated < floor * TRUNCATION_RATIO:
         raise InvalidAnswer("prompt_truncated", f"prompt_eval_count {evaluated} << estimate {prompt_tokens_estimate}")
     try:
         data = json.loads(content)

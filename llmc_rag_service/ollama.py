@@ -1,93 +1,154 @@
-"""HTTP client for Ollama's ``POST /api/chat``, with one error taxonomy.
+"""HTTP client for one Ollama host's ``POST /api/chat``, with one error taxonomy.
 
 Every request carries ``keep_alive`` exactly as configured (a number stays a
-JSON number, a duration stays a string), ``format`` = the enrichment JSON
-schema, the same ``options`` every time (no reload, cases O7), ``think: false``
-(O16) and ``stream: false``: Ollama sends nothing until the whole answer is
-ready (O3), so the read timeout is the request deadline and covers queueing
-and a cold model load. Nothing here looks at ``/api/ps`` or runs ``ollama``:
-the server queues concurrent requests itself.
+JSON number, a duration stays a string, cases O6), ``format`` = the enrichment
+JSON schema, the same load-time ``options`` every time (no reload, O7),
+``think: false`` (O16) and ``stream: true``. Nothing here looks at
+``/api/ps`` or runs ``ollama``: the server queues concurrent requests itself.
 
-All httpx exceptions and Ollama error answers are mapped in :func:`_map_errors`
-and :func:`_raise_for_answer` to this tree (the worker pool gives each leaf
-one policy)::
+Deadlines (O3, O17; the official client has none). Ollama sends no byte, not
+even the status line, before the first token: queue wait, a cold model load
+and prompt evaluation all come first (O3). So a request has two phases:
+
+* connect :data:`CONNECT_TIMEOUT_S`, write :data:`WRITE_TIMEOUT_S`, pool
+  :data:`POOL_TIMEOUT_S`;
+* first byte within ``ollama.load_timeout_s`` (the read timeout until the
+  headers arrive) -- never shorter, so a load is not aborted by hanging up;
+* then the whole answer within ``ollama.timeout_s`` of the first byte, with
+  no gap between two chunks longer than :data:`CHUNK_TIMEOUT_S`.
+
+A request therefore ends within :meth:`OllamaClient.max_request_s`.
+Streaming is what makes a stalled generation visible in seconds, not after
+the full budget; an error after the first chunk arrives as a final
+``{"error": ...}`` line with status 200 (O15) and is a failure.
+
+All httpx exceptions (table :data:`HTTPX_ERRORS`) and Ollama error answers
+(:func:`error_for_status`) map to this tree; ``policy`` on each class is what
+the worker pool does with it::
 
     OllamaError
-     +-- Unavailable     connection refused / DNS / connect timeout  -> pause host, job keeps its attempts
-     +-- Busy            503 "server busy" (honours Retry-After)     -> pause, job keeps its attempts
-     +-- ModelMissing    404 model not found                         -> pause until /api/tags lists it
-     +-- Disconnected    closed without an answer (server restart)   -> retried once at once, then an attempt
-     +-- RequestTimeout  no answer within timeout_s                  -> counts an attempt, backoff
-     +-- ServerError     other 5xx (load timeout, runner crash)      -> counts an attempt, backoff
-     +-- BadRequest      other 4xx: our bug                          -> dead letter at once
+     +-- Unavailable     refused / DNS / connect timeout / bad URL  policy "pause": host down, probe /api/version; attempts kept
+     +-- ModelMissing    404 model not found (O11)                  policy "pause": probe /api/tags until listed; attempts kept
+     +-- Busy            503 / 429 (O5), honours Retry-After        policy "release": jittered backoff; attempts kept
+     +-- Disconnected    closed without an answer (O12)             policy "retry": an attempt, backoff (one fresh-connection retry first)
+     +-- RequestTimeout  a deadline above passed                    policy "retry"
+     +-- ServerError     other 5xx (O14), mid-stream error (O15)    policy "retry"
+     +-- BadRequest      other 4xx, our own misuse of httpx         policy "dead_letter": at once, with what was sent
 """
 
 from __future__ import annotations
 
-import contextlib
+import email.utils
+import functools
 import json
-from typing import Any, Iterator
+import re
+import ssl
+import time
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator
 
 import httpx
 
-from llmc_rag_service.config import OllamaConfig
+from llmc_rag_service.config import HostConfig, OllamaConfig
 from llmc_rag_service.enrichment import SCHEMA, effective_options
 
 #: Seconds to open a TCP connection (and TLS) to Ollama.
 CONNECT_TIMEOUT_S = 10.0
 #: Seconds to send a request body.
 WRITE_TIMEOUT_S = 30.0
+#: Seconds to wait for a free pooled connection (the pool has a spare one).
+POOL_TIMEOUT_S = 10.0
+#: Longest silence between two chunks of a streamed answer, in seconds.
+CHUNK_TIMEOUT_S = 60.0
 #: Seconds for the cheap probes (/api/version, /api/tags).
 PROBE_TIMEOUT_S = 10.0
 
 
 class OllamaError(Exception):
-    """Base of the taxonomy. ``retry_after_s`` is the server's hint, if any."""
+    """Base of the taxonomy. ``retry_after_s``: the server's Retry-After, if any."""
 
+    policy: ClassVar[str] = "retry"
     retry_after_s: float | None = None
 
 
 class Unavailable(OllamaError):
-    """Ollama cannot be reached (connection refused, DNS, connect timeout)."""
+    """Ollama cannot be reached (connection refused, DNS, connect timeout) (O13)."""
 
-
-class Busy(OllamaError):
-    """503: the server's pending-request queue is full (cases O5)."""
+    policy = "pause"
 
 
 class ModelMissing(OllamaError):
-    """404 for the model: ``ollama pull MODEL`` fixes it (cases O11)."""
+    """404 for the model: ``ollama pull MODEL`` fixes it (O11)."""
+
+    policy = "pause"
+
+
+class Busy(OllamaError):
+    """503: the server's pending-request queue is full (O5); or 429."""
+
+    policy = "release"
 
 
 class Disconnected(OllamaError):
-    """The connection closed before an answer, e.g. the server restarted (O12)."""
+    """The connection closed before a complete answer (e.g. a restart, O12).
+    ``before_answer``: no response byte had arrived."""
+
+    before_answer: bool = False
 
 
 class RequestTimeout(OllamaError):
-    """No complete answer within the request deadline (``timeout_s``)."""
+    """A deadline passed (first byte, chunk gap, whole answer, pool, write)."""
 
 
 class ServerError(OllamaError):
-    """Any other 5xx, e.g. a load timeout or a runner crash (O14)."""
+    """Any other 5xx, e.g. a load timeout or a runner crash (O14), or an error
+    line in a 200 stream (O15)."""
 
 
 class BadRequest(OllamaError):
-    """Any other 4xx: the request itself is wrong (e.g. keep_alive, O6)."""
+    """Any other 4xx (e.g. a bad keep_alive, O6), or our own misuse of httpx."""
+
+    policy = "dead_letter"
 
 
-@contextlib.contextmanager
-def _map_errors(url: str) -> Iterator[None]:
-    """Translate httpx exceptions to the taxonomy, chained with ``from``."""
+#: Every httpx exception class -> taxonomy class. A test walks httpx's
+#: exception hierarchy and fails if a class is missing here.
+HTTPX_ERRORS: dict[type[Exception], type[OllamaError]] = {
+    httpx.HTTPError: ServerError, httpx.RequestError: ServerError, httpx.TransportError: Unavailable,
+    httpx.ConnectError: Unavailable, httpx.ConnectTimeout: Unavailable, httpx.ProxyError: Unavailable,
+    httpx.UnsupportedProtocol: Unavailable, httpx.InvalidURL: Unavailable,
+    httpx.TimeoutException: RequestTimeout, httpx.ReadTimeout: RequestTimeout,
+    httpx.WriteTimeout: RequestTimeout, httpx.PoolTimeout: RequestTimeout,
+    httpx.NetworkError: Disconnected, httpx.ReadError: Disconnected, httpx.WriteError: Disconnected,
+    httpx.CloseError: Disconnected, httpx.ProtocolError: Disconnected, httpx.RemoteProtocolError: Disconnected,
+    httpx.LocalProtocolError: BadRequest, httpx.DecodingError: ServerError, httpx.TooManyRedirects: ServerError,
+    httpx.HTTPStatusError: ServerError, httpx.CookieConflict: BadRequest,
+    httpx.StreamError: BadRequest, httpx.StreamConsumed: BadRequest, httpx.StreamClosed: BadRequest,
+    httpx.ResponseNotRead: BadRequest, httpx.RequestNotRead: BadRequest,
+}
+
+
+def map_exception(exc: Exception, model: str = "") -> OllamaError:
+    """The taxonomy error for an httpx exception (by its most specific mapped
+    class); an ``HTTPStatusError`` is judged by its status code."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return error_for_status(exc.response, model)
+    kind = next(HTTPX_ERRORS[c] for c in type(exc).__mro__ if c in HTTPX_ERRORS)
+    # "[Errno 111] Connection refused" -> "connection refused" for STATUS.
+    text = re.sub(r"^\[Errno -?\d+\] ", "", str(exc)) or type(exc).__name__
+    return kind(text[:1].lower() + text[1:])
+
+
+@contextmanager
+def _mapped(model: str = "", before_answer: bool = False) -> Iterator[None]:
+    """Translate httpx exceptions raised inside to the taxonomy, chained with ``from``."""
     try:
         yield
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
-        raise Unavailable(f"{url}: {exc or type(exc).__name__}") from exc
-    except httpx.TimeoutException as exc:
-        raise RequestTimeout(f"no answer in time: {type(exc).__name__}") from exc
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-        raise Disconnected(str(exc) or type(exc).__name__) from exc
-    except httpx.HTTPError as exc:
-        raise ServerError(f"{type(exc).__name__}: {exc}") from exc
+    except tuple(HTTPX_ERRORS) as exc:
+        err = map_exception(exc, model)
+        if isinstance(err, Disconnected):
+            err.before_answer = before_answer
+        raise err from exc
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -99,110 +160,178 @@ def _error_text(response: httpx.Response) -> str:
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:
+    """Retry-After in seconds: a number of seconds or an HTTP date (RFC 9110)."""
+    value = response.headers.get("retry-after", "").strip()
     try:
-        return max(0.0, float(response.headers.get("retry-after", "")))
+        return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
         return None
 
 
-def _raise_for_answer(response: httpx.Response, model: str) -> None:
-    status = response.status_code
-    if status < 400:
-        return
-    text = _error_text(response)
+def error_for_status(response: httpx.Response, model: str) -> OllamaError:
+    """The taxonomy error for an Ollama error answer (status >= 400, body read)."""
+    status, text = response.status_code, _error_text(response)
     if status == 404:
-        raise ModelMissing(f"model {model!r} not found; run `ollama pull {model}`: {text}")
-    if status in (429, 503):
-        err: OllamaError = Busy(f"{status}: {text}")
-    elif status >= 500:
-        err = ServerError(f"{status}: {text}")
-    else:
-        err = BadRequest(f"{status}: {text}")
+        return ModelMissing(f"model {model!r} not found, run: ollama pull {model} ({text})")
+    kind = Busy if status in (429, 503) else ServerError if status >= 500 else BadRequest
+    err = kind(f"{status}: {text}")
     err.retry_after_s = _retry_after_s(response)
-    raise err
+    return err
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context (system trust store) for every client: building one per
+    client costs tens of milliseconds, paid again on each reload."""
+    return ssl.create_default_context()
 
 
 class OllamaClient:
     """Synchronous, thread-safe client for one Ollama host.
 
     Args:
-        cfg: ``ollama`` config; ``concurrency`` sizes the connection pool,
-            ``timeout_s`` is the read (and pool) deadline in seconds.
+        cfg: ``ollama`` config: model, keep_alive, options, timeouts.
+        host: Which server and how many requests in flight; default the
+            single host ``cfg.url`` / ``cfg.concurrency``.
         transport: Optional httpx transport (tests of pure client logic).
     """
 
-    def __init__(self, cfg: OllamaConfig, transport: httpx.BaseTransport | None = None):
+    def __init__(self, cfg: OllamaConfig, host: HostConfig | None = None,
+                 transport: httpx.BaseTransport | None = None):
         self.cfg = cfg
+        self.host = host or HostConfig(cfg.url, cfg.concurrency)
+        self.url, self.concurrency = self.host.url, self.host.concurrency
         self.options = effective_options(cfg.options)
         self._http = httpx.Client(
-            base_url=cfg.url,
-            timeout=httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=cfg.timeout_s, write=WRITE_TIMEOUT_S,
-                                  pool=cfg.timeout_s),
-            limits=httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency),
+            base_url=self.url,
+            timeout=httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=cfg.load_timeout_s,
+                                  write=WRITE_TIMEOUT_S, pool=POOL_TIMEOUT_S),
+            # One spare connection for a probe or the warm-up beside the workers.
+            limits=httpx.Limits(max_connections=self.concurrency + 1,
+                                max_keepalive_connections=self.concurrency + 1),
             transport=transport,
+            verify=_ssl_context(),
             trust_env=False,
         )
 
-    def request_body(self, messages: list[dict]) -> dict[str, Any]:
-        """The ``/api/chat`` body (Ollama API doc, "Generate a chat completion")."""
-        return {
-            "model": self.cfg.model,
-            "messages": messages,
-            "stream": False,
-            "format": SCHEMA,
-            "options": self.options,
-            "keep_alive": self.cfg.keep_alive,
-            "think": False,
-        }
+    def max_request_s(self) -> float:
+        """Longest a :meth:`chat` attempt can take, in seconds (see module docstring)."""
+        return CONNECT_TIMEOUT_S + WRITE_TIMEOUT_S + self.cfg.load_timeout_s + self.cfg.timeout_s
 
-    def chat(self, messages: list[dict]) -> dict[str, Any]:
-        """Send one chat request; return the answer object (``done: true``).
+    def request_body(self, messages: list[dict], num_predict: int | None = None) -> dict[str, Any]:
+        """The ``/api/chat`` body (Ollama API doc, "Generate a chat completion").
+        ``num_predict`` overrides the answer cap (not a load-time option, O7)."""
+        options = self.options if num_predict is None else {**self.options, "num_predict": num_predict}
+        return {"model": self.cfg.model, "messages": messages, "stream": True, "format": SCHEMA,
+                "options": options, "keep_alive": self.cfg.keep_alive, "think": False}
 
-        A connection that dies before any answer (a restarted server behind a
-        pooled keep-alive connection) is retried once on a fresh one.
+    def chat(self, messages: list[dict], num_predict: int | None = None) -> dict[str, Any]:
+        """Send one chat request; return the final answer object (``done: true``)
+        with ``message.content`` the whole streamed text (``thinking`` dropped).
+
+        A connection that dies before any response byte (a pooled keep-alive
+        connection to a restarted server, O12) is retried on another one, at
+        most once per pooled connection (each such try fails within
+        :data:`CONNECT_TIMEOUT_S`).
 
         Raises:
             OllamaError: a leaf of the taxonomy in the module docstring.
         """
-        body = self.request_body(messages)
-        try:
-            return self._post_chat(body)
-        except Disconnected:
-            return self._post_chat(body)
+        body = self.request_body(messages, num_predict)
+        for _ in range(self.concurrency + 1):
+            started = time.monotonic()
+            try:
+                return self._post_chat(body)
+            except Disconnected as exc:
+                # Only a connection that failed at once, before any byte, is
+                # a dead pooled one; a slow failure counts as an attempt.
+                if not exc.before_answer or time.monotonic() - started > CONNECT_TIMEOUT_S:
+                    raise
+                last = exc
+        raise last
 
     def _post_chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        with _map_errors(self.cfg.url):
-            response = self._http.post("/api/chat", json=body)
-        _raise_for_answer(response, self.cfg.model)
+        request = self._http.build_request("POST", "/api/chat", json=body)
+        with _mapped(self.cfg.model, before_answer=True):
+            response = self._http.send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                with _mapped(self.cfg.model):
+                    response.read()
+                raise error_for_status(response, self.cfg.model)
+            # The first byte is here: from now on chunks may not pause long.
+            # httpcore reads the "timeout" extension when the body starts.
+            request.extensions["timeout"]["read"] = min(CHUNK_TIMEOUT_S, self.cfg.timeout_s)
+            with _mapped(self.cfg.model):
+                return self._read_stream(response, time.monotonic() + self.cfg.timeout_s)
+        finally:
+            response.close()
+
+    def _read_stream(self, response: httpx.Response, deadline: float) -> dict[str, Any]:
+        """Join the NDJSON chunks into the final object (O15: an error line fails).
+        The stream is read to its end so the connection can be reused."""
+        parts: list[str] = []
+        final: dict[str, Any] | None = None
+        for line in response.iter_lines():
+            if final is not None or not line.strip():
+                continue
+            try:
+                chunk = json.loads(line)
+            except ValueError as exc:
+                raise ServerError(f"unparseable stream line: {line[:200]!r}") from exc
+            if not isinstance(chunk, dict):
+                raise ServerError(f"stream line is not an object: {line[:200]!r}")
+            if "error" in chunk:
+                raise ServerError(f"error after the answer started: {chunk['error']}")
+            parts.append(str((chunk.get("message") or {}).get("content") or ""))
+            if chunk.get("done"):
+                final = {**chunk, "message": {"role": "assistant", "content": "".join(parts)}}
+            elif time.monotonic() > deadline:
+                raise RequestTimeout(f"answer not complete within timeout_s={self.cfg.timeout_s:g} s")
+        if final is None:
+            raise Disconnected("the stream ended without done: true")
+        return final
+
+    def warm_up(self) -> dict[str, Any]:
+        """Load the model now: Ollama's documented load request, ``POST
+        /api/generate`` with an empty prompt, the same ``keep_alive`` and
+        ``options`` as every chat (so no reload follows, O7). Returns the
+        answer (``done_reason: "load"``). Raises OllamaError."""
+        body = {"model": self.cfg.model, "prompt": "", "stream": False,
+                "keep_alive": self.cfg.keep_alive, "options": self.options}
+        with _mapped(self.cfg.model, before_answer=True):
+            response = self._http.post("/api/generate", json=body)
+        return self._json_answer(response)
+
+    def version(self) -> str:
+        """``GET /api/version``: the cheap liveness probe. Raises OllamaError."""
+        with _mapped(self.cfg.model):
+            response = self._http.get("/api/version", timeout=PROBE_TIMEOUT_S)
+        return str(self._json_answer(response).get("version", "?"))
+
+    def has_model(self) -> bool:
+        """Whether ``GET /api/tags`` lists the configured model (``name`` or
+        ``name:latest``). Raises OllamaError when the server cannot answer."""
+        with _mapped(self.cfg.model):
+            response = self._http.get("/api/tags", timeout=PROBE_TIMEOUT_S)
+        wanted = {self.cfg.model, f"{self.cfg.model}:latest"}
+        models = self._json_answer(response).get("models") or []
+        return any(isinstance(m, dict) and (m.get("name") in wanted or m.get("model") in wanted) for m in models)
+
+    def _json_answer(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            raise error_for_status(response, self.cfg.model)
         try:
             answer = response.json()
         except ValueError as exc:
             raise ServerError(f"answer is not JSON: {response.text[:200]!r}") from exc
         if not isinstance(answer, dict):
             raise ServerError(f"answer is not an object: {response.text[:200]!r}")
-        if "error" in answer:
-            raise ServerError(str(answer["error"]))
         return answer
-
-    def version(self) -> str:
-        """``GET /api/version``: the cheap liveness probe. Raises OllamaError."""
-        with _map_errors(self.cfg.url):
-            response = self._http.get("/api/version", timeout=PROBE_TIMEOUT_S)
-        _raise_for_answer(response, self.cfg.model)
-        return str(response.json().get("version", "?"))
-
-    def has_model(self) -> bool:
-        """Whether ``GET /api/tags`` lists the configured model (``name`` or
-        ``name:latest``). Raises OllamaError when the server cannot answer."""
-        with _map_errors(self.cfg.url):
-            response = self._http.get("/api/tags", timeout=PROBE_TIMEOUT_S)
-        _raise_for_answer(response, self.cfg.model)
-        wanted = {self.cfg.model, f"{self.cfg.model}:latest"}
-        try:
-            models = response.json().get("models", [])
-        except (ValueError, AttributeError):
-            return False
-        return any(m.get("name") in wanted or m.get("model") in wanted for m in models)
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -210,6 +339,6 @@ class OllamaClient:
 
 
 def describe_body(body: dict[str, Any]) -> str:
-    """A short JSON rendering of a request body for logs (messages elided)."""
+    """A short JSON rendering of a request body for logs (messages and schema elided)."""
     slim = {k: v for k, v in body.items() if k not in ("messages", "format")}
     return json.dumps(slim, sort_keys=True)

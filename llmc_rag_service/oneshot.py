@@ -102,11 +102,12 @@ def _wait_done(engine: Engine, wait_s: float, progress: Progress, changed: threa
         if remaining == 0:
             progress.update(total, total, engine.status_line(), final=True)
             return EX_OK
-        if engine.pool.host.state != "ok":
+        down = engine.ollama_down()
+        if down:
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > wait_s:
                 progress.update(total - remaining, total, engine.status_line(), final=True)
-                log.error("enrich_gave_up", reason=engine.pool.host.state, error=engine.pool.host.error,
+                log.error("enrich_gave_up", reason=down, error=engine.last_error(),
                           waited_s=round(wait_s, 1), pending=remaining)
                 return EX_UNAVAILABLE
         else:

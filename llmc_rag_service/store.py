@@ -105,7 +105,7 @@ class Store:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.migrate()
@@ -124,7 +124,7 @@ class Store:
             conn.execute("PRAGMA foreign_keys = ON")
             self._local.conn = conn
             with self._lock:
-                self._all.append(conn)
+                self._all.append((threading.current_thread(), conn))
         return conn
 
     @contextlib.contextmanager
@@ -140,12 +140,19 @@ class Store:
         conn.execute("COMMIT")
 
     def close(self) -> None:
-        """Close every thread's connection (call once, at shutdown)."""
+        """Close this thread's connection and those of threads that ended (call
+        at shutdown). A connection of a thread still running (a worker past the
+        stop grace) is left open: closing it under that thread can crash the
+        process; the OS closes it at exit and WAL recovery makes that safe."""
         with self._lock:
-            for conn in self._all:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._all.clear()
+            keep = []
+            for thread, conn in self._all:
+                if thread is threading.current_thread() or not thread.is_alive():
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+                else:
+                    keep.append((thread, conn))
+            self._all = keep
         self._local = threading.local()
 
     def migrate(self) -> int:

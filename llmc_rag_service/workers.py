@@ -1,19 +1,27 @@
-"""The worker pool: turns queued jobs into stored enrichments.
+"""The worker pool: turns queued jobs into stored enrichments, on one or more Ollama hosts.
 
-``ollama.concurrency`` threads each loop claim -> prompt -> ``/api/chat`` ->
-validate -> store. There is no pause between one answer and the next claim:
-the server queues what it cannot run yet. Policies per error kind (see the
-taxonomy in ``ollama.py``):
+Each host (``ollama.hosts``, or the single ``ollama.url``) gets ``concurrency``
+threads; each loops claim -> prompt -> ``/api/chat`` -> validate -> store with
+no pause between one answer and the next claim: the server queues what it
+cannot run yet, so with concurrency = the server's slots no slot idles. A job
+goes to whichever host has a free thread; the claim is one SQLite
+transaction, so each job runs on exactly one host at a time.
 
-* Unavailable, ModelMissing: the host is marked down, the job is released with
-  its attempts intact, and workers wait (on an Event, with a deadline) while
-  one probe at a time (``/api/version`` or ``/api/tags``) decides, with
-  backoff, when to resume. One log line per state change.
-* Busy: released with its attempts intact after the server's Retry-After or
-  a jittered backoff.
-* RequestTimeout, ServerError, Disconnected, InvalidAnswer: an attempt is
-  counted; retried with backoff; dead-lettered after ``queue.max_attempts``.
-* BadRequest: dead-lettered at once, with what was sent logged.
+The policy of each error kind is the ``policy`` of its class in ``ollama.py``:
+
+* ``pause`` (Unavailable, ModelMissing): the job is released with its attempts
+  intact; the host is marked down and its threads wait (on an Event, with a
+  deadline) while one probe at a time (``/api/version``, or ``/api/tags`` for
+  a missing model) decides, with jittered backoff, when to resume. Other hosts
+  carry on. One log line per state change.
+* ``release`` (Busy): released with its attempts intact after Retry-After or a
+  jittered backoff that grows while the host stays busy.
+* ``retry`` (RequestTimeout, ServerError, Disconnected; InvalidAnswer): an
+  attempt is counted, retried with backoff, dead-lettered after
+  ``queue.max_attempts``. :data:`QUARANTINE_AFTER` such failures in a row
+  quarantine the host for a backoff, so a crash-looping server cannot burn
+  every job's attempts while other hosts could do the work.
+* ``dead_letter`` (BadRequest; PromptTooLarge): failed at once, logging what was sent.
 """
 
 from __future__ import annotations
@@ -21,81 +29,124 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import structlog
 
 from llmc_rag_service import ollama as ol
-from llmc_rag_service.enrichment import InvalidAnswer, build_messages, estimate_tokens, parse_answer
+from llmc_rag_service.enrichment import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
+                                         parse_answer, plan_num_predict)
 from llmc_rag_service.models import Job
 from llmc_rag_service.queue import JobQueue, backoff_s
 from llmc_rag_service.store import Store
 
 log = structlog.get_logger(__name__)
 
-#: Seconds a job may run past its request deadline before the watchdog health
-#: gate calls the worker hung.
+#: Seconds a request may run past its deadline before the watchdog health gate calls the worker hung.
 HANG_GRACE_S = 60.0
-#: Longest wait between probes of a down host, in seconds.
+#: First and longest wait between probes of a down host, in seconds.
+PROBE_BASE_S = 1.0
 PROBE_MAX_S = 60.0
+#: First and longest wait after a 503 busy answer without Retry-After, in seconds.
+BUSY_BASE_S = 1.0
+BUSY_MAX_S = 60.0
+#: Failed attempts in a row (retry policy) that quarantine a host.
+QUARANTINE_AFTER = 3
+#: Longest a waiting worker sleeps before looking at its stop flag again, in seconds.
+IDLE_WAIT_S = 1.0
 
 
 @dataclass
-class HostState:
-    """Health of the Ollama host as the workers see it.
+class Host:
+    """One Ollama host as the workers see it.
 
-    ``state`` is ``ok``, ``unreachable`` or ``model_missing``; ``retry_at`` a
-    ``time.monotonic()`` deadline for the next probe; ``failures`` the count of
-    failed probes in a row (drives the backoff).
+    ``state``: ``ok``, ``unreachable``, ``model_missing`` or ``quarantined``;
+    ``retry_at``: ``time.monotonic()`` of the next probe; ``failures``: failed
+    probes in a row; ``strikes``: failed attempts in a row; ``busy``: 503s in a row.
     """
 
+    client: ol.OllamaClient
     state: str = "ok"
     error: str | None = None
     retry_at: float = 0.0
     failures: int = 0
+    strikes: int = 0
+    busy: int = 0
     ok_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.ok_event.set()
 
+    @property
+    def url(self) -> str:
+        return self.client.url
+
     def retry_in_s(self) -> float:
+        """Seconds until the next probe (0 when due)."""
         return max(0.0, self.retry_at - time.monotonic())
 
 
 class WorkerPool:
-    """Runs ``concurrency`` worker threads over a :class:`JobQueue`.
+    """Worker threads for every host, over one :class:`JobQueue`.
 
     Args:
         store, queue: State and queue.
-        client: The Ollama client (its ``cfg`` gives concurrency and timeout_s).
+        clients: One :class:`~llmc_rag_service.ollama.OllamaClient` per host
+            (or a single client); each brings ``concurrency`` threads.
         on_change: Called (no args, from a worker thread) after every job
-            outcome or host state change, e.g. to refresh STATUS.
+            outcome or host state change, e.g. to refresh STATUS. Keep it cheap.
     """
 
-    def __init__(self, store: Store, queue: JobQueue, client: ol.OllamaClient, on_change=lambda: None):
-        self.store, self.queue, self.client, self.on_change = store, queue, client, on_change
-        self.host = HostState()
+    def __init__(self, store: Store, queue: JobQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
+                 on_change: Callable[[], None] = lambda: None):
+        self.store, self.queue, self.on_change = store, queue, on_change
+        self.hosts = [Host(c) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._started: dict[int, float] = {}  # thread ident -> monotonic start of its request
+        self._started: dict[int, tuple[Host, float]] = {}  # thread ident -> (host, monotonic start)
         self._lock = threading.Lock()
         self.done = self.failed = 0
+
+    @property
+    def host(self) -> Host:
+        """The first (with one host, the only) host."""
+        return self.hosts[0]
 
     # -- lifecycle -----------------------------------------------------
     def start(self) -> None:
         """Start the worker threads (daemon threads: a hung request cannot block exit)."""
-        for i in range(self.client.cfg.concurrency):
-            thread = threading.Thread(target=self._run, name=f"worker-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for n, host in enumerate(self.hosts):
+            for i in range(host.client.concurrency):
+                thread = threading.Thread(target=self._run, args=(host,), name=f"worker-{n}.{i}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def warm_up(self) -> None:
+        """Ask every host to load the model now, in background threads (the
+        empty-prompt load request). Nothing waits for it: workers send their
+        requests at once anyway and Ollama queues them behind the load."""
+        for host in self.hosts:
+            threading.Thread(target=self._warm_up, args=(host,), name="warm-up", daemon=True).start()
+
+    def _warm_up(self, host: Host) -> None:
+        started = time.monotonic()
+        try:
+            answer = host.client.warm_up()
+        except ol.OllamaError as exc:
+            log.warning("warm_up_failed", url=host.url, model=host.client.cfg.model, error=str(exc))
+            return
+        log.info("warm_up_done", url=host.url, model=host.client.cfg.model,
+                 duration_s=round(time.monotonic() - started, 3), load_duration_ns=answer.get("load_duration"))
 
     def stop(self, grace_s: float) -> int:
         """Stop claiming; wait up to ``grace_s`` seconds for in-flight jobs;
         return jobs still running to pending. Returns how many were returned."""
         self.stopping.set()
         self.wake.set()
-        self.host.ok_event.set()
+        for host in self.hosts:
+            host.ok_event.set()  # wake threads waiting on a down host; they see ``stopping``
         deadline = time.monotonic() + grace_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -107,25 +158,32 @@ class WorkerPool:
 
     @property
     def in_flight(self) -> int:
+        """Requests being answered now, all hosts together."""
         with self._lock:
             return len(self._started)
 
+    def in_flight_at(self, host: Host) -> int:
+        """Requests being answered now by ``host``."""
+        with self._lock:
+            return sum(1 for h, _ in self._started.values() if h is host)
+
     def hung(self) -> str | None:
-        """Health check for the watchdog: a reason if a request has run past
-        its deadline (``timeout_s``) plus :data:`HANG_GRACE_S`, else None."""
-        limit = self.client.cfg.timeout_s * 2 + HANG_GRACE_S  # one transparent reconnect retry
+        """Health check for the watchdog: a reason if a request has run past its
+        host's longest possible request plus :data:`HANG_GRACE_S`, else None."""
         now = time.monotonic()
         with self._lock:
-            oldest = min(self._started.values(), default=now)
-        if now - oldest > limit:
-            return f"a job has been running {now - oldest:.0f} s (limit {limit:.0f} s)"
+            running = list(self._started.values())
+        for host, started in running:
+            limit = host.client.max_request_s() + (host.client.concurrency + 1) * ol.CONNECT_TIMEOUT_S + HANG_GRACE_S
+            if now - started > limit:
+                return f"a job on {host.url} has been running {now - started:.0f} s (limit {limit:.0f} s)"
         return None
 
     # -- the loop ------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, host: Host) -> None:
         while not self.stopping.is_set():
-            if not self.host.ok_event.is_set():
-                self._maybe_probe()
+            if not host.ok_event.is_set():
+                self._maybe_probe(host)
                 continue
             job = self.queue.claim()
             if job is None:
@@ -133,49 +191,64 @@ class WorkerPool:
                 if self.stopping.is_set():
                     break
                 due = self.queue.next_due_s()
-                self.wake.wait(1.0 if due is None else min(1.0, max(0.05, due)))
+                self.wake.wait(IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(0.05, due)))
                 continue
-            self._process(job)
+            self._process(host, job)
             self.on_change()
 
-    def _process(self, job: Job) -> None:
+    def _process(self, host: Host, job: Job) -> None:
         row = self.store.span_text(job.span_hash)
         if row is None:  # the span vanished after the claim
             self.queue.release(job)
             return
-        fields = dict(repo=row["repo"], path=row["path"], span=row["name"], job=job.id, attempt=job.attempts + 1)
+        fields = dict(repo=row["repo"], path=row["path"], span=row["name"], job=job.id,
+                      attempt=job.attempts + 1, host=host.url)
         messages = build_messages(path=row["path"], language=row["language"], kind=row["kind"],
                                   name=row["name"], start_line=row["start_line"], text=row["text"])
         started = time.monotonic()
         with self._lock:
-            self._started[threading.get_ident()] = started
+            self._started[threading.get_ident()] = (host, started)
+        num_predict = None
         try:
-            answer = self.client.chat(messages)
-            enrichment = parse_answer(answer, sum(estimate_tokens(m["content"]) for m in messages))
-        except (ol.Unavailable, ol.ModelMissing) as exc:
-            self.queue.release(job, error=str(exc))
-            self._host_down("model_missing" if isinstance(exc, ol.ModelMissing) else "unreachable", str(exc))
-            return
-        except ol.Busy as exc:
-            self.queue.release(job, exc.retry_after_s or backoff_s(job.attempts + 1), str(exc))
-            log.warning("ollama_busy", **fields, error=str(exc))
-            return
-        except ol.BadRequest as exc:
-            self._dead(job, fields, str(exc), sent=ol.describe_body(self.client.request_body([])))
-            return
-        except (ol.OllamaError, InvalidAnswer) as exc:
-            self._retry(job, fields, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
-            return
+            num_predict = plan_num_predict(messages, host.client.options, job.attempts + 1)
+            answer = host.client.chat(messages, num_predict)
+            enrichment = parse_answer(answer, estimate_prompt_tokens(messages))
+        except PromptTooLarge as exc:
+            return self._dead(job, fields, f"prompt_too_large: {exc}", reason="prompt_too_large")
+        except InvalidAnswer as exc:
+            return self._retry(job, fields, f"InvalidAnswer: {exc}", time.monotonic() - started)
+        except ol.OllamaError as exc:
+            return self._on_error(host, job, fields, exc, num_predict, time.monotonic() - started)
         finally:
             with self._lock:
                 self._started.pop(threading.get_ident(), None)
         duration = time.monotonic() - started
         self.queue.complete(job, enrichment, duration)
-        self._host_ok()
+        host.strikes = host.busy = 0
+        self._host_ok(host)
         with self._lock:
             self.done += 1
-        log.info("job_done", **fields, duration_s=round(duration, 3),
-                 eval_count=answer.get("eval_count"), prompt_eval_count=answer.get("prompt_eval_count"))
+        log.info("job_done", **fields, duration_s=round(duration, 3), eval_count=answer.get("eval_count"),
+                 prompt_eval_count=answer.get("prompt_eval_count"))
+
+    def _on_error(self, host: Host, job: Job, fields: dict, exc: ol.OllamaError, num_predict: int | None,
+                  duration: float) -> None:
+        """Apply the error's policy (see the module docstring)."""
+        if exc.policy == "pause":
+            self.queue.release(job, error=str(exc))
+            self._host_down(host, "model_missing" if isinstance(exc, ol.ModelMissing) else "unreachable", str(exc))
+        elif exc.policy == "release":
+            host.busy += 1
+            self.queue.release(job, exc.retry_after_s or backoff_s(host.busy, BUSY_BASE_S, BUSY_MAX_S), str(exc))
+            (log.warning if host.busy == 1 else log.debug)("ollama_busy", **fields, error=str(exc))
+        elif exc.policy == "dead_letter":
+            sent = ol.describe_body(host.client.request_body([], num_predict))
+            self._dead(job, fields, f"{type(exc).__name__}: {exc}", reason="bad_request", sent=sent)
+        else:
+            self._retry(job, fields, f"{type(exc).__name__}: {exc}", duration)
+            host.strikes += 1
+            if host.strikes >= QUARANTINE_AFTER:
+                self._host_down(host, "quarantined", f"{host.strikes} failures in a row, last: {exc}")
 
     def _retry(self, job: Job, fields: dict, error: str, duration: float) -> None:
         if self.queue.retry(job, error):
@@ -184,70 +257,75 @@ class WorkerPool:
         else:
             log.warning("job_retry", **fields, error=error, duration_s=round(duration, 3))
 
-    def _dead(self, job: Job, fields: dict, error: str, **extra) -> None:
+    def _dead(self, job: Job, fields: dict, error: str, reason: str, **extra) -> None:
         self.queue.fail(job, error)
         self._count_failed()
-        log.error("job_failed", **fields, error=error, reason="bad_request", **extra)
+        log.error("job_failed", **fields, error=error, reason=reason, **extra)
 
     def _count_failed(self) -> None:
         with self._lock:
             self.failed += 1
 
     # -- host state ----------------------------------------------------
-    def _host_down(self, state: str, error: str) -> None:
-        host = self.host
+    def _host_down(self, host: Host, state: str, error: str) -> None:
         with host.lock:
             changed = host.state != state
             if host.ok_event.is_set() or changed:
                 host.state, host.error = state, error
-                host.retry_at = time.monotonic() + backoff_s(host.failures + 1, 1.0, PROBE_MAX_S)
+                attempt = host.failures + 1 if state != "quarantined" else host.strikes - QUARANTINE_AFTER + 1
+                host.retry_at = time.monotonic() + backoff_s(attempt, PROBE_BASE_S, PROBE_MAX_S)
                 host.ok_event.clear()
-        if changed:
-            if state == "model_missing":
-                log.error("model_missing", url=self.client.cfg.url, model=self.client.cfg.model, error=error,
-                          hint=f"ollama pull {self.client.cfg.model}")
-            else:
-                log.error("ollama_unreachable", url=self.client.cfg.url, error=error)
-            self.on_change()
+        if not changed:
+            return
+        model = host.client.cfg.model
+        if state == "model_missing":
+            log.error("model_missing", url=host.url, model=model, error=error, hint=f"ollama pull {model}")
+        elif state == "quarantined":
+            log.warning("ollama_quarantined", url=host.url, error=error, retry_in_s=round(host.retry_in_s(), 1))
+        else:
+            log.error("ollama_unreachable", url=host.url, error=error, retry_in_s=round(host.retry_in_s(), 1))
+        self.on_change()
 
-    def _host_ok(self) -> None:
-        host = self.host
+    def _host_ok(self, host: Host) -> None:
         if host.ok_event.is_set():
             return
         with host.lock:
             previous, host.state, host.error, host.failures = host.state, "ok", None, 0
             host.ok_event.set()
-        log.info("ollama_recovered", url=self.client.cfg.url, previous=previous)
+        log.info("ollama_recovered", url=host.url, previous=previous)
         self.on_change()
 
-    def _maybe_probe(self) -> None:
-        """One probe at a time, at ``retry_at``; other workers just wait."""
-        host = self.host
+    def _maybe_probe(self, host: Host) -> None:
+        """One probe at a time per host, at ``retry_at``; its other threads just wait."""
         wait = host.retry_in_s()
         if wait > 0 or not host.lock.acquire(blocking=False):
-            host.ok_event.wait(min(max(wait, 0.05), 1.0))
+            host.ok_event.wait(min(max(wait, 0.05), IDLE_WAIT_S))
             return
         healthy: bool | None = None
         try:
             if host.ok_event.is_set() or self.stopping.is_set():
                 return
-            try:
-                healthy = self.client.has_model() if host.state == "model_missing" else bool(self.client.version())
-                error = None if healthy else host.error
-            except ol.ModelMissing as exc:
-                healthy, error = False, str(exc)
-            except ol.OllamaError as exc:
-                healthy, error = False, str(exc)
+            healthy, error = self._probe(host)
             if not healthy:
                 host.failures += 1
                 host.error = error
-                host.retry_at = time.monotonic() + backoff_s(host.failures + 1, 1.0, PROBE_MAX_S)
-                log.debug("ollama_probe_failed", url=self.client.cfg.url, error=error, retry_in_s=round(host.retry_in_s(), 1))
+                host.retry_at = time.monotonic() + backoff_s(host.failures + 1, PROBE_BASE_S, PROBE_MAX_S)
+                log.debug("ollama_probe_failed", url=host.url, error=error, retry_in_s=round(host.retry_in_s(), 1))
         finally:
             host.lock.release()
         if healthy is None:
             return
         if healthy:
-            self._host_ok()
+            self._host_ok(host)
         else:
             self.on_change()
+
+    def _probe(self, host: Host) -> tuple[bool, str | None]:
+        """(healthy, error): ``/api/tags`` lists the model, or ``/api/version`` answers."""
+        try:
+            if host.state == "model_missing":
+                return host.client.has_model(), host.error
+            host.client.version()
+            return True, None
+        except ol.OllamaError as exc:
+            return False, str(exc)

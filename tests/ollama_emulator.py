@@ -20,6 +20,11 @@ from Ollama's source (``api/types.go`` ``Duration.UnmarshalJSON``,
   again (``aborted_loads``) (O3).
 * Errors before the first chunk are a JSON error with a status; after it, a
   final ``{"error": ...}`` line in the 200 stream without ``done: true`` (O15).
+* ``num_ctx`` beyond the model's trained ``context_length`` is cut to it and a
+  longer prompt is silently truncated: only ``prompt_eval_count`` shows it (O10).
+* ``/api/ps`` keeps a busy model's ``expires_at`` from when it last went idle,
+  so it can lie in the past while a request runs ("Stopping...").
+* TCP_NODELAY on every connection, as Go sets it: no delayed-ACK stalls.
 
 Usage: ``with OllamaEmulator(latency_s=0.1) as emu: httpx.post(emu.url + "/api/chat", ...)``.
 As a program: ``python -m tests.ollama_emulator --port 11434 --model M --latency-s 0.5``.
@@ -58,10 +63,12 @@ FOREVER_NS = 2**63 - 1  # Go's math.MaxInt64 duration: expires_at lands in year 
 FAULTS = frozenset({
     "empty", "empty_object", "length", "invalid_json", "busy_503", "load_timeout_500",
     "runner_crash_500", "disconnect", "hang", "midstream_error", "model_missing",
-    "bad_request_400",
+    "bad_request_400", "slow", "stall",
 })
 _ERROR_FAULTS = {"load_timeout_500": (500, LOAD_TIMEOUT_MSG),
                  "runner_crash_500": (500, RUNNER_CRASH_MSG)}
+# Faults applied while generating, holding a slot (``seconds`` is their pause).
+_ANSWER_FAULTS = frozenset({"slow", "stall"})
 _LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 _POLL_S = 0.05  # how often waits notice a departed client or a stopped server
 _GO_UNITS_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
@@ -211,7 +218,8 @@ class RecordedRequest:
 
     ``json`` is the parsed body (None for no or non-JSON body); ``t_start`` and
     ``t_end`` are ``time.monotonic()`` seconds (``t_end`` None while open);
-    ``status`` the HTTP status sent (None if the connection was dropped).
+    ``status`` the HTTP status sent (None if the connection was dropped);
+    ``done_sent`` True once the final ``done: true`` object was written whole.
     """
 
     method: str
@@ -220,6 +228,7 @@ class RecordedRequest:
     t_start: float
     t_end: float | None = None
     status: int | None = None
+    done_sent: bool = False
 
 
 class _HttpError(Exception):
@@ -291,6 +300,8 @@ class OllamaEmulator:
             beyond it: 503 ``BUSY_MSG``.
         latency_s: generation time of one request, seconds.
         num_ctx_default: context size in tokens when a request sets no ``num_ctx``.
+        context_length: the model's trained context; a larger ``num_ctx`` is
+            cut to it (llm/server.go), so longer prompts are silently truncated (O10).
         port: TCP port; 0 picks a free one (kept across ``restart``).
         answer: request JSON -> message content; default :func:`default_answer`.
         thinking_models: names that think by default (also any name containing "think").
@@ -303,13 +314,14 @@ class OllamaEmulator:
 
     def __init__(self, models: dict[str, float] | Iterable[str] | None = None, *,
                  num_parallel: int = 4, max_queue: int = 512, latency_s: float = 0.0,
-                 num_ctx_default: int = 2048, port: int = 0,
+                 num_ctx_default: int = 2048, context_length: int = 32768, port: int = 0,
                  answer: Callable[[dict], str] | None = None,
                  thinking_models: Iterable[str] = (), version: str = "0.11.10"):
         models = {"test-model": 0.0} if models is None else models
         self._models = dict(models) if isinstance(models, dict) else dict.fromkeys(models, 0.0)
         self.num_parallel, self.max_queue, self.latency_s = num_parallel, max_queue, latency_s
         self.num_ctx_default, self.port, self.version = num_ctx_default, port, version
+        self.context_length = context_length
         self.answer = answer or default_answer
         self.thinking_models = set(thinking_models)
         self.url: str | None = None
@@ -404,7 +416,9 @@ class OllamaEmulator:
         """Queue ``fault`` (one of FAULTS) for the next ``count`` chat/generate requests, FIFO.
 
         Params: ``seconds`` (wait that long first, e.g. a load timeout after a
-        stall; for hang: then answer normally, default until stop), ``retry_after``
+        stall; for hang: then answer normally, default until stop; for slow:
+        extra generation time holding a slot before the first byte; for stall:
+        a pause after the first streamed chunk; both default until stop), ``retry_after``
         (busy_503: Retry-After header), ``message`` (error text of midstream_error /
         bad_request_400). Raises ValueError on an unknown fault.
         """
@@ -455,7 +469,10 @@ class OllamaEmulator:
         return True
 
     def _sleep(self, ex: _Handler, seconds: float) -> bool:
-        end = time.monotonic() + seconds
+        return self._sleep_until(ex, time.monotonic() + seconds)
+
+    def _sleep_until(self, ex: _Handler, end: float) -> bool:
+        """Wait until monotonic time ``end`` (absolute, so late wake-ups do not add up)."""
         return self._wait_until(ex, lambda: time.monotonic() >= end, until=end)
 
     def _unload(self, runner: _Runner) -> None:
@@ -623,7 +640,7 @@ class OllamaEmulator:
         True if the request is over (dropped); raises _HttpError for error faults;
         False to go on (no fault, a hang that ended, or a fault of the answer itself).
         """
-        if fault is None:
+        if fault is None or fault.kind in _ANSWER_FAULTS:
             return False
         kind, params = fault.kind, fault.params
         seconds = params.get("seconds", math.inf if kind == "hang" else 0.0)
@@ -694,32 +711,43 @@ class OllamaEmulator:
         try:
             content, thinking, reason = self._compose(req, fault)
             midstream = fault is not None and fault.kind == "midstream_error"
-            if not self._sleep(ex, self.latency_s / 2):  # prompt evaluation: nothing sent yet
+            extra = fault.params.get("seconds", math.inf) if fault and fault.kind == "slow" else 0.0
+            begun = time.monotonic()
+            if not self._sleep_until(ex, begun + extra + self.latency_s / 2):  # prompt evaluation: nothing sent
                 return ex.drop()
+            stall = fault.params.get("seconds", math.inf) if fault and fault.kind == "stall" else 0.0
             if not req.stream:
                 if midstream:
                     raise _HttpError(500, fault.params.get("message", MIDSTREAM_MSG))
-                if not self._sleep(ex, self.latency_s / 2):
+                if not self._sleep_until(ex, begun + extra + stall + self.latency_s):
                     return ex.drop()
                 return ex.send_json(200, self._final(req, content, thinking, reason, runner))
-            self._stream(ex, req, (content, thinking, reason), runner, fault if midstream else None)
+            self._stream(ex, req, (content, thinking, reason), runner, fault if midstream else None,
+                         begun + extra, stall)
         finally:
             self._free_slot(runner)
 
     def _stream(self, ex: _Handler, req: _Gen, answer: tuple, runner: _Runner,
-                midstream: _Fault | None) -> None:
+                midstream: _Fault | None, begun: float, stall_s: float = 0.0) -> None:
+        """Stream the answer in ~6 chunks over the second half of ``latency_s``
+        counted from ``begun`` (monotonic); ``stall_s``: a pause after the first
+        chunk (the ``stall`` fault)."""
         content, thinking, reason = answer
         step = max(1, math.ceil(len(content) / 6))
         pieces = [("thinking", thinking)] if thinking else []
         pieces += [("content", content[i:i + step]) for i in range(0, len(content), step)]
+        gap = self.latency_s / 2 / max(1, len(pieces))
+        first = begun + self.latency_s / 2
         ex.start_stream()
         for n, (field_name, piece) in enumerate(pieces):
-            if n and not self._sleep(ex, self.latency_s / 2 / len(pieces)):
+            if n and not self._sleep_until(ex, first + n * gap + stall_s):
                 return ex.drop()
             ex.send_line(self._chunk(req, field_name, piece))
             if midstream:
                 ex.send_line({"error": midstream.params.get("message", MIDSTREAM_MSG)})
                 return ex.end_stream()
+        if not self._sleep_until(ex, first + len(pieces) * gap + (stall_s if len(pieces) > 1 else 0.0)):
+            return ex.drop()
         ex.send_line(self._final(req, "", None, reason, runner, counted=answer))
         ex.end_stream()
 
@@ -745,6 +773,10 @@ class OllamaEmulator:
             out["done_reason"] = reason
         return out
 
+    def _ctx(self, runner: _Runner) -> int:
+        """The runner's real context: its num_ctx cut to the model's trained context."""
+        return min(runner.load_opts["num_ctx"], self.context_length)
+
     def _final(self, req: _Gen, content: str, thinking: str | None, reason: str,
                runner: _Runner, counted: tuple | None = None) -> dict:
         """The done object with token counts and nanosecond durations."""
@@ -754,7 +786,7 @@ class OllamaEmulator:
         out.update(
             total_duration=int((time.monotonic() - req.t0) * 1e9),
             load_duration=int(req.load_s * 1e9),
-            prompt_eval_count=min(estimate_tokens(req.prompt_text()), runner.load_opts["num_ctx"]),
+            prompt_eval_count=min(estimate_tokens(req.prompt_text()), self._ctx(runner)),
             prompt_eval_duration=half_ns,
             eval_count=estimate_tokens(counted_content) + estimate_tokens(counted_thinking or ""),
             eval_duration=half_ns)
@@ -777,16 +809,19 @@ class OllamaEmulator:
         return {"models": [{**self._model_entry(k), "modified_at": stamp} for k in keys]}
 
     def _ps(self) -> dict:
-        """Loaded and loading models; a busy or loading one expires ``keep_alive`` from now."""
+        """Loaded and loading models. A model never idle yet (loading, or busy
+        since its load) expires ``keep_alive`` from now; otherwise ``expires_at``
+        is the one set when it last went idle, kept while a later request runs
+        (sched.go sets it only on release), so a busy model can show an expiry
+        in the past: ``ollama ps`` prints "Stopping..." for it."""
         with self._cond:
             self._reap()
             runners = list(self._runners.values())
             models = []
             for r in runners:
-                busy = r.refs > 0 or not r.ready
-                expires = time.time() + r.session_s if busy else r.expires_at
+                expires = r.expires_at or time.time() + r.session_s
                 models.append({**self._model_entry(r.key), "expires_at": _expiry_iso(expires),
-                               "size_vram": _MODEL_SIZE, "context_length": r.load_opts["num_ctx"]})
+                               "size_vram": _MODEL_SIZE, "context_length": self._ctx(r)})
         return {"models": models}
 
     def _show(self, body: Any) -> dict:
@@ -799,7 +834,7 @@ class OllamaEmulator:
         thinks = "think" in key.lower() or key in self.thinking_models
         return {"modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
                 "details": self._details(),
-                "model_info": {"general.architecture": "qwen2", "qwen2.context_length": 32768},
+                "model_info": {"general.architecture": "qwen2", "qwen2.context_length": self.context_length},
                 "capabilities": ["completion"] + (["thinking"] if thinks else [])}
 
     def _route(self, ex: _Handler, method: str, path: str, body: Any) -> None:
@@ -856,6 +891,10 @@ class _Handler(BaseHTTPRequestHandler):
     """HTTP/1.1 keep-alive handler; also the exchange the emulator answers through."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle on, the second
+    # waits for the client's delayed ACK (~40 ms per answer). Ollama's Go
+    # server sets TCP_NODELAY too (Go's default).
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:
@@ -899,6 +938,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         self.conn.busy = True
+        self._done_pending = False
         self.gen = self.emu._gen
         body, invalid = self._read_json()
         path = self.path.split("?", 1)[0]
@@ -952,6 +992,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._head(status, "application/json; charset=utf-8", headers, len(data))
         if self.command != "HEAD":
             self.wfile.write(data)
+            self._mark_done(obj)
 
     def send_text(self, status: int, text: str) -> None:
         data = text.encode()
@@ -965,9 +1006,17 @@ class _Handler(BaseHTTPRequestHandler):
     def send_line(self, obj: Any) -> None:
         data = json.dumps(obj, separators=_GO_JSON).encode() + b"\n"
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self._done_pending = isinstance(obj, dict) and obj.get("done") is True
 
     def end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
+        if getattr(self, "_done_pending", False):
+            self._mark_done({"done": True})
+
+    def _mark_done(self, obj: Any) -> None:
+        """Record that a whole ``done: true`` answer went out (for exactly-once checks)."""
+        if self.rec is not None and self.rec.status == 200 and isinstance(obj, dict) and obj.get("done") is True:
+            self.rec.done_sent = True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -498,3 +498,44 @@ def test_stopped_server_refuses_connections(ollama: OllamaEmulator) -> None:
         httpx.get(f"{url}/api/version")
     assert ollama.start() == url
     assert httpx.get(f"{url}/api/version").status_code == 200
+
+
+def test_busy_model_keeps_its_old_expiry_so_ps_can_show_stopping(pool) -> None:
+    """While a request holds a model, /api/ps keeps the expiry set when it last went idle: it may lie in the past."""
+    with OllamaEmulator() as emu:
+        chat(emu.url, keep_alive="200ms")
+        emu.inject("slow", seconds=30)
+        pool.submit(chat, emu.url, timeout=60)
+        wait_for(lambda: emu.in_flight_max.get("test-model") == 1)
+        wait_for(lambda: expires_in_s(ps_models(emu.url)[0]) < 0)
+        assert emu.loaded_models() == ["test-model"]
+
+
+def test_num_ctx_is_cut_to_the_model_context_length() -> None:
+    """A num_ctx above the model's trained context is cut to it: a long prompt is truncated silently (O10)."""
+    emu = OllamaEmulator(context_length=512)
+    with emu:
+        resp = chat(emu.url, "x" * 8000, options={"num_ctx": 8192})
+        assert resp.status_code == 200 and resp.json()["prompt_eval_count"] == 512
+
+
+def test_done_sent_marks_whole_answers_only(ollama: OllamaEmulator) -> None:
+    """done_sent is set for a complete answer (stream or not) and not for a mid-stream error."""
+    chat(ollama.url)
+    chat(ollama.url, stream=True)
+    ollama.inject("midstream_error")
+    chat(ollama.url, stream=True)
+    assert [r.done_sent for r in ollama.requests] == [True, True, False]
+
+
+def test_stall_pauses_the_stream_after_its_first_chunk(ollama: OllamaEmulator) -> None:
+    """The stall fault sends the first chunk, then nothing for its seconds."""
+    ollama.inject("stall", seconds=0.5)
+    started = time.monotonic()
+    with httpx.stream("POST", f"{ollama.url}/api/chat", timeout=10,
+                      json={"model": "test-model", "messages": [{"role": "user", "content": "x"}]}) as resp:
+        lines = resp.iter_lines()
+        next(lines)
+        first_at = time.monotonic() - started
+        rest = [json.loads(line) for line in lines if line]
+    assert rest[-1]["done"] is True and time.monotonic() - started - first_at >= 0.5

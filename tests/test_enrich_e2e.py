@@ -53,12 +53,12 @@ def test_enrich_enriches_every_span_then_a_second_run_sends_nothing(tmp_path, re
 
 
 def test_every_request_has_the_contract_shape(tmp_path, repo, ollama):
-    """Each /api/chat body carries keep_alive as configured, the schema as format, the same options and think false."""
+    """Each /api/chat body carries keep_alive as configured, the schema as format, the same options, think false and stream true."""
     config = make_config(tmp_path, ollama.url, [repo], ollama={"keep_alive": -1})
     assert run(config, "enrich") == 0
     bodies = [r.json for r in chats(ollama)]
     assert bodies and all(b["keep_alive"] == -1 and isinstance(b["keep_alive"], int) for b in bodies)
-    assert all(b["format"] == SCHEMA and b["think"] is False and b["stream"] is False for b in bodies)
+    assert all(b["format"] == SCHEMA and b["think"] is False and b["stream"] is True for b in bodies)
     assert len({json.dumps(b["options"], sort_keys=True) for b in bodies}) == 1
     assert bodies[0]["options"]["num_ctx"] == 8192 and bodies[0]["model"] == "test-model"
     assert ollama.loads == 1  # identical load-time options: never a reload

@@ -1,0 +1,145 @@
+"""The worker pool: policies per error kind, host quarantine, prompt budget, health, STATUS.
+
+Also home of :class:`Pipeline`, the real Engine on a temp repo that the Ollama
+case tests and the multi-host tests drive.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from llmc_rag_service import queue as q
+from llmc_rag_service import workers
+from llmc_rag_service.engine import Engine
+from tests.helpers import make_config, wait_for, write_tree
+from tests.ollama_emulator import OllamaEmulator
+
+
+def fast_backoffs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shrink every backoff so retries and probes take tenths of a second."""
+    monkeypatch.setattr(q.backoff_s, "__defaults__", (0.05, 0.1))
+    monkeypatch.setattr(workers, "PROBE_BASE_S", 0.1)
+    monkeypatch.setattr(workers, "PROBE_MAX_S", 0.3)
+    monkeypatch.setattr(workers, "BUSY_BASE_S", 0.05)
+    monkeypatch.setattr(workers, "BUSY_MAX_S", 0.1)
+
+
+class Pipeline:
+    """The real Engine (store, queue, scanner, workers, clients) on a temp repo of
+    ``files`` one-function Python files, each one span and one job.
+
+    ``ollama`` and ``queue`` override config sections (see tests.helpers.make_config).
+    """
+
+    def __init__(self, tmp_path: Path, url: str, files: int = 6, ollama: dict | None = None,
+                 queue: dict | None = None):
+        self.root = tmp_path / "repo"
+        self.root.mkdir()
+        write_tree(self.root, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(files)})
+        self.config = make_config(tmp_path, url, [self.root], ollama=ollama or {}, queue=queue or {})
+        self.changed = threading.Event()
+        self.engine = Engine(self.config, on_change=self.changed.set)
+        self.engine.scanners[self.root].full_scan()
+
+    def start(self) -> Pipeline:
+        self.engine.pool.start()
+        return self
+
+    def settled(self) -> bool:
+        """Nothing pending or running."""
+        c = self.engine.counts()
+        return c["pending"] + c["running"] == 0
+
+    def wait_done(self, timeout_s: float = 15.0) -> None:
+        wait_for(self.settled, timeout_s, "every job done or failed")
+
+    def jobs(self) -> list[dict]:
+        """Every job row as a dict (span_hash, state, attempts, last_error)."""
+        rows = self.engine.store.conn.execute(
+            "SELECT span_hash, state, attempts, last_error FROM jobs ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def close(self) -> None:
+        self.engine.close(2.0)
+
+
+@pytest.fixture
+def pipelines():
+    """Pipelines made by the test, closed after it."""
+    made: list[Pipeline] = []
+
+    def make(*args, **kwargs) -> Pipeline:
+        made.append(Pipeline(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def test_failures_in_a_row_quarantine_the_host_then_it_resumes(tmp_path, ollama, pipelines, monkeypatch):
+    """Three failed attempts in a row quarantine the host (one warning); after the backoff it resumes."""
+    fast_backoffs(monkeypatch)
+    ollama.inject("runner_crash_500", count=3)
+    p = pipelines(tmp_path, ollama.url, files=4, ollama={"concurrency": 1}, queue={"max_attempts": 5})
+    with capture_logs() as logs:
+        p.start()
+        p.wait_done()
+    events = [e["event"] for e in logs]
+    assert events.count("ollama_quarantined") == 1 and events.count("ollama_recovered") == 1
+    assert all(j["state"] == "done" for j in p.jobs())
+    assert p.engine.pool.host.state == "ok"
+
+
+def test_prompt_too_large_is_dead_lettered_at_once(tmp_path, ollama, pipelines):
+    """A span whose prompt leaves no room for an answer in num_ctx fails at once, without a request."""
+    p = pipelines(tmp_path, ollama.url, files=0, ollama={"options": {"num_ctx": 500}})
+    write_tree(p.root, {"big.py": "def big():\n" + "    x = 'abcdefghijklmnopqrstuvwxyz'\n" * 40})
+    p.engine.scanners[p.root].full_scan()
+    p.start().wait_done()
+    jobs = p.jobs()
+    assert jobs and all(j["state"] == "failed" and "prompt_too_large" in j["last_error"] for j in jobs)
+    assert ollama.count("/api/chat") == 0
+
+
+def test_hung_names_a_request_past_its_deadline(tmp_path, ollama, pipelines):
+    """The watchdog check reports a request running longer than the longest possible request."""
+    p = pipelines(tmp_path, ollama.url, files=0)
+    pool = p.engine.pool
+    assert pool.hung() is None
+    limit = p.engine.client.max_request_s() + 3 * 10.0 + workers.HANG_GRACE_S
+    with pool._lock:
+        pool._started[-1] = (pool.host, time.monotonic() - limit - 5)
+    assert "has been running" in pool.hung()
+
+
+def test_status_line_single_host_states(tmp_path, ollama, pipelines):
+    """STATUS reads 'ollama ok', 'ollama unreachable at URL: error; retry in N s' or names the missing model."""
+    p = pipelines(tmp_path, ollama.url, files=2)
+    host = p.engine.pool.host
+    assert p.engine.status_line() == "enriching: 2 pending, 0 in flight, 0 done, 0 failed; ollama ok"
+    host.state, host.error, host.retry_at = "unreachable", "connection refused", time.monotonic() + 20.4
+    assert p.engine.status_line() == (f"waiting: 2 pending, 0 in flight, 0 done, 0 failed; "
+                                      f"ollama unreachable at {ollama.url}: connection refused; retry in 20 s")
+    host.state = "model_missing"
+    assert p.engine.status_line().endswith("; model test-model missing, run: ollama pull test-model")
+    assert p.engine.last_error() == "connection refused" and p.engine.ollama_down() == "model_missing"
+
+
+def test_warm_up_loads_without_holding_back_jobs(tmp_path, pipelines):
+    """The optional warm-up loads the model with the chat options; jobs are sent at once, not after it."""
+    with OllamaEmulator({"test-model": 1.0}) as emu:
+        p = pipelines(tmp_path, emu.url, files=3)
+        p.engine.warm_up()
+        p.start().wait_done()
+        wait_for(lambda: emu.count("/api/generate") == 1 and emu.requests[0].t_end, 5, "warm-up answered")
+        warm = next(r for r in emu.requests if r.path == "/api/generate")
+        first_chat = min(r.t_start for r in emu.requests if r.path == "/api/chat")
+        assert first_chat < warm.t_end  # sent while the load was still running
+        assert warm.json["options"] == next(r for r in emu.requests if r.path == "/api/chat").json["options"]
+        assert emu.loads == 1 and all(j["state"] == "done" for j in p.jobs())
