@@ -72,12 +72,14 @@ class HostConfig:
 @dataclass(frozen=True)
 class OllamaConfig:
     """How to reach Ollama. ``keep_alive`` is sent verbatim (number of seconds or
-    Go duration string); ``timeout_s`` is the deadline of one request, cold model
-    load included; ``load_timeout_s`` how long the first byte may take (queue
-    wait + cold load + prompt evaluation, cases O3); ``options`` is Ollama's
-    ``options`` object. ``hosts`` lists several servers (e.g. one per GPU);
-    empty means the single host ``url`` with ``concurrency`` (see
-    :meth:`all_hosts`)."""
+    Go duration string). ``load_timeout_s``: longest wait for the first byte
+    of an answer (Ollama's queue, a cold model load and prompt evaluation all
+    come before it, cases O3); ``timeout_s``: longest time from that first
+    byte to the complete answer. One request therefore ends within
+    ``load_timeout_s + timeout_s`` plus connect and write time (see
+    ``ollama.py``). ``options`` is Ollama's ``options`` object. ``hosts``
+    lists several servers (e.g. one per GPU); empty means the single host
+    ``url`` with ``concurrency`` (see :meth:`all_hosts`)."""
 
     url: str = "http://127.0.0.1:11434"
     model: str = "qwen2.5:7b-instruct-q4_K_M"
