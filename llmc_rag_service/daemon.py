@@ -8,7 +8,8 @@
   directories) sends ``EXTEND_TIMEOUT_USEC=`` every :data:`EXTEND_EVERY_S`.
   The catch-up scan runs after READY on the indexer thread (STATUS says so),
   and the workers start at once.
-* main loop: ticks at least every :data:`TICK_S`; hands due watcher paths to
+* main loop: sleeps until something is due (at most :data:`TICK_S`) or an
+  event wakes it; hands due watcher paths to
   the indexer, publishes STATUS (on a change of the text, at most every
   :data:`STATUS_MIN_GAP_S`, at least every :data:`STATUS_MAX_GAP_S`) and pings
   the watchdog a little under half of ``WATCHDOG_USEC`` only while the health
@@ -47,7 +48,9 @@ from llmc_rag_service.watching import Watching
 
 log = structlog.get_logger(__name__)
 
-TICK_S = 0.2
+#: Longest the main loop sleeps, in seconds; anything due sooner (a debounced
+#: path, a ping, a STATUS refresh) or an event, job outcome or signal wakes it.
+TICK_S = 5.0
 #: Seconds in-flight jobs get to finish on stop (below the unit's TimeoutStopSec=45).
 STOP_GRACE_S = 20.0
 #: Seconds the indexer may take to finish its current scan on stop.
@@ -128,7 +131,7 @@ class Daemon:
             self.engine.store.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
             self.indexer = Indexer(self.engine, on_change=self._mark_dirty)
             self.indexer.start()
-            self.watching = Watching(self.config.watch)
+            self.watching = Watching(self.config.watch, on_activity=self.wake.set)
             self._start_watches(self.config.repos)
         self.gate.add_check("watchers", lambda: self.watching.health())
         self.gate.add_check("indexer", lambda: None if self.indexer.is_alive() else "indexer thread died")
@@ -152,9 +155,24 @@ class Daemon:
                 if self.gate.should_ping():
                     self.notifier.watchdog()
                 next_ping = now + self.ping_every_s
-            wait_s = TICK_S if not self.ping_every_s else min(TICK_S, next_ping - time.monotonic())
-            self.wake.wait(max(0.0, wait_s))
+            self.wake.wait(self._sleep_s(next_ping))
             self.wake.clear()
+
+    def _sleep_s(self, next_ping: float) -> float:
+        """How long the loop may sleep: until the next watchdog ping, watcher
+        work, or STATUS refresh is due, at most :data:`TICK_S`. File events,
+        job outcomes and signals wake it earlier (``self.wake``), so an idle
+        daemon wakes a few times a minute, not five times a second."""
+        now = time.monotonic()
+        waits = [TICK_S]
+        if self.ping_every_s:
+            waits.append(next_ping - now)
+        due = self.watching.next_due_s()
+        if due is not None:
+            waits.append(due)
+        gap = STATUS_MIN_GAP_S if self.status_dirty else STATUS_MAX_GAP_S
+        waits.append(self._status_at + gap - now)
+        return max(0.0, min(waits))
 
     def shutdown(self) -> None:
         """Fixed order: STOPPING=1, stop intake, bounded grace, rest to pending, close."""
@@ -225,7 +243,10 @@ class Daemon:
             self.indexer.put_full(repo.path)
 
     def _mark_dirty(self) -> None:
-        self.status_dirty = True
+        # The first change after a publish wakes the loop; later ones coalesce.
+        if not self.status_dirty:
+            self.status_dirty = True
+            self.wake.set()
 
     def _take_lock(self, state_dir: Path) -> int:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -98,9 +98,12 @@ class Engine:
 
     def ollama_down(self) -> str | None:
         """None while some host can take work; else the first host's state
-        (``unreachable``, ``model_missing`` or ``quarantined``)."""
-        states = [h.state for h in self.pool.hosts]
-        return None if "ok" in states else states[0]
+        (``unreachable``, ``model_missing`` or ``quarantined``), or ``busy``
+        when every host's last answer was 503 (its queue is full)."""
+        hosts = self.pool.hosts
+        if any(h.state == "ok" and not h.busy for h in hosts):
+            return None
+        return next((h.state for h in hosts if h.state != "ok"), "busy")
 
     def hung(self) -> str | None:
         """Watchdog health check: a reason if a request is past its deadline."""
@@ -133,7 +136,8 @@ class Engine:
         """
         c = self.counts()
         pending = c["pending"] + c["running"]
-        work = f"{pending} pending, {c['in_flight']} in flight, {c['done']} done, {c['failed']} failed"
+        # "pending" counts jobs waiting; those being answered are "in flight".
+        work = f"{c['pending']} pending, {c['in_flight']} in flight, {c['done']} done, {c['failed']} failed"
         hosts = self.pool.hosts
         head = "waiting" if self.ollama_down() else "enriching" if pending else "idle"
         if len(hosts) == 1:
@@ -147,6 +151,8 @@ class Engine:
 
     def _host_status(self, host: Host) -> str:
         model = self.config.ollama.model
+        if host.state == "ok" and host.busy:
+            return f"ollama busy at {host.url} (503, its queue is full); {host.busy} in a row"
         if host.state == "ok":
             return "ollama ok"
         if host.state == "model_missing":

@@ -56,11 +56,11 @@ class Progress:
         if self.tty:
             width = 30
             filled = int(width * done / total) if total else width
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  {line[:90]:<90}")
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} jobs  {line[:90]:<90}")
             if final:
                 self.stream.write("\n")
         elif final or now - self.last >= PLAIN_PROGRESS_EVERY_S:
-            self.stream.write(f"enrich: {done}/{total} spans; {line}\n")
+            self.stream.write(f"enrich: {done}/{total} jobs; {line}\n")
             self.last = now
         self.stream.flush()
 

@@ -188,6 +188,9 @@ class RepoWatcher:
         self.git_event_count = 0
         #: Called with the relpath of each event under .git/ (watchdog's thread): git gating.
         self.on_git_event: Callable[[str], None] | None = None
+        #: Called (watchdog's thread, no args) after every event: wakes the daemon's loop,
+        #: which otherwise sleeps while nothing is due.
+        self.on_activity: Callable[[], None] | None = None
 
     def start(self) -> None:
         """Start watching (recursive, ignored dirs pruned); no-op if alive.
@@ -279,8 +282,10 @@ class RepoWatcher:
         return self._debouncer.take_all()
 
     def next_due_s(self) -> float | None:
-        """Seconds until the next path is due (for the caller's wait), None if none pending."""
-        return self._debouncer.next_due_s()
+        """Seconds until the next path or ``.gitignore`` change is due (for the
+        caller's wait), None if none is pending."""
+        dues = [d for d in (self._debouncer.next_due_s(), self._gitignore.next_due_s()) if d is not None]
+        return min(dues, default=None)
 
     def take_rescan(self) -> bool:
         """True once after events may have been lost: inotify overflow, handler error, or
@@ -341,6 +346,9 @@ class RepoWatcher:
                 self._gitignore.add(rel)
             if not self._ignore.is_ignored(rel, is_dir=event.is_directory):
                 self._debouncer.add(rel)
+        activity = self.on_activity
+        if activity is not None:
+            activity()
 
     def _on_git_event(self, rel: str) -> None:
         """Not reported as a change: counted and passed to :attr:`on_git_event`."""

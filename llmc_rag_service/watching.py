@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
@@ -32,6 +33,8 @@ log = structlog.get_logger(__name__)
 
 #: Seconds between attempts to restart a watcher that cannot start (e.g. root missing).
 RESTART_RETRY_S = 5.0
+#: Seconds between looks at the git gate while events are held for it.
+GATE_RECHECK_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,9 @@ class Watching:
     """
 
     def __init__(self, watch: WatchConfig, *, settle_s: float = SETTLE_S,
-                 poll_interval_s: float | None = None):
+                 poll_interval_s: float | None = None, on_activity: Callable[[], None] | None = None):
         self.watch, self.settle_s, self.poll_interval_s = watch, settle_s, poll_interval_s
+        self.on_activity = on_activity
         self._repos: dict[Path, _Repo] = {}
 
     @property
@@ -93,6 +97,7 @@ class Watching:
                               max_delay_ms=self.watch.max_delay_ms, **extra)
         gate = GitGate(repo, self.settle_s)
         watcher.on_git_event = gate.note_event
+        watcher.on_activity = self.on_activity
         state = self._repos[repo] = _Repo(ignore, watcher, gate)
         try:
             watcher.start()
@@ -189,6 +194,24 @@ class Watching:
                      head_changed=state.gate.take_head_changed())
             state.holding, state.holding_ended = None, True
         return False
+
+    def next_due_s(self) -> float | None:
+        """Seconds until :meth:`poll` has something to do (a path due, a held
+        batch to re-check against the git gate, a missing repo to retry, a
+        reconcile), None if nothing is scheduled. File events also wake the
+        caller through ``on_activity``, so it may sleep until then."""
+        now, dues = time.monotonic(), []
+        for state in self._repos.values():
+            if state.held or state.held_full:
+                dues.append(GATE_RECHECK_S)
+            due = state.watcher.next_due_s()
+            if due is not None:
+                dues.append(due)
+            if state.missing:
+                dues.append(state.retry_at - now)
+            if self.watch.reconcile_s:
+                dues.append(state.last_full + self.watch.reconcile_s - now)
+        return max(0.0, min(dues)) if dues else None
 
     def health(self) -> str | None:
         """Watchdog health check: None while every watcher thread is alive."""

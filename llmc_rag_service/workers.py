@@ -54,6 +54,11 @@ BUSY_MAX_S = 60.0
 QUARANTINE_AFTER = 3
 #: Longest a waiting worker sleeps before looking at its stop flag again, in seconds.
 IDLE_WAIT_S = 1.0
+#: Longest an idle worker waits before looking at the queue again, in seconds.
+#: Jobs this process queues wake it at once (notify_work), and a job in backoff
+#: wakes it when due; this bound only catches jobs another process (a
+#: concurrent ``enrich``) queued.
+IDLE_CLAIM_WAIT_S = 30.0
 
 
 @dataclass
@@ -185,14 +190,17 @@ class WorkerPool:
             if not host.ok_event.is_set():
                 self._maybe_probe(host)
                 continue
+            # Clear before looking: a notify_work() after this point either
+            # finds its job in the claim below or keeps the event set.
+            self.wake.clear()
             job = self.queue.claim()
             if job is None:
-                self.wake.clear()
                 if self.stopping.is_set():
                     break
                 due = self.queue.next_due_s()
-                self.wake.wait(IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(0.05, due)))
+                self.wake.wait(IDLE_CLAIM_WAIT_S if due is None else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
                 continue
+            self.wake.set()  # there was work: let an idle worker look for more
             self._process(host, job)
             self.on_change()
 

@@ -263,3 +263,19 @@ def test_show_by_line_and_unknown_path(tmp_path, repo, ollama, capsys, monkeypat
     assert set(spans[1]["enrichment"]) == {"summary", "inputs", "outputs", "side_effects", "pitfalls", "usage",
                                            "model", "created_at"}
     assert run(config, "show", "nope.py") == 1
+
+
+def test_a_server_that_stays_busy_ends_enrich_with_69(tmp_path, repo, ollama, monkeypatch):
+    """503 on every request: jobs keep their attempts, and enrich gives up with 69 after --wait-s (every wait has a deadline)."""
+    from llmc_rag_service import workers
+
+    monkeypatch.setattr(workers, "BUSY_MAX_S", 0.2)
+    monkeypatch.setattr(workers, "BUSY_BASE_S", 0.05)
+    ollama.inject("busy_503", count=100000)
+    config = make_config(tmp_path, ollama.url, [repo])
+    assert run(config, "enrich", "--wait-s", "1") == 69
+    import sqlite3
+
+    with sqlite3.connect(config.db_path) as db:
+        assert db.execute("SELECT MAX(attempts) FROM jobs").fetchone()[0] == 0
+    assert status_report(config)["totals"]["pending"] == status_report(config)["totals"]["spans"]
