@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.ollama_emulator
+
 from llmc_rag_service.config import load_config
 from llmc_rag_service.notify import child_env
 from llmc_rag_service.report import status_report
