@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from pathlib import Path
 
 from llmc_rag_service.config import Config
 from llmc_rag_service.engine import Engine

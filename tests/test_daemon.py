@@ -22,23 +22,8 @@ from llmc_rag_service.notify import Notifier
 from llmc_rag_service.ollama import OllamaClient
 from llmc_rag_service.report import status_report
 from llmc_rag_service.watching import Watching
-from tests.helpers import make_config, wait_for, write_tree
+from tests.helpers import NotifySocket, make_config, wait_for
 from tests.ollama_emulator import OllamaEmulator
-from tests.test_serve import NotifySocket
-
-
-@pytest.fixture
-def notify(tmp_path):
-    sock = NotifySocket(tmp_path / "notify.sock")
-    yield sock
-    sock.close()
-
-
-@pytest.fixture
-def repo(tmp_path):
-    root = tmp_path / "repo"
-    write_tree(root, {"src/a.py": "def f(x):\n    return x\n\n\ndef g(y):\n    return y\n"})
-    return root
 
 
 class Running:

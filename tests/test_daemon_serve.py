@@ -14,9 +14,8 @@ import pytest
 import yaml
 
 from llmc_rag_service.report import status_report
-from tests.helpers import make_config, wait_for, write_tree
+from tests.helpers import NotifySocket, chats, make_config, wait_for, write_tree
 from tests.ollama_emulator import OllamaEmulator
-from tests.test_serve import NotifySocket, chats, notify, repo, serve_factory  # noqa: F401 (fixtures)
 
 
 def edit_config(config, **changes) -> None:

@@ -6,7 +6,7 @@ from collections import Counter
 
 from tests.helpers import wait_for
 from tests.ollama_emulator import OllamaEmulator
-from tests.test_workers import fast_backoffs, pipelines  # noqa: F401  (fixture)
+from tests.helpers import fast_backoffs
 
 
 def chats(emu: OllamaEmulator) -> list:

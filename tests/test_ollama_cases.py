@@ -19,7 +19,7 @@ from llmc_rag_service import ollama as ol
 from llmc_rag_service.config import LOAD_TIME_OPTIONS, OllamaConfig
 from tests.helpers import wait_for, write_tree
 from tests.ollama_emulator import MIDSTREAM_MSG, RUNNER_CRASH_MSG, OllamaEmulator
-from tests.test_workers import Pipeline, fast_backoffs, pipelines  # noqa: F401  (fixture)
+from tests.helpers import Pipeline, fast_backoffs
 
 MESSAGES = [{"role": "user", "content": "def f(): pass"}]
 #: For the tests' own requests (plain HTTP to 127.0.0.1: no TLS context to build).

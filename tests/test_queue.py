@@ -1,7 +1,5 @@
 """The persistent job queue on a real SQLite file."""
 
-import os
-import sqlite3
 import subprocess
 import sys
 

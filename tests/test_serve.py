@@ -4,111 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from llmc_rag_service.report import show_report, status_report
-from tests.helpers import make_config, wait_for, write_tree
-
-
-class NotifySocket:
-    """A bound AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET.
-
-    A thread receives every datagram as it arrives and keeps
-    ``(time.monotonic() on arrival, text)`` in ``messages``.
-    """
-
-    def __init__(self, path: Path):
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.1)
-        self.messages: list[tuple[float, str]] = []
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._receive, name="notify-socket", daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._closed.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except (socket.timeout, OSError):
-                continue
-            self.messages.append((time.monotonic(), data.decode("utf-8")))
-
-    def drain(self) -> list[str]:
-        """Every message received so far, oldest first."""
-        return [m for _, m in list(self.messages)]
-
-    def wait(self, needle: str, timeout_s: float = 20.0) -> str:
-        return wait_for(lambda: next((m for m in self.drain() if needle in m), None), timeout_s, needle)
-
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(5)
-        self.sock.close()
-
-
-class Serve:
-    """A running ``llmc-rag serve`` subprocess."""
-
-    def __init__(self, config_path: Path, notify: NotifySocket | None, env: dict | None = None):
-        full_env = {**os.environ, **(env or {})}
-        if notify:
-            full_env["NOTIFY_SOCKET"] = notify.path
-        self.log = config_path.parent / "serve.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmc_rag_service", "serve", "-c", str(config_path)],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), env=full_env,
-        )
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout_s)
-
-    def logs(self) -> str:
-        return self.log.read_text()
-
-
-@pytest.fixture
-def notify(tmp_path):
-    sock = NotifySocket(tmp_path / "notify.sock")
-    yield sock
-    sock.close()
-
-
-@pytest.fixture
-def repo(tmp_path):
-    root = tmp_path / "repo"
-    write_tree(root, {"src/a.py": "def f(x):\n    return x\n\n\ndef g(y):\n    return y\n"})
-    return root
-
-
-@pytest.fixture
-def serve_factory():
-    started: list[Serve] = []
-
-    def start(config, notify=None, env=None) -> Serve:
-        s = Serve(config.source, notify, env)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait(10)
-
-
-def chats(emu) -> list:
-    return [r for r in emu.requests if r.path == "/api/chat"]
+from tests.helpers import chats, make_config, wait_for, write_tree
 
 
 @pytest.mark.timeout(60)

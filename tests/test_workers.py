@@ -1,85 +1,14 @@
-"""The worker pool: policies per error kind, host quarantine, prompt budget, health, STATUS.
-
-Also home of :class:`Pipeline`, the real Engine on a temp repo that the Ollama
-case tests and the multi-host tests drive.
-"""
+"""The worker pool: policies per error kind, host quarantine, prompt budget, health, STATUS."""
 
 from __future__ import annotations
 
-import threading
 import time
-from pathlib import Path
 
-import pytest
 from structlog.testing import capture_logs
 
-from llmc_rag_service import queue as q
 from llmc_rag_service import workers
-from llmc_rag_service.engine import Engine
-from tests.helpers import make_config, wait_for, write_tree
+from tests.helpers import fast_backoffs, wait_for, write_tree
 from tests.ollama_emulator import OllamaEmulator
-
-
-def fast_backoffs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Shrink every backoff so retries and probes take tenths of a second."""
-    monkeypatch.setattr(q.backoff_s, "__defaults__", (0.05, 0.1))
-    monkeypatch.setattr(workers, "PROBE_BASE_S", 0.1)
-    monkeypatch.setattr(workers, "PROBE_MAX_S", 0.3)
-    monkeypatch.setattr(workers, "BUSY_BASE_S", 0.05)
-    monkeypatch.setattr(workers, "BUSY_MAX_S", 0.1)
-
-
-class Pipeline:
-    """The real Engine (store, queue, scanner, workers, clients) on a temp repo of
-    ``files`` one-function Python files, each one span and one job.
-
-    ``ollama`` and ``queue`` override config sections (see tests.helpers.make_config).
-    """
-
-    def __init__(self, tmp_path: Path, url: str, files: int = 6, ollama: dict | None = None,
-                 queue: dict | None = None):
-        self.root = tmp_path / "repo"
-        self.root.mkdir()
-        write_tree(self.root, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(files)})
-        self.config = make_config(tmp_path, url, [self.root], ollama=ollama or {}, queue=queue or {})
-        self.changed = threading.Event()
-        self.engine = Engine(self.config, on_change=self.changed.set)
-        self.engine.scanners[self.root].full_scan()
-
-    def start(self) -> Pipeline:
-        self.engine.pool.start()
-        return self
-
-    def settled(self) -> bool:
-        """Nothing pending or running."""
-        c = self.engine.counts()
-        return c["pending"] + c["running"] == 0
-
-    def wait_done(self, timeout_s: float = 15.0) -> None:
-        wait_for(self.settled, timeout_s, "every job done or failed")
-
-    def jobs(self) -> list[dict]:
-        """Every job row as a dict (span_hash, state, attempts, last_error)."""
-        rows = self.engine.store.conn.execute(
-            "SELECT span_hash, state, attempts, last_error FROM jobs ORDER BY id").fetchall()
-        return [dict(r) for r in rows]
-
-    def close(self) -> None:
-        self.engine.close(2.0)
-
-
-@pytest.fixture
-def pipelines():
-    """Pipelines made by the test, closed after it."""
-    made: list[Pipeline] = []
-
-    def make(*args, **kwargs) -> Pipeline:
-        made.append(Pipeline(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def test_failures_in_a_row_quarantine_the_host_then_it_resumes(tmp_path, ollama, pipelines, monkeypatch):
