@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add("enrich", "scan and enrich every pending span, then exit")
     p.add_argument("--wait-s", type=float, default=300.0,
                    help="give up (exit 69) when Ollama is unreachable or the model missing this long (seconds)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="first give dead-lettered spans a fresh start (after fixing the cause)")
     p.add_argument("repos", nargs="*", help="repositories to enrich (default: the configured ones)")
     p = add("status", "show counts and daemon state")
     p.add_argument("--json", action="store_true")
@@ -55,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    config = load_config(find_config_path(args.config))
+    path = find_config_path(args.config)
+    if args.config is None and not path.exists():
+        raise ConfigError(path, "", "no config file found; looked at -c, $LLMC_RAG_CONFIG, "
+                          "$XDG_CONFIG_HOME/llmc-rag/config.yaml (~/.config) and /etc/llmc-rag/config.yaml; "
+                          "start from etc/llmc-rag.yaml")
+    config = load_config(path)
     logsetup.configure_logging(config.logging.level, config.logging.format)
     return config
 
@@ -100,7 +107,7 @@ def _enrich(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.oneshot import run_enrich
 
     try:
-        return run_enrich(config, args.repos, args.wait_s)
+        return run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
     except NotADirectoryError as exc:
         print(f"llmc-rag: {exc}", file=sys.stderr)
         return 2
@@ -161,6 +168,10 @@ def _install_unit(args: argparse.Namespace) -> int:
     path = install_unit(args.user, Path(args.dest) if args.dest else None, args.run_as)
     scope = "--user " if args.user else ""
     print(f"wrote {path}")
+    exec_line = next((line for line in path.read_text().splitlines() if line.startswith("ExecStart=")), "")
+    if "/tmp/" in exec_line or "/var/tmp/" in exec_line:
+        print("llmc-rag: warning: ExecStart points into a temporary directory, which the unit's "
+              "PrivateTmp=yes hides from the service; install llmc-rag elsewhere", file=sys.stderr)
     if not args.user and not args.run_as:
         print("llmc-rag: warning: User=llmc-rag is a placeholder; pass --run-as USER (the owner of the repos) "
               "or set User= in a drop-in", file=sys.stderr)

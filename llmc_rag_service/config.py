@@ -307,6 +307,10 @@ class _Validator:
                   "timeout_s": ((int, float), 1, 86400), "load_timeout_s": ((int, float), 1, 86400)}
         cfg = self.section("ollama", top, OllamaConfig, checks)
         self.check_url("ollama.url", cfg.url)
+        given = set((top.get("ollama") or {}))
+        if "hosts" in given and given & {"url", "concurrency"}:
+            both = sorted(given & {"url", "concurrency"})[0]
+            raise self.fail(f"ollama.{both}", "set either ollama.hosts or ollama.url/concurrency, not both")
         if not cfg.model.strip():
             raise self.fail("ollama.model", "must not be empty")
         ka = cfg.keep_alive

@@ -176,7 +176,9 @@ def error_for_status(response: httpx.Response, model: str) -> OllamaError:
     """The taxonomy error for an Ollama error answer (status >= 400, body read)."""
     status, text = response.status_code, _error_text(response)
     if status == 404:
-        return ModelMissing(f"model {model!r} not found, run: ollama pull {model} ({text})")
+        # Ollama's own text is "model 'NAME' not found"; say it once, with the fix.
+        return ModelMissing(f"model {model!r} not found, run: ollama pull {model}"
+                            + ("" if "not found" in text else f" ({text})"))
     kind = Busy if status in (429, 503) else ServerError if status >= 500 else BadRequest
     err = kind(f"{status}: {text}")
     err.retry_after_s = _retry_after_s(response)

@@ -66,8 +66,9 @@ class Progress:
 
 
 def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 300.0,
-               stream: TextIO | None = None) -> int:
-    """Scan the repos and enrich until nothing is pending; see module docstring."""
+               stream: TextIO | None = None, retry_failed: bool = False) -> int:
+    """Scan the repos and enrich until nothing is pending; see module docstring.
+    ``retry_failed`` first returns dead-lettered jobs to the queue."""
     stream = stream or sys.stderr
     repos = select_repos(config, repo_paths)
     config = replace(config, repos=repos)
@@ -76,6 +77,8 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     progress = Progress(stream)
     started = time.monotonic()
     try:
+        if retry_failed:
+            log.info("jobs_requeued", count=engine.queue.requeue_failed(), reason="--retry-failed")
         for scanner in engine.scanners.values():
             scanner.full_scan()
         engine.pool.start()
@@ -98,10 +101,10 @@ def _wait_done(engine: Engine, wait_s: float, progress: Progress, changed: threa
         c = engine.counts()
         remaining = c["pending"] + c["running"]
         total = remaining + engine.pool.done + engine.pool.failed
-        progress.update(total - remaining, total, engine.status_line())
         if remaining == 0:
             progress.update(total, total, engine.status_line(), final=True)
             return EX_OK
+        progress.update(total - remaining, total, engine.status_line())
         down = engine.ollama_down()
         if down:
             down_since = down_since or time.monotonic()

@@ -105,6 +105,16 @@ class JobQueue:
         """Inside ``tx``, delete pending jobs whose span is in no file any more."""
         return tx.execute(f"DELETE FROM jobs WHERE state = 'pending' AND NOT {_HAS_SPAN}").rowcount
 
+    def requeue_failed(self) -> int:
+        """Give dead-lettered jobs of this model a fresh start (pending, no
+        attempts), e.g. after the cause was fixed. Returns how many."""
+        with self.store.write() as tx:
+            return tx.execute(
+                """UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = 0, updated_at = ?
+                   WHERE state = 'failed' AND model = ? AND prompt_version = ?""",
+                (time.time(), *self._key()),
+            ).rowcount
+
     def recover(self) -> int:
         """Return jobs left ``running`` by a dead process (or by an earlier life
         of this one) to pending. Returns how many."""

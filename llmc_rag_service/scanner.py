@@ -171,8 +171,11 @@ class Scanner:
         except spans_mod.SkipFile as exc:
             skipped = exc.reason
             result.skipped += 1
+            # The read stops after max_file_bytes + 1, so the real size is the stat's.
+            detail = f"{st.st_size} bytes > max_file_bytes {self.max_file_bytes}" if exc.reason == "too_large" \
+                else exc.detail or None
             log.info("file_skipped", repo=str(self.root), path=relpath, reason=exc.reason,
-                     size=st.st_size, detail=exc.detail or None)
+                     size=st.st_size, detail=detail)
         with self.store.write() as tx:
             self.store.put_file(tx, self.repo_id, relpath, size=st.st_size, mtime_ns=st.st_mtime_ns,
                                 content_hash=content_hash, language=language, skipped=skipped, spans=spans)

@@ -105,3 +105,12 @@ def test_status_on_a_store_file_not_yet_migrated_is_all_zero(tmp_path, capsys):
     sqlite3.connect(config.db_path).close()
     assert cli.main(["status", "--json", "-c", str(config.source)]) == 0
     assert json.loads(capsys.readouterr().out)["totals"]["spans"] == 0
+
+
+def test_no_config_anywhere_names_the_lookup_order(tmp_path, monkeypatch, capsys):
+    """Without -c and with no config in any default place, the error lists where it looked."""
+    monkeypatch.delenv("LLMC_RAG_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert cli.main(["status"]) == 78
+    err = capsys.readouterr().err
+    assert "$LLMC_RAG_CONFIG" in err and "/etc/llmc-rag/config.yaml" in err

@@ -125,3 +125,10 @@ def test_hosts_list_and_single_host_form(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, "ollama:\n  hosts:\n    - {url: 'http://a:1', concurrency: 0}\n"))
     assert err.value.key == "ollama.hosts[0].concurrency" and err.value.line == 3
+
+
+def test_hosts_together_with_url_is_refused(tmp_path):
+    """ollama.hosts and ollama.url together are ambiguous: refused, naming url."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "ollama:\n  url: http://x:1\n  hosts:\n    - {url: 'http://a:1'}\n"))
+    assert err.value.key == "ollama.url" and err.value.line == 2

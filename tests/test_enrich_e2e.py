@@ -279,3 +279,19 @@ def test_a_server_that_stays_busy_ends_enrich_with_69(tmp_path, repo, ollama, mo
     with sqlite3.connect(config.db_path) as db:
         assert db.execute("SELECT MAX(attempts) FROM jobs").fetchone()[0] == 0
     assert status_report(config)["totals"]["pending"] == status_report(config)["totals"]["spans"]
+
+
+def test_retry_failed_gives_dead_letters_a_fresh_start(tmp_path, repo, ollama, monkeypatch):
+    """After a span failed for good, `enrich --retry-failed` sends it again and stores the answer."""
+    from llmc_rag_service import queue as q
+
+    monkeypatch.setattr(q.backoff_s, "__defaults__", (0.01, 0.05))
+    write_tree(repo, {"only.py": "def z():\n    return 0\n"})
+    for name in list(SOURCE):
+        (repo / name).unlink()
+    ollama.inject("invalid_json", count=2)
+    config = make_config(tmp_path, ollama.url, [repo], queue={"max_attempts": 2})
+    assert run(config, "enrich") == 1
+    assert run(config, "enrich") == 1  # still failed: a plain re-run does not retry
+    assert run(config, "enrich", "--retry-failed") == 0
+    assert [s["state"] for s in show_report(config, str(repo / "only.py"))] == ["enriched"]
