@@ -122,6 +122,12 @@ class Engine:
         return returned
 
     def _close_clients(self) -> None:
+        # A worker still inside a request after the stop grace would get an
+        # unmapped "client has been closed" error; its client is left to the
+        # garbage collector instead (the job is already back in the queue).
+        if self.pool.busy_threads():
+            log.warning("workers_still_busy", count=self.pool.busy_threads())
+            return
         for client in self.clients:
             client.close()
 

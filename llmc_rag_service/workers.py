@@ -157,6 +157,10 @@ class WorkerPool:
             thread.join(max(0.0, deadline - time.monotonic()))
         return self.queue.recover()
 
+    def busy_threads(self) -> int:
+        """Worker threads still running (after stop(): those past the grace)."""
+        return sum(thread.is_alive() for thread in self._threads)
+
     def notify_work(self) -> None:
         """New jobs were queued: wake idle workers."""
         self.wake.set()
