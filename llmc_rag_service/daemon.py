@@ -31,6 +31,7 @@ import fcntl
 import math
 import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -56,6 +57,8 @@ STOP_GRACE_S = 20.0
 #: Seconds the indexer may take to finish its current scan on stop.
 INDEXER_JOIN_S = 5.0
 STATUS_MIN_GAP_S = 0.5
+#: Seconds the STATUS copy in the store may wait for the write lock.
+STATUS_META_TIMEOUT_S = 0.5
 #: Below the contract's 10 s, leaving room for one tick.
 STATUS_MAX_GAP_S = 9.5
 #: During start-up and reload: EXTEND_TIMEOUT_USEC every this many seconds ...
@@ -145,18 +148,30 @@ class Daemon:
     def main_loop(self) -> None:
         next_ping = time.monotonic()
         while not self.stop_requested:
-            if self.reload_requested:
-                self.reload_requested = False
-                self.reload()
-            self._drain_watchers()
-            now = time.monotonic()
-            self._maybe_publish_status(now)
-            if self.ping_every_s and now >= next_ping:
-                if self.gate.should_ping():
-                    self.notifier.watchdog()
-                next_ping = now + self.ping_every_s
+            try:
+                next_ping = self._tick(next_ping)
+            except Exception:
+                # E.g. the store locked by another process past busy_timeout
+                # during a reload: logged, and the daemon lives on (a real
+                # hang still stops the watchdog pings).
+                log.exception("main_loop_error")
+                self.wake.wait(1.0)
             self.wake.wait(self._sleep_s(next_ping))
             self.wake.clear()
+
+    def _tick(self, next_ping: float) -> float:
+        """One turn of the loop; returns when the next watchdog ping is due."""
+        if self.reload_requested:
+            self.reload_requested = False
+            self.reload()
+        self._drain_watchers()
+        now = time.monotonic()
+        self._maybe_publish_status(now)
+        if self.ping_every_s and now >= next_ping:
+            if self.gate.should_ping():
+                self.notifier.watchdog()
+            next_ping = now + self.ping_every_s
+        return next_ping
 
     def _sleep_s(self, next_ping: float) -> float:
         """How long the loop may sleep: until the next watchdog ping, watcher
@@ -193,18 +208,20 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: re-read the config; keep the old one if the new is invalid."""
         self.notifier.reloading()
-        with TimeoutExtender(self.notifier, EXTEND_EVERY_S, EXTEND_BY_S):
-            try:
-                new = load_config(self.config_path)
-            except ConfigError as exc:
-                log.error("reload_failed", error=str(exc), config=str(self.config_path))
-                self.notifier.ready()
-                return
-            old, self.config = self.config, new
-            changed = self._apply(old, new)
-        log.info("reloaded", config=str(self.config_path), **changed)
-        self.status_dirty = True
-        self.notifier.ready()
+        try:
+            with TimeoutExtender(self.notifier, EXTEND_EVERY_S, EXTEND_BY_S):
+                try:
+                    new = load_config(self.config_path)
+                except ConfigError as exc:
+                    log.error("reload_failed", error=str(exc), config=str(self.config_path))
+                    return
+                old, self.config = self.config, new
+                changed = self._apply(old, new)
+            log.info("reloaded", config=str(self.config_path), **changed)
+            self.status_dirty = True
+        finally:
+            # Whatever happened, systemd must not be left in "reloading".
+            self.notifier.ready()
 
     def _apply(self, old: Config, new: Config) -> dict[str, list[str]]:
         """Apply ``new`` over ``old``: log settings, Ollama/queue settings (a new
@@ -214,7 +231,7 @@ class Daemon:
         elif new.logging.level != old.logging.level:
             logsetup.set_level(new.logging.level)
         if new.ollama != old.ollama or new.queue != old.queue:
-            self.engine.replace_client(new, STOP_GRACE_S)
+            self.engine.replace_client(new)
         self.engine.config = new
         sections = [name for name in ("ollama", "queue", "watch", "logging") if getattr(new, name) != getattr(old, name)]
         # A repo whose scanner or watcher settings changed is restarted: stopped, then added anew.
@@ -286,7 +303,12 @@ class Daemon:
             return
         self.status_dirty = False
         if self._send_status(self.status_text(), heartbeat):
-            self.engine.store.set_meta(daemon_status=self._status_text, ollama_last_error=self.engine.last_error())
+            try:
+                # Short wait: another process holding the store must not stall the loop.
+                self.engine.store.set_meta(busy_timeout_s=STATUS_META_TIMEOUT_S, daemon_status=self._status_text,
+                                           ollama_last_error=self.engine.last_error())
+            except sqlite3.Error as exc:
+                log.debug("status_not_stored", error=str(exc))
 
     def status_text(self) -> str:
         """The one STATUS line: activity, queue counts, Ollama state, degraded notes."""

@@ -43,6 +43,7 @@ class Engine:
         if recovered:
             log.info("jobs_recovered", count=recovered, reason="left running by a dead process")
         self.clients: list[OllamaClient] = []
+        self._retired: list[tuple[WorkerPool, list[OllamaClient]]] = []  # pools retired by reloads
         self.pool = self._new_pool()
         self.scanners: dict[Path, Scanner] = {}
         self.set_repos(config.repos)
@@ -77,15 +78,23 @@ class Engine:
             self.scanners[path] = self.scanner_for(wanted[path])
         return added, removed
 
-    def replace_client(self, config: Config, grace_s: float) -> None:
-        """Swap in new Ollama/queue settings: drain the pool, start a new one."""
-        self.pool.stop(grace_s)
-        self._close_clients()
+    def replace_client(self, config: Config) -> None:
+        """Swap in new Ollama/queue settings without waiting: the old pool is
+        retired (its requests in flight finish and store their results in the
+        background), a new one starts at once, and spans without an enrichment
+        for the (possibly new) model are queued."""
+        self.pool.retire()
+        self._retired.append((self.pool, self.clients))
+        self._reap()
         self.config = config
         self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts)
         self.pool = self._new_pool()
         for scanner in self.scanners.values():
             scanner.queue = self.queue
+        with self.store.write() as tx:
+            queued = self.queue.enqueue_missing(tx)
+        if queued:
+            log.info("jobs_queued", count=queued, trigger="config_changed")
         self.pool.start()
 
     def last_error(self) -> str | None:
@@ -106,8 +115,9 @@ class Engine:
         return next((h.state for h in hosts if h.state != "ok"), "busy")
 
     def hung(self) -> str | None:
-        """Watchdog health check: a reason if a request is past its deadline."""
-        return self.pool.hung()
+        """Watchdog health check: a reason if a request is past its deadline
+        or a worker thread died."""
+        return self.pool.hung() or self.pool.dead()
 
     def counts(self) -> dict[str, int]:
         """Queue counts plus the number of requests in flight."""
@@ -120,6 +130,14 @@ class Engine:
         self._close_clients()
         self.store.close()
         return returned
+
+    def _reap(self) -> None:
+        """Close the clients of retired pools whose last request has ended."""
+        for pool, clients in list(self._retired):
+            if not pool.busy_threads():
+                for client in clients:
+                    client.close()
+                self._retired.remove((pool, clients))
 
     def _close_clients(self) -> None:
         # A worker still inside a request after the stop grace would get an
@@ -140,6 +158,7 @@ class Engine:
 
         ``activity`` (e.g. ``scanning 2 repos``) is prepended when given.
         """
+        self._reap()
         c = self.counts()
         pending = c["pending"] + c["running"]
         # "pending" counts jobs waiting; those being answered are "in flight".

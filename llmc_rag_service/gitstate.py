@@ -75,6 +75,7 @@ class GitGate:
         self.root, self.settle_s, self._clock = Path(root), settle_s, clock
         self.git_dir = git_dir_of(self.root)
         self._lock = threading.Lock()
+        self._stale_logged: set[Path] = set()
         self._last_event = float("-inf")
         self._hold_since: float | None = None
         self.head_changed = False
@@ -110,6 +111,13 @@ class GitGate:
             return None
         return reason
 
+    def _log_stale(self, path: Path, age_s: float) -> None:
+        with self._lock:
+            if path in self._stale_logged:
+                return
+            self._stale_logged.add(path)
+        log.warning("git_lock_stale", path=str(path), age_s=round(age_s), hint="remove it if no git runs")
+
     def take_head_changed(self) -> bool:
         """True once after ``HEAD`` was rewritten (a checkout or a commit)."""
         with self._lock:
@@ -121,8 +129,15 @@ class GitGate:
         if git_dir is None:
             return None
         for name in LOCK_FILES:
-            if os.path.lexists(git_dir / name):
+            try:
+                age_s = time.time() - os.lstat(git_dir / name).st_mtime
+            except OSError:
+                continue
+            # A lock older than MAX_HOLD_S was left by a crashed git: judged by
+            # the file's own age, so it never delays a later save again.
+            if age_s <= MAX_HOLD_S:
                 return name
+            self._log_stale(git_dir / name, age_s)
         with self._lock:
             quiet_s = self._clock() - self._last_event
         if quiet_s < self.settle_s:

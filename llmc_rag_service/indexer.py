@@ -26,6 +26,9 @@ from llmc_rag_service.queue import PRIORITY_BACKFILL, PRIORITY_LIVE
 
 log = structlog.get_logger(__name__)
 
+#: Seconds before paths whose indexing failed are tried again.
+FAILED_RETRY_S = 10.0
+
 
 class _Stop(Exception):
     """stop() was called while a full scan ran: end the scan and the thread."""
@@ -78,6 +81,12 @@ class Indexer(threading.Thread):
             if result.jobs:
                 log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind)
                 self.engine.pool.notify_work()
+            if result.failed:
+                # E.g. the store was locked by another process: try these
+                # paths again later instead of losing the save until reconcile.
+                retry = threading.Timer(FAILED_RETRY_S, self.put_paths, (repo, set(result.failed)))
+                retry.daemon = True
+                retry.start()
         except _Stop:
             raise
         except Exception:

@@ -101,9 +101,34 @@ class JobQueue:
                 )
         return created
 
-    def cancel_orphans(self, tx: sqlite3.Connection) -> int:
-        """Inside ``tx``, delete pending jobs whose span is in no file any more."""
-        return tx.execute(f"DELETE FROM jobs WHERE state = 'pending' AND NOT {_HAS_SPAN}").rowcount
+    def cancel_orphans(self, tx: sqlite3.Connection, span_hashes: Iterable[str] | None = None) -> int:
+        """Inside ``tx``, delete pending jobs whose span is in no file any more.
+
+        ``span_hashes`` limits the check to those hashes (the spans a file just
+        lost): a per-file scan step must not cost a pass over every pending job,
+        or a large backfill becomes quadratic."""
+        if span_hashes is None:
+            return tx.execute(f"DELETE FROM jobs WHERE state = 'pending' AND NOT {_HAS_SPAN}").rowcount
+        cancelled = 0
+        for span_hash in set(span_hashes):
+            cancelled += tx.execute(
+                f"DELETE FROM jobs WHERE span_hash = ? AND state = 'pending' AND NOT {_HAS_SPAN}", (span_hash,)
+            ).rowcount
+        return cancelled
+
+    def enqueue_missing(self, tx: sqlite3.Connection, priority: int = PRIORITY_BACKFILL) -> int:
+        """Inside ``tx``, queue every span hash in the tree that has neither an
+        enrichment nor a job for this model and prompt version (after the model
+        or prompt changed, or jobs were lost). Returns how many were queued."""
+        now = time.time()
+        return tx.execute(
+            """INSERT INTO jobs(span_hash, model, prompt_version, state, priority, created_at, updated_at)
+               SELECT DISTINCT s.span_hash, :model, :pv, 'pending', :prio, :now, :now FROM spans s
+               WHERE NOT EXISTS (SELECT 1 FROM enrichments e WHERE e.span_hash = s.span_hash
+                                 AND e.model = :model AND e.prompt_version = :pv)
+               ON CONFLICT DO NOTHING""",
+            {"model": self.model, "pv": self.prompt_version, "prio": priority, "now": now},
+        ).rowcount
 
     def requeue_failed(self) -> int:
         """Give dead-lettered jobs of this model a fresh start (pending, no

@@ -21,7 +21,7 @@ import hashlib
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -39,7 +39,8 @@ log = structlog.get_logger(__name__)
 class ScanResult:
     """What a scan did: counts of files ``seen``, re-split (``changed``),
     ``deleted``, ``skipped`` (binary, too large, undecodable, unreadable) and
-    ``jobs`` created; ``duration_s`` wall seconds."""
+    ``jobs`` created; ``failed`` paths whose step raised (to retry);
+    ``duration_s`` wall seconds."""
 
     seen: int = 0
     changed: int = 0
@@ -47,6 +48,7 @@ class ScanResult:
     skipped: int = 0
     jobs: int = 0
     duration_s: float = 0.0
+    failed: list[str] = field(default_factory=list)
 
 
 class Scanner:
@@ -86,10 +88,14 @@ class Scanner:
         present = set()
         for relpath, st in self.ignore.walk():
             present.add(relpath)
-            self._guarded(self._update, relpath, st, stored.get(relpath), priority, result)
+            self._guarded(self._update, relpath, result, st, stored.get(relpath), priority, result)
             if between is not None:
                 between()
         self._delete([p for p in stored if p not in present], result)
+        with self.store.write() as tx:
+            # Spans of unchanged files may still lack an enrichment for the
+            # configured model (the model or prompt changed, jobs were lost).
+            result.jobs += self.queue.enqueue_missing(tx)
         result.duration_s = time.monotonic() - started
         log.info("scan_done", repo=str(self.root), files=result.seen, changed=result.changed,
                  deleted=result.deleted, skipped=result.skipped, jobs=result.jobs,
@@ -100,16 +106,18 @@ class Scanner:
         """Re-check paths a watcher reported (files or directories, existing or not)."""
         started, result = time.monotonic(), ScanResult()
         for relpath in sorted(set(relpaths)):
-            self._guarded(self._process_one, relpath, priority, result)
+            self._guarded(self._process_one, relpath, result, priority, result)
         result.duration_s = time.monotonic() - started
         return result
 
-    def _guarded(self, step: Callable[..., None], relpath: str, *args) -> None:
-        """Run one file's step; a failure is logged with the file and the scan
-        goes on (one bad file must never stop the others)."""
+    def _guarded(self, step: Callable[..., None], relpath: str, result: ScanResult, *args) -> None:
+        """Run one file's step; a failure is logged with the file, noted in
+        ``result.failed`` for a retry, and the scan goes on (one bad file must
+        never stop the others)."""
         try:
             step(relpath, *args)
         except Exception as exc:
+            result.failed.append(relpath)
             log.exception("file_failed", repo=str(self.root), path=relpath, error=str(exc))
 
     def _process_one(self, relpath: str, priority: int, result: ScanResult) -> None:
@@ -177,10 +185,11 @@ class Scanner:
             log.info("file_skipped", repo=str(self.root), path=relpath, reason=exc.reason,
                      size=st.st_size, detail=detail)
         with self.store.write() as tx:
+            lost = self.store.span_hashes_of(tx, self.repo_id, [relpath])
             self.store.put_file(tx, self.repo_id, relpath, size=st.st_size, mtime_ns=st.st_mtime_ns,
                                 content_hash=content_hash, language=language, skipped=skipped, spans=spans)
             jobs = self.queue.enqueue(tx, (s.span_hash for s in spans), priority)
-            self.queue.cancel_orphans(tx)
+            self.queue.cancel_orphans(tx, lost)
         result.changed += 1
         result.jobs += jobs
         log.debug("file_indexed", repo=str(self.root), path=relpath, spans=len(spans), jobs=jobs)
@@ -189,8 +198,9 @@ class Scanner:
         if not relpaths:
             return
         with self.store.write() as tx:
+            lost = self.store.span_hashes_of(tx, self.repo_id, relpaths)
             self.store.delete_files(tx, self.repo_id, relpaths)
-            cancelled = self.queue.cancel_orphans(tx)
+            cancelled = self.queue.cancel_orphans(tx, lost)
         result.deleted += len(relpaths)
         for relpath in relpaths:
             log.info("file_deleted", repo=str(self.root), path=relpath)

@@ -37,6 +37,8 @@ from llmc_rag_service.models import Span
 
 #: Seconds a connection waits for another writer before raising "database is locked".
 BUSY_TIMEOUT_S = 30.0
+#: Seconds the watchdog's writability check waits for another writer.
+HEALTH_TIMEOUT_S = 2.0
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
@@ -128,16 +130,38 @@ class Store:
         return conn
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction: committed on exit, rolled back on error."""
+    def write(self, busy_timeout_s: float | None = None) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction: committed on exit, rolled back on error.
+
+        ``busy_timeout_s`` waits at most that long for another writer (default
+        :data:`BUSY_TIMEOUT_S`), e.g. short on the daemon's main loop, which
+        must keep ticking. Raises sqlite3.OperationalError when it runs out.
+        """
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        if busy_timeout_s is not None:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            if busy_timeout_s is not None:
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         try:
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def release_thread(self) -> None:
+        """Close the calling thread's connection (a thread about to end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            self._all = [(t, c) for t, c in self._all if c is not conn]
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     def close(self) -> None:
         """Close this thread's connection and those of threads that ended (call
@@ -169,16 +193,17 @@ class Store:
     def writable(self) -> str | None:
         """Health check: None if a write transaction can be taken, else the reason."""
         try:
-            with self.write() as tx:
+            with self.write(HEALTH_TIMEOUT_S) as tx:
                 tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('health_at', ?)", (str(time.time()),))
         except sqlite3.Error as exc:
             return f"store not writable: {exc}"
         return None
 
     # -- meta ----------------------------------------------------------
-    def set_meta(self, **values: str | None) -> None:
-        """Set key/value pairs in ``meta`` (None deletes)."""
-        with self.write() as tx:
+    def set_meta(self, busy_timeout_s: float | None = None, **values: str | None) -> None:
+        """Set key/value pairs in ``meta`` (None deletes); see :meth:`write`
+        for ``busy_timeout_s``."""
+        with self.write(busy_timeout_s) as tx:
             for key, value in values.items():
                 if value is None:
                     tx.execute("DELETE FROM meta WHERE key = ?", (key,))
@@ -248,6 +273,15 @@ class Store:
         """Drop files (their spans cascade) inside ``tx``. Enrichments stay: they
         are keyed by content, so the same code coming back costs no request."""
         tx.executemany("DELETE FROM files WHERE repo_id = ? AND path = ?", [(repo_id, p) for p in paths])
+
+    def span_hashes_of(self, tx: sqlite3.Connection, repo_id: int, paths: Sequence[str]) -> list[str]:
+        """Inside ``tx``, the span hashes the given files hold now."""
+        hashes: list[str] = []
+        for path in paths:
+            hashes += [r[0] for r in tx.execute(
+                "SELECT s.span_hash FROM spans s JOIN files f ON f.id = s.file_id WHERE f.repo_id = ? AND f.path = ?",
+                (repo_id, path))]
+        return hashes
 
     def span_text(self, span_hash: str) -> sqlite3.Row | None:
         """``language`` and ``text`` of a span hash plus one current location

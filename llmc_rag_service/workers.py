@@ -26,6 +26,7 @@ The policy of each error kind is the ``policy`` of its class in ``ollama.py``:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ log = structlog.get_logger(__name__)
 
 #: Seconds a request may run past its deadline before the watchdog health gate calls the worker hung.
 HANG_GRACE_S = 60.0
+#: Seconds a worker pauses after an unexpected error (e.g. the store locked).
+JOB_ERROR_PAUSE_S = 5.0
 #: First and longest wait between probes of a down host, in seconds.
 PROBE_BASE_S = 1.0
 PROBE_MAX_S = 60.0
@@ -190,6 +193,31 @@ class WorkerPool:
 
     # -- the loop ------------------------------------------------------
     def _run(self, host: Host) -> None:
+        try:
+            self._loop(host)
+        finally:
+            # A finished thread's SQLite connection would otherwise stay open
+            # until shutdown: every reload would leak file descriptors.
+            self.store.release_thread()
+
+    def retire(self) -> None:
+        """Stop claiming, without waiting: requests in flight finish in the
+        background and store their results (used by reload, so the main loop
+        never blocks and no job is sent twice). The clients belong to the
+        caller, who closes them once :meth:`busy_threads` is 0."""
+        self.stopping.set()
+        self.wake.set()
+        for host in self.hosts:
+            host.ok_event.set()
+
+    def dead(self) -> str | None:
+        """Health check: a reason if a worker thread of a running pool died."""
+        if self.stopping.is_set():
+            return None
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        return f"worker thread dead: {', '.join(dead)}" if dead else None
+
+    def _loop(self, host: Host) -> None:
         while not self.stopping.is_set():
             if not host.ok_event.is_set():
                 self._maybe_probe(host)
@@ -205,7 +233,16 @@ class WorkerPool:
                 self.wake.wait(IDLE_CLAIM_WAIT_S if due is None else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
                 continue
             self.wake.set()  # there was work: let an idle worker look for more
-            self._process(host, job)
+            try:
+                self._process(host, job)
+            except Exception as exc:
+                # E.g. the store locked by another process past busy_timeout:
+                # the job goes back (or stays running until recovered), and
+                # this thread lives on.
+                log.error("job_error", job=job.id, error=f"{type(exc).__name__}: {exc}", exc_info=True)
+                with contextlib.suppress(Exception):
+                    self.queue.release(job, backoff_s(job.attempts + 1), f"{type(exc).__name__}: {exc}")
+                self.stopping.wait(JOB_ERROR_PAUSE_S)
             self.on_change()
 
     def _process(self, host: Host, job: Job) -> None:

@@ -48,6 +48,9 @@ def make_config(tmp_path: Path, url: str, repos: list[Path], **sections) -> Conf
     }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    if "hosts" in data["ollama"]:  # hosts replace the single-host url/concurrency
+        data["ollama"].pop("url", None)
+        data["ollama"].pop("concurrency", None)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_config(path)

@@ -194,3 +194,21 @@ def test_git_dir_follows_a_gitdir_file_and_no_git_means_never_busy(tmp_path):
     (real / "index.lock").write_text("")
     assert GitGate(tmp_path / "wt").busy() == "index.lock"
     assert GitGate(tmp_path / "plain").busy() is None
+
+
+def test_a_stale_index_lock_does_not_hold_saves(tmp_path):
+    """An index.lock older than the hold cap (left by a crashed git) is ignored at once, not after another wait."""
+    import os
+    import time
+
+    from llmc_rag_service.gitstate import MAX_HOLD_S, GitGate
+
+    (tmp_path / ".git").mkdir()
+    lock = tmp_path / ".git" / "index.lock"
+    lock.write_text("")
+    old = time.time() - MAX_HOLD_S - 60
+    os.utime(lock, (old, old))
+    gate = GitGate(tmp_path, settle_s=0.0)
+    assert gate.busy() is None
+    os.utime(lock, None)  # a fresh lock: a git command is running
+    assert gate.busy() == "index.lock"
