@@ -295,3 +295,17 @@ def test_retry_failed_gives_dead_letters_a_fresh_start(tmp_path, repo, ollama, m
     assert run(config, "enrich") == 1  # still failed: a plain re-run does not retry
     assert run(config, "enrich", "--retry-failed") == 0
     assert [s["state"] for s in show_report(config, str(repo / "only.py"))] == ["enriched"]
+
+
+def test_changing_the_model_enriches_unchanged_spans_for_the_new_model(tmp_path, repo, ollama):
+    """After ollama.model changes, every span of an unchanged repo is enriched again for the new model (not left pending with exit 0)."""
+    ollama.install("other-model")
+    config = make_config(tmp_path, ollama.url, [repo])
+    assert run(config, "enrich") == 0
+    first = len(chats(ollama))
+    config = make_config(tmp_path, ollama.url, [repo], ollama={"model": "other-model"})
+    assert run(config, "enrich") == 0
+    totals = status_report(config)["totals"]
+    assert totals["enriched"] == totals["spans"] and totals["pending"] == 0
+    assert len(chats(ollama)) == 2 * first
+    assert {r.json["model"] for r in chats(ollama)[first:]} == {"other-model"}

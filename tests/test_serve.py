@@ -152,3 +152,29 @@ def test_a_deleted_repo_degrades_and_comes_back(tmp_path, repo, ollama, notify, 
     assert serve.proc.poll() is None
     assert "watchdog_unhealthy" not in serve.logs()
     assert serve.stop() == 0
+
+
+@pytest.mark.timeout(90)
+def test_reloads_do_not_leak_file_descriptors(tmp_path, repo, ollama, notify, serve_factory):
+    """Twenty reloads that rebuild the worker pool leave the daemon's open file count where it was."""
+    config = make_config(tmp_path, ollama.url, [repo])
+    serve = serve_factory(config, notify)
+    notify.wait("READY=1")
+    wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, what="catch-up")
+    fd_dir = f"/proc/{serve.proc.pid}/fd"
+
+    def reload_with(concurrency: int) -> None:
+        data = yaml.safe_load(config.source.read_text())
+        data["ollama"]["concurrency"] = concurrency
+        config.source.write_text(yaml.safe_dump(data))
+        notify.messages.clear()
+        serve.proc.send_signal(signal.SIGHUP)
+        notify.wait("READY=1")
+
+    for concurrency in (3, 2, 3, 2):  # warm up: first reloads may open lasting files
+        reload_with(concurrency)
+    before = len(os.listdir(fd_dir))
+    for i in range(20):
+        reload_with(3 if i % 2 else 2)
+    wait_for(lambda: len(os.listdir(fd_dir)) <= before + 2, timeout_s=20, what="file descriptors back")
+    assert serve.stop() == 0
