@@ -93,6 +93,7 @@ class Daemon:
         self.wake = threading.Event()
         self.stop_requested = self.reload_requested = False
         self.status_dirty = True
+        self._holding: str | None = None
         self.gate = HealthGate()
         self._status_at = -math.inf
         self._status_text: str | None = None
@@ -283,6 +284,10 @@ class Daemon:
                 self.indexer.put_full(work.repo)
             else:
                 self.indexer.put_paths(work.repo, set(work.paths))
+        holding = self.watching.holding()
+        if holding != self._holding:  # a git hold began or ended: STATUS says so
+            self._holding = holding
+            self._mark_dirty()
 
     def _send_status(self, text: str, heartbeat: bool = False) -> bool:
         """Send STATUS if the text changed (or ``heartbeat``) and the last one is
@@ -315,6 +320,9 @@ class Daemon:
         activity = self.indexer.busy
         if self.indexer.items.qsize() and not activity:
             activity = "scanning"
+        holding = self.watching.holding()
+        if holding:
+            activity = f"{activity}, {holding}" if activity else holding
         text = self.engine.status_line(activity)
         if self._degraded:  # each note reads "degraded: polling /repo (...)"
             text += "; " + "; ".join(self._degraded)

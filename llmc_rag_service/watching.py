@@ -213,6 +213,14 @@ class Watching:
                 dues.append(state.last_full + self.watch.reconcile_s - now)
         return max(0.0, min(dues)) if dues else None
 
+    def holding(self) -> str | None:
+        """For STATUS: which repos hold changes while git runs, e.g.
+        ``holding 30 changes while git runs in repo (index.lock)``; else None."""
+        held = [(p, r) for p, r in self._repos.items() if r.holding is not None]
+        if not held:
+            return None
+        return "; ".join(f"holding {len(r.held)} changes while git runs in {p.name} ({r.holding})" for p, r in held)
+
     def health(self) -> str | None:
         """Watchdog health check: None while every watcher thread is alive."""
         dead = [str(p) for p, r in self._repos.items() if not r.watcher.is_alive() and not r.missing]

@@ -243,6 +243,9 @@ class WorkerPool:
                 with contextlib.suppress(Exception):
                     self.queue.release(job, backoff_s(job.attempts + 1), f"{type(exc).__name__}: {exc}")
                 self.stopping.wait(JOB_ERROR_PAUSE_S)
+            # The outcome may have put the job back (retry, release): idle
+            # workers, maybe of another host, re-read the queue's next due time.
+            self.wake.set()
             self.on_change()
 
     def _process(self, host: Host, job: Job) -> None:
@@ -294,9 +297,17 @@ class WorkerPool:
             sent = ol.describe_body(host.client.request_body([], num_predict))
             self._dead(job, fields, f"{type(exc).__name__}: {exc}", reason="bad_request", sent=sent)
         else:
-            self._retry(job, fields, f"{type(exc).__name__}: {exc}", duration)
             host.strikes += 1
-            if host.strikes >= QUARANTINE_AFTER:
+            quarantine = host.strikes >= QUARANTINE_AFTER
+            error = f"{type(exc).__name__}: {exc}"
+            if quarantine and any(h is not host and h.state == "ok" for h in self.hosts):
+                # This host keeps failing (e.g. hangs) while another is fine:
+                # the host's fault, not the job's; another host takes it.
+                self.queue.release(job, 0.0, error)
+                log.warning("job_moved", **fields, error=error, reason="host_quarantined")
+            else:
+                self._retry(job, fields, error, duration)
+            if quarantine:
                 self._host_down(host, "quarantined", f"{host.strikes} failures in a row, last: {exc}")
 
     def _retry(self, job: Job, fields: dict, error: str, duration: float) -> None:

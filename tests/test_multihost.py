@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from tests.helpers import wait_for
 from tests.ollama_emulator import OllamaEmulator
 from tests.helpers import fast_backoffs
@@ -55,3 +57,22 @@ def test_all_hosts_down_is_waiting_and_status_lists_each(tmp_path, pipelines, mo
     assert status.startswith("waiting: 3 pending") and "; ollama 0/2 ok: " in status
     assert status.count("unreachable (") == 2
     assert all(j["attempts"] == 0 for j in p.jobs())
+
+
+@pytest.mark.timeout(60)
+def test_a_host_that_keeps_hanging_does_not_dead_letter_jobs_another_host_can_do(tmp_path, pipelines, monkeypatch):
+    """One of two hosts answers /api/version but hangs every chat: its failures quarantine it and move the jobs; nothing is dead-lettered."""
+    from llmc_rag_service import ollama as ol
+
+    fast_backoffs(monkeypatch)
+    with OllamaEmulator() as good, OllamaEmulator() as bad:
+        bad.inject("hang", count=100000, seconds=30)
+        monkeypatch.setattr(ol, "CHUNK_TIMEOUT_S", 0.3)
+        hosts = [{"url": good.url, "concurrency": 1}, {"url": bad.url, "concurrency": 1}]
+        p = pipelines(tmp_path, good.url, files=12, ollama={"hosts": hosts, "load_timeout_s": 1, "timeout_s": 1},
+                      queue={"max_attempts": 3})
+        p.start()
+        p.wait_done(timeout_s=40)
+        states = [j["state"] for j in p.jobs()]
+        assert states.count("done") == 12, p.jobs()
+        bad.clear_faults()

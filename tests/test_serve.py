@@ -178,3 +178,22 @@ def test_reloads_do_not_leak_file_descriptors(tmp_path, repo, ollama, notify, se
         reload_with(3 if i % 2 else 2)
     wait_for(lambda: len(os.listdir(fd_dir)) <= before + 2, timeout_s=20, what="file descriptors back")
     assert serve.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_status_says_when_changes_wait_for_git(tmp_path, repo, ollama, notify, serve_factory):
+    """While .git/index.lock exists, a save is held and STATUS says so; when the lock goes, it is enriched."""
+    (repo / ".git").mkdir()
+    config = make_config(tmp_path, ollama.url, [repo])
+    serve = serve_factory(config, notify)
+    notify.wait("READY=1")
+    wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, what="catch-up")
+    lock = repo / ".git" / "index.lock"
+    lock.write_text("")
+    (repo / "src" / "a.py").write_text("def f(x):\n    return x - 1\n\n\ndef g(y):\n    return y\n")
+    held = notify.wait("holding 1 changes while git runs in repo (index.lock)")
+    assert held.startswith("STATUS=")
+    assert not any("x - 1" in r.json["messages"][-1]["content"] for r in chats(ollama))
+    lock.unlink()
+    wait_for(lambda: any("x - 1" in r.json["messages"][-1]["content"] for r in chats(ollama)), what="released save")
+    assert serve.stop() == 0
