@@ -72,3 +72,30 @@ def test_warm_up_loads_without_holding_back_jobs(tmp_path, pipelines):
         assert first_chat < warm.t_end  # sent while the load was still running
         assert warm.json["options"] == next(r for r in emu.requests if r.path == "/api/chat").json["options"]
         assert emu.loads == 1 and all(j["state"] == "done" for j in p.jobs())
+
+
+def test_a_store_error_does_not_kill_the_worker(tmp_path, ollama, pipelines, monkeypatch):
+    """`database is locked` while storing a result (another process held the store too long): logged, the job goes back, the thread lives on and the job is done later."""
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    fast_backoffs(monkeypatch)
+    monkeypatch.setattr(workers, "JOB_ERROR_PAUSE_S", 0.05)
+    p = pipelines(tmp_path, ollama.url, files=3, ollama={"concurrency": 1})
+    real = p.engine.queue.complete
+    calls = []
+
+    def locked_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(p.engine.queue, "complete", locked_once)
+    with capture_logs() as logs:
+        p.start()
+        p.wait_done()
+    assert all(j["state"] == "done" for j in p.jobs())
+    assert [e for e in logs if e["event"] == "job_error" and e["log_level"] == "error"]
+    assert p.engine.pool.dead() is None
