@@ -270,10 +270,10 @@ class _Validator:
             if not raw_path.strip():
                 raise self.fail(f"{key}.path", "must not be empty")
             path = Path(os.path.expanduser(raw_path)).resolve()
-            # A missing directory (unmounted, not cloned yet) is allowed: the
-            # daemon reports it and picks it up when it appears.
-            if path.exists() and not path.is_dir():
-                raise self.fail(f"{key}.path", f"{str(path)!r} is not a directory")
+            # Not checked against the disk: a missing (unmounted, deleted, not
+            # yet cloned) or replaced path is reported by the daemon as
+            # "degraded: repo missing" and picked up when it is a directory
+            # again; refusing the config would stop every other repo too.
             out.append(RepoConfig(path=path, exclude=self.patterns(f"{key}.exclude", raw.get("exclude", []) or [])))
         return tuple(out)
 
@@ -341,7 +341,10 @@ class _Validator:
                 raise self.fail(key, "missing key 'url'")
             self.check_url(f"{key}.url", self.typed(f"{key}.url", raw["url"], str))
             concurrency = self.typed(f"{key}.concurrency", raw.get("concurrency", 1), int, 1, MAX_CONCURRENCY)
-            out.append(HostConfig(url=raw["url"].rstrip("/"), concurrency=concurrency))
+            url = raw["url"].rstrip("/")
+            if any(h.url == url for h in out):
+                raise self.fail(f"{key}.url", f"{url!r} is listed twice (one server would get double the requests)")
+            out.append(HostConfig(url=url, concurrency=concurrency))
         return tuple(out)
 
     def logging(self, top: dict) -> LoggingConfig:

@@ -78,7 +78,8 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     started = time.monotonic()
     try:
         if retry_failed:
-            log.info("jobs_requeued", count=engine.queue.requeue_failed(), reason="--retry-failed")
+            repo_ids = [scanner.repo_id for scanner in engine.scanners.values()]
+            log.info("jobs_requeued", count=engine.queue.requeue_failed(repo_ids), reason="--retry-failed")
         for scanner in engine.scanners.values():
             scanner.full_scan()
         engine.pool.start()

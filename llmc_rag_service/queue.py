@@ -130,14 +130,18 @@ class JobQueue:
             {"model": self.model, "pv": self.prompt_version, "prio": priority, "now": now},
         ).rowcount
 
-    def requeue_failed(self) -> int:
-        """Give dead-lettered jobs of this model a fresh start (pending, no
-        attempts), e.g. after the cause was fixed. Returns how many."""
+    def requeue_failed(self, repo_ids: Iterable[int]) -> int:
+        """Give dead-lettered jobs of this model whose spans are in the given
+        repos a fresh start (pending, no attempts), e.g. after the cause was
+        fixed. Returns how many."""
+        ids = list(repo_ids)
+        marks = ",".join("?" * len(ids))
         with self.store.write() as tx:
             return tx.execute(
-                """UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = 0, updated_at = ?
-                   WHERE state = 'failed' AND model = ? AND prompt_version = ?""",
-                (time.time(), *self._key()),
+                f"""UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = 0, updated_at = ?
+                    WHERE state = 'failed' AND model = ? AND prompt_version = ? AND span_hash IN
+                    (SELECT s.span_hash FROM spans s JOIN files f ON f.id = s.file_id WHERE f.repo_id IN ({marks}))""",
+                (time.time(), *self._key(), *ids),
             ).rowcount
 
     def recover(self) -> int:

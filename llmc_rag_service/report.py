@@ -102,7 +102,7 @@ def status_report(config: Config) -> dict[str, Any]:
     pid = daemon_running(config.state_dir)
     return {
         "daemon": {"running": pid is not None, "pid": pid, "status": meta.get("daemon_status") if pid else None},
-        "ollama": {"url": config.ollama.url, "model": config.ollama.model,
+        "ollama": {"url": ", ".join(h.url for h in config.ollama.all_hosts()), "model": config.ollama.model,
                    "last_error": meta.get("ollama_last_error") or None},
         "repos": repos,
         "totals": totals,

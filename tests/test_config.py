@@ -55,7 +55,6 @@ def test_unknown_key_names_the_key_path_file_and_line(tmp_path):
         ("logging:\n  level: loud\n", "logging.level"),
         ("logging:\n  format: xml\n", "logging.format"),
         ("repos:\n  - exclude: []\n", "repos[0]"),
-        ("repos:\n  - path: /etc/passwd\n", "repos[0].path"),
         ("repos: {path: /tmp}\n", "repos"),
         ("bogus: 1\n", "bogus"),
         ("repos:\n  - path: ''\n", "repos[0].path"),
@@ -132,3 +131,10 @@ def test_hosts_together_with_url_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, "ollama:\n  url: http://x:1\n  hosts:\n    - {url: 'http://a:1'}\n"))
     assert err.value.key == "ollama.url" and err.value.line == 2
+
+
+def test_a_host_listed_twice_is_refused(tmp_path):
+    """The same server twice in ollama.hosts (even with a trailing slash) is refused."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "ollama:\n  hosts:\n    - {url: 'http://h:9'}\n    - {url: 'http://h:9/'}\n"))
+    assert err.value.key == "ollama.hosts[1].url"

@@ -124,7 +124,9 @@ def _start():
     states = start_and_watch_states()
     expect(states[-1] == "active", f"states {states}")
     expect("activating" in states, f"never seen activating: {states}")
-    ready = events("daemon_ready")
+    # Log lines reach journald through a pipe, READY=1 through the notify
+    # socket: the line may arrive a moment after systemd saw the unit active.
+    ready = wait_for(lambda: events("daemon_ready"), 10, "the daemon_ready line", every_s=0.05)
     watched = events("repo_watched")
     expect(len(ready) == 1 and len(watched) == 1, f"daemon_ready {len(ready)}, repo_watched {len(watched)}")
     started = [e for e in journal() if "Started" in str(e.get("MESSAGE")) and e.get("_PID") == "1"]
