@@ -79,7 +79,8 @@ class OllamaConfig:
     ``load_timeout_s + timeout_s`` plus connect and write time (see
     ``ollama.py``). ``options`` is Ollama's ``options`` object. ``hosts``
     lists several servers (e.g. one per GPU); empty means the single host
-    ``url`` with ``concurrency`` (see :meth:`all_hosts`)."""
+    ``url`` with ``concurrency`` (see :meth:`all_hosts`). ``warm_up``: ask
+    each host to load the model when ``serve`` starts (nothing waits for it)."""
 
     url: str = "http://127.0.0.1:11434"
     model: str = "qwen2.5:7b-instruct-q4_K_M"
@@ -89,6 +90,7 @@ class OllamaConfig:
     load_timeout_s: float = 300.0
     options: Mapping[str, Any] = field(default_factory=lambda: {"temperature": 0.2, "num_ctx": 8192})
     hosts: tuple[HostConfig, ...] = ()
+    warm_up: bool = False
 
     def all_hosts(self) -> tuple[HostConfig, ...]:
         """``hosts``, or the one host given by ``url`` and ``concurrency``."""
@@ -320,6 +322,8 @@ class _Validator:
             # Ollama answers 400 "time: missing unit in duration" (cases O6).
             raise self.fail("ollama.keep_alive", f"{ka!r} is not a duration: write e.g. '15m', '1h', 300 (seconds) or -1 (forever)")
         self.options(cfg.options)
+        if not isinstance(cfg.warm_up, bool):
+            raise self.fail("ollama.warm_up", f"must be true or false, got {cfg.warm_up!r}")
         return OllamaConfig(**{**cfg.__dict__, "url": cfg.url.rstrip("/"), "timeout_s": float(cfg.timeout_s),
                                "load_timeout_s": float(cfg.load_timeout_s), "hosts": self.hosts(cfg.hosts)})
 

@@ -142,6 +142,8 @@ class Daemon:
         self.gate.add_check("workers", lambda: self.engine.hung())
         self.gate.add_check("store", lambda: self.engine.store.writable())
         self.engine.pool.start()
+        if self.config.ollama.warm_up:
+            self.engine.warm_up()  # background: requests are sent at once anyway
         log.info("daemon_ready", repos=[str(r.path) for r in self.config.repos], pid=os.getpid(),
                  model=self.config.ollama.model, url=self.config.ollama.url)
         self.notifier.ready()

@@ -27,7 +27,7 @@ def test_sample_config_is_valid_and_documents_every_key(tmp_path, monkeypatch):
     text = (ROOT / "etc" / "llmc-rag.yaml").read_text()
     for key in ("state_dir", "url", "model", "keep_alive", "concurrency", "timeout_s", "options",
                 "debounce_ms", "max_file_bytes", "max_attempts", "level", "format", "load_timeout_s",
-                "hosts", "max_delay_ms", "reconcile_s"):
+                "hosts", "max_delay_ms", "reconcile_s", "warm_up"):
         assert f"{key}:" in text
 
 
@@ -65,6 +65,7 @@ def test_unknown_key_names_the_key_path_file_and_line(tmp_path):
         ("ollama:\n  options: {temperature: hot}\n", "ollama.options.temperature"),
         ("ollama:\n  options: {use_mmap: 1}\n", "ollama.options.use_mmap"),
         ("ollama:\n  timeout_s: .nan\n", "ollama.timeout_s"),
+        ("ollama:\n  warm_up: 1\n", "ollama.warm_up"),
         ("ollama:\n  concurrency: 100000\n", "ollama.concurrency"),
     ],
 )

@@ -197,3 +197,17 @@ def test_status_says_when_changes_wait_for_git(tmp_path, repo, ollama, notify, s
     lock.unlink()
     wait_for(lambda: any("x - 1" in r.json["messages"][-1]["content"] for r in chats(ollama)), what="released save")
     assert serve.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_warm_up_loads_the_model_at_start_with_the_same_options(tmp_path, repo, ollama, notify, serve_factory):
+    """With ollama.warm_up, serve sends Ollama's empty-prompt load request at start, with the chats' keep_alive and options (no reload follows), and never /api/ps."""
+    config = make_config(tmp_path, ollama.url, [repo], ollama={"warm_up": True, "keep_alive": -1})
+    serve = serve_factory(config, notify)
+    notify.wait("READY=1")
+    wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, what="catch-up")
+    loads = [r.json for r in ollama.requests if r.path == "/api/generate"]
+    assert len(loads) == 1 and loads[0]["prompt"] == "" and loads[0]["keep_alive"] == -1
+    assert loads[0]["options"] == chats(ollama)[0].json["options"]
+    assert ollama.loads == 1 and ollama.count("/api/ps") == 0
+    assert serve.stop() == 0
