@@ -282,10 +282,7 @@ class Daemon:
 
     def _drain_watchers(self) -> None:
         for work in self.watching.poll():
-            if work.kind == "full":
-                self.indexer.put_full(work.repo)
-            else:
-                self.indexer.put_paths(work.repo, set(work.paths))
+            self.indexer.put(work)
         holding = self.watching.holding()
         if holding != self._holding:  # a git hold began or ended: STATUS says so
             self._holding = holding

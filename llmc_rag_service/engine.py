@@ -127,7 +127,13 @@ class Engine:
         """Stop the workers (bounded by ``grace_s``), close client and store.
         Returns the number of running jobs returned to pending."""
         returned = self.pool.stop(grace_s)
-        self._close_clients()
+        self._retired.append((self.pool, self.clients))
+        self._reap()
+        if self._retired:
+            # A worker still inside a request after the grace would get an
+            # unmapped "client has been closed" error; its client is left to
+            # the garbage collector (the job is already back in the queue).
+            log.warning("workers_still_busy", count=sum(p.busy_threads() for p, _ in self._retired))
         self.store.close()
         return returned
 
@@ -138,16 +144,6 @@ class Engine:
                 for client in clients:
                     client.close()
                 self._retired.remove((pool, clients))
-
-    def _close_clients(self) -> None:
-        # A worker still inside a request after the stop grace would get an
-        # unmapped "client has been closed" error; its client is left to the
-        # garbage collector instead (the job is already back in the queue).
-        if self.pool.busy_threads():
-            log.warning("workers_still_busy", count=self.pool.busy_threads())
-            return
-        for client in self.clients:
-            client.close()
 
     def status_line(self, activity: str | None = None) -> str:
         """The one-line STATUS text, e.g. ``enriching: 812 pending, 4 in

@@ -23,6 +23,7 @@ import structlog
 
 from llmc_rag_service.engine import Engine
 from llmc_rag_service.queue import PRIORITY_BACKFILL, PRIORITY_LIVE
+from llmc_rag_service.watching import Work
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +112,13 @@ class Indexer(threading.Thread):
                     self._deferred.append(item[1])
                 continue
             self._run_item(*item)
+
+    def put(self, work: Work) -> None:
+        """Queue a :class:`~llmc_rag_service.watching.Work` item from ``Watching.poll()``."""
+        if work.kind == "full":
+            self.put_full(work.repo)
+        else:
+            self.put_paths(work.repo, set(work.paths))
 
     def put_full(self, repo: Path) -> None:
         """Queue a full (catch-up) scan of ``repo``."""

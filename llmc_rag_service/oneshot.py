@@ -18,7 +18,7 @@ import structlog
 
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.engine import Engine
-from llmc_rag_service.report import repo_counts, open_readonly
+from llmc_rag_service.report import status_report
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +86,7 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         code = _wait_done(engine, wait_s, progress, changed)
     finally:
         engine.close(STOP_GRACE_S)
-    totals = _totals(config)
+    totals = status_report(config)["totals"]
     stream.write(
         f"enrich: {totals['enriched']}/{totals['spans']} spans enriched, {totals['failed']} failed, "
         f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
@@ -119,13 +119,3 @@ def _wait_done(engine: Engine, wait_s: float, progress: Progress, changed: threa
         # Woken by every job outcome; the timeout keeps the deadline checks going.
         changed.wait(0.5)
         changed.clear()
-
-
-def _totals(config: Config) -> dict[str, int]:
-    conn = open_readonly(config.db_path)
-    try:
-        rows = [repo_counts(conn, r.path, config.ollama.model) for r in config.repos]
-    finally:
-        if conn:
-            conn.close()
-    return {k: sum(r[k] for r in rows) for k in ("spans", "enriched", "failed", "pending")}

@@ -49,10 +49,7 @@ class Live:
         while not self._stop.wait(TICK_S):
             for work in self.watching.poll():
                 self.work.append(work)
-                if work.kind == "full":
-                    self.indexer.put_full(work.repo)
-                else:
-                    self.indexer.put_paths(work.repo, set(work.paths))
+                self.indexer.put(work)
 
     def start_workers(self) -> None:
         self.engine.pool.start()
