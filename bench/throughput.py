@@ -22,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.ollama_emulator
 
-from llmc_rag_service.engine import Engine  # noqa: E402
-from llmc_rag_service.logging import configure_logging  # noqa: E402
-from tests.helpers import make_config, write_tree  # noqa: E402
-from tests.ollama_emulator import OllamaEmulator  # noqa: E402
+from llmc_rag_service.service.pipeline import Engine
+from llmc_rag_service.logs import configure_logging
+from tests.helpers import make_config, write_tree
+from llmc_rag_service.testing.emulator import OllamaEmulator
 
 
 def run_once(jobs: int, slots: int, latency_s: float) -> dict:

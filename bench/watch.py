@@ -29,12 +29,11 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.ollama_emulator
 
 from llmc_rag_service.config import load_config
-from llmc_rag_service.notify import child_env
-from llmc_rag_service.report import status_report
-from tests.ollama_emulator import OllamaEmulator
+from llmc_rag_service.service.notify import child_env
+from llmc_rag_service.service.status import status_report
+from llmc_rag_service.testing.emulator import OllamaEmulator
 
 DEBOUNCE_MS = 500
 _WAIT = threading.Event()  # never set: waits with a timeout

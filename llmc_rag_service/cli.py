@@ -18,7 +18,7 @@ from typing import Sequence
 import structlog
 
 from llmc_rag_service import __version__
-from llmc_rag_service import logging as logsetup
+from llmc_rag_service import logs as logsetup
 from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config
 
 EX_CONFIG = 78
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    from llmc_rag_service.daemon import AlreadyRunning, Daemon
+    from llmc_rag_service.service.daemon import AlreadyRunning, Daemon
 
     try:
         return Daemon(Path(config.source), config).run()
@@ -104,7 +104,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def _enrich(config: Config, args: argparse.Namespace) -> int:
-    from llmc_rag_service.oneshot import run_enrich
+    from llmc_rag_service.service.oneshot import run_enrich
 
     try:
         return run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
@@ -114,7 +114,7 @@ def _enrich(config: Config, args: argparse.Namespace) -> int:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    from llmc_rag_service.report import status_report
+    from llmc_rag_service.service.status import status_report
 
     report = status_report(config)
     if args.json:
@@ -133,7 +133,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 
 def _show(config: Config, args: argparse.Namespace) -> int:
-    from llmc_rag_service.report import show_report
+    from llmc_rag_service.service.status import show_report
 
     path, line = args.target, None
     head, sep, tail = args.target.rpartition(":")
@@ -163,7 +163,7 @@ def _show(config: Config, args: argparse.Namespace) -> int:
 
 
 def _install_unit(args: argparse.Namespace) -> int:
-    from llmc_rag_service.units import install_unit
+    from llmc_rag_service.service.units import install_unit
 
     path = install_unit(args.user, Path(args.dest) if args.dest else None, args.run_as)
     scope = "--user " if args.user else ""

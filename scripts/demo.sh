@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a machine with no Ollama: install, start the project's own
-# Ollama emulator (tests/ollama_emulator.py), enrich a sample repository (a
+# Ollama emulator (llmc_rag_service.testing), enrich a sample repository (a
 # copy of the standard library's json package) with the one-shot command,
 # then print what `status` and `show` report. With a real Ollama, skip this
 # script and run: llmc-rag enrich -c etc/llmc-rag.yaml (after editing repos).
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 work=$(mktemp -d "${TMPDIR:-/tmp}/llmc-rag-demo.XXXXXX")
 cp -r "$(.venv/bin/python -c 'import json, os; print(os.path.dirname(json.__file__))')" "$work/repo"
 port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-.venv/bin/python -m tests.ollama_emulator --port "$port" --model demo-model --latency-s 0.05 --parallel 4 \
+.venv/bin/python -m llmc_rag_service.testing.emulator --port "$port" --model demo-model --latency-s 0.05 --parallel 4 \
   > "$work/emulator.log" 2>&1 &
 emulator=$!
 trap 'kill $emulator 2>/dev/null' EXIT

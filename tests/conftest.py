@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers import NotifySocket, Pipeline, Serve, write_tree
-from tests.ollama_emulator import OllamaEmulator
+from llmc_rag_service.testing.emulator import OllamaEmulator
 
 
 @pytest.fixture

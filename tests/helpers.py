@@ -15,10 +15,10 @@ from typing import Callable, Mapping
 import pytest
 import yaml
 
-from llmc_rag_service import queue as q
-from llmc_rag_service import workers
+from llmc_rag_service.store import jobs as q
+from llmc_rag_service.enrich import workers
 from llmc_rag_service.config import Config, load_config
-from llmc_rag_service.engine import Engine
+from llmc_rag_service.service.pipeline import Engine
 
 
 def write_tree(root: Path, files: Mapping[str, str | bytes]) -> None:

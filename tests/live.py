@@ -9,10 +9,10 @@ import threading
 import time
 
 from llmc_rag_service.config import Config
-from llmc_rag_service.engine import Engine
-from llmc_rag_service.indexer import Indexer
-from llmc_rag_service.watching import Watching
-from llmc_rag_service.workers import WorkerPool
+from llmc_rag_service.service.pipeline import Engine
+from llmc_rag_service.index.scheduler import Indexer
+from llmc_rag_service.watch.watchset import Watching
+from llmc_rag_service.enrich.workers import WorkerPool
 from tests.helpers import wait_for
 
 TICK_S = 0.02

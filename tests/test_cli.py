@@ -25,7 +25,7 @@ def test_interrupt_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    import llmc_rag_service.oneshot as oneshot
+    import llmc_rag_service.service.oneshot as oneshot
 
     monkeypatch.setattr(oneshot, "run_enrich", interrupted)
     assert cli.main(["enrich", "-c", str(config.source)]) == 130
@@ -55,7 +55,7 @@ def test_status_reads_a_store_in_a_read_only_state_dir(tmp_path, capsys):
     import os
 
     config = make_config(tmp_path, "http://127.0.0.1:9", [tmp_path])
-    from llmc_rag_service.store import Store
+    from llmc_rag_service.store.db import Store
 
     Store(config.db_path).close()
     for extra in ("-shm", "-wal"):
@@ -80,7 +80,7 @@ def test_status_reads_a_store_in_a_read_only_state_dir(tmp_path, capsys):
 def test_show_finds_a_file_whose_name_looks_like_path_line(tmp_path, capsys):
     """A file literally named `x:12` is shown as that file, not as line 12 of `x`."""
     from llmc_rag_service.models import Span
-    from llmc_rag_service.store import Store
+    from llmc_rag_service.store.db import Store
 
     repo = tmp_path / "repo"
     repo.mkdir()

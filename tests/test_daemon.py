@@ -14,16 +14,16 @@ import time
 import pytest
 from structlog.testing import capture_logs
 
-from llmc_rag_service import daemon as daemon_mod
-from llmc_rag_service import ollama as ol
-from llmc_rag_service import workers
-from llmc_rag_service.daemon import Daemon
-from llmc_rag_service.notify import Notifier
-from llmc_rag_service.ollama import OllamaClient
-from llmc_rag_service.report import status_report
-from llmc_rag_service.watching import Watching
+from llmc_rag_service.service import daemon as daemon_mod
+from llmc_rag_service.enrich import ollama as ol
+from llmc_rag_service.enrich import workers
+from llmc_rag_service.service.daemon import Daemon
+from llmc_rag_service.service.notify import Notifier
+from llmc_rag_service.enrich.ollama import OllamaClient
+from llmc_rag_service.service.status import status_report
+from llmc_rag_service.watch.watchset import Watching
 from tests.helpers import NotifySocket, make_config, wait_for
-from tests.ollama_emulator import OllamaEmulator
+from llmc_rag_service.testing.emulator import OllamaEmulator
 
 
 class Running:

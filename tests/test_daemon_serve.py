@@ -13,9 +13,9 @@ import time
 import pytest
 import yaml
 
-from llmc_rag_service.report import status_report
+from llmc_rag_service.service.status import status_report
 from tests.helpers import NotifySocket, chats, make_config, wait_for, write_tree
-from tests.ollama_emulator import OllamaEmulator
+from llmc_rag_service.testing.emulator import OllamaEmulator
 
 
 def edit_config(config, **changes) -> None:
@@ -180,7 +180,7 @@ def test_an_unhandled_exception_is_one_error_line_in_the_journal(tmp_path, repo,
     config = make_config(tmp_path, ollama.url, [repo], logging={"level": "info"})
     log_path = tmp_path / "stderr.log"
     log_path.touch()
-    code = ("import sys, llmc_rag_service.daemon as d\n"
+    code = ("import sys, llmc_rag_service.service.daemon as d\n"
             "def boom(self):\n    raise RuntimeError('main loop broke')\n"
             "d.Daemon.main_loop = boom\n"
             "from llmc_rag_service.cli import main\nsys.exit(main(['serve', '-c', sys.argv[1]]))\n")

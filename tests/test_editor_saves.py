@@ -1,4 +1,4 @@
-"""Every file-based case of shared/cases/editor_saves.json, end to end: real files in a temp repo,
+"""Every file-based case of tests/data/editor_saves.json, end to end: real files in a temp repo,
 the real watchdog observer, scanner, queue and workers against the Ollama emulator (debounce 50 ms).
 
 Per case: the 'before' files are indexed and enriched, the ops are applied, the pipeline settles,
@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from tests.helpers import make_config, wait_for, write_tree
 from tests.live import Live, chats, now_wall, user_text
 
-CASES_FILE = Path("/work/shared/cases/editor_saves.json")
+CASES_FILE = Path(__file__).resolve().parent / "data" / "editor_saves.json"
 _PACE = threading.Event()  # never set
 FILE_CASES = [c for c in json.loads(CASES_FILE.read_text())["cases"] if isinstance(c["ops"], list)]
 

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from tests.ollama_emulator import (
+from llmc_rag_service.testing.emulator import (
     BUSY_MSG,
     FOREVER_NS,
     LOAD_TIMEOUT_MSG,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from llmc_rag_service import cli
-from llmc_rag_service.enrichment import SCHEMA
-from llmc_rag_service.report import show_report, status_report
+from llmc_rag_service.enrich.prompt import SCHEMA
+from llmc_rag_service.service.status import show_report, status_report
 from tests.helpers import make_config, write_tree
-from tests.ollama_emulator import OllamaEmulator
+from llmc_rag_service.testing.emulator import OllamaEmulator
 
 CASES = Path(__file__).resolve().parent / "data" / "cases_files"
 
@@ -101,7 +101,7 @@ def test_bad_answers_are_retried_then_dead_lettered_with_reason(tmp_path, repo, 
         (repo / name).unlink()
     ollama.inject("invalid_json", count=3)
     config = make_config(tmp_path, ollama.url, [repo], queue={"max_attempts": 3})
-    from llmc_rag_service import queue as q
+    from llmc_rag_service.store import jobs as q
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(q, "BACKOFF_BASE_S", 0.01)
@@ -118,7 +118,7 @@ def test_bad_answers_are_retried_then_dead_lettered_with_reason(tmp_path, repo, 
                                            ("empty_object", "empty_response")])
 def test_empty_or_cut_answer_is_retried_and_then_succeeds(tmp_path, repo, ollama, fault, reason, monkeypatch):
     """An empty or cut answer is not stored; the retry succeeds and only the good answer is kept."""
-    from llmc_rag_service import queue as q
+    from llmc_rag_service.store import jobs as q
 
     monkeypatch.setattr(q.backoff_s, "__defaults__", (0.01, 0.05))
     write_tree(repo, {"one.py": "def one():\n    return 1\n"})
@@ -153,7 +153,7 @@ def test_model_appearing_later_resumes_work(tmp_path, repo, ollama):
     config = make_config(tmp_path, ollama.url, [repo])
     import threading
 
-    from llmc_rag_service import workers
+    from llmc_rag_service.enrich import workers
 
     timer = threading.Timer(1.0, ollama.install, args=("test-model",))
     timer.start()
@@ -267,7 +267,7 @@ def test_show_by_line_and_unknown_path(tmp_path, repo, ollama, capsys, monkeypat
 
 def test_a_server_that_stays_busy_ends_enrich_with_69(tmp_path, repo, ollama, monkeypatch):
     """503 on every request: jobs keep their attempts, and enrich gives up with 69 after --wait-s (every wait has a deadline)."""
-    from llmc_rag_service import workers
+    from llmc_rag_service.enrich import workers
 
     monkeypatch.setattr(workers, "BUSY_MAX_S", 0.2)
     monkeypatch.setattr(workers, "BUSY_BASE_S", 0.05)
@@ -283,7 +283,7 @@ def test_a_server_that_stays_busy_ends_enrich_with_69(tmp_path, repo, ollama, mo
 
 def test_retry_failed_gives_dead_letters_a_fresh_start(tmp_path, repo, ollama, monkeypatch):
     """After a span failed for good, `enrich --retry-failed` sends it again and stores the answer."""
-    from llmc_rag_service import queue as q
+    from llmc_rag_service.store import jobs as q
 
     monkeypatch.setattr(q.backoff_s, "__defaults__", (0.01, 0.05))
     write_tree(repo, {"only.py": "def z():\n    return 0\n"})

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from llmc_rag_service import spans as spans_mod
-from llmc_rag_service.gitstate import MAX_HOLD_S, STATE_QUIET_S, GitGate, git_dir_of
-from llmc_rag_service.notify import child_env
+from llmc_rag_service.index import spans as spans_mod
+from llmc_rag_service.watch.gitgate import MAX_HOLD_S, STATE_QUIET_S, GitGate, git_dir_of
+from llmc_rag_service.service.notify import child_env
 from tests.helpers import make_config, wait_for, write_tree
 from tests.live import Live, chats, now_wall, user_text
 
@@ -201,7 +201,7 @@ def test_a_stale_index_lock_does_not_hold_saves(tmp_path):
     import os
     import time
 
-    from llmc_rag_service.gitstate import MAX_HOLD_S, GitGate
+    from llmc_rag_service.watch.gitgate import MAX_HOLD_S, GitGate
 
     (tmp_path / ".git").mkdir()
     lock = tmp_path / ".git" / "index.lock"

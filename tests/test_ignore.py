@@ -1,4 +1,4 @@
-"""Tests for llmc_rag_service.ignore on real temp trees."""
+"""Tests for llmc_rag_service.index.ignore on real temp trees."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from llmc_rag_service import ignore as ignore_mod
-from llmc_rag_service.ignore import RepoIgnore, is_editor_temp, is_secret
+from llmc_rag_service.index import ignore as ignore_mod
+from llmc_rag_service.index.ignore import RepoIgnore, is_editor_temp, is_secret
 
-CASES = Path("/work/shared/cases/editor_saves.json")
+CASES = Path(__file__).resolve().parent / "data" / "editor_saves.json"
 
 
 def make_tree(root: Path, files: dict[str, str]) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from llmc_rag_service.indexer import Indexer
-from llmc_rag_service.queue import PRIORITY_LIVE
+from llmc_rag_service.index.scheduler import Indexer
+from llmc_rag_service.store.jobs import PRIORITY_LIVE
 from tests.helpers import make_config, wait_for, write_tree
 from tests.live import Live, chats, user_text
-from tests.ollama_emulator import OllamaEmulator
+from llmc_rag_service.testing.emulator import OllamaEmulator
 
 
 def many_files(n: int) -> dict[str, str]:

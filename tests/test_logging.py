@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from llmc_rag_service.logging import configure_logging, reset_logging, set_level
+from llmc_rag_service.logs import configure_logging, reset_logging, set_level
 
 log = structlog.get_logger("llmc_rag_service.test")
 

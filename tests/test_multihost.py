@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from tests.helpers import wait_for
-from tests.ollama_emulator import OllamaEmulator
+from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import fast_backoffs
 
 
@@ -62,7 +62,7 @@ def test_all_hosts_down_is_waiting_and_status_lists_each(tmp_path, pipelines, mo
 @pytest.mark.timeout(60)
 def test_a_host_that_keeps_hanging_does_not_dead_letter_jobs_another_host_can_do(tmp_path, pipelines, monkeypatch):
     """One of two hosts answers /api/version but hangs every chat: its failures quarantine it and move the jobs; nothing is dead-lettered."""
-    from llmc_rag_service import ollama as ol
+    from llmc_rag_service.enrich import ollama as ol
 
     fast_backoffs(monkeypatch)
     with OllamaEmulator() as good, OllamaEmulator() as bad:

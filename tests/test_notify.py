@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from llmc_rag_service.notify import (
+from llmc_rag_service.service.notify import (
     HealthGate,
     Notifier,
     child_env,
@@ -242,7 +242,7 @@ def test_health_gate_without_checks_pings():
 
 def test_timeout_extender_sends_extensions_until_the_step_ends(server):
     """Inside the context, EXTEND_TIMEOUT_USEC arrives every every_s; after it, none."""
-    from llmc_rag_service.notify import TimeoutExtender
+    from llmc_rag_service.service.notify import TimeoutExtender
 
     path, sock = server
     with TimeoutExtender(Notifier(socket_path=path), every_s=0.05, extend_s=2.0) as extender:
@@ -259,7 +259,7 @@ def test_timeout_extender_sends_extensions_until_the_step_ends(server):
 
 def test_timeout_extender_refuses_an_extension_shorter_than_its_period():
     """every_s must be below extend_s, or systemd could time out between two messages."""
-    from llmc_rag_service.notify import TimeoutExtender
+    from llmc_rag_service.service.notify import TimeoutExtender
 
     with pytest.raises(ValueError):
         TimeoutExtender(Notifier(socket_path=None), every_s=5.0, extend_s=5.0)
@@ -267,7 +267,7 @@ def test_timeout_extender_refuses_an_extension_shorter_than_its_period():
 
 def test_unset_notify_environment_removes_only_the_notify_variables():
     """NOTIFY_SOCKET and WATCHDOG_* go, everything else stays."""
-    from llmc_rag_service.notify import unset_notify_environment
+    from llmc_rag_service.service.notify import unset_notify_environment
 
     env = {"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "2", "PATH": "/bin"}
     unset_notify_environment(env)
@@ -277,6 +277,6 @@ def test_unset_notify_environment_removes_only_the_notify_variables():
 @pytest.mark.parametrize(("half_s", "every_s"), [(30.0, 29.0), (1.0, 0.8), (0.5, 0.4)])
 def test_pings_come_a_little_before_half_the_interval(half_s, every_s):
     """The ping period is half the interval less 20 % (at most 1 s)."""
-    from llmc_rag_service.notify import ping_every_s
+    from llmc_rag_service.service.notify import ping_every_s
 
     assert ping_every_s(half_s) == pytest.approx(every_s)

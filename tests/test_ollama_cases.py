@@ -1,4 +1,4 @@
-"""One test per row O1-O17 of shared/cases/ollama_behaviours.md, plus the seed's third form.
+"""One test per row O1-O17 of tests/data/ollama_behaviours.md, plus the seed's third form.
 
 Each test makes the emulator behave as a real Ollama server does and checks
 the client's outcome through the real pipeline (:class:`tests.test_workers.Pipeline`).
@@ -15,10 +15,10 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from llmc_rag_service import ollama as ol
+from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.config import LOAD_TIME_OPTIONS, OllamaConfig
 from tests.helpers import wait_for, write_tree
-from tests.ollama_emulator import MIDSTREAM_MSG, RUNNER_CRASH_MSG, OllamaEmulator
+from llmc_rag_service.testing.emulator import MIDSTREAM_MSG, RUNNER_CRASH_MSG, OllamaEmulator
 from tests.helpers import Pipeline, fast_backoffs
 
 MESSAGES = [{"role": "user", "content": "def f(): pass"}]
@@ -258,8 +258,8 @@ def test_o12_restart_behind_pooled_connections_is_retried_transparently(tmp_path
 def test_o13_outage_pauses_workers_keeps_attempts_probes_gently_and_resumes(tmp_path, ollama, pipelines, monkeypatch):
     """Connection refused: jobs stay pending with attempts intact, STATUS says unreachable, one probe at a time, then work resumes."""
     fast_backoffs(monkeypatch)
-    monkeypatch.setattr("llmc_rag_service.workers.PROBE_BASE_S", 0.2)
-    monkeypatch.setattr("llmc_rag_service.workers.PROBE_MAX_S", 0.4)
+    monkeypatch.setattr("llmc_rag_service.enrich.workers.PROBE_BASE_S", 0.2)
+    monkeypatch.setattr("llmc_rag_service.enrich.workers.PROBE_MAX_S", 0.4)
     p = pipelines(tmp_path, ollama.url, files=6, ollama={"concurrency": 2})
     client, calls = p.engine.client, {"version": 0, "chat": 0}
     for name in calls:
@@ -287,7 +287,7 @@ def test_o13_outage_pauses_workers_keeps_attempts_probes_gently_and_resumes(tmp_
 
 def test_o14_load_timeout_and_runner_crash_are_retried_with_backoff_then_failed(tmp_path, ollama, pipelines, monkeypatch):
     """500 load timeout then 500 runner crash: retried after a backoff, then failed with the server's message."""
-    monkeypatch.setattr("llmc_rag_service.queue.backoff_s.__defaults__", (0.3, 0.6))
+    monkeypatch.setattr("llmc_rag_service.store.jobs.backoff_s.__defaults__", (0.3, 0.6))
     ollama.inject("load_timeout_500")
     ollama.inject("runner_crash_500")
     p = pipelines(tmp_path, ollama.url, files=1, queue={"max_attempts": 2})

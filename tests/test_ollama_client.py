@@ -8,11 +8,11 @@ import time
 import httpx
 import pytest
 
-from llmc_rag_service import ollama as ol
+from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.config import OllamaConfig
-from llmc_rag_service.enrichment import (MIN_NUM_PREDICT, InvalidAnswer, PromptTooLarge, build_messages,
+from llmc_rag_service.enrich.prompt import (MIN_NUM_PREDICT, InvalidAnswer, PromptTooLarge, build_messages,
                                          estimate_prompt_tokens, parse_answer, plan_num_predict, span_char_budget)
-from tests.ollama_emulator import OllamaEmulator
+from llmc_rag_service.testing.emulator import OllamaEmulator
 
 MESSAGES = [{"role": "user", "content": "def f(): pass"}]
 GOOD = json.dumps({"summary": "s", "inputs": [], "outputs": [], "side_effects": [], "pitfalls": [], "usage": "f()"})

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from llmc_rag_service.models import Enrichment, Span
-from llmc_rag_service.queue import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue, backoff_s
-from llmc_rag_service.store import MIGRATIONS, Store
+from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue, backoff_s
+from llmc_rag_service.store.db import MIGRATIONS, Store
 
 E = Enrichment(summary="s", inputs=[], outputs=[], side_effects=[], pitfalls=[], usage="u")
 
@@ -130,7 +130,7 @@ def test_job_left_running_by_a_dead_process_goes_back_to_pending(store, tmp_path
     with store.write() as tx:
         q.enqueue(tx, hashes, 0)
     code = (
-        "import os, sys; from llmc_rag_service.store import Store; from llmc_rag_service.queue import JobQueue;"
+        "import os, sys; from llmc_rag_service.store.db import Store; from llmc_rag_service.store.jobs import JobQueue;"
         f"q = JobQueue(Store({str(store.path)!r}), 'm'); assert q.claim(); os.kill(os.getpid(), 9)"
     )
     proc = subprocess.run([sys.executable, "-c", code], timeout=30)

@@ -70,9 +70,9 @@ def test_between_callback_runs_per_file_and_can_abort_the_scan(live):
 # -- hostile trees (found by trying to break the daemon) ------------------------
 
 def _scanner_for(tmp_path, root):
-    from llmc_rag_service.queue import JobQueue
-    from llmc_rag_service.scanner import Scanner
-    from llmc_rag_service.store import Store
+    from llmc_rag_service.store.jobs import JobQueue
+    from llmc_rag_service.index.scanner import Scanner
+    from llmc_rag_service.store.db import Store
 
     store = Store(tmp_path / "state" / "db")
     return Scanner(store, JobQueue(store, "m"), root), store
@@ -171,7 +171,7 @@ def test_one_failing_file_does_not_stop_the_scan(tmp_path, monkeypatch):
     """An unexpected error on one file is logged with its path and the other files are still indexed."""
     from structlog.testing import capture_logs
 
-    from llmc_rag_service import scanner as scanner_mod
+    from llmc_rag_service.index import scanner as scanner_mod
 
     root = tmp_path / "repo"
     root.mkdir()

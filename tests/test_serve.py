@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from llmc_rag_service.report import show_report, status_report
+from llmc_rag_service.service.status import show_report, status_report
 from tests.helpers import chats, make_config, wait_for, write_tree
 
 
@@ -87,7 +87,7 @@ def test_reload_adds_a_repo_and_survives_a_broken_config(tmp_path, repo, ollama,
 @pytest.mark.timeout(90)
 def test_kill_9_loses_nothing(tmp_path, repo, notify, serve_factory):
     """A daemon killed with SIGKILL mid-request leaves its jobs to the next start, which finishes them."""
-    from tests.ollama_emulator import OllamaEmulator
+    from llmc_rag_service.testing.emulator import OllamaEmulator
 
     with OllamaEmulator(latency_s=30.0) as slow:
         config = make_config(tmp_path, slow.url, [repo])

@@ -1,4 +1,4 @@
-"""Tests of llmc_rag_service.spans: decoding, language detection and file -> spans."""
+"""Tests of llmc_rag_service.index.spans: decoding, language detection and file -> spans."""
 
 from __future__ import annotations
 
@@ -8,19 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from llmc_rag_service import syntax as syntax_module
+from llmc_rag_service.index import syntax as syntax_module
 from llmc_rag_service.models import Span, span_hash_of
-from llmc_rag_service.spans import SkipFile, decode_source, language_for, split_file, split_source
+from llmc_rag_service.index.spans import SkipFile, decode_source, language_for, split_file, split_source
 
 CASES_COPY = Path(__file__).resolve().parent / "data" / "cases_files"
-CASES_SHARED = Path(__file__).resolve().parents[2] / "shared" / "cases" / "files"
 MAX = 1 << 20
 
 
 def case_bytes(name: str) -> bytes:
-    """A shared case file, preferring the byte-exact copy kept in tests/data."""
-    path = CASES_COPY / name
-    return (path if path.exists() else CASES_SHARED / name).read_bytes()
+    """A case file, from the byte-exact copy kept in tests/data/cases_files."""
+    return (CASES_COPY / name).read_bytes()
 
 
 def src(text: str) -> str:

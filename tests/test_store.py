@@ -2,9 +2,9 @@
 
 
 
-from llmc_rag_service import store as store_mod
+from llmc_rag_service.store import db as store_mod
 from llmc_rag_service.models import Span
-from llmc_rag_service.store import Store
+from llmc_rag_service.store.db import Store
 
 
 def test_migrations_apply_forward_and_keep_data(tmp_path, monkeypatch):

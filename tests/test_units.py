@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmc_rag_service.units import (
+from llmc_rag_service.service.units import (
     DEFAULT_EXEC_PATH,
     NOTIFY_RELOAD_DROPIN,
     install_unit,

@@ -1,4 +1,4 @@
-"""Tests for llmc_rag_service.watcher: the Debouncer with a fake clock, RepoWatcher with the
+"""Tests for llmc_rag_service.watch.repo: the Debouncer with a fake clock, RepoWatcher with the
 real watchdog inotify observer on real temp repos (debounce 50 ms, max delay 500 ms)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from llmc_rag_service.ignore import RepoIgnore
-from llmc_rag_service.watcher import STOP_TIMEOUT_S, Debouncer, RepoWatcher
+from llmc_rag_service.index.ignore import RepoIgnore
+from llmc_rag_service.watch.repo import STOP_TIMEOUT_S, Debouncer, RepoWatcher
 
-CASES = [c for c in json.loads(Path("/work/shared/cases/editor_saves.json").read_text())["cases"]
+CASES = [c for c in json.loads((Path(__file__).resolve().parent / "data" / "editor_saves.json").read_text())["cases"]
          if isinstance(c["ops"], list)]  # branch-switch is a git scenario for the git gate
 _POLL = threading.Event()  # never set: its wait() is the poll interval of wait_for
 _SENTINELS = itertools.count()

@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 from watchdog.observers import inotify_c
 
 from llmc_rag_service.config import WatchConfig
-from llmc_rag_service.ignore import RepoIgnore
-from llmc_rag_service.watching import Watching
+from llmc_rag_service.index.ignore import RepoIgnore
+from llmc_rag_service.watch.watchset import Watching
 from tests.helpers import make_config, wait_for, write_tree
 from tests.live import Live, chats, now_wall
 

@@ -6,9 +6,9 @@ import time
 
 from structlog.testing import capture_logs
 
-from llmc_rag_service import workers
+from llmc_rag_service.enrich import workers
 from tests.helpers import fast_backoffs, wait_for, write_tree
-from tests.ollama_emulator import OllamaEmulator
+from llmc_rag_service.testing.emulator import OllamaEmulator
 
 
 def test_failures_in_a_row_quarantine_the_host_then_it_resumes(tmp_path, ollama, pipelines, monkeypatch):

@@ -5,7 +5,7 @@ set -eu
 python3 -m venv /opt/llmc-rag
 /opt/llmc-rag/bin/pip install -q --no-index --find-links /payload/wheels llmc-rag-service
 mkdir -p /opt/llmc-rag-test
-cp /payload/checks.py /payload/ollama_emulator.py /opt/llmc-rag-test/
+cp /payload/checks.py /opt/llmc-rag-test/
 
 # The account that owns the repos (its home is 0700: the unit must run as it).
 useradd --create-home --shell /bin/sh llmc
@@ -54,7 +54,7 @@ cat >/etc/systemd/system/ollama-emulator.service <<'EOF'
 Description=Ollama emulator for the llmc-rag system test
 
 [Service]
-ExecStart=/opt/llmc-rag/bin/python /opt/llmc-rag-test/ollama_emulator.py --port 11434 --model test-model --latency-s 0.05
+ExecStart=/opt/llmc-rag/bin/python -m llmc_rag_service.testing.emulator --port 11434 --model test-model --latency-s 0.05
 
 [Install]
 WantedBy=multi-user.target

@@ -63,7 +63,7 @@ cp -r "$REPO/llmc_rag_service" "$REPO/pyproject.toml" "$REPO/README.md" "$RUN/sr
 find "$RUN/src" -name __pycache__ -prune -exec rm -rf {} +
 "$PY" -m pip wheel -q --no-deps -w "$RUN/payload/wheels" "$RUN/src" 2>"$RUN/pip.log" || { cat "$RUN/pip.log" >&2; exit 1; }
 cp "$DEPS"/*.whl "$RUN/payload/wheels/"
-cp "$HERE/prepare.sh" "$HERE/checks.py" "$REPO/tests/ollama_emulator.py" "$RUN/payload/"
+cp "$HERE/prepare.sh" "$HERE/checks.py" "$RUN/payload/"
 log "wheels ready"
 
 # 3. A fresh root for this run: an overlay over the cached base (copy if overlayfs fails).

@@ -25,9 +25,9 @@ from typing import Callable
 import structlog
 
 from llmc_rag_service.config import WatchConfig
-from llmc_rag_service.gitstate import SETTLE_S, GitGate
-from llmc_rag_service.ignore import RepoIgnore
-from llmc_rag_service.watcher import RepoWatcher
+from llmc_rag_service.watch.gitgate import SETTLE_S, GitGate
+from llmc_rag_service.index.ignore import RepoIgnore
+from llmc_rag_service.watch.repo import RepoWatcher
 
 log = structlog.get_logger(__name__)
 

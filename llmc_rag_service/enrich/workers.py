@@ -34,12 +34,12 @@ from typing import Callable, Sequence
 
 import structlog
 
-from llmc_rag_service import ollama as ol
-from llmc_rag_service.enrichment import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
+from llmc_rag_service.enrich import ollama as ol
+from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
                                          parse_answer, plan_num_predict)
 from llmc_rag_service.models import Job
-from llmc_rag_service.queue import JobQueue, backoff_s
-from llmc_rag_service.store import Store
+from llmc_rag_service.store.jobs import JobQueue, backoff_s
+from llmc_rag_service.store.db import Store
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +100,7 @@ class WorkerPool:
 
     Args:
         store, queue: State and queue.
-        clients: One :class:`~llmc_rag_service.ollama.OllamaClient` per host
+        clients: One :class:`~llmc_rag_service.enrich.ollama.OllamaClient` per host
             (or a single client); each brings ``concurrency`` threads.
         on_change: Called (no args, from a worker thread) after every job
             outcome or host state change, e.g. to refresh STATUS. Keep it cheap.

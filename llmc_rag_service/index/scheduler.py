@@ -21,9 +21,9 @@ from typing import Callable
 
 import structlog
 
-from llmc_rag_service.engine import Engine
-from llmc_rag_service.queue import PRIORITY_BACKFILL, PRIORITY_LIVE
-from llmc_rag_service.watching import Work
+from llmc_rag_service.service.pipeline import Engine
+from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE
+from llmc_rag_service.watch.watchset import Work
 
 log = structlog.get_logger(__name__)
 
@@ -114,7 +114,7 @@ class Indexer(threading.Thread):
             self._run_item(*item)
 
     def put(self, work: Work) -> None:
-        """Queue a :class:`~llmc_rag_service.watching.Work` item from ``Watching.poll()``."""
+        """Queue a :class:`~llmc_rag_service.watch.watchset.Work` item from ``Watching.poll()``."""
         if work.kind == "full":
             self.put_full(work.repo)
         else:

@@ -39,8 +39,8 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver
 
-from .ignore import RepoIgnore
-from .observers import LIMIT_ERRNOS, make_inotify_observer, make_polling_observer
+from llmc_rag_service.index.ignore import RepoIgnore
+from llmc_rag_service.watch.observers import LIMIT_ERRNOS, make_inotify_observer, make_polling_observer
 
 log = structlog.get_logger(__name__)
 

@@ -50,7 +50,7 @@ from typing import Any, ClassVar, Iterator
 import httpx
 
 from llmc_rag_service.config import HostConfig, OllamaConfig
-from llmc_rag_service.enrichment import SCHEMA, effective_options
+from llmc_rag_service.enrich.prompt import SCHEMA, effective_options
 
 #: Seconds to open a TCP connection (and TLS) to Ollama.
 CONNECT_TIMEOUT_S = 10.0

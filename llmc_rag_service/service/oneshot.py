@@ -17,8 +17,8 @@ from typing import Sequence, TextIO
 import structlog
 
 from llmc_rag_service.config import Config, RepoConfig
-from llmc_rag_service.engine import Engine
-from llmc_rag_service.report import status_report
+from llmc_rag_service.service.pipeline import Engine
+from llmc_rag_service.service.status import status_report
 
 log = structlog.get_logger(__name__)
 

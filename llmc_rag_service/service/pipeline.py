@@ -1,7 +1,7 @@
 """The pipeline parts for one config, shared by ``serve`` and ``enrich``.
 
 :class:`Engine` owns the store, the job queue, the Ollama client, the worker
-pool and one :class:`~llmc_rag_service.scanner.Scanner` per repo. It knows
+pool and one :class:`~llmc_rag_service.index.scanner.Scanner` per repo. It knows
 nothing of signals, systemd or watching: ``daemon.py`` and ``oneshot.py``
 drive it.
 """
@@ -14,12 +14,12 @@ from typing import Callable, Iterable
 import structlog
 
 from llmc_rag_service.config import Config, RepoConfig
-from llmc_rag_service.enrichment import span_char_budget
-from llmc_rag_service.ollama import OllamaClient
-from llmc_rag_service.queue import JobQueue
-from llmc_rag_service.scanner import Scanner
-from llmc_rag_service.store import Store
-from llmc_rag_service.workers import Host, WorkerPool
+from llmc_rag_service.enrich.prompt import span_char_budget
+from llmc_rag_service.enrich.ollama import OllamaClient
+from llmc_rag_service.store.jobs import JobQueue
+from llmc_rag_service.index.scanner import Scanner
+from llmc_rag_service.store.db import Store
+from llmc_rag_service.enrich.workers import Host, WorkerPool
 
 log = structlog.get_logger(__name__)
 

@@ -40,8 +40,8 @@ from __future__ import annotations
 import structlog
 
 from llmc_rag_service.models import Span
-from llmc_rag_service.sources import SkipFile, decode_source, language_for, looks_like_cpp
-from llmc_rag_service.syntax import GRAMMARS, Def, Piece, find_definitions
+from llmc_rag_service.index.sources import SkipFile, decode_source, language_for, looks_like_cpp
+from llmc_rag_service.index.syntax import GRAMMARS, Def, Piece, find_definitions
 
 __all__ = ["SkipFile", "decode_source", "language_for", "split_file", "split_source"]
 

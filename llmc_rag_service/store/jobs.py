@@ -26,7 +26,7 @@ import time
 from typing import Iterable
 
 from llmc_rag_service.models import PROMPT_VERSION, Enrichment, Job
-from llmc_rag_service.store import Store
+from llmc_rag_service.store.db import Store
 
 PRIORITY_LIVE = 0
 PRIORITY_BACKFILL = 10

@@ -38,14 +38,14 @@ from pathlib import Path
 
 import structlog
 
-from llmc_rag_service import logging as logsetup
+from llmc_rag_service import logs as logsetup
 from llmc_rag_service.config import Config, ConfigError, RepoConfig, load_config
-from llmc_rag_service.engine import Engine
-from llmc_rag_service.indexer import Indexer
-from llmc_rag_service.notify import (HealthGate, Notifier, TimeoutExtender, ping_every_s,
+from llmc_rag_service.service.pipeline import Engine
+from llmc_rag_service.index.scheduler import Indexer
+from llmc_rag_service.service.notify import (HealthGate, Notifier, TimeoutExtender, ping_every_s,
                                      unset_notify_environment, watchdog_interval_s)
-from llmc_rag_service.report import LOCK_NAME
-from llmc_rag_service.watching import Watching
+from llmc_rag_service.service.status import LOCK_NAME
+from llmc_rag_service.watch.watchset import Watching
 
 log = structlog.get_logger(__name__)
 

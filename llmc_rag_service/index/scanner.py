@@ -27,10 +27,10 @@ from typing import Callable, Iterable
 
 import structlog
 
-from llmc_rag_service import spans as spans_mod
-from llmc_rag_service.ignore import RepoIgnore
-from llmc_rag_service.queue import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue
-from llmc_rag_service.store import FileRecord, Store
+from llmc_rag_service.index import spans as spans_mod
+from llmc_rag_service.index.ignore import RepoIgnore
+from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue
+from llmc_rag_service.store.db import FileRecord, Store
 
 log = structlog.get_logger(__name__)
 

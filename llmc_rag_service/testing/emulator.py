@@ -2,7 +2,7 @@
 
 It speaks Ollama's HTTP API (``/api/chat``, ``/api/generate``, ``/api/ps``,
 ``/api/tags``, ``/api/show``, ``/api/version``, ``/``) and reproduces the server
-behaviours listed in ``shared/cases/ollama_behaviours.md`` (O1-O17). Facts come
+behaviours listed in the project's ``tests/data/ollama_behaviours.md`` (O1-O17). Facts come
 from Ollama's source (``api/types.go`` ``Duration.UnmarshalJSON``,
 ``server/sched.go``, ``server/routes.go``, ``llm/server.go``) and ``docs/api.md``:
 
@@ -27,7 +27,7 @@ from Ollama's source (``api/types.go`` ``Duration.UnmarshalJSON``,
 * TCP_NODELAY on every connection, as Go sets it: no delayed-ACK stalls.
 
 Usage: ``with OllamaEmulator(latency_s=0.1) as emu: httpx.post(emu.url + "/api/chat", ...)``.
-As a program: ``python -m tests.ollama_emulator --port 11434 --model M --latency-s 0.5``.
+As a program: ``python -m llmc_rag_service.testing.emulator --port 11434 --model M --latency-s 0.5``.
 """
 
 from __future__ import annotations
@@ -1020,7 +1020,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until SIGINT/SIGTERM: ``python -m tests.ollama_emulator --port 11434 --model M``."""
+    """Serve until SIGINT/SIGTERM: ``python -m llmc_rag_service.testing.emulator --port 11434 --model M``."""
     parser = argparse.ArgumentParser(description="Protocol-faithful Ollama emulator.")
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--model", action="append", help="installed model (repeatable)")

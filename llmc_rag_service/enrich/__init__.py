@@ -1,0 +1,1 @@
+"""Jobs -> Ollama -> enrichments: the prompt, schema and validation, the HTTP client and its error taxonomy, the worker pool."""

@@ -1,0 +1,1 @@
+"""Files -> spans -> jobs: ignore rules, decoding, tree-sitter, span cutting, the scanner and the scan scheduler."""
