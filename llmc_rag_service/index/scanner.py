@@ -18,6 +18,7 @@ new state. Jobs for spans that are in no file any more are cancelled.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import stat
 import time
@@ -102,13 +103,34 @@ class Scanner:
                  duration_s=round(result.duration_s, 3))
         return result
 
-    def process_paths(self, relpaths: Iterable[str], priority: int = PRIORITY_LIVE) -> ScanResult:
-        """Re-check paths a watcher reported (files or directories, existing or not)."""
+    def process_paths(self, relpaths: Iterable[str], priority: int = PRIORITY_LIVE,
+                      between: Callable[[], None] | None = None) -> ScanResult:
+        """Re-check paths a watcher reported (files or directories, existing or not),
+        as one set: a path below another path of the batch is covered by that one
+        (one walk of each reported directory, one diff against the store rows of its
+        subtree, fetched by an index range), so no file is handled twice and the cost
+        grows with the batch, not with the repo. ``between`` is called after each
+        file, as in :meth:`full_scan` (the indexer serves saves there during a bulk batch).
+        """
         started, result = time.monotonic(), ScanResult()
-        for relpath in sorted(set(relpaths)):
-            self._guarded(self._process_one, relpath, result, priority, result)
+        for relpath in top_paths(relpaths):
+            self._guarded(self._process_one, relpath, result, priority, result, between)
         result.duration_s = time.monotonic() - started
         return result
+
+    def is_small(self, relpaths: Iterable[str], max_paths: int) -> bool:
+        """Whether a batch is a few saves: at most ``max_paths`` paths, none of them a
+        directory now (a directory moved or extracted in is walked: bulk work)."""
+        paths = list(itertools.islice(relpaths, max_paths + 1))
+        if len(paths) > max_paths:
+            return False
+        for relpath in paths:
+            try:
+                if stat.S_ISDIR(os.lstat(self.root / relpath).st_mode):
+                    return False
+            except OSError:
+                continue
+        return True
 
     def _guarded(self, step: Callable[..., None], relpath: str, result: ScanResult, *args) -> None:
         """Run one file's step; a failure is logged with the file, noted in
@@ -120,7 +142,8 @@ class Scanner:
             result.failed.append(relpath)
             log.exception("file_failed", repo=str(self.root), path=relpath, error=str(exc))
 
-    def _process_one(self, relpath: str, priority: int, result: ScanResult) -> None:
+    def _process_one(self, relpath: str, priority: int, result: ScanResult,
+                     between: Callable[[], None] | None) -> None:
         stored = self.store.files(self.repo_id, under=relpath)
         try:
             st = os.lstat(self.root / relpath)
@@ -132,6 +155,8 @@ class Scanner:
             for sub, sub_st in self.ignore.walk(relpath):
                 present.add(sub)
                 self._update(sub, sub_st, stored.get(sub), priority, result)
+                if between is not None:
+                    between()
             self._delete([p for p in stored if p not in present], result)
         elif st is not None and stat.S_ISREG(st.st_mode) and not self.ignore.is_ignored(relpath):
             self._update(relpath, st, stored.get(relpath), priority, result)
@@ -139,6 +164,8 @@ class Scanner:
         else:
             # Gone, a symlink, ignored now, or a special file: forget it.
             self._delete(list(stored), result)
+        if between is not None:
+            between()
 
     def _update(self, relpath: str, st: os.stat_result, old: FileRecord | None, priority: int,
                 result: ScanResult) -> None:
@@ -156,8 +183,7 @@ class Scanner:
             return
         content_hash = hashlib.sha256(data).hexdigest()
         if old and old.content_hash == content_hash:
-            with self.store.write() as tx:
-                tx.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (st.st_size, st.st_mtime_ns, old.id))
+            self.store.touch_file(old.id, size=st.st_size, mtime_ns=st.st_mtime_ns)
             log.debug("file_skipped", repo=str(self.root), path=relpath, reason="unchanged")
             return
         self._index(relpath, st, data, content_hash, priority, result)
@@ -206,3 +232,15 @@ class Scanner:
             log.info("file_deleted", repo=str(self.root), path=relpath)
         if cancelled:
             log.info("jobs_cancelled", repo=str(self.root), count=cancelled, reason="span_gone")
+
+
+def top_paths(relpaths: Iterable[str]) -> list[str]:
+    """The paths of a batch that have no ancestor in it, sorted: every other path is
+    under one of them, so handling these covers the whole batch once. O(depth) per path."""
+    batch = set(relpaths)
+    kept = []
+    for path in sorted(batch):
+        parts = path.split("/")
+        if not any("/".join(parts[:depth]) in batch for depth in range(1, len(parts))):
+            kept.append(path)
+    return kept

@@ -3,12 +3,18 @@
 The daemon's main loop only hands work over (``put_full``, ``put_paths``), so
 it never blocks on file I/O, and scanners never race each other.
 
-Two lanes: path batches (a save, a settled git operation) are indexed at
-:data:`PRIORITY_LIVE`, full scans (catch-up, rescans, reconcile) at
-:data:`PRIORITY_BACKFILL`, and the queue claims live jobs first. Because a full
-scan of a large repo can take minutes, the scan calls back after every file and
-path batches that arrived meanwhile are indexed right there; full scans that
-arrive during a scan wait for it to end.
+Two lanes, through indexing and through the job queue:
+
+* live: a batch of at most :data:`LIVE_MAX_PATHS` paths, none a directory (a few
+  saves, a small checkout), indexed at :data:`PRIORITY_LIVE`;
+* bulk: full scans (catch-up, rescans, reconcile) and large path batches (an
+  archive extracted, a directory moved in, a checkout of thousands of files),
+  indexed at :data:`PRIORITY_BACKFILL`, so the queue claims live jobs first.
+
+Bulk work can take minutes, so it calls back after every file, and the live
+batches that arrived meanwhile are indexed right there: a save never waits
+behind bulk indexing. Bulk items that arrive during bulk work wait for it to end
+(in order; a full scan already waiting for a repo is not queued twice).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ log = structlog.get_logger(__name__)
 
 #: Seconds before paths whose indexing failed are tried again.
 FAILED_RETRY_S = 10.0
+#: A path batch of at most this many paths, none a directory, is live work.
+LIVE_MAX_PATHS = 64
 
 
 class _Stop(Exception):
@@ -46,7 +54,7 @@ class Indexer(threading.Thread):
         self.engine, self.on_change = engine, on_change
         self.items: stdqueue.Queue = stdqueue.Queue()
         self.busy: str | None = None
-        self._deferred: collections.deque[Path] = collections.deque()  # full scans waiting
+        self._deferred: collections.deque[tuple] = collections.deque()  # bulk items waiting
 
     def run(self) -> None:
         try:
@@ -65,22 +73,25 @@ class Indexer(threading.Thread):
         try:
             return self.items.get_nowait()
         except stdqueue.Empty:
-            return ("full", self._deferred.popleft(), None)
+            return self._deferred.popleft()
 
     def _run_item(self, kind: str, repo: Path, paths: set[str] | None) -> None:
         scanner = self.engine.scanners.get(repo)
         if scanner is None:
             return
-        if kind == "full":
-            self.busy = f"scanning {repo.name}"
+        live = kind == "paths" and scanner.is_small(paths or (), LIVE_MAX_PATHS)
+        if not live:
+            self.busy = f"scanning {repo.name}" if kind == "full" else f"indexing {len(paths or ())} changes in {repo.name}"
         self.on_change()
         try:
             if kind == "full":
                 result = scanner.full_scan(PRIORITY_BACKFILL, between=self._serve_live)
-            else:
+            elif live:
                 result = scanner.process_paths(paths or (), PRIORITY_LIVE)
+            else:
+                result = scanner.process_paths(paths or (), PRIORITY_BACKFILL, between=self._serve_live)
             if result.jobs:
-                log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind)
+                log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind if not live else "live")
                 self.engine.pool.notify_work()
             if result.failed:
                 # E.g. the store was locked by another process: try these
@@ -93,13 +104,13 @@ class Indexer(threading.Thread):
         except Exception:
             log.exception("scan_failed", repo=str(repo), kind=kind)
         finally:
-            if kind == "full":
+            if not live:
                 self.busy = None
             self.on_change()
 
     def _serve_live(self) -> None:
-        """Called between the files of a full scan: index the path batches that
-        arrived, defer full scans; raises _Stop on stop()."""
+        """Called between the files of bulk work: index the live batches that
+        arrived, defer bulk items; raises _Stop on stop()."""
         while not self.items.empty():
             try:
                 item = self.items.get_nowait()
@@ -107,11 +118,12 @@ class Indexer(threading.Thread):
                 return
             if item is None:
                 raise _Stop
-            if item[0] == "full":
-                if item[1] not in self._deferred:
-                    self._deferred.append(item[1])
-                continue
-            self._run_item(*item)
+            kind, repo, paths = item
+            scanner = self.engine.scanners.get(repo)
+            if kind == "paths" and scanner is not None and scanner.is_small(paths, LIVE_MAX_PATHS):
+                self._run_item(*item)
+            elif kind == "paths" or item not in self._deferred:
+                self._deferred.append(item)
 
     def put(self, work: Work) -> None:
         """Queue a :class:`~llmc_rag_service.watch.watchset.Work` item from ``Watching.poll()``."""
