@@ -29,6 +29,8 @@ pinned in pyproject.toml; one role table serves every language):
 - ``text`` files, and files whose parse raises, get ``window`` spans.
 - Any span longer than ``max_span_chars`` is cut into ``(part i/n)`` spans on
   line boundaries (an over-long line is cut into pieces); nothing is dropped.
+  Length is measured in :func:`~llmc_rag_service.models.budget_units` (an ASCII
+  character is 1, a non-ASCII UTF-8 byte 3), so CJK or emoji text is cut shorter.
 
 ``.h`` files are C unless their text looks like C++. Parsers are built lazily,
 one per language per thread (tree-sitter parsers are not thread-safe;
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import structlog
 
-from llmc_rag_service.models import Span
+from llmc_rag_service.models import Span, budget_units
 from llmc_rag_service.index.sources import SkipFile, decode_source, language_for, looks_like_cpp
 from llmc_rag_service.index.syntax import GRAMMARS, Def, Piece, find_definitions
 
@@ -113,19 +115,38 @@ def _parsed_items(lines: list[str], language: str) -> list[_Item]:
     return items
 
 
-def _pack(pieces: list[Piece], max_chars: int) -> list[list[Piece]]:
-    """Consecutive groups of pieces whose joined text is at most ``max_chars`` long."""
+def _cut(text: str, max_units: int) -> list[str]:
+    """``text`` in consecutive pieces of at most ``max_units`` budget units each
+    (one piece if it fits; a character over the cap alone still makes a piece)."""
+    if text.isascii():
+        return [text[start:start + max_units] for start in range(0, max(len(text), 1), max_units)]
+    pieces, start, size = [], 0, 0
+    for index, char in enumerate(text):
+        units = budget_units(char)
+        if size and size + units > max_units:
+            pieces.append(text[start:index])
+            start, size = index, 0
+        size += units
+    pieces.append(text[start:])
+    return pieces
+
+
+def _pack(pieces: list[Piece], max_units: int) -> list[list[Piece]]:
+    """Consecutive groups of pieces whose joined text is at most ``max_units`` long,
+    measured in :func:`~llmc_rag_service.models.budget_units`."""
     parts: list[list[Piece]] = []
     current: list[Piece] = []
-    size = -1  # length of "\n".join(current)
+    size = -1  # budget units of "\n".join(current)
     for piece in pieces:
-        for start in range(0, max(len(piece.text), 1), max_chars):
-            chunk = piece._replace(text=piece.text[start:start + max_chars])
-            if current and size + 1 + len(chunk.text) > max_chars:
+        units = budget_units(piece.text)
+        chunks = [piece.text] if units <= max_units else _cut(piece.text, max_units)
+        for text in chunks:
+            units = budget_units(text) if len(chunks) > 1 else units
+            if current and size + 1 + units > max_units:
                 parts.append(current)
                 current, size = [], -1
-            current.append(chunk)
-            size += 1 + len(chunk.text)
+            current.append(piece._replace(text=text))
+            size += 1 + units
     parts.append(current)
     return parts
 
@@ -149,7 +170,8 @@ def split_source(
     """Normalised text -> spans in line order (longest first on a tie; parts kept together).
 
     ``text`` must come from :func:`decode_source` (``\\n`` line ends).
-    ``max_span_chars`` caps every span's text length (in characters);
+    ``max_span_chars`` caps every span's text length (in budget units:
+    :func:`~llmc_rag_service.models.budget_units`, characters for ASCII text);
     ``window_lines`` is the height of a ``window`` span. An empty or
     whitespace-only text gives ``[]``. Raises ValueError on a cap below 1.
     """
