@@ -141,6 +141,19 @@ class RepoIgnore:
             self._specs.clear()
             self._dirs.clear()
 
+    def forget(self, rel_dir: str) -> None:
+        """Forget what is cached for directory ``rel_dir`` and below (a directory was
+        created or moved in: a tree seen before under that name may have had other
+        ``.gitignore`` files). Costs nothing for a name never looked at."""
+        rel = _normalize(rel_dir)
+        with self._lock:
+            if rel not in self._specs and rel not in self._dirs:
+                return
+            prefix = rel + "/"
+            for cache in (self._specs, self._dirs):
+                for key in [k for k in cache if k == rel or k.startswith(prefix)]:
+                    del cache[key]
+
     def is_ignored(self, relpath: str, is_dir: bool = False) -> bool:
         """True if ``relpath`` (POSIX, relative to root) is excluded from indexing.
 

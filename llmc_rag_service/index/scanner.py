@@ -35,6 +35,19 @@ from llmc_rag_service.store.db import FileRecord, Store
 
 log = structlog.get_logger(__name__)
 
+#: Identity of a directory: (st_dev, st_ino).
+RootId = tuple[int, int]
+
+
+def root_identity(path: Path | str) -> RootId | None:
+    """``(st_dev, st_ino)`` of the directory at ``path`` (symlinks followed), None if
+    there is none: a root moved away and another made at its path differs."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
 
 @dataclass
 class ScanResult:

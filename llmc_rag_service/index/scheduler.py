@@ -27,6 +27,7 @@ from typing import Callable
 
 import structlog
 
+from llmc_rag_service.index.scanner import RootId, root_identity
 from llmc_rag_service.service.pipeline import Engine
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE
 from llmc_rag_service.watch.watchset import Work
@@ -44,7 +45,7 @@ class _Stop(Exception):
 
 
 class Indexer(threading.Thread):
-    """Runs scans one at a time: ``("full", repo, None)`` or ``("paths", repo, set)``.
+    """Runs scans one at a time: ``("full", repo, None, None)`` or ``("paths", repo, set, root_id)``.
 
     ``items`` is the intake queue (its ``qsize()`` tells the daemon work is waiting).
     """
@@ -75,9 +76,14 @@ class Indexer(threading.Thread):
         except stdqueue.Empty:
             return self._deferred.popleft()
 
-    def _run_item(self, kind: str, repo: Path, paths: set[str] | None) -> None:
+    def _run_item(self, kind: str, repo: Path, paths: set[str] | None, root_id: RootId | None = None) -> None:
         scanner = self.engine.scanners.get(repo)
         if scanner is None:
+            return
+        if root_id is not None and root_identity(repo) != root_id:
+            # Seen in a tree that is no longer at the path (moved away or replaced):
+            # filed under the path, it would delete the new tree's entries.
+            log.warning("batch_dropped", repo=str(repo), paths=len(paths or ()), reason="root_changed")
             return
         live = kind == "paths" and scanner.is_small(paths or (), LIVE_MAX_PATHS)
         if not live:
@@ -118,7 +124,7 @@ class Indexer(threading.Thread):
                 return
             if item is None:
                 raise _Stop
-            kind, repo, paths = item
+            kind, repo, paths, _ = item
             scanner = self.engine.scanners.get(repo)
             if kind == "paths" and scanner is not None and scanner.is_small(paths, LIVE_MAX_PATHS):
                 self._run_item(*item)
@@ -130,15 +136,17 @@ class Indexer(threading.Thread):
         if work.kind == "full":
             self.put_full(work.repo)
         else:
-            self.put_paths(work.repo, set(work.paths))
+            self.put_paths(work.repo, set(work.paths), work.root_id)
 
     def put_full(self, repo: Path) -> None:
         """Queue a full (catch-up) scan of ``repo``."""
-        self.items.put(("full", repo, None))
+        self.items.put(("full", repo, None, None))
 
-    def put_paths(self, repo: Path, paths: set[str]) -> None:
-        """Queue a batch of watcher-reported relative paths of ``repo``."""
-        self.items.put(("paths", repo, paths))
+    def put_paths(self, repo: Path, paths: set[str], root_id: RootId | None = None) -> None:
+        """Queue a batch of watcher-reported relative paths of ``repo``; with
+        ``root_id`` (the root's identity when they were seen) the batch is dropped
+        if another tree is at the path by the time it runs."""
+        self.items.put(("paths", repo, paths, root_id))
 
     def stop(self) -> None:
         """Finish the current file or batch, then end (queued items are dropped:

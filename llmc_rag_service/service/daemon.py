@@ -28,6 +28,7 @@ the scanners never race each other and the main loop never blocks on I/O.
 from __future__ import annotations
 
 import fcntl
+import json
 import math
 import os
 import signal
@@ -299,6 +300,7 @@ class Daemon:
         return True
 
     def _maybe_publish_status(self, now: float) -> None:
+        # A repo moved, missing or polling changes these notes (and status --json state).
         degraded = self.watching.degraded()
         if degraded != self._degraded:
             self._degraded, self.status_dirty = degraded, True
@@ -310,7 +312,8 @@ class Daemon:
             try:
                 # Short wait: another process holding the store must not stall the loop.
                 self.engine.store.set_meta(busy_timeout_s=STATUS_META_TIMEOUT_S, daemon_status=self._status_text,
-                                           ollama_last_error=self.engine.last_error())
+                                           ollama_last_error=self.engine.last_error(),
+                                           repo_states=json.dumps({str(p): v for p, v in self.watching.states().items()}))
             except sqlite3.Error as exc:
                 log.debug("status_not_stored", error=str(exc))
 

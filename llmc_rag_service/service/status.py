@@ -89,17 +89,27 @@ def repo_counts(conn: sqlite3.Connection | None, repo: Path, model: str) -> dict
     return counts
 
 
+def repo_state(path: Path, states: dict[str, str], running: bool) -> str:
+    """``ok``, ``missing`` or ``polling``: as the running daemon last published it
+    (``Watching.states``), else ``missing`` when no directory is at the path."""
+    if running:
+        return states.get(str(path), "ok")
+    return "ok" if path.is_dir() else "missing"
+
+
 def status_report(config: Config) -> dict[str, Any]:
     """The ``status --json`` object (DESIGN.md contract)."""
     conn = open_readonly(config.db_path)
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if conn else {}
-        repos = [{"path": str(r.path), **repo_counts(conn, r.path, config.ollama.model)} for r in config.repos]
+        counts = {r.path: repo_counts(conn, r.path, config.ollama.model) for r in config.repos}
     finally:
         if conn:
             conn.close()
-    totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed")}
     pid = daemon_running(config.state_dir)
+    states = json.loads(meta.get("repo_states") or "{}") if pid else {}
+    repos = [{"path": str(path), "state": repo_state(path, states, pid is not None), **c} for path, c in counts.items()]
+    totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed")}
     return {
         "daemon": {"running": pid is not None, "pid": pid, "status": meta.get("daemon_status") if pid else None},
         "ollama": {"url": ", ".join(h.url for h in config.ollama.all_hosts()), "model": config.ollama.model,

@@ -40,6 +40,7 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 
 from llmc_rag_service.index.ignore import RepoIgnore
+from llmc_rag_service.index.scanner import RootId, root_identity
 from llmc_rag_service.watch.observers import LIMIT_ERRNOS, make_inotify_observer, make_polling_observer
 
 log = structlog.get_logger(__name__)
@@ -53,6 +54,8 @@ STOP_TIMEOUT_S = 5.0
 #: Seconds between snapshots when a repo is watched by polling (inotify limits hit).
 POLL_INTERVAL_S = 2.0
 _WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
+_INFO_EXCLUDE = ".git/info/exclude"
+_WATCHED_GIT_DIRS = frozenset({".git", ".git/info"})
 
 
 class Debouncer:
@@ -201,9 +204,18 @@ class RepoWatcher:
         self.git_event_count = 0
         #: Called with the relpath of each event under .git/ (watchdog's thread): git gating.
         self.on_git_event: Callable[[str], None] | None = None
-        #: Called (watchdog's thread, no args) after every event: wakes the daemon's loop,
-        #: which otherwise sleeps while nothing is due.
+        #: Called (watchdog's thread, no args) when an event needs the caller's loop (the
+        #: first pending path, a .git event, the root moved): it otherwise sleeps while
+        #: nothing is due.
         self.on_activity: Callable[[], None] | None = None
+        #: (st_dev, st_ino) of the root directory when watching started: the tree the
+        #: kernel watches follow, whatever is at the path later.
+        self.identity: RootId | None = None
+        self._root_gone = False  # the root's watch saw its own move or deletion
+        #: The repo's git directory when it lies outside the root (a worktree's or
+        #: submodule's ``.git`` file points there): watched too, its events reported
+        #: as ``.git/NAME``. Set before :meth:`start`; a change needs a restart.
+        self.outside_git_dir: str | None = None
 
     def start(self) -> None:
         """Start watching (recursive, ignored dirs pruned); no-op if alive.
@@ -217,7 +229,7 @@ class RepoWatcher:
         self.stop()  # a dead observer's leftovers
         if self.degraded is None:
             try:
-                self._start_observer(make_inotify_observer(self._prune, self._on_limit))
+                self._start_observer(make_inotify_observer(self._prune, self._on_limit, self._on_root_gone))
                 if self._limit_error is None:
                     return
             except OSError as exc:
@@ -229,7 +241,14 @@ class RepoWatcher:
         self._start_observer(make_polling_observer(self._prune, self._poll_interval_s))
 
     def _start_observer(self, observer: BaseObserver) -> None:
+        identity = root_identity(self.root_str)
+        if identity is None:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", self.root_str)
+        with self._lock:
+            self.identity, self._root_gone = identity, False
         observer.schedule(_Handler(self), self.root_str, recursive=True, event_filter=EVENT_FILTER)
+        if self.outside_git_dir and os.path.isdir(self.outside_git_dir):
+            observer.schedule(_Handler(self), self.outside_git_dir, recursive=False, event_filter=EVENT_FILTER)
         with self._lock:
             self._observer, self._death_reported = observer, False
         _LOST_EVENTS.register(self, on=True)
@@ -239,6 +258,36 @@ class RepoWatcher:
             self.stop()
             raise
         log.info("watch_started", root=self.root_str, mode="polling" if self.degraded else "inotify")
+
+    def check_root(self) -> str | None:
+        """Whether the path still holds the watched tree (one ``stat``): None if so,
+        ``missing`` (moved away or deleted), ``replaced`` (another directory is there
+        now, e.g. ``mv repo repo.bak && mkdir repo``), or ``moved`` (the root was
+        moved but the same tree is back at the path). Clears the self-move flag."""
+        with self._lock:
+            gone, self._root_gone = self._root_gone, False
+            identity = self.identity
+        if identity is None:
+            return None
+        now = root_identity(self.root_str)
+        if now is None:
+            return "missing"
+        if now != identity:
+            return "replaced"
+        return "moved" if gone else None
+
+    def discard(self) -> int:
+        """Drop every pending event (they belong to a tree no longer at the path);
+        returns how many paths were dropped."""
+        self._gitignore.take_all()
+        return len(self._debouncer.take_all())
+
+    def _on_root_gone(self) -> None:
+        with self._lock:
+            self._root_gone = True
+        activity = self.on_activity
+        if activity is not None:
+            activity()
 
     def take_limit_hit(self) -> bool:
         """True once if inotify hit a kernel limit while running (a new directory could
@@ -337,12 +386,17 @@ class RepoWatcher:
     def _rel(self, path: bytes | str) -> str | None:
         path = os.fsdecode(path)
         if not path.startswith(self.root_str + os.sep):
+            outside = self.outside_git_dir
+            if outside and path.startswith(outside + os.sep):  # a worktree's own git dir
+                return ".git/" + path[len(outside) + 1:]
             return None
         return path[len(self.root_str) + 1:].replace(os.sep, "/")
 
     def _prune(self, path: bytes) -> bool:
-        rel = self._rel(path)  # .git itself stays watched (index.lock, HEAD); its subdirs do not
-        return rel is not None and rel != ".git" and self._ignore.is_ignored(rel, is_dir=True)
+        # .git itself stays watched (index.lock, HEAD), and .git/info (the exclude
+        # file is an ignore rule); the other subdirs of .git do not.
+        rel = self._rel(path)
+        return rel is not None and rel not in _WATCHED_GIT_DIRS and self._ignore.is_ignored(rel, is_dir=True)
 
     def _on_event(self, event: FileSystemEvent) -> None:
         if event.is_synthetic:  # per-file events of a dir move: the dir itself is reported
@@ -353,12 +407,17 @@ class RepoWatcher:
             if rel is None:
                 continue
             if rel == ".git" or rel.startswith(".git/"):
+                if rel == _INFO_EXCLUDE:
+                    wake |= self._rules_changed(rel)
                 self._on_git_event(rel)
                 wake = True
                 continue
             if rel == ".gitignore" or rel.endswith("/.gitignore"):
-                self._ignore.invalidate()
-                wake |= self._gitignore.add(rel)
+                wake |= self._rules_changed(rel)
+            elif rel == ".gitmodules":
+                self._on_git_event(rel)  # submodules added or removed: the gate looks again
+            elif event.is_directory:
+                self._ignore.forget(rel)  # a directory moved in may bring other .gitignore files
             if not self._ignore.is_ignored(rel, is_dir=event.is_directory):
                 # Only the first pending path needs to wake the caller: a later one is
                 # never due before the paths already waiting (see Debouncer).
@@ -366,6 +425,10 @@ class RepoWatcher:
         activity = self.on_activity
         if wake and activity is not None:
             activity()
+
+    def _rules_changed(self, rel: str) -> bool:
+        self._ignore.invalidate()
+        return self._gitignore.add(rel)
 
     def _on_git_event(self, rel: str) -> None:
         """Not reported as a change: counted and passed to :attr:`on_git_event`."""
