@@ -32,6 +32,23 @@ Prune = Callable[[bytes], bool]
 OnLimit = Callable[[OSError], None]
 OnRootGone = Callable[[], None]
 
+#: The kernel's inotify limits (Linux proc(5)): read again while a repo polls, so a
+#: raised limit brings inotify back without a restart.
+LIMIT_FILES = ("/proc/sys/fs/inotify/max_user_watches", "/proc/sys/fs/inotify/max_user_instances")
+
+
+def inotify_limits() -> tuple[int, ...]:
+    """``(max_user_watches, max_user_instances)``; 0 for a value that cannot be read."""
+    values = []
+    for name in LIMIT_FILES:
+        try:
+            with open(name, encoding="ascii") as fh:
+                values.append(int(fh.read().strip()))
+        except (OSError, ValueError):
+            values.append(0)
+    return tuple(values)
+
+
 try:  # watchdog 7.x inotify internals, for pruning; absent on other platforms/versions
     from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
     from watchdog.observers.inotify_c import InotifyConstants

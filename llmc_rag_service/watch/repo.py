@@ -41,6 +41,7 @@ from watchdog.observers.api import BaseObserver
 
 from llmc_rag_service.index.ignore import RepoIgnore
 from llmc_rag_service.index.scanner import RootId, root_identity
+from llmc_rag_service.watch import observers
 from llmc_rag_service.watch.observers import LIMIT_ERRNOS, make_inotify_observer, make_polling_observer
 
 log = structlog.get_logger(__name__)
@@ -198,6 +199,7 @@ class RepoWatcher:
         self._death_reported = False
         self._poll_interval_s = poll_interval_s
         self._limit_error: OSError | None = None
+        self._limits_when_hit: tuple[int, ...] = ()
         #: Why the repo is watched by polling (e.g. the inotify watch limit), else None.
         self.degraded: str | None = None
         #: Events seen under .git/ (not reported as changes).
@@ -302,7 +304,19 @@ class RepoWatcher:
         with self._lock:
             self._limit_error = self._limit_error or exc
 
+    def limits_raised(self) -> bool:
+        """While polling: True once the kernel's inotify limits were raised since the
+        limit was hit (``sysctl fs.inotify.max_user_watches=...``); then
+        :attr:`degraded` is cleared, so the next :meth:`start` tries inotify again."""
+        if self.degraded is None or observers.inotify_limits() <= self._limits_when_hit:
+            return False
+        log.info("inotify_limits_raised", root=self.root_str, limits=observers.inotify_limits())
+        with self._lock:
+            self.degraded, self._limit_error = None, None
+        return True
+
     def _degrade(self, exc: OSError | None) -> None:
+        self._limits_when_hit = observers.inotify_limits()
         which = "instance" if exc is not None and exc.errno == errno.EMFILE else "watch"
         sysctl = f"fs.inotify.max_user_{which}es" if which == "watch" else "fs.inotify.max_user_instances"
         self.degraded = f"inotify {which} limit"

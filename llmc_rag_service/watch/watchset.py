@@ -16,7 +16,9 @@ indexer. Behind ``poll()``, per repo:
   path (``mv repo repo.bak && mkdir repo``) is re-watched and fully rescanned;
   each batch carries the identity it was seen under, so the indexer drops a
   batch of a tree that is no longer at the path;
-* an inotify limit switches the repo to polling (:meth:`Watching.degraded`);
+* an inotify limit switches the repo to polling (:meth:`Watching.degraded`),
+  and back to inotify once the kernel's limits were raised (read again every
+  :data:`RESTART_RETRY_S` while polling);
 * every ``watch.reconcile_s`` seconds a full reconcile scan is due (a stat per
   file when nothing changed).
 """
@@ -69,6 +71,7 @@ class _Repo:
     holding_ended: bool = False  # a hold just ended: flush the pending paths with it
     last_full: float = field(default_factory=time.monotonic)
     retry_at: float = 0.0
+    limits_check_at: float = 0.0  # while polling: when the inotify limits are read again
     missing: bool = False  # the root is not a directory (unmounted, deleted): retried, not unhealthy
 
 
@@ -92,6 +95,10 @@ class Watching:
     def watchers(self) -> dict[Path, RepoWatcher]:
         """The watcher of each repo (read-only view, for tests and health)."""
         return {path: r.watcher for path, r in self._repos.items()}
+
+    def gate(self, repo: Path) -> GitGate:
+        """The git-operation gate of ``repo`` (KeyError if not watched)."""
+        return self._repos[repo].gate
 
     def start(self, repo: Path, ignore: RepoIgnore) -> None:
         """Start watching ``repo`` (its ignore rules are shared with its scanner).
@@ -164,6 +171,11 @@ class Watching:
             watcher.outside_git_dir = state.gate.outside_git_dir()
             watcher.stop()
             return self._restart(repo, state, now, died=False) and "git_dir_changed"
+        if watcher.degraded and now >= state.limits_check_at:
+            state.limits_check_at = now + RESTART_RETRY_S
+            if watcher.limits_raised():  # the admin raised the limit: inotify again
+                watcher.stop()
+                return self._restart(repo, state, now, died=False) and "inotify_limits_raised"
         if watcher.take_limit_hit():  # logged by the watcher; it polls once restarted
             watcher.stop()
             watcher.start()
