@@ -71,11 +71,11 @@ def test_a_directory_that_becomes_a_git_repo_gets_the_gate_for_a_slow_rebase(tmp
         git(root, "fetch", "-q", str(origin), "+refs/heads/*:refs/remotes/o/*")
         git(root, "reset", "-q", "--hard", "o/topic")
         live.settle()
+        live.start_workers()  # as in the daemon: an intermediate state indexed would be sent at once
         t0, before = now_wall(), len(chats(ollama))
         # Each step's exec runs while the rebase is under way (a test suite per commit, say).
         git(root, "rebase", "-q", "--exec", "sleep 0.3", "o/base")
         live.settle()
-        live.start_workers()
         wait_for(live.drained, 30, "the rebase's jobs")
     finally:
         live.close()
