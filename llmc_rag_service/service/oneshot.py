@@ -17,7 +17,7 @@ from typing import Sequence, TextIO
 import structlog
 
 from llmc_rag_service.config import Config, RepoConfig
-from llmc_rag_service.service.pipeline import Engine
+from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.status import status_report
 
 log = structlog.get_logger(__name__)
@@ -73,19 +73,17 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     repos = select_repos(config, repo_paths)
     config = replace(config, repos=repos)
     changed = threading.Event()
-    engine = Engine(config, on_change=changed.set)
+    pipeline = Pipeline(config, on_change=changed.set)
     progress = Progress(stream)
     started = time.monotonic()
     try:
         if retry_failed:
-            repo_ids = [scanner.repo_id for scanner in engine.scanners.values()]
-            log.info("jobs_requeued", count=engine.queue.requeue_failed(repo_ids), reason="--retry-failed")
-        for scanner in engine.scanners.values():
-            scanner.full_scan()
-        engine.pool.start()
-        code = _wait_done(engine, wait_s, progress, changed)
+            log.info("jobs_requeued", count=pipeline.requeue_failed(), reason="--retry-failed")
+        pipeline.scan_all()
+        pipeline.start_workers()
+        code = _wait_done(pipeline, wait_s, progress, changed)
     finally:
-        engine.close(STOP_GRACE_S)
+        pipeline.close(STOP_GRACE_S)
     totals = status_report(config)["totals"]
     stream.write(
         f"enrich: {totals['enriched']}/{totals['spans']} spans enriched, {totals['failed']} failed, "
@@ -96,22 +94,22 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     return code
 
 
-def _wait_done(engine: Engine, wait_s: float, progress: Progress, changed: threading.Event) -> int:
+def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> int:
     down_since: float | None = None
     while True:
-        c = engine.counts()
+        c = pipeline.counts()
         remaining = c["pending"] + c["running"]
-        total = remaining + engine.pool.done + engine.pool.failed
+        total = remaining + pipeline.finished()
         if remaining == 0:
-            progress.update(total, total, engine.status_line(), final=True)
+            progress.update(total, total, pipeline.status_line(), final=True)
             return EX_OK
-        progress.update(total - remaining, total, engine.status_line())
-        down = engine.ollama_down()
+        progress.update(total - remaining, total, pipeline.status_line())
+        down = pipeline.ollama_down()
         if down:
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > wait_s:
-                progress.update(total - remaining, total, engine.status_line(), final=True)
-                log.error("enrich_gave_up", reason=down, error=engine.last_error(),
+                progress.update(total - remaining, total, pipeline.status_line(), final=True)
+                log.error("enrich_gave_up", reason=down, error=pipeline.last_error(),
                           waited_s=round(wait_s, 1), pending=remaining)
                 return EX_UNAVAILABLE
         else:
