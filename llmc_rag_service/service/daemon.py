@@ -118,15 +118,14 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
 
     # -- lifecycle --------------------------------------------------------
-    def run(self) -> int:
-        """Run until SIGTERM; returns the exit status (0)."""
+    def run(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly (``cli.py`` exits 0)."""
         self.install_signals()
         self.startup()
         try:
             self.main_loop()
         finally:
             self.shutdown()
-        return 0
 
     def startup(self) -> None:
         """Everything READY=1 promises: lock, store migrated, every watch in place."""

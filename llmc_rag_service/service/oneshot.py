@@ -1,12 +1,15 @@
 """``llmc-rag enrich``: scan, enrich every pending span, exit.
 
-Exit status (DESIGN.md "Contract: command line"): 0 all enriched; 1 some
-spans failed for good; 69 (EX_UNAVAILABLE) Ollama unreachable or the model
-missing for longer than ``wait_s``, pending work kept for next time.
+:func:`run_enrich` returns an :class:`Outcome`; ``cli.py`` maps it to the exit
+status of the contract (DESIGN.md "Contract: command line"): all enriched,
+some spans failed for good, or gave up because Ollama stayed unreachable,
+busy or without the model for longer than ``wait_s`` (pending work is kept
+for next time).
 """
 
 from __future__ import annotations
 
+import enum
 import sys
 import threading
 import time
@@ -22,7 +25,15 @@ from llmc_rag_service.service.status import status_report
 
 log = structlog.get_logger(__name__)
 
-EX_OK, EX_FAILED, EX_UNAVAILABLE = 0, 1, 69
+
+
+class Outcome(enum.Enum):
+    """How a one-shot run ended."""
+
+    DONE = "done"  # every span enriched
+    SOME_FAILED = "some_failed"  # some spans dead-lettered for good
+    GAVE_UP = "gave_up"  # Ollama unavailable for longer than wait_s
+
 #: Seconds between plain progress lines when stderr is not a terminal.
 PLAIN_PROGRESS_EVERY_S = 10.0
 #: Seconds a stop may wait for in-flight requests after the work is done.
@@ -66,7 +77,7 @@ class Progress:
 
 
 def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 300.0,
-               stream: TextIO | None = None, retry_failed: bool = False) -> int:
+               stream: TextIO | None = None, retry_failed: bool = False) -> Outcome:
     """Scan the repos and enrich until nothing is pending; see module docstring.
     ``retry_failed`` first returns dead-lettered jobs to the queue."""
     stream = stream or sys.stderr
@@ -89,12 +100,12 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         f"enrich: {totals['enriched']}/{totals['spans']} spans enriched, {totals['failed']} failed, "
         f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
     )
-    if code == EX_OK and totals["failed"]:
-        code = EX_FAILED
+    if code is Outcome.DONE and totals["failed"]:
+        code = Outcome.SOME_FAILED
     return code
 
 
-def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> int:
+def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> Outcome:
     down_since: float | None = None
     while True:
         c = pipeline.counts()
@@ -102,7 +113,7 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
         total = remaining + pipeline.finished()
         if remaining == 0:
             progress.update(total, total, pipeline.status_line(), final=True)
-            return EX_OK
+            return Outcome.DONE
         progress.update(total - remaining, total, pipeline.status_line())
         down = pipeline.ollama_down()
         if down:
@@ -111,7 +122,7 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
                 progress.update(total - remaining, total, pipeline.status_line(), final=True)
                 log.error("enrich_gave_up", reason=down, error=pipeline.last_error(),
                           waited_s=round(wait_s, 1), pending=remaining)
-                return EX_UNAVAILABLE
+                return Outcome.GAVE_UP
         else:
             down_since = None
         # Woken by every job outcome; the timeout keeps the deadline checks going.
