@@ -37,9 +37,10 @@ import structlog
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.enrich.prompt import chat_client, span_char_budget
-from llmc_rag_service.enrich.workers import Host, WorkerPool
+from llmc_rag_service.enrich.workers import WorkerPool
 from llmc_rag_service.index.scanner import Scanner
 from llmc_rag_service.index.scheduler import ScanScheduler
+from llmc_rag_service.service.statusline import render
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.jobs import JobQueue
 from llmc_rag_service.watch.watchset import WatchSet, Work
@@ -306,43 +307,7 @@ class Pipeline:
                 self._retired.remove((pool, clients))
 
     def status_line(self, activity: str | None = None) -> str:
-        """The one-line STATUS text, e.g. ``enriching: 812 pending, 4 in
-        flight, 37 done, 2 failed; ollama ok`` or ``waiting: ollama
-        unreachable at URL: connection refused; retry in 20 s``. With several
-        hosts the tail lists each: ``ollama 1/2 ok: a:11434 ok, b:11434
-        unreachable (connection refused), retry in 20 s``.
-
-        ``activity`` (e.g. ``scanning 2 repos``) is prepended when given.
-        """
+        """The one-line STATUS text (see :func:`~llmc_rag_service.service.statusline.render`);
+        ``activity`` (e.g. ``scanning repo``) is prepended when given."""
         self._reap()
-        c = self.counts()
-        pending = c["pending"] + c["running"]
-        # "pending" counts jobs waiting; those being answered are "in flight".
-        work = f"{c['pending']} pending, {c['in_flight']} in flight, {c['done']} done, {c['failed']} failed"
-        hosts = self.pool.hosts
-        head = "waiting" if self.ollama_down() else "enriching" if pending else "idle"
-        if len(hosts) == 1:
-            tail = self._host_status(hosts[0])
-        else:
-            ok = sum(h.state == "ok" for h in hosts)
-            tail = f"ollama {ok}/{len(hosts)} ok: " + ", ".join(self._host_brief(h) for h in hosts)
-        if activity:
-            head = f"{activity}, {head}"
-        return f"{head}: {work}; {tail}"
-
-    def _host_status(self, host: Host) -> str:
-        model = self.config.ollama.model
-        if host.state == "ok" and host.busy:
-            return f"ollama busy at {host.url} (503, its queue is full); {host.busy} in a row"
-        if host.state == "ok":
-            return "ollama ok"
-        if host.state == "model_missing":
-            return f"model {model} missing, run: ollama pull {model}"
-        return f"ollama {host.state} at {host.url}: {host.error}; retry in {host.retry_in_s():.0f} s"
-
-    @staticmethod
-    def _host_brief(host: Host) -> str:
-        name = host.url.split("://", 1)[-1]
-        if host.state == "ok":
-            return f"{name} ok"
-        return f"{name} {host.state} ({(host.error or '')[:60]}), retry in {host.retry_in_s():.0f} s"
+        return render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity)
