@@ -1,8 +1,8 @@
 """The ``llmc-rag`` command line (DESIGN.md "Contract: command line").
 
-The only place that turns errors into exit codes: 78 (EX_CONFIG) for a bad
-config, 69 (EX_UNAVAILABLE) when Ollama stays unreachable in ``enrich``, 1
-for failed spans or an unknown path.
+The only place that turns errors and outcomes into exit codes (the ``EX_*``
+constants below, from BSD ``sysexits.h`` where one fits): other modules raise
+exceptions or return outcomes, and this module maps them.
 """
 
 from __future__ import annotations
@@ -21,8 +21,18 @@ from llmc_rag_service import __version__
 from llmc_rag_service import logs as logsetup
 from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config
 
-EX_CONFIG = 78
+EX_OK = 0
+#: Some spans failed for good (enrich), or an unknown path (show).
+EX_FAILED = 1
+#: Command-line usage error (argparse's own).
+EX_USAGE = 2
+#: Ollama unreachable, busy or the model missing for longer than --wait-s (enrich).
+EX_UNAVAILABLE = 69
+#: Another serve holds the state directory, or the daemon could not start.
 EX_SOFTWARE = 70
+#: Bad config: sysexits EX_CONFIG; the unit's RestartPreventExitStatus=78.
+EX_CONFIG = 78
+#: Ctrl-C (128 + SIGINT).
 EX_INTERRUPTED = 130
 
 
@@ -87,14 +97,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `llmc-rag status --json | head`: the reader left; say nothing more.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        return EX_OK
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.daemon import AlreadyRunning, Daemon
 
     try:
-        return Daemon(Path(config.source), config).run()
+        Daemon(Path(config.source), config).run()
+        return EX_OK
     except AlreadyRunning as exc:
         structlog.get_logger(__name__).error("already_running", error=str(exc))
         return EX_SOFTWARE
@@ -104,13 +115,14 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def _enrich(config: Config, args: argparse.Namespace) -> int:
-    from llmc_rag_service.service.oneshot import run_enrich
+    from llmc_rag_service.service.oneshot import Outcome, run_enrich
 
     try:
-        return run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
+        outcome = run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
     except NotADirectoryError as exc:
         print(f"llmc-rag: {exc}", file=sys.stderr)
-        return 2
+        return EX_USAGE
+    return {Outcome.DONE: EX_OK, Outcome.SOME_FAILED: EX_FAILED, Outcome.GAVE_UP: EX_UNAVAILABLE}[outcome]
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
@@ -119,7 +131,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     report = status_report(config)
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
+        return EX_OK
     d = report["daemon"]
     print(f"daemon: {'running, pid ' + str(d['pid']) if d['running'] else 'not running'}")
     if d["status"]:
@@ -129,7 +141,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     for r in report["repos"] + [{"path": "total", **report["totals"]}]:
         print(f"{r['path']}: {r['files']} files, {r['spans']} spans, {r['enriched']} enriched, "
               f"{r['pending']} pending, {r['failed']} failed")
-    return 0
+    return EX_OK
 
 
 def _show(config: Config, args: argparse.Namespace) -> int:
@@ -143,10 +155,10 @@ def _show(config: Config, args: argparse.Namespace) -> int:
     spans = show_report(config, path, line)
     if spans is None:
         print(f"llmc-rag: {path}: not a known file of a configured repo", file=sys.stderr)
-        return 1
+        return EX_FAILED
     if args.json:
         print(json.dumps(spans, indent=2))
-        return 0
+        return EX_OK
     for s in spans:
         print(f"{s['path']}:{s['start_line']}-{s['end_line']} {s['kind']} {s['name']} [{s['state']}]")
         if s["enrichment"]:
@@ -159,7 +171,7 @@ def _show(config: Config, args: argparse.Namespace) -> int:
                 print(f"  usage: {e['usage']}")
         elif s["error"]:
             print(f"  error: {s['error']}")
-    return 0
+    return EX_OK
 
 
 def _install_unit(args: argparse.Namespace) -> int:
@@ -179,4 +191,4 @@ def _install_unit(args: argparse.Namespace) -> int:
         print(f"next: copy it into the systemd unit directory, then systemctl {scope}daemon-reload")
     else:
         print(f"next: systemctl {scope}daemon-reload && systemctl {scope}enable --now llmc-rag")
-    return 0
+    return EX_OK

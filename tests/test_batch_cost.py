@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmc_rag_service.index.scanner import Scanner, top_paths
-from llmc_rag_service.index.scheduler import Indexer
+from llmc_rag_service.index.scheduler import ScanScheduler
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue
 from tests.helpers import make_config, wait_for, write_tree
@@ -142,7 +142,7 @@ def test_a_save_is_indexed_while_a_bulk_batch_is_indexed(tmp_path):
         return result
 
     scanner.process_paths = process_paths
-    indexer = Indexer(live.engine)
+    indexer = ScanScheduler(live.pipeline.scanners.get)
     indexer.put_paths(root, set(batch))
     indexer.put_paths(root, {"saved.py"})
     indexer.start()
@@ -153,9 +153,9 @@ def test_a_save_is_indexed_while_a_bulk_batch_is_indexed(tmp_path):
         indexer.join(10)
     assert [e[:2] for e in events] == [("start", len(batch)), ("start", 1), ("end", 1), ("end", len(batch))]
     assert events[1][2] < 10  # indexed right after the batch's first file(s)
-    priorities = dict(live.engine.store.conn.execute(
+    priorities = dict(live.store.conn.execute(
         "SELECT f.path, j.priority FROM jobs j JOIN spans s ON s.span_hash = j.span_hash "
         "JOIN files f ON f.id = s.file_id").fetchall())
-    live.engine.close(0)
+    live.pipeline.close(0)
     assert priorities.pop("saved.py") == PRIORITY_LIVE
     assert set(priorities.values()) == {PRIORITY_BACKFILL}

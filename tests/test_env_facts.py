@@ -18,7 +18,7 @@ from llmc_rag_service.index.ignore import RepoIgnore
 from llmc_rag_service.index.spans import split_file
 from llmc_rag_service.service.notify import child_env
 from llmc_rag_service.watch import observers
-from llmc_rag_service.watch.watchset import Watching
+from llmc_rag_service.watch.watchset import WatchSet
 from tests.helpers import make_config, wait_for, write_tree
 from tests.live import Live, chats, now_wall, user_text
 
@@ -97,7 +97,7 @@ def test_a_worktree_made_in_the_watched_directory_is_gated_through_its_outside_g
         live.start()
         git(origin, "worktree", "add", "-q", str(root), "topic")
         outside = origin / ".git" / "worktrees" / "wt"
-        gate = live.watching.gate(root)
+        gate = live.pipeline.watches.gate(root)
         wait_for(lambda: gate.git_dir == outside, 10, "the worktree's git dir")
         wait_for(lambda: "m.py" in live.files(), 10, "the checked-out tree scanned")
         wait_for(lambda: gate.busy() is None, 10, "settled")
@@ -123,9 +123,9 @@ def test_a_submodule_added_later_holds_saves_while_its_git_runs(tmp_path, ollama
         modules.mkdir(parents=True)
         (modules / "index.lock").write_text("")
         write_tree(root, {"sub/.git": "gitdir: ../.git/modules/sub\n", ".gitmodules": '[submodule "sub"]\n\tpath = sub\n'})
-        wait_for(lambda: live.watching.gate(root).busy() == "index.lock", 10, "the submodule's lock")
+        wait_for(lambda: live.pipeline.watches.gate(root).busy() == "index.lock", 10, "the submodule's lock")
         write_tree(root, {"sub/s.py": "def s():\n    return 'sub'\n"})
-        wait_for(lambda: live.watching.holding(), 10, "the save held")
+        wait_for(lambda: live.pipeline.holding(), 10, "the save held")
         assert "sub/s.py" not in live.files()
         (modules / "index.lock").unlink()
         live.settle()
@@ -168,7 +168,7 @@ def test_polling_goes_back_to_inotify_once_the_limit_is_raised(tmp_path, monkeyp
 
     monkeypatch.setattr(inotify_c, "inotify_add_watch", add_watch)
     monkeypatch.setattr(observers, "inotify_limits", lambda: limits[0])
-    watching = Watching(WatchConfig(debounce_ms=50), poll_interval_s=0.1)
+    watching = WatchSet(WatchConfig(debounce_ms=50), poll_interval_s=0.1)
     watching.start(root, RepoIgnore(root))
     try:
         assert watching.states() == {root: "polling"}

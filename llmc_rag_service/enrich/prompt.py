@@ -14,6 +14,8 @@ import math
 from typing import Any, Mapping
 
 from llmc_rag_service.models import Enrichment, budget_units
+from llmc_rag_service.config import HostConfig, OllamaConfig
+from llmc_rag_service.enrich.ollama import OllamaClient
 
 LIST_FIELDS = ("inputs", "outputs", "side_effects", "pitfalls")
 
@@ -101,6 +103,12 @@ def prompt_token_ceiling(messages: list[dict]) -> int:
     prompt of CJK or emoji text is never planned past ``num_ctx``."""
     return sum(math.ceil(budget_units(str(m.get("content") or "")) / CHARS_PER_TOKEN)
                + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
+
+
+def chat_client(cfg: OllamaConfig, host: HostConfig | None = None, transport: Any = None) -> OllamaClient:
+    """An :class:`~llmc_rag_service.enrich.ollama.OllamaClient` for enrichment
+    requests: the answer schema as ``format`` and :func:`effective_options`."""
+    return OllamaClient(cfg, host, transport, answer_format=SCHEMA, options=effective_options(cfg.options))
 
 
 def effective_options(options: Mapping[str, Any]) -> dict[str, Any]:

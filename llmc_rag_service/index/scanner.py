@@ -196,7 +196,7 @@ class Scanner:
             return
         content_hash = hashlib.sha256(data).hexdigest()
         if old and old.content_hash == content_hash:
-            self.store.touch_file(old.id, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            self.store.touch_file(old.id, st.st_size, st.st_mtime_ns)
             log.debug("file_skipped", repo=str(self.root), path=relpath, reason="unchanged")
             return
         self._index(relpath, st, data, content_hash, priority, result)

@@ -1,4 +1,4 @@
-"""The indexer thread: every scan of every repo runs here, one at a time.
+"""The scan scheduler thread: every scan of every repo runs here, one at a time.
 
 The daemon's main loop only hands work over (``put_full``, ``put_paths``), so
 it never blocks on file I/O, and scanners never race each other.
@@ -23,14 +23,12 @@ import collections
 import queue as stdqueue
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import structlog
 
-from llmc_rag_service.index.scanner import RootId, root_identity
-from llmc_rag_service.service.pipeline import Engine
+from llmc_rag_service.index.scanner import RootId, Scanner, root_identity
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE
-from llmc_rag_service.watch.watchset import Work
 
 log = structlog.get_logger(__name__)
 
@@ -40,19 +38,37 @@ FAILED_RETRY_S = 10.0
 LIVE_MAX_PATHS = 64
 
 
+class ScanWork(Protocol):
+    """What :meth:`ScanScheduler.put` takes: ``kind`` "full" or "paths", the
+    repo root, the relative paths of a "paths" item, and the root's (st_dev,
+    st_ino) when they were seen (None: not checked)."""
+
+    kind: str
+    repo: Path
+    paths: frozenset[str]
+    root_id: RootId | None
+
+
 class _Stop(Exception):
     """stop() was called while a full scan ran: end the scan and the thread."""
 
 
-class Indexer(threading.Thread):
+class ScanScheduler(threading.Thread):
     """Runs scans one at a time: ``("full", repo, None, None)`` or ``("paths", repo, set, root_id)``.
+
+    Args:
+        scanner_of: The scanner of a repo path, or None (a repo removed by a
+            reload: its queued work is dropped).
+        on_jobs: Called after a scan queued jobs (wakes idle workers).
+        on_change: Called when a scan starts or ends (STATUS may change).
 
     ``items`` is the intake queue (its ``qsize()`` tells the daemon work is waiting).
     """
 
-    def __init__(self, engine: Engine, on_change: Callable[[], None] = lambda: None):
-        super().__init__(name="indexer", daemon=True)
-        self.engine, self.on_change = engine, on_change
+    def __init__(self, scanner_of: Callable[[Path], Scanner | None], on_jobs: Callable[[], None] = lambda: None,
+                 on_change: Callable[[], None] = lambda: None):
+        super().__init__(name="scan-scheduler", daemon=True)
+        self.scanner_of, self.on_jobs, self.on_change = scanner_of, on_jobs, on_change
         self.items: stdqueue.Queue = stdqueue.Queue()
         self.busy: str | None = None
         self._deferred: collections.deque[tuple] = collections.deque()  # bulk items waiting
@@ -77,7 +93,7 @@ class Indexer(threading.Thread):
             return self._deferred.popleft()
 
     def _run_item(self, kind: str, repo: Path, paths: set[str] | None, root_id: RootId | None = None) -> None:
-        scanner = self.engine.scanners.get(repo)
+        scanner = self.scanner_of(repo)
         if scanner is None:
             return
         if root_id is not None and root_identity(repo) != root_id:
@@ -98,7 +114,7 @@ class Indexer(threading.Thread):
                 result = scanner.process_paths(paths or (), PRIORITY_BACKFILL, between=self._serve_live)
             if result.jobs:
                 log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind if not live else "live")
-                self.engine.pool.notify_work()
+                self.on_jobs()
             if result.failed:
                 # E.g. the store was locked by another process: try these
                 # paths again later instead of losing the save until reconcile.
@@ -125,14 +141,14 @@ class Indexer(threading.Thread):
             if item is None:
                 raise _Stop
             kind, repo, paths, _ = item
-            scanner = self.engine.scanners.get(repo)
+            scanner = self.scanner_of(repo)
             if kind == "paths" and scanner is not None and scanner.is_small(paths, LIVE_MAX_PATHS):
                 self._run_item(*item)
             elif kind == "paths" or item not in self._deferred:
                 self._deferred.append(item)
 
-    def put(self, work: Work) -> None:
-        """Queue a :class:`~llmc_rag_service.watch.watchset.Work` item from ``Watching.poll()``."""
+    def put(self, work: ScanWork) -> None:
+        """Queue a work item (e.g. a :class:`~llmc_rag_service.watch.watchset.Work` from ``WatchSet.poll()``)."""
         if work.kind == "full":
             self.put_full(work.repo)
         else:

@@ -1,12 +1,15 @@
 """``llmc-rag enrich``: scan, enrich every pending span, exit.
 
-Exit status (DESIGN.md "Contract: command line"): 0 all enriched; 1 some
-spans failed for good; 69 (EX_UNAVAILABLE) Ollama unreachable or the model
-missing for longer than ``wait_s``, pending work kept for next time.
+:func:`run_enrich` returns an :class:`Outcome`; ``cli.py`` maps it to the exit
+status of the contract (DESIGN.md "Contract: command line"): all enriched,
+some spans failed for good, or gave up because Ollama stayed unreachable,
+busy or without the model for longer than ``wait_s`` (pending work is kept
+for next time).
 """
 
 from __future__ import annotations
 
+import enum
 import sys
 import threading
 import time
@@ -17,12 +20,20 @@ from typing import Sequence, TextIO
 import structlog
 
 from llmc_rag_service.config import Config, RepoConfig
-from llmc_rag_service.service.pipeline import Engine
+from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.status import status_report
 
 log = structlog.get_logger(__name__)
 
-EX_OK, EX_FAILED, EX_UNAVAILABLE = 0, 1, 69
+
+
+class Outcome(enum.Enum):
+    """How a one-shot run ended."""
+
+    DONE = "done"  # every span enriched
+    SOME_FAILED = "some_failed"  # some spans dead-lettered for good
+    GAVE_UP = "gave_up"  # Ollama unavailable for longer than wait_s
+
 #: Seconds between plain progress lines when stderr is not a terminal.
 PLAIN_PROGRESS_EVERY_S = 10.0
 #: Seconds a stop may wait for in-flight requests after the work is done.
@@ -66,54 +77,52 @@ class Progress:
 
 
 def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 300.0,
-               stream: TextIO | None = None, retry_failed: bool = False) -> int:
+               stream: TextIO | None = None, retry_failed: bool = False) -> Outcome:
     """Scan the repos and enrich until nothing is pending; see module docstring.
     ``retry_failed`` first returns dead-lettered jobs to the queue."""
     stream = stream or sys.stderr
     repos = select_repos(config, repo_paths)
     config = replace(config, repos=repos)
     changed = threading.Event()
-    engine = Engine(config, on_change=changed.set)
+    pipeline = Pipeline(config, on_change=changed.set)
     progress = Progress(stream)
     started = time.monotonic()
     try:
         if retry_failed:
-            repo_ids = [scanner.repo_id for scanner in engine.scanners.values()]
-            log.info("jobs_requeued", count=engine.queue.requeue_failed(repo_ids), reason="--retry-failed")
-        for scanner in engine.scanners.values():
-            scanner.full_scan()
-        engine.pool.start()
-        code = _wait_done(engine, wait_s, progress, changed)
+            log.info("jobs_requeued", count=pipeline.requeue_failed(), reason="--retry-failed")
+        pipeline.scan_all()
+        pipeline.start_workers()
+        code = _wait_done(pipeline, wait_s, progress, changed)
     finally:
-        engine.close(STOP_GRACE_S)
+        pipeline.close(STOP_GRACE_S)
     totals = status_report(config)["totals"]
     stream.write(
         f"enrich: {totals['enriched']}/{totals['spans']} spans enriched, {totals['failed']} failed, "
         f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
     )
-    if code == EX_OK and totals["failed"]:
-        code = EX_FAILED
+    if code is Outcome.DONE and totals["failed"]:
+        code = Outcome.SOME_FAILED
     return code
 
 
-def _wait_done(engine: Engine, wait_s: float, progress: Progress, changed: threading.Event) -> int:
+def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> Outcome:
     down_since: float | None = None
     while True:
-        c = engine.counts()
+        c = pipeline.counts()
         remaining = c["pending"] + c["running"]
-        total = remaining + engine.pool.done + engine.pool.failed
+        total = remaining + pipeline.finished()
         if remaining == 0:
-            progress.update(total, total, engine.status_line(), final=True)
-            return EX_OK
-        progress.update(total - remaining, total, engine.status_line())
-        down = engine.ollama_down()
+            progress.update(total, total, pipeline.status_line(), final=True)
+            return Outcome.DONE
+        progress.update(total - remaining, total, pipeline.status_line())
+        down = pipeline.ollama_down()
         if down:
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > wait_s:
-                progress.update(total - remaining, total, engine.status_line(), final=True)
-                log.error("enrich_gave_up", reason=down, error=engine.last_error(),
+                progress.update(total - remaining, total, pipeline.status_line(), final=True)
+                log.error("enrich_gave_up", reason=down, error=pipeline.last_error(),
                           waited_s=round(wait_s, 1), pending=remaining)
-                return EX_UNAVAILABLE
+                return Outcome.GAVE_UP
         else:
             down_since = None
         # Woken by every job outcome; the timeout keeps the deadline checks going.

@@ -242,12 +242,6 @@ class Store:
             (repo_id, under, repo_id, under + "/", under + "0"))
         return {r["path"]: FileRecord(*r) for r in rows}
 
-    def touch_file(self, file_id: int, *, size: int, mtime_ns: int) -> None:
-        """Record a new size/mtime for a file whose content hash did not change
-        (a byte-identical save), so the next scan needs only its ``lstat``."""
-        with self.write() as tx:
-            tx.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, file_id))
-
     def file_spans(self, file_id: int) -> list[sqlite3.Row]:
         """Span rows of one file in line order."""
         return self.conn.execute(
@@ -282,6 +276,12 @@ class Store:
                 [(s.span_hash, s.language, s.text) for s in spans],
             )
         return file_id
+
+    def touch_file(self, file_id: int, size: int, mtime_ns: int) -> None:
+        """Record a new size (bytes) and mtime (nanoseconds) for a file whose
+        content is unchanged (same hash): no span or job changes."""
+        with self.write() as tx:
+            tx.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, file_id))
 
     def delete_files(self, tx: sqlite3.Connection, repo_id: int, paths: Sequence[str]) -> None:
         """Drop files (their spans cascade) inside ``tx``. Enrichments stay: they

@@ -2,7 +2,7 @@
 ``poll()`` per main-loop tick that turns file events into indexer work.
 
 The daemon knows nothing of watchdog, debouncing, lost events or git state:
-it calls :meth:`Watching.poll` and hands each :class:`Work` item to the
+it calls :meth:`WatchSet.poll` and hands each :class:`Work` item to the
 indexer. Behind ``poll()``, per repo:
 
 * due paths are held while git rewrites the tree (:class:`~.gitstate.GitGate`)
@@ -16,7 +16,7 @@ indexer. Behind ``poll()``, per repo:
   path (``mv repo repo.bak && mkdir repo``) is re-watched and fully rescanned;
   each batch carries the identity it was seen under, so the indexer drops a
   batch of a tree that is no longer at the path;
-* an inotify limit switches the repo to polling (:meth:`Watching.degraded`),
+* an inotify limit switches the repo to polling (:meth:`WatchSet.degraded`),
   and back to inotify once the kernel's limits were raised (read again every
   :data:`RESTART_RETRY_S` while polling);
 * every ``watch.reconcile_s`` seconds a full reconcile scan is due (a stat per
@@ -48,7 +48,7 @@ GATE_RECHECK_S = 0.2
 
 @dataclass(frozen=True)
 class Work:
-    """Indexer work for one repo: ``kind`` is ``full`` (rescan the repo) or
+    """ScanScheduler work for one repo: ``kind`` is ``full`` (rescan the repo) or
     ``paths`` (re-check ``paths``, relative POSIX paths). ``root_id`` is the
     root's (st_dev, st_ino) when the events were seen (None: not checked)."""
 
@@ -60,7 +60,7 @@ class Work:
 
 @dataclass
 class _Repo:
-    """Watching state of one repo; times are ``time.monotonic()`` seconds."""
+    """WatchSet state of one repo; times are ``time.monotonic()`` seconds."""
 
     ignore: RepoIgnore
     watcher: RepoWatcher
@@ -75,7 +75,7 @@ class _Repo:
     missing: bool = False  # the root is not a directory (unmounted, deleted): retried, not unhealthy
 
 
-class Watching:
+class WatchSet:
     """The watchers of every repo.
 
     Args:
