@@ -23,7 +23,7 @@ import re
 import stat
 import threading
 from collections.abc import Iterator, Sequence
-from fnmatch import fnmatchcase
+import fnmatch
 from pathlib import Path
 
 import structlog
@@ -87,13 +87,15 @@ def _basename(relpath: str) -> str:
     return relpath.rstrip("/").rpartition("/")[2]
 
 
+_SECRET_RE = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in SECRET_PATTERNS))
+
+
 def is_secret(relpath: str) -> bool:
     """True if the file's basename matches :data:`SECRET_PATTERNS` (case-insensitive).
 
     Secret files are never read, whatever ``.gitignore`` says.
     """
-    name = _basename(relpath).lower()
-    return any(fnmatchcase(name, pat) for pat in SECRET_PATTERNS)
+    return _SECRET_RE.match(_basename(relpath).lower()) is not None
 
 
 def is_editor_temp(relpath: str) -> bool:
@@ -120,6 +122,17 @@ def _normalize(relpath: str) -> str:
     return "/".join(parts)
 
 
+def _one_regex(spec: GitIgnoreSpec) -> re.Pattern | None:
+    """All of ``spec``'s patterns as one regex (one search per path instead of one
+    per pattern: 40-odd default excludes), or None when a negation makes their
+    order matter. Built from pathspec's own per-pattern regexes, so the matching
+    is git's wildmatch as pathspec implements it."""
+    patterns = [p for p in spec.patterns if p.include is not None]
+    if any(not p.include for p in patterns) or not all(hasattr(p, "regex") for p in patterns):
+        return None
+    return re.compile("|".join(f"(?:{p.regex.pattern.replace('(?P<ps_d>', '(?:')})" for p in patterns))
+
+
 class RepoIgnore:
     """Ignore rules of one repository rooted at ``root``; thread-safe.
 
@@ -130,6 +143,7 @@ class RepoIgnore:
     def __init__(self, root: Path, extra_excludes: Sequence[str] = ()) -> None:
         self.root = Path(root)
         self._base = GitIgnoreSpec.from_lines([*DEFAULT_EXCLUDES, *extra_excludes])
+        self._base_re = _one_regex(self._base)
         self._lock = threading.Lock()
         self._specs: dict[str, GitIgnoreSpec | None] = {}  # dir relpath ('' = root) -> spec
         self._dirs: dict[str, bool] = {}  # dir relpath -> ignored
@@ -199,7 +213,7 @@ class RepoIgnore:
     def _decide(self, rel: str, is_dir: bool) -> bool:
         """The rules for ``rel`` itself, ancestors not considered."""
         probe = rel + "/" if is_dir else rel
-        if self._base.match_file(probe):
+        if self._base_match(rel, probe):
             return True
         parts = rel.split("/")
         for depth in range(len(parts) - 1, -1, -1):  # deepest .gitignore first
@@ -210,6 +224,13 @@ class RepoIgnore:
                     return verdict
         info = self._spec_for(_INFO_EXCLUDE)
         return info is not None and bool(info.match_file(probe))
+
+    def _base_match(self, rel: str, probe: str) -> bool:
+        """The default and configured excludes' verdict on ``probe`` (``rel`` plus a
+        ``/`` for a directory)."""
+        if self._base_re is not None:
+            return self._base_re.search(probe) is not None
+        return bool(self._base.match_file(probe))
 
     def _spec_for(self, key: str) -> GitIgnoreSpec | None:
         """The parsed ``<key>/.gitignore`` (or ``.git/info/exclude``), None if absent."""

@@ -11,8 +11,9 @@ Two entry points, one code path per file:
 
 A file is re-read only when its size or mtime changed, and re-split only when
 its content hash changed. A file's new spans replace its old ones in one
-transaction with the jobs they need, so a crash leaves either the old or the
-new state. Jobs for spans that are in no file any more are cancelled.
+transaction with the jobs they need (several files share a transaction, see
+``writes.py``), so a crash leaves either the old or the new state. Jobs for
+spans that are in no file any more are cancelled.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import structlog
 
 from llmc_rag_service.index import spans as spans_mod
 from llmc_rag_service.index.ignore import RepoIgnore
+from llmc_rag_service.index.writes import FileWrite, FileWrites, Flushed
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue
 from llmc_rag_service.store.db import FileRecord, Store
 
@@ -83,6 +85,8 @@ class Scanner:
         self.ignore = RepoIgnore(self.root, tuple(exclude))
         self.max_file_bytes, self.max_span_chars = max_file_bytes, max_span_chars
         self.repo_id = store.repo_id(self.root)
+        self.writes = FileWrites(store, lambda: self.queue, self.repo_id, self.root)
+        self._result: ScanResult | None = None  # the scan whose files are pending
 
     def full_scan(self, priority: int = PRIORITY_BACKFILL,
                   between: Callable[[], None] | None = None) -> ScanResult:
@@ -100,11 +104,16 @@ class Scanner:
             return result
         stored = self.store.files(self.repo_id)
         present = set()
-        for relpath, st in self.ignore.walk():
-            present.add(relpath)
-            self._guarded(self._update, relpath, result, st, stored.get(relpath), priority, result)
-            if between is not None:
-                between()
+        outer, self._result = self._result, result
+        try:
+            for relpath, st in self.ignore.walk():
+                present.add(relpath)
+                self._guarded(self._update, relpath, result, st, stored.get(relpath), priority, result)
+                if between is not None:
+                    between()
+        finally:
+            self.flush()
+            self._result = outer
         self._delete([p for p in stored if p not in present], result)
         with self.store.write() as tx:
             # Spans of unchanged files may still lack an enrichment for the
@@ -126,10 +135,31 @@ class Scanner:
         file, as in :meth:`full_scan` (the indexer serves saves there during a bulk batch).
         """
         started, result = time.monotonic(), ScanResult()
-        for relpath in top_paths(relpaths):
-            self._guarded(self._process_one, relpath, result, priority, result, between)
+        # A live batch may run inside this scanner's own bulk work (between()):
+        # its counts go to its own result, the bulk's are restored after.
+        outer, self._result = self._result, result
+        try:
+            for relpath in top_paths(relpaths):
+                self._guarded(self._process_one, relpath, result, priority, result, between)
+        finally:
+            self.flush()
+            self._result = outer
         result.duration_s = time.monotonic() - started
         return result
+
+    def flush(self) -> None:
+        """Commit the files indexed so far (they are written several per
+        transaction): the scheduler calls it before serving a save in the middle
+        of bulk work, and every scan before it returns."""
+        self._count(self.writes.flush())
+
+    def _count(self, flushed: Flushed | None) -> None:
+        result = self._result
+        if flushed is None or result is None:
+            return
+        result.changed += flushed.files
+        result.jobs += flushed.jobs
+        result.failed += flushed.failed
 
     def is_small(self, relpaths: Iterable[str], max_paths: int) -> bool:
         """Whether a batch is a few saves: at most ``max_paths`` paths, none of them a
@@ -223,19 +253,12 @@ class Scanner:
                 else exc.detail or None
             log.info("file_skipped", repo=str(self.root), path=relpath, reason=exc.reason,
                      size=st.st_size, detail=detail)
-        with self.store.write() as tx:
-            lost = self.store.span_hashes_of(tx, self.repo_id, [relpath])
-            self.store.put_file(tx, self.repo_id, relpath, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                content_hash=content_hash, language=language, skipped=skipped, spans=spans)
-            jobs = self.queue.enqueue(tx, (s.span_hash for s in spans), priority)
-            self.queue.cancel_orphans(tx, lost)
-        result.changed += 1
-        result.jobs += jobs
-        log.debug("file_indexed", repo=str(self.root), path=relpath, spans=len(spans), jobs=jobs)
+        self._count(self.writes.add(FileWrite(relpath, st, content_hash, language, skipped, spans, priority)))
 
     def _delete(self, relpaths: list[str], result: ScanResult) -> None:
         if not relpaths:
             return
+        self.flush()  # a deleted file's spans may live on in a file still pending
         with self.store.write() as tx:
             lost = self.store.span_hashes_of(tx, self.repo_id, relpaths)
             self.store.delete_files(tx, self.repo_id, relpaths)

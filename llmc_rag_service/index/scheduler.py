@@ -72,6 +72,7 @@ class ScanScheduler(threading.Thread):
         self.items: stdqueue.Queue = stdqueue.Queue()
         self.busy: str | None = None
         self._deferred: collections.deque[tuple] = collections.deque()  # bulk items waiting
+        self._bulk: Scanner | None = None  # the scanner doing bulk work, whose writes are pending
 
     def run(self) -> None:
         try:
@@ -104,6 +105,7 @@ class ScanScheduler(threading.Thread):
         live = kind == "paths" and scanner.is_small(paths or (), LIVE_MAX_PATHS)
         if not live:
             self.busy = f"scanning {repo.name}" if kind == "full" else f"indexing {len(paths or ())} changes in {repo.name}"
+            self._bulk = scanner
         self.on_change()
         try:
             if kind == "full":
@@ -127,12 +129,14 @@ class ScanScheduler(threading.Thread):
             log.exception("scan_failed", repo=str(repo), kind=kind)
         finally:
             if not live:
-                self.busy = None
+                self.busy, self._bulk = None, None
             self.on_change()
 
     def _serve_live(self) -> None:
         """Called between the files of bulk work: index the live batches that
         arrived, defer bulk items; raises _Stop on stop()."""
+        if not self.items.empty() and self._bulk is not None:
+            self._bulk.flush()  # commit the bulk files so far: the live batch has its own transaction
         while not self.items.empty():
             try:
                 item = self.items.get_nowait()

@@ -39,6 +39,8 @@ one per language per thread (tree-sitter parsers are not thread-safe;
 
 from __future__ import annotations
 
+import re
+
 import structlog
 
 from llmc_rag_service.models import Span, budget_units
@@ -53,10 +55,21 @@ log = structlog.get_logger(__name__)
 # ---------------------------------------------------------------- pieces
 
 _Item = tuple[str, str, list[Piece]]  # (kind, name, pieces) before the size cap
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
 
 
 def _rows(lines: list[str], first: int, last: int) -> list[Piece]:
-    return [Piece(lines[row], row, row) for row in range(first, last + 1)]
+    """Rows ``first..last`` as one piece (split into lines only if a span must be cut)."""
+    return [Piece("\n".join(lines[first:last + 1]), first, last)] if first <= last else []
+
+
+def _line_pieces(piece: Piece) -> list[Piece]:
+    """A run of rows as one piece per line; a placeholder (one line standing for
+    several rows) stays whole."""
+    texts = piece.text.split("\n")
+    if len(texts) != piece.last_row - piece.first_row + 1 or len(texts) == 1:
+        return [piece]
+    return [Piece(text, piece.first_row + i, piece.first_row + i) for i, text in enumerate(texts)]
 
 
 def _lines_name(first_row: int, last_row: int) -> str:
@@ -89,8 +102,9 @@ def _block_items(lines: list[str], claimed: list[bool]) -> list[_Item]:
             last += 1
         while not lines[last].strip():
             last -= 1
-        if any(ch.isalnum() for line in lines[row:last + 1] for ch in line):
-            items.append(("block", _lines_name(row, last), _rows(lines, row, last)))
+        run = _rows(lines, row, last)
+        if _LETTER_OR_DIGIT.search(run[0].text):
+            items.append(("block", _lines_name(row, last), run))
         row = last + 1
     return items
 
@@ -137,7 +151,7 @@ def _pack(pieces: list[Piece], max_units: int) -> list[list[Piece]]:
     parts: list[list[Piece]] = []
     current: list[Piece] = []
     size = -1  # budget units of "\n".join(current)
-    for piece in pieces:
+    for piece in (line for run in pieces for line in _line_pieces(run)):
         units = budget_units(piece.text)
         chunks = [piece.text] if units <= max_units else _cut(piece.text, max_units)
         for text in chunks:
@@ -153,6 +167,9 @@ def _pack(pieces: list[Piece], max_units: int) -> list[list[Piece]]:
 
 def _capped(item: _Item, language: str, max_chars: int) -> list[Span]:
     kind, name, pieces = item
+    text = "\n".join(piece.text for piece in pieces)
+    if budget_units(text) <= max_chars:  # the common case: one span, nothing to pack
+        return [Span(kind, name, pieces[0].first_row + 1, pieces[-1].last_row + 1, text, language)]
     parts = _pack(pieces, max_chars)
     spans = []
     for number, part in enumerate(parts, 1):
