@@ -45,11 +45,11 @@ def _python(rng: random.Random, uid: str, size: int) -> str:
         if rng.random() < 0.2:
             methods = "\n".join("    " + line if line else line
                                 for m in range(rng.randint(1, 4))
-                                for line in _py_function(rng, f"{uid}_{n}_{m}", rng.randint(4, 12)).replace(
+                                for line in _py_function(rng, f"{uid}_{n}_{m}", rng.randint(6, 20)).replace(
                                     "(", "(self, ", 1).replace("(self, )", "(self)").split("\n"))
             parts.append(f"\n\nclass {_ident(rng, 2).title().replace('_', '')}{n}:\n{methods}\n")
         else:
-            parts.append("\n\n" + _py_function(rng, f"{uid}_{n}", int(rng.lognormvariate(2.2, 0.6)) + 3))
+            parts.append("\n\n" + _py_function(rng, f"{uid}_{n}", int(rng.lognormvariate(2.7, 0.6)) + 3))
     return "".join(parts)
 
 
@@ -58,7 +58,7 @@ def _javascript(rng: random.Random, uid: str, size: int) -> str:
     n = 0
     while sum(map(len, parts)) < size:
         n += 1
-        lines = "\n".join(f"  const {_ident(rng, 2)}{i} = {rng.randint(0, 999)} + {i};" for i in range(rng.randint(2, 12)))
+        lines = "\n".join(f"  const {_ident(rng, 2)}{i} = {rng.randint(0, 999)} + {i};" for i in range(rng.randint(4, 24)))
         parts.append(f"\nfunction {_ident(rng, 2)}_{uid}_{n}(a, b) {{\n{lines}\n  return a + b;\n}}\n")
     return "".join(parts)
 
@@ -68,7 +68,7 @@ def _go(rng: random.Random, uid: str, size: int) -> str:
     n = 0
     while sum(map(len, parts)) < size:
         n += 1
-        lines = "\n".join(f"\tv{i} := {rng.randint(0, 999)} + {i}\n\tfmt.Println(v{i})" for i in range(rng.randint(2, 8)))
+        lines = "\n".join(f"\tv{i} := {rng.randint(0, 999)} + {i}\n\tfmt.Println(v{i})" for i in range(rng.randint(3, 12)))
         parts.append(f"\nfunc F{uid}x{n}(a int) int {{\n{lines}\n\treturn a\n}}\n")
     return "".join(parts)
 

@@ -96,7 +96,7 @@ class Scanner:
         live path batches there, so a long backfill never delays a save. An
         exception it raises aborts the scan (every file done so far is committed).
         """
-        started, result = time.monotonic(), ScanResult()
+        started, cpu_started, result = time.monotonic(), time.thread_time(), ScanResult()
         if not self.root.is_dir():
             # Unmounted or deleted: keep what is stored (a missing tree is not
             # an empty one); the watcher retries and a scan follows.
@@ -122,7 +122,7 @@ class Scanner:
         result.duration_s = time.monotonic() - started
         log.info("scan_done", repo=str(self.root), files=result.seen, changed=result.changed,
                  deleted=result.deleted, skipped=result.skipped, jobs=result.jobs,
-                 duration_s=round(result.duration_s, 3))
+                 duration_s=round(result.duration_s, 3), cpu_s=round(time.thread_time() - cpu_started, 3))
         return result
 
     def process_paths(self, relpaths: Iterable[str], priority: int = PRIORITY_LIVE,

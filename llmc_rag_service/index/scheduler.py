@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import queue as stdqueue
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -107,6 +108,7 @@ class ScanScheduler(threading.Thread):
             self.busy = f"scanning {repo.name}" if kind == "full" else f"indexing {len(paths or ())} changes in {repo.name}"
             self._bulk = scanner
         self.on_change()
+        cpu_started = time.thread_time()
         try:
             if kind == "full":
                 result = scanner.full_scan(PRIORITY_BACKFILL, between=self._serve_live)
@@ -114,6 +116,9 @@ class ScanScheduler(threading.Thread):
                 result = scanner.process_paths(paths or (), PRIORITY_LIVE)
             else:
                 result = scanner.process_paths(paths or (), PRIORITY_BACKFILL, between=self._serve_live)
+                log.info("batch_indexed", repo=str(repo), paths=len(paths or ()), files=result.seen,
+                         changed=result.changed, deleted=result.deleted, jobs=result.jobs,
+                         duration_s=round(result.duration_s, 3), cpu_s=round(time.thread_time() - cpu_started, 3))
             if result.jobs:
                 log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind if not live else "live")
                 self.on_jobs()
