@@ -57,8 +57,8 @@ def _serve_rows(r: dict, idle_s: float) -> list[tuple[str, str, str, str]]:
     if "extract" in r:
         e = r["extract"]
         rows += [
-            ("extract at once: indexing CPU (scan-scheduler thread, all batches)",
-             f"{e['sched_cpu_s']:.1f} s in {e['batches']} batches; indexed {e['indexed_s']:.1f} s after the tar started",
+            ("extract at once: indexing CPU (the scan-scheduler thread, until all are stored)",
+             f"{e['sched_cpu_s']:.1f} s; all stored {e['indexed_s']:.1f} s after the tar started",
              "<= 10 s", _ok(e["sched_cpu_s"] <= 10)),
             ("extract at once: whole process CPU meanwhile (workers sending the new jobs included)",
              f"{e['process_cpu_s']:.1f} s", "", ""),

@@ -135,9 +135,9 @@ def test_a_save_is_indexed_while_a_bulk_batch_is_indexed(tmp_path):
     scanner, events = live.scanner, []
     real_paths = scanner.process_paths
 
-    def process_paths(paths, priority, between=None):
+    def process_paths(paths, priority, between=None, new_priority=None):
         events.append(("start", len(paths), len(live.files())))
-        result = real_paths(paths, priority, between)
+        result = real_paths(paths, priority, between, new_priority)
         events.append(("end", len(paths), len(live.files())))
         return result
 
@@ -159,3 +159,42 @@ def test_a_save_is_indexed_while_a_bulk_batch_is_indexed(tmp_path):
     live.pipeline.close(0)
     assert priorities.pop("saved.py") == PRIORITY_LIVE
     assert set(priorities.values()) == {PRIORITY_BACKFILL}
+
+
+def test_in_a_burst_new_files_queue_behind_a_save(tmp_path):
+    """A small batch seen during a burst (the tail of an extraction): files new to the store get
+    backfill priority, while a saved file the store held keeps live priority."""
+    store, queue, root = new_store(tmp_path, "repo")
+    scanner = Scanner(store, queue, root)
+    write_tree(root, {"kept.py": "def kept():\n    return 1\n"})
+    scanner.full_scan()
+    write_tree(root, {"kept.py": "def kept():\n    return 2\n", "new/x.py": "def x():\n    return 3\n"})
+    scanner.process_paths(["kept.py", "new/x.py"], PRIORITY_LIVE, new_priority=PRIORITY_BACKFILL)
+    rows = store.conn.execute("SELECT f.path, j.priority FROM jobs j JOIN spans s ON s.span_hash = j.span_hash "
+                              "JOIN files f ON f.id = s.file_id WHERE j.state = 'pending'").fetchall()
+    store.close()
+    assert dict(rows) == {"kept.py": PRIORITY_LIVE, "new/x.py": PRIORITY_BACKFILL}
+
+
+@pytest.mark.timeout(30)
+def test_watch_set_marks_batches_of_a_burst(tmp_path):
+    """Batches polled while more than BURST_PATHS paths came within BURST_S seconds are marked burst;
+    a lone save on a quiet repo is not."""
+    from llmc_rag_service.config import WatchConfig
+    from llmc_rag_service.index.ignore import RepoIgnore
+    from llmc_rag_service.watch.watchset import BURST_PATHS, WatchSet
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    watches = WatchSet(WatchConfig(debounce_ms=20))
+    watches.start(root, RepoIgnore(root))
+    try:
+        write_tree(root, {"one.py": "x = 1\n"})
+        first = wait_for(lambda: watches.poll(), 10, "the lone save")
+        assert [w.burst for w in first] == [False]
+        write_tree(root, {f"gen/f{i:03}.py": f"x = {i}\n" for i in range(BURST_PATHS * 2)})
+        seen: list = []
+        wait_for(lambda: seen.extend(watches.poll()) or sum(len(w.paths) for w in seen) > BURST_PATHS * 2, 10)
+        assert seen[-1].burst
+    finally:
+        watches.stop_all()

@@ -87,6 +87,7 @@ class Scanner:
         self.repo_id = store.repo_id(self.root)
         self.writes = FileWrites(store, lambda: self.queue, self.repo_id, self.root)
         self._result: ScanResult | None = None  # the scan whose files are pending
+        self._new_priority: int | None = None  # job priority of files not stored before
 
     def full_scan(self, priority: int = PRIORITY_BACKFILL,
                   between: Callable[[], None] | None = None) -> ScanResult:
@@ -126,24 +127,27 @@ class Scanner:
         return result
 
     def process_paths(self, relpaths: Iterable[str], priority: int = PRIORITY_LIVE,
-                      between: Callable[[], None] | None = None) -> ScanResult:
+                      between: Callable[[], None] | None = None, new_priority: int | None = None) -> ScanResult:
         """Re-check paths a watcher reported (files or directories, existing or not),
         as one set: a path below another path of the batch is covered by that one
         (one walk of each reported directory, one diff against the store rows of its
         subtree, fetched by an index range), so no file is handled twice and the cost
         grows with the batch, not with the repo. ``between`` is called after each
         file, as in :meth:`full_scan` (the indexer serves saves there during a bulk batch).
+        ``new_priority`` (default ``priority``) is the job priority of files the store
+        did not hold (during a burst of new files, those are not saves).
         """
         started, result = time.monotonic(), ScanResult()
         # A live batch may run inside this scanner's own bulk work (between()):
         # its counts go to its own result, the bulk's are restored after.
         outer, self._result = self._result, result
+        self._new_priority = priority if new_priority is None else new_priority
         try:
             for relpath in top_paths(relpaths):
                 self._guarded(self._process_one, relpath, result, priority, result, between)
         finally:
             self.flush()
-            self._result = outer
+            self._result, self._new_priority = outer, None
         result.duration_s = time.monotonic() - started
         return result
 
@@ -229,6 +233,8 @@ class Scanner:
             self.store.touch_file(old.id, st.st_size, st.st_mtime_ns)
             log.debug("file_skipped", repo=str(self.root), path=relpath, reason="unchanged")
             return
+        if old is None and self._new_priority is not None:
+            priority = self._new_priority
         self._index(relpath, st, data, content_hash, priority, result)
 
     def _read(self, relpath: str) -> bytes:

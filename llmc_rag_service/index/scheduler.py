@@ -6,7 +6,9 @@ it never blocks on file I/O, and scanners never race each other.
 Two lanes, through indexing and through the job queue:
 
 * live: a batch of at most :data:`LIVE_MAX_PATHS` paths, none a directory (a few
-  saves, a small checkout), indexed at :data:`PRIORITY_LIVE`;
+  saves, a small checkout), indexed at once at :data:`PRIORITY_LIVE` (files new to
+  the store in a batch seen during a burst of changes, e.g. the tail of an
+  extraction, at :data:`PRIORITY_BACKFILL`: a save must not queue behind them);
 * bulk: full scans (catch-up, rescans, reconcile) and large path batches (an
   archive extracted, a directory moved in, a checkout of thousands of files),
   indexed at :data:`PRIORITY_BACKFILL`, so the queue claims live jobs first.
@@ -48,6 +50,7 @@ class ScanWork(Protocol):
     repo: Path
     paths: frozenset[str]
     root_id: RootId | None
+    burst: bool
 
 
 class _Stop(Exception):
@@ -55,7 +58,8 @@ class _Stop(Exception):
 
 
 class ScanScheduler(threading.Thread):
-    """Runs scans one at a time: ``("full", repo, None, None)`` or ``("paths", repo, set, root_id)``.
+    """Runs scans one at a time: ``("full", repo, None, None, False)`` or
+    ``("paths", repo, set, root_id, burst)``.
 
     Args:
         scanner_of: The scanner of a repo path, or None (a repo removed by a
@@ -76,6 +80,9 @@ class ScanScheduler(threading.Thread):
         self._bulk: Scanner | None = None  # the scanner doing bulk work, whose writes are pending
 
     def run(self) -> None:
+        # The OS thread id lets an operator (and bench/scale.py) read this thread's
+        # CPU in /proc/PID/task/TID: indexing apart from the workers' HTTP work.
+        log.info("scan_scheduler_started", thread_id=threading.get_native_id())
         try:
             while True:
                 item = self._next()
@@ -94,7 +101,8 @@ class ScanScheduler(threading.Thread):
         except stdqueue.Empty:
             return self._deferred.popleft()
 
-    def _run_item(self, kind: str, repo: Path, paths: set[str] | None, root_id: RootId | None = None) -> None:
+    def _run_item(self, kind: str, repo: Path, paths: set[str] | None, root_id: RootId | None = None,
+                  burst: bool = False) -> None:
         scanner = self.scanner_of(repo)
         if scanner is None:
             return
@@ -112,8 +120,9 @@ class ScanScheduler(threading.Thread):
         try:
             if kind == "full":
                 result = scanner.full_scan(PRIORITY_BACKFILL, between=self._serve_live)
-            elif live:
-                result = scanner.process_paths(paths or (), PRIORITY_LIVE)
+            elif live:  # during a burst, new files are not saves: they queue behind them
+                result = scanner.process_paths(paths or (), PRIORITY_LIVE,
+                                               new_priority=PRIORITY_BACKFILL if burst else None)
             else:
                 result = scanner.process_paths(paths or (), PRIORITY_BACKFILL, between=self._serve_live)
                 log.info("batch_indexed", repo=str(repo), paths=len(paths or ()), files=result.seen,
@@ -149,7 +158,7 @@ class ScanScheduler(threading.Thread):
                 return
             if item is None:
                 raise _Stop
-            kind, repo, paths, _ = item
+            kind, repo, paths = item[:3]
             scanner = self.scanner_of(repo)
             if kind == "paths" and scanner is not None and scanner.is_small(paths, LIVE_MAX_PATHS):
                 self._run_item(*item)
@@ -161,17 +170,18 @@ class ScanScheduler(threading.Thread):
         if work.kind == "full":
             self.put_full(work.repo)
         else:
-            self.put_paths(work.repo, set(work.paths), work.root_id)
+            self.put_paths(work.repo, set(work.paths), work.root_id, work.burst)
 
     def put_full(self, repo: Path) -> None:
         """Queue a full (catch-up) scan of ``repo``."""
-        self.items.put(("full", repo, None, None))
+        self.items.put(("full", repo, None, None, False))
 
-    def put_paths(self, repo: Path, paths: set[str], root_id: RootId | None = None) -> None:
+    def put_paths(self, repo: Path, paths: set[str], root_id: RootId | None = None, burst: bool = False) -> None:
         """Queue a batch of watcher-reported relative paths of ``repo``; with
         ``root_id`` (the root's identity when they were seen) the batch is dropped
-        if another tree is at the path by the time it runs."""
-        self.items.put(("paths", repo, paths, root_id))
+        if another tree is at the path by the time it runs; ``burst``: seen in a
+        burst of changes, so files new to the store are queued at backfill priority."""
+        self.items.put(("paths", repo, paths, root_id, burst))
 
     def stop(self) -> None:
         """Finish the current file or batch, then end (queued items are dropped:

@@ -353,6 +353,10 @@ class RepoWatcher:
         """Relpaths due now (may no longer exist, or be directories: the caller re-stats)."""
         return self._debouncer.due()
 
+    def pending(self) -> int:
+        """How many paths wait in the debouncer."""
+        return self._debouncer.pending()
+
     def take_all(self) -> set[str]:
         """Every pending relpath, due or not (a git operation settled: the tree is final)."""
         return self._debouncer.take_all()

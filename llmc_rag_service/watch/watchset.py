@@ -25,6 +25,7 @@ indexer. Behind ``poll()``, per repo:
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ log = structlog.get_logger(__name__)
 
 #: Seconds between attempts to restart a watcher that cannot start (e.g. root missing).
 RESTART_RETRY_S = 2.0
+#: More paths than this within BURST_S seconds make a burst (see WatchSet._in_burst).
+BURST_PATHS = 64
+BURST_S = 2.0
 #: Seconds between looks at the git gate while events are held for it.
 GATE_RECHECK_S = 0.2
 
@@ -50,12 +54,14 @@ GATE_RECHECK_S = 0.2
 class Work:
     """ScanScheduler work for one repo: ``kind`` is ``full`` (rescan the repo) or
     ``paths`` (re-check ``paths``, relative POSIX paths). ``root_id`` is the
-    root's (st_dev, st_ino) when the events were seen (None: not checked)."""
+    root's (st_dev, st_ino) when the events were seen (None: not checked);
+    ``burst``: the repo was in a burst of changes (new files are not saves)."""
 
     repo: Path
     kind: str
     paths: frozenset[str] = frozenset()
     root_id: RootId | None = None
+    burst: bool = False
 
 
 @dataclass
@@ -72,6 +78,7 @@ class _Repo:
     last_full: float = field(default_factory=time.monotonic)
     retry_at: float = 0.0
     limits_check_at: float = 0.0  # while polling: when the inotify limits are read again
+    recent: collections.deque = field(default_factory=collections.deque)  # (time, paths handed out)
     missing: bool = False  # the root is not a directory (unmounted, deleted): retried, not unhealthy
 
 
@@ -154,9 +161,20 @@ class WatchSet:
                 work.append(Work(repo, "full"))
                 state.last_full = now
             if state.held:
-                work.append(Work(repo, "paths", frozenset(state.held), state.watcher.identity))
+                burst = self._in_burst(state, now, len(state.held))
+                work.append(Work(repo, "paths", frozenset(state.held), state.watcher.identity, burst))
             state.held, state.held_full = set(), None
         return work
+
+    def _in_burst(self, state: _Repo, now: float, handed: int) -> bool:
+        """Whether ``repo`` is in a burst of changes (an archive extracted, files
+        generated): more than :data:`BURST_PATHS` paths handed out in the last
+        :data:`BURST_S` seconds or waiting in the debouncer. Its small batches stay
+        in the live lane, but their new files are queued behind saves."""
+        state.recent.append((now, handed))
+        while state.recent and state.recent[0][0] < now - BURST_S:
+            state.recent.popleft()
+        return sum(n for _, n in state.recent) + state.watcher.pending() > BURST_PATHS
 
     def _full_reason(self, repo: Path, state: _Repo, now: float) -> str | None:
         """Why ``repo`` needs a full scan now (root replaced, restart, lost events,
