@@ -112,6 +112,7 @@ class Store:
         self._local = threading.local()
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
+        self._writer = threading.RLock()  # this process's writers, one at a time (see write)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.migrate()
 
@@ -141,19 +142,27 @@ class Store:
         must keep ticking. Raises sqlite3.OperationalError when it runs out.
         """
         conn = self.conn
-        if busy_timeout_s is not None:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        # This process's writers queue on a lock first: SQLite's own wait polls with
+        # sleeps of up to 100 ms, so a thread with a large transaction (the scanner)
+        # would starve behind workers committing hundreds of small ones a second.
+        if not self._writer.acquire(timeout=BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s):
+            raise sqlite3.OperationalError("database is locked (another thread of this process is writing)")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        finally:
             if busy_timeout_s is not None:
-                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                if busy_timeout_s is not None:
+                    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            self._writer.release()
 
     def release_thread(self) -> None:
         """Close the calling thread's connection (a thread about to end)."""
