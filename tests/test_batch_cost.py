@@ -136,9 +136,9 @@ def test_a_save_is_indexed_while_a_bulk_batch_is_indexed(tmp_path):
     real_paths = scanner.process_paths
 
     def process_paths(paths, priority, between=None, new_priority=None):
-        events.append(("start", len(paths), len(live.files())))
+        events.append(("start", sorted(paths)[0], len(live.files())))
         result = real_paths(paths, priority, between, new_priority)
-        events.append(("end", len(paths), len(live.files())))
+        events.append(("end", sorted(paths)[0], len(live.files())))
         return result
 
     scanner.process_paths = process_paths
@@ -147,11 +147,12 @@ def test_a_save_is_indexed_while_a_bulk_batch_is_indexed(tmp_path):
     indexer.put_paths(root, {"saved.py"})
     indexer.start()
     try:
-        wait_for(lambda: ("end", len(batch), 401) in events, 30, "the bulk batch")
+        wait_for(lambda: ("end", "new", 401) in events, 30, "the bulk batch")
     finally:
         indexer.stop()
         indexer.join(10)
-    assert [e[:2] for e in events] == [("start", len(batch)), ("start", 1), ("end", 1), ("end", len(batch))]
+    # The batch's only top path is the new directory: one walk covers every path in it.
+    assert [e[:2] for e in events] == [("start", "new"), ("start", "saved.py"), ("end", "saved.py"), ("end", "new")]
     assert events[1][2] < 10  # indexed right after the batch's first file(s)
     priorities = dict(live.store.conn.execute(
         "SELECT f.path, j.priority FROM jobs j JOIN spans s ON s.span_hash = j.span_hash "
@@ -198,3 +199,16 @@ def test_watch_set_marks_batches_of_a_burst(tmp_path):
         assert seen[-1].burst
     finally:
         watches.stop_all()
+
+
+def test_a_save_polled_with_extracted_directories_stays_a_save(tmp_path):
+    """A batch mixing a save with the directories of an extraction is split: the save is live work,
+    the directories bulk work."""
+    store, queue, root = new_store(tmp_path, "repo")
+    scanner = Scanner(store, queue, root)
+    batch = extracted_tree(root, 2, 3)
+    write_tree(root, {"saved.py": "x = 1\n"})
+    assert scanner.split_batch([*batch, "saved.py"], 64) == (["saved.py"], ["new"])
+    many = [f"f{i}.py" for i in range(70)]
+    assert scanner.split_batch(many, 64) == ([], sorted(many))
+    store.close()

@@ -19,7 +19,6 @@ spans that are in no file any more are cancelled.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import stat
 import time
@@ -165,19 +164,21 @@ class Scanner:
         result.jobs += flushed.jobs
         result.failed += flushed.failed
 
-    def is_small(self, relpaths: Iterable[str], max_paths: int) -> bool:
-        """Whether a batch is a few saves: at most ``max_paths`` paths, none of them a
-        directory now (a directory moved or extracted in is walked: bulk work)."""
-        paths = list(itertools.islice(relpaths, max_paths + 1))
-        if len(paths) > max_paths:
-            return False
-        for relpath in paths:
+    def split_batch(self, relpaths: Iterable[str], max_live: int) -> tuple[list[str], list[str]]:
+        """A batch as (saves, bulk): its top paths (see :func:`top_paths`) that are no
+        directory now, if at most ``max_live`` of them, and the rest (directories moved
+        or extracted in are walked: bulk work). A save polled together with the
+        directories of an extraction stays a save."""
+        live, bulk = [], []
+        for relpath in top_paths(relpaths):
             try:
-                if stat.S_ISDIR(os.lstat(self.root / relpath).st_mode):
-                    return False
+                is_dir = stat.S_ISDIR(os.lstat(self.root / relpath).st_mode)
             except OSError:
-                continue
-        return True
+                is_dir = False
+            (bulk if is_dir else live).append(relpath)
+        if len(live) > max_live:
+            return [], sorted(live + bulk)
+        return live, bulk
 
     def _guarded(self, step: Callable[..., None], relpath: str, result: ScanResult, *args) -> None:
         """Run one file's step; a failure is logged with the file, noted in

@@ -111,25 +111,50 @@ class ScanScheduler(threading.Thread):
             # filed under the path, it would delete the new tree's entries.
             log.warning("batch_dropped", repo=str(repo), paths=len(paths or ()), reason="root_changed")
             return
-        live = kind == "paths" and scanner.is_small(paths or (), LIVE_MAX_PATHS)
-        if not live:
-            self.busy = f"scanning {repo.name}" if kind == "full" else f"indexing {len(paths or ())} changes in {repo.name}"
-            self._bulk = scanner
+        if kind == "full":
+            self._bulk_work(scanner, repo, "full", None)
+            return
+        live, bulk = scanner.split_batch(paths or (), LIVE_MAX_PATHS)
+        if live:
+            self._live_work(scanner, repo, live, burst)
+        if bulk:
+            self._bulk_work(scanner, repo, "paths", bulk)
+
+    def _live_work(self, scanner: Scanner, repo: Path, paths: list[str], burst: bool) -> None:
+        """A few saves, indexed at once; during a burst, files new to the store are not
+        saves (the tail of an extraction) and queue behind them."""
+        self._guard(repo, "paths", lambda: scanner.process_paths(
+            paths, PRIORITY_LIVE, new_priority=PRIORITY_BACKFILL if burst else None), "live")
+
+    def _bulk_work(self, scanner: Scanner, repo: Path, kind: str, paths: list[str] | None) -> None:
+        """A full scan or a bulk batch, pausing after each file for the saves that arrived."""
+        self.busy = f"scanning {repo.name}" if kind == "full" else f"indexing {len(paths or ())} changes in {repo.name}"
+        self._bulk = scanner
         self.on_change()
         cpu_started = time.thread_time()
-        try:
+
+        def work():
             if kind == "full":
-                result = scanner.full_scan(PRIORITY_BACKFILL, between=self._serve_live)
-            elif live:  # during a burst, new files are not saves: they queue behind them
-                result = scanner.process_paths(paths or (), PRIORITY_LIVE,
-                                               new_priority=PRIORITY_BACKFILL if burst else None)
-            else:
-                result = scanner.process_paths(paths or (), PRIORITY_BACKFILL, between=self._serve_live)
-                log.info("batch_indexed", repo=str(repo), paths=len(paths or ()), files=result.seen,
-                         changed=result.changed, deleted=result.deleted, jobs=result.jobs,
-                         duration_s=round(result.duration_s, 3), cpu_s=round(time.thread_time() - cpu_started, 3))
+                return scanner.full_scan(PRIORITY_BACKFILL, between=self._serve_live)
+            result = scanner.process_paths(paths or (), PRIORITY_BACKFILL, between=self._serve_live)
+            log.info("batch_indexed", repo=str(repo), paths=len(paths or ()), files=result.seen,
+                     changed=result.changed, deleted=result.deleted, jobs=result.jobs,
+                     duration_s=round(result.duration_s, 3), cpu_s=round(time.thread_time() - cpu_started, 3))
+            return result
+
+        try:
+            self._guard(repo, kind, work, kind)
+        finally:
+            self.busy, self._bulk = None, None
+            self.on_change()
+
+    def _guard(self, repo: Path, kind: str, work: Callable, trigger: str) -> None:
+        """Run one scan: queued jobs wake the workers; failed paths are retried later;
+        an error is logged and never ends the thread."""
+        try:
+            result = work()
             if result.jobs:
-                log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind if not live else "live")
+                log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=trigger)
                 self.on_jobs()
             if result.failed:
                 # E.g. the store was locked by another process: try these
@@ -141,16 +166,12 @@ class ScanScheduler(threading.Thread):
             raise
         except Exception:
             log.exception("scan_failed", repo=str(repo), kind=kind)
-        finally:
-            if not live:
-                self.busy, self._bulk = None, None
-            self.on_change()
 
     def _serve_live(self) -> None:
-        """Called between the files of bulk work: index the live batches that
-        arrived, defer bulk items; raises _Stop on stop()."""
+        """Called between the files of bulk work: index the saves that arrived, defer
+        bulk items and the bulk part of mixed batches; raises _Stop on stop()."""
         if not self.items.empty() and self._bulk is not None:
-            self._bulk.flush()  # commit the bulk files so far: the live batch has its own transaction
+            self._bulk.flush()  # commit the bulk files so far: the saves have their own transaction
         while not self.items.empty():
             try:
                 item = self.items.get_nowait()
@@ -158,12 +179,17 @@ class ScanScheduler(threading.Thread):
                 return
             if item is None:
                 raise _Stop
-            kind, repo, paths = item[:3]
+            kind, repo, paths, root_id, burst = item
             scanner = self.scanner_of(repo)
-            if kind == "paths" and scanner is not None and scanner.is_small(paths, LIVE_MAX_PATHS):
-                self._run_item(*item)
-            elif kind == "paths" or item not in self._deferred:
-                self._deferred.append(item)
+            if kind == "full" or scanner is None:
+                if item not in self._deferred:
+                    self._deferred.append(item)
+                continue
+            live, bulk = scanner.split_batch(paths, LIVE_MAX_PATHS)
+            if live and (root_id is None or root_identity(repo) == root_id):
+                self._live_work(scanner, repo, live, burst)
+            if bulk:
+                self._deferred.append(("paths", repo, set(bulk), root_id, burst))
 
     def put(self, work: ScanWork) -> None:
         """Queue a work item (e.g. a :class:`~llmc_rag_service.watch.watchset.Work` from ``WatchSet.poll()``)."""

@@ -274,8 +274,12 @@ class Daemon:
         heartbeat = now - self._status_at >= STATUS_MAX_GAP_S
         if not (self.status_dirty or heartbeat) or now - self._status_at < STATUS_MIN_GAP_S:
             return
-        self.status_dirty = False
-        if self._send_status(self.status_text(), heartbeat):
+        dirty, self.status_dirty = self.status_dirty, False
+        # A heartbeat with nothing changed resends the last text: its counts are queries
+        # over every job (seconds a minute on a store of a million jobs, for an idle
+        # daemon), and they change only with a job outcome or a scan, which mark it dirty.
+        reuse = not dirty and self._status_text is not None and "retry in" not in self._status_text
+        if self._send_status(self._status_text if reuse else self.status_text(), heartbeat):
             try:
                 # Short wait: another process holding the store must not stall the loop.
                 self.pipeline.set_meta(busy_timeout_s=STATUS_META_TIMEOUT_S, daemon_status=self._status_text,
