@@ -1,8 +1,8 @@
 """The ``llmc-rag`` command line (DESIGN.md "Contract: command line").
 
-The only place that turns errors into exit codes: 78 (EX_CONFIG) for a bad
-config, 69 (EX_UNAVAILABLE) when Ollama stays unreachable in ``enrich``, 1
-for failed spans or an unknown path.
+The only place that turns errors and outcomes into exit codes (the EX_*
+constants below, sysexits.h numbers where one fits). Every expected fault
+is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -21,8 +21,22 @@ from llmc_rag_service import __version__
 from llmc_rag_service import logs as logsetup
 from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config
 
-EX_CONFIG = 78
+EX_OK = 0
+#: Some spans failed for good (enrich); nothing to show (show); a check failed (doctor).
+EX_FAILED = 1
+#: Bad arguments (install-unit).
+EX_USAGE = 64
+#: A repo path is missing (enrich).
+EX_NOINPUT = 66
+#: Ollama unreachable, busy or the model missing for longer than --wait-s (enrich).
+EX_UNAVAILABLE = 69
+#: Another serve holds the state directory.
 EX_SOFTWARE = 70
+#: The store is unusable: unreadable, corrupt, unwritable or full.
+EX_IOERR = 74
+#: Bad config.
+EX_CONFIG = 78
+#: Ctrl-C (128 + SIGINT).
 EX_INTERRUPTED = 130
 
 
@@ -49,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add("show", "show the spans of a file and their enrichments")
     p.add_argument("--json", action="store_true")
     p.add_argument("target", metavar="PATH[:LINE]")
+    p = add("doctor", "check config, store, Ollama, models, inotify limits and the unit; say how to fix each")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("install-unit", help="write the systemd unit for this installation")
     p.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
     p.add_argument("--run-as", help="system unit: the user that owns the repos")
@@ -67,18 +83,32 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
+def _err(text: str) -> None:
+    """One line on stderr; a non-UTF-8 file name prints as escapes, never raises."""
+    print(f"llmc-rag: {text}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "install-unit":
             return _install_unit(args)
+        if args.command == "doctor":
+            return _doctor(args)
         try:
             config = _load(args)
         except ConfigError as exc:
-            print(f"llmc-rag: config error: {exc}", file=sys.stderr)
+            _err(f"config error: {exc}")
             return EX_CONFIG
-        return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
+        try:
+            return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
+        except BrokenPipeError:
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            # Permission denied, a corrupt or full store: one line, no traceback.
+            _err(f"state unusable: {config.db_path}: {exc}")
+            return EX_IOERR
     except KeyboardInterrupt:
         # enrich: pending work stays in the store for the next run.
         print("llmc-rag: interrupted", file=sys.stderr)
@@ -87,39 +117,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `llmc-rag status --json | head`: the reader left; say nothing more.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        return EX_OK
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.daemon import AlreadyRunning, Daemon
 
     try:
-        return Daemon(Path(config.source), config).run()
+        Daemon(Path(config.source), config).run()
     except AlreadyRunning as exc:
-        structlog.get_logger(__name__).error("already_running", error=str(exc))
+        structlog.get_logger(__name__).error("already_running", error=str(exc), pid=exc.pid,
+                                             state_dir=str(exc.state_dir))
         return EX_SOFTWARE
     except (OSError, sqlite3.Error) as exc:
         structlog.get_logger(__name__).error("startup_failed", error=str(exc), state_dir=str(config.state_dir))
-        return EX_SOFTWARE
+        return EX_IOERR
+    return EX_OK
 
 
 def _enrich(config: Config, args: argparse.Namespace) -> int:
-    from llmc_rag_service.service.oneshot import run_enrich
+    from llmc_rag_service.service import oneshot
 
-    try:
-        return run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
-    except NotADirectoryError as exc:
-        print(f"llmc-rag: {exc}", file=sys.stderr)
-        return 2
+    outcome = oneshot.run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
+    if outcome.gave_up:
+        return EX_UNAVAILABLE
+    if outcome.missing:
+        return EX_NOINPUT
+    return EX_FAILED if outcome.failed else EX_OK
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.service.runtime import describe_store, store_report
     from llmc_rag_service.service.status import status_report
 
-    report = status_report(config)
+    report = {**status_report(config), "store": store_report(config)}
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
+        return EX_OK
+    print(describe_store(report["store"]))
     d = report["daemon"]
     print(f"daemon: {'running, pid ' + str(d['pid']) if d['running'] else 'not running'}")
     if d["status"]:
@@ -129,24 +164,29 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     for r in report["repos"] + [{"path": "total", **report["totals"]}]:
         print(f"{r['path']}: {r['files']} files, {r['spans']} spans, {r['enriched']} enriched, "
               f"{r['pending']} pending, {r['failed']} failed")
-    return 0
+    return EX_OK
 
 
 def _show(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.service.explain import utf8_name, why_no_spans
     from llmc_rag_service.service.status import show_report
+
+    def spans_of(path: str, line: int | None = None) -> list | None:
+        # A name that is not UTF-8 was never stored (and cannot be looked up).
+        return show_report(config, path, line) if utf8_name(path) else None
 
     path, line = args.target, None
     head, sep, tail = args.target.rpartition(":")
     # A file may itself be named "x:12"; only an unknown name is read as PATH:LINE.
-    if sep and tail.isdigit() and show_report(config, args.target) is None:
+    if sep and tail.isdigit() and spans_of(args.target) is None:
         path, line = head, int(tail)
-    spans = show_report(config, path, line)
-    if spans is None:
-        print(f"llmc-rag: {path}: not a known file of a configured repo", file=sys.stderr)
-        return 1
+    spans = spans_of(path, line)
+    if not spans:
+        _err(why_no_spans(config, path, line))
+        return EX_FAILED
     if args.json:
         print(json.dumps(spans, indent=2))
-        return 0
+        return EX_OK
     for s in spans:
         print(f"{s['path']}:{s['start_line']}-{s['end_line']} {s['kind']} {s['name']} [{s['state']}]")
         if s["enrichment"]:
@@ -159,13 +199,26 @@ def _show(config: Config, args: argparse.Namespace) -> int:
                 print(f"  usage: {e['usage']}")
         elif s["error"]:
             print(f"  error: {s['error']}")
-    return 0
+    return EX_OK
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from llmc_rag_service.service import doctor
+
+    logsetup.configure_logging("error", "auto")  # the checks speak for themselves
+    checks = doctor.run_checks(args.config)
+    print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.as_text(checks))
+    return EX_FAILED if any(c.status == "fail" for c in checks) else EX_OK
 
 
 def _install_unit(args: argparse.Namespace) -> int:
-    from llmc_rag_service.service.units import install_unit
+    from llmc_rag_service.service.units import UnitError, install_unit
 
-    path = install_unit(args.user, Path(args.dest) if args.dest else None, args.run_as)
+    try:
+        path = install_unit(args.user, Path(args.dest) if args.dest else None, args.run_as)
+    except UnitError as exc:
+        _err(f"install-unit: {exc}")
+        return EX_USAGE
     scope = "--user " if args.user else ""
     print(f"wrote {path}")
     exec_line = next((line for line in path.read_text().splitlines() if line.startswith("ExecStart=")), "")
@@ -179,4 +232,4 @@ def _install_unit(args: argparse.Namespace) -> int:
         print(f"next: copy it into the systemd unit directory, then systemctl {scope}daemon-reload")
     else:
         print(f"next: systemctl {scope}daemon-reload && systemctl {scope}enable --now llmc-rag")
-    return 0
+    return EX_OK
