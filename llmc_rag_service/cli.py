@@ -88,6 +88,15 @@ def _err(text: str) -> None:
     print(f"llmc-rag: {text}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
 
 
+def _owner(path: Path) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return "its owner"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -105,8 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
         except BrokenPipeError:
             raise
+        except PermissionError:
+            _err(f"cannot read the store {config.db_path}: permission denied; it is readable only by "
+                 f"{_owner(config.state_dir)} (the service's user) and root")
+            return EX_IOERR
         except (OSError, sqlite3.Error) as exc:
-            # Permission denied, a corrupt or full store: one line, no traceback.
+            # A corrupt, unwritable or full store: one line, no traceback.
             _err(f"state unusable: {config.db_path}: {exc}")
             return EX_IOERR
     except KeyboardInterrupt:
