@@ -115,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:
             raise
         except PermissionError:
-            _err(f"cannot read the store {config.db_path}: permission denied; it is readable only by "
-                 f"{_owner(config.state_dir)} (the service's user) and root")
+            owner = _owner(config.state_dir)
+            who = "root" if owner == "root" else f"{owner} (the service's user) and root"
+            _err(f"cannot read the store {config.db_path}: permission denied; only {who} may read it")
             return EX_IOERR
         except (OSError, sqlite3.Error) as exc:
             # A corrupt, unwritable or full store: one line, no traceback.

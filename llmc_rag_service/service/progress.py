@@ -154,7 +154,12 @@ def _isatty(stream: TextIO) -> bool:
 
 
 def _columns(stream: TextIO) -> int:
+    """$COLUMNS, else the terminal's width, else 100 (a pty may report 0)."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 100
     except (AttributeError, ValueError, OSError):
         return 100
