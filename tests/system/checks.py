@@ -393,5 +393,45 @@ def _uninstall():
     return result.stdout.strip().splitlines()[-1]
 
 
+def readme_user_command() -> str:
+    """The README's per-user install command, verbatim."""
+    found = re.findall(r"`(\./scripts/install\.sh --user --now)`", (CLONE / "README.md").read_text())
+    expect(len(set(found)) == 1, f"user install command in README.md: {found}")
+    return found[0]
+
+
+@check("the README's --user command: a user service for llmc with its own store, doctor all ok")
+def _user_service():
+    uid = int(sh("id", "-u", "llmc").stdout)
+    env = f"export XDG_RUNTIME_DIR=/run/user/{uid}; "
+    config = Path("/home/llmc/.config/llmc-rag/config.yaml")
+    as_user("llmc", f"mkdir -p {config.parent} && printf '%s' {shlex.quote(CONFIG.read_text())} > {config}")
+    expect(sh("loginctl", "enable-linger", "llmc").returncode == 0, "enable-linger failed")
+    wait_for(lambda: Path(f"/run/user/{uid}/systemd/private").exists(), 30, "llmc's user manager")
+    started = time.monotonic()
+    result = as_user("llmc", env + f"cd {shlex.quote(str(CLONE))} && {readme_user_command()}", timeout=600)
+    took = time.monotonic() - started
+    expect(result.returncode == 0, f"exited {result.returncode}: {result.stdout}{result.stderr}")
+    active = as_user("llmc", env + "systemctl --user is-active llmc-rag").stdout.strip()
+    expect(active == "active", f"user service {active}")
+
+    def done():
+        status = as_user("llmc", env + "llmc-rag status --json")
+        report = json.loads(status.stdout) if status.returncode == 0 else {}
+        totals = report.get("totals", {})
+        return report if totals.get("spans") and totals["enriched"] == totals["spans"] else None
+
+    report = wait_for(done, 60, "the user service's store enriched", every_s=0.5)
+    expect(report["store"]["path"] == "/home/llmc/.local/state/llmc-rag/llmc-rag.db"
+           and report["store"]["service_uses_this_store"] is True, f"store {report['store']}")
+    doctor = as_user("llmc", env + "llmc-rag doctor")
+    (RESULTS / "doctor-user.txt").write_text(doctor.stdout + doctor.stderr)
+    expect(doctor.returncode == 0 and "FAIL" not in doctor.stdout, doctor.stdout + doctor.stderr)
+    removed = as_user("llmc", env + f"cd {shlex.quote(str(CLONE))} && ./scripts/install.sh --user --uninstall")
+    expect(removed.returncode == 0 and not Path("/home/llmc/.local/share/llmc-rag").exists(), removed.stdout)
+    expect(Path(report["store"]["path"]).exists(), "the user store was removed")
+    return f"install took {took:.1f} s; totals {report['totals']}; doctor: {doctor.stdout.strip().splitlines()[-1]}"
+
+
 (RESULTS / "journal.txt").write_text(sh("journalctl", "-u", UNIT, "--no-pager", "-o", "short-precise").stdout)
 (RESULTS / "journal-all.txt").write_text(sh("journalctl", "-b", "--no-pager").stdout)

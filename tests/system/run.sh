@@ -20,7 +20,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${LLMC_RAG_SYSTEM_CACHE:-/var/cache/llmc-rag-system-test}
 PY=${PYTHON:-$REPO/.venv/bin/python}
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,git,sudo
+PACKAGES=systemd,systemd-sysv,libpam-systemd,dbus,python3,python3-venv,git,sudo
 # The mirror this machine's apt uses (deb822 "URIs:" or one-line "deb URL"), else Debian's.
 MIRROR=${LLMC_RAG_MIRROR:-$(sed -n 's/^URIs: *\(http[^ ]*\/debian\)$/\1/p; s/^deb \(http[^ ]*\/debian\) bookworm .*/\1/p' \
   /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | head -n1 || true)}

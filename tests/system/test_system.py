@@ -30,5 +30,5 @@ def test_the_unit_behaves_under_a_real_systemd(tmp_path):
                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "RESULTS_DIR": str(tmp_path)})
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("PASS ") >= 16
+    assert proc.stdout.count("PASS ") >= 17
     assert "FAIL " not in proc.stdout
