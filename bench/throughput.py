@@ -2,7 +2,7 @@
 
 An emulator with ``--slots`` generation slots (OLLAMA_NUM_PARALLEL) and a fixed
 generation latency per request has a capacity of ``slots / latency`` answers
-per second. The pipeline (Engine: store, queue, scanner, worker pool, client)
+per second. The pipeline (Pipeline: store, queue, scanner, worker pool, client)
 runs with ``ollama.concurrency = slots`` on a temp repo of ``--jobs``
 one-function files (one span, one job each). The ratio achieved / capacity
 shows the gaps between one answer and the next request; the target is >= 0.95.
@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 
-from llmc_rag_service.service.pipeline import Engine
+from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.logs import configure_logging
-from tests.helpers import make_config, write_tree
+from llmc_rag_service.testing.repos import make_config, write_tree
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
 
@@ -37,18 +37,18 @@ def run_once(jobs: int, slots: int, latency_s: float) -> dict:
         write_tree(root, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(jobs)})
         config = make_config(Path(tmp), emu.url, [root], ollama={"concurrency": slots, "timeout_s": 60},
                              logging={"level": "warning"})
-        engine = Engine(config)
+        pipeline = Pipeline(config)
         try:
-            engine.scanners[root].full_scan()
-            queued = engine.counts()["pending"]
+            pipeline.scan_all()
+            queued = pipeline.counts()["pending"]
             started = time.monotonic()
-            engine.pool.start()
-            while engine.counts()["done"] + engine.counts()["failed"] < queued:
+            pipeline.start_workers()
+            while pipeline.counts()["done"] + pipeline.counts()["failed"] < queued:
                 time.sleep(0.01)  # a benchmark's polling loop, not a test
             wall_s = time.monotonic() - started
-            done = engine.counts()["done"]
+            done = pipeline.counts()["done"]
         finally:
-            engine.close(5.0)
+            pipeline.close(5.0)
     capacity = slots / latency_s
     served_s = [r.t_end - r.t_start for r in emu.requests if r.path == "/api/chat" and r.t_end]
     return {"jobs": done, "slots": slots, "latency_s": latency_s, "wall_s": wall_s,

@@ -24,7 +24,7 @@ from llmc_rag_service.config import Config, ConfigError, find_config_path, load_
 EX_OK = 0
 #: Some spans failed for good (enrich); nothing to show (show); a check failed (doctor).
 EX_FAILED = 1
-#: Bad arguments (install-unit).
+#: Bad arguments (install-unit); argparse itself exits 2 for a malformed command line.
 EX_USAGE = 64
 #: A repo path is missing (enrich).
 EX_NOINPUT = 66
@@ -150,14 +150,11 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def _enrich(config: Config, args: argparse.Namespace) -> int:
-    from llmc_rag_service.service import oneshot
+    from llmc_rag_service.service.oneshot import Outcome, run_enrich
 
-    outcome = oneshot.run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
-    if outcome.gave_up:
-        return EX_UNAVAILABLE
-    if outcome.missing:
-        return EX_NOINPUT
-    return EX_FAILED if outcome.failed else EX_OK
+    outcome = run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
+    return {Outcome.DONE: EX_OK, Outcome.SOME_FAILED: EX_FAILED, Outcome.REPO_MISSING: EX_NOINPUT,
+            Outcome.GAVE_UP: EX_UNAVAILABLE}[outcome]
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:

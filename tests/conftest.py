@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import NotifySocket, Pipeline, Serve, write_tree
+from tests.helpers import NotifySocket, TempPipeline, Serve, write_tree
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
 
@@ -56,10 +56,10 @@ def serve_factory():
 @pytest.fixture
 def pipelines():
     """Pipelines made by the test, closed after it."""
-    made: list[Pipeline] = []
+    made: list[TempPipeline] = []
 
-    def make(*args, **kwargs) -> Pipeline:
-        made.append(Pipeline(*args, **kwargs))
+    def make(*args, **kwargs) -> TempPipeline:
+        made.append(TempPipeline(*args, **kwargs))
         return made[-1]
 
     yield make

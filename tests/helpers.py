@@ -18,42 +18,8 @@ import yaml
 from llmc_rag_service.store import jobs as q
 from llmc_rag_service.enrich import workers
 from llmc_rag_service.config import Config, load_config
-from llmc_rag_service.service.pipeline import Engine
-
-
-def write_tree(root: Path, files: Mapping[str, str | bytes]) -> None:
-    """Create ``files`` (relative path -> text or bytes) under ``root``."""
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
-
-
-def make_config(tmp_path: Path, url: str, repos: list[Path], **sections) -> Config:
-    """Write a config file for ``repos`` against ``url`` and load it.
-
-    ``sections`` override/extend top-level sections, e.g. ``queue={"max_attempts": 2}``.
-    """
-    data = {
-        "state_dir": str(tmp_path / "state"),
-        "repos": [{"path": str(r)} for r in repos],
-        "ollama": {"url": url, "model": "test-model", "concurrency": 2, "timeout_s": 20, "keep_alive": "15m",
-                   "options": {"temperature": 0.2, "num_ctx": 8192}},
-        "watch": {"debounce_ms": 50},
-        "queue": {"max_attempts": 3},
-        "logging": {"level": "debug", "format": "json"},
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    if "hosts" in data["ollama"]:  # hosts replace the single-host url/concurrency
-        data["ollama"].pop("url", None)
-        data["ollama"].pop("concurrency", None)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return load_config(path)
+from llmc_rag_service.testing.repos import make_config, write_tree  # noqa: F401  (re-exported for tests)
+from llmc_rag_service.service import pipeline as pipeline_mod
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float = 15.0, what: str = "condition") -> object:
@@ -141,8 +107,8 @@ def fast_backoffs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(workers, "BUSY_MAX_S", 0.1)
 
 
-class Pipeline:
-    """The real Engine (store, queue, scanner, workers, clients) on a temp repo of
+class TempPipeline:
+    """The real Pipeline (store, queue, scanner, workers, clients) on a temp repo of
     ``files`` one-function Python files, each one span and one job.
 
     ``ollama`` and ``queue`` override config sections (see tests.helpers.make_config).
@@ -155,16 +121,16 @@ class Pipeline:
         write_tree(self.root, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(files)})
         self.config = make_config(tmp_path, url, [self.root], ollama=ollama or {}, queue=queue or {})
         self.changed = threading.Event()
-        self.engine = Engine(self.config, on_change=self.changed.set)
-        self.engine.scanners[self.root].full_scan()
+        self.pipeline = pipeline_mod.Pipeline(self.config, on_change=self.changed.set)
+        self.pipeline.scan_all()
 
-    def start(self) -> Pipeline:
-        self.engine.pool.start()
+    def start(self) -> TempPipeline:
+        self.pipeline.start_workers()
         return self
 
     def settled(self) -> bool:
         """Nothing pending or running."""
-        c = self.engine.counts()
+        c = self.pipeline.counts()
         return c["pending"] + c["running"] == 0
 
     def wait_done(self, timeout_s: float = 15.0) -> None:
@@ -172,9 +138,9 @@ class Pipeline:
 
     def jobs(self) -> list[dict]:
         """Every job row as a dict (span_hash, state, attempts, last_error)."""
-        rows = self.engine.store.conn.execute(
+        rows = self.pipeline.store.conn.execute(
             "SELECT span_hash, state, attempts, last_error FROM jobs ORDER BY id").fetchall()
         return [dict(r) for r in rows]
 
     def close(self) -> None:
-        self.engine.close(2.0)
+        self.pipeline.close(2.0)

@@ -1,6 +1,7 @@
-"""An in-process live pipeline for watching tests: the real Engine (store, queue, scanner,
-workers), the real Indexer thread and the real Watching facade with watchdog observers, driven
-by a loop that does what the daemon's main loop does with ``Watching.poll()``."""
+"""An in-process live pipeline for watching tests: the real
+:class:`~llmc_rag_service.service.pipeline.Pipeline` (store, queue, scanners, workers, scan
+scheduler, watchers), driven by a loop that does what the daemon's main loop does
+(``Pipeline.drain_events()``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,7 @@ import threading
 import time
 
 from llmc_rag_service.config import Config
-from llmc_rag_service.service.pipeline import Engine
-from llmc_rag_service.index.scheduler import Indexer
-from llmc_rag_service.watch.watchset import Watching
-from llmc_rag_service.enrich.workers import WorkerPool
+from llmc_rag_service.service.pipeline import Pipeline
 from tests.helpers import wait_for
 
 TICK_S = 0.02
@@ -20,7 +18,7 @@ _SENTINELS = itertools.count()
 
 
 class Live:
-    """Engine + Indexer + Watching for ``config``'s repos, first repo as ``root``.
+    """A :class:`Pipeline` for ``config``'s repos, first repo as ``root``.
 
     The worker pool is not running until :meth:`start_workers`, so jobs wait in the queue.
     """
@@ -28,46 +26,40 @@ class Live:
     def __init__(self, config: Config, settle_s: float = 0.2, poll_interval_s: float | None = None):
         self.config = config
         self.root = config.repos[0].path
-        self.engine = Engine(config)
-        self.scanner = self.engine.scanners[self.root]
-        self.indexer = Indexer(self.engine)
-        self.watching = Watching(config.watch, settle_s=settle_s, poll_interval_s=poll_interval_s)
-        self.work: list = []  # every Work item poll() returned, in order
+        self.pipeline = Pipeline(config, settle_s=settle_s, poll_interval_s=poll_interval_s)
+        self.store = self.pipeline.store
+        self.scanner = self.pipeline.scanners[self.root]
+        self.work: list = []  # every Work item drain_events() returned, in order
         self._stop = threading.Event()
         self._loop = threading.Thread(target=self._run, name="test-main-loop", daemon=True)
-        self._workers_on = False
 
     def start(self) -> Live:
-        """Start the indexer, the watchers and the loop (no initial full scan)."""
-        self.indexer.start()
-        for repo in self.config.repos:
-            self.watching.start(repo.path, self.engine.scanners[repo.path].ignore)
+        """Start the scan scheduler, the watchers and the loop (no initial full scan)."""
+        self.pipeline.start_scheduler()
+        self.pipeline.watch(catch_up=False)
         self._loop.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(TICK_S):
-            for work in self.watching.poll():
-                self.work.append(work)
-                self.indexer.put(work)
+            self.work.extend(self.pipeline.drain_events())
 
     def start_workers(self) -> None:
-        self.engine.pool.start()
-        self._workers_on = True
+        self.pipeline.start_workers()
 
     def enrich_existing(self, timeout_s: float = 30.0) -> None:
-        """Scan the repo now and enrich every span with a temporary pool (stopped after)."""
-        self.scanner.full_scan()
-        pool = self.engine.pool
-        pool.start()
-        wait_for(self.drained, timeout_s, "initial enrichment")
-        pool.stop(5.0)
-        self.engine.pool = WorkerPool(self.engine.store, self.engine.queue, self.engine.client)
+        """Scan the repo now and enrich every span, on a separate pipeline (closed after)."""
+        helper = Pipeline(self.config)
+        try:
+            helper.scan_all()
+            helper.start_workers()
+            wait_for(lambda: _drained(helper), timeout_s, "initial enrichment")
+        finally:
+            helper.close(5.0)
 
     def drained(self) -> bool:
         """No job pending or running (jobs of vanished spans do not count)."""
-        c = self.engine.queue.counts()
-        return c["pending"] + c["running"] == 0 and self.engine.pool.in_flight == 0
+        return _drained(self.pipeline)
 
     def settle(self, timeout_s: float = 15.0) -> None:
         """Wait until every event so far went through the indexer: write an empty
@@ -81,24 +73,26 @@ class Live:
         wait_for(lambda: name not in self.files(), timeout_s, f"sentinel {name} removed")
 
     def files(self, under: str | None = None) -> dict:
-        return self.engine.store.files(self.scanner.repo_id, under=under)
+        return self.store.files(self.scanner.repo_id, under=under)
 
     def spans_of(self, relpath: str) -> list:
         record = self.files().get(relpath)
-        return self.engine.store.file_spans(record.id) if record else []
+        return self.store.file_spans(record.id) if record else []
 
     def jobs_since(self, t0: float) -> list:
         """Job rows (span_hash, state) created at or after wall time ``t0``."""
-        return self.engine.store.conn.execute(
+        return self.store.conn.execute(
             "SELECT span_hash, state FROM jobs WHERE created_at >= ?", (t0,)).fetchall()
 
     def close(self) -> None:
         self._stop.set()
         self._loop.join(5)
-        self.watching.stop_all()
-        self.indexer.stop()
-        self.indexer.join(10)
-        self.engine.close(5.0 if self._workers_on else 0.0)
+        self.pipeline.close(5.0, join_s=10)
+
+
+def _drained(pipeline: Pipeline) -> bool:
+    c = pipeline.counts()
+    return c["pending"] + c["running"] == 0 and c["in_flight"] == 0
 
 
 def chats(emu) -> list:

@@ -21,7 +21,7 @@ from llmc_rag_service.service.daemon import Daemon
 from llmc_rag_service.service.notify import Notifier
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.service.status import status_report
-from llmc_rag_service.watch.watchset import Watching
+from llmc_rag_service.watch.watchset import WatchSet
 from tests.helpers import NotifySocket, make_config, wait_for
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
@@ -70,7 +70,7 @@ def test_a_worker_blocked_forever_stops_the_pings(tmp_path, repo, ollama, notify
         try:
             assert entered.wait(10)
             hung_at = time.monotonic()
-            wait_for(lambda: running.daemon.engine.hung(), 10, "the hang limit")
+            wait_for(lambda: running.daemon.pipeline.hung(), 10, "the hang limit")
             limit_at = time.monotonic()
             wait_for(lambda: any(e["event"] == "watchdog_unhealthy" for e in logs), 5, "watchdog_unhealthy")
             quiet_until = time.monotonic() + 1.5  # longer than WATCHDOG_USEC: systemd would have fired
@@ -112,14 +112,14 @@ def test_a_long_start_extends_the_timeout_and_is_ready_only_after_the_watches(tm
     monkeypatch.setattr(daemon_mod, "EXTEND_EVERY_S", 0.05)
     monkeypatch.setattr(daemon_mod, "EXTEND_BY_S", 1.0)
     release, watched = threading.Event(), threading.Event()
-    original = Watching.start
+    original = WatchSet.start
 
     def slow_start(self, *args, **kwargs):  # a repo with very many directories
         release.wait(20)
         original(self, *args, **kwargs)
         watched.set()
 
-    monkeypatch.setattr(Watching, "start", slow_start)
+    monkeypatch.setattr(WatchSet, "start", slow_start)
     config = make_config(tmp_path, ollama.url, [repo])
     daemon = Daemon(config.source, config, Notifier(notify.path))
     starter = threading.Thread(target=daemon.startup)
@@ -143,7 +143,7 @@ def test_stop_returns_jobs_still_running_after_the_grace_to_pending(tmp_path, re
     with OllamaEmulator(latency_s=30.0) as slow:
         config = make_config(tmp_path, slow.url, [repo])
         running = Running(config, notify)
-        wait_for(lambda: running.daemon.engine.pool.in_flight == 2, 10, "two requests in flight")
+        wait_for(lambda: running.daemon.pipeline.pool.in_flight == 2, 10, "two requests in flight")
         with capture_logs() as logs:
             running.stop()
     stopped = [e for e in logs if e["event"] == "daemon_stopped"]

@@ -66,7 +66,7 @@ def jobs_for(live: Live, relpath: str, t0: float) -> list[str]:
     spans = live.spans_of(relpath)
     if spans:
         return [s["name"] for s in spans if s["span_hash"] in hashes]
-    current = {r[0] for r in live.engine.store.conn.execute("SELECT span_hash FROM spans")}
+    current = {r[0] for r in live.pipeline.store.conn.execute("SELECT span_hash FROM spans")}
     return [h for h in hashes if h not in current]
 
 
@@ -92,7 +92,7 @@ def test_editor_case_yields_exactly_the_expected_work(live_factory, ollama, case
         (target,) = expect["jobs_for"]
         assert sorted(jobs_for(live, target, t0)) == sorted(expect["changed_spans"])
     if expect.get("no_jobs_with_empty_content"):
-        texts = [live.engine.store.conn.execute("SELECT text FROM span_texts WHERE span_hash = ?",
+        texts = [live.pipeline.store.conn.execute("SELECT text FROM span_texts WHERE span_hash = ?",
                                                 (row["span_hash"],)).fetchone()[0] for row in live.jobs_since(t0)]
         assert texts and all(t.strip() for t in texts)
     if expect.get("no_error_logs"):

@@ -95,7 +95,7 @@ def check_b(live: Live, ollama, t0: float, before: int) -> None:
     assert live.files(under=".git") == {}
     for i in range(30, 35):
         assert live.spans_of(f"pkg/m{i:02}.py") == []
-    assert {r[0] for r in live.engine.store.conn.execute("SELECT span_hash FROM spans")} == hashes(b_final)
+    assert {r[0] for r in live.pipeline.store.conn.execute("SELECT span_hash FROM spans")} == hashes(b_final)
     batches = [w for w in live.work if w.kind == "paths" and any(p.startswith("pkg/") for p in w.paths)]
     assert len(batches) == 1 and {p for p in batches[0].paths if p.startswith("pkg/")} == \
         {rel for rel in branch_b()}
@@ -114,7 +114,7 @@ def test_real_checkout_is_one_transaction_and_switching_back_costs_nothing(live,
     git(live.root, "checkout", "-q", "A")
     live.settle()
     wait_for(live.drained, 20, "A's state")
-    assert {r[0] for r in live.engine.store.conn.execute("SELECT span_hash FROM spans")} == hashes(branch_a())
+    assert {r[0] for r in live.pipeline.store.conn.execute("SELECT span_hash FROM spans")} == hashes(branch_a())
     assert len(chats(ollama)) == after_b
 
 

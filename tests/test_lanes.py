@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmc_rag_service.index.scheduler import Indexer
+from llmc_rag_service.index.scheduler import ScanScheduler
 from llmc_rag_service.store.jobs import PRIORITY_LIVE
 from tests.helpers import make_config, wait_for, write_tree
 from tests.live import Live, chats, user_text
@@ -37,7 +37,7 @@ def test_live_batch_is_indexed_during_a_full_scan(tmp_path):
 
     scanner.full_scan, scanner.process_paths = full_scan, process_paths
     write_tree(root, {"saved.py": "def saved():\n    return 'now'\n"})
-    indexer = Indexer(live.engine)
+    indexer = ScanScheduler(live.pipeline.scanners.get)
     indexer.put_full(root)
     indexer.put_paths(root, {"saved.py"})
     indexer.start()
@@ -46,10 +46,10 @@ def test_live_batch_is_indexed_during_a_full_scan(tmp_path):
     finally:
         indexer.stop()
         indexer.join(10)
-        live.engine.close(0)
+        live.pipeline.close(0)
     assert [e[0] for e in events] == ["full_start", "paths", "full_end"]
     assert events[1][1] < 5  # indexed right after the scan's first file(s)
-    row = live.engine.store.conn.execute(
+    row = live.pipeline.store.conn.execute(
         "SELECT j.priority FROM jobs j JOIN spans s ON s.span_hash = j.span_hash JOIN files f ON f.id = s.file_id "
         "WHERE f.path = 'saved.py'").fetchone()
     assert row["priority"] == PRIORITY_LIVE
@@ -65,7 +65,7 @@ def test_a_save_is_enriched_before_the_remaining_backfill(tmp_path):
         try:
             live.start()
             live.start_workers()
-            live.indexer.put_full(root)
+            live.pipeline.scheduler.put_full(root)
             wait_for(lambda: len(chats(emu)) >= 3, 20, "backfill under way")
             (root / "saved.py").write_text("def saved():\n    return 'now'\n")
             wait_for(lambda: any("return 'now'" in user_text(r) for r in chats(emu)), 20, "the save's request")

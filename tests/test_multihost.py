@@ -32,9 +32,9 @@ def test_a_host_dying_mid_run_loses_and_duplicates_nothing(tmp_path, pipelines, 
         wait_for(lambda: any(r.t_end is None and not r.done_sent for r in chats(b)), 10, "a request open on b")
         b.stop()
         p.wait_done()
-        host_b = p.engine.pool.hosts[1]
+        host_b = p.pipeline.pool.hosts[1]
         wait_for(lambda: host_b.state == "unreachable", 5, "b marked unreachable")
-        status = p.engine.status_line()
+        status = p.pipeline.status_line()
         once = Counter(answered(a) + answered(b))
     assert [j["state"] for j in p.jobs()] == ["done"] * 40
     assert all(j["attempts"] == 1 for j in p.jobs())  # the outage cost no attempt
@@ -42,7 +42,7 @@ def test_a_host_dying_mid_run_loses_and_duplicates_nothing(tmp_path, pipelines, 
     assert answered(a) and answered(b)  # both hosts took work
     name_a, name_b = (u.split("://")[1] for u in (a.url, b.url))
     assert f"; ollama 1/2 ok: {name_a} ok, {name_b} unreachable (" in status and status.startswith("idle: ")
-    assert p.engine.ollama_down() is None and p.engine.last_error().startswith(f"{b.url}: ")
+    assert p.pipeline.ollama_down() is None and p.pipeline.last_error().startswith(f"{b.url}: ")
 
 
 def test_all_hosts_down_is_waiting_and_status_lists_each(tmp_path, pipelines, monkeypatch):
@@ -52,8 +52,8 @@ def test_all_hosts_down_is_waiting_and_status_lists_each(tmp_path, pipelines, mo
         urls = [a.url, b.url]
     p = pipelines(tmp_path, urls[0], files=3, ollama={"hosts": [{"url": u, "concurrency": 1} for u in urls]})
     p.start()
-    wait_for(lambda: p.engine.ollama_down() == "unreachable", 10, "both hosts down")
-    status = p.engine.status_line()
+    wait_for(lambda: p.pipeline.ollama_down() == "unreachable", 10, "both hosts down")
+    status = p.pipeline.status_line()
     assert status.startswith("waiting: 3 pending") and "; ollama 0/2 ok: " in status
     assert status.count("unreachable (") == 2
     assert all(j["attempts"] == 0 for j in p.jobs())

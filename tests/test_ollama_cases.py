@@ -1,7 +1,7 @@
 """One test per row O1-O17 of tests/data/ollama_behaviours.md, plus the seed's third form.
 
 Each test makes the emulator behave as a real Ollama server does and checks
-the client's outcome through the real pipeline (:class:`tests.test_workers.Pipeline`).
+the client's outcome through the real pipeline (:class:`tests.helpers.TempPipeline`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from llmc_rag_service.enrich import ollama as ol
+from llmc_rag_service.enrich.prompt import chat_client
 from llmc_rag_service.config import LOAD_TIME_OPTIONS, OllamaConfig
 from tests.helpers import wait_for, write_tree
 from llmc_rag_service.testing.emulator import MIDSTREAM_MSG, RUNNER_CRASH_MSG, OllamaEmulator
-from tests.helpers import Pipeline, fast_backoffs
+from tests.helpers import TempPipeline, fast_backoffs
 
 MESSAGES = [{"role": "user", "content": "def f(): pass"}]
 #: For the tests' own requests (plain HTTP to 127.0.0.1: no TLS context to build).
@@ -50,7 +51,7 @@ def ps_expiries(emu: OllamaEmulator) -> list[datetime]:
     return [datetime.fromisoformat(m["expires_at"].replace("Z", "+00:00")) for m in models]
 
 
-def assert_first_attempt_and_no_ps(p: Pipeline, emu: OllamaEmulator, ps_before: int) -> None:
+def assert_first_attempt_and_no_ps(p: TempPipeline, emu: OllamaEmulator, ps_before: int) -> None:
     assert [(j["state"], j["attempts"]) for j in p.jobs()] == [("done", 1)] * len(p.jobs())
     assert emu.count("/api/ps") == ps_before
 
@@ -112,7 +113,7 @@ def test_o3_cold_load_succeeds_first_time_because_the_first_byte_deadline_covers
         assert [(j["state"], j["attempts"]) for j in p.jobs()] == [("done", 1)] * 2
         assert (emu.loads, emu.aborted_loads) == (1, 0)
     with OllamaEmulator({"test-model": 1.5}) as emu:
-        impatient = ol.OllamaClient(OllamaConfig(url=emu.url, model="test-model", load_timeout_s=0.3))
+        impatient = chat_client(OllamaConfig(url=emu.url, model="test-model", load_timeout_s=0.3))
         with pytest.raises(ol.RequestTimeout):
             impatient.chat(MESSAGES)
         wait_for(lambda: emu.aborted_loads == 1, 5, "the load aborted by the hang-up")
@@ -140,7 +141,7 @@ def test_o4_a_fifo_wait_at_the_server_is_bounded_by_the_client_deadline():
         other.submit(httpx.post, f"{emu.url}/api/chat", **HTTP,
                      json={"model": "test-model", "messages": MESSAGES, "options": {"num_ctx": 8192}})
         wait_for(lambda: emu.in_flight_max.get("test-model") == 1, 5, "the slot taken")
-        client = ol.OllamaClient(OllamaConfig(url=emu.url, model="test-model", load_timeout_s=0.5))
+        client = chat_client(OllamaConfig(url=emu.url, model="test-model", load_timeout_s=0.5))
         with pytest.raises(ol.RequestTimeout):
             client.chat(MESSAGES)
         assert emu.in_flight_max["test-model"] == 1 and chats(emu)[0].t_end is None
@@ -176,7 +177,7 @@ def test_o7_every_request_carries_identical_load_time_options(tmp_path, ollama, 
     fast_backoffs(monkeypatch)
     options = {"num_ctx": 4096, "num_batch": 128, "num_thread": 4, "temperature": 0.1}
     p = pipelines(tmp_path, ollama.url, files=4, ollama={"options": options})
-    p.engine.warm_up()
+    p.pipeline.warm_up()
     wait_for(lambda: any(r.path == "/api/generate" and r.status for r in ollama.requests), 5, "warm-up")
     ollama.inject("length")  # one answer cut: its retry asks for a larger num_predict
     p.start().wait_done()
@@ -195,7 +196,7 @@ def test_o8_empty_answers_are_never_stored_and_fail_as_empty_response(tmp_path, 
     p.start().wait_done()
     (job,) = p.jobs()
     assert job["state"] == "failed" and "empty_response" in job["last_error"] and len(chats(ollama)) == 2
-    assert p.engine.store.conn.execute("SELECT COUNT(*) FROM enrichments").fetchone()[0] == 0
+    assert p.pipeline.store.conn.execute("SELECT COUNT(*) FROM enrichments").fetchone()[0] == 0
 
 
 def test_o9_answer_cut_by_length_is_retried_with_a_larger_cap_then_failed(tmp_path, ollama, pipelines, monkeypatch):
@@ -216,7 +217,7 @@ def test_o10_silently_truncated_prompt_is_flagged_and_not_stored(tmp_path, pipel
     with OllamaEmulator(context_length=1024) as emu:
         p = pipelines(tmp_path, emu.url, files=1, queue={"max_attempts": 2})
         write_tree(p.root, {"long.py": "def long():\n" + "    total = total + compute(1)\n" * 400})
-        p.engine.scanners[p.root].full_scan()
+        p.pipeline.scan_all()
         p.start().wait_done()
         states = {j["state"]: j for j in p.jobs()}
         assert "prompt_truncated" in states["failed"]["last_error"] and "done" in states
@@ -230,8 +231,8 @@ def test_o11_missing_model_waits_without_attempts_and_resumes_when_pulled(tmp_pa
     p = pipelines(tmp_path, ollama.url, files=3)
     with capture_logs() as logs:
         p.start()
-        wait_for(lambda: p.engine.pool.host.state == "model_missing", 5, "model_missing")
-        assert "model test-model missing, run: ollama pull test-model" in p.engine.status_line()
+        wait_for(lambda: p.pipeline.pool.host.state == "model_missing", 5, "model_missing")
+        assert "model test-model missing, run: ollama pull test-model" in p.pipeline.status_line()
         wait_for(lambda: ollama.count("/api/tags") >= 3, 5, "a few /api/tags probes")
         assert all(j["attempts"] == 0 for j in p.jobs())
         ollama.install("test-model")
@@ -248,8 +249,8 @@ def test_o12_restart_behind_pooled_connections_is_retried_transparently(tmp_path
     seen = len(ollama.requests)
     ollama.restart()
     write_tree(p.root, {"late.py": "def late():\n    return 'after the restart'\n"})
-    p.engine.scanners[p.root].full_scan()
-    p.engine.pool.notify_work()
+    p.pipeline.scan_all()
+    p.pipeline.pool.notify_work()
     p.wait_done()
     assert [(j["state"], j["attempts"]) for j in p.jobs()] == [("done", 1)] * 5
     assert any(r.status is None for r in ollama.requests[seen:])  # a request died on a stale connection
@@ -261,7 +262,7 @@ def test_o13_outage_pauses_workers_keeps_attempts_probes_gently_and_resumes(tmp_
     monkeypatch.setattr("llmc_rag_service.enrich.workers.PROBE_BASE_S", 0.2)
     monkeypatch.setattr("llmc_rag_service.enrich.workers.PROBE_MAX_S", 0.4)
     p = pipelines(tmp_path, ollama.url, files=6, ollama={"concurrency": 2})
-    client, calls = p.engine.client, {"version": 0, "chat": 0}
+    client, calls = p.pipeline.client, {"version": 0, "chat": 0}
     for name in calls:
         real = getattr(client, name)
         monkeypatch.setattr(client, name, lambda *a, _real=real, _name=name, **k: calls.__setitem__(
@@ -269,10 +270,10 @@ def test_o13_outage_pauses_workers_keeps_attempts_probes_gently_and_resumes(tmp_
     ollama.stop()
     with capture_logs() as logs:
         p.start()
-        wait_for(lambda: p.engine.pool.host.state == "unreachable", 5, "unreachable")
+        wait_for(lambda: p.pipeline.pool.host.state == "unreachable", 5, "unreachable")
         began = time.monotonic()
         wait_for(lambda: calls["version"] >= 6, 10, "six probes")
-        status, outage_s = p.engine.status_line(), time.monotonic() - began
+        status, outage_s = p.pipeline.status_line(), time.monotonic() - began
         chats_in_outage = calls["chat"]
         assert all(j["attempts"] == 0 and j["state"] == "pending" for j in p.jobs())
         ollama.start()
@@ -306,7 +307,7 @@ def test_o15_error_line_mid_stream_is_a_failed_attempt(tmp_path, ollama, pipelin
     (job,) = p.jobs()
     assert job["state"] == "failed" and MIDSTREAM_MSG in job["last_error"]
     assert [r.status for r in chats(ollama)] == [200]
-    assert p.engine.store.conn.execute("SELECT COUNT(*) FROM enrichments").fetchone()[0] == 0
+    assert p.pipeline.store.conn.execute("SELECT COUNT(*) FROM enrichments").fetchone()[0] == 0
 
 
 def test_o16_thinking_model_is_asked_not_to_think(tmp_path, pipelines):
@@ -315,13 +316,13 @@ def test_o16_thinking_model_is_asked_not_to_think(tmp_path, pipelines):
         p = pipelines(tmp_path, emu.url, files=2)
         p.start().wait_done()
         assert [r.json["think"] for r in chats(emu)] == [False, False]
-        summaries = [r[0] for r in p.engine.store.conn.execute("SELECT summary FROM enrichments")]
+        summaries = [r[0] for r in p.pipeline.store.conn.execute("SELECT summary FROM enrichments")]
         assert len(summaries) == 2 and not any("The user asks" in s for s in summaries)
 
 
 def test_o17_explicit_timeouts_and_a_never_answered_request_ends(ollama):
     """The client has connect/read/write/pool timeouts and a finite request bound; an accepted, unanswered request ends."""
-    client = ol.OllamaClient(OllamaConfig(url=ollama.url, model="test-model", load_timeout_s=0.5, timeout_s=2))
+    client = chat_client(OllamaConfig(url=ollama.url, model="test-model", load_timeout_s=0.5, timeout_s=2))
     timeout = client._http.timeout
     assert None not in (timeout.connect, timeout.read, timeout.write, timeout.pool)
     assert timeout.read == 0.5 and client.max_request_s() == ol.CONNECT_TIMEOUT_S + ol.WRITE_TIMEOUT_S + 2.5

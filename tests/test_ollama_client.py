@@ -10,7 +10,7 @@ import pytest
 
 from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.config import OllamaConfig
-from llmc_rag_service.enrich.prompt import (MIN_NUM_PREDICT, InvalidAnswer, PromptTooLarge, build_messages,
+from llmc_rag_service.enrich.prompt import (MIN_NUM_PREDICT, chat_client, InvalidAnswer, PromptTooLarge, build_messages,
                                          estimate_prompt_tokens, parse_answer, plan_num_predict, span_char_budget)
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
@@ -43,8 +43,8 @@ def make_exception(cls: type) -> Exception:
 
 def client_for(handler, **cfg) -> ol.OllamaClient:
     """A client whose requests go to ``handler`` (httpx MockTransport)."""
-    return ol.OllamaClient(OllamaConfig(url="http://ollama.test", model="m", **cfg),
-                           transport=httpx.MockTransport(handler))
+    return chat_client(OllamaConfig(url="http://ollama.test", model="m", **cfg),
+                       transport=httpx.MockTransport(handler))
 
 
 def ndjson(*objs: dict) -> bytes:
@@ -126,7 +126,7 @@ def test_closed_port_is_unavailable():
     with OllamaEmulator() as emu:
         url = emu.url
     with pytest.raises(ol.Unavailable):
-        ol.OllamaClient(OllamaConfig(url=url, model="test-model")).chat(MESSAGES)
+        chat_client(OllamaConfig(url=url, model="test-model")).chat(MESSAGES)
 
 
 def test_stall_after_the_first_chunk_hits_the_chunk_deadline(monkeypatch):
@@ -134,7 +134,7 @@ def test_stall_after_the_first_chunk_hits_the_chunk_deadline(monkeypatch):
     monkeypatch.setattr(ol, "CHUNK_TIMEOUT_S", 0.3)
     with OllamaEmulator() as emu:
         emu.inject("stall", seconds=30)
-        client = ol.OllamaClient(OllamaConfig(url=emu.url, model="test-model", load_timeout_s=20, timeout_s=20))
+        client = chat_client(OllamaConfig(url=emu.url, model="test-model", load_timeout_s=20, timeout_s=20))
         started = time.monotonic()
         with pytest.raises(ol.RequestTimeout):
             client.chat(MESSAGES)
@@ -144,7 +144,7 @@ def test_stall_after_the_first_chunk_hits_the_chunk_deadline(monkeypatch):
 def test_whole_answer_deadline_counts_from_the_first_byte():
     """An answer still trickling timeout_s after its first byte is a RequestTimeout."""
     with OllamaEmulator(latency_s=3.0) as emu:
-        client = ol.OllamaClient(OllamaConfig(url=emu.url, model="test-model", load_timeout_s=20, timeout_s=0.6))
+        client = chat_client(OllamaConfig(url=emu.url, model="test-model", load_timeout_s=20, timeout_s=0.6))
         with pytest.raises(ol.RequestTimeout, match="timeout_s"):
             client.chat(MESSAGES)
 

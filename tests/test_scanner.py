@@ -15,14 +15,14 @@ def live(tmp_path, ollama):
     write_tree(root, {"src/e.py": "def r():\n    return 2\n", "keep.py": "def k():\n    pass\n"})
     lv = Live(make_config(tmp_path, ollama.url, [root]))
     yield lv
-    lv.engine.close(1.0)
+    lv.pipeline.close(1.0)
 
 
 def test_job_claimed_before_its_file_was_deleted_is_released_unsent(live, ollama):
     """A worker that claimed a job whose file was deleted right after the claim re-reads the span, finds it gone and sends nothing."""
     (live.root / "keep.py").unlink()
     live.scanner.full_scan()
-    queue, claimed = live.engine.queue, []
+    queue, claimed = live.pipeline.queue, []
     real_claim = queue.claim
 
     def claim_then_delete():  # the file is deleted between the worker's claim and its read
@@ -35,9 +35,9 @@ def test_job_claimed_before_its_file_was_deleted_is_released_unsent(live, ollama
 
     queue.claim = claim_then_delete
     live.start_workers()
-    wait_for(lambda: claimed and live.engine.store.conn.execute(
+    wait_for(lambda: claimed and live.pipeline.store.conn.execute(
         "SELECT state FROM jobs WHERE id = ?", (claimed[0].id,)).fetchone()[0] == "pending", 10, "the release")
-    wait_for(lambda: live.engine.pool.in_flight == 0, 10, "no request in flight")
+    wait_for(lambda: live.pipeline.pool.in_flight == 0, 10, "no request in flight")
     assert chats(ollama) == [] and queue.counts()["pending"] == 0
 
 
@@ -47,8 +47,8 @@ def test_pending_jobs_of_a_deleted_file_are_cancelled(live):
     (live.root / "src/e.py").unlink()
     result = live.scanner.process_paths({"src/e.py"})
     assert result.deleted == 1
-    assert live.engine.queue.counts()["pending"] == 1  # keep.py's only
-    rows = live.engine.store.conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'pending'").fetchone()
+    assert live.pipeline.queue.counts()["pending"] == 1  # keep.py's only
+    rows = live.pipeline.store.conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'pending'").fetchone()
     assert rows[0] == 1
 
 

@@ -1,4 +1,4 @@
-"""The Watching facade end to end (real observer, scanner, queue, workers, emulator): moves and
+"""The WatchSet facade end to end (real observer, scanner, queue, workers, emulator): moves and
 deletes, renamed directories, lost events, the periodic reconcile, .gitignore edits, and the
 polling fallback when inotify hits its watch limit."""
 
@@ -14,7 +14,7 @@ from watchdog.observers import inotify_c
 
 from llmc_rag_service.config import WatchConfig
 from llmc_rag_service.index.ignore import RepoIgnore
-from llmc_rag_service.watch.watchset import Watching
+from llmc_rag_service.watch.watchset import WatchSet
 from tests.helpers import make_config, wait_for, write_tree
 from tests.live import Live, chats, now_wall
 
@@ -75,7 +75,7 @@ def test_gitignore_edit_drops_and_restores_files_at_once(live, ollama):
     t0 = now_wall()
 
     def c_jobs() -> int:
-        texts = [live.engine.store.conn.execute("SELECT text FROM span_texts WHERE span_hash = ?",
+        texts = [live.pipeline.store.conn.execute("SELECT text FROM span_texts WHERE span_hash = ?",
                                                 (j["span_hash"],)).fetchone()[0] for j in live.jobs_since(t0)]
         return sum("'pending'" in t for t in texts)
 
@@ -94,21 +94,21 @@ def test_gitignore_edit_drops_and_restores_files_at_once(live, ollama):
 
 def test_lost_events_and_a_dead_observer_lead_to_a_rescan_and_a_restart(live):
     """An observer thread that dies is restarted and its repo rescanned, so a change made meanwhile is found."""
-    watcher = live.watching.watchers[live.root]
+    watcher = live.pipeline.watches.watchers[live.root]
     watcher._observer.stop()
     watcher._observer.join(5)
     (live.root / "c.py").write_text("def c():\n    return 'missed'\n")
     wait_for(lambda: any(w.kind == "full" for w in live.work), 10, "a rescan")
     wait_for(watcher.is_alive, 10, "the restarted watcher")
     live.settle()
-    assert "missed" in live.engine.store.span_text(live.spans_of("c.py")[0]["span_hash"])["text"]
+    assert "missed" in live.pipeline.store.span_text(live.spans_of("c.py")[0]["span_hash"])["text"]
 
 
 def test_reconcile_runs_every_reconcile_s_and_reads_nothing_when_unchanged(tmp_path, monkeypatch):
     """poll() emits a full scan every reconcile_s; on an unchanged repo that scan reads no file."""
     root = tmp_path / "repo"
     write_tree(root, {"a.py": A})
-    watching = Watching(WatchConfig(debounce_ms=50, reconcile_s=0.1))
+    watching = WatchSet(WatchConfig(debounce_ms=50, reconcile_s=0.1))
     watching.start(root, RepoIgnore(root))
     try:
         fulls = []
@@ -121,7 +121,7 @@ def test_reconcile_runs_every_reconcile_s_and_reads_nothing_when_unchanged(tmp_p
     monkeypatch.setattr(live.scanner, "_read", lambda rel: reads.append(rel))
     result = live.scanner.full_scan()
     assert result.seen == 1 and reads == [] and result.jobs == 0
-    live.engine.close(0)
+    live.pipeline.close(0)
 
 
 @pytest.mark.timeout(30)
@@ -138,7 +138,7 @@ def test_inotify_watch_limit_falls_back_to_polling(tmp_path, monkeypatch):
         return real_add(fd, path, mask)
 
     monkeypatch.setattr(inotify_c, "inotify_add_watch", add_watch)
-    watching = Watching(WatchConfig(debounce_ms=50), poll_interval_s=0.1)
+    watching = WatchSet(WatchConfig(debounce_ms=50), poll_interval_s=0.1)
     with capture_logs() as logs:
         watching.start(root, RepoIgnore(root))
     try:

@@ -22,14 +22,14 @@ def test_failures_in_a_row_quarantine_the_host_then_it_resumes(tmp_path, ollama,
     events = [e["event"] for e in logs]
     assert events.count("ollama_quarantined") == 1 and events.count("ollama_recovered") == 1
     assert all(j["state"] == "done" for j in p.jobs())
-    assert p.engine.pool.host.state == "ok"
+    assert p.pipeline.pool.host.state == "ok"
 
 
 def test_prompt_too_large_is_dead_lettered_at_once(tmp_path, ollama, pipelines):
     """A span whose prompt leaves no room for an answer in num_ctx fails at once, without a request."""
     p = pipelines(tmp_path, ollama.url, files=0, ollama={"options": {"num_ctx": 500}})
     write_tree(p.root, {"big.py": "def big():\n" + "    x = 'abcdefghijklmnopqrstuvwxyz'\n" * 40})
-    p.engine.scanners[p.root].full_scan()
+    p.pipeline.scan_all()
     p.start().wait_done()
     jobs = p.jobs()
     assert jobs and all(j["state"] == "failed" and "prompt_too_large" in j["last_error"] for j in jobs)
@@ -39,9 +39,9 @@ def test_prompt_too_large_is_dead_lettered_at_once(tmp_path, ollama, pipelines):
 def test_hung_names_a_request_past_its_deadline(tmp_path, ollama, pipelines):
     """The watchdog check reports a request running longer than the longest possible request."""
     p = pipelines(tmp_path, ollama.url, files=0)
-    pool = p.engine.pool
+    pool = p.pipeline.pool
     assert pool.hung() is None
-    limit = p.engine.client.max_request_s() + 3 * 10.0 + workers.HANG_GRACE_S
+    limit = p.pipeline.client.max_request_s() + 3 * 10.0 + workers.HANG_GRACE_S
     with pool._lock:
         pool._started[-1] = (pool.host, time.monotonic() - limit - 5)
     assert "has been running" in pool.hung()
@@ -50,21 +50,21 @@ def test_hung_names_a_request_past_its_deadline(tmp_path, ollama, pipelines):
 def test_status_line_single_host_states(tmp_path, ollama, pipelines):
     """STATUS reads 'ollama ok', 'ollama unreachable at URL: error; retry in N s' or names the missing model."""
     p = pipelines(tmp_path, ollama.url, files=2)
-    host = p.engine.pool.host
-    assert p.engine.status_line() == "enriching: 2 pending, 0 in flight, 0 done, 0 failed; ollama ok"
+    host = p.pipeline.pool.host
+    assert p.pipeline.status_line() == "enriching: 2 pending, 0 in flight, 0 done, 0 failed; ollama ok"
     host.state, host.error, host.retry_at = "unreachable", "connection refused", time.monotonic() + 20.4
-    assert p.engine.status_line() == (f"waiting: 2 pending, 0 in flight, 0 done, 0 failed; "
+    assert p.pipeline.status_line() == (f"waiting: 2 pending, 0 in flight, 0 done, 0 failed; "
                                       f"ollama unreachable at {ollama.url}: connection refused; retry in 20 s")
     host.state = "model_missing"
-    assert p.engine.status_line().endswith("; model test-model missing, run: ollama pull test-model")
-    assert p.engine.last_error() == "connection refused" and p.engine.ollama_down() == "model_missing"
+    assert p.pipeline.status_line().endswith("; model test-model missing, run: ollama pull test-model")
+    assert p.pipeline.last_error() == "connection refused" and p.pipeline.ollama_down() == "model_missing"
 
 
 def test_warm_up_loads_without_holding_back_jobs(tmp_path, pipelines):
     """The optional warm-up loads the model with the chat options; jobs are sent at once, not after it."""
     with OllamaEmulator({"test-model": 1.0}) as emu:
         p = pipelines(tmp_path, emu.url, files=3)
-        p.engine.warm_up()
+        p.pipeline.warm_up()
         p.start().wait_done()
         wait_for(lambda: emu.count("/api/generate") == 1 and emu.requests[0].t_end, 5, "warm-up answered")
         warm = next(r for r in emu.requests if r.path == "/api/generate")
@@ -83,7 +83,7 @@ def test_a_store_error_does_not_kill_the_worker(tmp_path, ollama, pipelines, mon
     fast_backoffs(monkeypatch)
     monkeypatch.setattr(workers, "JOB_ERROR_PAUSE_S", 0.05)
     p = pipelines(tmp_path, ollama.url, files=3, ollama={"concurrency": 1})
-    real = p.engine.queue.complete
+    real = p.pipeline.queue.complete
     calls = []
 
     def locked_once(*args, **kwargs):
@@ -92,10 +92,10 @@ def test_a_store_error_does_not_kill_the_worker(tmp_path, ollama, pipelines, mon
             raise sqlite3.OperationalError("database is locked")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(p.engine.queue, "complete", locked_once)
+    monkeypatch.setattr(p.pipeline.queue, "complete", locked_once)
     with capture_logs() as logs:
         p.start()
         p.wait_done()
     assert all(j["state"] == "done" for j in p.jobs())
     assert [e for e in logs if e["event"] == "job_error" and e["log_level"] == "error"]
-    assert p.engine.pool.dead() is None
+    assert p.pipeline.pool.dead() is None

@@ -50,7 +50,6 @@ from typing import Any, ClassVar, Iterator
 import httpx
 
 from llmc_rag_service.config import HostConfig, OllamaConfig
-from llmc_rag_service.enrich.prompt import SCHEMA, effective_options
 
 #: Seconds to open a TCP connection (and TLS) to Ollama.
 CONNECT_TIMEOUT_S = 10.0
@@ -200,14 +199,23 @@ class OllamaClient:
         host: Which server and how many requests in flight; default the
             single host ``cfg.url`` / ``cfg.concurrency``.
         transport: Optional httpx transport (tests of pure client logic).
+        answer_format: The JSON schema sent as ``format`` on every chat
+            request (structured outputs), or None for free text. The caller
+            owns it (the enrichment schema lives in ``enrich/prompt.py``), so
+            this client knows nothing of prompts and serves ``/api/embed`` too.
+        options: The ``options`` object sent on every request; default
+            ``cfg.options``. It must be identical on every request (a changed
+            load-time option reloads the model, cases O7).
     """
 
     def __init__(self, cfg: OllamaConfig, host: HostConfig | None = None,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, *,
+                 answer_format: dict[str, Any] | None = None, options: dict[str, Any] | None = None):
         self.cfg = cfg
         self.host = host or HostConfig(cfg.url, cfg.concurrency)
         self.url, self.concurrency = self.host.url, self.host.concurrency
-        self.options = effective_options(cfg.options)
+        self.answer_format = answer_format
+        self.options = dict(cfg.options) if options is None else options
         self._http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=cfg.load_timeout_s,
@@ -228,8 +236,11 @@ class OllamaClient:
         """The ``/api/chat`` body (Ollama API doc, "Generate a chat completion").
         ``num_predict`` overrides the answer cap (not a load-time option, O7)."""
         options = self.options if num_predict is None else {**self.options, "num_predict": num_predict}
-        return {"model": self.cfg.model, "messages": messages, "stream": True, "format": SCHEMA,
-                "options": options, "keep_alive": self.cfg.keep_alive, "think": False}
+        body: dict[str, Any] = {"model": self.cfg.model, "messages": messages, "stream": True,
+                                "options": options, "keep_alive": self.cfg.keep_alive, "think": False}
+        if self.answer_format is not None:
+            body["format"] = self.answer_format
+        return body
 
     def chat(self, messages: list[dict], num_predict: int | None = None) -> dict[str, Any]:
         """Send one chat request; return the final answer object (``done: true``)

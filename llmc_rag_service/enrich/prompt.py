@@ -14,6 +14,8 @@ import math
 from typing import Any, Mapping
 
 from llmc_rag_service.models import Enrichment
+from llmc_rag_service.config import HostConfig, OllamaConfig
+from llmc_rag_service.enrich.ollama import OllamaClient
 
 LIST_FIELDS = ("inputs", "outputs", "side_effects", "pitfalls")
 
@@ -92,6 +94,12 @@ PROMPT_OVERHEAD_TOKENS = estimate_tokens(SYSTEM_PROMPT) + 150
 def estimate_prompt_tokens(messages: list[dict]) -> int:
     """High estimate of the tokens Ollama evaluates for ``messages``."""
     return sum(estimate_tokens(str(m.get("content") or "")) + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
+
+
+def chat_client(cfg: OllamaConfig, host: HostConfig | None = None, transport: Any = None) -> OllamaClient:
+    """An :class:`~llmc_rag_service.enrich.ollama.OllamaClient` for enrichment
+    requests: the answer schema as ``format`` and :func:`effective_options`."""
+    return OllamaClient(cfg, host, transport, answer_format=SCHEMA, options=effective_options(cfg.options))
 
 
 def effective_options(options: Mapping[str, Any]) -> dict[str, Any]:

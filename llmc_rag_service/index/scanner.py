@@ -156,8 +156,7 @@ class Scanner:
             return
         content_hash = hashlib.sha256(data).hexdigest()
         if old and old.content_hash == content_hash:
-            with self.store.write() as tx:
-                tx.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (st.st_size, st.st_mtime_ns, old.id))
+            self.store.touch_file(old.id, st.st_size, st.st_mtime_ns)
             log.debug("file_skipped", repo=str(self.root), path=relpath, reason="unchanged")
             return
         self._index(relpath, st, data, content_hash, priority, result)

@@ -1,4 +1,4 @@
-"""The indexer thread: every scan of every repo runs here, one at a time.
+"""The scan scheduler thread: every scan of every repo runs here, one at a time.
 
 The daemon's main loop only hands work over (``put_full``, ``put_paths``), so
 it never blocks on file I/O, and scanners never race each other.
@@ -17,13 +17,12 @@ import collections
 import queue as stdqueue
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import structlog
 
-from llmc_rag_service.service.pipeline import Engine
+from llmc_rag_service.index.scanner import Scanner
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE
-from llmc_rag_service.watch.watchset import Work
 
 log = structlog.get_logger(__name__)
 
@@ -31,19 +30,35 @@ log = structlog.get_logger(__name__)
 FAILED_RETRY_S = 10.0
 
 
+class ScanWork(Protocol):
+    """What :meth:`ScanScheduler.put` takes: ``kind`` "full" or "paths", the
+    repo root, and the relative paths of a "paths" item."""
+
+    kind: str
+    repo: Path
+    paths: frozenset[str]
+
+
 class _Stop(Exception):
     """stop() was called while a full scan ran: end the scan and the thread."""
 
 
-class Indexer(threading.Thread):
+class ScanScheduler(threading.Thread):
     """Runs scans one at a time: ``("full", repo, None)`` or ``("paths", repo, set)``.
+
+    Args:
+        scanner_of: The scanner of a repo path, or None (a repo removed by a
+            reload: its queued work is dropped).
+        on_jobs: Called after a scan queued jobs (wakes idle workers).
+        on_change: Called when a scan starts or ends (STATUS may change).
 
     ``items`` is the intake queue (its ``qsize()`` tells the daemon work is waiting).
     """
 
-    def __init__(self, engine: Engine, on_change: Callable[[], None] = lambda: None):
-        super().__init__(name="indexer", daemon=True)
-        self.engine, self.on_change = engine, on_change
+    def __init__(self, scanner_of: Callable[[Path], Scanner | None], on_jobs: Callable[[], None] = lambda: None,
+                 on_change: Callable[[], None] = lambda: None):
+        super().__init__(name="scan-scheduler", daemon=True)
+        self.scanner_of, self.on_jobs, self.on_change = scanner_of, on_jobs, on_change
         self.items: stdqueue.Queue = stdqueue.Queue()
         self.busy: str | None = None
         self._deferred: collections.deque[Path] = collections.deque()  # full scans waiting
@@ -68,7 +83,7 @@ class Indexer(threading.Thread):
             return ("full", self._deferred.popleft(), None)
 
     def _run_item(self, kind: str, repo: Path, paths: set[str] | None) -> None:
-        scanner = self.engine.scanners.get(repo)
+        scanner = self.scanner_of(repo)
         if scanner is None:
             return
         if kind == "full":
@@ -81,7 +96,7 @@ class Indexer(threading.Thread):
                 result = scanner.process_paths(paths or (), PRIORITY_LIVE)
             if result.jobs:
                 log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind)
-                self.engine.pool.notify_work()
+                self.on_jobs()
             if result.failed:
                 # E.g. the store was locked by another process: try these
                 # paths again later instead of losing the save until reconcile.
@@ -113,8 +128,8 @@ class Indexer(threading.Thread):
                 continue
             self._run_item(*item)
 
-    def put(self, work: Work) -> None:
-        """Queue a :class:`~llmc_rag_service.watch.watchset.Work` item from ``Watching.poll()``."""
+    def put(self, work: ScanWork) -> None:
+        """Queue a work item (e.g. a :class:`~llmc_rag_service.watch.watchset.Work` from ``WatchSet.poll()``)."""
         if work.kind == "full":
             self.put_full(work.repo)
         else:

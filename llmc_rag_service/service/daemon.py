@@ -3,10 +3,10 @@
 ``run()`` -> ``startup()`` -> ``main_loop()`` -> ``shutdown()``:
 
 * startup: take the state lock, open and migrate the store, start one watcher
-  per repo (every inotify watch is in place when ``Watching.start`` returns),
+  per repo (every inotify watch is in place when ``WatchSet.start`` returns),
   then ``READY=1``. A long start (a repo with tens of thousands of
   directories) sends ``EXTEND_TIMEOUT_USEC=`` every :data:`EXTEND_EVERY_S`.
-  The catch-up scan runs after READY on the indexer thread (STATUS says so),
+  The catch-up scan runs after READY on the scan-scheduler thread (STATUS says so),
   and the workers start at once.
 * main loop: sleeps until something is due (at most :data:`TICK_S`) or an
   event wakes it; hands due watcher paths to
@@ -21,8 +21,12 @@
 * shutdown: ``STOPPING=1``, stop watchers and intake, give in-flight jobs
   :data:`STOP_GRACE_S` seconds, return the rest to pending, close the store.
 
-All scanning (catch-up and watcher batches) runs on one indexer thread, so
-the scanners never race each other and the main loop never blocks on I/O.
+All scanning (catch-up and watcher batches) runs on one scan-scheduler
+thread, so the scanners never race each other and the main loop never blocks
+on I/O. The parts are wired once, by
+:class:`~llmc_rag_service.service.pipeline.Pipeline` (its docstring lists
+every thread and what it owns); this module adds signals, sd_notify, STATUS
+and the watchdog.
 """
 
 from __future__ import annotations
@@ -39,14 +43,12 @@ from pathlib import Path
 import structlog
 
 from llmc_rag_service import logs as logsetup
-from llmc_rag_service.config import Config, ConfigError, RepoConfig, load_config
-from llmc_rag_service.service.pipeline import Engine
-from llmc_rag_service.index.scheduler import Indexer
+from llmc_rag_service.config import Config, ConfigError, load_config
+from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.notify import (HealthGate, Notifier, TimeoutExtender, ping_every_s,
                                      unset_notify_environment, watchdog_interval_s)
 from llmc_rag_service.service import runtime
 from llmc_rag_service.service.status import LOCK_NAME
-from llmc_rag_service.watch.watchset import Watching
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +125,7 @@ class Daemon:
 
     # -- lifecycle --------------------------------------------------------
     def run(self) -> None:
-        """Run until SIGTERM (then return normally)."""
+        """Run until SIGTERM or SIGINT, then stop cleanly (``cli.py`` exits 0)."""
         self.install_signals()
         self.startup()
         try:
@@ -137,19 +139,15 @@ class Daemon:
         self._runtime_file = runtime.write_runtime_file(self.config.state_dir, self.config_path)
         with TimeoutExtender(self.notifier, EXTEND_EVERY_S, EXTEND_BY_S):
             self._send_status("starting: opening the store")
-            self.engine = Engine(self.config, on_change=self._mark_dirty)
-            self.engine.store.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
-            self.indexer = Indexer(self.engine, on_change=self._mark_dirty)
-            self.indexer.start()
-            self.watching = Watching(self.config.watch, on_activity=self.wake.set)
-            self._start_watches(self.config.repos)
-        self.gate.add_check("watchers", lambda: self.watching.health())
-        self.gate.add_check("indexer", lambda: None if self.indexer.is_alive() else "indexer thread died")
-        self.gate.add_check("workers", lambda: self.engine.hung())
-        self.gate.add_check("store", lambda: self.engine.store.writable())
-        self.engine.pool.start()
+            self.pipeline = Pipeline(self.config, on_change=self._mark_dirty, on_activity=self.wake.set)
+            self.pipeline.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
+            self.pipeline.start_scheduler()
+            self.pipeline.watch(on_repo=self._on_repo)
+        for name, check in self.pipeline.health().items():
+            self.gate.add_check(name, check)
+        self.pipeline.start_workers()
         if self.config.ollama.warm_up:
-            self.engine.warm_up()  # background: requests are sent at once anyway
+            self.pipeline.warm_up()  # background: requests are sent at once anyway
         log.info("daemon_ready", repos=[str(r.path) for r in self.config.repos], pid=os.getpid(),
                  model=self.config.ollama.model, url=self.config.ollama.url)
         self.notifier.ready()
@@ -191,7 +189,7 @@ class Daemon:
         waits = [TICK_S]
         if self.ping_every_s:
             waits.append(next_ping - now)
-        due = self.watching.next_due_s()
+        due = self.pipeline.next_due_s()
         if due is not None:
             waits.append(due)
         gap = STATUS_MIN_GAP_S if self.status_dirty else STATUS_MAX_GAP_S
@@ -201,15 +199,9 @@ class Daemon:
     def shutdown(self) -> None:
         """Fixed order: STOPPING=1, stop intake, bounded grace, rest to pending, close."""
         self.notifier.stopping()
-        log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.engine.pool.in_flight)
-        self.watching.stop_all()
-        self.indexer.stop()
-        self.indexer.join(INDEXER_JOIN_S)
-        if self.indexer.is_alive():
-            log.warning("indexer_still_running", waited_s=INDEXER_JOIN_S)
-        returned = self.engine.pool.stop(STOP_GRACE_S)
-        self.engine.store.set_meta(daemon_status="stopped", daemon_pid=None)
-        self.engine.close(0)
+        log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.pipeline.counts()["in_flight"])
+        returned = self.pipeline.close(STOP_GRACE_S, INDEXER_JOIN_S,
+                                       meta={"daemon_status": "stopped", "daemon_pid": None})
         log.info("daemon_stopped", returned_to_pending=returned)
         runtime.remove_runtime_file(self._runtime_file)
         os.close(self._lock_fd)
@@ -240,34 +232,11 @@ class Daemon:
             logsetup.configure_logging(new.logging.level, new.logging.format)
         elif new.logging.level != old.logging.level:
             logsetup.set_level(new.logging.level)
-        if new.ollama != old.ollama or new.queue != old.queue:
-            self.engine.replace_client(new)
-        self.engine.config = new
-        sections = [name for name in ("ollama", "queue", "watch", "logging") if getattr(new, name) != getattr(old, name)]
-        # A repo whose scanner or watcher settings changed is restarted: stopped, then added anew.
-        rebuild_all = new.watch != old.watch or new.ollama.options != old.ollama.options
-        old_repos = {r.path: r for r in old.repos}
-        restart = [r.path for r in new.repos if r.path in old_repos and (rebuild_all or old_repos[r.path] != r)]
-        kept = [r for r in new.repos if r.path in old_repos and r.path not in restart]
-        _, removed = self.engine.set_repos(kept)
-        for path in removed:
-            self.watching.stop(path)
-        self.watching.watch = new.watch
-        added, _ = self.engine.set_repos(new.repos)
-        self._start_watches([r for r in new.repos if r.path in added])
-        gone = [p for p in removed if p not in restart]
-        return {"sections": sections, "added": [str(p) for p in added if p not in restart],
-                "removed": [str(p) for p in gone], "restarted": [str(p) for p in restart]}
+        return self.pipeline.apply_config(old, new)
 
     # -- helpers ------------------------------------------------------------
-    def _start_watches(self, repos: list[RepoConfig] | tuple[RepoConfig, ...]) -> None:
-        """Watch each repo (returns once its watches are in place), then queue its catch-up scan."""
-        for i, repo in enumerate(repos, 1):
-            self._send_status(f"starting: watching {repo.path} ({i}/{len(repos)})")
-            started = time.monotonic()
-            self.watching.start(repo.path, self.engine.scanners[repo.path].ignore)
-            log.info("repo_watched", repo=str(repo.path), duration_s=round(time.monotonic() - started, 3))
-            self.indexer.put_full(repo.path)
+    def _on_repo(self, i: int, n: int, path: Path) -> None:
+        self._send_status(f"starting: watching {path} ({i}/{n})")
 
     def _mark_dirty(self) -> None:
         # The first change after a publish wakes the loop; later ones coalesce.
@@ -289,9 +258,8 @@ class Daemon:
         return fd
 
     def _drain_watchers(self) -> None:
-        for work in self.watching.poll():
-            self.indexer.put(work)
-        holding = self.watching.holding()
+        self.pipeline.drain_events()
+        holding = self.pipeline.holding()
         if holding != self._holding:  # a git hold began or ended: STATUS says so
             self._holding = holding
             self._mark_dirty()
@@ -307,7 +275,7 @@ class Daemon:
         return True
 
     def _maybe_publish_status(self, now: float) -> None:
-        degraded = self.watching.degraded()
+        degraded = self.pipeline.degraded()
         if degraded != self._degraded:
             self._degraded, self.status_dirty = degraded, True
         heartbeat = now - self._status_at >= STATUS_MAX_GAP_S
@@ -317,20 +285,14 @@ class Daemon:
         if self._send_status(self.status_text(), heartbeat):
             try:
                 # Short wait: another process holding the store must not stall the loop.
-                self.engine.store.set_meta(busy_timeout_s=STATUS_META_TIMEOUT_S, daemon_status=self._status_text,
-                                           ollama_last_error=self.engine.last_error())
+                self.pipeline.set_meta(busy_timeout_s=STATUS_META_TIMEOUT_S, daemon_status=self._status_text,
+                                       ollama_last_error=self.pipeline.last_error())
             except sqlite3.Error as exc:
                 log.debug("status_not_stored", error=str(exc))
 
     def status_text(self) -> str:
         """The one STATUS line: activity, queue counts, Ollama state, degraded notes."""
-        activity = self.indexer.busy
-        if self.indexer.items.qsize() and not activity:
-            activity = "scanning"
-        holding = self.watching.holding()
-        if holding:
-            activity = f"{activity}, {holding}" if activity else holding
-        text = self.engine.status_line(activity)
+        text = self.pipeline.status_line(self.pipeline.activity())
         if self._degraded:  # each note reads "degraded: polling /repo (...)"
             text += "; " + "; ".join(self._degraded)
         return text

@@ -42,8 +42,7 @@ from llmc_rag_service.index.ignore import RepoIgnore
 from llmc_rag_service.service import runtime
 from llmc_rag_service.service.doctor_unit import Check, check_unit
 from llmc_rag_service.service.preflight import has_model, missing_model_message, probe_host
-from llmc_rag_service.service.status import open_readonly
-from llmc_rag_service.store.lookup import quick_check
+from llmc_rag_service.store.views import StoreReader
 
 __all__ = ["Check", "Limits", "run_checks", "as_text", "as_json"]
 
@@ -135,13 +134,11 @@ def check_state(config: Config) -> list[Check]:
 def _check_store(config: Config) -> Check:
     db = config.db_path
     try:
-        conn = open_readonly(db)
-        if conn is None:
+        reader = StoreReader.open(db)
+        if reader is None:
             return Check("state", "ok", f"{config.state_dir} writable; no store yet")
-        try:
-            problems = quick_check(conn)
-        finally:
-            conn.close()
+        with reader:
+            problems = reader.quick_check()
     except sqlite3.Error as exc:
         problems = [str(exc)]
     if problems:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.index.ignore import RepoIgnore, is_editor_temp, is_secret
-from llmc_rag_service.service.status import open_readonly, resolve_file
-from llmc_rag_service.store.lookup import stored_file
+from llmc_rag_service.service.status import resolve_file
+from llmc_rag_service.store.views import StoreReader
 
 #: What the scanner's ``skipped`` reasons mean.
 SKIP_REASONS = {
@@ -82,13 +82,11 @@ def _excluded(repo: RepoConfig, relpath: str) -> str | None:
 
 
 def _stored_reason(config: Config, repo: Path, relpath: str, line: int | None) -> str:
-    conn = open_readonly(config.db_path)
-    if conn is None:
+    reader = StoreReader.open(config.db_path)
+    if reader is None:
         return f"not scanned yet (no store at {config.db_path}; run llmc-rag enrich, or start the service)"
-    try:
-        record = stored_file(conn, repo, relpath)
-    finally:
-        conn.close()
+    with reader:
+        record = reader.stored_file(repo, relpath)
     if record is None:
         return "not scanned yet (the service or llmc-rag enrich has not indexed it)"
     if record.skipped:

@@ -1,49 +1,49 @@
 """``llmc-rag enrich``: scan, enrich every pending span, exit.
 
-What happened is an :class:`EnrichOutcome`; ``cli.py`` maps it to the exit
-status of DESIGN.md "Contract: command line" (0 all enriched; 1 some spans
-failed for good; 69 Ollama unreachable, busy or the model missing for longer
-than ``wait_s``, pending work kept for next time; 66 a repo path missing).
+:func:`run_enrich` returns an :class:`Outcome`; ``cli.py`` maps it to the exit
+status of the contract (DESIGN.md "Contract: command line"): all enriched,
+some spans failed for good, a repo path missing (the others are enriched),
+or gave up because Ollama stayed unreachable, busy or without the model for
+longer than ``wait_s`` (pending work is kept for next time).
 
 After the scan, when there is work and before anything waits, each Ollama
 host is asked once whether it answers and has the model
 (``service.preflight``), so a missing model is said at once with the models
-the server has. Progress: ``service.progress``.
+the server has. Progress (rate, ETA, logs above the bar): ``service.progress``.
 """
 
 from __future__ import annotations
 
+import enum
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence, TextIO
 
 import structlog
 
 from llmc_rag_service.config import Config, RepoConfig
-from llmc_rag_service.service.pipeline import Engine
+from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.preflight import preflight
 from llmc_rag_service.service.progress import Progress
 from llmc_rag_service.service.status import status_report
 
 log = structlog.get_logger(__name__)
 
+
+class Outcome(enum.Enum):
+    """How a one-shot run ended."""
+
+    DONE = "done"  # every span enriched
+    SOME_FAILED = "some_failed"  # some spans dead-lettered for good
+    REPO_MISSING = "repo_missing"  # a repo path is not a directory (the others were enriched)
+    GAVE_UP = "gave_up"  # Ollama unavailable for longer than wait_s
+
+
 #: Seconds a stop may wait for in-flight requests after the work is done.
 STOP_GRACE_S = 5.0
-
-
-@dataclass(frozen=True)
-class EnrichOutcome:
-    """What one ``enrich`` run came to. ``gave_up``: the Ollama state it gave
-    up waiting on (``unreachable``, ``model_missing``, ``busy``...) or None;
-    ``failed``: spans failed for good; ``missing``: repo paths that are not
-    directories (not enriched; the others were)."""
-
-    gave_up: str | None = None
-    failed: int = 0
-    missing: tuple[Path, ...] = ()
 
 
 def select_repos(config: Config, paths: Sequence[str]) -> tuple[tuple[RepoConfig, ...], tuple[Path, ...]]:
@@ -58,7 +58,7 @@ def select_repos(config: Config, paths: Sequence[str]) -> tuple[tuple[RepoConfig
 
 
 def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 300.0,
-               stream: TextIO | None = None, retry_failed: bool = False) -> EnrichOutcome:
+               stream: TextIO | None = None, retry_failed: bool = False) -> Outcome:
     """Scan the repos and enrich until nothing is pending; see module docstring.
     ``retry_failed`` first returns dead-lettered jobs to the queue."""
     stream = stream or sys.stderr
@@ -71,56 +71,57 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     for path in missing:
         say(f"repo {path}: no such directory" + ("; enriching the other repos" if repos else ""))
     if not repos:
-        return EnrichOutcome(missing=missing)
+        return Outcome.REPO_MISSING
     config = replace(config, repos=repos)
     changed = threading.Event()
-    engine = Engine(config, on_change=changed.set)
+    pipeline = Pipeline(config, on_change=changed.set)
     started = time.monotonic()
     try:
         with progress.logs_above(config.logging.level, config.logging.format):
             if retry_failed:
-                repo_ids = [scanner.repo_id for scanner in engine.scanners.values()]
-                log.info("jobs_requeued", count=engine.queue.requeue_failed(repo_ids), reason="--retry-failed")
-            for scanner in engine.scanners.values():
-                scanner.full_scan()
-            if engine.counts()["pending"]:  # an unchanged tree sends no request at all
-                preflight(engine.clients, config.ollama.model, wait_s, say)
-            engine.pool.start()
-            gave_up = _wait_done(engine, wait_s, progress, changed)
-        # status --json shows why this run gave up (and nothing once it did not).
-        engine.store.set_meta(ollama_last_error=engine.last_error() if gave_up else None)
+                log.info("jobs_requeued", count=pipeline.requeue_failed(), reason="--retry-failed")
+            pipeline.scan_all()
+            if pipeline.counts()["pending"]:  # an unchanged tree sends no request at all
+                preflight(pipeline.clients, config.ollama.model, wait_s, say)
+            pipeline.start_workers()
+            code = _wait_done(pipeline, wait_s, progress, changed)
+        # status --json shows why this run gave up (and nothing once a run did not).
+        pipeline.set_meta(ollama_last_error=pipeline.last_error() if code is Outcome.GAVE_UP else None)
     finally:
-        engine.close(STOP_GRACE_S)
+        pipeline.close(STOP_GRACE_S)
     totals = status_report(config)["totals"]
     stream.write(
         f"enrich: {totals['enriched']}/{totals['spans']} spans enriched, {totals['failed']} failed, "
         f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
     )
-    if totals["failed"] and not gave_up:
+    if totals["failed"] and code is Outcome.DONE:
         say(f"{totals['failed']} spans failed for good (llmc-rag show FILE gives each error); "
             "after fixing the cause, run: llmc-rag enrich --retry-failed")
-    return EnrichOutcome(gave_up=gave_up, failed=totals["failed"], missing=missing)
+    if code is Outcome.DONE and missing:
+        return Outcome.REPO_MISSING
+    if code is Outcome.DONE and totals["failed"]:
+        code = Outcome.SOME_FAILED
+    return code
 
 
-def _wait_done(engine: Engine, wait_s: float, progress: Progress, changed: threading.Event) -> str | None:
-    """Wait until nothing is pending (None) or Ollama stayed down for ``wait_s`` (the reason)."""
+def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> Outcome:
     down_since: float | None = None
     while True:
-        c = engine.counts()
+        c = pipeline.counts()
         remaining = c["pending"] + c["running"]
-        total = remaining + engine.pool.done + engine.pool.failed
+        total = remaining + pipeline.finished()
         if remaining == 0:
-            progress.update(total, total, engine.status_line(), final=True)
-            return None
-        progress.update(total - remaining, total, engine.status_line())
-        down = engine.ollama_down()
+            progress.update(total, total, pipeline.status_line(), final=True)
+            return Outcome.DONE
+        progress.update(total - remaining, total, pipeline.status_line())
+        down = pipeline.ollama_down()
         if down:
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > wait_s:
-                progress.update(total - remaining, total, engine.status_line(), final=True)
-                log.error("enrich_gave_up", reason=down, error=engine.last_error(),
+                progress.update(total - remaining, total, pipeline.status_line(), final=True)
+                log.error("enrich_gave_up", reason=down, error=pipeline.last_error(),
                           waited_s=round(wait_s, 1), pending=remaining)
-                return down
+                return Outcome.GAVE_UP
         else:
             down_since = None
         # Woken by every job outcome; the timeout keeps the deadline checks going.

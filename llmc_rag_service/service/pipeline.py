@@ -1,41 +1,76 @@
-"""The pipeline parts for one config, shared by ``serve`` and ``enrich``.
+"""The one wiring of the pipeline, used by ``serve``, ``enrich``, tests and benchmarks.
 
-:class:`Engine` owns the store, the job queue, the Ollama client, the worker
-pool and one :class:`~llmc_rag_service.index.scanner.Scanner` per repo. It knows
-nothing of signals, systemd or watching: ``daemon.py`` and ``oneshot.py``
-drive it.
+:class:`Pipeline` owns, for one config: the store, the job queue, the Ollama
+clients and worker pool (``enrich/``), one scanner per repo and the scan
+scheduler thread (``index/``), and the watchers (``watch/``). It knows nothing
+of signals or systemd: :mod:`~llmc_rag_service.service.daemon` and
+:mod:`~llmc_rag_service.service.oneshot` drive it, and callers use its methods
+instead of reaching into its parts.
+
+Threads
+-------
+* the caller's thread (the daemon's main loop, or ``enrich``'s wait loop):
+  calls :meth:`Pipeline.drain_events`, the views (:meth:`counts`,
+  :meth:`status_line`, :meth:`health`) and :meth:`apply_config`. It owns
+  ``config``, ``scanners`` and the watch set; nothing else writes them.
+* ``scan-scheduler`` (one thread, :class:`~llmc_rag_service.index.scheduler.ScanScheduler`):
+  runs every scan, one at a time; reads ``scanners`` through a lookup (a dict
+  read, atomic under the GIL; a repo removed by a reload is simply skipped).
+* ``worker-N`` (``ollama.concurrency`` threads per host,
+  :class:`~llmc_rag_service.enrich.workers.WorkerPool`): claim jobs, call
+  Ollama, store results. Their shared counters (``done``, ``failed``, host
+  states) are written under the pool's lock.
+* watchdog observer threads (one per repo, inside ``watchdog``): only put
+  events into the debouncers, under each debouncer's lock.
+* The store gives each thread its own SQLite connection; every write is one
+  ``BEGIN IMMEDIATE`` transaction, so threads never share a cursor.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
 import structlog
 
 from llmc_rag_service.config import Config, RepoConfig
-from llmc_rag_service.enrich.prompt import span_char_budget
 from llmc_rag_service.enrich.ollama import OllamaClient
-from llmc_rag_service.store.jobs import JobQueue
+from llmc_rag_service.enrich.prompt import chat_client, span_char_budget
+from llmc_rag_service.enrich.workers import WorkerPool
 from llmc_rag_service.index.scanner import Scanner
+from llmc_rag_service.index.scheduler import ScanScheduler
+from llmc_rag_service.service.statusline import render
 from llmc_rag_service.store.db import Store
-from llmc_rag_service.enrich.workers import Host, WorkerPool
+from llmc_rag_service.store.jobs import JobQueue
+from llmc_rag_service.watch.watchset import WatchSet, Work
 
 log = structlog.get_logger(__name__)
 
 
-class Engine:
-    """Store + queue + client + workers + scanners for ``config``.
+class Pipeline:
+    """Store + queue + Ollama clients + workers + scanners + scan scheduler +
+    watchers for ``config`` (see the module docstring for its threads).
 
     Args:
         config: Validated config.
-        on_change: Called after job outcomes and host state changes.
+        on_change: Called (from any thread) after job outcomes, host state
+            changes and scans: "the STATUS line may have changed".
+        on_activity: Called (from an observer thread) when a file event arrives.
+        settle_s: Quiet seconds after a ``.git/`` event before held events go
+            out (tests shorten it); default the git gate's.
+        poll_interval_s: Snapshot interval of the polling fallback, seconds.
+
+    Nothing runs until :meth:`start_workers`, :meth:`start_scheduler` or
+    :meth:`watch` is called; :meth:`close` stops what was started.
 
     Raises:
         sqlite3.Error: the store cannot be opened or migrated.
     """
 
-    def __init__(self, config: Config, on_change: Callable[[], None] = lambda: None):
+    def __init__(self, config: Config, on_change: Callable[[], None] = lambda: None,
+                 on_activity: Callable[[], None] | None = None, *,
+                 settle_s: float | None = None, poll_interval_s: float | None = None):
         self.config, self.on_change = config, on_change
         self.store = Store(config.db_path)
         self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts)
@@ -47,16 +82,110 @@ class Engine:
         self.pool = self._new_pool()
         self.scanners: dict[Path, Scanner] = {}
         self.set_repos(config.repos)
+        self.scheduler = ScanScheduler(self.scanners.get, on_jobs=self._on_jobs, on_change=on_change)
+        watch_args = {} if settle_s is None else {"settle_s": settle_s}
+        self.watches = WatchSet(config.watch, poll_interval_s=poll_interval_s, on_activity=on_activity,
+                                **watch_args)
+        self._workers_on = False
 
     def _new_pool(self) -> WorkerPool:
         """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a pool over them."""
-        self.clients = [OllamaClient(self.config.ollama, host) for host in self.config.ollama.all_hosts()]
+        self.clients = [chat_client(self.config.ollama, host) for host in self.config.ollama.all_hosts()]
         return WorkerPool(self.store, self.queue, self.clients, self.on_change)
+
+    def _on_jobs(self) -> None:
+        self.pool.notify_work()
 
     @property
     def client(self) -> OllamaClient:
         """The first host's client (with one host, the only one)."""
         return self.clients[0]
+
+    # -- running ----------------------------------------------------------
+    def start_workers(self) -> None:
+        """Start the worker threads: queued jobs go to Ollama from now on."""
+        self._workers_on = True
+        self.pool.start()
+
+    def start_scheduler(self) -> None:
+        """Start the scan-scheduler thread (needed by :meth:`watch` and :meth:`drain_events`)."""
+        self.scheduler.start()
+
+    def watch(self, repos: Iterable[RepoConfig] | None = None, *, catch_up: bool = True,
+              on_repo: Callable[[int, int, Path], None] = lambda i, n, path: None) -> None:
+        """Watch each repo (returns once its watches are in place), then queue
+        its catch-up scan on the scheduler unless ``catch_up`` is False.
+        ``on_repo(i, n, path)`` is called before each (1-based)."""
+        chosen = list(self.config.repos if repos is None else repos)
+        for i, repo in enumerate(chosen, 1):
+            on_repo(i, len(chosen), repo.path)
+            started = time.monotonic()
+            self.watches.start(repo.path, self.scanners[repo.path].ignore)
+            log.info("repo_watched", repo=str(repo.path), duration_s=round(time.monotonic() - started, 3))
+            if catch_up:
+                self.scheduler.put_full(repo.path)
+
+    def drain_events(self) -> list[Work]:
+        """Hand the watchers' due work to the scheduler; returns it. Call once per loop turn."""
+        work = self.watches.poll()
+        for item in work:
+            self.scheduler.put(item)
+        return work
+
+    def scan_all(self) -> None:
+        """Full scan of every repo now, on the caller's thread (``enrich``)."""
+        for scanner in self.scanners.values():
+            scanner.full_scan()
+
+    def requeue_failed(self) -> int:
+        """Give the dead-lettered jobs of this config's repos a fresh start; returns how many."""
+        return self.queue.requeue_failed([s.repo_id for s in self.scanners.values()])
+
+    def next_due_s(self) -> float | None:
+        """Seconds until watcher work is due (None: nothing pending)."""
+        return self.watches.next_due_s()
+
+    def activity(self) -> str | None:
+        """What the scheduler and watchers are doing, e.g. ``scanning repo`` or a git hold."""
+        activity = self.scheduler.busy
+        if self.scheduler.items.qsize() and not activity:
+            activity = "scanning"
+        holding = self.holding()
+        if holding:
+            activity = f"{activity}, {holding}" if activity else holding
+        return activity
+
+    def health(self) -> dict[str, Callable[[], str | None]]:
+        """The watchdog health checks: name -> check (None when healthy, else the reason)."""
+        return {
+            "watchers": self.watches.health,
+            "indexer": lambda: None if self.scheduler.is_alive() else "scan scheduler thread died",
+            "workers": self.hung,
+            "store": self.store.writable,
+        }
+
+    def apply_config(self, old: Config, new: Config) -> dict[str, list[str]]:
+        """Apply ``new`` over ``old`` (a reload): Ollama/queue settings (a new
+        client and worker pool), repos and watch settings. A repo whose scanner
+        or watcher settings changed is restarted: stopped, then added anew.
+        Returns what changed: ``sections``, ``added``, ``removed``, ``restarted``."""
+        if new.ollama != old.ollama or new.queue != old.queue:
+            self.replace_client(new)
+        self.config = new
+        sections = [name for name in ("ollama", "queue", "watch", "logging") if getattr(new, name) != getattr(old, name)]
+        rebuild_all = new.watch != old.watch or new.ollama.options != old.ollama.options
+        old_repos = {r.path: r for r in old.repos}
+        restart = [r.path for r in new.repos if r.path in old_repos and (rebuild_all or old_repos[r.path] != r)]
+        kept = [r for r in new.repos if r.path in old_repos and r.path not in restart]
+        _, removed = self.set_repos(kept)
+        for path in removed:
+            self.watches.stop(path)
+        self.watches.watch = new.watch
+        added, _ = self.set_repos(new.repos)
+        self.watch([r for r in new.repos if r.path in added])
+        gone = [p for p in removed if p not in restart]
+        return {"sections": sections, "added": [str(p) for p in added if p not in restart],
+                "removed": [str(p) for p in gone], "restarted": [str(p) for p in restart]}
 
     def warm_up(self) -> None:
         """Optionally ask every host to load the model now, without waiting (see WorkerPool.warm_up)."""
@@ -123,10 +252,40 @@ class Engine:
         """Queue counts plus the number of requests in flight."""
         return {**self.queue.counts(), "in_flight": self.pool.in_flight}
 
-    def close(self, grace_s: float) -> int:
-        """Stop the workers (bounded by ``grace_s``), close client and store.
-        Returns the number of running jobs returned to pending."""
-        returned = self.pool.stop(grace_s)
+    def finished(self) -> int:
+        """Jobs this pipeline's workers finished (done or dead-lettered) since it started."""
+        return self.pool.done + self.pool.failed
+
+    def set_meta(self, busy_timeout_s: float | None = None, **values: str | None) -> None:
+        """Record daemon facts (``daemon_pid``, ``daemon_status``…) for ``status``
+        to read, waiting at most ``busy_timeout_s`` seconds for the write lock.
+
+        Raises:
+            sqlite3.Error: the store is locked past the wait, or unusable.
+        """
+        self.store.set_meta(busy_timeout_s=busy_timeout_s, **values)
+
+    def holding(self) -> str | None:
+        """The git hold in force, e.g. ``holding 30 changes while git runs in repo``, or None."""
+        return self.watches.holding()
+
+    def degraded(self) -> list[str]:
+        """The watchers' degraded notes (``degraded: polling /repo (…)``)."""
+        return self.watches.degraded()
+
+    def close(self, grace_s: float, join_s: float = 5.0, meta: dict[str, str | None] | None = None) -> int:
+        """Stop in a fixed order: watchers, the scheduler (waiting up to
+        ``join_s`` seconds for its current file), the workers (in-flight
+        requests get ``grace_s`` seconds), ``meta`` written to the store, then
+        clients and store closed. Returns the number of running jobs returned
+        to pending."""
+        self.watches.stop_all()
+        if self.scheduler.is_alive():
+            self.scheduler.stop()
+            self.scheduler.join(join_s)
+            if self.scheduler.is_alive():
+                log.warning("indexer_still_running", waited_s=join_s)
+        returned = self.pool.stop(grace_s if self._workers_on else 0.0)
         self._retired.append((self.pool, self.clients))
         self._reap()
         if self._retired:
@@ -134,6 +293,8 @@ class Engine:
             # unmapped "client has been closed" error; its client is left to
             # the garbage collector (the job is already back in the queue).
             log.warning("workers_still_busy", count=sum(p.busy_threads() for p, _ in self._retired))
+        if meta:
+            self.store.set_meta(**meta)
         self.store.close()
         return returned
 
@@ -146,43 +307,7 @@ class Engine:
                 self._retired.remove((pool, clients))
 
     def status_line(self, activity: str | None = None) -> str:
-        """The one-line STATUS text, e.g. ``enriching: 812 pending, 4 in
-        flight, 37 done, 2 failed; ollama ok`` or ``waiting: ollama
-        unreachable at URL: connection refused; retry in 20 s``. With several
-        hosts the tail lists each: ``ollama 1/2 ok: a:11434 ok, b:11434
-        unreachable (connection refused), retry in 20 s``.
-
-        ``activity`` (e.g. ``scanning 2 repos``) is prepended when given.
-        """
+        """The one-line STATUS text (see :func:`~llmc_rag_service.service.statusline.render`);
+        ``activity`` (e.g. ``scanning repo``) is prepended when given."""
         self._reap()
-        c = self.counts()
-        pending = c["pending"] + c["running"]
-        # "pending" counts jobs waiting; those being answered are "in flight".
-        work = f"{c['pending']} pending, {c['in_flight']} in flight, {c['done']} done, {c['failed']} failed"
-        hosts = self.pool.hosts
-        head = "waiting" if self.ollama_down() else "enriching" if pending else "idle"
-        if len(hosts) == 1:
-            tail = self._host_status(hosts[0])
-        else:
-            ok = sum(h.state == "ok" for h in hosts)
-            tail = f"ollama {ok}/{len(hosts)} ok: " + ", ".join(self._host_brief(h) for h in hosts)
-        if activity:
-            head = f"{activity}, {head}"
-        return f"{head}: {work}; {tail}"
-
-    def _host_status(self, host: Host) -> str:
-        model = self.config.ollama.model
-        if host.state == "ok" and host.busy:
-            return f"ollama busy at {host.url} (503, its queue is full); {host.busy} in a row"
-        if host.state == "ok":
-            return "ollama ok"
-        if host.state == "model_missing":
-            return f"model {model} missing, run: ollama pull {model}"
-        return f"ollama {host.state} at {host.url}: {host.error}; retry in {host.retry_in_s():.0f} s"
-
-    @staticmethod
-    def _host_brief(host: Host) -> str:
-        name = host.url.split("://", 1)[-1]
-        if host.state == "ok":
-            return f"{name} ok"
-        return f"{name} {host.state} ({(host.error or '')[:60]}), retry in {host.retry_in_s():.0f} s"
+        return render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity)

@@ -18,47 +18,9 @@ from typing import Any
 
 from llmc_rag_service.config import Config
 from llmc_rag_service.models import PROMPT_VERSION
+from llmc_rag_service.store.views import StoreReader, empty_counts
 
 LOCK_NAME = "llmc-rag.lock"
-
-_COUNTS_SQL = """
-SELECT COUNT(DISTINCT f.id) AS files, COUNT(s.id) AS spans,
-       COALESCE(SUM(e.span_hash IS NOT NULL), 0) AS enriched,
-       COALESCE(SUM(e.span_hash IS NULL AND j.state = 'failed'), 0) AS failed
-FROM files f
-LEFT JOIN spans s ON s.file_id = f.id
-LEFT JOIN enrichments e ON e.span_hash = s.span_hash AND e.model = :model AND e.prompt_version = :pv
-LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :model AND j.prompt_version = :pv
-WHERE f.repo_id = (SELECT id FROM repos WHERE path = :repo) AND f.skipped IS NULL
-"""
-
-
-def open_readonly(db_path: Path) -> sqlite3.Connection | None:
-    """A read-only connection, or None if the database does not exist yet
-    (``status`` must work before the daemon ever ran, and create nothing)."""
-    if not db_path.exists():
-        return None
-    try:
-        conn = _connect(f"file:{db_path}?mode=ro")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.OperationalError:
-        # A WAL database in a directory we cannot write (no -shm file and no
-        # right to make one) opens only as immutable; the daemon is not
-        # running then, so nothing changes under us.
-        conn = _connect(f"file:{db_path}?mode=ro&immutable=1")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == 0:  # created a moment ago, not migrated yet: as if absent
-        conn.close()
-        return None
-    return conn
-
-
-def _connect(uri: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(uri, uri=True, timeout=10.0)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 10000")
-    return conn
-
 
 def daemon_running(state_dir: Path) -> int | None:
     """PID of the running ``serve`` (it holds an flock on the lock file), else None."""
@@ -79,25 +41,17 @@ def daemon_running(state_dir: Path) -> int | None:
     return None
 
 
-def repo_counts(conn: sqlite3.Connection | None, repo: Path, model: str) -> dict[str, int]:
-    """``{files, spans, enriched, pending, failed}`` for one repo."""
-    if conn is None:
-        return dict(files=0, spans=0, enriched=0, pending=0, failed=0)
-    row = conn.execute(_COUNTS_SQL, {"model": model, "pv": PROMPT_VERSION, "repo": str(repo)}).fetchone()
-    counts = dict(files=row["files"], spans=row["spans"], enriched=row["enriched"], failed=row["failed"])
-    counts["pending"] = counts["spans"] - counts["enriched"] - counts["failed"]
-    return counts
-
-
 def status_report(config: Config) -> dict[str, Any]:
     """The ``status --json`` object (DESIGN.md contract)."""
-    conn = open_readonly(config.db_path)
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if conn else {}
-        repos = [{"path": str(r.path), **repo_counts(conn, r.path, config.ollama.model)} for r in config.repos]
-    finally:
-        if conn:
-            conn.close()
+    reader = StoreReader.open(config.db_path)
+    if reader is None:
+        meta: dict[str, str] = {}
+        repos = [{"path": str(r.path), **empty_counts()} for r in config.repos]
+    else:
+        with reader:
+            meta = reader.meta()
+            repos = [{"path": str(r.path), **reader.repo_counts(r.path, config.ollama.model, PROMPT_VERSION)}
+                     for r in config.repos]
     totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed")}
     pid = daemon_running(config.state_dir)
     return {
@@ -123,28 +77,15 @@ def resolve_file(config: Config, path: str) -> tuple[Path, str] | None:
 def show_report(config: Config, path: str, line: int | None = None) -> list[dict[str, Any]] | None:
     """The ``show --json`` list for one file, or None if the file is unknown."""
     where = resolve_file(config, path)
-    conn = open_readonly(config.db_path)
-    if where is None or conn is None:
+    reader = StoreReader.open(config.db_path)
+    if where is None or reader is None:
         return None
     repo, relpath = where
-    try:
-        file_row = conn.execute(
-            "SELECT f.id FROM files f JOIN repos r ON r.id = f.repo_id WHERE r.path = ? AND f.path = ?",
-            (str(repo), relpath),
-        ).fetchone()
-        if file_row is None:
+    with reader:
+        file_id = reader.file_id(repo, relpath)
+        if file_id is None:
             return None
-        rows = conn.execute(
-            """SELECT s.*, e.summary, e.inputs, e.outputs, e.side_effects, e.pitfalls, e.usage, e.created_at,
-                      j.state AS job_state, j.last_error
-               FROM spans s
-               LEFT JOIN enrichments e ON e.span_hash = s.span_hash AND e.model = :m AND e.prompt_version = :pv
-               LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :m AND j.prompt_version = :pv
-               WHERE s.file_id = :f ORDER BY s.start_line, s.id""",
-            {"m": config.ollama.model, "pv": PROMPT_VERSION, "f": file_row["id"]},
-        ).fetchall()
-    finally:
-        conn.close()
+        rows = reader.file_spans(file_id, config.ollama.model, PROMPT_VERSION)
     spans = [_span_json(relpath, r, config.ollama.model) for r in rows]
     if line is not None:
         spans = [s for s in spans if s["start_line"] <= line <= s["end_line"]]

@@ -269,6 +269,12 @@ class Store:
             )
         return file_id
 
+    def touch_file(self, file_id: int, size: int, mtime_ns: int) -> None:
+        """Record a new size (bytes) and mtime (nanoseconds) for a file whose
+        content is unchanged (same hash): no span or job changes."""
+        with self.write() as tx:
+            tx.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, file_id))
+
     def delete_files(self, tx: sqlite3.Connection, repo_id: int, paths: Sequence[str]) -> None:
         """Drop files (their spans cascade) inside ``tx``. Enrichments stay: they
         are keyed by content, so the same code coming back costs no request."""

@@ -2,7 +2,7 @@
 ``poll()`` per main-loop tick that turns file events into indexer work.
 
 The daemon knows nothing of watchdog, debouncing, lost events or git state:
-it calls :meth:`Watching.poll` and hands each :class:`Work` item to the
+it calls :meth:`WatchSet.poll` and hands each :class:`Work` item to the
 indexer. Behind ``poll()``, per repo:
 
 * due paths are held while git rewrites the tree (:class:`~.gitstate.GitGate`)
@@ -10,7 +10,7 @@ indexer. Behind ``poll()``, per repo:
   checkout, merge or rebase is ever indexed;
 * lost events (inotify overflow, a handler error, a dead observer thread) and
   ``.gitignore`` edits become a full rescan; a dead watcher is restarted;
-* an inotify limit switches the repo to polling (:meth:`Watching.degraded`);
+* an inotify limit switches the repo to polling (:meth:`WatchSet.degraded`);
 * every ``watch.reconcile_s`` seconds a full reconcile scan is due (a stat per
   file when nothing changed).
 """
@@ -39,7 +39,7 @@ GATE_RECHECK_S = 0.2
 
 @dataclass(frozen=True)
 class Work:
-    """Indexer work for one repo: ``kind`` is ``full`` (rescan the repo) or
+    """ScanScheduler work for one repo: ``kind`` is ``full`` (rescan the repo) or
     ``paths`` (re-check ``paths``, relative POSIX paths)."""
 
     repo: Path
@@ -49,7 +49,7 @@ class Work:
 
 @dataclass
 class _Repo:
-    """Watching state of one repo; times are ``time.monotonic()`` seconds."""
+    """WatchSet state of one repo; times are ``time.monotonic()`` seconds."""
 
     ignore: RepoIgnore
     watcher: RepoWatcher
@@ -63,7 +63,7 @@ class _Repo:
     missing: bool = False  # the root is not a directory (unmounted, deleted): retried, not unhealthy
 
 
-class Watching:
+class WatchSet:
     """The watchers of every repo.
 
     Args:

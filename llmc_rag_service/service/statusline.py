@@ -1,0 +1,58 @@
+"""The systemd STATUS line: one sentence saying what the daemon does or waits for.
+
+DESIGN.md "Contract: systemd": ``STATUS=`` on every change of state. Examples::
+
+    enriching: 812 pending, 4 in flight, 9120 done, 0 failed; ollama ok
+    waiting: 30 pending, 0 in flight, 0 done, 0 failed; ollama unreachable at http://127.0.0.1:11434: connection refused; retry in 20 s
+    idle: 0 pending, 0 in flight, 9120 done, 0 failed; ollama 1/2 ok: a:11434 ok, b:11434 unreachable (connection refused), retry in 20 s
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from llmc_rag_service.enrich.workers import Host
+
+
+def render(counts: Mapping[str, int], hosts: Sequence[Host], model: str, down: str | None,
+           activity: str | None = None) -> str:
+    """The STATUS text.
+
+    Args:
+        counts: Queue counts ``pending``, ``running``, ``done``, ``failed`` and
+            ``in_flight`` (requests being answered).
+        hosts: The worker pool's hosts (one line part each when several).
+        model: The configured chat model (named in "run: ollama pull").
+        down: Why no host can take work (``unreachable``, ``busy``…), or None.
+        activity: Prepended when given (``scanning repo``, a git hold).
+    """
+    waiting = counts["pending"] + counts["running"]
+    # "pending" counts jobs waiting; those being answered are "in flight".
+    work = (f"{counts['pending']} pending, {counts['in_flight']} in flight, {counts['done']} done, "
+            f"{counts['failed']} failed")
+    head = "waiting" if down else "enriching" if waiting else "idle"
+    if len(hosts) == 1:
+        tail = _host_status(hosts[0], model)
+    else:
+        ok = sum(h.state == "ok" for h in hosts)
+        tail = f"ollama {ok}/{len(hosts)} ok: " + ", ".join(_host_brief(h) for h in hosts)
+    if activity:
+        head = f"{activity}, {head}"
+    return f"{head}: {work}; {tail}"
+
+
+def _host_status(host: Host, model: str) -> str:
+    if host.state == "ok" and host.busy:
+        return f"ollama busy at {host.url} (503, its queue is full); {host.busy} in a row"
+    if host.state == "ok":
+        return "ollama ok"
+    if host.state == "model_missing":
+        return f"model {model} missing, run: ollama pull {model}"
+    return f"ollama {host.state} at {host.url}: {host.error}; retry in {host.retry_in_s():.0f} s"
+
+
+def _host_brief(host: Host) -> str:
+    name = host.url.split("://", 1)[-1]
+    if host.state == "ok":
+        return f"{name} ok"
+    return f"{name} {host.state} ({(host.error or '')[:60]}), retry in {host.retry_in_s():.0f} s"

@@ -1,0 +1,144 @@
+"""Read-only access to the store for the reading commands (``status``, ``show``).
+
+Opened with ``mode=ro``, so a reader never takes the write lock, never
+creates the database and works while ``serve`` writes (WAL readers do not
+block the writer). Every statement the reading commands need is here, behind
+methods named for what they return; ``service/status.py`` shapes the JSON.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Seconds a reader waits for a writer's checkpoint before "database is locked".
+READ_BUSY_TIMEOUT_S = 10.0
+
+_COUNTS_SQL = """
+SELECT COUNT(DISTINCT f.id) AS files, COUNT(s.id) AS spans,
+       COALESCE(SUM(e.span_hash IS NOT NULL), 0) AS enriched,
+       COALESCE(SUM(e.span_hash IS NULL AND j.state = 'failed'), 0) AS failed
+FROM files f
+LEFT JOIN spans s ON s.file_id = f.id
+LEFT JOIN enrichments e ON e.span_hash = s.span_hash AND e.model = :model AND e.prompt_version = :pv
+LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :model AND j.prompt_version = :pv
+WHERE f.repo_id = (SELECT id FROM repos WHERE path = :repo) AND f.skipped IS NULL
+"""
+
+_FILE_SPANS_SQL = """
+SELECT s.*, e.summary, e.inputs, e.outputs, e.side_effects, e.pitfalls, e.usage, e.created_at,
+       j.state AS job_state, j.last_error
+FROM spans s
+LEFT JOIN enrichments e ON e.span_hash = s.span_hash AND e.model = :m AND e.prompt_version = :pv
+LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :m AND j.prompt_version = :pv
+WHERE s.file_id = :f ORDER BY s.start_line, s.id
+"""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """What the store knows of one file (for ``show``'s explanations):
+    ``skipped`` is the reason it was not split into spans (``binary``,
+    ``too_large``, ``decode_error``) or None; ``spans`` how many spans it has;
+    ``last_line`` the last line a span covers (0 without spans)."""
+
+    skipped: str | None
+    spans: int
+    last_line: int
+
+
+class StoreReader:
+    """A read-only connection to the state database.
+
+    Use :meth:`open`; close it with :meth:`close` or as a context manager.
+    """
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    @classmethod
+    def open(cls, db_path: Path) -> StoreReader | None:
+        """A reader, or None if the database does not exist yet or was never
+        migrated (``status`` must work before the daemon ever ran, and create nothing).
+
+        Raises:
+            sqlite3.Error: the file exists but cannot be read as this product's store.
+        """
+        if not db_path.exists():
+            return None
+        try:
+            conn = _connect(f"file:{db_path}?mode=ro")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.OperationalError:
+            # A WAL database in a directory we cannot write (no -shm file and no
+            # right to make one) opens only as immutable; the daemon is not
+            # running then, so nothing changes under us.
+            conn = _connect(f"file:{db_path}?mode=ro&immutable=1")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:  # created a moment ago, not migrated yet: as if absent
+            conn.close()
+            return None
+        return cls(conn)
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def meta(self) -> dict[str, str]:
+        """The daemon facts in ``meta`` (``daemon_status``, ``ollama_last_error``…)."""
+        return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def repo_counts(self, repo: Path, model: str, prompt_version: int) -> dict[str, int]:
+        """``{files, spans, enriched, pending, failed}`` for one repo's indexed files;
+        ``enriched + pending + failed == spans``."""
+        row = self.conn.execute(_COUNTS_SQL, {"model": model, "pv": prompt_version, "repo": str(repo)}).fetchone()
+        counts = dict(files=row["files"], spans=row["spans"], enriched=row["enriched"], failed=row["failed"])
+        counts["pending"] = counts["spans"] - counts["enriched"] - counts["failed"]
+        return counts
+
+    def file_id(self, repo: Path, relpath: str) -> int | None:
+        """The id of a stored file (``relpath`` POSIX, relative to ``repo``), or None."""
+        row = self.conn.execute(
+            "SELECT f.id FROM files f JOIN repos r ON r.id = f.repo_id WHERE r.path = ? AND f.path = ?",
+            (str(repo), relpath)).fetchone()
+        return row["id"] if row else None
+
+    def file_spans(self, file_id: int, model: str, prompt_version: int) -> list[sqlite3.Row]:
+        """The file's spans in line order, each with its enrichment columns
+        (None when not enriched) and its job's ``job_state``/``last_error``."""
+        return self.conn.execute(_FILE_SPANS_SQL, {"m": model, "pv": prompt_version, "f": file_id}).fetchall()
+
+    def stored_file(self, repo: Path, relpath: str) -> StoredFile | None:
+        """The record of ``relpath`` (valid UTF-8 text: SQLite cannot bind a
+        lone surrogate), or None if the store never indexed it."""
+        row = self.conn.execute(
+            """SELECT f.skipped, COUNT(s.id), COALESCE(MAX(s.end_line), 0)
+               FROM files f JOIN repos r ON r.id = f.repo_id LEFT JOIN spans s ON s.file_id = f.id
+               WHERE r.path = ? AND f.path = ? GROUP BY f.id""",
+            (str(repo), relpath)).fetchone()
+        return None if row is None else StoredFile(skipped=row[0], spans=row[1], last_line=row[2])
+
+    def quick_check(self) -> list[str]:
+        """SQLite's ``PRAGMA quick_check`` (https://sqlite.org/pragma.html#pragma_quick_check):
+        an empty list when the database is intact, else its problem lines (at most 10)."""
+        rows = [r[0] for r in self.conn.execute("PRAGMA quick_check(10)").fetchall()]
+        return [] if rows == ["ok"] else rows
+
+
+def _connect(uri: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, timeout=READ_BUSY_TIMEOUT_S)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(READ_BUSY_TIMEOUT_S * 1000)}")
+    return conn
+
+
+def empty_counts() -> dict[str, Any]:
+    """The counts of a repo before any store exists."""
+    return dict(files=0, spans=0, enriched=0, pending=0, failed=0)
