@@ -108,8 +108,9 @@ class TeamDB:
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` on a pooled connection (one statement of
         ``store.team_pg``). A connection found dead (server restarted since
-        it was pooled) is replaced and ``fn`` retried once: every statement
-        there is idempotent.
+        it was pooled) is replaced and ``fn`` retried once — every statement
+        there is idempotent — unless a direct connection fails too, whose
+        error is raised at once.
 
         Raises:
             TeamError: the mapped failure (see ``errors``).
@@ -124,6 +125,10 @@ class TeamDB:
                 raise map_error(exc, self.url) from exc
             except self._psycopg.Error as exc:
                 if attempt == 1 and _connection_lost(exc):
+                    # Is the server there at all? A direct connect says at once (and
+                    # why not), where the pool would wait out its timeout.
+                    self.connect().close()
+                    self.pool.check()  # after a restart every idle connection is dead, not just this one
                     continue
                 raise map_error(exc, self.url) from exc
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
