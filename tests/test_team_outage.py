@@ -60,6 +60,7 @@ def test_the_listener_resubscribes_after_a_restart(pg, team_factory):
     clock = ManualClock()
     alice = team_factory(pg.dsn)
     bob = team_factory(pg.dsn, start=True, clock=clock)
+    assert bob.check() >= 1  # contact made before the outage (the manual clock never lets a failed probe retry)
     assert bob.listening.wait(10)
     pg.stop()
     pause = threading.Event()

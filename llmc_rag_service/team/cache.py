@@ -41,10 +41,10 @@ import structlog
 from llmc_rag_service.models import Enrichment
 from llmc_rag_service.store import team_pg
 from llmc_rag_service.store.team_outbox import OutboxItem
-from llmc_rag_service.team.client import TeamDB
-from llmc_rag_service.team.errors import TeamError
-from llmc_rag_service.team.health import Health
-from llmc_rag_service.team.keys import EmbeddingKey, EnrichmentKey, fields_json, vector_problem, well_formed
+from llmc_rag_service.team.claims import Claims
+from llmc_rag_service.team.keys import (EmbeddingKey, EnrichmentKey, distinct_keys, fields_json, vector_problem,
+                                        well_formed)
+from llmc_rag_service.team.link import TeamLink
 from llmc_rag_service.team.listener import Listener
 from llmc_rag_service.team.outbox import MemoryOutbox, Outbox
 from llmc_rag_service.team.settings import TeamSettings
@@ -54,11 +54,6 @@ log = structlog.get_logger("llmc_rag_service.team")
 
 #: Seconds between claims housekeeping: expired claims older than this are deleted.
 PURGE_EVERY_S = 3600.0
-
-
-def _distinct(keys: Iterable[tuple], kind: type) -> list:
-    """Well-formed keys, deduplicated and sorted (the lock order of ``store.team_pg``)."""
-    return sorted({kind(*k) for k in keys if well_formed(k)})
 
 
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
@@ -91,25 +86,22 @@ class TeamCache:
                  on_published: Callable[[str | None], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.settings = settings or TeamSettings()
-        self.db = TeamDB(dsn, self.settings)
-        self.url = self.db.url
         self.producer = producer or socket.gethostname()
         #: Claims are held under this name: unique per process and instance.
         self.holder = f"{self.producer}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
-        self.health = Health(self.url, self.settings.probe_max_s, clock)
-        self._validate, self._on_published, self._clock = validate, on_published, clock
         self._wakeups = Wakeups()
+        self.link = TeamLink(dsn, self.settings, outbox if outbox is not None else MemoryOutbox(), self.producer,
+                             self.holder, clock, on_recovered=lambda: self._wakeups.notify(None))
+        self.db, self.health, self.outbox, self.url = self.link.db, self.link.health, self.link.outbox, self.link.db.url
+        self._call = self.link.call
+        self._validate, self._on_published, self._clock = validate, on_published, clock
         self._listener = Listener(self.db.connect, self._heard, self.settings.probe_max_s)
-        self._held: set[EnrichmentKey] = set()
-        self._deferred: set[EnrichmentKey] = set()
+        self.claims = Claims(self.link, self.holder, self.settings.lease_s, self.settings.batch)
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._probe_lock = threading.Lock()
-        self._kick, self._stop = threading.Event(), threading.Event()
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._renew_at = self._purge_at = 0.0
-        self._outbox_dirty = True
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -132,27 +124,17 @@ class TeamCache:
         Raises:
             TeamError: the one-line reason (also kept in ``status()``).
         """
-        with self._probe_lock:
-            try:
-                version = self.db.probe()
-            except TeamError as err:
-                self.health.failed(err)
-                raise
-        self.health.succeeded(schema_version=version)
-        return version
+        return self.link.check()
 
     def close(self) -> None:
         """Stop both threads, release held claims (teammates need not wait
         for their lease) and close the connections; bounded by a few seconds."""
         self._stop.set()
-        self._kick.set()
+        self.link.failures.set()  # wakes the maintenance thread
         if self._thread:
             self._thread.join(self.settings.connect_timeout_s + self.settings.statement_timeout_s)
         self._listener.stop()
-        with self._lock:
-            held, self._held = sorted(self._held), set()
-        if held and self.health.reachable:
-            self._call(team_pg.release_claims, held, self.holder)
+        self.claims.release_all()
         self.db.close()
 
     # -- enrichments -------------------------------------------------------------
@@ -160,7 +142,7 @@ class TeamCache:
         """Published, valid enrichments for ``keys`` (one statement per
         ``settings.batch`` keys); {} for anything unreachable."""
         found: dict[EnrichmentKey, Enrichment] = {}
-        for chunk in _chunks(_distinct(keys, EnrichmentKey), self.settings.batch):
+        for chunk in _chunks(distinct_keys(keys, EnrichmentKey), self.settings.batch):
             ok, rows = self._call(team_pg.lookup_enrichments, chunk)
             if not ok:
                 break
@@ -168,9 +150,8 @@ class TeamCache:
                 enrichment = self._checked(span_hash, fields, producer)
                 if enrichment is not None:
                     found[EnrichmentKey(span_hash, model, version)] = enrichment
-        with self._lock:
-            self._counts["hits"] += len(found)
-            self._deferred.difference_update(found)
+        self._count(hits=len(found))
+        self.claims.undefer(found)
         return found
 
     def publish(self, results: Iterable[tuple[EnrichmentKey, Enrichment]]) -> int:
@@ -178,76 +159,42 @@ class TeamCache:
         them; what cannot be sent now goes to the outbox. Returns the rows the
         team database newly took."""
         rows = sorted({EnrichmentKey(*k): fields_json(e) for k, e in results if well_formed(k)}.items())
-        with self._lock:
-            self._held.difference_update(k for k, _ in rows)
-            self._deferred.difference_update(k for k, _ in rows)
+        self.claims.done(k for k, _ in rows)
         inserted = 0
         for start in range(0, len(rows), self.settings.batch):
             ok, n = self._call(team_pg.publish_enrichments, rows[start:start + self.settings.batch],
                                self.producer, self.holder)
             if not ok:
-                self._keep([OutboxItem("enrichment", *k, payload=f.encode()) for k, f in rows[start:]])
+                self.link.keep([OutboxItem("enrichment", *k, payload=f.encode()) for k, f in rows[start:]])
                 break
             inserted += n
         self._count(published=inserted)
         return inserted
 
     def claim(self, keys: Iterable[EnrichmentKey]) -> set[EnrichmentKey]:
-        """Keys this daemon may now enrich: nobody else holds them and they are
-        not published. The rest are counted as deferred. Every key when the
-        database is unreachable."""
-        wanted = _distinct(keys, EnrichmentKey)
-        claimed: set[EnrichmentKey] = set()
-        for chunk in _chunks(wanted, self.settings.batch):
-            ok, rows = self._call(team_pg.claim, chunk, self.holder, self.settings.lease_s)
-            claimed |= {EnrichmentKey(*r) for r in rows} if ok else set(chunk)
-            if ok:
-                with self._lock:
-                    self._held.update(EnrichmentKey(*r) for r in rows)
-        with self._lock:
-            self._deferred.difference_update(claimed)
-            self._deferred.update(set(wanted) - claimed)
-        return claimed
+        """Keys this daemon may now enrich (see :meth:`Claims.claim`); the rest are counted deferred."""
+        return self.claims.claim(keys)
 
     def renew(self) -> set[EnrichmentKey]:
-        """Extend every claim this daemon holds by ``lease_s``; returns those
-        still held (a lapsed one may have gone to a teammate, logged
-        ``team_claim_lost``). Called by the maintenance thread; safe to call anytime."""
-        ok, rows = self._call(team_pg.renew_claims, self.holder, self.settings.lease_s)
-        if not ok:
-            with self._lock:
-                return set(self._held)
-        still = {EnrichmentKey(*r) for r in rows}
-        with self._lock:
-            lost = self._held - still
-            self._held &= still
-            held = set(self._held)
-        if lost:
-            log.warning("team_claim_lost", keys=len(lost), lease_s=self.settings.lease_s)
-        return held
+        """Extend every held claim by ``lease_s``; returns those still held (the thread does this)."""
+        return self.claims.renew()
 
     def release(self, keys: Iterable[EnrichmentKey]) -> None:
-        """Give up claims (the job failed or was dropped) so a teammate may take them now."""
-        keys = _distinct(keys, EnrichmentKey)
-        with self._lock:
-            self._held.difference_update(keys)
-        for chunk in _chunks(keys, self.settings.batch):
-            self._call(team_pg.release_claims, chunk, self.holder)
+        """Give up claims (job failed or dropped) so a teammate may take them now."""
+        self.claims.release(keys)
 
     def forget(self, keys: Iterable[EnrichmentKey]) -> None:
         """Stop counting ``keys`` as deferred (their jobs were dropped or done locally)."""
-        with self._lock:
-            self._deferred.difference_update(EnrichmentKey(*k) for k in keys)
+        self.claims.undefer(keys)
 
     def wait_for(self, keys: Iterable[EnrichmentKey], deadline: float) -> dict[EnrichmentKey, Enrichment]:
         """Block until teammates published all ``keys`` or ``deadline`` (the
         ``clock``'s seconds) passes; returns what was published. Woken by
         NOTIFY; returns at once when the database is unreachable."""
-        keys = set(_distinct(keys, EnrichmentKey))
+        keys = set(distinct_keys(keys, EnrichmentKey))
         found: dict[EnrichmentKey, Enrichment] = {}
         with self._wakeups.watching({k.span_hash for k in keys}) as watch:
-            with self._lock:
-                self._deferred.update(keys)
+            self.claims.defer(keys)
             while True:
                 watch.clear()  # before the lookup: a publication after it still wakes us
                 found.update(self.lookup(keys - found.keys()))
@@ -260,7 +207,7 @@ class TeamCache:
     def lookup_embeddings(self, keys: Iterable[EmbeddingKey]) -> dict[EmbeddingKey, bytes]:
         """Published vectors (float32 little-endian bytes) for ``keys``; malformed rows are ignored."""
         found: dict[EmbeddingKey, bytes] = {}
-        for chunk in _chunks(_distinct(keys, EmbeddingKey), self.settings.batch):
+        for chunk in _chunks(distinct_keys(keys, EmbeddingKey), self.settings.batch):
             ok, rows = self._call(team_pg.lookup_embeddings, chunk)
             if not ok:
                 break
@@ -270,7 +217,7 @@ class TeamCache:
                     self._reject(span_hash, "-", problem)
                     continue
                 found[EmbeddingKey(span_hash, model, version)] = bytes(vector)
-        self._count(hits=len(found))
+        self._count(embed_hits=len(found))
         return found
 
     def publish_embeddings(self, vectors: Iterable[tuple[EmbeddingKey, bytes]]) -> int:
@@ -282,7 +229,7 @@ class TeamCache:
             chunk = [(k, v, len(v) // 4) for k, v in rows[start:start + self.settings.batch]]
             ok, n = self._call(team_pg.publish_embeddings, chunk, self.producer)
             if not ok:
-                self._keep([OutboxItem("embedding", *k, payload=v, dim=len(v) // 4) for k, v in rows[start:]])
+                self.link.keep([OutboxItem("embedding", *k, payload=v, dim=len(v) // 4) for k, v in rows[start:]])
                 break
             inserted += n
         self._count(published=inserted)
@@ -292,13 +239,15 @@ class TeamCache:
     def status(self) -> dict[str, Any]:
         """``{url, reachable, hits, published, outbox, deferred, last_error}``
         for ``status --json`` (url without password; reachable None before
-        the first contact), plus ``held`` claims, ``rejected`` rows and
-        ``queries`` sent (database load)."""
+        the first contact), plus ``embed_hits``, ``held`` claims,
+        ``rejected`` rows and ``queries`` sent (database load)."""
         with self._lock:
-            counts, deferred, held = dict(self._counts), len(self._deferred), len(self._held)
+            counts = dict(self._counts)
+        deferred, held = self.claims.deferred, self.claims.held
         return {"url": self.url, "reachable": self.health.reachable, "hits": counts.get("hits", 0),
                 "published": counts.get("published", 0), "outbox": self.outbox.count(), "deferred": deferred,
-                "last_error": self.health.last_error, "held": held, "rejected": counts.get("rejected", 0),
+                "last_error": self.health.last_error, "embed_hits": counts.get("embed_hits", 0), "held": held,
+                "rejected": counts.get("rejected", 0),
                 "queries": self.db.queries}
 
     # -- maintenance ---------------------------------------------------------------
@@ -307,15 +256,15 @@ class TeamCache:
         probe when due, renew claims every ``lease_s / 3``, drain the outbox,
         purge long-expired claims hourly."""
         if self.health.reachable is not True and self.health.probe_due():
-            self._probe()
+            self.link.probe()
         if self.health.reachable is not True:
             return
         now = self._clock()
-        if self._held and now >= self._renew_at:
+        if self.claims.held and now >= self._renew_at:
             self._renew_at = now + self.settings.lease_s / 3
             self.renew()
-        if self._outbox_dirty:
-            self._drain()
+        if self.link.outbox_dirty:
+            self._count(published=self.link.drain())
         if now >= self._purge_at:
             self._purge_at = now + PURGE_EVERY_S
             self._call(team_pg.purge_expired_claims, PURGE_EVERY_S)
@@ -327,61 +276,10 @@ class TeamCache:
                 self.maintain()
             except Exception as exc:  # noqa: BLE001 - the thread must outlive any one failure
                 log.error("team_maintenance_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
-            self._kick.wait(tick)
-            self._kick.clear()
-
-    def _drain(self) -> None:
-        while True:
-            items = self.outbox.oldest(self.settings.batch)
-            if not items:
-                self._outbox_dirty = False
-                return
-            enrichments = sorted(((i.span_hash, i.model, i.version), i.payload.decode()) for i in items
-                                 if i.kind == "enrichment")
-            vectors = sorted(((i.span_hash, i.model, i.version), i.payload, i.dim) for i in items
-                             if i.kind == "embedding")
-            ok1, n1 = self._call(team_pg.publish_enrichments, enrichments, self.producer, self.holder) \
-                if enrichments else (True, 0)
-            ok2, n2 = self._call(team_pg.publish_embeddings, vectors, self.producer) if vectors else (True, 0)
-            if not (ok1 and ok2):
-                return
-            self.outbox.remove([i.id for i in items])
-            self._count(published=n1 + n2)
-            log.info("team_outbox_drained", sent=len(items), published=n1 + n2)
+            self.link.failures.wait(tick)  # a failure wakes it early: the outbox may have grown
+            self.link.failures.clear()
 
     # -- internals -------------------------------------------------------------------
-    def _probe(self) -> bool:
-        with self._probe_lock:
-            if self.health.reachable is True:
-                return True
-            try:
-                version = self.db.probe()
-            except TeamError as err:
-                self.health.failed(err)
-                return False
-        self.health.succeeded(schema_version=version)
-        self._wakeups.notify(None)  # publications while we were away were not heard
-        return True
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
-        """(True, fn's result), or (False, None) when the database is skipped or failed."""
-        if self.health.reachable is None and not self._probe():
-            return False, None
-        if not self.health.usable():
-            return False, None
-        try:
-            result = self.db.run(fn, *args)
-        except TeamError as err:
-            self.health.failed(err)
-            self._kick.set()
-            return False, None
-        self.health.succeeded()
-        return True, result
-
-    def _keep(self, items: list[OutboxItem]) -> None:
-        self.outbox.add(items)
-        self._outbox_dirty = True
-
     def _checked(self, span_hash: str, fields: Any, producer: str) -> Enrichment | None:
         try:
             enrichment = self._validate(fields)

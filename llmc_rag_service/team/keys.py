@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from llmc_rag_service.models import Enrichment
@@ -56,3 +57,8 @@ def vector_problem(vector: object, dim: object) -> str | None:
     if len(vector) != 4 * dim:
         return f"vector of {len(vector)} bytes for dim {dim}"
     return None
+
+
+def distinct_keys(keys: Iterable[tuple], kind: type) -> list:
+    """Well-formed keys as ``kind``, deduplicated and sorted (the lock order of ``store.team_pg``)."""
+    return sorted({kind(*k) for k in keys if well_formed(k)})
