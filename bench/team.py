@@ -1,12 +1,15 @@
 """Team mode: cache latency, and how many requests and queries a team of daemons costs.
 
-Two parts, each printing a markdown table:
+Three parts, each printing a markdown table:
 
 1. **Latency** — one TeamCache on loopback against a table of ``--rows``
    enrichments: p50/p95 of ``lookup`` (all hits, all misses), ``claim`` and
    ``publish``, per batch of ``--batch`` keys. Target: lookup p95 <= 5 ms per
    batch of 100.
-2. **Team** — 1, 2 and 4 daemons enrich the same ``--spans`` distinct span
+2. **Outage** (only with the throwaway cluster) — the server stopped: cost of
+   the first operation, of the following ones, and time to recover and drain
+   the outbox after it starts again.
+3. **Team** — 1, 2 and 4 daemons enrich the same ``--spans`` distinct span
    keys against one Ollama emulator (``--slots`` slots, ``--latency-s`` per
    answer). Reported: total chat requests (target: = distinct spans, + <= 1 %
    on lease expiry), duplicates, wall time until every daemon has every
@@ -123,7 +126,35 @@ def latency(dsn: str, rows: int, batch: int, rounds: int) -> list[dict]:
         cache.close()
 
 
-# -- part 2: a team of daemons ------------------------------------------------------------
+# -- part 2: an outage ---------------------------------------------------------------------
+def outage(cluster: PostgresCluster, dsn: str, rounds: int) -> list[dict]:
+    """What a stopped server costs the caller: the first operation (bounded by
+    the timeouts), the ones after it (breaker open), and the time to recover
+    once it is back (probe backoff, then the outbox drains)."""
+    cache = TeamCache(dsn, validate=validate_enrichment, producer="bench")
+    keys = keys_of(100, salt="outage")
+    try:
+        cache.start()
+        cache.check()
+        cache.lookup(keys)
+        cluster.stop()
+        first = timed(lambda: cache.lookup(keys), 1)
+        later = timed(lambda: cache.lookup(keys), rounds)
+        publish = timed(lambda: cache.publish([(k, enrichment(0)) for k in keys]), 1)
+        started = time.monotonic()
+        cluster.start()
+        recovered = cache.health.wait_until(True, timeout_s=120)
+        recover_s = time.monotonic() - started
+        while cache.status()["outbox"] and time.monotonic() - started < 120:
+            time.sleep(0.01)  # a benchmark's polling loop, not a test
+        drained_s = time.monotonic() - started
+    finally:
+        cache.close()
+    return [{"first op ms": first[0], "later ops p95 ms": pct(later, 95), "publish to outbox ms": publish[0],
+             "recovered": recovered, "recover s": recover_s, "outbox drained s": drained_s}]
+
+
+# -- part 3: a team of daemons ------------------------------------------------------------
 class Daemon(Protocol):
     """What the team benchmark needs of one daemon."""
 
@@ -284,6 +315,9 @@ def main() -> None:
         admin = args.dsn or cluster.dsn()
         print("## Latency (loopback)\n")
         print(markdown(latency(fresh_database(admin, "llmc_bench_latency"), args.rows, args.batch, args.rounds)))
+        if cluster:
+            print("\n## Server stopped, then started again (default timeouts: connect 3 s, statement 3 s)\n")
+            print(markdown(outage(cluster, fresh_database(admin, "llmc_bench_outage"), args.rounds)))
         print(f"\n## Team of simulated daemons (emulator: {args.slots} slots, {args.latency_s} s per answer, "
               f"{args.workers} workers per daemon)\n")
         rows = [team_run(fresh_database(admin, f"llmc_bench_team{n}"), n, args.spans, args.slots, args.latency_s,

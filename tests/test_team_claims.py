@@ -65,6 +65,16 @@ def test_a_published_key_cannot_be_claimed(pg, team_factory):
     assert bob.status()["deferred"] == 0 and alice.status()["held"] == 0
 
 
+def test_publishing_leaves_the_claim_to_expire(pg, team_factory):
+    """A publisher's claim row stays until its lease ends and is no longer renewed, so a teammate whose
+    claim statement began before the publication committed still meets the claim instead of a free key."""
+    alice = team_factory(pg.dsn)
+    alice.claim([key(1)])
+    alice.publish([(key(1), enrichment(1))])
+    assert pg.sql("SELECT holder FROM llmc_claims") == [(alice.holder,)]
+    assert alice.renew() == set() and alice.status()["held"] == 0
+
+
 def test_a_released_key_can_be_claimed_at_once(pg, team_factory):
     """A daemon that gives up a job releases its claim; a teammate takes it without waiting for the lease."""
     alice, bob = team_factory(pg.dsn), team_factory(pg.dsn)

@@ -127,20 +127,23 @@ def lookup_enrichments(conn: Any, keys: Sequence[Key]) -> list[tuple[str, str, i
         _columns(keys)).fetchall()
 
 
-def publish_enrichments(conn: Any, rows: Sequence[tuple[Key, str]], producer: str, holder: str) -> int:
+def publish_enrichments(conn: Any, rows: Sequence[tuple[Key, str]], producer: str) -> int:
     """Insert ``(key, fields_json)`` rows (``ON CONFLICT DO NOTHING``: the
-    first publisher wins), drop ``holder``'s claims on them and NOTIFY
-    :data:`CHANNEL` once per new row — one statement. Returns the rows inserted."""
+    first publisher wins) and NOTIFY :data:`CHANNEL` once per new row — one
+    statement. Returns the rows inserted.
+
+    The publisher's claims are left to expire, not deleted: a teammate's
+    :func:`claim` whose snapshot predates this commit would find neither the
+    result nor a claim row, and take the key again."""
     params = {**_columns([key for key, _ in rows]), "f": [fields for _, fields in rows],
-              "producer": producer, "holder": holder, "channel": CHANNEL}
+              "producer": producer, "channel": CHANNEL}
     return conn.execute(
-        """WITH k AS (SELECT * FROM unnest(%(h)s::text[], %(m)s::text[], %(v)s::integer[], %(f)s::text[])
-                      AS k(h, m, v, f)),
-           ins AS (INSERT INTO llmc_enrichments(span_hash, model, prompt_version, fields, producer)
-                   SELECT h, m, v, f::jsonb, %(producer)s FROM k ORDER BY h, m, v
-                   ON CONFLICT DO NOTHING RETURNING span_hash),
-           done AS (DELETE FROM llmc_claims c USING k
-                    WHERE c.span_hash = k.h AND c.model = k.m AND c.prompt_version = k.v AND c.holder = %(holder)s)
+        """WITH ins AS (
+               INSERT INTO llmc_enrichments(span_hash, model, prompt_version, fields, producer)
+               SELECT h, m, v, f::jsonb, %(producer)s
+               FROM unnest(%(h)s::text[], %(m)s::text[], %(v)s::integer[], %(f)s::text[]) AS k(h, m, v, f)
+               ORDER BY h, m, v
+               ON CONFLICT DO NOTHING RETURNING span_hash)
            SELECT count(pg_notify(%(channel)s, 'e:' || span_hash)) FROM ins""",
         params).fetchone()[0]
 
@@ -189,14 +192,17 @@ def claim(conn: Any, keys: Sequence[Key], holder: str, lease_s: float) -> list[K
     return [tuple(r) for r in rows]
 
 
-def renew_claims(conn: Any, holder: str, lease_s: float) -> list[Key]:
-    """Extend every unexpired claim of ``holder`` by ``lease_s`` seconds from
-    now; returns the keys it still holds (a lapsed lease may have been taken over)."""
+def renew_claims(conn: Any, keys: Sequence[Key], holder: str, lease_s: float) -> list[Key]:
+    """Extend ``holder``'s unexpired claims on ``keys`` by ``lease_s`` seconds
+    from now; returns the keys it still holds (a lapsed lease may have been
+    taken over)."""
     rows = conn.execute(
-        """UPDATE llmc_claims SET expires_at = now() + make_interval(secs => %(lease)s)
-           WHERE holder = %(holder)s AND expires_at >= now()
-           RETURNING span_hash, model, prompt_version""",
-        {"holder": holder, "lease": float(lease_s)}).fetchall()
+        """UPDATE llmc_claims c SET expires_at = now() + make_interval(secs => %(lease)s)
+           FROM unnest(%(h)s::text[], %(m)s::text[], %(v)s::integer[]) AS k(h, m, v)
+           WHERE c.span_hash = k.h AND c.model = k.m AND c.prompt_version = k.v
+             AND c.holder = %(holder)s AND c.expires_at >= now()
+           RETURNING c.span_hash, c.model, c.prompt_version""",
+        {**_columns(keys), "holder": holder, "lease": float(lease_s)}).fetchall()
     return [tuple(r) for r in rows]
 
 

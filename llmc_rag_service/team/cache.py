@@ -5,7 +5,7 @@ The flow the daemon follows for enrichment keys (``EnrichmentKey``):
 1. When jobs are queued, in batches: ``hits = team.lookup(keys)``; each hit
    is stored locally and its job is done without a request.
 2. Before a worker sends a job: ``if key in team.claim([key])`` it sends it,
-   then ``team.publish([(key, enrichment)])`` (which also ends the claim), or
+   then ``team.publish([(key, enrichment)])`` (its claim is no longer renewed), or
    ``team.release([key])`` if it gives up. Claims are renewed by the cache's
    own thread every ``lease_s / 3`` until then.
 3. A key not claimed is being enriched by a teammate: defer the job. Either
@@ -91,7 +91,7 @@ class TeamCache:
         self.holder = f"{self.producer}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wakeups = Wakeups()
         self.link = TeamLink(dsn, self.settings, outbox if outbox is not None else MemoryOutbox(), self.producer,
-                             self.holder, clock, on_recovered=lambda: self._wakeups.notify(None))
+                             clock, on_recovered=lambda: self._wakeups.notify(None))
         self.db, self.health, self.outbox, self.url = self.link.db, self.link.health, self.link.outbox, self.link.db.url
         self._call = self.link.call
         self._validate, self._on_published, self._clock = validate, on_published, clock
@@ -155,15 +155,14 @@ class TeamCache:
         return found
 
     def publish(self, results: Iterable[tuple[EnrichmentKey, Enrichment]]) -> int:
-        """Share validated results (first publisher wins) and end our claims on
-        them; what cannot be sent now goes to the outbox. Returns the rows the
-        team database newly took."""
+        """Share validated results (first publisher wins); our claims on them
+        are no longer renewed. What cannot be sent now goes to the outbox.
+        Returns the rows the team database newly took."""
         rows = sorted({EnrichmentKey(*k): fields_json(e) for k, e in results if well_formed(k)}.items())
         self.claims.done(k for k, _ in rows)
         inserted = 0
         for start in range(0, len(rows), self.settings.batch):
-            ok, n = self._call(team_pg.publish_enrichments, rows[start:start + self.settings.batch],
-                               self.producer, self.holder)
+            ok, n = self._call(team_pg.publish_enrichments, rows[start:start + self.settings.batch], self.producer)
             if not ok:
                 self.link.keep([OutboxItem("enrichment", *k, payload=f.encode()) for k, f in rows[start:]])
                 break

@@ -57,11 +57,18 @@ class Claims:
     def renew(self) -> set[EnrichmentKey]:
         """Extend every claim held by ``lease_s``; returns those still held (a
         lapsed one may have gone to a teammate: ``team_claim_lost``)."""
-        ok, rows = self.link.call(team_pg.renew_claims, self.holder, self.lease_s)
         with self._lock:
+            held = sorted(self._held)
+        if not held:
+            return set()
+        still: set[EnrichmentKey] = set()
+        for start in range(0, len(held), self.batch):
+            ok, rows = self.link.call(team_pg.renew_claims, held[start:start + self.batch], self.holder, self.lease_s)
             if not ok:
-                return set(self._held)
-            lost = self._held - {EnrichmentKey(*r) for r in rows}
+                return set(held)
+            still |= {EnrichmentKey(*r) for r in rows}
+        with self._lock:
+            lost = set(held) - still
             self._held -= lost
             held = set(self._held)
         if lost:
@@ -83,7 +90,7 @@ class Claims:
             self.release(held)
 
     def done(self, keys: Iterable[EnrichmentKey]) -> None:
-        """Forget ``keys`` as held or deferred (published: the publish statement ended their claims)."""
+        """Forget ``keys`` as held or deferred (published: their claims are left to expire)."""
         keys = set(keys)
         with self._lock:
             self._held -= keys

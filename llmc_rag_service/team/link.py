@@ -31,7 +31,7 @@ class TeamLink:
     Args:
         dsn: ``team.postgres``. settings: timeouts and batch size.
         outbox: where unpublished results wait.
-        producer, holder: written with published rows / claims (``TeamCache``).
+        producer: written with published rows.
         clock: monotonic seconds for the probe backoff.
         on_recovered: called after a successful probe (publications may have been missed).
 
@@ -39,12 +39,12 @@ class TeamLink:
         TeamNotInstalled: psycopg is missing.
     """
 
-    def __init__(self, dsn: str, settings: TeamSettings, outbox: Outbox, producer: str, holder: str,
+    def __init__(self, dsn: str, settings: TeamSettings, outbox: Outbox, producer: str,
                  clock: Callable[[], float], on_recovered: Callable[[], None]):
         self.db = TeamDB(dsn, settings)
         self.health = Health(self.db.url, settings.probe_max_s, clock)
         self.outbox, self.settings = outbox, settings
-        self.producer, self.holder = producer, holder
+        self.producer = producer
         self._on_recovered = on_recovered
         self._probe_lock = threading.Lock()
         #: Set when something may wait in the outbox (true at start: an earlier run may have left some).
@@ -110,7 +110,7 @@ class TeamLink:
                                  if i.kind == "enrichment")
             vectors = sorted(((i.span_hash, i.model, i.version), i.payload, i.dim) for i in items
                              if i.kind == "embedding")
-            ok1, n1 = self.call(team_pg.publish_enrichments, enrichments, self.producer, self.holder) \
+            ok1, n1 = self.call(team_pg.publish_enrichments, enrichments, self.producer) \
                 if enrichments else (True, 0)
             ok2, n2 = self.call(team_pg.publish_embeddings, vectors, self.producer) if vectors else (True, 0)
             if not (ok1 and ok2):
