@@ -125,3 +125,35 @@ def test_the_sqlite_outbox_keeps_results_across_a_restart(pg, team_factory, tmp_
     assert successor.status()["outbox"] == 0
     assert successor.lookup([key(1), key(2)]) == {key(1): enrichment(1), key(2): enrichment(2)}
     reopened.close()
+
+
+def test_a_statement_stuck_on_a_lock_gives_up_at_its_timeout(pg, team_factory):
+    """A claim that waits on a row another session holds returns after lock_timeout, granting the key (work
+    alone) and naming the timeout; the caller is not blocked indefinitely."""
+    import psycopg
+
+    cache = team_factory(pg.dsn)
+    cache.check()
+    team_factory(pg.dsn).claim([key(1)])
+    with psycopg.connect(pg.dsn) as blocker:  # an open transaction holding key(1)'s claim row
+        blocker.execute("SELECT * FROM llmc_claims FOR UPDATE")
+        assert cache.claim([key(1)]) == {key(1)}
+    assert "statement timeout" in cache.status()["last_error"]
+
+
+def test_the_password_may_come_from_pgpassword_or_a_pgpass_file(pg, tmp_path, monkeypatch):
+    """A DSN without password works with PGPASSWORD, or with PGPASSFILE naming a 0600 file (libpq's own lookup)."""
+    from llmc_rag_service.team.client import probe_once
+
+    dsn = f"postgresql://postgres@127.0.0.1:{pg.cluster.port}/{pg.dbname}"
+    monkeypatch.setenv("PGPASSWORD", pg.cluster.password)
+    assert probe_once(dsn) >= 1
+    monkeypatch.delenv("PGPASSWORD")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{pg.cluster.port}:{pg.dbname}:postgres:{pg.cluster.password}\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    assert probe_once(dsn) >= 1
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "missing"))
+    with pytest.raises(TeamAuthFailed):
+        probe_once(dsn)

@@ -174,3 +174,16 @@ def _connection_lost(exc: BaseException) -> bool:
     no SQLSTATE, class 08, or the server shutting down (57P01/57P02)."""
     sqlstate = getattr(exc, "sqlstate", None)
     return sqlstate is None or sqlstate.startswith("08") or sqlstate in ("57P01", "57P02")
+
+
+def probe_once(dsn: str, settings: TeamSettings | None = None) -> int:
+    """Connect, migrate if needed, disconnect: for ``doctor`` and the start-up check.
+
+    Returns the schema version. Raises :class:`TeamError` (its ``str`` is the
+    one-line message to show; ``kind`` the stable code).
+    """
+    db = TeamDB(dsn, settings)
+    try:
+        return db.probe()
+    finally:
+        db.close()
