@@ -83,3 +83,14 @@ def test_embeddings_round_trip_and_bad_vectors_are_ignored(pg, team_factory):
     ek = EmbeddingKey(key(1).span_hash, "nomic-embed-text", 1)
     assert alice.publish_embeddings([(ek, vec), (EmbeddingKey(key(2).span_hash, "e", 1), b"abc")]) == 1
     assert bob.lookup_embeddings([ek, EmbeddingKey(key(2).span_hash, "e", 1)]) == {ek: vec}
+
+
+def test_a_closed_cache_sends_nothing_and_loses_nothing(pg, team_factory):
+    """After close (daemon stopping), calls do not reach the database: lookups miss, results go to the outbox."""
+    cache = team_factory(pg.dsn)
+    cache.check()
+    cache.close()
+    sent = cache.status()["queries"]
+    assert cache.lookup([key(1)]) == {}
+    assert cache.publish([(key(1), enrichment(1))]) == 0
+    assert cache.status()["outbox"] == 1 and cache.status()["queries"] == sent

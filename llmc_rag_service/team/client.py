@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from llmc_rag_service.store import team_pg
-from llmc_rag_service.team.errors import TeamError, map_error, not_installed, schema_too_new
+from llmc_rag_service.team.errors import TeamClosed, TeamError, map_error, not_installed, schema_too_new
 from llmc_rag_service.team.settings import TeamSettings, redact_dsn
 
 T = TypeVar("T")
@@ -85,6 +85,7 @@ class TeamDB:
             timeout=self.settings.connect_timeout_s, num_workers=1,
             reconnect_timeout=2 * self.settings.connect_timeout_s, kwargs={"autocommit": True})
         self.queries = 0
+        self.closed = False
         self._opened = False
         self._lock = threading.Lock()
 
@@ -97,7 +98,9 @@ class TeamDB:
                 self._opened = True
 
     def close(self) -> None:
-        """Close every pooled connection (waits at most a few seconds)."""
+        """Close every pooled connection (waits at most a few seconds); later
+        statements raise :class:`TeamError` ``closed``."""
+        self.closed = True
         if self._opened:
             self.pool.close(timeout=self.settings.connect_timeout_s)
 
@@ -115,6 +118,8 @@ class TeamDB:
         Raises:
             TeamError: the mapped failure (see ``errors``).
         """
+        if self.closed:
+            raise TeamClosed(f"team cache at {self.url} is closed")
         self.open()
         for attempt in (1, 2):
             try:

@@ -8,7 +8,8 @@
     ├── TeamDatabaseMissing        "database_missing": the DSN's database does not exist
     ├── TeamSchemaTooNew           "schema_too_new": a newer llmc-rag migrated the team database
     ├── TeamPermissionDenied       "permission_denied": the role may not create or use the tables
-    └── TeamNotInstalled           "not_installed": team.postgres is set but the [postgres] extra is not
+    ├── TeamNotInstalled           "not_installed": team.postgres is set but the [postgres] extra is not
+    └── TeamClosed                 "closed": used after close() (shutting down); never logged
 
 Every kind means the same thing to the daemon: keep enriching alone, keep
 results in the outbox, try again later. ``str(error)`` is one line that says
@@ -81,6 +82,12 @@ class TeamPermissionDenied(TeamError):
 
 class TeamNotInstalled(TeamError):
     kind = "not_installed"
+
+
+class TeamClosed(TeamError):
+    """The cache was closed (daemon stopping); nothing is sent any more."""
+
+    kind = "closed"
 
 
 _CLASSES = {cls.kind: cls for cls in (TeamUnreachable, TeamAuthFailed, TeamDatabaseMissing,

@@ -55,7 +55,7 @@ class TeamLink:
         """(True, ``fn(conn, *args)``), or (False, None) when the database is
         skipped (breaker open) or the statement failed (breaker opens).
         Before the first contact, probes first (bounded by the timeouts)."""
-        if self.health.reachable is None and not self.probe():
+        if self.db.closed or (self.health.reachable is None and not self.probe()):
             return False, None
         if not self.health.usable():
             return False, None
