@@ -18,6 +18,22 @@ Modules, one job each::
 
 Every SQL statement is in ``store/team_pg.py`` (PostgreSQL) and
 ``store/team_outbox.py`` (the local outbox table).
+
+Setting up the team database (once, as a PostgreSQL superuser)::
+
+    CREATE ROLE llmc LOGIN PASSWORD '...';      -- no SUPERUSER, CREATEDB, CREATEROLE
+    CREATE DATABASE llmc OWNER llmc;
+
+That is all the privilege team mode needs: owning its database lets the role
+create its tables in ``public`` (PostgreSQL 15+ grants CREATE there to the
+database owner only) and read and write them; it can touch no other
+database. The first daemon to connect creates the tables (``llmc_team_schema``,
+``llmc_enrichments``, ``llmc_embeddings``, ``llmc_claims``); later versions
+migrate them forward, one daemon at a time (advisory lock). Each daemon then
+uses ``team.postgres: postgresql://llmc@db.internal/llmc`` with the password
+in ``PGPASSWORD`` or a ``PGPASSFILE`` (mode 0600) and, across a network,
+``?sslmode=verify-full``. Shared: span hashes, enrichment fields, vectors,
+the producer (host name). Never shared: paths, names, span text.
 """
 
 from llmc_rag_service.team.errors import TeamError

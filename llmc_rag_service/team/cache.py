@@ -95,7 +95,7 @@ class TeamCache:
         self.db, self.health, self.outbox, self.url = self.link.db, self.link.health, self.link.outbox, self.link.db.url
         self._call = self.link.call
         self._validate, self._on_published, self._clock = validate, on_published, clock
-        self._listener = Listener(self.db.connect, self._heard, self.settings.probe_max_s)
+        self._listener = Listener(self.db.connect, self._heard, self.settings.probe_max_s, self.url)
         self.claims = Claims(self.link, self.holder, self.settings.lease_s, self.settings.batch)
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()

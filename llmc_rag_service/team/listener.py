@@ -34,14 +34,15 @@ class Listener:
         on_notify: called from this thread with a span hash, or None after a
             (re)connection; it must only record or wake, never block.
         retry_max_s: longest pause between reconnection attempts.
+        url: the redacted DSN, for messages.
 
     Attributes:
         listening: set while subscribed (tests wait on it before publishing).
     """
 
     def __init__(self, connect: Callable[[], Any], on_notify: Callable[[str | None], None],
-                 retry_max_s: float = 30.0):
-        self._connect, self._on_notify, self._retry_max_s = connect, on_notify, retry_max_s
+                 retry_max_s: float = 30.0, url: str = ""):
+        self._connect, self._on_notify, self._retry_max_s, self._url = connect, on_notify, retry_max_s, url
         self._stop = threading.Event()
         self.listening = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llmc-team-listen", daemon=True)
@@ -78,7 +79,7 @@ class Listener:
             try:
                 team_pg.listen(conn)
             except Exception as exc:
-                raise map_error(exc, "listener") from exc
+                raise map_error(exc, self._url) from exc
             self.listening.set()
             log.debug("team_listener_connected")
             self._on_notify(None)
