@@ -1,0 +1,55 @@
+"""Deterministic embeddings that carry some meaning, for tests, benchmarks and the emulator's ``/api/embed``.
+
+:func:`hashed_embedding` is a hashed bag of words: the text's identifier
+parts (``parseJsonBody`` -> parse, json, body), lower-cased, common English
+words dropped, crudely stemmed (``parsing``/``parsed``/``parses`` -> ``pars``),
+each hashed to one of ``dim`` buckets with a hashed sign, weighted
+``1 + ln(count)``, and the vector L2-normalised. Texts sharing words get a
+high cosine; unrelated texts are near 0. No model, no randomness: the same
+text always gives the same vector, in any process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+
+from llmc_rag_service.store.fts import identifier_parts
+
+_STOP = frozenset("""
+a an and are as at be by for from has have if in into is it its of on or that the their then this to was were
+will with not no self none true false def return class import cls
+""".split())
+_SUFFIXES = ("ing", "ed", "es", "s", "e")
+
+
+def _stem(word: str) -> str:
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            return word[: -len(suffix)]
+    return word
+
+
+def embedding_words(text: str) -> list[str]:
+    """The words :func:`hashed_embedding` counts, in order."""
+    stems = (_stem(w) for w in identifier_parts(text) if len(w) > 1 and w not in _STOP)
+    return [s for s in stems if s not in _STOP]
+
+
+def hashed_embedding(text: str, dim: int = 768) -> list[float]:
+    """A unit vector of ``dim`` floats for ``text`` (see the module docstring).
+
+    A text with no countable word maps to a fixed unit vector (bucket 0), so
+    the result is never all zeros. Raises ValueError if ``dim`` < 1.
+    """
+    if dim < 1:
+        raise ValueError(f"dim must be at least 1, not {dim}")
+    vector = [0.0] * dim
+    for word, count in Counter(embedding_words(text)).items():
+        digest = int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
+        vector[digest % dim] += (1.0 if digest >> 63 else -1.0) * (1.0 + math.log(count))
+    norm = math.sqrt(sum(v * v for v in vector))
+    if norm == 0:
+        vector[0] = norm = 1.0
+    return [v / norm for v in vector]
