@@ -147,6 +147,32 @@ def test_cache_reloads_when_vectors_change(sr):
     assert set(names[:2]) == {"open_socket", "retry_with_backoff"}
 
 
+def test_cache_appends_new_vectors_and_rebuilds_after_a_delete(sr):
+    """A vector added after a search is appended to the cached matrix; a deleted one is gone after the rebuild."""
+    target = vector_of(sr, "open_socket")
+    with sr.reader() as conn:
+        first = semantic.vector_index(conn, EMBED, 1)
+    assert len(first) == 3
+    sr.write({"net/extra.py": "def close_socket(sock):\n    sock.close()\n"})
+    sr.embed_all()
+    with sr.reader() as conn:
+        grown = semantic.vector_index(conn, EMBED, 1)
+    assert grown is first and len(grown) == 4
+    vectors.put_embeddings(sr.store, [("gone", EMBED, 1, target)])
+    sr.store.conn.execute("DELETE FROM embeddings WHERE span_hash = 'gone'")
+    with sr.reader() as conn:
+        rebuilt = semantic.vector_index(conn, EMBED, 1)
+    assert rebuilt is not first and len(rebuilt) == 4 and "gone" not in rebuilt.hashes
+
+
+def test_index_refuses_rows_of_another_dimension():
+    """Adding vectors of another dimension to an index raises instead of corrupting it."""
+    index = semantic.VectorIndex()
+    index.add(["a"], np.ones((1, 4), np.float32))
+    with pytest.raises(ValueError, match="dimension 3"):
+        index.add(["b"], np.ones((1, 3), np.float32))
+
+
 def test_vectors_of_deleted_code_are_not_returned(sr):
     """An embedding whose span is gone from every file is skipped."""
     target = vector_of(sr, "load_settings")
@@ -161,8 +187,10 @@ def test_compact_matrices_rank_like_float32(dtype):
     rng = np.random.default_rng(7)
     matrix = rng.standard_normal((2000, 96)).astype(np.float32)
     hashes = [f"h{i}" for i in range(2000)]
-    exact = semantic.VectorIndex.build(2000, [(hashes, matrix)], "float32")
-    compact = semantic.VectorIndex.build(2000, [(hashes[:1000], matrix[:1000]), (hashes[1000:], matrix[1000:])], dtype)
+    exact, compact = semantic.VectorIndex("float32"), semantic.VectorIndex(dtype)
+    exact.add(hashes, matrix)
+    compact.add(hashes[:1000], matrix[:1000])  # grows in place on the second batch
+    compact.add(hashes[1000:], matrix[1000:])
     for row in (3, 1500):
         query = semantic.query_vector(matrix[row] + 0.1 * rng.standard_normal(96), 96, "m")
         a, b = exact.scores(query), compact.scores(query)

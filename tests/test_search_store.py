@@ -128,7 +128,7 @@ def test_put_embeddings_refuses_bad_vectors_and_writes_nothing(sr, bad, message)
     vectors.put_embeddings(sr.store, [("h0", EMBED, 1, [0.0, 0.0, 0.0, 1.0])])
     with pytest.raises(ValueError, match=message):
         vectors.put_embeddings(sr.store, [("h1", EMBED, 1, [1.0, 0.0, 0.0, 0.0]), ("h2", EMBED, 1, bad)])
-    assert vectors.stamp(sr.store.conn, EMBED, 1)[0] == 1
+    assert vectors.count(sr.store.conn, EMBED, 1) == 1
 
 
 def test_put_embeddings_on_a_connection_and_another_models_dimension(sr):
@@ -142,13 +142,19 @@ def test_put_embeddings_on_a_connection_and_another_models_dimension(sr):
     assert sorted(vectors.stored_models(conn)) == [(EMBED, 1, 1), ("other", 1, 1)]
 
 
-def test_stamp_changes_when_a_vector_is_replaced(sr):
-    """Replacing a vector changes the (count, max rowid) stamp the search cache checks."""
-    vectors.put_embeddings(sr.store, [("h0", EMBED, 1, [1.0, 0.0])])
-    first = vectors.stamp(sr.store.conn, EMBED, 1)
+def test_stamp_tells_appends_from_deletes_and_updates(sr):
+    """A replaced vector gets a higher rowid (readers append it); a delete or in-place update bumps the epoch."""
+    conn = sr.store.conn
+    vectors.put_embeddings(sr.store, [("h0", EMBED, 1, [1.0, 0.0]), ("h1", EMBED, 1, [0.0, 1.0])])
+    epoch, top = vectors.stamp(conn)
     vectors.put_embeddings(sr.store, [("h0", EMBED, 1, [0.0, 1.0])])
-    assert vectors.stamp(sr.store.conn, EMBED, 1) != first
-    assert vectors.stamp(sr.store.conn, EMBED, 1)[0] == 1
+    assert vectors.stamp(conn) == (epoch, top + 1) and vectors.count(conn, EMBED, 1) == 2
+    newer = list(vectors.iter_embeddings(conn, EMBED, 1, after_rowid=top))
+    assert [h for h, _ in newer] == [["h0"]]
+    conn.execute("DELETE FROM embeddings WHERE span_hash = 'h1'")
+    assert vectors.stamp(conn)[0] == epoch + 1
+    conn.execute("UPDATE embeddings SET created_at = 0")
+    assert vectors.stamp(conn)[0] == epoch + 2
 
 
 def test_reader_connection_cannot_write(sr):

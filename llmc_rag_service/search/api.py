@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llmc_rag_service.index.syntax import GRAMMARS
-from llmc_rag_service.search import fusion, semantic
+from llmc_rag_service.search import fusion, lexical, semantic
 from llmc_rag_service.search.query import ParsedQuery, QueryError, parse_query
 from llmc_rag_service.search.semantic import EmbedQuery, PendingEmbedding, SemanticUnavailable
 from llmc_rag_service.store import fts, searchview, vectors
@@ -184,14 +184,13 @@ def _input_version(conn: sqlite3.Connection, settings: SearchSettings) -> int:
     version = settings.input_version
     if version is None:
         version = vectors.latest_input_version(conn, model)
-    if version is None or vectors.stamp(conn, model, version)[0] == 0:
+    if version is None or not vectors.has_vectors(conn, model, version):
         raise SemanticUnavailable(f"no embeddings of {model} are computed yet")
     return version
 
 
 def _lexical(conn: sqlite3.Connection, parsed: ParsedQuery, filt: SpanFilter, depth: int) -> list[tuple[int, float]]:
-    where, args = searchview.filter_sql(filt)
-    return fts.ranked(conn, parsed.match, where, args, depth)
+    return lexical.ranked(conn, parsed, filt, depth)
 
 
 def _semantic(conn: sqlite3.Connection, settings: SearchSettings, version: int, pending: PendingEmbedding,

@@ -33,10 +33,13 @@ MIN_PREFIX = 3
 
 _TOKEN = re.compile(r'"([^"]*)"|(\w+)(\*?)')
 
+#: Dropped from queries: common English, and words that are in most spans of
+#: code (keywords), which add nothing to BM25 but cost a pass over most rows.
 STOPWORDS = frozenset("""
 a an and are as at be by for from has have how i if in into is it its of on or that the their then there
 these this those to was were what when where which who why will with does do did not no can could should
 would may might we you your our they them he she his her any all some such than so but about also only
+self cls return returns none null true false def else elif var let const
 """.split())
 
 
@@ -45,23 +48,35 @@ class QueryError(ValueError):
 
 
 @dataclass(frozen=True)
+class Term:
+    """One search term: its lower-cased words (one word, or a phrase) and whether it is a prefix."""
+
+    words: tuple[str, ...]
+    prefix: bool = False
+
+    @property
+    def expression(self) -> str:
+        """The term in FTS5 syntax: a double-quoted string of letters and digits, ``*`` for a prefix."""
+        quoted = '"' + " ".join(self.words) + '"'
+        return quoted + " *" if self.prefix else quoted
+
+
+@dataclass(frozen=True)
 class ParsedQuery:
     """A user query read as search terms.
 
     Attributes:
         text: The query as given.
-        terms: Each term's lower-cased words (a one-word term or a phrase).
-        match: The FTS5 expression (the terms OR-ed), never empty.
+        terms: The terms kept, in query order (never empty).
     """
 
     text: str
-    terms: tuple[tuple[str, ...], ...]
-    match: str
+    terms: tuple[Term, ...]
 
-
-def _term(words: list[str], prefix: bool) -> str:
-    quoted = '"' + " ".join(words) + '"'
-    return quoted + " *" if prefix else quoted
+    @property
+    def match(self) -> str:
+        """Every term OR-ed, in FTS5 syntax."""
+        return " OR ".join(t.expression for t in self.terms)
 
 
 def parse_query(text: str) -> ParsedQuery:
@@ -77,15 +92,14 @@ def parse_query(text: str) -> ParsedQuery:
         raise QueryError(f"the query is not valid UTF-8 (undecodable byte at position {exc.start})") from None
     if not text.strip():
         raise QueryError("the query is empty")
-    found: list[tuple[tuple[str, ...], bool, bool]] = []  # (words, prefix, from a quoted phrase)
+    found: list[tuple[Term, bool]] = []  # (term, from a quoted phrase)
     for match in _TOKEN.finditer(text):
         phrase, word, star = match.groups()
         words = identifier_parts(phrase if phrase is not None else word)
         if words:
-            prefix = bool(star) and len(words[-1]) >= MIN_PREFIX
-            found.append((tuple(words), prefix, phrase is not None))
+            found.append((Term(tuple(words), bool(star) and len(words[-1]) >= MIN_PREFIX), phrase is not None))
     if not found:
         raise QueryError("nothing to search for: the query has no letters or digits")
-    kept = [t for t in found if t[2] or t[1] or len(t[0]) > 1 or t[0][0] not in STOPWORDS] or found
-    unique = list(dict.fromkeys((words, prefix) for words, prefix, _ in kept))[:MAX_TERMS]
-    return ParsedQuery(text, tuple(w for w, _ in unique), " OR ".join(_term(list(w), p) for w, p in unique))
+    kept = [t for t, quoted in found if quoted or t.prefix or len(t.words) > 1 or t.words[0] not in STOPWORDS]
+    terms = list(dict.fromkeys(kept or [t for t, _ in found]))[:MAX_TERMS]
+    return ParsedQuery(text, tuple(terms))

@@ -14,9 +14,10 @@ friends are out). The matrix lives in memory as :data:`VECTOR_DTYPE`:
 
 Rows and query are L2-normalised, so the dot product is the cosine. The
 matrix is cached in the process, keyed by (database file, model, input
-version) and checked against the store's (count, max rowid) of those vectors,
-so repeated queries (the MCP server) do not reload it; at most
-:data:`CACHE_ENTRIES` matrices are kept.
+version, dtype), so repeated queries (the MCP server) do not reload it: each
+query reads the store's O(1) stamp (epoch, max rowid); vectors written since
+are appended (a replaced vector overwrites its row), and a delete or in-place
+update (epoch changed) rebuilds it. At most :data:`CACHE_ENTRIES` matrices are kept.
 """
 
 from __future__ import annotations
@@ -48,48 +49,78 @@ class SemanticUnavailable(Exception):
     (it becomes the ``degraded`` field of the answer)."""
 
 
-@dataclass
 class VectorIndex:
-    """One model's vectors in memory.
+    """One model's vectors in memory, grown in place as new vectors arrive.
 
-    Attributes:
-        hashes: Span hash of each row.
-        matrix: ``[n, dim]`` normalised rows as :data:`VECTOR_DTYPE` (int8 rows scaled by ``scales``).
-        scales: ``[n]`` float32 factor of each row (1 for float types).
+    Row ``i`` holds the normalised vector of ``hashes[i]`` as ``dtype`` (int8
+    rows are multiplied by their float32 scale). A hash added again (its
+    vector was replaced) overwrites its row. :meth:`add` may run while another
+    thread is in :meth:`scores`: a reader uses the arrays and row count it
+    started with, so it never sees a half-grown matrix.
     """
 
-    hashes: list[str]
-    matrix: np.ndarray
-    scales: np.ndarray
+    def __init__(self, dtype: str = VECTOR_DTYPE):
+        self.dtype = dtype
+        self.hashes: list[str] = []
+        self._slot: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._state: tuple[np.ndarray, np.ndarray, int] = (np.zeros((0, 0), dtype), np.zeros(0, np.float32), 0)
+
+    def __len__(self) -> int:
+        return self._state[2]
 
     @property
     def dim(self) -> int:
-        return self.matrix.shape[1] if self.matrix.ndim == 2 else 0
-
-    @classmethod
-    def build(cls, count: int, parts: Iterable[tuple[list[str], np.ndarray]], dtype: str = VECTOR_DTYPE) -> VectorIndex:
-        """Fill an index from ``(hashes, float32 [k, dim])`` batches (``count`` rows expected at most)."""
-        hashes: list[str] = []
-        matrix, scales = np.zeros((0, 0), dtype=dtype), np.zeros(count, dtype=np.float32)
-        for part_hashes, part in parts:
-            if matrix.size == 0:
-                matrix = np.empty((count, part.shape[1]), dtype=dtype)
-            rows = slice(len(hashes), len(hashes) + len(part_hashes))
-            matrix[rows], scales[rows] = _encode(part, dtype)
-            hashes += part_hashes
-        return cls(hashes, matrix[:len(hashes)], scales[:len(hashes)])
-
-    def scores(self, query: np.ndarray) -> np.ndarray:
-        """Cosine similarity of every row with the normalised float32 ``query`` ([n] float32)."""
-        out = np.empty(len(self.hashes), dtype=np.float32)
-        for start in range(0, len(self.hashes), SCORE_CHUNK):
-            block = self.matrix[start:start + SCORE_CHUNK].astype(np.float32, copy=False)
-            out[start:start + SCORE_CHUNK] = block @ query
-        return out * self.scales
+        return self._state[0].shape[1]
 
     @property
     def nbytes(self) -> int:
-        return self.matrix.nbytes + self.scales.nbytes
+        """Bytes of the rows in use (matrix and scales)."""
+        matrix, scales, n = self._state
+        return n * (matrix.shape[1] * matrix.itemsize + scales.itemsize)
+
+    def reserve(self, rows: int, dim: int) -> None:
+        """Make room for ``rows`` rows of ``dim`` values without regrowing."""
+        with self._lock:
+            self._grow(rows, dim)
+
+    def _grow(self, rows: int, dim: int) -> None:
+        matrix, scales, n = self._state
+        if rows <= len(matrix) and matrix.shape[1] == dim:
+            return
+        bigger = np.empty((max(rows, len(matrix) * 3 // 2), dim), self.dtype)
+        more_scales = np.empty(len(bigger), np.float32)
+        if n:
+            bigger[:n], more_scales[:n] = matrix[:n], scales[:n]
+        self._state = (bigger, more_scales, n)
+
+    def add(self, hashes: list[str], rows: np.ndarray) -> None:
+        """Add (or replace) the float32 vectors ``rows [k, dim]`` of ``hashes``."""
+        if len(self) and rows.shape[1] != self.dim:
+            raise ValueError(f"vectors of dimension {rows.shape[1]} added to an index of dimension {self.dim}")
+        codes, factors = _encode(rows, self.dtype)
+        with self._lock:
+            slots = []
+            for span_hash in hashes:
+                if span_hash not in self._slot:
+                    self._slot[span_hash] = len(self.hashes)
+                    self.hashes.append(span_hash)
+                slots.append(self._slot[span_hash])
+            self._grow(len(self.hashes), rows.shape[1])
+            matrix, scales, _ = self._state
+            matrix[slots], scales[slots] = codes, factors
+            self._state = (matrix, scales, len(self.hashes))
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """Cosine similarity of every row with the normalised float32 ``query`` ([n] float32)."""
+        matrix, scales, n = self._state
+        out = np.empty(n, dtype=np.float32)
+        for start in range(0, n, SCORE_CHUNK):
+            stop = min(n, start + SCORE_CHUNK)
+            # einsum, not BLAS: a matrix-vector product is memory-bound, and a
+            # multi-threaded BLAS on busy cores was 2-4x slower (bench/search.py).
+            out[start:stop] = np.einsum("ij,j->i", matrix[start:stop].astype(np.float32, copy=False), query)
+        return out * scales[:n]
 
 
 def _normalised(rows: np.ndarray) -> np.ndarray:
@@ -106,28 +137,41 @@ def _encode(rows: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return np.round(rows / scale[:, None]).astype(np.int8), scale
 
 
-_cache: OrderedDict[tuple, tuple[tuple[int, int], VectorIndex]] = OrderedDict()
+@dataclass
+class _Entry:
+    epoch: int
+    max_rowid: int
+    index: VectorIndex
+
+
+_cache: OrderedDict[tuple, _Entry] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
 def vector_index(conn: sqlite3.Connection, embed_model: str, input_version: int,
                  dtype: str = VECTOR_DTYPE) -> VectorIndex:
-    """The cached index of one model's vectors, reloaded when the store's set changed."""
+    """The cached in-memory index of one model's vectors, brought up to date:
+    rows added since the last call are appended; after a delete or an in-place
+    update (the epoch changed) it is rebuilt from the store."""
     key = (reader.database_file(conn), embed_model, input_version, dtype)
-    with vectors.snapshot(conn):
-        current = vectors.stamp(conn, embed_model, input_version)
-        with _cache_lock:
-            hit = _cache.get(key)
-            if hit and hit[0] == current:
-                _cache.move_to_end(key)
-                return hit[1]
-        index = VectorIndex.build(current[0], vectors.iter_embeddings(conn, embed_model, input_version), dtype)
-    with _cache_lock:
-        _cache[key] = (current, index)
+    with vectors.snapshot(conn), _cache_lock:
+        epoch, top = vectors.stamp(conn)
+        entry = _cache.get(key)
+        if entry is None or entry.epoch != epoch:
+            entry = _Entry(epoch, 0, VectorIndex(dtype))
+            dim = vectors.model_dim(conn, embed_model)
+            if dim:
+                entry.index.reserve(vectors.count(conn, embed_model, input_version), dim)
+        if top > entry.max_rowid:
+            for hashes, rows in vectors.iter_embeddings(conn, embed_model, input_version, after_rowid=entry.max_rowid,
+                                                        dim=len(entry.index) and entry.index.dim or None):
+                entry.index.add(hashes, rows)
+            entry.max_rowid = top
+        _cache[key] = entry
         _cache.move_to_end(key)
         while len(_cache) > CACHE_ENTRIES:
             _cache.popitem(last=False)
-    return index
+        return entry.index
 
 
 def query_vector(raw: object, dim: int, embed_model: str) -> np.ndarray:

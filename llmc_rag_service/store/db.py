@@ -17,9 +17,9 @@ Tables::
           summary, inputs, ..., usage, created_at)    moved code is enriched once
     jobs(...)                                         see queue.py
     meta(key, value)                                  daemon status for ``status``
-    span_fts, span_fts_dirty                          full-text index of spans, see fts.py
+    span_fts, span_fts_vocab, span_fts_dirty          full-text index of spans, see fts.py
     embeddings(span_hash, embed_model, input_version, one vector per content hash, see vectors.py
-          dim, vector, created_at)
+          dim, vector, created_at), embeddings_epoch(n)
 
 Each thread gets its own connection (sqlite3 connections must not be shared
 across threads); writes go through :meth:`Store.write`, a ``BEGIN IMMEDIATE``
@@ -88,6 +88,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE VIRTUAL TABLE span_fts USING fts5(
         name, path, summary, inputs, outputs, side_effects, pitfalls, usage, code,
         tokenize = 'porter unicode61 remove_diacritics 2');
+    CREATE VIRTUAL TABLE span_fts_vocab USING fts5vocab(span_fts, 'row');
     CREATE TABLE span_fts_dirty(span_id INTEGER PRIMARY KEY);
     CREATE TRIGGER span_fts_span_added AFTER INSERT ON spans BEGIN
         INSERT OR IGNORE INTO span_fts_dirty(span_id) VALUES (new.id); END;
@@ -108,6 +109,10 @@ MIGRATIONS: tuple[str, ...] = (
         dim INTEGER NOT NULL, vector BLOB NOT NULL, created_at REAL NOT NULL,
         PRIMARY KEY(span_hash, embed_model, input_version));
     CREATE INDEX embeddings_model ON embeddings(embed_model, input_version);
+    CREATE TABLE embeddings_epoch(n INTEGER NOT NULL);
+    INSERT INTO embeddings_epoch(n) VALUES (0);
+    CREATE TRIGGER embeddings_deleted AFTER DELETE ON embeddings BEGIN UPDATE embeddings_epoch SET n = n + 1; END;
+    CREATE TRIGGER embeddings_updated AFTER UPDATE ON embeddings BEGIN UPDATE embeddings_epoch SET n = n + 1; END;
     """,
 )
 

@@ -24,8 +24,11 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 from typing import Iterable, Sequence
 
+#: The tokenizer of ``span_fts`` (as in its CREATE statement in db.py).
+TOKENIZE = "porter unicode61 remove_diacritics 2"
 #: Columns of ``span_fts``, in order.
 COLUMNS = ("name", "path", "summary", "inputs", "outputs", "side_effects", "pitfalls", "usage", "code")
 #: BM25 weight of each column (same order): a name match counts ten times a
@@ -133,23 +136,57 @@ def indexed_ids(conn: sqlite3.Connection, span_ids: Iterable[int]) -> set[int]:
     return {r[0] for r in rows}
 
 
-def ranked(conn: sqlite3.Connection, match: str, where: str, args: Sequence, depth: int,
+def ranked(conn: sqlite3.Connection, match: str, filter_sql: tuple[str, str, Sequence], depth: int,
            weights: Sequence[float] = WEIGHTS) -> list[tuple[int, float]]:
     """Span ids matching the FTS5 expression ``match``, best first, at most ``depth``.
 
-    ``where``/``args`` are an extra filter on ``s`` (spans), ``f`` (files),
-    ``r`` (repos) and ``t`` (span_texts) from :func:`store.searchview.filter_sql`.
-    Returns ``(span_id, score)`` with score = -BM25 (higher is better); ties go
-    to the narrower span. Raises sqlite3.OperationalError on an invalid
-    ``match`` (callers build it with ``search.query``, which never makes one).
+    ``filter_sql`` is ``(joins, conditions, args)`` on alias ``s`` (spans) from
+    :func:`store.searchview.filter_sql`. Returns ``(span_id, score)`` with
+    score = -BM25 (higher is better); ties go to the narrower span. Without a
+    filter only the best ``2 * depth`` documents are joined to their spans (a
+    join costs ~3 us per row, as much as ranking it). Raises
+    sqlite3.OperationalError on an invalid ``match`` (search.query never makes one).
     """
+    joins, where, args = filter_sql
     bm25 = f"bm25(span_fts, {', '.join(str(float(w)) for w in weights)})"
-    rows = conn.execute(
-        f"""SELECT s.id, {bm25} AS score FROM span_fts
-            JOIN spans s ON s.id = span_fts.rowid JOIN files f ON f.id = s.file_id
-            JOIN repos r ON r.id = f.repo_id JOIN span_texts t ON t.span_hash = s.span_hash
-            WHERE span_fts MATCH ? {where}
-            ORDER BY score, s.end_line - s.start_line, s.id LIMIT ?""",
-        (match, *args, depth),
-    )
-    return [(r[0], -r[1]) for r in rows]
+    order = "ORDER BY score, s.end_line - s.start_line, s.id LIMIT ?"
+    if not where:
+        sql = f"""SELECT s.id, m.score FROM (SELECT rowid AS id, {bm25} AS score FROM span_fts
+                  WHERE span_fts MATCH ? ORDER BY score LIMIT ?) m JOIN spans s ON s.id = m.id {order}"""
+        params: tuple = (match, 2 * depth, depth)
+    else:
+        sql = f"""SELECT s.id, {bm25} AS score FROM span_fts JOIN spans s ON s.id = span_fts.rowid {joins}
+                  WHERE span_fts MATCH ? {where} {order}"""
+        params = (match, *args, depth)
+    return [(r[0], -r[1]) for r in conn.execute(sql, params)]
+
+
+_local = threading.local()
+
+
+def _tokenizer() -> sqlite3.Connection:
+    """This thread's in-memory FTS5 table with the index's tokenizer (a reader may not create tables)."""
+    conn = getattr(_local, "conn", None)
+    if conn is None:
+        conn = sqlite3.connect(":memory:")
+        conn.execute(f"CREATE VIRTUAL TABLE t USING fts5(x, tokenize = '{TOKENIZE}')")
+        conn.execute("CREATE VIRTUAL TABLE tv USING fts5vocab(t, 'instance')")
+        _local.conn = conn
+    return conn
+
+
+def index_tokens(texts: Sequence[str]) -> list[list[str]]:
+    """The tokens the index holds for each text (case-folded, stemmed: ``Parsing`` -> ``pars``)."""
+    conn = _tokenizer()
+    conn.executemany("INSERT INTO t(rowid, x) VALUES (?, ?)", list(enumerate(texts, start=1)))
+    out: list[list[str]] = [[] for _ in texts]
+    for doc, term in conn.execute("SELECT doc, term FROM tv ORDER BY doc, offset"):
+        out[doc - 1].append(term)
+    conn.execute("DELETE FROM t")
+    return out
+
+
+def document_frequency(conn: sqlite3.Connection, token: str) -> int:
+    """How many span documents hold ``token`` (an index token; costs a read of its posting list)."""
+    row = conn.execute("SELECT doc FROM span_fts_vocab WHERE term = ?", (token,)).fetchone()
+    return row[0] if row else 0

@@ -41,26 +41,36 @@ def _cursor(conn: sqlite3.Connection) -> sqlite3.Cursor:
     return cur
 
 
-def filter_sql(filt: SpanFilter) -> tuple[str, list]:
-    """``(" AND ...", args)`` restricting aliases ``s`` spans, ``f`` files,
-    ``r`` repos, ``t`` span_texts to ``filt``."""
-    clauses, args = [], []
-    for column, value, op in (("r.path", filt.repo, "="), ("f.path", filt.path_glob, "GLOB"),
-                              ("t.language", filt.language, "="), ("s.kind", filt.kind, "=")):
-        if value is not None:
-            clauses.append(f" AND {column} {op} ?")
-            args.append(value)
-    return "".join(clauses), args
+def filter_sql(filt: SpanFilter) -> tuple[str, str, list]:
+    """``(joins, " AND ..." conditions, args)`` restricting spans (alias ``s``)
+    to ``filt``; only the tables a condition needs are joined (``f`` files,
+    ``r`` repos, ``t`` span_texts), each join costing a lookup per candidate row."""
+    joins, clauses, args = [], [], []
+    if filt.repo is not None or filt.path_glob is not None:
+        joins.append("JOIN files f ON f.id = s.file_id")
+    if filt.repo is not None:
+        joins.append("JOIN repos r ON r.id = f.repo_id")
+        clauses.append(" AND r.path = ?")
+        args.append(filt.repo)
+    if filt.path_glob is not None:
+        clauses.append(" AND f.path GLOB ?")
+        args.append(filt.path_glob)
+    if filt.language is not None:
+        joins.append("JOIN span_texts t ON t.span_hash = s.span_hash")
+        clauses.append(" AND t.language = ?")
+        args.append(filt.language)
+    if filt.kind is not None:
+        clauses.append(" AND s.kind = ?")
+        args.append(filt.kind)
+    return " ".join(joins), "".join(clauses), args
 
 
 def spans_of_hashes(conn: sqlite3.Connection, hashes: Sequence[str], filt: SpanFilter) -> list[tuple[int, str, int]]:
     """Current span rows holding any of ``hashes`` and passing ``filt``:
     ``(span_id, span_hash, width)`` with width = end_line - start_line."""
-    where, args = filter_sql(filt)
+    joins, where, args = filter_sql(filt)
     rows = conn.execute(
-        f"""SELECT s.id, s.span_hash, s.end_line - s.start_line FROM spans s
-            JOIN files f ON f.id = s.file_id JOIN repos r ON r.id = f.repo_id
-            JOIN span_texts t ON t.span_hash = s.span_hash
+        f"""SELECT s.id, s.span_hash, s.end_line - s.start_line FROM spans s {joins}
             WHERE s.span_hash IN (SELECT value FROM json_each(?)) {where}""",
         (json.dumps(list(hashes)), *args),
     )

@@ -90,19 +90,33 @@ def _put(tx: sqlite3.Connection, rows: Sequence[EmbeddingRow]) -> int:
             dims[model] = stored
     checked = [_checked(row, dims) for row in rows]
     now = time.time()
-    # REPLACE gives the row a new rowid, which the search cache's stamp notices.
+    # REPLACE gives the row a new, higher rowid: readers of newer rows see it (see stamp).
     tx.executemany(
         "INSERT OR REPLACE INTO embeddings(span_hash, embed_model, input_version, dim, vector, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?)", [(*row, now) for row in checked])
     return len(checked)
 
 
-def stamp(conn: sqlite3.Connection, embed_model: str, input_version: int) -> tuple[int, int]:
-    """``(count, max rowid)`` of the vectors of one model and input version:
-    changes whenever one is added, replaced or deleted (a cache key)."""
-    row = conn.execute("SELECT COUNT(*), COALESCE(MAX(rowid), 0) FROM embeddings"
-                       " WHERE embed_model = ? AND input_version = ?", (embed_model, input_version)).fetchone()
+def stamp(conn: sqlite3.Connection) -> tuple[int, int]:
+    """``(epoch, max rowid)`` of the whole table, in O(log n): rows are only
+    ever appended with a new, higher rowid (REPLACE re-inserts), so a reader
+    that has every row up to the max rowid only needs the newer ones; the
+    epoch (bumped by triggers on DELETE and UPDATE) says it must start over."""
+    row = conn.execute("SELECT (SELECT n FROM embeddings_epoch), (SELECT COALESCE(MAX(rowid), 0) FROM embeddings)"
+                       ).fetchone()
     return row[0], row[1]
+
+
+def count(conn: sqlite3.Connection, embed_model: str, input_version: int) -> int:
+    """How many vectors one model and input version has (scans its index entries)."""
+    return conn.execute("SELECT COUNT(*) FROM embeddings WHERE embed_model = ? AND input_version = ?",
+                        (embed_model, input_version)).fetchone()[0]
+
+
+def has_vectors(conn: sqlite3.Connection, embed_model: str, input_version: int) -> bool:
+    """Whether one model and input version has any vector (O(log n))."""
+    return conn.execute("SELECT 1 FROM embeddings WHERE embed_model = ? AND input_version = ? LIMIT 1",
+                        (embed_model, input_version)).fetchone() is not None
 
 
 def latest_input_version(conn: sqlite3.Connection, embed_model: str) -> int | None:
@@ -117,14 +131,14 @@ def stored_models(conn: sqlite3.Connection) -> list[tuple[str, int, int]]:
         "SELECT embed_model, input_version, COUNT(*) FROM embeddings GROUP BY embed_model, input_version")]
 
 
-def iter_embeddings(conn: sqlite3.Connection, embed_model: str, input_version: int,
-                    batch: int = READ_BATCH) -> Iterator[tuple[list[str], np.ndarray]]:
-    """The vectors of one model and input version, ``batch`` rows at a time:
-    ``(span_hashes, float32 array [k, dim])``. Rows whose dim differs from the
-    first row's are skipped (put_embeddings never writes such rows)."""
-    cur = conn.execute("SELECT span_hash, dim, vector FROM embeddings WHERE embed_model = ? AND input_version = ?",
-                       (embed_model, input_version))
-    dim = None
+def iter_embeddings(conn: sqlite3.Connection, embed_model: str, input_version: int, batch: int = READ_BATCH,
+                    after_rowid: int = 0, dim: int | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+    """The vectors of one model and input version with rowid > ``after_rowid``
+    in rowid order, ``batch`` rows at a time: ``(span_hashes, float32 [k, dim])``.
+    Rows whose dim differs from ``dim`` (default: the first row's) are skipped
+    (put_embeddings never writes such rows)."""
+    cur = conn.execute("SELECT span_hash, dim, vector FROM embeddings WHERE embed_model = ? AND input_version = ?"
+                       " AND rowid > ? ORDER BY rowid", (embed_model, input_version, after_rowid))
     while rows := cur.fetchmany(batch):
         dim = dim or rows[0][1]
         kept = [r for r in rows if r[1] == dim and len(r[2]) == dim * 4]
@@ -139,12 +153,12 @@ def load_embeddings(conn: sqlite3.Connection, embed_model: str, input_version: i
     with ``matrix`` of ``dtype`` (float32 or float16), filled batch by batch so
     the peak is the matrix plus one batch. ``n == 0`` gives a ``[0, 0]`` matrix."""
     with snapshot(conn):  # the count and the rows from one state of the database
-        count = stamp(conn, embed_model, input_version)[0]
+        total = count(conn, embed_model, input_version)
         hashes: list[str] = []
         matrix = np.zeros((0, 0), dtype=dtype)
         for part_hashes, part in iter_embeddings(conn, embed_model, input_version):
             if matrix.size == 0:
-                matrix = np.empty((count, part.shape[1]), dtype=dtype)
+                matrix = np.empty((total, part.shape[1]), dtype=dtype)
             matrix[len(hashes):len(hashes) + len(part_hashes)] = part
             hashes += part_hashes
     return hashes, matrix[:len(hashes)]

@@ -1,12 +1,14 @@
 """Deterministic embeddings that carry some meaning, for tests, benchmarks and the emulator's ``/api/embed``.
 
-:func:`hashed_embedding` is a hashed bag of words: the text's identifier
+:func:`hashed_embedding` is a hashed bag of features: the text's identifier
 parts (``parseJsonBody`` -> parse, json, body), lower-cased, common English
 words dropped, crudely stemmed (``parsing``/``parsed``/``parses`` -> ``pars``),
-each hashed to one of ``dim`` buckets with a hashed sign, weighted
-``1 + ln(count)``, and the vector L2-normalised. Texts sharing words get a
-high cosine; unrelated texts are near 0. No model, no randomness: the same
-text always gives the same vector, in any process.
+each weighted ``1 + ln(count)``, plus the character trigrams of each distinct
+word at weight :data:`TRIGRAM_WEIGHT` (so ``decompress`` is near
+``decompressor`` and ``dir`` near ``directory``); each feature is hashed to one
+of ``dim`` buckets with a hashed sign, and the vector L2-normalised. Texts
+sharing words get a high cosine; unrelated texts are near 0. No model, no
+randomness: the same text always gives the same vector, in any process.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ a an and are as at be by for from has have if in into is it its of on or that th
 will with not no self none true false def return class import cls
 """.split())
 _SUFFIXES = ("ing", "ed", "es", "s", "e")
+#: Weight of a character trigram relative to a word seen once (tuned on bench/search_quality.py).
+TRIGRAM_WEIGHT = 0.5
 
 
 def _stem(word: str) -> str:
@@ -37,6 +41,11 @@ def embedding_words(text: str) -> list[str]:
     return [s for s in stems if s not in _STOP]
 
 
+def _add(vector: list[float], feature: str, weight: float) -> None:
+    digest = int.from_bytes(hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest(), "little")
+    vector[digest % len(vector)] += weight if digest >> 63 else -weight
+
+
 def hashed_embedding(text: str, dim: int = 768) -> list[float]:
     """A unit vector of ``dim`` floats for ``text`` (see the module docstring).
 
@@ -47,8 +56,10 @@ def hashed_embedding(text: str, dim: int = 768) -> list[float]:
         raise ValueError(f"dim must be at least 1, not {dim}")
     vector = [0.0] * dim
     for word, count in Counter(embedding_words(text)).items():
-        digest = int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
-        vector[digest % dim] += (1.0 if digest >> 63 else -1.0) * (1.0 + math.log(count))
+        _add(vector, word, 1.0 + math.log(count))
+        padded = f"#{word}#"
+        for start in range(len(padded) - 2):
+            _add(vector, "3:" + padded[start:start + 3], TRIGRAM_WEIGHT)
     norm = math.sqrt(sum(v * v for v in vector))
     if norm == 0:
         vector[0] = norm = 1.0
