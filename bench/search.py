@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -184,12 +185,22 @@ def compare(conn, qvecs: list) -> dict:
     return result
 
 
+NOTE = ("Choice: int8 with one float32 scale per row is the in-memory format (search/semantic.py "
+        "VECTOR_DTYPE): a quarter of float32's memory for well under twice its time, cosine error ~1e-3; "
+        "float16 halves memory but numpy has no fast half-precision product, so it is the slowest. The product "
+        "uses numpy's einsum, not BLAS: OpenBLAS's threads on busy cores made it 2-4x slower. The cold first "
+        "semantic query reads every vector from SQLite; a long-lived process (MCP server) then only appends "
+        "vectors written since (the cache checks an O(1) stamp per query).")
+
+
 def report(rows: list[tuple[dict, dict]]) -> str:
-    lines = ["# bench/search.py results", "",
+    lines = ["# Search benchmarks", "", "## Speed (bench/search.py)", "",
              f"Corpus: Python {sys.version.split()[0]} standard library (tests excluded), copied under distinct "
              f"repos; {DIM}-dim random vectors, one per span hash; in-memory vectors int8 (see below). "
              "Latency excludes the query embedding (the embedder returns a ready vector); 100 queries per mode, "
-             "half identifier-like, half docstring sentences; one warm child process per store.", "",
+             "half identifier-like, half docstring sentences; one warm child process per store. "
+             f"Machine: {os.cpu_count()} cores shared with other work, load average {os.getloadavg()[0]:.1f} "
+             "at the end of the run (numbers are pessimistic when it is above the core count).", "",
              "| spans | vectors | build (spans / total) | db size | FTS | embeddings | lexical p50 / p95 | "
              "semantic p50 / p95 | hybrid p50 / p95 | cold first semantic query | search RSS (peak) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -209,6 +220,7 @@ def report(rows: list[tuple[dict, dict]]) -> str:
                   "| dtype | memory | p50 | p95 |", "|---|---|---|---|"]
         for dtype, d in big[1]["dtypes"].items():
             lines.append(f"| {dtype} | {d['mb']:.0f} MB | {d['p50_ms']:.1f} ms | {d['p95_ms']:.1f} ms |")
+        lines += ["", NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -240,7 +252,9 @@ def main() -> None:
             print(f"measured {size}: {measured}", file=sys.stderr)
             rows.append((built, measured))
     text = report(rows)
-    Path(args.out).write_text(text)
+    out = Path(args.out)
+    kept = out.read_text().partition("\n## Retrieval quality")[1:] if out.exists() else ("", "")
+    out.write_text(text + "".join(kept))  # bench/search_quality.py's section stays
     print(text)
 
 

@@ -185,3 +185,33 @@ def test_enrich_then_search_end_to_end(tmp_path, ollama, capsys):
     assert cli.main(["search", "-c", str(config.source), "--json", "tokenize"]) == 0
     (hit,) = json.loads(capsys.readouterr().out)["hits"]
     assert hit["name"] == "tokenize_expression" and hit["state"] == "enriched" and hit["summary"]
+
+
+class _Tty:
+    """A text sink that says it is a terminal."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_on_a_terminal_unless_no_color(sr, monkeypatch):
+    """On a TTY the location, name and flags are coloured; NO_COLOR turns that off; a stale hit is flagged."""
+    from llmc_rag_service.search import cli_view
+
+    (sr.root / "pkg/io.py").write_text((sr.root / "pkg/io.py").read_text() + "\n")
+    result = sr.search("evict", mode="lexical")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    tty, err = _Tty(), _Tty()
+    cli_view.print_result(result, tty, err, as_json=False)
+    assert "\033[36m" in tty.text and "[changed since indexed]" in tty.text
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = _Tty()
+    cli_view.print_result(result, plain, err, as_json=False)
+    assert "\033[" not in plain.text and "[changed since indexed]" in plain.text

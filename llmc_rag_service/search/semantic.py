@@ -38,8 +38,8 @@ from llmc_rag_service.store.searchview import SpanFilter
 VECTOR_DTYPE = "int8"
 #: Matrices kept in the process cache.
 CACHE_ENTRIES = 2
-#: Rows multiplied per step (bounds the float32 scratch of int8/float16 matrices).
-SCORE_CHUNK = 8192
+#: Rows converted and multiplied per step: the float32 copy of a step stays in the CPU cache.
+SCORE_CHUNK = 1024
 
 EmbedQuery = Callable[[str], "np.ndarray | list[float]"]
 
