@@ -51,15 +51,24 @@ def test_json_output_has_the_contract_shape(config, capsys):
     assert run(config, "--json", "read", "config") == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out) == ["query", "mode", "degraded", "hits"]
-    assert out["query"] == "read config" and out["mode"] == "lexical"  # no embedding model configured
+    assert out["query"] == "read config" and out["mode"] == "lexical"  # no embeddings computed
     hit = out["hits"][0]
     assert list(hit) == HIT_KEYS
     assert (hit["path"], hit["name"], hit["start_line"], hit["end_line"]) == ("pkg/io.py", "read_config_file", 1, 2)
     assert hit["state"] == "enriched" and hit["fresh"] is True and hit["pitfalls"] == ["mind the gap"]
 
 
-def test_no_embedding_model_answers_lexically_and_says_so(config, capsys):
-    """With no embedding model configured the answer is lexical and degraded says why."""
+def test_no_embeddings_yet_answers_lexically_and_says_so(config, capsys):
+    """With the default embedding model but no vectors computed, the answer is lexical and degraded says why."""
+    assert run(config, "--json", "evict") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mode"] == "lexical" and out["degraded"] == "no embeddings of nomic-embed-text are computed yet"
+    assert out["hits"][0]["name"] == "Cache.evict"
+
+
+def test_embeddings_off_answers_lexically_and_says_so(tmp_path, sr, capsys):
+    """search.embed_model: null turns semantic ranking off, said in degraded."""
+    config = make_config(tmp_path, "http://127.0.0.1:9", [sr.root], search={"embed_model": None})
     assert run(config, "--json", "evict") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["mode"] == "lexical" and "search.embed_model is null" in out["degraded"]

@@ -33,11 +33,6 @@ _STYLE = {"loc": "\033[36m", "name": "\033[1m", "dim": "\033[2m", "warn": "\033[
 _RESET = "\033[0m"
 
 
-def embed_model_of(config: Any) -> str | None:
-    """``search.embed_model`` of the config, None when it is null (or the config has no search section)."""
-    return getattr(getattr(config, "search", None), "embed_model", None)
-
-
 def repo_filter(config: Any, repo: str | None) -> str | None:
     """The configured repo root that ``--repo`` names (any spelling of its path), or QueryError."""
     if repo is None:
@@ -58,7 +53,7 @@ def run_search(config: Any, query: str, *, mode: str, limit: int, repo: str | No
                embed_query: EmbedQuery | None = None) -> SearchResult:
     """Search the configured store. With no store yet: an empty answer, and a note on ``err``."""
     filters = SpanFilter(repo=repo_filter(config, repo), path_glob=path, language=language, kind=kind)
-    settings = SearchSettings(chat_model=config.ollama.model, embed_model=embed_model_of(config))
+    settings = SearchSettings(chat_model=config.ollama.model, embed_model=config.search.embed_model)
     try:
         conn = open_store(config.db_path)
     except FileNotFoundError:

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import Counter
-
-from llmc_rag_service.store.fts import identifier_parts
 
 _STOP = frozenset("""
 a an and are as at be by for from has have if in into is it its of on or that the their then this to was were
@@ -26,6 +25,16 @@ will with not no self none true false def return class import cls
 _SUFFIXES = ("ing", "ed", "es", "s", "e")
 #: Weight of a character trigram relative to a word seen once (tuned on bench/search_quality.py).
 TRIGRAM_WEIGHT = 0.5
+
+
+# The emulator stands alone (testing/ imports nothing of the product), so it
+# has its own word splitter: runs of letters/digits, cut at camelCase humps.
+_RUN = re.compile(r"[^\W_]+")
+_HUMP = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z0-9]+|[A-Z0-9]+(?![a-z])|[^\W_]+")
+
+
+def _parts(text: str) -> list[str]:
+    return [p.lower() for run in _RUN.findall(text) for p in (_HUMP.findall(run) if run.isascii() else [run])]
 
 
 def _stem(word: str) -> str:
@@ -37,7 +46,7 @@ def _stem(word: str) -> str:
 
 def embedding_words(text: str) -> list[str]:
     """The words :func:`hashed_embedding` counts, in order."""
-    stems = (_stem(w) for w in identifier_parts(text) if len(w) > 1 and w not in _STOP)
+    stems = (_stem(w) for w in _parts(text) if len(w) > 1 and w not in _STOP)
     return [s for s in stems if s not in _STOP]
 
 
