@@ -23,9 +23,6 @@ def open_store(db_path: Path | str) -> sqlite3.Connection:
     """
     conn = reader.open_reader(db_path)
     version = reader.schema_version(conn)
-    if version == 0:  # created a moment ago, not migrated yet: as if absent
-        conn.close()
-        raise FileNotFoundError(str(db_path))
     if version > len(MIGRATIONS):
         conn.close()
         raise StoreUnusable(f"{db_path}: the store has schema version {version}, newer than this llmc-rag "

@@ -1,24 +1,21 @@
 """Read-only connections for ``search``, ``export`` and the MCP server.
 
 They run while ``serve`` writes. The store is in WAL mode, where readers never
-wait for the writer; a connection opened here is ``mode=ro`` plus
-``PRAGMA query_only`` (it cannot write even by mistake) with a busy timeout
-for the short moments a reader must wait (WAL recovery after a crash). A
-database in a directory this user cannot write (a system service's state
-read by another user, with no ``-shm`` file yet) is opened ``immutable``:
-the daemon is not running then, so nothing changes under the reader.
+wait for the writer. A connection from :func:`open_reader` is the one
+``status`` and ``show`` use (:class:`store.views.StoreReader`: ``mode=ro``, a
+busy timeout for the short moments a reader must wait, ``immutable`` for a
+store in a directory this user cannot write), plus ``PRAGMA query_only`` (it
+cannot write even by mistake) and autocommit, so reads see new commits and
+:func:`store.vectors.snapshot` can open a read transaction of its own.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import urllib.parse
 from pathlib import Path
 
 from llmc_rag_service.store import fts
-
-#: Seconds a reader waits on a lock (only WAL recovery takes one) before giving up.
-READ_BUSY_TIMEOUT_S = 10.0
+from llmc_rag_service.store.views import StoreReader
 
 
 class StoreUnusable(Exception):
@@ -26,33 +23,20 @@ class StoreUnusable(Exception):
     version, or too old to search and not writable to migrate. The message says which."""
 
 
-def _connect(db_path: Path, flags: str) -> sqlite3.Connection:
-    uri = f"file:{urllib.parse.quote(str(db_path))}?{flags}"
-    conn = sqlite3.connect(uri, uri=True, timeout=READ_BUSY_TIMEOUT_S, isolation_level=None,
-                           check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {int(READ_BUSY_TIMEOUT_S * 1000)}")
-    conn.execute("PRAGMA query_only = ON")
-    return conn
-
-
 def open_reader(db_path: Path | str) -> sqlite3.Connection:
     """A read-only connection to the store at ``db_path``.
 
     Raises:
-        FileNotFoundError: no store there yet.
+        FileNotFoundError: no store there yet (or one created a moment ago, not migrated).
         StoreUnusable: the file is not a usable database.
     """
-    db_path = Path(db_path)
-    if not db_path.exists():
-        raise FileNotFoundError(str(db_path))
     try:
-        try:
-            conn = _connect(db_path, "mode=ro")
-            schema_version(conn)
-        except sqlite3.OperationalError:
-            conn = _connect(db_path, "mode=ro&immutable=1")
-            schema_version(conn)
+        reader = StoreReader.open(Path(db_path))
+        if reader is None:
+            raise FileNotFoundError(str(db_path))
+        conn = reader.conn
+        conn.isolation_level = None
+        conn.execute("PRAGMA query_only = ON")
     except sqlite3.DatabaseError as exc:
         raise StoreUnusable(f"{db_path}: cannot read the store: {exc}") from exc
     return conn

@@ -9,6 +9,7 @@ methods named for what they return; ``service/status.py`` shapes the JSON.
 from __future__ import annotations
 
 import sqlite3
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,14 +69,15 @@ class StoreReader:
         """
         if not db_path.exists():
             return None
+        uri = f"file:{urllib.parse.quote(str(db_path))}"  # a '?' or '#' in the path is not a URI part
         try:
-            conn = _connect(f"file:{db_path}?mode=ro")
+            conn = _connect(f"{uri}?mode=ro")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.OperationalError:
             # A WAL database in a directory we cannot write (no -shm file and no
             # right to make one) opens only as immutable; the daemon is not
             # running then, so nothing changes under us.
-            conn = _connect(f"file:{db_path}?mode=ro&immutable=1")
+            conn = _connect(f"{uri}?mode=ro&immutable=1")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:  # created a moment ago, not migrated yet: as if absent
             conn.close()
@@ -133,7 +135,9 @@ class StoreReader:
 
 
 def _connect(uri: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(uri, uri=True, timeout=READ_BUSY_TIMEOUT_S)
+    # check_same_thread=False: search's query-embedding thread and a server's
+    # worker threads may hand the connection on (one user at a time).
+    conn = sqlite3.connect(uri, uri=True, timeout=READ_BUSY_TIMEOUT_S, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(READ_BUSY_TIMEOUT_S * 1000)}")
     return conn
