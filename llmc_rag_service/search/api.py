@@ -150,30 +150,33 @@ def search(conn: sqlite3.Connection, query: str, settings: SearchSettings, *,
     if not fts.has_index(conn):
         raise StoreUnusable("the store predates search; open it once with llmc-rag serve or enrich to migrate it")
     depth = min(max(limit * 3, 50), 300)
-    degraded, pending = None, None
-    if mode != "lexical":
-        try:
-            version = _input_version(conn, settings)
-            if embed_query is None:
-                raise SemanticUnavailable("no query embedder is available")
-            pending = PendingEmbedding(embed_query, query[:MAX_EMBED_CHARS], settings.embed_budget_s)
-        except SemanticUnavailable as exc:
-            degraded = str(exc)
+    started, degraded = (None, None) if mode == "lexical" else _start_semantic(conn, query, settings, embed_query)
     lexical = _lexical(conn, parsed, filters, depth) if mode != "semantic" else []
     semantic_ids: list[tuple[int, float]] = []
-    if pending is not None:
+    if started is not None:
         try:
-            semantic_ids = _semantic(conn, settings, version, pending, filters, depth)
+            semantic_ids = _semantic(conn, settings, *started, filters, depth)
         except SemanticUnavailable as exc:
             degraded = str(exc)
     if degraded is not None and mode == "semantic":
         lexical = _lexical(conn, parsed, filters, depth)
     used = "lexical" if degraded is not None else mode
-    ordered = _combine(used, lexical, semantic_ids)
     ranks = (fusion.rank_of([i for i, _ in lexical]), fusion.rank_of([i for i, _ in semantic_ids]))
-    hits = _hits(conn, ordered, ranks, settings.chat_model, limit)
+    hits = _hits(conn, _combine(used, lexical, semantic_ids), ranks, settings.chat_model, limit)
     hits = fusion.narrowest_first(hits, lambda h: ((h.repo, h.path), h.start_line, h.end_line))
     return SearchResult(query, used, degraded, hits)
+
+
+def _start_semantic(conn: sqlite3.Connection, query: str, settings: SearchSettings,
+                    embed_query: EmbedQuery | None) -> tuple[tuple[int, PendingEmbedding] | None, str | None]:
+    """``((input version, pending query embedding), None)``, or ``(None, why not)``."""
+    try:
+        version = _input_version(conn, settings)
+        if embed_query is None:
+            raise SemanticUnavailable("no query embedder is available")
+    except SemanticUnavailable as exc:
+        return None, str(exc)
+    return (version, PendingEmbedding(embed_query, query[:MAX_EMBED_CHARS], settings.embed_budget_s)), None
 
 
 def _input_version(conn: sqlite3.Connection, settings: SearchSettings) -> int:

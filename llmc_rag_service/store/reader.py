@@ -14,7 +14,6 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from llmc_rag_service.store import fts
 from llmc_rag_service.store.views import StoreReader
 
 
@@ -45,11 +44,6 @@ def open_reader(db_path: Path | str) -> sqlite3.Connection:
 def schema_version(conn: sqlite3.Connection) -> int:
     """The store's schema version (``PRAGMA user_version``; 0 = never migrated)."""
     return conn.execute("PRAGMA user_version").fetchone()[0]
-
-
-def searchable(conn: sqlite3.Connection) -> bool:
-    """Whether the store has the search index and the embeddings table."""
-    return fts.has_index(conn)
 
 
 def database_file(conn: sqlite3.Connection) -> str:
