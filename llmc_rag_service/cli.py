@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p = add("show", "show the spans of a file and their enrichments")
     p.add_argument("--json", action="store_true")
     p.add_argument("target", metavar="PATH[:LINE]")
+    add("mcp", "serve the index to coding agents over MCP on stdio (extra [mcp])")
     p = sub.add_parser("install-unit", help="write the systemd unit for this installation")
     p.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
     p.add_argument("--run-as", help="system unit: the user that owns the repos")
@@ -88,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"llmc-rag: config error: {exc}", file=sys.stderr)
             return EX_CONFIG
-        return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
+        return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show,
+                "mcp": _mcp}[args.command](config, args)
     except KeyboardInterrupt:
         # enrich: pending work stays in the store for the next run.
         print("llmc-rag: interrupted", file=sys.stderr)
@@ -171,6 +173,17 @@ def _show(config: Config, args: argparse.Namespace) -> int:
                 print(f"  usage: {e['usage']}")
         elif s["error"]:
             print(f"  error: {s['error']}")
+    return EX_OK
+
+
+def _mcp(config: Config, args: argparse.Namespace) -> int:
+    try:
+        from llmc_rag_service.mcp.server import run
+    except ImportError as exc:
+        print(f"llmc-rag: the MCP server needs the optional extra: pip install 'llmc-rag-service[mcp]' ({exc})",
+              file=sys.stderr)
+        return EX_UNAVAILABLE
+    run(config)  # stdout is the protocol: everything else goes to stderr
     return EX_OK
 
 
