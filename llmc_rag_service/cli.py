@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("query", metavar="QUERY", nargs="+", help="words, identifiers or a question")
     p = add("export", "every span with its enrichment as JSON Lines on stdout")
     p.add_argument("--repo", help="only this configured repository")
+    add("mcp", "serve the index to coding agents over MCP on stdio (extra [mcp])")
     p = sub.add_parser("install-unit", help="write the systemd unit for this installation")
     p.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
     p.add_argument("--run-as", help="system unit: the user that owns the repos")
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EX_CONFIG
         try:
             return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show, "search": _search,
-                    "export": _export}[args.command](config, args)
+                    "export": _export, "mcp": _mcp}[args.command](config, args)
         except BrokenPipeError:
             raise
         except PermissionError:
@@ -259,7 +260,7 @@ def _search(config: Config, args: argparse.Namespace) -> int:
         _err(f"search: the store cannot be used: {exc}")
         return EX_IOERR
     cli_view.print_result(result, sys.stdout, sys.stderr, args.json)
-    return 0
+    return EX_OK
 
 
 def _export(config: Config, args: argparse.Namespace) -> int:
@@ -273,7 +274,17 @@ def _export(config: Config, args: argparse.Namespace) -> int:
     except (StoreUnusable, sqlite3.Error) as exc:
         _err(f"export: the store cannot be used: {exc}")
         return EX_IOERR
-    return 0
+    return EX_OK
+
+
+def _mcp(config: Config, args: argparse.Namespace) -> int:
+    try:
+        from llmc_rag_service.mcp.server import run
+    except ImportError as exc:
+        _err(f"the MCP server needs the optional extra: pip install 'llmc-rag-service[mcp]' ({exc})")
+        return EX_UNAVAILABLE
+    run(config)  # stdout is the protocol: everything else goes to stderr
+    return EX_OK
 
 
 def _install_unit(args: argparse.Namespace) -> int:

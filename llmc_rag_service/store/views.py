@@ -105,12 +105,17 @@ class StoreReader:
         counts["pending"] = counts["spans"] - counts["enriched"] - counts["failed"]
         return counts
 
-    def file_id(self, repo: Path, relpath: str) -> int | None:
-        """The id of a stored file (``relpath`` POSIX, relative to ``repo``), or None."""
-        row = self.conn.execute(
-            "SELECT f.id FROM files f JOIN repos r ON r.id = f.repo_id WHERE r.path = ? AND f.path = ?",
-            (str(repo), relpath)).fetchone()
-        return row["id"] if row else None
+    def file_record(self, repo: Path, relpath: str) -> sqlite3.Row | None:
+        """A stored file (``relpath`` POSIX, relative to ``repo``): ``id``, ``size`` (bytes),
+        ``mtime_ns``, ``language``, ``skipped`` (reason, or None); None if unknown."""
+        return self.conn.execute(
+            "SELECT f.id, f.size, f.mtime_ns, f.language, f.skipped FROM files f JOIN repos r ON r.id = f.repo_id "
+            "WHERE r.path = ? AND f.path = ?", (str(repo), relpath)).fetchone()
+
+    def span_text(self, span_hash: str) -> str | None:
+        """The stored text of a span (content-addressed), or None."""
+        row = self.conn.execute("SELECT text FROM span_texts WHERE span_hash = ?", (span_hash,)).fetchone()
+        return row["text"] if row else None
 
     def file_spans(self, file_id: int, model: str, prompt_version: int) -> list[sqlite3.Row]:
         """The file's spans in line order, each with its enrichment columns
