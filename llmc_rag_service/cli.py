@@ -20,6 +20,7 @@ import structlog
 from llmc_rag_service import __version__
 from llmc_rag_service import logs as logsetup
 from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config
+from llmc_rag_service.store.faults import StoreUnusable, classify
 
 EX_OK = 0
 #: Some spans failed for good (enrich), or an unknown path (show).
@@ -30,6 +31,9 @@ EX_USAGE = 2
 EX_UNAVAILABLE = 69
 #: Another serve holds the state directory, or the daemon could not start.
 EX_SOFTWARE = 70
+#: The state store is unusable (sysexits EX_IOERR): corrupt or another
+#: application's, read-only, full, or deleted/replaced under a running serve.
+EX_IOERR = 74
 #: Bad config: sysexits EX_CONFIG; the unit's RestartPreventExitStatus=78.
 EX_CONFIG = 78
 #: Ctrl-C (128 + SIGINT).
@@ -88,7 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"llmc-rag: config error: {exc}", file=sys.stderr)
             return EX_CONFIG
-        return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
+        try:
+            return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
+        except (StoreUnusable, sqlite3.DatabaseError) as exc:
+            # Every command that meets an unusable store ends here: one line, 74.
+            fault = classify(exc, config.db_path)
+            if fault is None:
+                raise
+            return _store_unusable(args.command, fault)
     except KeyboardInterrupt:
         # enrich: pending work stays in the store for the next run.
         print("llmc-rag: interrupted", file=sys.stderr)
@@ -98,6 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EX_OK
+
+
+def _store_unusable(command: str, fault: StoreUnusable) -> int:
+    """Say it in one line (serve: a log event for the journal) and exit 74."""
+    if command == "serve":
+        structlog.get_logger(__name__).error("store_unusable", fault=fault.event, **fault.fields())
+    else:
+        print(f"llmc-rag: {fault}", file=sys.stderr)
+    return EX_IOERR
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
@@ -110,6 +130,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         structlog.get_logger(__name__).error("already_running", error=str(exc))
         return EX_SOFTWARE
     except (OSError, sqlite3.Error) as exc:
+        if isinstance(exc, sqlite3.DatabaseError) and classify(exc, config.db_path):
+            raise  # a store fault: 74, see main()
         structlog.get_logger(__name__).error("startup_failed", error=str(exc), state_dir=str(config.state_dir))
         return EX_SOFTWARE
 

@@ -48,6 +48,7 @@ from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.notify import (HealthGate, Notifier, TimeoutExtender, ping_every_s,
                                      unset_notify_environment, watchdog_interval_s)
 from llmc_rag_service.service.status import LOCK_NAME
+from llmc_rag_service.store.faults import StoreUnusable, classify
 
 log = structlog.get_logger(__name__)
 
@@ -119,7 +120,16 @@ class Daemon:
 
     # -- lifecycle --------------------------------------------------------
     def run(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly (``cli.py`` exits 0)."""
+        """Run until SIGTERM or SIGINT, then stop cleanly (``cli.py`` exits 0).
+
+        Raises:
+            AlreadyRunning: another serve holds the state dir.
+            StoreUnusable: the store cannot be used at start (corrupt, another
+                application's, read-only, full), or became unusable for good
+                while running (the state file deleted or replaced, corrupt
+                pages met): the daemon stopped cleanly first; ``cli.py`` exits
+                74 and systemd restarts it into a new store and a full scan.
+        """
         self.install_signals()
         self.startup()
         try:
@@ -150,6 +160,10 @@ class Daemon:
         while not self.stop_requested:
             try:
                 next_ping = self._tick(next_ping)
+            except StoreUnusable as exc:
+                if not exc.pauses:
+                    raise  # replaced or corrupt: stop; run() shuts down cleanly
+                self.wake.wait(1.0)  # logged by the store when it began; work is paused
             except Exception:
                 # E.g. the store locked by another process past busy_timeout
                 # during a reload: logged, and the daemon lives on (a real
@@ -161,6 +175,9 @@ class Daemon:
 
     def _tick(self, next_ping: float) -> float:
         """One turn of the loop; returns when the next watchdog ping is due."""
+        # The state file's identity, every turn (at most TICK_S apart): a file
+        # deleted or replaced under us ends the daemon within seconds.
+        self.pipeline.check_store()
         if self.reload_requested:
             self.reload_requested = False
             self.reload()
@@ -192,7 +209,7 @@ class Daemon:
     def shutdown(self) -> None:
         """Fixed order: STOPPING=1, stop intake, bounded grace, rest to pending, close."""
         self.notifier.stopping()
-        log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.pipeline.counts()["in_flight"])
+        log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.pipeline.in_flight())
         returned = self.pipeline.close(STOP_GRACE_S, INDEXER_JOIN_S,
                                        meta={"daemon_status": "stopped", "daemon_pid": None})
         log.info("daemon_stopped", returned_to_pending=returned)
@@ -237,15 +254,22 @@ class Daemon:
             self.wake.set()
 
     def _take_lock(self, state_dir: Path) -> int:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # a read-only or full state dir is the store's fault
+            raise (classify(exc, self.config.db_path) or exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise AlreadyRunning(f"another llmc-rag serve uses {state_dir}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise (classify(exc, self.config.db_path) or exc) from exc
         return fd
 
     def _drain_watchers(self) -> None:
@@ -278,7 +302,7 @@ class Daemon:
                 # Short wait: another process holding the store must not stall the loop.
                 self.pipeline.set_meta(busy_timeout_s=STATUS_META_TIMEOUT_S, daemon_status=self._status_text,
                                        ollama_last_error=self.pipeline.last_error())
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, StoreUnusable) as exc:
                 log.debug("status_not_stored", error=str(exc))
 
     def status_text(self) -> str:

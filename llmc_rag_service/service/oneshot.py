@@ -4,7 +4,8 @@
 status of the contract (DESIGN.md "Contract: command line"): all enriched,
 some spans failed for good, or gave up because Ollama stayed unreachable,
 busy or without the model for longer than ``wait_s`` (pending work is kept
-for next time).
+for next time). A store that cannot be used (corrupt, replaced, or full or
+read-only for longer than :data:`STORE_WAIT_S`) raises its ``StoreUnusable``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Outcome(enum.Enum):
 PLAIN_PROGRESS_EVERY_S = 10.0
 #: Seconds a stop may wait for in-flight requests after the work is done.
 STOP_GRACE_S = 5.0
+#: Seconds the workers may stay paused by a store fault (disk full, read-only)
+#: before enrich gives up: a one-shot run should say so, not wait for space.
+STORE_WAIT_S = 10.0
 
 
 def select_repos(config: Config, paths: Sequence[str]) -> tuple[RepoConfig, ...]:
@@ -61,6 +65,7 @@ class Progress:
     def __init__(self, stream: TextIO):
         self.stream, self.tty = stream, stream.isatty()
         self.last = 0.0
+        self.drawn = False  # a bar is on the terminal's current line
 
     def update(self, done: int, total: int, line: str, final: bool = False) -> None:
         now = time.monotonic()
@@ -68,6 +73,7 @@ class Progress:
             width = 30
             filled = int(width * done / total) if total else width
             self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} jobs  {line[:90]:<90}")
+            self.drawn = not final
             if final:
                 self.stream.write("\n")
         elif final or now - self.last >= PLAIN_PROGRESS_EVERY_S:
@@ -75,11 +81,24 @@ class Progress:
             self.last = now
         self.stream.flush()
 
+    def interrupt(self) -> None:
+        """End the bar's line, so that a message written next starts on its own."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
 
 def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 300.0,
                stream: TextIO | None = None, retry_failed: bool = False) -> Outcome:
     """Scan the repos and enrich until nothing is pending; see module docstring.
-    ``retry_failed`` first returns dead-lettered jobs to the queue."""
+    ``retry_failed`` first returns dead-lettered jobs to the queue.
+
+    Raises:
+        NotADirectoryError: a repo path given is no directory.
+        StoreUnusable: the store cannot be used (see module docstring); the
+            work done so far is kept.
+    """
     stream = stream or sys.stderr
     repos = select_repos(config, repo_paths)
     config = replace(config, repos=repos)
@@ -93,6 +112,9 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         pipeline.scan_all()
         pipeline.start_workers()
         code = _wait_done(pipeline, wait_s, progress, changed)
+    except BaseException:
+        progress.interrupt()
+        raise
     finally:
         pipeline.close(STOP_GRACE_S)
     totals = status_report(config)["totals"]
@@ -107,7 +129,9 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
 
 def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> Outcome:
     down_since: float | None = None
+    paused_since: float | None = None
     while True:
+        paused_since = _check_store(pipeline, paused_since)
         c = pipeline.counts()
         remaining = c["pending"] + c["running"]
         total = remaining + pipeline.finished()
@@ -128,3 +152,16 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
         # Woken by every job outcome; the timeout keeps the deadline checks going.
         changed.wait(0.5)
         changed.clear()
+
+
+def _check_store(pipeline: Pipeline, paused_since: float | None) -> float | None:
+    """Raise the store fault in force if it is fatal or has paused the workers
+    longer than :data:`STORE_WAIT_S`; returns since when they are paused (or None)."""
+    fault = pipeline.store_fault()
+    if fault is None:
+        return None
+    paused_since = paused_since or time.monotonic()
+    if not fault.pauses or time.monotonic() - paused_since > STORE_WAIT_S:
+        log.error("enrich_gave_up", reason=fault.event, error=str(fault), waited_s=round(STORE_WAIT_S, 1))
+        raise fault
+    return paused_since
