@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _store_unusable(command: str, fault: StoreUnusable) -> int:
     """Say it in one line (serve: a log event for the journal) and exit 74."""
     if command == "serve":
-        structlog.get_logger(__name__).error("store_unusable", fault=fault.event, **fault.fields())
+        structlog.get_logger(__name__).error(fault.event, **fault.fields())
     else:
         print(f"llmc-rag: {fault}", file=sys.stderr)
     return EX_IOERR
@@ -124,8 +124,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.daemon import AlreadyRunning, Daemon
 
     try:
-        Daemon(Path(config.source), config).run()
-        return EX_OK
+        fatal = Daemon(Path(config.source), config).run()
+        return EX_OK if fatal is None else EX_IOERR  # the daemon logged it
     except AlreadyRunning as exc:
         structlog.get_logger(__name__).error("already_running", error=str(exc))
         return EX_SOFTWARE

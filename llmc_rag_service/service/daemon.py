@@ -101,6 +101,8 @@ class Daemon:
         self._status_at = -math.inf
         self._status_text: str | None = None
         self._degraded: list[str] = []
+        self._store_fault: str | None = None  # event name of the store fault last logged
+        self.fatal: StoreUnusable | None = None  # what ended the main loop, if not a signal
 
     # -- signals: record only --------------------------------------------
     def _on_term(self, signum, frame) -> None:
@@ -119,16 +121,17 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
 
     # -- lifecycle --------------------------------------------------------
-    def run(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly (``cli.py`` exits 0).
+    def run(self) -> StoreUnusable | None:
+        """Run until SIGTERM or SIGINT, then stop cleanly; returns None (``cli.py``
+        exits 0), or the fault that made the store unusable for good while
+        running (the state file deleted or replaced, corrupt pages met),
+        already logged: the daemon stopped cleanly, ``cli.py`` exits 74 and
+        systemd restarts it into a new store and a full scan.
 
         Raises:
             AlreadyRunning: another serve holds the state dir.
             StoreUnusable: the store cannot be used at start (corrupt, another
-                application's, read-only, full), or became unusable for good
-                while running (the state file deleted or replaced, corrupt
-                pages met): the daemon stopped cleanly first; ``cli.py`` exits
-                74 and systemd restarts it into a new store and a full scan.
+                application's, read-only, full).
         """
         self.install_signals()
         self.startup()
@@ -136,6 +139,7 @@ class Daemon:
             self.main_loop()
         finally:
             self.shutdown()
+        return self.fatal
 
     def startup(self) -> None:
         """Everything READY=1 promises: lock, store migrated, every watch in place."""
@@ -161,9 +165,11 @@ class Daemon:
             try:
                 next_ping = self._tick(next_ping)
             except StoreUnusable as exc:
-                if not exc.pauses:
-                    raise  # replaced or corrupt: stop; run() shuts down cleanly
-                self.wake.wait(1.0)  # logged by the store when it began; work is paused
+                if not exc.pauses:  # replaced or corrupt: stop; run() shuts down cleanly
+                    log.error(exc.event, **exc.fields())
+                    self.fatal = exc
+                    return
+                self.wake.wait(1.0)  # work is paused; _watch_store said so
             except Exception:
                 # E.g. the store locked by another process past busy_timeout
                 # during a reload: logged, and the daemon lives on (a real
@@ -175,9 +181,7 @@ class Daemon:
 
     def _tick(self, next_ping: float) -> float:
         """One turn of the loop; returns when the next watchdog ping is due."""
-        # The state file's identity, every turn (at most TICK_S apart): a file
-        # deleted or replaced under us ends the daemon within seconds.
-        self.pipeline.check_store()
+        self._watch_store()
         if self.reload_requested:
             self.reload_requested = False
             self.reload()
@@ -271,6 +275,23 @@ class Daemon:
             os.close(fd)
             raise (classify(exc, self.config.db_path) or exc) from exc
         return fd
+
+    def _watch_store(self) -> None:
+        """Every turn (at most TICK_S apart, and woken by workers meeting a
+        fault): raise a fatal store fault, checking the state file's identity,
+        so a file deleted or replaced under us ends the daemon within seconds;
+        log a pausing fault (disk full…) once when it begins, and when it ends."""
+        self.pipeline.check_store()
+        fault = self.pipeline.store_fault()
+        kind = fault.event if fault is not None else None
+        if kind == self._store_fault:
+            return
+        if fault is not None:
+            log.error(fault.event, **fault.fields())
+        else:
+            log.info("store_recovered", path=str(self.config.db_path), previous=self._store_fault)
+        self._store_fault = kind
+        self.status_dirty = True
 
     def _drain_watchers(self) -> None:
         self.pipeline.drain_events()

@@ -162,6 +162,5 @@ def _check_store(pipeline: Pipeline, paused_since: float | None) -> float | None
         return None
     paused_since = paused_since or time.monotonic()
     if not fault.pauses or time.monotonic() - paused_since > STORE_WAIT_S:
-        log.error("enrich_gave_up", reason=fault.event, error=str(fault), waited_s=round(STORE_WAIT_S, 1))
-        raise fault
+        raise fault  # cli.py says it in one line
     return paused_since

@@ -8,9 +8,8 @@ job's completion land together or not at all.
 
 Faults (``store/faults.py``): an error while opening, or inside a write, that
 makes the store unusable (corrupt, disk full, read-only, I/O error) is raised
-as its ``StoreUnusable`` class and recorded in :attr:`Database.fault`
-(its event logged once when it begins, ``store_recovered`` when a later write
-succeeds). The file's identity (``st_dev``, ``st_ino``) is checked before
+as its ``StoreUnusable`` class and recorded in :attr:`Database.fault` until a
+later write succeeds (the daemon logs each change). The file's identity (``st_dev``, ``st_ino``) is checked before
 every commit and by :meth:`Database.check`, so a state file deleted or
 replaced under a running process is said (``StoreReplaced``) instead of
 written into an unlinked inode.
@@ -26,11 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import structlog
-
 from llmc_rag_service.store.faults import StoreBusy, StoreReplaced, StoreUnusable, classify
-
-log = structlog.get_logger(__name__)
 
 #: Seconds a connection waits for another writer before raising "database is locked".
 BUSY_TIMEOUT_S = 30.0
@@ -70,7 +65,7 @@ class Database:
         self._lock = threading.Lock()
         self._identity: tuple[int, int] | None = None
         self._fault: StoreUnusable | None = None
-        self._fault_since = self._fault_last = 0.0
+        self._fault_last = 0.0  # time.monotonic() of the fault's last failure
         with self.opening():
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.conn  # noqa: B018 (opens the file and records its identity)
@@ -114,17 +109,23 @@ class Database:
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if self._identity is None:  # the first connection names the file for good
+                self._identity = _identity(self.path)
+                self.verify(conn)  # before anything is written into a file that may not be ours
+            else:
+                self.check()
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-            if self._identity is None:  # the first connection names the file for good
-                self._identity = _identity(self.path)
-            else:
-                self.check()
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def verify(self, conn: sqlite3.Connection) -> None:
+        """Check, on the first connection and before it writes anything (even
+        the switch to WAL), that the file is one this class may use; raise
+        ``StoreCorrupt`` or ``sqlite3.DatabaseError`` if not. Here: nothing."""
 
     @contextlib.contextmanager
     def write(self, busy_timeout_s: float | None = None) -> Iterator[sqlite3.Connection]:
@@ -218,25 +219,20 @@ class Database:
 
     def note_error(self, exc: BaseException) -> StoreUnusable | None:
         """Classify ``exc`` (``faults.classify``); if it is a store fault,
-        record it in :attr:`fault` (its event logged at error level when it
-        begins) and return it. None for anything else, including a lock held
-        by another process: that is no fault of the store and passes."""
+        record it in :attr:`fault` and return it. None for anything else,
+        including a lock held by another process: that is no fault of the
+        store and passes. Nothing is logged here: the lifecycle that owns the
+        store (the daemon, enrich) says it once."""
         fault = classify(exc, self.path)
         if fault is None or isinstance(fault, StoreBusy):
             return None
         return self._record(fault)
 
     def _record(self, fault: StoreUnusable) -> StoreUnusable:
-        now = time.monotonic()
         with self._lock:
             previous = self._fault
-            if previous is not None and not previous.pauses:
-                return fault  # a fatal fault stays the one reported
-            if previous is None or type(previous) is not type(fault):
-                self._fault_since = now
-            self._fault, self._fault_last = fault, now
-        if previous is None or type(previous) is not type(fault):
-            log.error(fault.event, **fault.fields())
+            if previous is None or previous.pauses:  # a fatal fault stays the one reported
+                self._fault, self._fault_last = fault, time.monotonic()
         return fault
 
     def _note_success(self) -> None:
@@ -244,11 +240,8 @@ class Database:
             return
         with self._lock:
             fault = self._fault
-            if fault is None or not fault.pauses or time.monotonic() - self._fault_last < FAULT_HOLD_S:
-                return
-            self._fault = None
-        log.info("store_recovered", path=str(self.path), previous=fault.event,
-                 duration_s=round(time.monotonic() - self._fault_since, 1))
+            if fault is not None and fault.pauses and time.monotonic() - self._fault_last >= FAULT_HOLD_S:
+                self._fault = None
 
     def writable(self) -> str | None:
         """Health check: None if a write transaction can be taken, else the

@@ -138,11 +138,14 @@ class Store(Database):
         with self.opening():
             self.migrate()
 
+    def verify(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file that is no store of ours (see :func:`verify_store`)."""
+        verify_store(conn, self.path)
+
     def migrate(self) -> int:
-        """Check the file is a store of ours (see :func:`verify_store`), apply
-        pending :data:`MIGRATIONS`; returns the resulting schema version."""
+        """Apply pending :data:`MIGRATIONS`; returns the resulting schema version."""
         conn = self.conn
-        version = verify_store(conn, self.path)
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             with self.write() as tx:
                 # Another process may have migrated while this one waited for the lock.
