@@ -26,7 +26,6 @@ The policy of each error kind is the ``policy`` of its class in ``ollama.py``:
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -226,7 +225,7 @@ class WorkerPool:
                 # One guard around the whole turn, the claim included: no
                 # error (the disk full, the state file replaced, the store
                 # locked past busy_timeout) can end a worker thread. A store
-                # fault was logged once by the store; it pauses this thread.
+                # fault pauses it (the daemon says so once, in log and STATUS).
                 fault = self.store.note_error(exc)
                 if fault is None:
                     log.error("worker_error", host=host.url, error=f"{type(exc).__name__}: {exc}", exc_info=True)

@@ -108,7 +108,7 @@ class ScanScheduler(threading.Thread):
             if fault is None:
                 log.exception("scan_failed", repo=str(repo), kind=kind)
             else:
-                # Logged once by the store; the scan is redone when it may work again.
+                # The daemon says the fault once; the scan is redone when it may work again.
                 log.warning("scan_paused", repo=str(repo), kind=kind, error=str(fault))
                 if fault.pauses:
                     self._retry_later(kind, repo, paths)
