@@ -1,8 +1,8 @@
 """The ``llmc-rag`` command line (DESIGN.md "Contract: command line").
 
-The only place that turns errors and outcomes into exit codes (the ``EX_*``
-constants below, from BSD ``sysexits.h`` where one fits): other modules raise
-exceptions or return outcomes, and this module maps them.
+The only place that turns errors and outcomes into exit codes (the EX_*
+constants below, sysexits.h numbers where one fits). Every expected fault
+is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -23,18 +23,20 @@ from llmc_rag_service.config import Config, ConfigError, find_config_path, load_
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
 EX_OK = 0
-#: Some spans failed for good (enrich), or an unknown path (show).
+#: Some spans failed for good (enrich); nothing to show (show); a check failed (doctor).
 EX_FAILED = 1
-#: Command-line usage error (argparse's own).
-EX_USAGE = 2
+#: Bad arguments (install-unit); argparse itself exits 2 for a malformed command line.
+EX_USAGE = 64
+#: A repo path is missing (enrich).
+EX_NOINPUT = 66
 #: Ollama unreachable, busy or the model missing for longer than --wait-s (enrich).
 EX_UNAVAILABLE = 69
-#: Another serve holds the state directory, or the daemon could not start.
+#: Another serve holds the state directory.
 EX_SOFTWARE = 70
-#: The state store is unusable (sysexits EX_IOERR): corrupt or another
+#: The state store is unusable (sysexits EX_IOERR): unreadable, corrupt or another
 #: application's, read-only, full, or deleted/replaced under a running serve.
 EX_IOERR = 74
-#: Bad config: sysexits EX_CONFIG; the unit's RestartPreventExitStatus=78.
+#: Bad config.
 EX_CONFIG = 78
 #: Ctrl-C (128 + SIGINT).
 EX_INTERRUPTED = 130
@@ -63,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add("show", "show the spans of a file and their enrichments")
     p.add_argument("--json", action="store_true")
     p.add_argument("target", metavar="PATH[:LINE]")
+    p = add("doctor", "check config, store, Ollama, models, inotify limits and the unit; say how to fix each")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("install-unit", help="write the systemd unit for this installation")
     p.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
     p.add_argument("--run-as", help="system unit: the user that owns the repos")
@@ -81,25 +85,53 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
+def _err(text: str) -> None:
+    """One line on stderr; a non-UTF-8 file name prints as escapes, never raises."""
+    print(f"llmc-rag: {text}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+
+
+def _owner(path: Path) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return "its owner"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "install-unit":
             return _install_unit(args)
+        if args.command == "doctor":
+            return _doctor(args)
         try:
             config = _load(args)
         except ConfigError as exc:
-            print(f"llmc-rag: config error: {exc}", file=sys.stderr)
+            _err(f"config error: {exc}")
             return EX_CONFIG
         try:
             return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
+        except BrokenPipeError:
+            raise
         except (StoreUnusable, sqlite3.DatabaseError) as exc:
-            # Every command that meets an unusable store ends here: one line, 74.
+            # Every command that meets an unusable store ends here: one line naming it, 74.
             fault = classify(exc, config.db_path)
             if fault is None:
-                raise
+                _err(f"state unusable: {config.db_path}: {exc}")
+                return EX_IOERR
             return _store_unusable(args.command, fault)
+        except PermissionError:
+            owner = _owner(config.state_dir)
+            who = "root" if owner == "root" else f"{owner} (the service's user) and root"
+            _err(f"cannot read the store {config.db_path}: permission denied; only {who} may read it")
+            return EX_IOERR
+        except (OSError, sqlite3.Error) as exc:
+            # A corrupt, unwritable or full store: one line, no traceback.
+            _err(f"state unusable: {config.db_path}: {exc}")
+            return EX_IOERR
     except KeyboardInterrupt:
         # enrich: pending work stays in the store for the next run.
         print("llmc-rag: interrupted", file=sys.stderr)
@@ -116,7 +148,7 @@ def _store_unusable(command: str, fault: StoreUnusable) -> int:
     if command == "serve":
         structlog.get_logger(__name__).error(fault.event, **fault.fields())
     else:
-        print(f"llmc-rag: {fault}", file=sys.stderr)
+        _err(f"state unusable: {fault}")
     return EX_IOERR
 
 
@@ -125,35 +157,35 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
     try:
         fatal = Daemon(Path(config.source), config).run()
-        return EX_OK if fatal is None else EX_IOERR  # the daemon logged it
     except AlreadyRunning as exc:
-        structlog.get_logger(__name__).error("already_running", error=str(exc))
+        structlog.get_logger(__name__).error("already_running", error=str(exc), pid=exc.pid,
+                                             state_dir=str(exc.state_dir))
         return EX_SOFTWARE
     except (OSError, sqlite3.Error) as exc:
         if isinstance(exc, sqlite3.DatabaseError) and classify(exc, config.db_path):
-            raise  # a store fault: 74, see main()
+            raise  # a store fault: said by main()
         structlog.get_logger(__name__).error("startup_failed", error=str(exc), state_dir=str(config.state_dir))
-        return EX_SOFTWARE
+        return EX_IOERR
+    return EX_OK if fatal is None else EX_IOERR  # a fatal store fault, logged by the daemon
 
 
 def _enrich(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.oneshot import Outcome, run_enrich
 
-    try:
-        outcome = run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
-    except NotADirectoryError as exc:
-        print(f"llmc-rag: {exc}", file=sys.stderr)
-        return EX_USAGE
-    return {Outcome.DONE: EX_OK, Outcome.SOME_FAILED: EX_FAILED, Outcome.GAVE_UP: EX_UNAVAILABLE}[outcome]
+    outcome = run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
+    return {Outcome.DONE: EX_OK, Outcome.SOME_FAILED: EX_FAILED, Outcome.REPO_MISSING: EX_NOINPUT,
+            Outcome.GAVE_UP: EX_UNAVAILABLE}[outcome]
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.service.runtime import describe_store, store_report
     from llmc_rag_service.service.status import status_report
 
-    report = status_report(config)
+    report = {**status_report(config), "store": store_report(config)}
     if args.json:
         print(json.dumps(report, indent=2))
         return EX_OK
+    print(describe_store(report["store"]))
     d = report["daemon"]
     print(f"daemon: {'running, pid ' + str(d['pid']) if d['running'] else 'not running'}")
     if d["status"]:
@@ -167,16 +199,21 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 
 def _show(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.service.explain import utf8_name, why_no_spans
     from llmc_rag_service.service.status import show_report
+
+    def spans_of(path: str, line: int | None = None) -> list | None:
+        # A name that is not UTF-8 was never stored (and cannot be looked up).
+        return show_report(config, path, line) if utf8_name(path) else None
 
     path, line = args.target, None
     head, sep, tail = args.target.rpartition(":")
     # A file may itself be named "x:12"; only an unknown name is read as PATH:LINE.
-    if sep and tail.isdigit() and show_report(config, args.target) is None:
+    if sep and tail.isdigit() and spans_of(args.target) is None:
         path, line = head, int(tail)
-    spans = show_report(config, path, line)
-    if spans is None:
-        print(f"llmc-rag: {path}: not a known file of a configured repo", file=sys.stderr)
+    spans = spans_of(path, line)
+    if not spans:
+        _err(why_no_spans(config, path, line))
         return EX_FAILED
     if args.json:
         print(json.dumps(spans, indent=2))
@@ -196,10 +233,23 @@ def _show(config: Config, args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _install_unit(args: argparse.Namespace) -> int:
-    from llmc_rag_service.service.units import install_unit
+def _doctor(args: argparse.Namespace) -> int:
+    from llmc_rag_service.service import doctor
 
-    path = install_unit(args.user, Path(args.dest) if args.dest else None, args.run_as)
+    logsetup.configure_logging("error", "auto")  # the checks speak for themselves
+    checks = doctor.run_checks(args.config)
+    print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.as_text(checks))
+    return EX_FAILED if any(c.status == "fail" for c in checks) else EX_OK
+
+
+def _install_unit(args: argparse.Namespace) -> int:
+    from llmc_rag_service.service.units import UnitError, install_unit
+
+    try:
+        path = install_unit(args.user, Path(args.dest) if args.dest else None, args.run_as)
+    except UnitError as exc:
+        _err(f"install-unit: {exc}")
+        return EX_USAGE
     scope = "--user " if args.user else ""
     print(f"wrote {path}")
     exec_line = next((line for line in path.read_text().splitlines() if line.startswith("ExecStart=")), "")

@@ -6,6 +6,7 @@ knows it, the line; only ``cli.py`` turns it into exit status 78 (EX_CONFIG).
 
 Lookup order (:func:`find_config_path`): ``-c``, ``$LLMC_RAG_CONFIG``,
 ``$XDG_CONFIG_HOME/llmc-rag/config.yaml``, ``/etc/llmc-rag/config.yaml``.
+The state directory when the file sets none: :func:`default_state_dir`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ import yaml
 #: Ollama options that are fixed when the model is loaded: sending a
 #: different value makes the server reload the model (cases O7).
 LOAD_TIME_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+
+#: The system service's config file; with it, the default store is :data:`SYSTEM_STATE_DIR`.
+SYSTEM_CONFIG = Path("/etc/llmc-rag/config.yaml")
+#: ``StateDirectory=llmc-rag`` of the system unit: where the system service keeps its store.
+SYSTEM_STATE_DIR = Path("/var/lib/llmc-rag")
+#: ``search.embed_model`` when the config names none.
+DEFAULT_EMBED_MODEL = "nomic-embed-text"
 
 #: Upper bound of ``ollama.concurrency``: one worker thread per request in flight.
 MAX_CONCURRENCY = 64
@@ -119,6 +127,14 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """``embed_model``: the Ollama embedding model (``POST /api/embed``) for
+    semantic search; None turns embeddings off (lexical search only)."""
+
+    embed_model: str | None = DEFAULT_EMBED_MODEL
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """``level``: debug|info|warning|error; ``format``: auto|json|console."""
 
@@ -136,6 +152,7 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     source: Path | None = None
 
     @property
@@ -144,13 +161,18 @@ class Config:
         return self.state_dir / "llmc-rag.db"
 
 
-def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
-    """``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``), else
-    ``$XDG_STATE_HOME/llmc-rag``, else ``~/.local/state/llmc-rag``."""
+def default_state_dir(env: Mapping[str, str] | None = None, config_path: Path | str | None = None) -> Path:
+    """The store's directory when the config sets no ``state_dir``:
+    ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``); else
+    :data:`SYSTEM_STATE_DIR` when ``config_path`` is :data:`SYSTEM_CONFIG`,
+    so every command run with the system config reads the system service's
+    store; else ``$XDG_STATE_HOME/llmc-rag`` (default ``~/.local/state/llmc-rag``)."""
     env = os.environ if env is None else env
     if env.get("STATE_DIRECTORY"):
         # systemd passes a colon-separated list when several are configured.
         return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if config_path is not None and Path(os.path.abspath(config_path)) == SYSTEM_CONFIG:
+        return SYSTEM_STATE_DIR
     base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "llmc-rag"
 
@@ -164,15 +186,16 @@ def find_config_path(explicit: str | None, env: Mapping[str, str] | None = None)
         return Path(env["LLMC_RAG_CONFIG"])
     xdg = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     user = Path(xdg) / "llmc-rag" / "config.yaml"
-    return user if user.exists() else Path("/etc/llmc-rag/config.yaml")
+    return user if user.exists() else SYSTEM_CONFIG
 
 
 def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate ``path``.
 
     Raises:
-        ConfigError: missing/unreadable file, YAML syntax error, unknown key,
-            wrong type or out-of-range value (naming key and line).
+        ConfigError: missing/unreadable file, YAML syntax error, an empty file,
+            a duplicate key at any level, unknown key, wrong type or
+            out-of-range value, no repos (naming key and line).
     """
     path = Path(path)
     try:
@@ -185,7 +208,32 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError(path, "", f"invalid YAML: {exc}", mark.line + 1 if mark else None) from exc
-    return _Validator(path, node, env).build(data if data is not None else {})
+    if node is None:
+        raise ConfigError(path, "repos", "the config is empty; at least one repository is required "
+                          "(repos: [{path: ...}], see etc/llmc-rag.yaml)", 1)
+    _refuse_duplicate_keys(path, node)
+    return _Validator(path, node, env).build(data)
+
+
+def _refuse_duplicate_keys(path: Path, root: yaml.Node) -> None:
+    """Raise ConfigError for the first key that appears twice in one mapping,
+    at any depth: YAML loaders silently keep only the last one."""
+    stack: list[tuple[str, yaml.Node]] = [("", root)]
+    while stack:
+        prefix, node = stack.pop()
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((f"{prefix}[{i}]", item) for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                name = str(key_node.value)
+                dotted = f"{prefix}.{name}" if prefix else name
+                line = key_node.start_mark.line + 1
+                if name in seen:
+                    raise ConfigError(path, dotted, f"duplicate key (first at line {seen[name]}); "
+                                      "YAML would silently drop the first one: merge them", line)
+                seen[name] = line
+                stack.append((dotted, value_node))
 
 
 class _Validator:
@@ -243,11 +291,11 @@ class _Validator:
         return cls(**{**values, **{k: v for k, v in raw.items() if k not in checks}})
 
     def build(self, data: Any) -> Config:
-        top = self.mapping("", data, {"state_dir", "repos", "ollama", "watch", "queue", "logging"})
-        state_dir = default_state_dir(self.env)
+        top = self.mapping("", data, {"state_dir", "repos", "ollama", "watch", "queue", "logging", "search"})
+        state_dir = default_state_dir(self.env, self.path)
         if "state_dir" in top:
             state_dir = Path(os.path.expanduser(self.typed("state_dir", top["state_dir"], str)))
-        return Config(
+        config = Config(
             state_dir=state_dir,
             repos=self.repos(top.get("repos", []) or []),
             ollama=self.ollama(top),
@@ -256,8 +304,13 @@ class _Validator:
                                                            "reconcile_s": ((int, float), 0)}),
             queue=self.section("queue", top, QueueConfig, {"max_attempts": (int, 1)}),
             logging=self.logging(top),
+            search=self.search(top),
             source=self.path,
         )
+        if not config.repos:
+            # Checked last, so a wrong key elsewhere is named first.
+            raise self.fail("repos", "at least one repository is required (repos: [{path: ...}])")
+        return config
 
     def repos(self, value: Any) -> tuple[RepoConfig, ...]:
         if not isinstance(value, list):
@@ -350,6 +403,13 @@ class _Validator:
                 raise self.fail(f"{key}.url", f"{url!r} is listed twice (one server would get double the requests)")
             out.append(HostConfig(url=url, concurrency=concurrency))
         return tuple(out)
+
+    def search(self, top: dict) -> SearchConfig:
+        raw = self.mapping("search", top.get("search", {}) or {}, {f.name for f in fields(SearchConfig)})
+        model = raw.get("embed_model", DEFAULT_EMBED_MODEL)
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise self.fail("search.embed_model", f"must be an Ollama model name or null (no embeddings), got {model!r}")
+        return SearchConfig(embed_model=model)
 
     def logging(self, top: dict) -> LoggingConfig:
         cfg = self.section("logging", top, LoggingConfig, {"level": (str,), "format": (str,)})

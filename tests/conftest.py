@@ -9,6 +9,9 @@ import pytest
 from tests.helpers import NotifySocket, TempPipeline, Serve, write_tree
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
+# Team mode's PostgreSQL fixtures (pg_cluster, pg): one real cluster per session, started on first use.
+pytest_plugins = ("tests.pg_fixture",)
+
 
 @pytest.fixture
 def ollama() -> Iterator[OllamaEmulator]:

@@ -143,7 +143,7 @@ def test_notify_and_watchdog_variables_are_not_inherited(tmp_path, ollama, monke
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nowhere.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", "10000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    config = make_config(tmp_path, ollama.url, [])
+    config = make_config(tmp_path, ollama.url, [tmp_path])
     daemon = Daemon(config.source, config)
     assert daemon.notifier.socket_path == str(tmp_path / "nowhere.sock")
     assert daemon.ping_every_s == pytest.approx(4.0)

@@ -80,7 +80,7 @@ def test_a_damaged_state_file_is_refused_by_every_command_with_74(tmp_path, kind
     for args in (["enrich"], ["status"], ["status", "--json"], ["show", str(repo / "a.py")]):
         assert cli.main([args[0], "-c", str(config.source), *args[1:]]) == cli.EX_IOERR, args
         out = capsys.readouterr()
-        assert out.err.startswith(f"llmc-rag: {config.db_path}: not a usable llmc-rag store (")
+        assert out.err.startswith(f"llmc-rag: state unusable: {config.db_path}: not a usable llmc-rag store (")
         assert out.err.count("\n") == 1 and "move it aside" in out.err and out.out == ""
     assert config.db_path.read_bytes() == before
 
@@ -118,8 +118,8 @@ def test_a_read_only_state_dir(tmp_path, ollama):
     errors = [e for e in _events(serve.stderr) if e["level"] == "error"]
     assert len(errors) == 1 and f"{config.state_dir} is read-only" in errors[0]["error"]
     assert enrich.returncode == cli.EX_IOERR
-    assert enrich.stderr.startswith(f"llmc-rag: {config.db_path}: cannot write the state: {config.state_dir} is "
-                                    "read-only") and enrich.stderr.count("\n") == 1
+    assert enrich.stderr.startswith(f"llmc-rag: state unusable: {config.db_path}: cannot write the state: "
+                                    f"{config.state_dir} is read-only") and enrich.stderr.count("\n") == 1
     assert status.returncode == 0 and json.loads(status.stdout)["totals"]["enriched"] == 2
     assert show.returncode == 0 and [s["state"] for s in json.loads(show.stdout)] == ["enriched", "enriched"]
 

@@ -141,7 +141,8 @@ def test_enrich_on_a_disk_that_fills_exits_74_with_one_line(tmp_path, small_disk
         assert cli.main(["enrich", "-c", str(config.source)]) == cli.EX_IOERR
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1]
-        assert last.startswith(f"llmc-rag: {config.db_path}: no space for the state in {small_disk.path} (")
+        assert last.startswith(f"llmc-rag: state unusable: {config.db_path}: "
+                               f"no space for the state in {small_disk.path} (")
         assert "free" in last and "Traceback" not in err
         small_disk.free()
         assert integrity(config.db_path) == "ok"

@@ -326,14 +326,21 @@ class OllamaClient:
             response = self._http.get("/api/version", timeout=PROBE_TIMEOUT_S)
         return str(self._json_answer(response).get("version", "?"))
 
-    def has_model(self) -> bool:
-        """Whether ``GET /api/tags`` lists the configured model (``name`` or
-        ``name:latest``). Raises OllamaError when the server cannot answer."""
+    def has_model(self, name: str | None = None) -> bool:
+        """Whether ``GET /api/tags`` lists ``name`` (default the configured
+        model) as ``name`` or ``name:latest``. Raises OllamaError when the
+        server cannot answer."""
+        name = name or self.cfg.model
+        return bool({name, f"{name}:latest"} & set(self.models()))
+
+    def models(self) -> list[str]:
+        """The names ``GET /api/tags`` lists (Ollama API doc, "List Local
+        Models"), in the server's order. Raises OllamaError when the server
+        cannot answer."""
         with _mapped(self.cfg.model):
             response = self._http.get("/api/tags", timeout=PROBE_TIMEOUT_S)
-        wanted = {self.cfg.model, f"{self.cfg.model}:latest"}
-        models = self._json_answer(response).get("models") or []
-        return any(isinstance(m, dict) and (m.get("name") in wanted or m.get("model") in wanted) for m in models)
+        entries = self._json_answer(response).get("models") or []
+        return [str(m.get("name") or m.get("model")) for m in entries if isinstance(m, dict)]
 
     def _json_answer(self, response: httpx.Response) -> dict[str, Any]:
         if response.status_code >= 400:

@@ -47,6 +47,7 @@ from llmc_rag_service.config import Config, ConfigError, load_config
 from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.notify import (HealthGate, Notifier, TimeoutExtender, ping_every_s,
                                      unset_notify_environment, watchdog_interval_s)
+from llmc_rag_service.service import runtime
 from llmc_rag_service.service.status import LOCK_NAME
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
@@ -71,7 +72,12 @@ EXTEND_BY_S = 15.0
 
 
 class AlreadyRunning(Exception):
-    """Another ``serve`` holds the state directory's lock."""
+    """Another ``serve`` holds the state directory's lock. ``pid``: the holder
+    (as it wrote into the lock file), or None if unreadable."""
+
+    def __init__(self, state_dir: Path, pid: int | None):
+        self.state_dir, self.pid = state_dir, pid
+        super().__init__(f"another llmc-rag serve (pid {pid or 'unknown'}) uses {state_dir}")
 
 
 class Daemon:
@@ -144,6 +150,7 @@ class Daemon:
     def startup(self) -> None:
         """Everything READY=1 promises: lock, store migrated, every watch in place."""
         self._lock_fd = self._take_lock(self.config.state_dir)
+        self._runtime_file = runtime.write_runtime_file(self.config.state_dir, self.config_path)
         with TimeoutExtender(self.notifier, EXTEND_EVERY_S, EXTEND_BY_S):
             self._send_status("starting: opening the store")
             self.pipeline = Pipeline(self.config, on_change=self._mark_dirty, on_activity=self.wake.set)
@@ -217,6 +224,7 @@ class Daemon:
         returned = self.pipeline.close(STOP_GRACE_S, INDEXER_JOIN_S,
                                        meta={"daemon_status": "stopped", "daemon_pid": None})
         log.info("daemon_stopped", returned_to_pending=returned)
+        runtime.remove_runtime_file(self._runtime_file)
         os.close(self._lock_fd)
 
     # -- reload -------------------------------------------------------------
@@ -266,8 +274,9 @@ class Daemon:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             os.close(fd)
-            raise AlreadyRunning(f"another llmc-rag serve uses {state_dir}") from None
+            raise AlreadyRunning(state_dir, int(holder) if holder.isdigit() else None) from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -14,6 +14,7 @@ so every reading command says it in one line (``cli.py`` exits 74).
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,18 @@ LEFT JOIN enrichments e ON e.span_hash = s.span_hash AND e.model = :m AND e.prom
 LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :m AND j.prompt_version = :pv
 WHERE s.file_id = :f ORDER BY s.start_line, s.id
 """
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """What the store knows of one file (for ``show``'s explanations):
+    ``skipped`` is the reason it was not split into spans (``binary``,
+    ``too_large``, ``decode_error``) or None; ``spans`` how many spans it has;
+    ``last_line`` the last line a span covers (0 without spans)."""
+
+    skipped: str | None
+    spans: int
+    last_line: int
 
 
 class StoreReader:
@@ -114,6 +127,22 @@ class StoreReader:
         """The file's spans in line order, each with its enrichment columns
         (None when not enriched) and its job's ``job_state``/``last_error``."""
         return self.conn.execute(_FILE_SPANS_SQL, {"m": model, "pv": prompt_version, "f": file_id}).fetchall()
+
+    def stored_file(self, repo: Path, relpath: str) -> StoredFile | None:
+        """The record of ``relpath`` (valid UTF-8 text: SQLite cannot bind a
+        lone surrogate), or None if the store never indexed it."""
+        row = self.conn.execute(
+            """SELECT f.skipped, COUNT(s.id), COALESCE(MAX(s.end_line), 0)
+               FROM files f JOIN repos r ON r.id = f.repo_id LEFT JOIN spans s ON s.file_id = f.id
+               WHERE r.path = ? AND f.path = ? GROUP BY f.id""",
+            (str(repo), relpath)).fetchone()
+        return None if row is None else StoredFile(skipped=row[0], spans=row[1], last_line=row[2])
+
+    def quick_check(self) -> list[str]:
+        """SQLite's ``PRAGMA quick_check`` (https://sqlite.org/pragma.html#pragma_quick_check):
+        an empty list when the database is intact, else its problem lines (at most 10)."""
+        rows = [r[0] for r in self.conn.execute("PRAGMA quick_check(10)").fetchall()]
+        return [] if rows == ["ok"] else rows
 
 
 def _connect(uri: str) -> sqlite3.Connection:
