@@ -7,17 +7,21 @@ status (74), and loses nothing: no traceback, no write into a damaged file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
 import threading
 
 import pytest
+from structlog.testing import capture_logs
 
 from llmc_rag_service import cli
 from llmc_rag_service.models import Span
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.store.db import Store
+from llmc_rag_service.store.faults import StoreCorrupt, StoreFull, StoreReadOnly, classify
+from llmc_rag_service.store.jobs import JobQueue
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import RunningDaemon, make_config, wait_for, write_tree
 from tests.storage import damaged_state, enriched, integrity, read_only, run_without_root_powers
@@ -175,3 +179,65 @@ def test_a_write_lock_held_for_seconds_pauses_serve_and_work_resumes(tmp_path, n
         finally:
             running.stop()
     assert integrity(config.db_path) == "ok"
+
+
+def test_store_errors_map_to_the_most_specific_fault(tmp_path):
+    """Real SQLite errors and errnos map to their StoreUnusable class; an SQL mistake or a lock is no store fault."""
+    db = tmp_path / "x.db"
+    (tmp_path / "junk.db").write_bytes(os.urandom(4096))
+    conn = sqlite3.connect(db)
+    with pytest.raises(sqlite3.OperationalError) as syntax:
+        conn.execute("SELEC 1")
+    assert classify(syntax.value, db) is None
+    conn.execute("PRAGMA query_only = ON")
+    with pytest.raises(sqlite3.OperationalError) as readonly:
+        conn.execute("CREATE TABLE t(x)")
+    assert isinstance(classify(readonly.value, db), StoreReadOnly)
+    with pytest.raises(sqlite3.DatabaseError) as junk:
+        sqlite3.connect(tmp_path / "junk.db").execute("PRAGMA user_version")
+    assert isinstance(classify(junk.value, db), StoreCorrupt)
+    full = classify(OSError(errno.ENOSPC, "No space left on device"), db)
+    assert isinstance(full, StoreFull) and f"no space for the state in {tmp_path} (" in str(full)
+    assert isinstance(classify(OSError(errno.EROFS, "Read-only file system"), db), StoreReadOnly)
+    conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_corrupt_pages_met_by_a_worker_end_serve(tmp_path, notify, monkeypatch):
+    """A worker meeting a corrupt page (SQLite's own "malformed" error) ends the daemon's loop: one store_corrupt error naming the file; run() returns the fault, so serve exits 74."""
+    corrupt = _real_corrupt_error(tmp_path)
+    original = JobQueue.claim
+
+    def claim(self):
+        raise corrupt
+
+    repo = tmp_path / "repo"
+    write_tree(repo, {"a.py": "def f():\n    return 1\n"})
+    with OllamaEmulator() as emu, capture_logs() as logs:
+        config = make_config(tmp_path, emu.url, [repo])
+        running = RunningDaemon(config, notify)
+        try:
+            monkeypatch.setattr(JobQueue, "claim", claim)
+            running.daemon.pipeline.pool.notify_work()
+            running.thread.join(20)
+            assert not running.thread.is_alive()
+        finally:
+            monkeypatch.setattr(JobQueue, "claim", original)
+            running.stop()
+    assert isinstance(running.daemon.fatal, StoreCorrupt) and running.error is None
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["store_corrupt"] and errors[0]["path"] == str(config.db_path)
+
+
+def _real_corrupt_error(tmp_path) -> sqlite3.DatabaseError:
+    """SQLite's own SQLITE_CORRUPT, from a file whose first page is garbage after a valid header."""
+    sample = tmp_path / "sample.db"
+    with contextlib.closing(sqlite3.connect(sample)) as conn:
+        conn.execute("CREATE TABLE t(x)")
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(sample.read_bytes()[:100] + os.urandom(8192))
+    try:
+        sqlite3.connect(bad).execute("SELECT * FROM sqlite_master").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return exc
+    raise AssertionError("garbage pages read as a database")

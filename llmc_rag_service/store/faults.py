@@ -26,6 +26,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+#: Free bytes under which an I/O error of the store is taken for a full disk.
+NEARLY_FULL_BYTES = 65536
 #: What to do with a corrupt or foreign state file.
 MOVE_ASIDE = "move it aside (mv {path} {path}.bad) and run again: a new store is made and the repos are rescanned"
 
@@ -70,7 +72,8 @@ class StoreReplaced(StoreUnusable):
 
     def __init__(self, path: Path | str, detail: str):
         super().__init__(path, f"the state file was {detail} while in use",
-                         "restart to build a new store (systemd does; the repos are rescanned)")
+                         "start again: a new store is built and the repos are rescanned "
+                         "(systemd restarts serve by itself)")
 
 
 class StoreReadOnly(StoreUnusable):
@@ -162,6 +165,8 @@ def classify(exc: BaseException, path: Path | str) -> StoreUnusable | None:
         if primary == sqlite3.SQLITE_CANTOPEN:
             return _cantopen(Path(path), str(exc))
         kind = _BY_CODE.get(primary)
+        if kind is StoreIOError and _nearly_full(Path(path).parent):
+            kind = StoreFull  # e.g. the -shm file could not grow: "disk I/O error" on a full disk
         return kind(path, str(exc)) if kind else None
     if isinstance(exc, OSError):
         kind = _BY_ERRNO.get(exc.errno or 0, StoreIOError)
@@ -177,6 +182,11 @@ def _cantopen(path: Path, detail: str) -> StoreUnusable:
     if path.exists() and not path.is_file():
         return StoreCorrupt(path, f"not a regular file: {detail}")
     return StoreIOError(path, detail)
+
+
+def _nearly_full(directory: Path) -> bool:
+    free = free_bytes(directory)
+    return free is not None and free < NEARLY_FULL_BYTES
 
 
 def free_bytes(directory: Path) -> int | None:
