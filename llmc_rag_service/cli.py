@@ -116,22 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
         except BrokenPipeError:
             raise
-        except (StoreUnusable, sqlite3.DatabaseError) as exc:
-            # Every command that meets an unusable store ends here: one line naming it, 74.
-            fault = classify(exc, config.db_path)
-            if fault is None:
-                _err(f"state unusable: {config.db_path}: {exc}")
-                return EX_IOERR
-            return _store_unusable(args.command, fault)
         except PermissionError:
             owner = _owner(config.state_dir)
             who = "root" if owner == "root" else f"{owner} (the service's user) and root"
             _err(f"cannot read the store {config.db_path}: permission denied; only {who} may read it")
             return EX_IOERR
-        except (OSError, sqlite3.Error) as exc:
-            # A corrupt, unwritable or full store: one line, no traceback.
-            _err(f"state unusable: {config.db_path}: {exc}")
-            return EX_IOERR
+        except (StoreUnusable, OSError, sqlite3.Error) as exc:
+            # A corrupt, unwritable, full or replaced store: one line naming it, no traceback.
+            return _store_unusable(args.command, config, exc)
     except KeyboardInterrupt:
         # enrich: pending work stays in the store for the next run.
         print("llmc-rag: interrupted", file=sys.stderr)
@@ -143,9 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_OK
 
 
-def _store_unusable(command: str, fault: StoreUnusable) -> int:
-    """Say it in one line (serve: a log event for the journal) and exit 74."""
-    if command == "serve":
+def _store_unusable(command: str, config: Config, exc: BaseException) -> int:
+    """Say what is wrong with the store in one line (serve: a log event for
+    the journal, named for the fault) and exit 74."""
+    fault = classify(exc, config.db_path) if isinstance(exc, (StoreUnusable, sqlite3.Error)) else None
+    if fault is None:
+        _err(f"state unusable: {config.db_path}: {exc}")
+    elif command == "serve":
         structlog.get_logger(__name__).error(fault.event, **fault.fields())
     else:
         _err(f"state unusable: {fault}")
