@@ -121,7 +121,8 @@ def damaged_state(kind: str, db_path: Path, sample_store: Path) -> None:
     * ``random``: random bytes;
     * ``header``: a valid SQLite header (the first 100 bytes of ``sample_store``, a real store) followed by garbage;
     * ``pages``: a real store whose pages after the first are garbage (met by queries, not at open);
-    * ``foreign``: another application's SQLite database (its own tables and schema version).
+    * ``foreign``: another application's SQLite database (its own tables and schema version);
+    * ``foreign-unversioned``: the same without a schema version (would read as a new, empty store).
     """
     db_path.parent.mkdir(parents=True, exist_ok=True)
     real = sample_store.read_bytes()
@@ -133,9 +134,10 @@ def damaged_state(kind: str, db_path: Path, sample_store: Path) -> None:
         page = int.from_bytes(real[16:18], "big") or 65536
         data = real[:page] + os.urandom(len(real) - page)
     else:
+        version = 0 if kind == "foreign-unversioned" else 3
         with contextlib.closing(sqlite3.connect(db_path)) as conn:
             conn.executescript("CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT); "
-                               "INSERT INTO users(name) VALUES ('ann'); PRAGMA user_version = 3;")
+                               f"INSERT INTO users(name) VALUES ('ann'); PRAGMA user_version = {version};")
         return
     db_path.write_bytes(data)
 

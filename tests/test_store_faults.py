@@ -26,7 +26,7 @@ from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import RunningDaemon, make_config, wait_for, write_tree
 from tests.storage import damaged_state, enriched, integrity, read_only, run_without_root_powers
 
-DAMAGED = ["random", "header", "pages", "foreign"]
+DAMAGED = ["random", "header", "pages", "foreign", "foreign-unversioned"]
 
 
 def _events(text: str) -> list[dict]:
