@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from structlog.testing import capture_logs
 
 from llmc_rag_service.config import ConfigError, load_config
 from llmc_rag_service.index import redact as redact_mod
+from llmc_rag_service.index import secret_scan
 from llmc_rag_service.index.redact import Finding, Redactor, fingerprint
 
 CANARIES = Path(__file__).resolve().parent / "data" / "canaries"
@@ -134,6 +136,20 @@ def test_a_word_found_as_a_password_stays_elsewhere():
     assert out.text.endswith("ask(password)\n")
 
 
+def test_a_name_in_code_is_not_a_password_but_a_literal_in_a_script_is():
+    """``self.password = password`` in Python is a name; ``DB_PASSWORD=supersecret`` in sh is a value."""
+    code = "def login(self, password):\n    self.password = password\n    self.username, self.password = credentials\n"
+    assert Redactor().redact(code, path="auth.py").findings == ()
+    script = Redactor().redact("export DB_PASSWORD=supersecret\n", path="deploy.sh")
+    assert script.text == "export DB_PASSWORD=<redacted:password>\n"
+
+
+def test_literals_of_ordinary_keys_are_kept():
+    """Only key names that say secret make a literal a secret: ``key='rsa:3072'`` stays."""
+    text = "make_cert(ext='req_x509_extensions_full', key='rsa:3072')\nsort_key = 'Zq8#vL2m'\n"
+    assert Redactor().redact(text, path="certs.py").findings == ()
+
+
 def test_redacting_twice_changes_nothing():
     """Markers are not secrets: a redacted text redacts to itself with no finding."""
     redactor = Redactor()
@@ -146,6 +162,12 @@ def test_a_nul_does_not_hide_what_follows():
     """The scanner takes a C string: a NUL before a secret must not end the scan."""
     out = Redactor().redact('x = "\0"\nGITHUB_TOKEN = "ghp_aMxxNDi9LE1Ki3ylOjt6o0NpUmkVO8JmR8y4"\n')
     assert "ghp_aMxx" not in out.text and out.text.startswith('x = "\0"\n')
+
+
+def test_an_inline_allow_comment_does_not_stop_redaction():
+    """``# gitleaks:allow`` silences a CI scanner, not the redaction: only secrets.allow allows."""
+    out = Redactor().redact('TOKEN = "ghp_aMxxNDi9LE1Ki3ylOjt6o0NpUmkVO8JmR8y4"  # gitleaks:allow\n')
+    assert out.text == 'TOKEN = "<redacted:github-token>"  # gitleaks:allow\n'
 
 
 def test_allow_list_by_fingerprint_and_by_regex():
@@ -181,8 +203,8 @@ def test_config_reads_secrets_allow(tmp_path):
 def test_verdicts_are_cached_by_text(monkeypatch):
     """A text seen before is not scanned again; the LRU forgets the oldest beyond its size."""
     scans = []
-    real = redact_mod._library_hits
-    monkeypatch.setattr(redact_mod, "_library_hits", lambda text: scans.append(text) or real(text))
+    real = redact_mod.find_secrets
+    monkeypatch.setattr(redact_mod, "find_secrets", lambda text, code: scans.append(text) or real(text, code))
     redactor = Redactor(cache_size=2)
     texts = ['a = "ghp_aMxxNDi9LE1Ki3ylOjt6o0NpUmkVO8JmR8y4"', "b = 1", "c = 2"]
     first = redactor.redact(texts[0], first_line=1)
@@ -218,10 +240,27 @@ def test_a_model_answer_is_redacted_in_every_field():
 def test_a_scanner_failure_fails_closed(monkeypatch):
     """When the scanner fails the text is not returned: RedactionError, chained."""
     def broken(text):
-        raise redact_mod.betterleaks.BetterleaksError("boom")
-    monkeypatch.setattr(redact_mod.betterleaks, "scan_string", broken)
+        raise secret_scan.betterleaks.BetterleaksError("boom")
+    monkeypatch.setattr(secret_scan.betterleaks, "scan_string", broken)
     with pytest.raises(redact_mod.RedactionError, match="boom"):
         Redactor().redact("x = 1")
+
+
+def test_threads_share_one_redactor():
+    """Scanner and worker threads may redact at once: each gets the sequential answer."""
+    texts = [(CANARIES / file).read_text() for file in SOURCE_FILES] * 4
+    expected = [Redactor().redact(text).text for text in texts]
+    shared, results = Redactor(cache_size=2), [None] * len(texts)
+
+    def run(index: int) -> None:
+        results[index] = shared.redact(texts[index]).text
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert results == expected
 
 
 #: Findings on ordinary code: the json and email packages of the standard library
