@@ -40,8 +40,7 @@ class Hit(NamedTuple):
     end: int
     kind: str
     detector: str
-    rank: int  # on overlap the lower rank names the kind: 0 specific rule, 1 generic, 2 own rule
-
+    rank: int  # on overlap the lower rank names the kind: 0 specific rule, 1 generic, 2 own rule, 3 repeat
 
 
 # Rule id (or its prefix) of betterleaks -> kind named in the marker; other
