@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 import structlog
 
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
                                          parse_answer, plan_num_predict)
@@ -68,7 +69,7 @@ class Host:
     """One Ollama host as the workers see it.
 
     ``state``: ``ok``, ``unreachable``, ``model_missing`` or ``quarantined``;
-    ``retry_at``: ``time.monotonic()`` of the next probe; ``failures``: failed
+    ``retry_at``: ``clock()`` of the next probe; ``failures``: failed
     probes in a row; ``strikes``: failed attempts in a row; ``busy``: 503s in a row.
     """
 
@@ -81,6 +82,7 @@ class Host:
     busy: int = 0
     ok_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    clock: Clock = field(default=SYSTEM, repr=False)
 
     def __post_init__(self) -> None:
         self.ok_event.set()
@@ -91,7 +93,7 @@ class Host:
 
     def retry_in_s(self) -> float:
         """Seconds until the next probe (0 when due)."""
-        return max(0.0, self.retry_at - time.monotonic())
+        return max(0.0, self.retry_at - self.clock())
 
 
 class WorkerPool:
@@ -103,12 +105,14 @@ class WorkerPool:
             (or a single client); each brings ``concurrency`` threads.
         on_change: Called (no args, from a worker thread) after every job
             outcome or host state change, e.g. to refresh STATUS. Keep it cheap.
+        clock: Time of backoffs, probes, idle waits and the hang check
+            (joins on stop stay on real time).
     """
 
     def __init__(self, store: Store, queue: JobQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
-                 on_change: Callable[[], None] = lambda: None):
-        self.store, self.queue, self.on_change = store, queue, on_change
-        self.hosts = [Host(c) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
+                 on_change: Callable[[], None] = lambda: None, clock: Clock = SYSTEM):
+        self.store, self.queue, self.on_change, self.clock = store, queue, on_change, clock
+        self.hosts = [Host(c, clock=clock) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -182,7 +186,7 @@ class WorkerPool:
     def hung(self) -> str | None:
         """Health check for the watchdog: a reason if a request has run past its
         host's longest possible request plus :data:`HANG_GRACE_S`, else None."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             running = list(self._started.values())
         for host, started in running:
@@ -232,7 +236,7 @@ class WorkerPool:
                 else:
                     log.debug("worker_paused", host=host.url, error=str(fault))
                 self.on_change()
-                self.stopping.wait(JOB_ERROR_PAUSE_S)
+                self.clock.wait(self.stopping, JOB_ERROR_PAUSE_S)
 
     def _turn(self, host: Host) -> None:
         """One turn: probe a down host, or give back stranded jobs, claim one and process it."""
@@ -248,7 +252,8 @@ class WorkerPool:
             if self.stopping.is_set():
                 return
             due = self.queue.next_due_s()
-            self.wake.wait(IDLE_CLAIM_WAIT_S if due is None else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
+            self.clock.wait(self.wake, IDLE_CLAIM_WAIT_S if due is None
+                            else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
             return
         self.wake.set()  # there was work: let an idle worker look for more
         try:
@@ -262,7 +267,7 @@ class WorkerPool:
                 "job_error", job=job.id, error=str(fault) if fault else f"{type(exc).__name__}: {exc}",
                 exc_info=fault is None)
             self._put_back(job, f"{type(exc).__name__}: {exc}")
-            self.stopping.wait(JOB_ERROR_PAUSE_S)
+            self.clock.wait(self.stopping, JOB_ERROR_PAUSE_S)
         # The outcome may have put the job back (retry, release): idle
         # workers, maybe of another host, re-read the queue's next due time.
         self.wake.set()
@@ -300,7 +305,7 @@ class WorkerPool:
                       attempt=job.attempts + 1, host=host.url)
         messages = build_messages(path=row["path"], language=row["language"], kind=row["kind"],
                                   name=row["name"], start_line=row["start_line"], text=row["text"])
-        started = time.monotonic()
+        started = self.clock()
         with self._lock:
             self._started[threading.get_ident()] = (host, started)
         num_predict = None
@@ -311,13 +316,13 @@ class WorkerPool:
         except PromptTooLarge as exc:
             return self._dead(job, fields, f"prompt_too_large: {exc}", reason="prompt_too_large")
         except InvalidAnswer as exc:
-            return self._retry(job, fields, f"InvalidAnswer: {exc}", time.monotonic() - started)
+            return self._retry(job, fields, f"InvalidAnswer: {exc}", self.clock() - started)
         except ol.OllamaError as exc:
-            return self._on_error(host, job, fields, exc, num_predict, time.monotonic() - started)
+            return self._on_error(host, job, fields, exc, num_predict, self.clock() - started)
         finally:
             with self._lock:
                 self._started.pop(threading.get_ident(), None)
-        duration = time.monotonic() - started
+        duration = self.clock() - started
         self.queue.complete(job, enrichment, duration)
         host.strikes = host.busy = 0
         self._host_ok(host)
@@ -376,7 +381,7 @@ class WorkerPool:
             if host.ok_event.is_set() or changed:
                 host.state, host.error = state, error
                 attempt = host.failures + 1 if state != "quarantined" else host.strikes - QUARANTINE_AFTER + 1
-                host.retry_at = time.monotonic() + backoff_s(attempt, PROBE_BASE_S, PROBE_MAX_S)
+                host.retry_at = self.clock() + backoff_s(attempt, PROBE_BASE_S, PROBE_MAX_S)
                 host.ok_event.clear()
         if not changed:
             return
@@ -402,7 +407,7 @@ class WorkerPool:
         """One probe at a time per host, at ``retry_at``; its other threads just wait."""
         wait = host.retry_in_s()
         if wait > 0 or not host.lock.acquire(blocking=False):
-            host.ok_event.wait(min(max(wait, 0.05), IDLE_WAIT_S))
+            self.clock.wait(host.ok_event, min(max(wait, 0.05), IDLE_WAIT_S))
             return
         healthy: bool | None = None
         try:
@@ -412,7 +417,7 @@ class WorkerPool:
             if not healthy:
                 host.failures += 1
                 host.error = error
-                host.retry_at = time.monotonic() + backoff_s(host.failures + 1, PROBE_BASE_S, PROBE_MAX_S)
+                host.retry_at = self.clock() + backoff_s(host.failures + 1, PROBE_BASE_S, PROBE_MAX_S)
                 log.debug("ollama_probe_failed", url=host.url, error=error, retry_in_s=round(host.retry_in_s(), 1))
         finally:
             host.lock.release()
