@@ -35,6 +35,7 @@ from typing import Callable, Iterable
 
 import structlog
 
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.enrich.prompt import chat_client, span_char_budget
@@ -63,6 +64,8 @@ class Pipeline:
         settle_s: Quiet seconds after a ``.git/`` event before held events go
             out (tests shorten it); default the git gate's.
         poll_interval_s: Snapshot interval of the polling fallback, seconds.
+        clock: Time of the job queue, the workers and the watchers (tests pass
+            a manual one; see :mod:`llmc_rag_service.clock`).
 
     Nothing runs until :meth:`start_workers`, :meth:`start_scheduler` or
     :meth:`watch` is called; :meth:`close` stops what was started.
@@ -75,10 +78,10 @@ class Pipeline:
 
     def __init__(self, config: Config, on_change: Callable[[], None] = lambda: None,
                  on_activity: Callable[[], None] | None = None, *,
-                 settle_s: float | None = None, poll_interval_s: float | None = None):
-        self.config, self.on_change = config, on_change
+                 settle_s: float | None = None, poll_interval_s: float | None = None, clock: Clock = SYSTEM):
+        self.config, self.on_change, self.clock = config, on_change, clock
         self.store = Store(config.db_path)
-        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts)
+        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts, clock)
         recovered = self.queue.recover()
         if recovered:
             log.info("jobs_recovered", count=recovered, reason="left running by a dead process")
@@ -90,13 +93,13 @@ class Pipeline:
         self.scheduler = ScanScheduler(self.scanners.get, on_jobs=self._on_jobs, on_change=on_change)
         watch_args = {} if settle_s is None else {"settle_s": settle_s}
         self.watches = WatchSet(config.watch, poll_interval_s=poll_interval_s, on_activity=on_activity,
-                                **watch_args)
+                                clock=clock, **watch_args)
         self._workers_on = False
 
     def _new_pool(self) -> WorkerPool:
         """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a pool over them."""
         self.clients = [chat_client(self.config.ollama, host) for host in self.config.ollama.all_hosts()]
-        return WorkerPool(self.store, self.queue, self.clients, self.on_change)
+        return WorkerPool(self.store, self.queue, self.clients, self.on_change, clock=self.clock)
 
     def _on_jobs(self) -> None:
         self.pool.notify_work()
@@ -244,7 +247,7 @@ class Pipeline:
         self._retired.append((self.pool, self.clients))
         self._reap()
         self.config = config
-        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts)
+        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts, self.clock)
         self.pool = self._new_pool()
         for scanner in self.scanners.values():
             scanner.queue = self.queue
