@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +13,32 @@ from llmc_rag_service.testing.emulator import OllamaEmulator
 
 # Team mode's PostgreSQL fixtures (pg_cluster, pg): one real cluster per session, started on first use.
 pytest_plugins = ("tests.pg_fixture",)
+
+#: Seconds a test's leftover threads get to end after its fixtures were torn down.
+THREAD_JOIN_S = 2.0
+#: Process-wide threads a test may leave behind, by name prefix, and why. None so far:
+#: every thread the package or a fixture starts is stopped by its owner (a
+#: session-scoped fixture's threads start before the first test that uses it, so
+#: they are not new to any test).
+PROCESS_THREADS: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def no_thread_outlives_its_test() -> Iterator[None]:
+    """Fail the test if a thread it started is still alive after its teardown
+    (bounded join of :data:`THREAD_JOIN_S` seconds in all): a leaked worker or
+    observer would otherwise run into the next tests. Autouse and requested first,
+    so it is torn down after every other fixture of the test."""
+    before = set(threading.enumerate())
+    yield
+    new = [t for t in threading.enumerate() if t not in before
+           and not any(t.name.startswith(prefix) for prefix in PROCESS_THREADS)]
+    deadline = time.monotonic() + THREAD_JOIN_S
+    for thread in new:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    alive = [f"{t.name} ({'daemon' if t.daemon else 'non-daemon'})" for t in new if t.is_alive()]
+    if alive:
+        pytest.fail(f"threads outlived the test by {THREAD_JOIN_S} s: {', '.join(alive)}", pytrace=False)
 
 
 @pytest.fixture

@@ -107,10 +107,11 @@ class Serve:
         if notify:
             full_env["NOTIFY_SOCKET"] = notify.path
         self.log = config_path.parent / "serve.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmc_rag_service", "serve", "-c", str(config_path)],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), env=full_env,
-        )
+        with open(self.log, "ab") as stderr:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "llmc_rag_service", "serve", "-c", str(config_path)],
+                stdout=subprocess.DEVNULL, stderr=stderr, env=full_env,
+            )
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         self.proc.send_signal(sig)
