@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers import NotifySocket, TempPipeline, Serve, write_tree
+from tests.threads import leftover_threads
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
 # Team mode's PostgreSQL fixtures (pg_cluster, pg): one real cluster per session, started on first use.
@@ -31,14 +31,10 @@ def no_thread_outlives_its_test() -> Iterator[None]:
     so it is torn down after every other fixture of the test."""
     before = set(threading.enumerate())
     yield
-    new = [t for t in threading.enumerate() if t not in before
-           and not any(t.name.startswith(prefix) for prefix in PROCESS_THREADS)]
-    deadline = time.monotonic() + THREAD_JOIN_S
-    for thread in new:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    alive = [f"{t.name} ({'daemon' if t.daemon else 'non-daemon'})" for t in new if t.is_alive()]
+    alive = leftover_threads(before, THREAD_JOIN_S, PROCESS_THREADS)
     if alive:
-        pytest.fail(f"threads outlived the test by {THREAD_JOIN_S} s: {', '.join(alive)}", pytrace=False)
+        names = ", ".join(f"{t.name} ({'daemon' if t.daemon else 'non-daemon'})" for t in alive)
+        pytest.fail(f"threads outlived the test by {THREAD_JOIN_S} s: {names}", pytrace=False)
 
 
 @pytest.fixture
