@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import threading
 
@@ -28,7 +29,7 @@ from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.service.status import LOCK_NAME, status_report
 from llmc_rag_service.testing.clock import ManualClock
 from llmc_rag_service.watch.watchset import WatchSet
-from tests.helpers import NotifySocket, make_config, wait_for
+from tests.helpers import NotifySocket, chats, make_config, wait_for, write_tree
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
 
@@ -43,6 +44,10 @@ class ClockedNotifier(Notifier):
     def send(self, *lines: str) -> bool:
         self.sent.append((self.clock(), "\n".join(lines)))
         return super().send(*lines)
+
+    def messages(self) -> list[str]:
+        """Every message sent so far, oldest first."""
+        return [m for _, m in list(self.sent)]
 
     def times(self, prefix: str) -> list[float]:
         """When each message starting with ``prefix`` was sent (clock seconds)."""
@@ -75,6 +80,21 @@ class Running:
         self.clock.advance_to(self.clock.deadline_of(self.thread) if to is None else to)
         self.settle()
         return self.clock()
+
+    def step_until(self, condition, what: str, max_step_s: float = 0.25, timeout_s: float = 20.0) -> None:
+        """Follow the loop's wake-ups, at most ``max_step_s`` of clock time per step
+        and a step per look at ``condition`` (20 ms of real time apart), until it
+        holds: work on other threads (scans, requests) gets real time to run, and
+        a request in flight sees clock time pass slowly, far inside its hang limit."""
+
+        def look() -> bool:
+            if condition():
+                return True
+            self.settle()
+            self.step(min(self.clock.deadline_of(self.thread), self.clock() + max_step_s))
+            return bool(condition())
+
+        wait_for(look, timeout_s, what)
 
     def stop(self) -> None:
         self.daemon.stop_requested = True
@@ -187,6 +207,34 @@ def test_status_heartbeat_while_busy_and_unchanged(tmp_path, repo, ollama, notif
     assert [b - a for a, b in zip(edges, edges[1:])] == [daemon_mod.STATUS_MAX_GAP_S] * (len(edges) - 1)
     assert len({m for t, m in status if t >= start}) == 1  # the same text: a heartbeat, not a change
     assert not any(m.startswith("STATUS=idle") for _, m in status), status
+
+
+@pytest.mark.timeout(30)
+def test_a_deleted_repo_degrades_and_comes_back(tmp_path, repo, ollama, notify, monkeypatch):
+    """Deleting one watched repo keeps the daemon running (STATUS says so, one error, no watchdog failure); other repos still work; the repo is picked up again when it reappears."""
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    other = tmp_path / "other"
+    write_tree(other, {"o.py": "def o():\n    return 0\n"})
+    config = make_config(tmp_path, ollama.url, [repo, other])
+    clock = ManualClock()
+    asked = lambda text: any(text in r.json["messages"][-1]["content"] for r in chats(ollama))  # noqa: E731
+    with capture_logs() as logs:
+        running = Running(config, notify, clock)
+        try:
+            wait_for(lambda: status_report(config)["totals"]["enriched"] == 3, 10, "both repos enriched")
+            shutil.rmtree(repo)
+            running.step_until(lambda: any("degraded: repo missing" in m for m in running.notifier.messages()),
+                               "STATUS saying so")
+            (other / "o.py").write_text("def o():\n    return 1\n")
+            running.step_until(lambda: asked("return 1"), "the other repo still watched")
+            write_tree(repo, {"src/a.py": "def f(x):\n    return x * 3\n"})
+            running.step_until(lambda: asked("x * 3"), "the repo picked up again")
+            assert running.thread.is_alive()
+        finally:
+            running.stop()
+    events = [e["event"] for e in logs]
+    assert events.count("repo_unwatchable") == 1 and events.count("repo_back") == 1
+    assert "watchdog_unhealthy" not in events
 
 
 @pytest.mark.timeout(30)
@@ -312,3 +360,40 @@ def test_run_restores_the_handlers_when_start_up_fails(tmp_path, repo, ollama, o
             Daemon(config.source, config).run()
     assert raised.value.pid == 4242
     assert {signum: signal.getsignal(signum) for signum in HANDLED} == own_handlers
+
+
+@pytest.mark.timeout(30)
+def test_stop_lets_an_in_flight_job_finish_within_the_grace(tmp_path, repo, ollama, notify, monkeypatch, own_handlers):
+    """SIGTERM while two requests run: STOPPING=1 goes out, the answers that come within the grace are still stored, nothing is returned to pending, and run() returns normally (serve exits 0)."""
+    entered, release = block_chat(monkeypatch)
+    config = make_config(tmp_path, ollama.url, [repo], ollama={"concurrency": 2})
+    daemon = Daemon(config.source, config, Notifier(notify.path))
+    failed: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            wait_for(lambda: getattr(daemon, "pipeline", None) and daemon.pipeline.pool.in_flight == 2, 10,
+                     "two requests in flight")
+            os.kill(os.getpid(), signal.SIGTERM)
+            notify.wait("STOPPING=1", 10)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+            failed.append(exc)
+            daemon.stop_requested = True
+            daemon.wake.set()
+        finally:
+            release.set()  # the answers come only now, inside the grace
+
+    driver = threading.Thread(target=drive, name="test-driver")
+    driver.start()
+    try:
+        with capture_logs() as logs:
+            daemon.run()
+    finally:
+        release.set()
+        driver.join(10)
+    if failed:
+        raise failed[0]
+    stopped = [e for e in logs if e["event"] == "daemon_stopped"]
+    assert stopped and stopped[0]["returned_to_pending"] == 0
+    assert [e["in_flight"] for e in logs if e["event"] == "daemon_stopping"] == [2]
+    assert status_report(config)["totals"]["enriched"] == 2
