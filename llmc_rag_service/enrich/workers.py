@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import structlog
 
@@ -331,7 +331,7 @@ class WorkerPool:
         log.info("job_done", **fields, duration_s=round(duration, 3), eval_count=answer.get("eval_count"),
                  prompt_eval_count=answer.get("prompt_eval_count"))
 
-    def _on_error(self, host: Host, job: Job, fields: dict, exc: ol.OllamaError, num_predict: int | None,
+    def _on_error(self, host: Host, job: Job, fields: dict[str, Any], exc: ol.OllamaError, num_predict: int | None,
                   duration: float) -> None:
         """Apply the error's policy (see the module docstring)."""
         if exc.policy == "pause":
@@ -358,14 +358,14 @@ class WorkerPool:
             if quarantine:
                 self._host_down(host, "quarantined", f"{host.strikes} failures in a row, last: {exc}")
 
-    def _retry(self, job: Job, fields: dict, error: str, duration: float) -> None:
+    def _retry(self, job: Job, fields: dict[str, Any], error: str, duration: float) -> None:
         if self.queue.retry(job, error):
             self._count_failed()
             log.error("job_failed", **fields, error=error, duration_s=round(duration, 3), reason="max_attempts")
         else:
             log.warning("job_retry", **fields, error=error, duration_s=round(duration, 3))
 
-    def _dead(self, job: Job, fields: dict, error: str, reason: str, **extra) -> None:
+    def _dead(self, job: Job, fields: dict[str, Any], error: str, reason: str, **extra: Any) -> None:
         self.queue.fail(job, error)
         self._count_failed()
         log.error("job_failed", **fields, error=error, reason=reason, **extra)
