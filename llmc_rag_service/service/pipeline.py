@@ -337,7 +337,7 @@ class Pipeline:
             log.warning("workers_still_busy", count=sum(p.busy_threads() for p, _ in self._retired))
         if meta and (self.store.fault is None or self.store.fault.pauses):
             try:
-                self.store.set_meta(**meta)
+                self.store.set_meta(None, **meta)
             except (StoreUnusable, sqlite3.Error) as exc:
                 log.warning("meta_not_stored", error=str(exc))
         self.store.close()
