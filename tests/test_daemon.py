@@ -29,78 +29,9 @@ from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.service.status import LOCK_NAME, status_report
 from llmc_rag_service.testing.clock import ManualClock
 from llmc_rag_service.watch.watchset import WatchSet
-from tests.helpers import NotifySocket, chats, make_config, wait_for, write_tree
+from tests.helpers import RunningDaemon as Running
+from tests.helpers import chats, make_config, wait_for, write_tree
 from llmc_rag_service.testing.emulator import OllamaEmulator
-
-
-class ClockedNotifier(Notifier):
-    """The real Notifier (datagrams to the test's socket) that also keeps
-    ``(clock(), message)`` of every message it sends."""
-
-    def __init__(self, path: str, clock: ManualClock):
-        super().__init__(path)
-        self.clock, self.sent = clock, []
-
-    def send(self, *lines: str) -> bool:
-        self.sent.append((self.clock(), "\n".join(lines)))
-        return super().send(*lines)
-
-    def messages(self) -> list[str]:
-        """Every message sent so far, oldest first."""
-        return [m for _, m in list(self.sent)]
-
-    def times(self, prefix: str) -> list[float]:
-        """When each message starting with ``prefix`` was sent (clock seconds)."""
-        return [t for t, m in list(self.sent) if m.startswith(prefix)]
-
-
-class Running:
-    """A Daemon after startup(), its main loop on a thread; stop() shuts it down.
-
-    With ``clock`` (a ManualClock) the daemon and its pipeline run on it, and
-    :meth:`step` drives the loop.
-    """
-
-    def __init__(self, config, notify: NotifySocket, clock: ManualClock | None = None):
-        self.clock = clock
-        self.notifier = ClockedNotifier(notify.path, clock) if clock else Notifier(notify.path)
-        self.daemon = Daemon(config.source, config, self.notifier, **({"clock": clock} if clock else {}))
-        self.daemon.startup()
-        self.thread = threading.Thread(target=self.daemon.main_loop, name="test-main-loop")
-        self.thread.start()
-
-    def settle(self) -> None:
-        """Wait until the loop finished its turn and sleeps on the clock."""
-        self.clock.wait_asleep(self.thread)
-
-    def step(self, to: float | None = None) -> float:
-        """Move the clock to ``to`` (default: when the loop's own sleep ends),
-        then wait until the loop handled it and sleeps again. Returns the new time."""
-        self.settle()
-        self.clock.advance_to(self.clock.deadline_of(self.thread) if to is None else to)
-        self.settle()
-        return self.clock()
-
-    def step_until(self, condition, what: str, max_step_s: float = 0.25, timeout_s: float = 20.0) -> None:
-        """Follow the loop's wake-ups, at most ``max_step_s`` of clock time per step
-        and a step per look at ``condition`` (20 ms of real time apart), until it
-        holds: work on other threads (scans, requests) gets real time to run, and
-        a request in flight sees clock time pass slowly, far inside its hang limit."""
-
-        def look() -> bool:
-            if condition():
-                return True
-            self.settle()
-            self.step(min(self.clock.deadline_of(self.thread), self.clock() + max_step_s))
-            return bool(condition())
-
-        wait_for(look, timeout_s, what)
-
-    def stop(self) -> None:
-        self.daemon.stop_requested = True
-        self.daemon.wake.set()
-        self.thread.join(10)
-        self.daemon.shutdown()
 
 
 def block_chat(monkeypatch) -> tuple[threading.Event, threading.Event]:
