@@ -32,7 +32,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from llmc_rag_service.models import Span
 from llmc_rag_service.store import fts
