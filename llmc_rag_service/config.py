@@ -440,7 +440,7 @@ class _Validator:
             raise self.fail("logging.format", f"must be auto, json or console, got {cfg.format!r}")
         return LoggingConfig(level=cfg.level.lower(), format=cfg.format)
 
-    def secrets(self, top: dict) -> SecretsConfig:
+    def secrets(self, top: dict[str, Any]) -> SecretsConfig:
         raw = self.mapping("secrets", top.get("secrets", {}) or {}, {"allow"})
         allow = raw.get("allow", []) or []
         if not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):
