@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -45,7 +46,7 @@ class NotifySocket:
         self.path = str(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
-        self.sock.settimeout(0.1)
+        self.sock.settimeout(1.0)  # close() wakes the receiver at once; this only bounds a lost wake-up
         self.messages: list[tuple[float, str]] = []
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._receive, name="notify-socket", daemon=True)
@@ -57,6 +58,8 @@ class NotifySocket:
                 data = self.sock.recv(65536)
             except (socket.timeout, OSError):
                 continue
+            if self._closed.is_set():  # close()'s wake-up datagram
+                return
             self.messages.append((time.monotonic(), data.decode("utf-8")))
 
     def drain(self) -> list[str]:
@@ -68,6 +71,8 @@ class NotifySocket:
 
     def close(self) -> None:
         self._closed.set()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as waker, contextlib.suppress(OSError):
+            waker.sendto(b"", self.path)  # wakes the receiver's recv() now
         self._thread.join(5)
         self.sock.close()
 
