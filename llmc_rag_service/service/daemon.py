@@ -310,6 +310,8 @@ class Daemon:
         log a pausing fault (disk full…) once when it begins, and when it ends."""
         self.pipeline.check_store()
         fault = self.pipeline.store_fault()
+        if fault is not None and not fault.pauses:
+            raise fault  # a worker met it since the check: fatal, and said once (main_loop)
         kind = fault.event if fault is not None else None
         if kind == self._store_fault:
             return
