@@ -206,17 +206,19 @@ class TempPipeline:
     """The real Pipeline (store, queue, scanner, workers, clients) on a temp repo of
     ``files`` one-function Python files, each one span and one job.
 
-    ``ollama`` and ``queue`` override config sections (see tests.helpers.make_config).
+    ``ollama`` and ``queue`` override config sections (see tests.helpers.make_config);
+    ``clock`` (e.g. a ManualClock) is the pipeline's clock.
     """
 
     def __init__(self, tmp_path: Path, url: str, files: int = 6, ollama: dict | None = None,
-                 queue: dict | None = None):
+                 queue: dict | None = None, clock=None):
         self.root = tmp_path / "repo"
         self.root.mkdir()
         write_tree(self.root, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(files)})
         self.config = make_config(tmp_path, url, [self.root], ollama=ollama or {}, queue=queue or {})
         self.changed = threading.Event()
-        self.pipeline = pipeline_mod.Pipeline(self.config, on_change=self.changed.set)
+        self.pipeline = pipeline_mod.Pipeline(self.config, on_change=self.changed.set,
+                                              **({"clock": clock} if clock else {}))
         self.pipeline.scan_all()
 
     def start(self) -> TempPipeline:

@@ -122,7 +122,11 @@ def test_status_heartbeat_while_busy_and_unchanged(tmp_path, repo, ollama, notif
     running = Running(config, notify, clock)
     try:
         assert entered.wait(10)
-        while clock() < 1000.0 + 2.0:  # the start-up's STATUS changes go out (at most one per STATUS_MIN_GAP_S)
+        pipeline = running.daemon.pipeline
+        wait_for(lambda: pipeline.activity() is None and pipeline.counts()["pending"] == 1, 10,
+                 "the catch-up scan done, one job in flight, one waiting")
+        settled = clock()
+        while clock() < settled + 2.0:  # the start-up's STATUS changes go out (at most one per STATUS_MIN_GAP_S)
             running.step()
         start = clock()
         while clock() < start + 4 * daemon_mod.STATUS_MAX_GAP_S:
