@@ -173,10 +173,14 @@ def test_older_store_is_migrated_by_search(tmp_path, monkeypatch, capsys):
         old = Store(config.db_path)
         repo_id = old.repo_id(str(repo))
         st = (repo / "m.py").stat()
-        with old.write() as tx:
-            old.put_file(tx, repo_id, "m.py", size=st.st_size, mtime_ns=st.st_mtime_ns, content_hash="h",
-                         language="python", skipped=None,
-                         spans=[Span("function", "legacy_function", 1, 2, "def legacy_function():\n    pass", "python")])
+        span = Span("function", "legacy_function", 1, 2, "def legacy_function():\n    pass", "python")
+        with old.write() as tx:  # the rows as that version wrote them (today's put_file knows newer columns)
+            tx.execute("INSERT INTO files(repo_id, path, size, mtime_ns, content_hash, language, updated_at) "
+                       "VALUES (?, 'm.py', ?, ?, 'h', 'python', 0)", (repo_id, st.st_size, st.st_mtime_ns))
+            tx.execute("INSERT INTO spans(file_id, kind, name, start_line, end_line, span_hash) "
+                       "SELECT id, 'function', 'legacy_function', 1, 2, ? FROM files", (span.span_hash,))
+            tx.execute("INSERT INTO span_texts(span_hash, language, text) VALUES (?, 'python', ?)",
+                       (span.span_hash, span.text))
         old.close()
     assert cli.main(["search", "-c", str(config.source), "--json", "legacy"]) == 0
     (hit,) = json.loads(capsys.readouterr().out)["hits"]

@@ -22,6 +22,11 @@ The policy of each error kind is the ``policy`` of its class in ``ollama.py``:
   quarantine the host for a backoff, so a crash-looping server cannot burn
   every job's attempts while other hosts could do the work.
 * ``dead_letter`` (BadRequest; PromptTooLarge): failed at once, logging what was sent.
+
+A valid answer goes through ``redact_answer`` (given by the pipeline: the
+secret redaction of ``index/redact.py``, which this package may not import)
+before it is stored: a secret-looking value the model wrote becomes a marker.
+If the redaction fails, the answer is not stored and the job goes back.
 """
 
 from __future__ import annotations
@@ -37,11 +42,15 @@ from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
                                          parse_answer, plan_num_predict)
-from llmc_rag_service.models import Job
+from llmc_rag_service.models import Enrichment, Job
 from llmc_rag_service.store.jobs import JobQueue, backoff_s
 from llmc_rag_service.store.db import Store
 
 log = structlog.get_logger(__name__)
+
+#: ``(enrichment, path, first_line) -> (enrichment with secret values replaced, how many)``;
+#: raises to keep the answer from being stored.
+AnswerRedactor = Callable[[Enrichment, str, int], tuple[Enrichment, int]]
 
 #: Seconds a request may run past its deadline before the watchdog health gate calls the worker hung.
 HANG_GRACE_S = 60.0
@@ -107,11 +116,15 @@ class WorkerPool:
             outcome or host state change, e.g. to refresh STATUS. Keep it cheap.
         clock: Time of backoffs, probes, idle waits and the hang check
             (joins on stop stay on real time).
+        redact_answer: Applied to every valid answer before it is stored
+            (see :data:`AnswerRedactor`); None stores answers as they are.
     """
 
     def __init__(self, store: Store, queue: JobQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
-                 on_change: Callable[[], None] = lambda: None, clock: Clock = SYSTEM):
+                 on_change: Callable[[], None] = lambda: None, clock: Clock = SYSTEM,
+                 redact_answer: AnswerRedactor | None = None):
         self.store, self.queue, self.on_change, self.clock = store, queue, on_change, clock
+        self.redact_answer = redact_answer
         self.hosts = [Host(c, clock=clock) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -323,6 +336,10 @@ class WorkerPool:
             with self._lock:
                 self._started.pop(threading.get_ident(), None)
         duration = self.clock() - started
+        if self.redact_answer is not None:
+            enrichment, redacted = self.redact_answer(enrichment, row["path"], row["start_line"])
+            if redacted:
+                self.store.count_answer_redactions(redacted)
         self.queue.complete(job, enrichment, duration)
         host.strikes = host.busy = 0
         self._host_ok(host)

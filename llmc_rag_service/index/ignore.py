@@ -206,20 +206,22 @@ class RepoIgnore:
             self._specs[key] = spec
         return spec
 
-    def walk(self, under: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    def walk(self, under: str = "", secrets: list[str] | None = None) -> Iterator[tuple[str, os.stat_result]]:
         """Yield ``(relpath, lstat)`` for every indexed regular file, sorted by relpath.
 
         ``under`` (a dir relpath, default the root) limits the walk to that subtree;
         relpaths stay relative to the root. Never follows symlinks; ignored directories
         are pruned without being read; entries that vanish or cannot be read during
-        the walk are skipped (debug log).
+        the walk are skipped (debug log). ``secrets``, if given, gets the relpath of
+        every secret file by name met in a directory walked (never opened), for the
+        audit in ``status --json``.
         """
         start = _normalize(under)
         if start and (self.is_ignored(start, is_dir=True) or (self.root / start).is_symlink()):
             return
-        yield from self._walk_dir(start)
+        yield from self._walk_dir(start, secrets)
 
-    def _walk_dir(self, rel_dir: str) -> Iterator[tuple[str, os.stat_result]]:
+    def _walk_dir(self, rel_dir: str, secrets: list[str] | None) -> Iterator[tuple[str, os.stat_result]]:
         # An explicit stack, not recursion: a tree 1,000+ directories deep must
         # not hit Python's recursion limit. Sorting dirs as 'name/' and pushing
         # in reverse keeps the depth-first order equal to the relpath order.
@@ -236,6 +238,8 @@ class RepoIgnore:
                 child = f"{rel}/{entry.name}" if rel else entry.name
                 if not self.is_ignored(child, is_dir=child_is_dir):
                     children.append((entry.name + "/" if child_is_dir else entry.name, child, child_is_dir))
+                elif secrets is not None and not child_is_dir and is_secret(child):
+                    secrets.append(child)
             stack.extend((child, child_is_dir) for _, child, child_is_dir in sorted(children, reverse=True))
 
     def _entries(self, rel_dir: str) -> list[tuple[os.DirEntry[str], bool]]:

@@ -18,6 +18,7 @@ Verdicts are cached by the text's sha256 (an LRU of ``cache_size`` entries).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 import structlog
 
 from llmc_rag_service.config import is_fingerprint
+from llmc_rag_service.models import Enrichment
 from llmc_rag_service.index.secret_scan import Hit, RedactionError, find_secrets, is_code_path, looks_random
 
 __all__ = ["AllowList", "Finding", "Redaction", "RedactionError", "Redactor", "fingerprint"]
@@ -110,27 +112,33 @@ class Redactor:
         self._cache: OrderedDict[str, tuple[str, tuple[tuple[str, int, str], ...]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def redact(self, text: str, *, path: str = "", first_line: int = 1) -> Redaction:
-        """``text`` (a span's, starting at line ``first_line`` of ``path``) with every
-        secret value replaced by ``<redacted:KIND>``; logs one ``secret_redacted``
-        (path, line, kind, detector) per value. Raises :class:`RedactionError` when
-        the scanner fails (the caller must then not use the text)."""
-        new_text, found = self._verdict(text, is_code_path(path))
+    def redact(self, text: str, *, path: str = "", first_line: int = 1, code: bool | None = None,
+               **context: str) -> Redaction:
+        """``text`` (a span's or a file's, starting at line ``first_line`` of ``path``)
+        with every secret value replaced by ``<redacted:KIND>``; logs one
+        ``secret_redacted`` (path, line, kind, detector, plus ``context`` such as
+        ``repo=``, ``source=``) per value. ``code`` says the text is source code
+        (names are not values there); by default the path's extension decides.
+        Raises :class:`RedactionError` when the scanner fails (the caller must
+        then not use the text)."""
+        new_text, found = self._verdict(text, is_code_path(path) if code is None else code)
         findings = tuple(Finding(kind, first_line + row, detector) for kind, row, detector in found)
         for item in findings:
-            log.info("secret_redacted", path=path, line=item.line, kind=item.kind, detector=item.detector)
+            log.info("secret_redacted", **context, path=path, line=item.line, kind=item.kind,
+                     detector=item.detector)
         return Redaction(new_text, findings)
 
-    def redact_answer(self, answer: Mapping[str, Any], *, path: str = "",
-                      first_line: int = 1) -> tuple[dict[str, Any], tuple[Finding, ...]]:
+    def redact_answer(self, answer: Mapping[str, Any], *, path: str = "", first_line: int = 1,
+                      **context: str) -> tuple[dict[str, Any], tuple[Finding, ...]]:
         """A model answer (JSON object: strings, lists, nested objects) with secret
-        values redacted in every string; findings' lines count within each string
-        from ``first_line``. The answer itself is not changed."""
+        values redacted in every string, scanned as prose (``code=False``: a bare
+        word after ``password:`` counts); findings' lines count within each string
+        from ``first_line``; ``context`` as in :meth:`redact`. The answer itself is not changed."""
         findings: list[Finding] = []
 
         def walk(value: Any) -> Any:
             if isinstance(value, str):
-                done = self.redact(value, path=path, first_line=first_line)
+                done = self.redact(value, path=path, first_line=first_line, code=False, **context)
                 findings.extend(done.findings)
                 return done.text
             if isinstance(value, Mapping):
@@ -140,6 +148,16 @@ class Redactor:
             return value
 
         return walk(answer), tuple(findings)
+
+    def redact_enrichment(self, enrichment: Enrichment, path: str, first_line: int) -> tuple[Enrichment, int]:
+        """A validated model answer for the span at ``path``:``first_line`` with
+        secret values redacted in every field (see :meth:`redact_answer`; logged
+        with ``source="answer"``), and how many values were replaced. This is the
+        callable ``service/pipeline.py`` hands to the workers (``enrich/`` may not
+        import ``index/``). Raises :class:`RedactionError` like :meth:`redact`."""
+        answer, findings = self.redact_answer(dataclasses.asdict(enrichment), path=path, first_line=first_line,
+                                              source="answer")
+        return (Enrichment(**answer) if findings else enrichment), len(findings)
 
     def _verdict(self, text: str, code: bool) -> tuple[str, tuple[tuple[str, int, str], ...]]:
         key = f"{int(code)}{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()}"

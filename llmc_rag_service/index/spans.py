@@ -1,6 +1,6 @@
 """File -> spans: decode a source file and cut it into units of enrichment work.
 
-Shapes: ``split_file(relpath, bytes) -> list[Span]`` (see ``models.Span``); line
+Shapes: ``split_file(relpath, bytes, redact=) -> list[Span]`` (see ``models.Span``); line
 numbers are 1-based inclusive in the *normalised* text (BOM dropped, CRLF and
 lone CR turned into LF, so the line count never changes).
 
@@ -36,6 +36,8 @@ one per language per thread (tree-sitter parsers are not thread-safe;
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import structlog
 
@@ -173,11 +175,17 @@ def split_source(
 
 
 def split_file(
-    relpath: str, data: bytes, *, max_file_bytes: int, max_span_chars: int = 12000
+    relpath: str, data: bytes, *, max_file_bytes: int, max_span_chars: int = 12000,
+    redact: Callable[[str], str] | None = None,
 ) -> list[Span]:
     """File bytes -> spans; the language comes from ``relpath`` (see :func:`language_for`),
     except that a ``.h`` file whose text looks like C++ (class, namespace,
     template, ``std::``, access labels) is split as cpp.
+
+    ``redact`` (the scanner's secret redaction, ``index/redact.py``) is applied to
+    the whole decoded text before it is cut: no span, part or hash ever holds a
+    secret value, and a key block split over parts is still found whole. It
+    must keep the line count (markers are followed by the lines they replace).
 
     Raises SkipFile("too_large") when ``len(data) > max_file_bytes`` (bytes),
     else SkipFile("binary") / SkipFile("decode_error") from :func:`decode_source`.
@@ -188,4 +196,6 @@ def split_file(
     text = decode_source(data, language)
     if relpath.lower().endswith(".h") and looks_like_cpp(text):
         language = "cpp"
+    if redact is not None:
+        text = redact(text)
     return split_source(text, language, max_span_chars=max_span_chars)

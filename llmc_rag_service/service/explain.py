@@ -30,6 +30,7 @@ SKIP_REASONS = {
     "binary": "binary (it holds NUL bytes)",
     "too_large": "too large (over watch.max_file_bytes)",
     "decode_error": "undecodable (not UTF-8, and no coding cookie that decodes it)",
+    "secret": "a secret file by its content (credential keys with literal values; never indexed)",
 }
 
 

@@ -28,6 +28,8 @@ Threads
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -36,12 +38,14 @@ from typing import Callable, Iterable
 import structlog
 
 from llmc_rag_service.clock import SYSTEM, Clock
-from llmc_rag_service.config import Config, RepoConfig
+from llmc_rag_service.config import Config, RepoConfig, SecretsConfig
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.enrich.prompt import chat_client, span_char_budget
 from llmc_rag_service.enrich.workers import WorkerPool
+from llmc_rag_service.index.redact import Redactor
 from llmc_rag_service.index.scanner import Scanner
 from llmc_rag_service.index.scheduler import ScanScheduler
+from llmc_rag_service.models import Enrichment
 from llmc_rag_service.service.notify import Degraded
 from llmc_rag_service.service.statusline import render
 from llmc_rag_service.store.db import Store
@@ -85,6 +89,7 @@ class Pipeline:
         recovered = self.queue.recover()
         if recovered:
             log.info("jobs_recovered", count=recovered, reason="left running by a dead process")
+        self.redactor = self._redactor_for(config.secrets)
         self.clients: list[OllamaClient] = []
         self._retired: list[tuple[WorkerPool, list[OllamaClient]]] = []  # pools retired by reloads
         self.pool = self._new_pool()
@@ -99,7 +104,23 @@ class Pipeline:
     def _new_pool(self) -> WorkerPool:
         """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a pool over them."""
         self.clients = [chat_client(self.config.ollama, host) for host in self.config.ollama.all_hosts()]
-        return WorkerPool(self.store, self.queue, self.clients, self.on_change, clock=self.clock)
+        return WorkerPool(self.store, self.queue, self.clients, self.on_change, clock=self.clock,
+                          redact_answer=self.redact_answer)
+
+    def _redactor_for(self, secrets: SecretsConfig) -> Redactor:
+        """The secret redaction for ``secrets.allow`` (one, shared by every scanner
+        and worker: one verdict cache). When the list differs from the one the
+        stored spans were cut with, every file is read and cut again by its next scan."""
+        redactor = Redactor(secrets.allow)
+        allow_key = hashlib.sha256(json.dumps(list(secrets.allow)).encode()).hexdigest()
+        if self.store.reread_files_for(allow_key):
+            log.info("files_marked_for_reread", reason="secrets.allow changed")
+        return redactor
+
+    def redact_answer(self, enrichment: Enrichment, path: str, first_line: int) -> tuple[Enrichment, int]:
+        """The workers' answer redaction (``enrich/`` may not import ``index/``):
+        see :meth:`~llmc_rag_service.index.redact.Redactor.redact_enrichment`."""
+        return self.redactor.redact_enrichment(enrichment, path, first_line)
 
     def _on_jobs(self) -> None:
         self.pool.notify_work()
@@ -197,14 +218,19 @@ class Pipeline:
 
     def apply_config(self, old: Config, new: Config) -> dict[str, list[str]]:
         """Apply ``new`` over ``old`` (a reload): Ollama/queue settings (a new
-        client and worker pool), repos and watch settings. A repo whose scanner
-        or watcher settings changed is restarted: stopped, then added anew.
+        client and worker pool), repos, watch settings and ``secrets.allow`` (every
+        repo restarted, its files cut again). A repo whose scanner or watcher
+        settings changed is restarted: stopped, then added anew.
         Returns what changed: ``sections``, ``added``, ``removed``, ``restarted``."""
         if new.ollama != old.ollama or new.queue != old.queue:
             self.replace_client(new)
         self.config = new
-        sections = [name for name in ("ollama", "queue", "watch", "logging") if getattr(new, name) != getattr(old, name)]
-        rebuild_all = new.watch != old.watch or new.ollama.options != old.ollama.options
+        sections = [name for name in ("ollama", "queue", "watch", "logging", "secrets")
+                    if getattr(new, name) != getattr(old, name)]
+        if new.secrets != old.secrets:
+            self.redactor = self._redactor_for(new.secrets)
+        rebuild_all = (new.watch != old.watch or new.ollama.options != old.ollama.options
+                       or new.secrets != old.secrets)
         old_repos = {r.path: r for r in old.repos}
         restart = [r.path for r in new.repos if r.path in old_repos and (rebuild_all or old_repos[r.path] != r)]
         kept = [r for r in new.repos if r.path in old_repos and r.path not in restart]
@@ -225,7 +251,7 @@ class Pipeline:
     def scanner_for(self, repo: RepoConfig) -> Scanner:
         return Scanner(self.store, self.queue, repo.path, repo.exclude,
                        max_file_bytes=self.config.watch.max_file_bytes,
-                       max_span_chars=span_char_budget(self.config.ollama.options))
+                       max_span_chars=span_char_budget(self.config.ollama.options), redactor=self.redactor)
 
     def set_repos(self, repos: Iterable[RepoConfig]) -> tuple[list[Path], list[Path]]:
         """Make the scanners match ``repos``; returns (added, removed) paths."""

@@ -5,6 +5,9 @@ The JSON shapes are the contract in DESIGN.md ("Contract: status --json",
 currently in the tree, so ``enriched + pending + failed == spans`` always:
 a span is enriched if its content hash has an enrichment for the configured
 model and prompt version, failed if its job is dead-lettered, else pending.
+``secrets`` (per repo and in all) audits the secret redaction: values replaced
+in indexed files, secret files not indexed, and (in all) values replaced in
+model answers since the store was made.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from llmc_rag_service.config import Config
 from llmc_rag_service.models import PROMPT_VERSION
-from llmc_rag_service.store.views import StoreReader, empty_counts
+from llmc_rag_service.store.views import StoreReader, empty_counts, empty_secrets
 
 LOCK_NAME = "llmc-rag.lock"
 
@@ -44,15 +47,17 @@ def daemon_running(state_dir: Path) -> int | None:
 def status_report(config: Config) -> dict[str, Any]:
     """The ``status --json`` object (DESIGN.md contract)."""
     reader = StoreReader.open(config.db_path)
+    answers_redacted = 0
     if reader is None:
         meta: dict[str, str] = {}
-        repos = [{"path": str(r.path), **empty_counts()} for r in config.repos]
+        repos = [{"path": str(r.path), **empty_counts(), "secrets": empty_secrets()} for r in config.repos]
     else:
         with reader:
-            meta = reader.meta()
-            repos = [{"path": str(r.path), **reader.repo_counts(r.path, config.ollama.model, PROMPT_VERSION)}
-                     for r in config.repos]
+            meta, answers_redacted = reader.meta(), reader.answers_redacted()
+            repos = [{"path": str(r.path), **reader.repo_counts(r.path, config.ollama.model, PROMPT_VERSION),
+                      "secrets": reader.repo_secrets(r.path)} for r in config.repos]
     totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed")}
+    secrets = {k: sum(r["secrets"][k] for r in repos) for k in ("redacted", "secret_files_skipped")}
     pid = daemon_running(config.state_dir)
     return {
         "daemon": {"running": pid is not None, "pid": pid, "status": meta.get("daemon_status") if pid else None},
@@ -60,6 +65,7 @@ def status_report(config: Config) -> dict[str, Any]:
                    "last_error": meta.get("ollama_last_error") or None},
         "repos": repos,
         "totals": totals,
+        "secrets": {**secrets, "answers_redacted": answers_redacted},
     }
 
 

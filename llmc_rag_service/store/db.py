@@ -7,9 +7,11 @@ applied forward, each in its own transaction.
 
 Tables::
 
-    repos(id, path)                                   one row per watched repository
+    repos(id, path, secret_files)                     one row per watched repository; secret_files =
+                                                      secret files by name the last full scan passed by
     files(id, repo_id, path, size, mtime_ns,          path is POSIX, relative to the repo;
-          content_hash, language, skipped)            skipped = reason when not indexed
+          content_hash, language, skipped,            skipped = reason when not indexed;
+          redacted)                                   redacted = secret values replaced in its spans
     spans(id, file_id, kind, name, start_line,        the spans currently in the tree
           end_line, span_hash)
     span_texts(span_hash, language, text)             content-addressed span text
@@ -115,6 +117,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER embeddings_deleted AFTER DELETE ON embeddings BEGIN UPDATE embeddings_epoch SET n = n + 1; END;
     CREATE TRIGGER embeddings_updated AFTER UPDATE ON embeddings BEGIN UPDATE embeddings_epoch SET n = n + 1; END;
     """,
+    # 3: secrets (index/redact.py), counted for status --json. Span text stored
+    # before redaction existed may hold secret values: every file is re-read and
+    # re-cut by the next scan (its hash forgotten), which replaces its
+    # spans and drops the text (and for a file with secrets the answers) of the old ones.
+    """
+    ALTER TABLE files ADD COLUMN redacted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE repos ADD COLUMN secret_files INTEGER NOT NULL DEFAULT 0;
+    UPDATE files SET content_hash = '';
+    """,
 )
 
 
@@ -134,8 +145,9 @@ def _statements(script: str) -> Iterator[str]:
 @dataclass(frozen=True)
 class FileRecord:
     """A stored file: ``mtime_ns`` in nanoseconds, ``size`` in bytes,
-    ``content_hash`` sha256 hex of the raw bytes, ``skipped`` the reason it is
-    not indexed (binary, too_large, decode_error) or None."""
+    ``content_hash`` sha256 hex of the raw bytes (``secret`` for a secret file
+    by content, empty for a file to read again), ``skipped`` the reason it is not indexed
+    (binary, too_large, decode_error, secret) or None."""
 
     id: int
     repo_id: int
@@ -230,6 +242,25 @@ class Store(Database):
                 else:
                     tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
+    def count_answer_redactions(self, count: int) -> None:
+        """Add ``count`` to the secret values redacted from model answers so far
+        (``meta`` ``answers_redacted``, shown by ``status --json``)."""
+        with self.write() as tx:
+            tx.execute("""INSERT INTO meta(key, value) VALUES ('answers_redacted', ?) ON CONFLICT(key)
+                          DO UPDATE SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT)""", (str(count), count))
+
+    def reread_files_for(self, allow_key: str) -> bool:
+        """Make every indexed file be read and cut again by its next scan (its hash
+        forgotten) unless its spans were cut with the ``secrets.allow``
+        list whose digest is ``allow_key`` (``meta`` ``secrets_allow``). Returns
+        True if the files were marked."""
+        if self.get_meta("secrets_allow") == allow_key:
+            return False
+        with self.write() as tx:
+            tx.execute("UPDATE files SET content_hash = '' WHERE skipped IS NULL")
+            tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('secrets_allow', ?)", (allow_key,))
+        return True
+
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
@@ -263,18 +294,20 @@ class Store(Database):
     def put_file(
         self, tx: sqlite3.Connection, repo_id: int, path: str, *, size: int, mtime_ns: int,
         content_hash: str, language: str | None, skipped: str | None, spans: Sequence[Span] | None,
+        redacted: int = 0,
     ) -> int:
-        """Insert or update a file inside ``tx``; ``spans`` (if not None) replace its spans.
+        """Insert or update a file inside ``tx``; ``spans`` (if not None) replace its spans;
+        ``redacted`` is how many secret values were replaced in its text.
 
         Returns the file id.
         """
         tx.execute(
-            """INSERT INTO files(repo_id, path, size, mtime_ns, content_hash, language, skipped, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """INSERT INTO files(repo_id, path, size, mtime_ns, content_hash, language, skipped, redacted, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(repo_id, path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
                content_hash = excluded.content_hash, language = excluded.language,
-               skipped = excluded.skipped, updated_at = excluded.updated_at""",
-            (repo_id, path, size, mtime_ns, content_hash, language, skipped, time.time()),
+               skipped = excluded.skipped, redacted = excluded.redacted, updated_at = excluded.updated_at""",
+            (repo_id, path, size, mtime_ns, content_hash, language, skipped, redacted, time.time()),
         )
         file_id = tx.execute("SELECT id FROM files WHERE repo_id = ? AND path = ?", (repo_id, path)).fetchone()[0]
         if spans is not None:
@@ -288,6 +321,24 @@ class Store(Database):
                 [(s.span_hash, s.language, s.text) for s in spans],
             )
         return file_id
+
+    def drop_unheld(self, tx: sqlite3.Connection, span_hashes: Sequence[str], *, answers: bool = False) -> int:
+        """Inside ``tx``, delete the stored text of each of ``span_hashes`` that no
+        span holds any more (cut again from its file if the code comes back); with
+        ``answers``, also its enrichments and embeddings (they were made from text
+        that held secret values). Returns how many texts were deleted."""
+        gone = [(h,) for h in set(span_hashes)
+                if tx.execute("SELECT 1 FROM spans WHERE span_hash = ? LIMIT 1", (h,)).fetchone() is None]
+        tx.executemany("DELETE FROM span_texts WHERE span_hash = ?", gone)
+        if answers:
+            tx.executemany("DELETE FROM enrichments WHERE span_hash = ?", gone)
+            tx.executemany("DELETE FROM embeddings WHERE span_hash = ?", gone)
+        return len(gone)
+
+    def set_secret_files(self, tx: sqlite3.Connection, repo_id: int, count: int) -> None:
+        """Inside ``tx``, record how many secret files by name (never read) a full
+        scan of the repo passed by."""
+        tx.execute("UPDATE repos SET secret_files = ? WHERE id = ?", (count, repo_id))
 
     def touch_file(self, file_id: int, size: int, mtime_ns: int) -> None:
         """Record a new size (bytes) and mtime (nanoseconds) for a file whose

@@ -36,6 +36,12 @@ LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :model AND j.prompt_
 WHERE f.repo_id = (SELECT id FROM repos WHERE path = :repo) AND f.skipped IS NULL
 """
 
+_SECRETS_SQL = """
+SELECT COALESCE((SELECT SUM(f.redacted) FROM files f WHERE f.repo_id = r.id AND f.skipped IS NULL), 0) AS redacted,
+       r.secret_files + (SELECT COUNT(*) FROM files f WHERE f.repo_id = r.id AND f.skipped = 'secret') AS skipped
+FROM repos r WHERE r.path = ?
+"""
+
 _FILE_SPANS_SQL = """
 SELECT s.*, e.summary, e.inputs, e.outputs, e.side_effects, e.pitfalls, e.usage, e.created_at,
        j.state AS job_state, j.last_error
@@ -50,7 +56,7 @@ WHERE s.file_id = :f ORDER BY s.start_line, s.id
 class StoredFile:
     """What the store knows of one file (for ``show``'s explanations):
     ``skipped`` is the reason it was not split into spans (``binary``,
-    ``too_large``, ``decode_error``) or None; ``spans`` how many spans it has;
+    ``too_large``, ``decode_error``, ``secret``) or None; ``spans`` how many spans it has;
     ``last_line`` the last line a span covers (0 without spans)."""
 
     skipped: str | None
@@ -116,6 +122,20 @@ class StoreReader:
         counts = dict(files=row["files"], spans=row["spans"], enriched=row["enriched"], failed=row["failed"])
         counts["pending"] = counts["spans"] - counts["enriched"] - counts["failed"]
         return counts
+
+    def repo_secrets(self, repo: Path) -> dict[str, int]:
+        """``{redacted, secret_files_skipped}`` of one repo: secret values replaced in
+        its indexed files, and secret files not indexed (by name as the last full
+        scan counted them, plus those judged by content). Zeros for a store written
+        before secrets were counted (the daemon migrates it when it starts)."""
+        columns = {r[1] for r in self.conn.execute("PRAGMA table_info(files)")}
+        row = self.conn.execute(_SECRETS_SQL, (str(repo),)).fetchone() if "redacted" in columns else None
+        return empty_secrets() if row is None else {"redacted": row["redacted"], "secret_files_skipped": row["skipped"]}
+
+    def answers_redacted(self) -> int:
+        """Secret values redacted from model answers before they were stored, since the store was made."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'answers_redacted'").fetchone()
+        return int(row[0]) if row else 0
 
     def file_record(self, repo: Path, relpath: str) -> sqlite3.Row | None:
         """A stored file (``relpath`` POSIX, relative to ``repo``): ``id``, ``size`` (bytes),
@@ -187,3 +207,8 @@ def _open_verified(db_path: Path) -> tuple[sqlite3.Connection, int]:
 def empty_counts() -> dict[str, Any]:
     """The counts of a repo before any store exists."""
     return dict(files=0, spans=0, enriched=0, pending=0, failed=0)
+
+
+def empty_secrets() -> dict[str, int]:
+    """The secrets audit of a repo before any store exists."""
+    return {"redacted": 0, "secret_files_skipped": 0}
