@@ -14,6 +14,7 @@ from llmc_rag_service.config import ConfigError, load_config
 from llmc_rag_service.index import redact as redact_mod
 from llmc_rag_service.index import secret_scan
 from llmc_rag_service.index.redact import Finding, Redactor, fingerprint
+from llmc_rag_service.models import Enrichment
 
 CANARIES = Path(__file__).resolve().parent / "data" / "canaries"
 MANIFEST = json.loads((CANARIES / "manifest.json").read_text())
@@ -120,6 +121,28 @@ def test_line_numbers_count_from_the_spans_first_line():
     out = Redactor().redact('def f():\n    pw = "x"\n    token = "ghp_aMxxNDi9LE1Ki3ylOjt6o0NpUmkVO8JmR8y4"\n',
                             path="src/a.py", first_line=40)
     assert [(f.kind, f.line) for f in out.findings] == [("github-token", 42)]
+
+
+def test_an_aws_access_key_id_alone_is_redacted():
+    """An AWS key id with no secret key near it (betterleaks needs both) is still found, in prose
+    too; one inside a longer word is not."""
+    out = Redactor().redact("Uploads to S3 with the access key AKIAJ5QZ3XWV7R2MB6TD.", code=False)
+    assert out.text == "Uploads to S3 with the access key <redacted:aws-access-key>."
+    assert out.findings == (Finding("aws-access-key", 1, "aws-key-id"),)
+    assert Redactor().redact("XAKIAJ5QZ3XWV7R2MB6TD").findings == ()
+
+
+def test_an_answer_is_redacted_field_by_field():
+    """redact_enrichment replaces values in every field of a model answer and counts them."""
+    answer = Enrichment(summary="Signs in with ghp_aMxxNDi9LE1Ki3ylOjt6o0NpUmkVO8JmR8y4.", inputs=["name"],
+                        outputs=["AKIAJ5QZ3XWV7R2MB6TD"], side_effects=[], pitfalls=[], usage="f()")
+    with capture_logs() as logs:
+        clean, count = Redactor().redact_enrichment(answer, "src/a.py", 12)
+    assert count == 2 and clean.summary == "Signs in with <redacted:github-token>."
+    assert clean.outputs == ["<redacted:aws-access-key>"] and clean.inputs == ["name"] and clean.usage == "f()"
+    assert [(e["path"], e["line"], e["source"]) for e in logs] == [("src/a.py", 12, "answer")] * 2
+    untouched = Enrichment("Adds.", [], [], [], [], "")
+    assert Redactor().redact_enrichment(untouched, "a.py", 1) == (untouched, 0)
 
 
 def test_a_found_value_is_redacted_wherever_it_repeats():

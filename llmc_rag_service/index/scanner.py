@@ -100,7 +100,8 @@ class Scanner:
             log.error("repo_missing", repo=str(self.root))
             return result
         stored = self.store.files(self.repo_id)
-        present, secrets = set(), []
+        present: set[str] = set()
+        secrets: list[str] = []
         for relpath, st in self.ignore.walk(secrets=secrets):
             present.add(relpath)
             self._guarded(self._update, relpath, result, st, stored.get(relpath), priority, result)
@@ -192,7 +193,9 @@ class Scanner:
     def _index(self, relpath: str, st: os.stat_result, data: bytes, content_hash: str, priority: int,
                result: ScanResult) -> None:
         language = spans_mod.language_for(relpath)
-        skipped, spans, redacted = None, [], 0
+        skipped: str | None = None
+        spans: list[Span] = []
+        redacted = 0
         try:
             spans, redacted = self._split(relpath, data)
         except spans_mod.SkipFile as exc:

@@ -11,7 +11,9 @@ overlaps and writes the markers.
    against a live API) on a copy of the text of the same length (see
    :func:`_scan_copy`). Its rule ids become kinds by :data:`_RULE_KINDS`.
 2. Own rules for what it misses: a private-key block cut off before its END line
-   (a span split into parts), and quoted literals of secret-named assignments that
+   (a span split into parts), an AWS access key id on its own (betterleaks
+   reports one only with its secret access key nearby; a model answer may quote
+   the id alone), and quoted literals of secret-named assignments that
    mix symbols in (a Django ``SECRET_KEY``), found value first (a literal that looks
    random, then a key name that says secret before it on its line).
 """
@@ -62,6 +64,8 @@ _PEM = re.compile(
     r"(?:.*?-----END [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"  # a whole block
     r"|(?:(?:\\n|\s)*(?:[A-Za-z0-9+/=]{16,}|[A-Za-z-]+: [^\n\\]*))*)",  # cut short: its base64 lines
     re.DOTALL)
+# AWS access key ids (IAM user, temporary, and other prefixes), as Gitleaks' classic rule.
+_AWS_KEY_ID = re.compile(r"(?<![A-Za-z0-9])(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?![A-Za-z0-9])")
 # A quoted literal with no blank, then (before it on its line) a key name that says
 # "secret" and an assignment: the secret-assignment rule looks at values first.
 _LITERAL = re.compile(r"""(["'`])([^\s"'`]{8,200})\1""")
@@ -194,10 +198,12 @@ def _is_name(text: str, start: int, end: int) -> bool:
 
 
 def _own_hits(text: str) -> list[Hit]:
-    """Private-key blocks (also cut short) and symbol-rich secret-assignment literals."""
+    """Private-key blocks (also cut short), AWS access key ids and symbol-rich
+    secret-assignment literals."""
     hits = []
     if "PRIVATE KEY" in text:
         hits += [Hit(m.start(), m.end(), "private-key", "pem-block", 0) for m in _PEM.finditer(text)]
+    hits += [Hit(m.start(), m.end(), "aws-access-key", "aws-key-id", 2) for m in _AWS_KEY_ID.finditer(text)]
     for m in _LITERAL.finditer(text):
         if not _looks_secret(m.group(2)):
             continue
