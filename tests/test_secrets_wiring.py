@@ -128,13 +128,14 @@ def test_secrets_allow_by_fingerprint_keeps_a_value_and_a_change_recuts_every_fi
 
 
 def test_secrets_allow_by_regex_keeps_matching_values(tmp_path):
-    """A regex entry keeps every value it matches whole (here test tokens of a fixture)."""
+    """A regex entry keeps every value it matches whole (here a fixture's test token); others are redacted."""
+    other = "gho_EMfAdggcG9qpVTzqA05MFsHl7UeioEJP2NNe"
     root = tmp_path / "repo"
-    write_tree(root, {"client.py": CLIENT})
+    write_tree(root, {"client.py": CLIENT, "oauth.py": f'OAUTH = "{other}"\n'})
     config = make_config(tmp_path, "http://127.0.0.1:9", [root], secrets={"allow": [r"ghp_aMxx\w+"]})
     pipeline = Pipeline(config)
     pipeline.scan_all()
-    assert TOKEN in texts(pipeline.store)
+    assert TOKEN in texts(pipeline.store) and other not in texts(pipeline.store)
     pipeline.close(0)
 
 
@@ -220,3 +221,22 @@ def test_an_answer_whose_redaction_fails_is_not_stored(tmp_path, ollama, monkeyp
         assert temp.jobs()[0]["state"] == "done"
     finally:
         temp.close()
+
+
+def test_a_reload_that_changes_secrets_allow_recuts_the_files(tmp_path):
+    """A reload (apply_config) with a new secrets.allow restarts every repo with the new list and
+    has its unchanged files cut again."""
+    root = tmp_path / "repo"
+    write_tree(root, {"client.py": CLIENT})
+    old = make_config(tmp_path, "http://127.0.0.1:9", [root])
+    pipeline = Pipeline(old)
+    try:
+        pipeline.scan_all()
+        assert TOKEN not in texts(pipeline.store)
+        new = make_config(tmp_path, "http://127.0.0.1:9", [root], secrets={"allow": [fingerprint(TOKEN)]})
+        changed = pipeline.apply_config(old, new)
+        assert "secrets" in changed["sections"] and changed["restarted"] == [str(root)]
+        pipeline.scan_all()
+        assert TOKEN in texts(pipeline.store)
+    finally:
+        pipeline.close(0)

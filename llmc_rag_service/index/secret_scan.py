@@ -65,6 +65,7 @@ _PEM = re.compile(
     r"|(?:(?:\\n|\s)*(?:[A-Za-z0-9+/=]{16,}|[A-Za-z-]+: [^\n\\]*))*)",  # cut short: its base64 lines
     re.DOTALL)
 # AWS access key ids (IAM user, temporary, and other prefixes), as Gitleaks' classic rule.
+_AWS_PREFIXES = ("A3T", "AKIA", "ASIA", "ABIA", "ACCA")
 _AWS_KEY_ID = re.compile(r"(?<![A-Za-z0-9])(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?![A-Za-z0-9])")
 # A quoted literal with no blank, then (before it on its line) a key name that says
 # "secret" and an assignment: the secret-assignment rule looks at values first.
@@ -203,7 +204,8 @@ def _own_hits(text: str) -> list[Hit]:
     hits = []
     if "PRIVATE KEY" in text:
         hits += [Hit(m.start(), m.end(), "private-key", "pem-block", 0) for m in _PEM.finditer(text)]
-    hits += [Hit(m.start(), m.end(), "aws-access-key", "aws-key-id", 2) for m in _AWS_KEY_ID.finditer(text)]
+    if any(prefix in text for prefix in _AWS_PREFIXES):  # a substring test is ~20x cheaper than the regex
+        hits += [Hit(m.start(), m.end(), "aws-access-key", "aws-key-id", 2) for m in _AWS_KEY_ID.finditer(text)]
     for m in _LITERAL.finditer(text):
         if not _looks_secret(m.group(2)):
             continue
