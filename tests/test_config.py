@@ -29,7 +29,7 @@ def test_sample_config_is_valid_and_documents_every_key(tmp_path, monkeypatch):
     text = (ROOT / "etc" / "llmc-rag.yaml").read_text()
     for key in ("state_dir", "url", "model", "keep_alive", "concurrency", "timeout_s", "options",
                 "debounce_ms", "max_file_bytes", "max_attempts", "level", "format", "load_timeout_s",
-                "hosts", "max_delay_ms", "reconcile_s", "warm_up", "embed_model"):
+                "hosts", "max_delay_ms", "reconcile_s", "warm_up", "embed_model", "allow"):
         assert f"{key}:" in text
 
 
