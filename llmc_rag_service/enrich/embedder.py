@@ -42,7 +42,8 @@ from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.config import HostConfig, OllamaConfig
 from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.enrich.embed_text import EMBED_CONTEXT_TOKENS, MIN_CONTEXT_TOKENS, embed_text, estimate_tokens
-from llmc_rag_service.enrich.workers import BUSY_BASE_S, BUSY_MAX_S, QUARANTINE_AFTER, Host, WorkerPool
+from llmc_rag_service.enrich import workers as wk
+from llmc_rag_service.enrich.workers import Host, WorkerPool
 from llmc_rag_service.models import Job
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.embed_jobs import EmbedInput, EmbedQueue
@@ -148,14 +149,14 @@ class EmbedPool(WorkerPool):
             self._host_down(host, "model_missing" if isinstance(exc, ol.ModelMissing) else "unreachable", str(exc))
         elif exc.policy == "release":
             host.busy += 1
-            delay = exc.retry_after_s or backoff_s(host.busy, BUSY_BASE_S, BUSY_MAX_S)
+            delay = exc.retry_after_s or backoff_s(host.busy, wk.BUSY_BASE_S, wk.BUSY_MAX_S)
             for job in jobs:
                 self._settle(open_, job, lambda j: self.queue.release(j, delay, str(exc)))
             (log.warning if host.busy == 1 else log.debug)("ollama_busy", host=host.url, model=self.queue.model,
                                                            error=str(exc))
         else:
             host.strikes += 1
-            quarantine = host.strikes >= QUARANTINE_AFTER
+            quarantine = host.strikes >= wk.QUARANTINE_AFTER
             error = f"{type(exc).__name__}: {exc}"
             move = quarantine and any(h is not host and h.state == "ok" for h in self.hosts)
             for job in jobs:
