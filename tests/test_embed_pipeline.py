@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from llmc_rag_service.enrich import embedder
+from llmc_rag_service.models import PROMPT_VERSION
 from llmc_rag_service.enrich.embed_text import embed_text
 from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.status import status_report
@@ -105,7 +106,7 @@ def test_every_span_is_embedded_in_batches_then_again_with_its_summary(tmp_path,
     assert max(len(body["input"]) for body in sent) == embedder.EMBED_BATCH
     assert sum(len(body["input"]) for body in sent) >= 40  # 20 code-only, 20 with the summary
     stored = run.vectors()
-    assert len(stored) == 20 and all(job["basis"] == "test-model@1" for job in run.jobs())
+    assert len(stored) == 20 and all(job["basis"] == f"test-model@{PROMPT_VERSION}" for job in run.jobs())
     row = run.pipeline.store.conn.execute(
         "SELECT t.text, e.summary, t.span_hash FROM span_texts t JOIN enrichments e USING (span_hash) LIMIT 1"
     ).fetchone()
