@@ -30,12 +30,12 @@ backs off, ``retry`` counts an attempt for each job.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
 from dataclasses import replace
 from typing import Callable, Sequence
 
+import numpy as np
 import structlog
 
 from llmc_rag_service.clock import SYSTEM, Clock
@@ -54,7 +54,7 @@ log = structlog.get_logger(__name__)
 #: Inputs sent in one ``/api/embed`` request.
 EMBED_BATCH = 16
 #: Embedding worker threads per host: one request in flight while the next is prepared.
-EMBED_THREADS_PER_HOST = 2
+EMBED_THREADS_PER_HOST = 3
 
 _Item = tuple[Job, EmbedInput]
 
@@ -195,11 +195,11 @@ class EmbedPool(WorkerPool):
         if isinstance(evaluated, int) and evaluated > estimate:
             log.warning("embed_tokens_underestimated", model=self.queue.model, prompt_eval_count=evaluated,
                         estimate=estimate)
-        finite = [v for v in vectors if all(math.isfinite(x) for x in v)]
-        dim = self.queue.model_dim() or (len(finite[0]) if finite else None)
+        finite = [bool(np.isfinite(np.asarray(v, dtype=np.float64)).all()) for v in vectors]
+        dim = self.queue.model_dim() or next((len(v) for v, ok in zip(vectors, finite) if ok), None)
         out: list[str | None] = []
-        for vector in vectors:
-            if not all(math.isfinite(x) for x in vector):
+        for vector, ok in zip(vectors, finite):
+            if not ok:
                 out.append("the embedding has NaN or infinite values")
             elif len(vector) != dim:
                 out.append(f"the embedding has dimension {len(vector)}, but {self.queue.model} has dimension {dim}")

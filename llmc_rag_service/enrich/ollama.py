@@ -312,8 +312,7 @@ class OllamaClient:
             count = len(vectors) if isinstance(vectors, list) else "no"
             raise ServerError(f"embed answer has {count} embeddings for {len(texts)} inputs")
         for vector in vectors:
-            if not isinstance(vector, list) or not vector or not all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector):
+            if not isinstance(vector, list) or not vector or not _numbers(vector):
                 raise ServerError(f"embed answer holds a vector that is not a list of numbers: {str(vector)[:80]}")
         return answer
 
@@ -411,6 +410,11 @@ class OllamaClient:
     def close(self) -> None:
         """Close pooled connections."""
         self._http.close()
+
+
+def _numbers(values: list[Any]) -> bool:
+    """Whether ``values`` are all JSON numbers (ints or floats, not booleans); one C-level pass."""
+    return {type(x) for x in values} <= {int, float}
 
 
 def describe_body(body: dict[str, Any]) -> str:

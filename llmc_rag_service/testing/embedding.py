@@ -116,10 +116,11 @@ class Embedding:
             if extra and not self.sched.sleep(ex, extra):
                 return ex.drop()
             end = self.sched.reserve(runner, [self.emu.embed_latency_s] * len(req.inputs))
+            vectors = self._vectors(req, spec.dim, fault)  # while the slots are busy, not after
             if not self.sched.sleep_until(ex, end):
                 return ex.drop()
             ex.send_json(200, {
-                "model": req.model, "embeddings": self._vectors(req, spec.dim, fault),
+                "model": req.model, "embeddings": vectors,
                 "total_duration": int((time.monotonic() - req.t0) * 1e9), "load_duration": int(load_s * 1e9),
                 "prompt_eval_count": sum(tokens)}, complete=True)
         finally:
