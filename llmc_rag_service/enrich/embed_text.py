@@ -60,7 +60,8 @@ def estimate_tokens(text: str) -> int:
 
 def _head(text: str, budget: int) -> str:
     """The longest head of ``text`` within ``budget`` tokens, cut at a line end when one fits."""
-    kept, used = [], 0
+    kept: list[str] = []
+    used = 0
     for line in text.split("\n"):
         cost = estimate_tokens(line) + 1
         if used + cost > budget:

@@ -33,7 +33,7 @@ import contextlib
 import threading
 import time
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import structlog
@@ -166,7 +166,7 @@ class EmbedPool(WorkerPool):
                 self._host_down(host, "quarantined", f"{host.strikes} failures in a row, last: {exc}")
 
     def _accept(self, host: Host, items: list[_Item], open_: dict[int, Job], texts: list[str],
-                answer: dict, duration: float) -> None:
+                answer: dict[str, Any], duration: float) -> None:
         """Refuse bad vectors (an attempt each), store the good ones, settle every job."""
         vectors = answer["embeddings"]
         problems = self._problems(vectors, answer.get("prompt_eval_count"), texts)
@@ -207,7 +207,7 @@ class EmbedPool(WorkerPool):
                 out.append(None)
         return out
 
-    def _fields(self, host: Host, job: Job) -> dict:
+    def _fields(self, host: Host, job: Job) -> dict[str, Any]:
         return dict(kind="embed", model=self.queue.model, job=job.id, span_hash=job.span_hash[:12],
                     attempt=job.attempts + 1, host=host.url)
 

@@ -39,7 +39,7 @@ def fill_schema(schema: Any, hint: str, _root: Any = None, _name: str = "value")
     return _fill_typed(kind, schema, hint, root, _name)
 
 
-def _fill_typed(kind: str, schema: dict, hint: str, root: Any, name: str) -> Any:
+def _fill_typed(kind: str, schema: dict[str, Any], hint: str, root: Any, name: str) -> Any:
     if kind == "object":
         props = schema.get("properties", {})
         return {k: fill_schema(v, hint, root, k) for k, v in props.items()}
@@ -60,7 +60,7 @@ def _fill_typed(kind: str, schema: dict, hint: str, root: Any, name: str) -> Any
     return text[: schema["maxLength"]] if "maxLength" in schema else text
 
 
-def hint(request: dict) -> str:
+def hint(request: dict[str, Any]) -> str:
     """The first line of the last user message (or the prompt), at most 60 chars."""
     users = [m for m in request.get("messages") or [] if m.get("role") == "user"]
     text = str(users[-1].get("content") or "") if users else str(request.get("prompt") or "")
@@ -68,7 +68,7 @@ def hint(request: dict) -> str:
     return (lines[0] if lines else "nothing")[:60]
 
 
-def default_answer(request: dict) -> str:
+def default_answer(request: dict[str, Any]) -> str:
     """The emulator's answer text for a request JSON.
 
     ``format`` a JSON schema: a conforming JSON document; ``"json"``: a JSON

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 EMBED_MODEL_SIZE = 274_302_450
 
 
-def _details(embeds: bool) -> dict:
+def _details(embeds: bool) -> dict[str, Any]:
     if embeds:
         return {"parent_model": "", "format": "gguf", "family": "nomic-bert", "families": ["nomic-bert"],
                 "parameter_size": "137M", "quantization_level": "F16"}
@@ -30,13 +30,13 @@ def _details(embeds: bool) -> dict:
             "parameter_size": "7.6B", "quantization_level": "Q4_K_M"}
 
 
-def _entry(emu: OllamaEmulator, key: str) -> dict:
+def _entry(emu: OllamaEmulator, key: str) -> dict[str, Any]:
     name, embeds = canonical(key), key in emu.embed_models
     return {"name": name, "model": name, "size": EMBED_MODEL_SIZE if embeds else MODEL_SIZE,
             "digest": hashlib.sha256(name.encode()).hexdigest(), "details": _details(embeds)}
 
 
-def tags(emu: OllamaEmulator) -> dict:
+def tags(emu: OllamaEmulator) -> dict[str, Any]:
     """``GET /api/tags``: every installed model."""
     with emu.scheduler.cond:
         keys = sorted(emu.scheduler.models)
@@ -44,7 +44,7 @@ def tags(emu: OllamaEmulator) -> dict:
     return {"models": [{**_entry(emu, k), "modified_at": stamp} for k in keys]}
 
 
-def ps(emu: OllamaEmulator) -> dict:
+def ps(emu: OllamaEmulator) -> dict[str, Any]:
     """``GET /api/ps``: loaded and loading models (see the module docstring)."""
     models = []
     for runner in emu.scheduler.loaded():
@@ -57,7 +57,7 @@ def ps(emu: OllamaEmulator) -> dict:
     return {"models": models}
 
 
-def show(emu: OllamaEmulator, body: Any) -> dict:
+def show(emu: OllamaEmulator, body: Any) -> dict[str, Any]:
     """``POST /api/show``: details and capabilities of an installed model; 404 otherwise."""
     name = str((body or {}).get("model") or (body or {}).get("name") or "")
     key = emu.scheduler.find(name)

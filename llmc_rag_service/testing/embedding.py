@@ -64,8 +64,8 @@ class EmbedRequest:
     model: str
     inputs: list[str]
     keep_alive_s: float | None
-    options: dict
-    load_opts: dict
+    options: dict[str, Any]
+    load_opts: dict[str, Any]
     dimensions: int | None
     t0: float
     key: str = ""

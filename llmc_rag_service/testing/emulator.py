@@ -88,7 +88,7 @@ class OllamaEmulator:
                  embed_models: Mapping[str, EmbedModel] | Iterable[str] = (),
                  num_parallel: int = 4, max_queue: int = 512, latency_s: float = 0.0,
                  embed_latency_s: float = 0.0, num_ctx_default: int = 2048, context_length: int = 32768,
-                 port: int = 0, answer: Callable[[dict], str] | None = None,
+                 port: int = 0, answer: Callable[[dict[str, Any]], str] | None = None,
                  thinking_models: Iterable[str] = (), version: str = "0.11.10"):
         self.embed_models: dict[str, EmbedModel] = _model_map(embed_models, EmbedModel())
         installed = _model_map({"test-model": 0.0} if models is None else models, 0.0)
@@ -272,8 +272,9 @@ class OllamaEmulator:
 
     def route(self, ex: Handler, method: str, path: str, body: Any) -> None:
         """Answer one request (raises HttpError for Ollama error answers)."""
-        gets = {"/api/version": lambda: {"version": self.version}, "/api/tags": lambda: catalog.tags(self),
-                "/api/ps": lambda: catalog.ps(self)}
+        gets: dict[str, Callable[[], dict[str, Any]]] = {
+            "/api/version": lambda: {"version": self.version}, "/api/tags": lambda: catalog.tags(self),
+            "/api/ps": lambda: catalog.ps(self)}
         if method in ("GET", "HEAD") and path == "/":
             return ex.send_text(200, "Ollama is running")
         if method in ("GET", "HEAD") and path in gets:

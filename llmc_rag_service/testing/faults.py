@@ -10,6 +10,8 @@ and ``/api/generate``) or ``embed`` (``/api/embed``), first in, first out.
 
 from __future__ import annotations
 
+from typing import Any
+
 import collections
 import math
 import threading
@@ -46,7 +48,7 @@ class Fault:
     """One queued fault: its ``kind`` (one of :data:`FAULTS`) and ``params``."""
 
     kind: str
-    params: dict
+    params: dict[str, Any]
 
     def seconds(self, default: float = math.inf) -> float:
         """The ``seconds`` parameter (a pause or a delay), ``default`` when not given."""

@@ -39,11 +39,11 @@ class GenRequest:
 
     kind: str
     model: str
-    body: dict
+    body: dict[str, Any]
     stream: bool
     keep_alive_s: float | None
-    options: dict
-    load_opts: dict
+    options: dict[str, Any]
+    load_opts: dict[str, Any]
     t0: float
     key: str = ""
     thinks: bool = False
@@ -154,7 +154,7 @@ class Generation:
         finally:
             self.sched.free_slot(runner)
 
-    def _stream(self, ex: Handler, req: GenRequest, answer: tuple, runner: Runner,
+    def _stream(self, ex: Handler, req: GenRequest, answer: tuple[Any, ...], runner: Runner,
                 midstream: fl.Fault | None, begun: float, stall_s: float = 0.0) -> None:
         """Stream the answer in ~6 chunks over the second half of ``latency_s``
         counted from ``begun`` (monotonic); ``stall_s``: a pause after the first
@@ -180,7 +180,7 @@ class Generation:
         ex.end_stream()
 
     def _reply(self, req: GenRequest, content: str, thinking: str | None, reason: str | None,
-               done: bool) -> dict:
+               done: bool) -> dict[str, Any]:
         """One Ollama answer object (chat: ``message``; generate: ``response``)."""
         out: dict[str, Any] = {"model": req.model, "created_at": now_iso()}
         if req.kind == "chat":
@@ -197,7 +197,7 @@ class Generation:
         return out
 
     def _final(self, req: GenRequest, content: str, thinking: str | None, reason: str,
-               runner: Runner, counted: tuple | None = None) -> dict:
+               runner: Runner, counted: tuple[Any, ...] | None = None) -> dict[str, Any]:
         """The done object with token counts and nanosecond durations."""
         counted_content, counted_thinking = (counted or (content, thinking))[:2]
         out = self._reply(req, content, thinking, reason, done=True)

@@ -49,7 +49,7 @@ class Ask(Protocol):
     load-time options and its ``keep_alive`` in seconds (None: not sent)."""
 
     key: str
-    load_opts: dict
+    load_opts: dict[str, Any]
     keep_alive_s: float | None
 
 
@@ -59,7 +59,7 @@ class Runner:
     ``slot_free_at`` the monotonic time each slot's reserved embedding work ends."""
 
     key: str
-    load_opts: dict
+    load_opts: dict[str, Any]
     session_s: float
     ready: bool = False
     failed: bool = False
@@ -67,7 +67,7 @@ class Runner:
     refs: int = 0
     in_flight: int = 0
     expires_at: float = 0.0
-    waiters: collections.deque = field(default_factory=collections.deque)
+    waiters: collections.deque[object] = field(default_factory=collections.deque)
     slot_free_at: list[float] = field(default_factory=list)
 
 

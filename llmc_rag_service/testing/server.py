@@ -145,7 +145,8 @@ class Handler(BaseHTTPRequestHandler):
     def alive(self) -> bool:
         """False once the client has closed its end of the connection."""
         try:
-            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+            peeked: bytes = self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            return peeked != b""
         except BlockingIOError:
             return True
         except OSError:
@@ -156,7 +157,7 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.conn.kill()
 
-    def _head(self, status: int, content_type: str, headers: dict | None = None,
+    def _head(self, status: int, content_type: str, headers: dict[str, Any] | None = None,
               length: int | None = None) -> None:
         if self.rec is not None:
             self.rec.status = status
@@ -170,7 +171,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(length))
         self.end_headers()
 
-    def send_json(self, status: int, obj: Any, headers: dict | None = None, complete: bool = False) -> None:
+    def send_json(self, status: int, obj: Any, headers: dict[str, Any] | None = None, complete: bool = False) -> None:
         """One JSON answer; ``complete``: it is a whole answer (like a ``done: true`` one)."""
         data = json.dumps(obj, separators=GO_JSON).encode()
         self._head(status, "application/json; charset=utf-8", headers, len(data))

@@ -32,7 +32,7 @@ _GO_TYPE_NAMES = {list: "[]interface {}", dict: "map[string]interface {}", bool:
 class HttpError(Exception):
     """An Ollama error answer: ``status`` with body ``{"error": message}`` and extra ``headers``."""
 
-    def __init__(self, status: int, message: str, headers: dict | None = None):
+    def __init__(self, status: int, message: str, headers: dict[str, Any] | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
 
@@ -104,7 +104,7 @@ def parse_keep_alive(value: Any) -> float:
     return math.inf if seconds < 0 else seconds
 
 
-def keep_alive_of(body: dict) -> float | None:
+def keep_alive_of(body: dict[str, Any]) -> float | None:
     """The request's ``keep_alive`` in seconds, None when absent (JSON null is "not sent" in Go).
 
     Raises HttpError 400 with Ollama's message for a value it cannot read (cases O6).
