@@ -95,6 +95,9 @@ def test_the_client_sends_the_schema_of_its_cap_and_the_emulator_answer_passes_v
     """chat_client's format is the schema of its num_predict; a grammar-bound answer validates against it."""
     with OllamaEmulator() as emu:
         client = chat_client(OllamaConfig(url=emu.url, model="test-model", options={"num_ctx": 4096}))
-        reply = client.chat([{"role": "user", "content": "def f(): pass " * 40}])
+        try:
+            reply = client.chat([{"role": "user", "content": "def f(): pass " * 40}])
+        finally:
+            client.close()
     assert client.answer_format == answer_schema(2048)
     assert reply["done_reason"] == "stop" and parse_answer(reply, schema=client.answer_format).summary

@@ -23,11 +23,21 @@ def emu():
         yield server
 
 
-def client(url: str, **cfg) -> ol.OllamaClient:
-    return embed_client(OllamaConfig(url=url, model="chat-m", **cfg), EMBED)
+@pytest.fixture
+def client():
+    """``client(url, **ollama_cfg)``: an embed client, closed after the test."""
+    made: list[ol.OllamaClient] = []
+
+    def make(url: str, **cfg) -> ol.OllamaClient:
+        made.append(embed_client(OllamaConfig(url=url, model="chat-m", **cfg), EMBED))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
 
 
-def test_the_body_is_a_list_input_with_keep_alive_and_no_truncation(emu):
+def test_the_body_is_a_list_input_with_keep_alive_and_no_truncation(emu, client):
     """model = the embedding model, input a list, keep_alive as configured, truncate false, no chat options."""
     vectors = client(emu.url, keep_alive=-1, options={"num_ctx": 8192}).embed(["def f(): pass", "class A: pass"])
     (sent,) = [r.json for r in emu.requests if r.path == "/api/embed"]
@@ -35,25 +45,25 @@ def test_the_body_is_a_list_input_with_keep_alive_and_no_truncation(emu):
     assert vectors == [hashed_embedding("def f(): pass"), hashed_embedding("class A: pass")]
 
 
-def test_the_embed_answer_carries_prompt_eval_count_and_durations(emu):
+def test_the_embed_answer_carries_prompt_eval_count_and_durations(emu, client):
     """embed_answer returns the whole answer: embeddings plus Ollama's counts (durations in ns)."""
     answer = client(emu.url).embed_answer(["abcd" * 10])
     assert answer["prompt_eval_count"] == 10 and answer["total_duration"] > 0 and len(answer["embeddings"]) == 1
 
 
-def test_no_texts_send_nothing(emu):
+def test_no_texts_send_nothing(emu, client):
     """An empty list is answered without a request."""
     assert client(emu.url).embed([]) == [] and emu.count("/api/embed") == 0
 
 
-def test_a_missing_model_is_model_missing_with_the_pull(emu):
+def test_a_missing_model_is_model_missing_with_the_pull(emu, client):
     """404 maps to ModelMissing naming ``ollama pull`` of the embedding model."""
     emu.uninstall(EMBED)
     with pytest.raises(ol.ModelMissing, match=f"ollama pull {EMBED}"):
         client(emu.url).embed(["x"])
 
 
-def test_an_over_long_input_is_a_bad_request(emu):
+def test_an_over_long_input_is_a_bad_request(emu, client):
     """400 "the input length exceeds the context length" maps to BadRequest (policy dead_letter) with the text."""
     with pytest.raises(ol.BadRequest, match=TOO_LONG_MSG):
         client(emu.url).embed(["x" * 9000])
@@ -61,7 +71,7 @@ def test_an_over_long_input_is_a_bad_request(emu):
 
 @pytest.mark.parametrize("fault, error", [("busy_503", ol.Busy), ("runner_crash_500", ol.ServerError),
                                           ("disconnect", ol.Disconnected)])
-def test_server_faults_map_to_the_taxonomy(emu, fault, error):
+def test_server_faults_map_to_the_taxonomy(emu, fault, error, client):
     """503 is Busy (with Retry-After), 500 ServerError, a dropped connection Disconnected."""
     emu.inject(fault, count=5, endpoint="embed", retry_after=7)
     with pytest.raises(error) as info:
@@ -70,7 +80,7 @@ def test_server_faults_map_to_the_taxonomy(emu, fault, error):
         assert info.value.retry_after_s == 7
 
 
-def test_a_hung_server_times_out_within_load_timeout(emu):
+def test_a_hung_server_times_out_within_load_timeout(emu, client):
     """Ollama sends nothing until every input is embedded: the read deadline is load_timeout_s."""
     emu.inject("hang", endpoint="embed")
     started = time.monotonic()
@@ -79,7 +89,7 @@ def test_a_hung_server_times_out_within_load_timeout(emu):
     assert time.monotonic() - started < 5
 
 
-def test_a_refused_connection_is_unavailable():
+def test_a_refused_connection_is_unavailable(client):
     """Nothing listening: Unavailable (policy pause)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -88,7 +98,7 @@ def test_a_refused_connection_is_unavailable():
         client(f"http://127.0.0.1:{port}").embed(["x"])
 
 
-def test_a_pooled_connection_to_a_restarted_server_is_retried_on_a_fresh_one(emu):
+def test_a_pooled_connection_to_a_restarted_server_is_retried_on_a_fresh_one(emu, client):
     """After an Ollama restart the dead keep-alive connection costs no error (O12)."""
     embedder = client(emu.url)
     assert embedder.embed(["x"])
@@ -107,5 +117,8 @@ def test_a_malformed_answer_is_a_server_error(answer):
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
     embedder = ol.OllamaClient(OllamaConfig(url="http://ollama.test", model=EMBED), HostConfig("http://ollama.test"),
                                transport, options={})
-    with pytest.raises(ol.ServerError, match="embed answer"):
-        embedder.embed(["a", "b"])
+    try:
+        with pytest.raises(ol.ServerError, match="embed answer"):
+            embedder.embed(["a", "b"])
+    finally:
+        embedder.close()

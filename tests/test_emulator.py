@@ -238,7 +238,7 @@ def test_keep_alive_zero_unloads_after_request(ollama: OllamaEmulator) -> None:
 
 def test_keep_alive_expiry_unloads(ollama: OllamaEmulator) -> None:
     """A model idle past its keep_alive is unloaded and leaves /api/ps."""
-    chat(ollama.url, keep_alive="200ms")
+    chat(ollama.url, keep_alive="1s")
     assert len(ps_models(ollama.url)) == 1
     wait_for(lambda: ps_models(ollama.url) == [])
     assert ollama.unloads == 1 and ollama.loaded_models() == []

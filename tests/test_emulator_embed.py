@@ -162,14 +162,14 @@ def test_inputs_share_the_runner_slots():
 
 def test_the_program_serves_the_default_embedding_model():
     """``python -m llmc_rag_service.testing`` installs nomic-embed-text beside the chat model."""
-    proc = subprocess.Popen([sys.executable, "-m", "llmc_rag_service.testing", "--port", "0", "--model", "m"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = proc.stdout.readline().split()[-1]  # type: ignore[union-attr]
-        names = [m["name"] for m in httpx.get(f"{url}/api/tags", timeout=10).json()["models"]]
-        assert names == ["m:latest", f"{EMBED}:latest"]
-        assert embed(url, ["x"]).status_code == 200
-    finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
-    assert "RuntimeWarning" not in proc.stderr.read()  # type: ignore[union-attr]
+    with subprocess.Popen([sys.executable, "-m", "llmc_rag_service.testing", "--port", "0", "--model", "m"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            url = proc.stdout.readline().split()[-1]  # type: ignore[union-attr]
+            names = [m["name"] for m in httpx.get(f"{url}/api/tags", timeout=10).json()["models"]]
+            assert names == ["m:latest", f"{EMBED}:latest"]
+            assert embed(url, ["x"]).status_code == 200
+        finally:
+            proc.terminate()
+            assert proc.wait(10) == 0
+        assert "RuntimeWarning" not in proc.stderr.read()  # type: ignore[union-attr]

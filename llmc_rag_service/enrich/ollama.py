@@ -288,7 +288,8 @@ class OllamaClient:
     def embed(self, texts: Sequence[str], model: str | None = None) -> list[list[float]]:
         """``POST /api/embed`` for ``texts`` with ``model`` (default the
         configured one): one vector per text, in order. See :meth:`embed_answer`."""
-        return self.embed_answer(texts, model)["embeddings"]
+        vectors: list[list[float]] = self.embed_answer(texts, model)["embeddings"]
+        return vectors
 
     def embed_answer(self, texts: Sequence[str], model: str | None = None) -> dict[str, Any]:
         """``POST /api/embed``; the answer object ``{model, embeddings,
