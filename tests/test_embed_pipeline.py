@@ -98,7 +98,7 @@ def embed_requests(emu: OllamaEmulator) -> list[dict]:
 def test_every_span_is_embedded_in_batches_then_again_with_its_summary(tmp_path, runs, emulators):
     """Indexed spans are embedded at once in batches, with keep_alive on every request; each is
     embedded again when its enrichment lands, and the stored vector is that of summary + code."""
-    emu = emulators(["test-model"], embed_models=[EMBED], latency_s=0.2)
+    emu = emulators(["test-model"], embed_models=[EMBED], latency_s=0.05)
     run = runs(tmp_path, emu, files=20).start()
     wait_for(run.settled, 20, "every enrichment and embedding done")
     sent = embed_requests(emu)
