@@ -246,3 +246,22 @@ def test_vectors_are_unit_length_float32_rows(tmp_path, runs, emulators):
     for vector in run.vectors().values():
         assert vector.dtype == np.float32 and vector.shape == (768,)
         assert math.isclose(float(np.linalg.norm(vector)), 1.0, rel_tol=1e-5)
+
+
+def test_search_embeds_the_query_and_ranks_the_stored_vectors(tmp_path, capsys):
+    """After enrich, `llmc-rag search` embeds the query through /api/embed and ranks semantically."""
+    from llmc_rag_service import cli
+
+    root = tmp_path / "repo"
+    write_tree(root, {"http.py": "def parse_json_body(request):\n    return json.loads(request.body)\n",
+                      "net.py": "def open_tcp_socket(host, port):\n    return socket.create_connection((host, port))\n"})
+    with OllamaEmulator(["test-model"], embed_models=[EMBED]) as emu:
+        config = make_config(tmp_path, emu.url, [root], search={"embed_model": EMBED})
+        assert cli.main(["enrich", "-c", str(config.source)]) == 0
+        capsys.readouterr()
+        assert cli.main(["search", "-c", str(config.source), "--json", "--mode", "semantic", "body of json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        queries = [r.json for r in emu.requests if r.path == "/api/embed"][-1]
+    assert result["mode"] == "semantic" and result["degraded"] is None
+    assert result["hits"][0]["name"] == "parse_json_body" and result["hits"][0]["semantic_rank"] == 1
+    assert queries["input"] == ["body of json"] and queries["model"] == EMBED
