@@ -4,7 +4,9 @@ The JSON shapes are the contract in DESIGN.md ("Contract: status --json",
 "Contract: show --json"). Counts are per configured repo over the spans
 currently in the tree, so ``enriched + pending + failed == spans`` always:
 a span is enriched if its content hash has an enrichment for the configured
-model and prompt version, failed if its job is dead-lettered, else pending.
+model and prompt version, failed if its job is dead-lettered, else pending;
+``embedded`` counts the spans with a vector of ``search.embed_model`` and the
+current input version (``enrich/embed_text.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmc_rag_service.config import Config
+from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.models import PROMPT_VERSION
 from llmc_rag_service.store.views import StoreReader, empty_counts
 
@@ -58,9 +61,10 @@ def status_report(config: Config) -> dict[str, Any]:
     else:
         with reader:
             meta = reader.meta()
-            repos = [{"path": str(r.path), **reader.repo_counts(r.path, config.ollama.model, PROMPT_VERSION)}
+            repos = [{"path": str(r.path), **reader.repo_counts(r.path, config.ollama.model, PROMPT_VERSION,
+                                                                 config.search.embed_model, INPUT_VERSION)}
                      for r in config.repos]
-    totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed")}
+    totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed", "embedded")}
     pid = daemon_running(config.state_dir)
     states = json.loads(meta.get("repo_states") or "{}") if pid else {}
     repos = [{"path": r["path"], "state": repo_state(Path(r["path"]), states, pid is not None), **r} for r in repos]
