@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install llmc-rag as a systemd service from this clone (DESIGN.md "Contract: install").
+# Install llmc-rag as a systemd service from this clone (see README.md, "Running it under systemd").
 #
 #   sudo ./scripts/install.sh --run-as USER [--now]   system service: venv /opt/llmc-rag, config
 #                                                     /etc/llmc-rag/config.yaml, store /var/lib/llmc-rag
@@ -21,9 +21,9 @@ set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 ARGS="$*"
 PYTHON=${PYTHON:-python3}
-usage() {
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
-  exit 64
+usage() {  # $1: exit status (0 for --help, 64 for a bad argument)
+  if [ "${1:-64}" = 0 ]; then sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; else sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; fi
+  exit "${1:-64}"
 }
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$1" >&2; exit "${2:-1}"; }
@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
     --user) mode=user; shift ;;
     --now) now=1; shift ;;
     --uninstall) uninstall=1; shift ;;
-    -h|--help) usage ;;
+    -h|--help) usage 0 ;;
     *) printf 'install.sh: unknown argument: %s\n' "$1" >&2; usage ;;
   esac
 done

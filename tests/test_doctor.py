@@ -24,7 +24,7 @@ from tests.helpers import make_config, write_tree
 @pytest.fixture
 def emu():
     """An emulator with the chat model and the default embed model installed."""
-    with OllamaEmulator(["test-model", "nomic-embed-text"]) as e:
+    with OllamaEmulator(["test-model"], embed_models=["nomic-embed-text"]) as e:
         yield e
 
 
@@ -33,7 +33,8 @@ def setup(tmp_path, emu, monkeypatch):
     """A repo, a config against the emulator, an enriched store, no runtime dir of a real service."""
     repo = tmp_path / "repo"
     write_tree(repo, {"a.py": "def f():\n    return 1\n", "pkg/b.py": "x = 1\n"})
-    config = make_config(tmp_path, emu.url, [repo], logging={"level": "error"})
+    config = make_config(tmp_path, emu.url, [repo], logging={"level": "error"},
+                         search={"embed_model": "nomic-embed-text"})
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     assert cli.main(["enrich", "-c", str(config.source)]) == 0
     return config

@@ -108,6 +108,7 @@ def test_enrich_on_a_terminal_shows_one_bar_and_only_warnings_above_it(tmp_path,
     repo = tmp_path / "repo"
     write_tree(repo, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(40)})
     config = _readme_try_it_config(tmp_path, repo, ollama.url)
+    ollama.install_embed("nomic-embed-text")  # as the README's emulator program does
     ollama.inject("invalid_json", count=1)
     primary, secondary = os.openpty()
     try:

@@ -34,7 +34,7 @@ def sr(tmp_path):
 
 @pytest.fixture
 def config(tmp_path, sr):
-    return make_config(tmp_path, "http://127.0.0.1:9", [sr.root])
+    return make_config(tmp_path, "http://127.0.0.1:9", [sr.root], search={"embed_model": "nomic-embed-text"})
 
 
 def run(config, *args) -> int:

@@ -161,3 +161,14 @@ def test_state_and_summary_follow_the_enrichment(sr):
     assert hits["route"].state == "failed" and hits["route"].summary is None and hits["route"].pitfalls is None
     assert hits["parse_json_body"].state == "enriched"
     assert hits["parse_json_body"].summary == "Summary of parse_json_body." and hits["parse_json_body"].pitfalls == ["watch out"]
+
+
+def test_an_identifier_query_also_finds_its_parts_in_another_order(tmp_path):
+    """``parseQueryParams`` finds code that parses query params under another name (its parts near each other)."""
+    made = SearchRepo(tmp_path, {"q.py": "def params_from_query(url):\n    # parse the query string\n"
+                                          "    return dict(p.split('=') for p in url.split('&'))\n",
+                                 "other.py": "def unrelated():\n    return 'query'\n"})
+    try:
+        assert made.names("parseQueryParams", mode="lexical")[:1] == ["params_from_query"]
+    finally:
+        made.close()

@@ -325,7 +325,7 @@ class WorkerPool:
         try:
             num_predict = plan_num_predict(messages, host.client.options, job.attempts + 1)
             answer = host.client.chat(messages, num_predict)
-            enrichment = parse_answer(answer, estimate_prompt_tokens(messages))
+            enrichment = parse_answer(answer, estimate_prompt_tokens(messages), host.client.answer_format)
         except PromptTooLarge as exc:
             return self._dead(job, fields, f"prompt_too_large: {exc}", reason="prompt_too_large")
         except InvalidAnswer as exc:

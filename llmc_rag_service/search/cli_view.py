@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from llmc_rag_service.enrich.embedder import embed_client
+
 from llmc_rag_service.search.access import open_store
-from llmc_rag_service.search.api import Hit, SearchResult, SearchSettings, search, validate
+from llmc_rag_service.search.api import EMBED_BUDGET_S, Hit, SearchResult, SearchSettings, search, validate
 from llmc_rag_service.search.export import export_jsonl
 from llmc_rag_service.search.query import QueryError, parse_query
 from llmc_rag_service.search.semantic import EmbedQuery
@@ -48,10 +51,32 @@ def repo_filter(config: Any, repo: str | None) -> str | None:
     return str(wanted)
 
 
+def query_embedder(config: Any) -> EmbedQuery | None:
+    """The query's embedding by ``search.embed_model`` (None when it is null): one
+    ``POST /api/embed`` to the first Ollama host per query, whose read deadline
+    is the search's budget (:data:`~llmc_rag_service.search.api.EMBED_BUDGET_S`),
+    so an abandoned request ends soon after. Raises OllamaError (the search
+    then answers lexically and says why)."""
+    model = config.search.embed_model
+    if model is None:
+        return None
+    ollama = replace(config.ollama, load_timeout_s=EMBED_BUDGET_S)
+
+    def embed(text: str) -> list[float]:
+        client = embed_client(ollama, model, ollama.all_hosts()[0])
+        try:
+            return client.embed([text])[0]
+        finally:
+            client.close()
+
+    return embed
+
+
 def run_search(config: Any, query: str, *, mode: str, limit: int, repo: str | None, path: str | None,
                language: str | None, kind: str | None, err: TextIO,
                embed_query: EmbedQuery | None = None) -> SearchResult:
-    """Search the configured store. With no store yet: an empty answer, and a note on ``err``."""
+    """Search the configured store (the query embedded by :func:`query_embedder`
+    unless ``embed_query`` is given). With no store yet: an empty answer, and a note on ``err``."""
     filters = SpanFilter(repo=repo_filter(config, repo), path_glob=path, language=language, kind=kind)
     settings = SearchSettings(chat_model=config.ollama.model, embed_model=config.search.embed_model)
     try:
@@ -63,6 +88,7 @@ def run_search(config: Any, query: str, *, mode: str, limit: int, repo: str | No
                   "start llmc-rag serve or run llmc-rag enrich\n")
         return SearchResult(query, mode, None)
     try:
+        embed_query = embed_query if embed_query is not None else query_embedder(config)
         return search(conn, query, settings, embed_query=embed_query, mode=mode, limit=limit, filters=filters)
     finally:
         conn.close()

@@ -8,7 +8,9 @@ produce an invalid expression:
 
 - A word is a run of letters, digits and ``_``; it becomes the phrase of its
   identifier parts (``parseJsonBody`` and ``parse_json_body`` -> ``"parse json
-  body"``), which matches both spellings in the index (see ``store/fts.py``).
+  body"``), which matches both spellings in the index (see ``store/fts.py``),
+  or, failing that, its parts near each other in any order (``NEAR``), so
+  ``parseQueryParams`` also finds code about "query params" that "parse" them.
 - Text in double quotes is one phrase; a word directly followed by ``*`` is a
   prefix (at least :data:`MIN_PREFIX` characters); every other character is a
   separator, and ``AND``/``OR``/``NOT``/``NEAR`` are ordinary words.
@@ -28,6 +30,8 @@ from llmc_rag_service.store.fts import identifier_parts
 
 #: Terms kept from one query.
 MAX_TERMS = 32
+#: Tokens an identifier's parts may lie apart and still match it (FTS5 ``NEAR``).
+NEAR_DISTANCE = 8
 #: Shortest prefix honoured for ``word*`` (shorter ones match too much to be useful).
 MIN_PREFIX = 3
 
@@ -53,12 +57,19 @@ class Term:
 
     words: tuple[str, ...]
     prefix: bool = False
+    identifier: bool = False  # an unquoted word of several parts (camelCase, snake_case)
 
     @property
     def expression(self) -> str:
-        """The term in FTS5 syntax: a double-quoted string of letters and digits, ``*`` for a prefix."""
+        """The term in FTS5 syntax: a double-quoted string of letters and digits, ``*`` for a
+        prefix; an identifier also matches its parts within :data:`NEAR_DISTANCE` tokens."""
         quoted = '"' + " ".join(self.words) + '"'
-        return quoted + " *" if self.prefix else quoted
+        if self.prefix:
+            return quoted + " *"
+        if self.identifier:
+            parts = " ".join(f'"{w}"' for w in self.words)
+            return f"({quoted} OR NEAR({parts}, {NEAR_DISTANCE}))"
+        return quoted
 
 
 @dataclass(frozen=True)
@@ -97,7 +108,9 @@ def parse_query(text: str) -> ParsedQuery:
         phrase, word, star = match.groups()
         words = identifier_parts(phrase if phrase is not None else word)
         if words:
-            found.append((Term(tuple(words), bool(star) and len(words[-1]) >= MIN_PREFIX), phrase is not None))
+            prefix = bool(star) and len(words[-1]) >= MIN_PREFIX
+            identifier = phrase is None and len(words) > 1 and not prefix
+            found.append((Term(tuple(words), prefix, identifier), phrase is not None))
     if not found:
         raise QueryError("nothing to search for: the query has no letters or digits")
     kept = [t for t, quoted in found if quoted or t.prefix or len(t.words) > 1 or t.words[0] not in STOPWORDS]

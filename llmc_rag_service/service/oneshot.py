@@ -98,13 +98,19 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
             code = _wait_done(pipeline, wait_s, progress, changed)
         # status --json shows why this run gave up (and nothing once a run did not).
         pipeline.set_meta(ollama_last_error=pipeline.last_error() if code is Outcome.GAVE_UP else None)
+        embed_missing = pipeline.embeds_down() == "model_missing"
     finally:
         pipeline.close(STOP_GRACE_S)
     totals = status_report(config)["totals"]
+    embedded = f", {totals['embedded']} embedded" if config.search.embed_model else ""
     stream.write(
-        f"enrich: {totals['enriched']}/{totals['spans']} spans enriched, {totals['failed']} failed, "
+        f"enrich: {totals['enriched']}/{totals['spans']} spans enriched{embedded}, {totals['failed']} failed, "
         f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
     )
+    if embed_missing:
+        model = config.search.embed_model
+        say(f"embed model {model} not found, run: ollama pull {model} (search is lexical until then; "
+            "the next enrich or serve embeds what is missing)")
     if totals["failed"] and code is Outcome.DONE:
         say(f"{totals['failed']} spans failed for good (llmc-rag show FILE gives each error); "
             "after fixing the cause, run: llmc-rag enrich --retry-failed")
@@ -119,7 +125,10 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
     down_since = paused_since = None
     while True:
         c = pipeline.counts()
-        remaining = c["pending"] + c["running"]
+        enrich_left = c["pending"] + c["running"]
+        # Embeddings are waited for too, unless their model is missing (said
+        # at the end): that must not hold back the enrichments.
+        remaining = enrich_left + pipeline.embeds_left()
         total = remaining + pipeline.finished()
         if remaining == 0:
             progress.update(total, total, pipeline.status_line(), final=True)
@@ -130,7 +139,7 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
         if fault and paused_since is not None and (not fault.pauses or time.monotonic() - paused_since > STORE_WAIT_S):
             progress.update(total - remaining, total, pipeline.status_line(), final=True)
             raise fault  # cli.py says it in one line
-        down = pipeline.ollama_down()
+        down = pipeline.ollama_down() if enrich_left else pipeline.embeds_down()
         if down:
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > wait_s:

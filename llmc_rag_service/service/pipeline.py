@@ -20,6 +20,10 @@ Threads
   :class:`~llmc_rag_service.enrich.workers.WorkerPool`): claim jobs, call
   Ollama, store results. Their shared counters (``done``, ``failed``, host
   states) are written under the pool's lock.
+* ``worker-N`` of the embedding lane (``search.embed_model`` set;
+  :class:`~llmc_rag_service.service.embed_lane.EmbedLane`): claim ``embed``
+  jobs in batches, call ``/api/embed``, store vectors; counters under its
+  pool's lock. An enrichment stored wakes them (the span is embedded again).
 * watchdog observer threads (one per repo, inside ``watchdog``): only put
   events into the debouncers, under each debouncer's lock.
 * The store gives each thread its own SQLite connection; every write is one
@@ -46,11 +50,12 @@ from llmc_rag_service.index.redact import Redactor
 from llmc_rag_service.index.scanner import Scanner
 from llmc_rag_service.index.scheduler import ScanScheduler
 from llmc_rag_service.models import Enrichment
+from llmc_rag_service.service.embed_lane import EmbedLane
 from llmc_rag_service.service.notify import Degraded
 from llmc_rag_service.service.statusline import render
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.faults import StoreUnusable
-from llmc_rag_service.store.jobs import JobQueue
+from llmc_rag_service.store.jobs import JobQueue, QueueSet
 from llmc_rag_service.watch.watchset import WatchSet, Work
 
 log = structlog.get_logger(__name__)
@@ -86,12 +91,13 @@ class Pipeline:
         self.config, self.on_change, self.clock = config, on_change, clock
         self.store = Store(config.db_path)
         self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts, clock)
-        recovered = self.queue.recover()
+        recovered = self.queue.recover(every_kind=True)
         if recovered:
             log.info("jobs_recovered", count=recovered, reason="left running by a dead process")
         self.redactor = self._redactor_for(config.secrets)
         self.clients: list[OllamaClient] = []
         self._retired: list[tuple[WorkerPool, list[OllamaClient]]] = []  # pools retired by reloads
+        self.embeds: EmbedLane | None = None
         self.pool = self._new_pool()
         self.scanners: dict[Path, Scanner] = {}
         self.set_repos(config.repos)
@@ -102,10 +108,24 @@ class Pipeline:
         self._workers_on = False
 
     def _new_pool(self) -> WorkerPool:
-        """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a pool over them."""
+        """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a
+        pool over them; the embedding lane anew (None when ``search.embed_model`` is null)."""
         self.clients = [chat_client(self.config.ollama, host) for host in self.config.ollama.all_hosts()]
-        return WorkerPool(self.store, self.queue, self.clients, self.on_change, clock=self.clock,
+        self.embeds = (EmbedLane(self.store, self.config, self.on_change, self.clock)
+                       if self.config.search.embed_model else None)
+        # A stored enrichment improves the span's embedded text: re-embed it (same transaction).
+        self.queue.on_result = self.embeds.queue.refresh if self.embeds else None
+        return WorkerPool(self.store, self.queue, self.clients, self._on_outcome, clock=self.clock,
                           redact_answer=self.redact_answer)
+
+    def _scan_queue(self) -> QueueSet:
+        """What scans fill: the enrichment queue and, when on, the embedding queue."""
+        return QueueSet(self.queue, self.embeds.queue if self.embeds else None)
+
+    def _on_outcome(self) -> None:
+        self.on_change()
+        if self.embeds:
+            self.embeds.pool.notify_work()
 
     def _redactor_for(self, secrets: SecretsConfig) -> Redactor:
         """The secret redaction for ``secrets.allow`` (one, shared by every scanner
@@ -124,6 +144,8 @@ class Pipeline:
 
     def _on_jobs(self) -> None:
         self.pool.notify_work()
+        if self.embeds:
+            self.embeds.pool.notify_work()
 
     @property
     def client(self) -> OllamaClient:
@@ -135,6 +157,8 @@ class Pipeline:
         """Start the worker threads: queued jobs go to Ollama from now on."""
         self._workers_on = True
         self.pool.start()
+        if self.embeds:
+            self.embeds.pool.start()
 
     def start_scheduler(self) -> None:
         """Start the scan-scheduler thread (needed by :meth:`watch` and :meth:`drain_events`)."""
@@ -168,7 +192,8 @@ class Pipeline:
 
     def requeue_failed(self) -> int:
         """Give the dead-lettered jobs of this config's repos a fresh start; returns how many."""
-        return self.queue.requeue_failed([s.repo_id for s in self.scanners.values()])
+        repo_ids = [s.repo_id for s in self.scanners.values()]
+        return self.queue.requeue_failed(repo_ids) + (self.embeds.queue.requeue_failed(repo_ids) if self.embeds else 0)
 
     def next_due_s(self) -> float | None:
         """Seconds until watcher work is due (None: nothing pending)."""
@@ -222,10 +247,10 @@ class Pipeline:
         repo restarted, its files cut again). A repo whose scanner or watcher
         settings changed is restarted: stopped, then added anew.
         Returns what changed: ``sections``, ``added``, ``removed``, ``restarted``."""
-        if new.ollama != old.ollama or new.queue != old.queue:
+        if new.ollama != old.ollama or new.queue != old.queue or new.search != old.search:
             self.replace_client(new)
         self.config = new
-        sections = [name for name in ("ollama", "queue", "watch", "logging", "secrets")
+        sections = [name for name in ("ollama", "queue", "search", "watch", "logging", "secrets")
                     if getattr(new, name) != getattr(old, name)]
         if new.secrets != old.secrets:
             self.redactor = self._redactor_for(new.secrets)
@@ -249,7 +274,7 @@ class Pipeline:
         self.pool.warm_up()
 
     def scanner_for(self, repo: RepoConfig) -> Scanner:
-        return Scanner(self.store, self.queue, repo.path, repo.exclude,
+        return Scanner(self.store, self._scan_queue(), repo.path, repo.exclude,  # type: ignore[arg-type]
                        max_file_bytes=self.config.watch.max_file_bytes,
                        max_span_chars=span_char_budget(self.config.ollama.options), redactor=self.redactor)
 
@@ -269,27 +294,37 @@ class Pipeline:
         retired (its requests in flight finish and store their results in the
         background), a new one starts at once, and spans without an enrichment
         for the (possibly new) model are queued."""
-        self.pool.retire()
-        self._retired.append((self.pool, self.clients))
+        for pool, clients in self._lanes():
+            pool.retire()
+            self._retired.append((pool, clients))
         self._reap()
         self.config = config
         self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts, self.clock)
         self.pool = self._new_pool()
+        scan_queue = self._scan_queue()
         for scanner in self.scanners.values():
-            scanner.queue = self.queue
+            scanner.queue = scan_queue  # type: ignore[assignment]
         with self.store.write() as tx:
-            queued = self.queue.enqueue_missing(tx)
+            queued = scan_queue.enqueue_missing(tx)
         if queued:
             log.info("jobs_queued", count=queued, trigger="config_changed")
-        self.pool.start()
+        for pool, _ in self._lanes():
+            pool.start()
+
+    def _lanes(self) -> list[tuple[WorkerPool, list[OllamaClient]]]:
+        """The worker pools in force with their clients: enrichment's, then embedding's."""
+        return [(self.pool, self.clients)] + ([(self.embeds.pool, self.embeds.clients)] if self.embeds else [])
 
     def last_error(self) -> str | None:
         """The current Ollama problem (unreachable, model missing, quarantined),
-        or None; with several hosts, each down host's ``url: error``."""
+        or None; with several hosts, each down host's ``url: error``; with
+        enrichment fine, the embedding lane's problem (``embeddings: ...``)."""
         down = [h for h in self.pool.hosts if h.state != "ok"]
-        if len(self.pool.hosts) == 1:
-            return down[0].error if down else None
-        return "; ".join(f"{h.url}: {h.error}" for h in down) or None
+        if len(self.pool.hosts) == 1 and down:
+            return down[0].error
+        chat = "; ".join(f"{h.url}: {h.error}" for h in down) or None
+        embed_down = [h for h in self.embeds.pool.hosts if h.state != "ok"] if self.embeds else []
+        return chat or (f"embeddings: {embed_down[0].error}" if embed_down else None)
 
     def ollama_down(self) -> str | None:
         """None while some host can take work; else the first host's state
@@ -303,7 +338,7 @@ class Pipeline:
     def hung(self) -> str | None:
         """Watchdog health check: a reason if a request is past its deadline
         or a worker thread died."""
-        return self.pool.hung() or self.pool.dead()
+        return self.pool.hung() or self.pool.dead() or (self.embeds.hung() if self.embeds else None)
 
     def counts(self) -> dict[str, int]:
         """Queue counts plus the number of requests in flight."""
@@ -314,8 +349,24 @@ class Pipeline:
         return self.pool.in_flight
 
     def finished(self) -> int:
-        """Jobs this pipeline's workers finished (done or dead-lettered) since it started."""
-        return self.pool.done + self.pool.failed
+        """Jobs (enrichment and embedding) this pipeline's workers finished (done
+        or dead-lettered) since it started."""
+        return self.pool.done + self.pool.failed + (self.embeds.finished() if self.embeds else 0)
+
+    def embed_counts(self) -> dict[str, int] | None:
+        """The embedding lane's counts (see :meth:`EmbedLane.counts`), None when it is off."""
+        return self.embeds.counts() if self.embeds else None
+
+    def embeds_left(self) -> int:
+        """Embedding jobs still to do that can be done: 0 when the lane is off or
+        its model is missing (nothing to wait for until someone pulls it)."""
+        if self.embeds is None or self.embeds.state() == "model_missing":
+            return 0
+        return self.embeds.remaining()
+
+    def embeds_down(self) -> str | None:
+        """Why no host can embed now (as :meth:`ollama_down`), None when it can or the lane is off."""
+        return self.embeds.state() if self.embeds else None
 
     def set_meta(self, busy_timeout_s: float | None = None, **values: str | None) -> None:
         """Record daemon facts (``daemon_pid``, ``daemon_status``…) for ``status``
@@ -351,14 +402,15 @@ class Pipeline:
             self.scheduler.join(join_s)
             if self.scheduler.is_alive():
                 log.warning("indexer_still_running", waited_s=join_s)
-        try:
-            returned = self.pool.stop(grace_s if self._workers_on else 0.0)
-        except (StoreUnusable, sqlite3.Error) as exc:
-            # Jobs still marked running name this process: the next start
-            # returns them to pending (the pid is dead by then).
-            log.warning("jobs_not_returned", error=str(exc))
-            returned = 0
-        self._retired.append((self.pool, self.clients))
+        returned = 0
+        for pool, clients in self._lanes():
+            try:
+                returned += pool.stop(grace_s if self._workers_on else 0.0)
+            except (StoreUnusable, sqlite3.Error) as exc:
+                # Jobs still marked running name this process: the next start
+                # returns them to pending (the pid is dead by then).
+                log.warning("jobs_not_returned", error=str(exc))
+            self._retired.append((pool, clients))
         self._reap()
         if self._retired:
             # A worker still inside a request after the grace would get an
@@ -387,6 +439,7 @@ class Pipeline:
         before it ``paused: <reason>; `` while a store fault lasts (e.g. ``paused:
         no space for the state in /var/lib/llmc-rag (12.0 KiB free): …``)."""
         self._reap()
-        text = render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity)
+        text = render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity,
+                      self.embeds_left(), self.embeds.note() if self.embeds else None)
         fault = self.store.fault
         return f"paused: {fault.reason}; {text}" if fault is not None else text

@@ -4,10 +4,12 @@ The JSON shapes are the contract in DESIGN.md ("Contract: status --json",
 "Contract: show --json"). Counts are per configured repo over the spans
 currently in the tree, so ``enriched + pending + failed == spans`` always:
 a span is enriched if its content hash has an enrichment for the configured
-model and prompt version, failed if its job is dead-lettered, else pending.
-``secrets`` (per repo and in all) audits the secret redaction: values replaced
-in indexed files, secret files not indexed, and (in all) values replaced in
-model answers since the store was made.
+model and prompt version, failed if its job is dead-lettered, else pending;
+``embedded`` counts the spans with a vector of ``search.embed_model`` and the
+current input version (``enrich/embed_text.py``). ``secrets`` (per repo and in
+all) audits the secret redaction: values replaced in indexed files, secret
+files not indexed, and (in all) values replaced in model answers since the
+store was made.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmc_rag_service.config import Config
+from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.models import PROMPT_VERSION
 from llmc_rag_service.store.views import StoreReader, empty_counts, empty_secrets
 
@@ -62,9 +65,10 @@ def status_report(config: Config) -> dict[str, Any]:
     else:
         with reader:
             meta, answers_redacted = reader.meta(), reader.answers_redacted()
-            repos = [{"path": str(r.path), **reader.repo_counts(r.path, config.ollama.model, PROMPT_VERSION),
+            repos = [{"path": str(r.path), **reader.repo_counts(r.path, config.ollama.model, PROMPT_VERSION,
+                                                                 config.search.embed_model, INPUT_VERSION),
                       "secrets": reader.repo_secrets(r.path)} for r in config.repos]
-    totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed")}
+    totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed", "embedded")}
     secrets = {k: sum(r["secrets"][k] for r in repos) for k in ("redacted", "secret_files_skipped")}
     pid = daemon_running(config.state_dir)
     states = json.loads(meta.get("repo_states") or "{}") if pid else {}

@@ -5,6 +5,8 @@ DESIGN.md "Contract: systemd": ``STATUS=`` on every change of state. Examples::
     enriching: 812 pending, 4 in flight, 9120 done, 0 failed; ollama ok
     waiting: 30 pending, 0 in flight, 0 done, 0 failed; ollama unreachable at http://127.0.0.1:11434: connection refused; retry in 20 s
     idle: 0 pending, 0 in flight, 9120 done, 0 failed; ollama 1/2 ok: a:11434 ok, b:11434 unreachable (connection refused), retry in 20 s
+    embedding: 0 pending, 0 in flight, 9120 done, 0 failed; ollama ok; embedding 310 pending
+    idle: 0 pending, 0 in flight, 40 done, 0 failed; ollama ok; embed model nomic-embed-text missing, run: ollama pull nomic-embed-text (40 spans wait; lexical search works)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from llmc_rag_service.enrich.workers import Host
 
 
 def render(counts: Mapping[str, int], hosts: Sequence[Host], model: str, down: str | None,
-           activity: str | None = None) -> str:
+           activity: str | None = None, embed_pending: int = 0, embed_note: str | None = None) -> str:
     """The STATUS text.
 
     Args:
@@ -25,12 +27,17 @@ def render(counts: Mapping[str, int], hosts: Sequence[Host], model: str, down: s
         model: The configured chat model (named in "run: ollama pull").
         down: Why no host can take work (``unreachable``, ``busy``…), or None.
         activity: Prepended when given (``scanning repo``, a git hold).
+        embed_pending: Embedding jobs that can be done now (0 while the embed
+            model is missing): with no enrichment work left, the daemon is
+            ``embedding`` rather than ``idle``.
+        embed_note: The embedding lane's part (``embedding 12 pending``, a
+            missing embed model and its ``ollama pull``), appended when given.
     """
     waiting = counts["pending"] + counts["running"]
     # "pending" counts jobs waiting; those being answered are "in flight".
     work = (f"{counts['pending']} pending, {counts['in_flight']} in flight, {counts['done']} done, "
             f"{counts['failed']} failed")
-    head = "waiting" if down else "enriching" if waiting else "idle"
+    head = "waiting" if down else "enriching" if waiting else "embedding" if embed_pending else "idle"
     if len(hosts) == 1:
         tail = _host_status(hosts[0], model)
     else:
@@ -38,7 +45,7 @@ def render(counts: Mapping[str, int], hosts: Sequence[Host], model: str, down: s
         tail = f"ollama {ok}/{len(hosts)} ok: " + ", ".join(_host_brief(h) for h in hosts)
     if activity:
         head = f"{activity}, {head}"
-    return f"{head}: {work}; {tail}"
+    return f"{head}: {work}; {tail}" + (f"; {embed_note}" if embed_note else "")
 
 
 def _host_status(host: Host, model: str) -> str:

@@ -17,7 +17,8 @@ Tables::
     span_texts(span_hash, language, text)             content-addressed span text
     enrichments(span_hash, model, prompt_version,     keyed by content, so identical or
           summary, inputs, ..., usage, created_at)    moved code is enriched once
-    jobs(...)                                         see queue.py
+    jobs(id, kind, span_hash, model, prompt_version,  the persistent queue (kinds enrich, embed),
+          state, ..., basis)                          see jobs.py and embed_jobs.py
     meta(key, value)                                  daemon status for ``status``
     span_fts, span_fts_vocab, span_fts_dirty          full-text index of spans, see fts.py
     embeddings(span_hash, embed_model, input_version, one vector per content hash, see vectors.py
@@ -117,10 +118,33 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER embeddings_deleted AFTER DELETE ON embeddings BEGIN UPDATE embeddings_epoch SET n = n + 1; END;
     CREATE TRIGGER embeddings_updated AFTER UPDATE ON embeddings BEGIN UPDATE embeddings_epoch SET n = n + 1; END;
     """,
-    # 3: secrets (index/redact.py), counted for status --json. Span text stored
+    # 3: job kinds. Embedding jobs share the queue (kind 'embed'; model and
+    # prompt_version hold the embedding model and input version), so the key
+    # gains the kind; basis = what an embedding job's text was made from.
+    # SQLite cannot change a UNIQUE constraint in place: the table is rebuilt.
+    """
+    CREATE TABLE jobs_v3(
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL DEFAULT 'enrich' CHECK (kind IN ('enrich', 'embed')),
+        span_hash TEXT NOT NULL, model TEXT NOT NULL, prompt_version INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+        priority INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT,
+        claimed_by INTEGER, claimed_at REAL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL, basis TEXT,
+        UNIQUE(kind, span_hash, model, prompt_version));
+    INSERT INTO jobs_v3(id, span_hash, model, prompt_version, state, priority, attempts, next_attempt_at,
+                        last_error, claimed_by, claimed_at, created_at, updated_at)
+        SELECT id, span_hash, model, prompt_version, state, priority, attempts, next_attempt_at,
+               last_error, claimed_by, claimed_at, created_at, updated_at FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v3 RENAME TO jobs;
+    CREATE INDEX jobs_ready ON jobs(kind, state, priority, next_attempt_at);
+    """,
+    # 4: secrets (index/redact.py), counted for status --json. Span text stored
     # before redaction existed may hold secret values: every file is re-read and
-    # re-cut by the next scan (its hash forgotten), which replaces its
-    # spans and drops the text (and for a file with secrets the answers) of the old ones.
+    # re-cut by the next scan (its hash forgotten), which replaces its spans and
+    # drops the text (and for a file with secrets the answers) of the old ones.
     """
     ALTER TABLE files ADD COLUMN redacted INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE repos ADD COLUMN secret_files INTEGER NOT NULL DEFAULT 0;

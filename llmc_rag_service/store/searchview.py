@@ -83,7 +83,7 @@ SELECT s.id AS span_id, r.path AS repo, f.path, s.start_line, s.end_line, s.kind
 FROM spans s JOIN files f ON f.id = s.file_id JOIN repos r ON r.id = f.repo_id
 JOIN span_texts t ON t.span_hash = s.span_hash
 LEFT JOIN enrichments e ON e.span_hash = s.span_hash AND e.model = :model AND e.prompt_version = :pv
-LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :model AND j.prompt_version = :pv
+LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :model AND j.prompt_version = :pv AND j.kind = 'enrich'
 WHERE s.id IN (SELECT value FROM json_each(:ids))
 """
 

@@ -25,16 +25,22 @@ from llmc_rag_service.store.faults import StoreCorrupt, StoreUnusable, classify
 #: Seconds a reader waits for a writer's checkpoint before "database is locked".
 READ_BUSY_TIMEOUT_S = 10.0
 
+# {kind}: the job-kind filter (schema 3 on); {embedded}: the embedded test
+# (schema 2 on). An older store read before the daemon migrates it has neither.
 _COUNTS_SQL = """
 SELECT COUNT(DISTINCT f.id) AS files, COUNT(s.id) AS spans,
        COALESCE(SUM(e.span_hash IS NOT NULL), 0) AS enriched,
-       COALESCE(SUM(e.span_hash IS NULL AND j.state = 'failed'), 0) AS failed
+       COALESCE(SUM(e.span_hash IS NULL AND j.state = 'failed'), 0) AS failed,
+       COALESCE(SUM({embedded}), 0) AS embedded
 FROM files f
 LEFT JOIN spans s ON s.file_id = f.id
 LEFT JOIN enrichments e ON e.span_hash = s.span_hash AND e.model = :model AND e.prompt_version = :pv
-LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :model AND j.prompt_version = :pv
+LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :model AND j.prompt_version = :pv {kind}
 WHERE f.repo_id = (SELECT id FROM repos WHERE path = :repo) AND f.skipped IS NULL
 """
+_EMBEDDED = ("EXISTS (SELECT 1 FROM embeddings v WHERE v.span_hash = s.span_hash AND v.embed_model = :em"
+             " AND v.input_version = :iv)")
+_ENRICH_JOBS = "AND j.kind = 'enrich'"
 
 _SECRETS_SQL = """
 SELECT COALESCE((SELECT SUM(f.redacted) FROM files f WHERE f.repo_id = r.id AND f.skipped IS NULL), 0) AS redacted,
@@ -47,7 +53,7 @@ SELECT s.*, e.summary, e.inputs, e.outputs, e.side_effects, e.pitfalls, e.usage,
        j.state AS job_state, j.last_error
 FROM spans s
 LEFT JOIN enrichments e ON e.span_hash = s.span_hash AND e.model = :m AND e.prompt_version = :pv
-LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :m AND j.prompt_version = :pv
+LEFT JOIN jobs j ON j.span_hash = s.span_hash AND j.model = :m AND j.prompt_version = :pv {kind}
 WHERE s.file_id = :f ORDER BY s.start_line, s.id
 """
 
@@ -72,6 +78,8 @@ class StoreReader:
 
     def __init__(self, conn: sqlite3.Connection, path: Path):
         self.conn, self.path = conn, path
+        self.version = conn.execute("PRAGMA user_version").fetchone()[0]
+        self._kind = _ENRICH_JOBS if self.version >= 3 else ""
 
     @classmethod
     def open(cls, db_path: Path) -> StoreReader | None:
@@ -115,12 +123,18 @@ class StoreReader:
         """The daemon facts in ``meta`` (``daemon_status``, ``ollama_last_error``…)."""
         return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
 
-    def repo_counts(self, repo: Path, model: str, prompt_version: int) -> dict[str, int]:
-        """``{files, spans, enriched, pending, failed}`` for one repo's indexed files;
-        ``enriched + pending + failed == spans``."""
-        row = self.conn.execute(_COUNTS_SQL, {"model": model, "pv": prompt_version, "repo": str(repo)}).fetchone()
+    def repo_counts(self, repo: Path, model: str, prompt_version: int, embed_model: str | None = None,
+                    input_version: int = 1) -> dict[str, int]:
+        """``{files, spans, enriched, pending, failed, embedded}`` for one repo's
+        indexed files; ``enriched + pending + failed == spans``; ``embedded``:
+        spans with a vector of ``embed_model`` and ``input_version`` (0 when None)."""
+        embedded = _EMBEDDED if embed_model and self.version >= 2 else "0"
+        sql = _COUNTS_SQL.format(kind=self._kind, embedded=embedded)
+        row = self.conn.execute(sql, {"model": model, "pv": prompt_version, "repo": str(repo), "em": embed_model,
+                                      "iv": input_version}).fetchone()
         counts = dict(files=row["files"], spans=row["spans"], enriched=row["enriched"], failed=row["failed"])
         counts["pending"] = counts["spans"] - counts["enriched"] - counts["failed"]
+        counts["embedded"] = row["embedded"]
         return counts
 
     def repo_secrets(self, repo: Path) -> dict[str, int]:
@@ -152,7 +166,8 @@ class StoreReader:
     def file_spans(self, file_id: int, model: str, prompt_version: int) -> list[sqlite3.Row]:
         """The file's spans in line order, each with its enrichment columns
         (None when not enriched) and its job's ``job_state``/``last_error``."""
-        return self.conn.execute(_FILE_SPANS_SQL, {"m": model, "pv": prompt_version, "f": file_id}).fetchall()
+        return self.conn.execute(_FILE_SPANS_SQL.format(kind=self._kind),
+                                 {"m": model, "pv": prompt_version, "f": file_id}).fetchall()
 
     def stored_file(self, repo: Path, relpath: str) -> StoredFile | None:
         """The record of ``relpath`` (valid UTF-8 text: SQLite cannot bind a
@@ -206,7 +221,7 @@ def _open_verified(db_path: Path) -> tuple[sqlite3.Connection, int]:
 
 def empty_counts() -> dict[str, Any]:
     """The counts of a repo before any store exists."""
-    return dict(files=0, spans=0, enriched=0, pending=0, failed=0)
+    return dict(files=0, spans=0, enriched=0, pending=0, failed=0, embedded=0)
 
 
 def empty_secrets() -> dict[str, int]:

@@ -70,7 +70,7 @@ Description=Ollama emulator for the llmc-rag system test
 
 [Service]
 Environment=PYTHONPATH=/opt/ollama-emulator/src
-ExecStart=/opt/ollama-emulator/bin/python -m llmc_rag_service.testing.emulator --port 11434 --model test-model --model nomic-embed-text --latency-s 0.05
+ExecStart=/opt/ollama-emulator/bin/python -m llmc_rag_service.testing --port 11434 --model test-model --embed-model nomic-embed-text --latency-s 0.05
 
 [Install]
 WantedBy=multi-user.target
