@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,13 @@ def leaks(data: str | bytes) -> list[str]:
 def state_bytes(config) -> dict[str, bytes]:
     """The bytes of the SQLite file and of its WAL (and shm) as they are now."""
     return {p.name: p.read_bytes() for p in sorted(config.state_dir.glob("llmc-rag.db*"))}
+
+
+@pytest.fixture
+def ollama() -> Iterator[OllamaEmulator]:
+    """The emulator with the embedding model too: embedding inputs are requests to check as well."""
+    with OllamaEmulator(embed_models=["nomic-embed-text"]) as emu:
+        yield emu
 
 
 @pytest.fixture
@@ -108,7 +116,7 @@ def assert_functions_enriched(config, repo: Path) -> None:
 def test_enrich_sends_stores_and_shows_no_canary_byte(tmp_path, canary_repo, ollama, capsys):
     """enrich on the canary corpus: 0 canary bytes in requests, the store (WAL included), outputs and logs;
     the code around each secret is still enriched, and status counts what was redacted and skipped."""
-    config = make_config(tmp_path, ollama.url, [canary_repo])
+    config = make_config(tmp_path, ollama.url, [canary_repo], search={"embed_model": "nomic-embed-text"})
     Store(config.db_path).close()
     holder = sqlite3.connect(config.db_path)  # another connection: enrich's close keeps the WAL file
     try:
@@ -121,6 +129,9 @@ def test_enrich_sends_stores_and_shows_no_canary_byte(tmp_path, canary_repo, oll
     assert stored.get("llmc-rag.db-wal") and stored["llmc-rag.db"]
     bodies = json.dumps([r.json for r in ollama.requests], ensure_ascii=False)
     prompts = [c.json["messages"][-1]["content"] for c in chats(ollama)]
+    totals = status_report(config)["totals"]
+    assert totals["embedded"] == totals["spans"] > 0  # every span's embedding input was sent too
+    assert any("<redacted:" in text for r in ollama.requests if r.path == "/api/embed" for text in r.json["input"])
     assert leaks(bodies) == []
     assert {name: leaks(data) for name, data in stored.items()} == dict.fromkeys(stored, [])
     assert leaks(logs) == []
@@ -141,7 +152,7 @@ def test_enrich_sends_stores_and_shows_no_canary_byte(tmp_path, canary_repo, oll
 
 def test_redaction_log_lines_name_file_line_and_detector(tmp_path, canary_repo, ollama, capsys):
     """Each redacted value is logged once with its repo, file, real line and detector, and no value."""
-    config = make_config(tmp_path, ollama.url, [canary_repo])
+    config = make_config(tmp_path, ollama.url, [canary_repo], search={"embed_model": "nomic-embed-text"})
     assert cli.main(["enrich", "-c", str(config.source)]) == 0
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"secret_redacted"' in line]
     assert len(events) == expected_redactions()
@@ -157,15 +168,15 @@ def test_redaction_log_lines_name_file_line_and_detector(tmp_path, canary_repo, 
 def test_serve_sends_stores_and_shows_no_canary_byte(tmp_path, canary_repo, ollama, notify, serve_factory, capsys):
     """serve (a real process) on the canary corpus: 0 canary bytes in requests, in the store and its
     WAL while it runs and after it stopped, in outputs and in its log; the functions are enriched."""
-    config = make_config(tmp_path, ollama.url, [canary_repo])
+    config = make_config(tmp_path, ollama.url, [canary_repo], search={"embed_model": "nomic-embed-text"})
     serve = serve_factory(config, notify)
     notify.wait("READY=1")
 
     def settled() -> bool:
         totals = status_report(config)["totals"]
-        return totals["spans"] > 0 and totals["enriched"] == totals["spans"]
+        return totals["spans"] > 0 and totals["enriched"] == totals["embedded"] == totals["spans"]
 
-    wait_for(settled, 60, "every span enriched")
+    wait_for(settled, 60, "every span enriched and embedded")
     running = state_bytes(config)
     assert running.get("llmc-rag.db-wal")  # the daemon holds the store open: its WAL is there
     outputs = command_outputs(config, capsys)

@@ -65,8 +65,8 @@ class ScanResult:
     """What a scan did: counts of files ``seen``, re-split (``changed``),
     ``deleted``, ``skipped`` (binary, too large, undecodable, unreadable, secret
     by content) and ``jobs`` created; ``secret_files`` secret files by name passed
-    by (never read); ``redacted`` secret values replaced in the files re-split; ``failed`` paths whose step raised (to retry);
-    ``duration_s`` wall seconds."""
+    by (never read); ``redacted`` secret values replaced in the files re-split;
+    ``failed`` paths whose step raised (to retry); ``duration_s`` wall seconds."""
 
     seen: int = 0
     changed: int = 0
