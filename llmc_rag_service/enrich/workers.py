@@ -45,6 +45,7 @@ from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build
 from llmc_rag_service.models import Enrichment, Job
 from llmc_rag_service.store.jobs import JobQueue, backoff_s
 from llmc_rag_service.store.db import Store
+from llmc_rag_service.store.secret_audit import count_answer_redactions
 
 log = structlog.get_logger(__name__)
 
@@ -339,7 +340,7 @@ class WorkerPool:
         if self.redact_answer is not None:
             enrichment, redacted = self.redact_answer(enrichment, row["path"], row["start_line"])
             if redacted:
-                self.store.count_answer_redactions(redacted)
+                count_answer_redactions(self.store, redacted)
         self.queue.complete(job, enrichment, duration)
         host.strikes = host.busy = 0
         self._host_ok(host)

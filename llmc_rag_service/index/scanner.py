@@ -43,6 +43,7 @@ from llmc_rag_service.index.writes import FileWrite, FileWrites, Flushed
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue
 from llmc_rag_service.models import Span
 from llmc_rag_service.store.db import FileRecord, Store
+from llmc_rag_service.store.secret_audit import set_secret_files
 
 log = structlog.get_logger(__name__)
 
@@ -136,7 +137,7 @@ class Scanner:
             # Spans of unchanged files may still lack an enrichment for the
             # configured model (the model or prompt changed, jobs were lost).
             result.jobs += self.queue.enqueue_missing(tx)
-            self.store.set_secret_files(tx, self.repo_id, len(secrets))
+            set_secret_files(tx, self.repo_id, len(secrets))
         result.secret_files = len(secrets)
         result.duration_s = time.monotonic() - started
         log.info("scan_done", repo=str(self.root), files=result.seen, changed=result.changed,

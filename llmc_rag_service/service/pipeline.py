@@ -55,6 +55,7 @@ from llmc_rag_service.service.notify import Degraded
 from llmc_rag_service.service.statusline import render
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.faults import StoreUnusable
+from llmc_rag_service.store.secret_audit import reread_files_for
 from llmc_rag_service.store.jobs import JobQueue, QueueSet
 from llmc_rag_service.watch.watchset import WatchSet, Work
 
@@ -133,7 +134,7 @@ class Pipeline:
         stored spans were cut with, every file is read and cut again by its next scan."""
         redactor = Redactor(secrets.allow)
         allow_key = hashlib.sha256(json.dumps(list(secrets.allow)).encode()).hexdigest()
-        if self.store.reread_files_for(allow_key):
+        if reread_files_for(self.store, allow_key):
             log.info("files_marked_for_reread", reason="secrets.allow changed")
         return redactor
 

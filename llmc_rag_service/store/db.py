@@ -267,25 +267,6 @@ class Store(Database):
                 else:
                     tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
-    def count_answer_redactions(self, count: int) -> None:
-        """Add ``count`` to the secret values redacted from model answers so far
-        (``meta`` ``answers_redacted``, shown by ``status --json``)."""
-        with self.write() as tx:
-            tx.execute("""INSERT INTO meta(key, value) VALUES ('answers_redacted', ?) ON CONFLICT(key)
-                          DO UPDATE SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT)""", (str(count), count))
-
-    def reread_files_for(self, allow_key: str) -> bool:
-        """Make every indexed file be read and cut again by its next scan (its hash
-        forgotten) unless its spans were cut with the ``secrets.allow``
-        list whose digest is ``allow_key`` (``meta`` ``secrets_allow``). Returns
-        True if the files were marked."""
-        if self.get_meta("secrets_allow") == allow_key:
-            return False
-        with self.write() as tx:
-            tx.execute("UPDATE files SET content_hash = '' WHERE skipped IS NULL")
-            tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('secrets_allow', ?)", (allow_key,))
-        return True
-
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
@@ -364,11 +345,6 @@ class Store(Database):
         tx.executemany("DELETE FROM enrichments WHERE span_hash = ?", answers)
         tx.executemany("DELETE FROM embeddings WHERE span_hash = ?", answers)
         return len(gone)
-
-    def set_secret_files(self, tx: sqlite3.Connection, repo_id: int, count: int) -> None:
-        """Inside ``tx``, record how many secret files by name (never read) a full
-        scan of the repo passed by."""
-        tx.execute("UPDATE repos SET secret_files = ? WHERE id = ?", (count, repo_id))
 
     def touch_file(self, file_id: int, size: int, mtime_ns: int) -> None:
         """Record a new size (bytes) and mtime (nanoseconds) for a file whose
