@@ -21,6 +21,8 @@ from typing import Any, Mapping
 import pathspec
 import yaml
 
+from llmc_rag_service.team.settings import check_dsn
+
 #: Ollama options that are fixed when the model is loaded: sending a
 #: different value makes the server reload the model (cases O7).
 LOAD_TIME_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
@@ -135,6 +137,18 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class TeamConfig:
+    """Team mode (README "Team mode"): ``postgres`` is a libpq DSN (URL or
+    key/value form; the password best from ``PGPASSWORD``/``PGPASSFILE``) of
+    the team cache and work queue, or None for none. ``lease_s``: seconds a
+    claim on a span holds without renewal, so a teammate's daemon that died
+    blocks that span at most this long (renewed every third of it)."""
+
+    postgres: str | None = None
+    lease_s: float = 120.0
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """``level``: debug|info|warning|error; ``format``: auto|json|console."""
 
@@ -153,6 +167,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    team: TeamConfig = field(default_factory=TeamConfig)
     source: Path | None = None
 
     @property
@@ -291,7 +306,8 @@ class _Validator:
         return cls(**{**values, **{k: v for k, v in raw.items() if k not in checks}})
 
     def build(self, data: Any) -> Config:
-        top = self.mapping("", data, {"state_dir", "repos", "ollama", "watch", "queue", "logging", "search"})
+        top = self.mapping("", data, {"state_dir", "repos", "ollama", "watch", "queue", "logging", "search",
+                                          "team"})
         state_dir = default_state_dir(self.env, self.path)
         if "state_dir" in top:
             state_dir = Path(os.path.expanduser(self.typed("state_dir", top["state_dir"], str)))
@@ -305,6 +321,7 @@ class _Validator:
             queue=self.section("queue", top, QueueConfig, {"max_attempts": (int, 1)}),
             logging=self.logging(top),
             search=self.search(top),
+            team=self.team(top),
             source=self.path,
         )
         if not config.repos:
@@ -410,6 +427,15 @@ class _Validator:
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise self.fail("search.embed_model", f"must be an Ollama model name or null (no embeddings), got {model!r}")
         return SearchConfig(embed_model=model)
+
+    def team(self, top: dict) -> TeamConfig:
+        raw = self.mapping("team", top.get("team", {}) or {}, {f.name for f in fields(TeamConfig)})
+        dsn = raw.get("postgres")
+        problem = None if dsn is None else check_dsn(dsn)
+        if problem:
+            raise self.fail("team.postgres", problem)
+        lease_s = self.typed("team.lease_s", raw.get("lease_s", TeamConfig.lease_s), (int, float), 1, 86400)
+        return TeamConfig(postgres=dsn.strip() if dsn else None, lease_s=float(lease_s))
 
     def logging(self, top: dict) -> LoggingConfig:
         cfg = self.section("logging", top, LoggingConfig, {"level": (str,), "format": (str,)})

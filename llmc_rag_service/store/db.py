@@ -17,6 +17,8 @@ Tables::
           summary, inputs, ..., usage, created_at)    moved code is enriched once
     jobs(...)                                         see queue.py
     meta(key, value)                                  daemon status for ``status``
+    team_outbox(...)                                  results waiting for the team database
+                                                      (store/team_outbox.py)
 
 Each thread gets its own connection (sqlite3 connections must not be shared
 across threads); writes go through :meth:`Store.write`, a ``BEGIN IMMEDIATE``
@@ -75,6 +77,15 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE(span_hash, model, prompt_version));
     CREATE INDEX jobs_ready ON jobs(state, priority, next_attempt_at);
     CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
+    """,
+    # 2: team mode's outbox (store/team_outbox.py): results waiting for the team database
+    """
+    CREATE TABLE team_outbox(
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('enrichment', 'embedding')),
+        span_hash TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
+        payload BLOB NOT NULL, dim INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+        UNIQUE(kind, span_hash, model, version));
     """,
 )
 
