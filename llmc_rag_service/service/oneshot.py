@@ -87,11 +87,12 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
             code = _wait_done(pipeline, wait_s, progress, changed)
         # status --json shows why this run gave up (and nothing once a run did not).
         pipeline.set_meta(ollama_last_error=pipeline.last_error() if code is Outcome.GAVE_UP else None)
+        team = pipeline.team_status()
     finally:
         pipeline.close(STOP_GRACE_S)
     totals = status_report(config)["totals"]
     stream.write(
-        f"enrich: {totals['enriched']}/{totals['spans']} spans enriched, {totals['failed']} failed, "
+        f"enrich: {totals['enriched']}/{totals['spans']} spans enriched{_from_team(team)}, {totals['failed']} failed, "
         f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
     )
     if totals["failed"] and code is Outcome.DONE:
@@ -102,6 +103,11 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     if code is Outcome.DONE and totals["failed"]:
         code = Outcome.SOME_FAILED
     return code
+
+
+def _from_team(team: dict | None) -> str:
+    """`` (N from the team cache)`` with team mode on, else nothing."""
+    return f" ({team['hits']} from the team cache)" if team else ""
 
 
 def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> Outcome:

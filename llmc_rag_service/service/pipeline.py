@@ -22,6 +22,10 @@ Threads
   states) are written under the pool's lock.
 * watchdog observer threads (one per repo, inside ``watchdog``): only put
   events into the debouncers, under each debouncer's lock.
+* team mode (``team.postgres`` set): ``team-feeder`` looks queued jobs up in
+  the team cache and stores teammates' results; the cache's own threads
+  (``llmc-team`` maintenance, ``llmc-team-listen``) renew claims, drain the
+  outbox and hear publications (:mod:`~llmc_rag_service.service.teamgate`).
 * The store gives each thread its own SQLite connection; every write is one
   ``BEGIN IMMEDIATE`` transaction, so threads never share a cursor.
 """
@@ -41,8 +45,11 @@ from llmc_rag_service.enrich.workers import WorkerPool
 from llmc_rag_service.index.scanner import Scanner
 from llmc_rag_service.index.scheduler import ScanScheduler
 from llmc_rag_service.service.statusline import render
+from llmc_rag_service.service.teamgate import TeamGate
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.jobs import JobQueue
+from llmc_rag_service.team.errors import TeamError
+from llmc_rag_service.team.settings import TeamSettings, redact_dsn
 from llmc_rag_service.watch.watchset import WatchSet, Work
 
 log = structlog.get_logger(__name__)
@@ -60,6 +67,8 @@ class Pipeline:
         settle_s: Quiet seconds after a ``.git/`` event before held events go
             out (tests shorten it); default the git gate's.
         poll_interval_s: Snapshot interval of the polling fallback, seconds.
+        team_settings: Team cache timeouts and lease (tests shorten them);
+            default: the library's, with ``team.lease_s``.
 
     Nothing runs until :meth:`start_workers`, :meth:`start_scheduler` or
     :meth:`watch` is called; :meth:`close` stops what was started.
@@ -70,13 +79,17 @@ class Pipeline:
 
     def __init__(self, config: Config, on_change: Callable[[], None] = lambda: None,
                  on_activity: Callable[[], None] | None = None, *,
-                 settle_s: float | None = None, poll_interval_s: float | None = None):
+                 settle_s: float | None = None, poll_interval_s: float | None = None,
+                 team_settings: TeamSettings | None = None):
         self.config, self.on_change = config, on_change
         self.store = Store(config.db_path)
         self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts)
         recovered = self.queue.recover()
         if recovered:
             log.info("jobs_recovered", count=recovered, reason="left running by a dead process")
+        self._team_settings = team_settings
+        self.team_error: str | None = None
+        self.team = self._new_team(config)
         self.clients: list[OllamaClient] = []
         self._retired: list[tuple[WorkerPool, list[OllamaClient]]] = []  # pools retired by reloads
         self.pool = self._new_pool()
@@ -91,10 +104,26 @@ class Pipeline:
     def _new_pool(self) -> WorkerPool:
         """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a pool over them."""
         self.clients = [chat_client(self.config.ollama, host) for host in self.config.ollama.all_hosts()]
-        return WorkerPool(self.store, self.queue, self.clients, self.on_change)
+        return WorkerPool(self.store, self.queue, self.clients, self.on_change, gate=self.team)
+
+    def _new_team(self, config: Config) -> TeamGate | None:
+        """The team gate for ``config.team`` (not started), or None: team mode
+        off, or the ``[postgres]`` extra missing (said once; the daemon works alone)."""
+        self.team_error = None
+        if config.team.postgres is None:
+            return None
+        settings = self._team_settings or TeamSettings(lease_s=config.team.lease_s)
+        try:
+            return TeamGate(config.team.postgres, self.store, self.queue, settings, self.on_change)
+        except TeamError as err:
+            self.team_error = str(err)
+            log.error("team_unreachable", url=redact_dsn(config.team.postgres), kind=err.kind, error=str(err))
+            return None
 
     def _on_jobs(self) -> None:
         self.pool.notify_work()
+        if self.team is not None:
+            self.team.notify_queued()
 
     @property
     def client(self) -> OllamaClient:
@@ -103,8 +132,10 @@ class Pipeline:
 
     # -- running ----------------------------------------------------------
     def start_workers(self) -> None:
-        """Start the worker threads: queued jobs go to Ollama from now on."""
+        """Start the worker threads (and team mode's): queued jobs go to Ollama from now on."""
         self._workers_on = True
+        if self.team is not None:
+            self.team.start()
         self.pool.start()
 
     def start_scheduler(self) -> None:
@@ -162,6 +193,7 @@ class Pipeline:
             "indexer": lambda: None if self.scheduler.is_alive() else "scan scheduler thread died",
             "workers": self.hung,
             "store": self.store.writable,
+            "team": lambda: self.team.health() if self.team is not None else None,
         }
 
     def apply_config(self, old: Config, new: Config) -> dict[str, list[str]]:
@@ -169,10 +201,13 @@ class Pipeline:
         client and worker pool), repos and watch settings. A repo whose scanner
         or watcher settings changed is restarted: stopped, then added anew.
         Returns what changed: ``sections``, ``added``, ``removed``, ``restarted``."""
-        if new.ollama != old.ollama or new.queue != old.queue:
+        if new.team != old.team:
+            self.replace_team(new)
+        if new.ollama != old.ollama or new.queue != old.queue or new.team != old.team:
             self.replace_client(new)
         self.config = new
-        sections = [name for name in ("ollama", "queue", "watch", "logging") if getattr(new, name) != getattr(old, name)]
+        sections = [name for name in ("ollama", "queue", "watch", "logging", "team")
+                    if getattr(new, name) != getattr(old, name)]
         rebuild_all = new.watch != old.watch or new.ollama.options != old.ollama.options
         old_repos = {r.path: r for r in old.repos}
         restart = [r.path for r in new.repos if r.path in old_repos and (rebuild_all or old_repos[r.path] != r)]
@@ -217,6 +252,8 @@ class Pipeline:
         self._reap()
         self.config = config
         self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts)
+        if self.team is not None:
+            self.team.queue = self.queue
         self.pool = self._new_pool()
         for scanner in self.scanners.values():
             scanner.queue = self.queue
@@ -224,7 +261,17 @@ class Pipeline:
             queued = self.queue.enqueue_missing(tx)
         if queued:
             log.info("jobs_queued", count=queued, trigger="config_changed")
+        if self.team is not None and self._workers_on:
+            self.team.start()
         self.pool.start()
+
+    def replace_team(self, config: Config) -> None:
+        """Close the team gate and make one for ``config.team`` (a reload);
+        results of requests still in flight wait in the outbox for the new one.
+        Call :meth:`replace_client` next: the new pool must use the new gate."""
+        if self.team is not None:
+            self.team.close()
+        self.team = self._new_team(config)
 
     def last_error(self) -> str | None:
         """The current Ollama problem (unreachable, model missing, quarantined),
@@ -253,8 +300,18 @@ class Pipeline:
         return {**self.queue.counts(), "in_flight": self.pool.in_flight}
 
     def finished(self) -> int:
-        """Jobs this pipeline's workers finished (done or dead-lettered) since it started."""
-        return self.pool.done + self.pool.failed
+        """Jobs this pipeline finished (done, dead-lettered, or taken from the team cache) since it started."""
+        return self.pool.done + self.pool.failed + (self.team.hits if self.team is not None else 0)
+
+    def team_status(self) -> dict | None:
+        """Team mode's ``{url, reachable, hits, published, outbox, deferred,
+        last_error}`` (see :meth:`TeamGate.status`), or None when it is off."""
+        if self.config.team.postgres is None:
+            return None
+        if self.team is None:  # the [postgres] extra is missing
+            return {"url": redact_dsn(self.config.team.postgres), "reachable": False, "hits": 0, "published": 0,
+                    "outbox": 0, "deferred": 0, "last_error": self.team_error}
+        return self.team.status()
 
     def set_meta(self, busy_timeout_s: float | None = None, **values: str | None) -> None:
         """Record daemon facts (``daemon_pid``, ``daemon_status``…) for ``status``
@@ -286,6 +343,8 @@ class Pipeline:
             if self.scheduler.is_alive():
                 log.warning("indexer_still_running", waited_s=join_s)
         returned = self.pool.stop(grace_s if self._workers_on else 0.0)
+        if self.team is not None:
+            self.team.close()
         self._retired.append((self.pool, self.clients))
         self._reap()
         if self._retired:
@@ -310,4 +369,5 @@ class Pipeline:
         """The one-line STATUS text (see :func:`~llmc_rag_service.service.statusline.render`);
         ``activity`` (e.g. ``scanning repo``) is prepended when given."""
         self._reap()
-        return render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity)
+        return render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity,
+                      team=self.team_status())
