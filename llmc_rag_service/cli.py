@@ -36,6 +36,8 @@ EX_SOFTWARE = 70
 EX_IOERR = 74
 #: Bad config.
 EX_CONFIG = 78
+#: A bad search query or option (search, export): argparse's own usage code, as DESIGN.md lists for search.
+EX_BAD_QUERY = 2
 #: Ctrl-C (128 + SIGINT).
 EX_INTERRUPTED = 130
 
@@ -65,11 +67,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="PATH[:LINE]")
     p = add("doctor", "check config, store, Ollama, models, inotify limits and the unit; say how to fix each")
     p.add_argument("--json", action="store_true")
+    p = add("search", "ranked spans for a natural-language or identifier query")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=_limit, default=10, help="hits to show, 1-100 (default 10)")
+    p.add_argument("--repo", help="only this configured repository")
+    p.add_argument("--path", help="only paths matching this glob, relative to the repo ('*' also matches '/')")
+    p.add_argument("--lang", help="only this language (python, javascript, typescript, tsx, go, rust, java, c, cpp, text)")
+    p.add_argument("--kind", help="only this span kind (function, method, class, block, window, error)")
+    p.add_argument("--mode", default="hybrid", help="hybrid (default), lexical or semantic")
+    p.add_argument("query", metavar="QUERY", nargs="+", help="words, identifiers or a question")
+    p = add("export", "every span with its enrichment as JSON Lines on stdout")
+    p.add_argument("--repo", help="only this configured repository")
+    add("mcp", "serve the index to coding agents over MCP on stdio (extra [mcp])")
     p = sub.add_parser("install-unit", help="write the systemd unit for this installation")
     p.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
     p.add_argument("--run-as", help="system unit: the user that owns the repos")
     p.add_argument("--dest", help="directory to write to (default: the systemd unit directory)")
     return parser
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 100, not {text!r}")
+    return value
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -111,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _err(f"config error: {exc}")
             return EX_CONFIG
         try:
-            return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
+            return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show, "search": _search,
+                    "export": _export, "mcp": _mcp}[args.command](config, args)
         except BrokenPipeError:
             raise
         except PermissionError:
@@ -220,6 +245,46 @@ def _doctor(args: argparse.Namespace) -> int:
     checks = doctor.run_checks(args.config)
     print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.as_text(checks))
     return EX_FAILED if any(c.status == "fail" for c in checks) else EX_OK
+
+
+def _search(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.search import QueryError, StoreUnusable, cli_view
+
+    try:
+        result = cli_view.run_search(config, " ".join(args.query), mode=args.mode, limit=args.limit, repo=args.repo,
+                                     path=args.path, language=args.lang, kind=args.kind, err=sys.stderr)
+    except QueryError as exc:
+        _err(f"search: {exc}")
+        return EX_BAD_QUERY
+    except (StoreUnusable, sqlite3.Error) as exc:
+        _err(f"search: the store cannot be used: {exc}")
+        return EX_IOERR
+    cli_view.print_result(result, sys.stdout, sys.stderr, args.json)
+    return EX_OK
+
+
+def _export(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.search import QueryError, StoreUnusable, cli_view
+
+    try:
+        cli_view.run_export(config, sys.stdout, args.repo)
+    except QueryError as exc:
+        _err(f"export: {exc}")
+        return EX_BAD_QUERY
+    except (StoreUnusable, sqlite3.Error) as exc:
+        _err(f"export: the store cannot be used: {exc}")
+        return EX_IOERR
+    return EX_OK
+
+
+def _mcp(config: Config, args: argparse.Namespace) -> int:
+    try:
+        from llmc_rag_service.mcp.server import run
+    except ImportError as exc:
+        _err(f"the MCP server needs the optional extra: pip install 'llmc-rag-service[mcp]' ({exc})")
+        return EX_UNAVAILABLE
+    run(config)  # stdout is the protocol: everything else goes to stderr
+    return EX_OK
 
 
 def _install_unit(args: argparse.Namespace) -> int:

@@ -111,17 +111,18 @@ def show_report(config: Config, path: str, line: int | None = None) -> list[dict
         return None
     repo, relpath = where
     with reader:
-        file_id = reader.file_id(repo, relpath)
-        if file_id is None:
+        record = reader.file_record(repo, relpath)
+        if record is None:
             return None
-        rows = reader.file_spans(file_id, config.ollama.model, PROMPT_VERSION)
-    spans = [_span_json(relpath, r, config.ollama.model) for r in rows]
+        rows = reader.file_spans(record["id"], config.ollama.model, PROMPT_VERSION)
+    spans = [span_json(relpath, r, config.ollama.model) for r in rows]
     if line is not None:
         spans = [s for s in spans if s["start_line"] <= line <= s["end_line"]]
     return spans
 
 
-def _span_json(relpath: str, r: sqlite3.Row, model: str) -> dict[str, Any]:
+def span_json(relpath: str, r: sqlite3.Row, model: str) -> dict[str, Any]:
+    """One ``show --json`` object from a :meth:`StoreReader.file_spans` row."""
     enriched = r["summary"] is not None
     state = "enriched" if enriched else ("failed" if r["job_state"] == "failed" else "pending")
     enrichment = None

@@ -17,6 +17,9 @@ Tables::
           summary, inputs, ..., usage, created_at)    moved code is enriched once
     jobs(...)                                         see queue.py
     meta(key, value)                                  daemon status for ``status``
+    span_fts, span_fts_vocab, span_fts_dirty          full-text index of spans, see fts.py
+    embeddings(span_hash, embed_model, input_version, one vector per content hash, see vectors.py
+          dim, vector, created_at), embeddings_epoch(n)
     team_outbox(...)                                  results waiting for the team database
                                                       (store/team_outbox.py)
 
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from llmc_rag_service.models import Span
+from llmc_rag_service.store import fts
 
 #: Seconds a connection waits for another writer before raising "database is locked".
 BUSY_TIMEOUT_S = 30.0
@@ -78,7 +82,41 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_ready ON jobs(state, priority, next_attempt_at);
     CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
     """,
-    # 2: team mode's outbox (store/team_outbox.py): results waiting for the team database
+    # 2: search. span_fts holds one document per span row (rowid = spans.id);
+    # its text needs identifier splitting (Python), so triggers only mark rows
+    # dirty and Store.write() re-indexes them before each commit (store/fts.py).
+    # Existing spans are marked dirty here: the first write backfills them.
+    """
+    CREATE VIRTUAL TABLE span_fts USING fts5(
+        name, path, summary, inputs, outputs, side_effects, pitfalls, usage, code,
+        tokenize = 'porter unicode61 remove_diacritics 2');
+    CREATE VIRTUAL TABLE span_fts_vocab USING fts5vocab(span_fts, 'row');
+    CREATE TABLE span_fts_dirty(span_id INTEGER PRIMARY KEY);
+    CREATE TRIGGER span_fts_span_added AFTER INSERT ON spans BEGIN
+        INSERT OR IGNORE INTO span_fts_dirty(span_id) VALUES (new.id); END;
+    CREATE TRIGGER span_fts_span_changed AFTER UPDATE ON spans BEGIN
+        INSERT OR IGNORE INTO span_fts_dirty(span_id) VALUES (new.id); END;
+    CREATE TRIGGER span_fts_span_gone AFTER DELETE ON spans BEGIN
+        DELETE FROM span_fts WHERE rowid = old.id;
+        DELETE FROM span_fts_dirty WHERE span_id = old.id; END;
+    CREATE TRIGGER span_fts_enriched AFTER INSERT ON enrichments BEGIN
+        INSERT OR IGNORE INTO span_fts_dirty(span_id) SELECT id FROM spans WHERE span_hash = new.span_hash; END;
+    CREATE TRIGGER span_fts_enrichment_changed AFTER UPDATE ON enrichments BEGIN
+        INSERT OR IGNORE INTO span_fts_dirty(span_id) SELECT id FROM spans WHERE span_hash = new.span_hash; END;
+    CREATE TRIGGER span_fts_enrichment_gone AFTER DELETE ON enrichments BEGIN
+        INSERT OR IGNORE INTO span_fts_dirty(span_id) SELECT id FROM spans WHERE span_hash = old.span_hash; END;
+    INSERT INTO span_fts_dirty(span_id) SELECT id FROM spans;
+    CREATE TABLE embeddings(
+        span_hash TEXT NOT NULL, embed_model TEXT NOT NULL, input_version INTEGER NOT NULL,
+        dim INTEGER NOT NULL, vector BLOB NOT NULL, created_at REAL NOT NULL,
+        PRIMARY KEY(span_hash, embed_model, input_version));
+    CREATE INDEX embeddings_model ON embeddings(embed_model, input_version);
+    CREATE TABLE embeddings_epoch(n INTEGER NOT NULL);
+    INSERT INTO embeddings_epoch(n) VALUES (0);
+    CREATE TRIGGER embeddings_deleted AFTER DELETE ON embeddings BEGIN UPDATE embeddings_epoch SET n = n + 1; END;
+    CREATE TRIGGER embeddings_updated AFTER UPDATE ON embeddings BEGIN UPDATE embeddings_epoch SET n = n + 1; END;
+    """,
+    # 3: team mode's outbox (store/team_outbox.py): results waiting for the team database
     """
     CREATE TABLE team_outbox(
         id INTEGER PRIMARY KEY,
@@ -88,6 +126,19 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE(kind, span_hash, model, version));
     """,
 )
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a migration script (a trigger body's ``;`` does not end its statement)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"incomplete SQL statement in a migration: {pending.strip()[:80]!r}")
 
 
 @dataclass(frozen=True)
@@ -120,6 +171,7 @@ class Store:
         self._local = threading.local()
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
+        self._search_index = False  # set once the migration that creates span_fts has run
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.migrate()
 
@@ -158,6 +210,8 @@ class Store:
                 conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         try:
             yield conn
+            if self._search_index:
+                fts.flush(conn)  # spans or enrichments changed: re-index them in the same transaction
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -196,9 +250,13 @@ class Store:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             with self.write() as tx:
-                for statement in filter(str.strip, script.split(";")):
+                for statement in _statements(script):
                     tx.execute(statement)
                 tx.execute(f"PRAGMA user_version = {number}")
+        self._search_index = fts.has_index(conn)
+        if self._search_index and fts.dirty(conn):
+            with self.write():
+                pass  # the commit re-indexes rows marked dirty (the backfill of an older store)
         return conn.execute("PRAGMA user_version").fetchone()[0]
 
     def writable(self) -> str | None:

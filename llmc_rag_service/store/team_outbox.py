@@ -5,7 +5,7 @@ produced is kept here and published when it returns, oldest first; a row is
 deleted only after the team database accepted it, so a crash in between
 publishes it again (harmless: ``ON CONFLICT DO NOTHING``).
 
-The table is created by migration 2 of ``store.db.MIGRATIONS``. A key is
+The table is created by migration 3 of ``store.db.MIGRATIONS``. A key is
 kept once per kind (``INSERT OR IGNORE``): the first result for a key is the
 one published, as in the team database itself.
 """

@@ -9,6 +9,7 @@ methods named for what they return; ``service/status.py`` shapes the JSON.
 from __future__ import annotations
 
 import sqlite3
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,14 +69,15 @@ class StoreReader:
         """
         if not db_path.exists():
             return None
+        uri = f"file:{urllib.parse.quote(str(db_path))}"  # a '?' or '#' in the path is not a URI part
         try:
-            conn = _connect(f"file:{db_path}?mode=ro")
+            conn = _connect(f"{uri}?mode=ro")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.OperationalError:
             # A WAL database in a directory we cannot write (no -shm file and no
             # right to make one) opens only as immutable; the daemon is not
             # running then, so nothing changes under us.
-            conn = _connect(f"file:{db_path}?mode=ro&immutable=1")
+            conn = _connect(f"{uri}?mode=ro&immutable=1")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:  # created a moment ago, not migrated yet: as if absent
             conn.close()
@@ -103,12 +105,17 @@ class StoreReader:
         counts["pending"] = counts["spans"] - counts["enriched"] - counts["failed"]
         return counts
 
-    def file_id(self, repo: Path, relpath: str) -> int | None:
-        """The id of a stored file (``relpath`` POSIX, relative to ``repo``), or None."""
-        row = self.conn.execute(
-            "SELECT f.id FROM files f JOIN repos r ON r.id = f.repo_id WHERE r.path = ? AND f.path = ?",
-            (str(repo), relpath)).fetchone()
-        return row["id"] if row else None
+    def file_record(self, repo: Path, relpath: str) -> sqlite3.Row | None:
+        """A stored file (``relpath`` POSIX, relative to ``repo``): ``id``, ``size`` (bytes),
+        ``mtime_ns``, ``language``, ``skipped`` (reason, or None); None if unknown."""
+        return self.conn.execute(
+            "SELECT f.id, f.size, f.mtime_ns, f.language, f.skipped FROM files f JOIN repos r ON r.id = f.repo_id "
+            "WHERE r.path = ? AND f.path = ?", (str(repo), relpath)).fetchone()
+
+    def span_text(self, span_hash: str) -> str | None:
+        """The stored text of a span (content-addressed), or None."""
+        row = self.conn.execute("SELECT text FROM span_texts WHERE span_hash = ?", (span_hash,)).fetchone()
+        return row["text"] if row else None
 
     def file_spans(self, file_id: int, model: str, prompt_version: int) -> list[sqlite3.Row]:
         """The file's spans in line order, each with its enrichment columns
@@ -127,7 +134,7 @@ class StoreReader:
 
     def team_outbox_count(self) -> int:
         """Results waiting in the team outbox (``store/team_outbox.py``) for
-        the team database; 0 in a store from before that table (migration 2)."""
+        the team database; 0 in a store from before that table (migration 3)."""
         try:
             return self.conn.execute("SELECT count(*) FROM team_outbox").fetchone()[0]
         except sqlite3.OperationalError:  # no such table: not migrated yet
@@ -141,7 +148,9 @@ class StoreReader:
 
 
 def _connect(uri: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(uri, uri=True, timeout=READ_BUSY_TIMEOUT_S)
+    # check_same_thread=False: search's query-embedding thread and a server's
+    # worker threads may hand the connection on (one user at a time).
+    conn = sqlite3.connect(uri, uri=True, timeout=READ_BUSY_TIMEOUT_S, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(READ_BUSY_TIMEOUT_S * 1000)}")
     return conn
