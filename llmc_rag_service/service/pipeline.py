@@ -114,7 +114,8 @@ class Pipeline:
             return None
         settings = self._team_settings or TeamSettings(lease_s=config.team.lease_s)
         try:
-            return TeamGate(config.team.postgres, self.store, self.queue, settings, self.on_change)
+            return TeamGate(config.team.postgres, self.store, self.queue, settings, self.on_change,
+                            on_work=lambda: self.pool.notify_work())
         except TeamError as err:
             self.team_error = str(err)
             log.error("team_unreachable", url=redact_dsn(config.team.postgres), kind=err.kind, error=str(err))

@@ -17,6 +17,8 @@ key ``(span_hash, model, prompt_version)`` of each job:
 3. **Woken by NOTIFY**: when a teammate publishes a key this daemon deferred,
    the feeder looks it up (batched for at most :data:`HEARD_WAIT_S`) and
    stores it; after the listener reconnects every deferred key is looked up.
+   While the team database is unreachable no publication can come: deferred
+   jobs are made due at once (``team_deferral_ended``).
 4. **After an answer** the worker stores it and :meth:`TeamGate.succeeded`
    publishes it (or keeps it in the store's outbox while the team database
    is unreachable; the cache drains the outbox when it returns). A job that
@@ -77,14 +79,16 @@ class TeamGate:
         queue: the job queue (replaced on reload: assign :attr:`queue`).
         settings: team cache timeouts and lease.
         on_change: called after jobs were completed from the cache (STATUS may change).
+        on_work: called when deferred jobs were made due again (wakes idle workers).
 
     Raises:
         TeamNotInstalled: the ``[postgres]`` extra is missing.
     """
 
     def __init__(self, dsn: str, store: Store, queue: JobQueue, settings: TeamSettings,
-                 on_change: Callable[[], None] = lambda: None):
+                 on_change: Callable[[], None] = lambda: None, on_work: Callable[[], None] = lambda: None):
         self.store, self.queue, self.settings, self.on_change = store, queue, settings, on_change
+        self.on_work = on_work
         self.cache = TeamCache(dsn, validate=validate_enrichment, outbox=TeamOutbox(store), settings=settings,
                                on_published=self._on_published)
         self._lock = threading.Lock()
@@ -268,6 +272,8 @@ class TeamGate:
             early, self._early = self._early, {}
         stored = self._store_or_keep(early) + self._look_up_queued() + self._look_up_heard()
         self._sweep()
+        if self.cache.health.reachable is False:
+            self._undefer_all()
         if stored:
             self.on_change()
         return stored
@@ -318,28 +324,42 @@ class TeamGate:
         if not results:
             return set()
         done = self.queue.complete_pending(results)
+        with self._lock:
+            self.hits += len(done)
+            for _, span_hash in done:
+                self._deferred.pop(span_hash, None)
         for job_id, span_hash in done:
             log.info("team_hit", job=job_id, span_hash=span_hash)
-        self._count_hits(len(done))
         return {span_hash for _, span_hash in done}
 
     def _count_hits(self, n: int) -> None:
         with self._lock:
             self.hits += n
 
+    def _undefer_all(self) -> None:
+        """The team database is gone: no publication will come, so every job
+        waiting for a teammate is due now (the daemon works alone)."""
+        with self._lock:
+            hashes, self._deferred, self._heard, self._heard_at = list(self._deferred), {}, set(), None
+        if hashes:
+            self.queue.defer(hashes, 0.0)
+            log.info("team_deferral_ended", jobs=len(hashes), reason="team cache unreachable")
+            self.on_work()
+
     def _sweep(self) -> None:
         """Release claims taken ahead but unused for a lease, and claims of jobs
         that left ``running`` without a word (an unexpected error); forget
-        deferrals long past their deadline (their jobs were dropped)."""
+        deferrals of jobs no longer pending (done another way, or dropped)."""
         now = time.monotonic()
         with self._lock:
             stale = [k for k, at in self._granted.items() if now - at > self.settings.lease_s]
             sending = list(self._sending)
-            for h in [h for h, deadline in self._deferred.items() if deadline < now - self.settings.lease_s]:
-                del self._deferred[h]
-        if not stale and not sending:
-            return
-        states = self.queue.states(k.span_hash for k in stale + sending)
+            deferred = list(self._deferred)
+        states = self.queue.states([k.span_hash for k in stale + sending] + deferred)
+        with self._lock:  # a job completed or dropped meanwhile waits for nothing
+            for h in deferred:
+                if states.get(h) not in ("pending", "running") and h in self._deferred:
+                    del self._deferred[h]
         gone = [k for k in sending if states.get(k.span_hash) not in ("running", "done")]
         unused = [k for k in stale if states.get(k.span_hash) not in ("running", "done")]
         with self._lock:

@@ -266,12 +266,13 @@ class JobQueue:
         return out
 
     def defer(self, span_hashes: Iterable[str], delay_s: float) -> int:
-        """Make the pending jobs of ``span_hashes`` wait ``delay_s`` seconds
-        (a teammate is enriching them), without counting an attempt. Returns how many."""
+        """Make the pending jobs of ``span_hashes`` due in ``delay_s`` seconds
+        (a teammate is enriching them; 0: due now, the team is gone), without
+        counting an attempt. Returns how many."""
         at = time.time() + delay_s
         with self.store.write() as tx:
             return sum(tx.execute(
-                "UPDATE jobs SET next_attempt_at = MAX(next_attempt_at, ?), updated_at = ? WHERE span_hash = ? "
+                "UPDATE jobs SET next_attempt_at = ?, updated_at = ? WHERE span_hash = ? "
                 "AND model = ? AND prompt_version = ? AND state = 'pending'",
                 (at, time.time(), h, *self._key())).rowcount for h in dict.fromkeys(span_hashes))
 
