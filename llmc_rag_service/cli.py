@@ -20,6 +20,7 @@ import structlog
 from llmc_rag_service import __version__
 from llmc_rag_service import logs as logsetup
 from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config
+from llmc_rag_service.store.faults import StoreUnusable, classify
 
 EX_OK = 0
 #: Some spans failed for good (enrich); nothing to show (show); a check failed (doctor).
@@ -32,7 +33,8 @@ EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 #: Another serve holds the state directory.
 EX_SOFTWARE = 70
-#: The store is unusable: unreadable, corrupt, unwritable or full.
+#: The state store is unusable (sysexits EX_IOERR): unreadable, corrupt or another
+#: application's, read-only, full, or deleted/replaced under a running serve.
 EX_IOERR = 74
 #: Bad config.
 EX_CONFIG = 78
@@ -144,10 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             who = "root" if owner == "root" else f"{owner} (the service's user) and root"
             _err(f"cannot read the store {config.db_path}: permission denied; only {who} may read it")
             return EX_IOERR
-        except (OSError, sqlite3.Error) as exc:
-            # A corrupt, unwritable or full store: one line, no traceback.
-            _err(f"state unusable: {config.db_path}: {exc}")
-            return EX_IOERR
+        except (StoreUnusable, OSError, sqlite3.Error) as exc:
+            # A corrupt, unwritable, full or replaced store: one line naming it, no traceback.
+            return _store_unusable(args.command, config, exc)
     except KeyboardInterrupt:
         # enrich: pending work stays in the store for the next run.
         print("llmc-rag: interrupted", file=sys.stderr)
@@ -159,19 +160,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_OK
 
 
+def _store_unusable(command: str, config: Config, exc: BaseException) -> int:
+    """Say what is wrong with the store in one line (serve: a log event for
+    the journal, named for the fault) and exit 74."""
+    fault = classify(exc, config.db_path) if isinstance(exc, (StoreUnusable, sqlite3.Error)) else None
+    if fault is None:
+        _err(f"state unusable: {config.db_path}: {exc}")
+    elif command == "serve":
+        structlog.get_logger(__name__).error(fault.event, **fault.fields())
+    else:
+        _err(f"state unusable: {fault}")
+    return EX_IOERR
+
+
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.daemon import AlreadyRunning, Daemon
 
     try:
-        Daemon(Path(config.source), config).run()
+        fatal = Daemon(Path(config.source), config).run()
     except AlreadyRunning as exc:
         structlog.get_logger(__name__).error("already_running", error=str(exc), pid=exc.pid,
                                              state_dir=str(exc.state_dir))
         return EX_SOFTWARE
     except (OSError, sqlite3.Error) as exc:
+        if isinstance(exc, sqlite3.DatabaseError) and classify(exc, config.db_path):
+            raise  # a store fault: said by main()
         structlog.get_logger(__name__).error("startup_failed", error=str(exc), state_dir=str(config.state_dir))
         return EX_IOERR
-    return EX_OK
+    return EX_OK if fatal is None else EX_IOERR  # a fatal store fault, logged by the daemon
 
 
 def _enrich(config: Config, args: argparse.Namespace) -> int:

@@ -44,6 +44,15 @@ _INT_OPTIONS = {"num_ctx": 256, "num_predict": 1, "num_batch": 1, "num_gpu": 0, 
 _NUMBER_OPTIONS = frozenset({"temperature", "top_p", "min_p", "typical_p", "repeat_penalty",
                              "presence_penalty", "frequency_penalty", "mirostat_tau", "mirostat_eta"})
 
+# A secrets.allow entry of 16-64 hex digits is a sha256 fingerprint prefix, else a regex.
+_FINGERPRINT = re.compile(r"[0-9a-fA-F]{16,64}")
+
+
+def is_fingerprint(entry: str) -> bool:
+    """True if a ``secrets.allow`` entry is a sha256 hex fingerprint (prefix), not a regex."""
+    return _FINGERPRINT.fullmatch(entry) is not None
+
+
 # Go duration as Ollama parses keep_alive strings ("5m", "1h30m", "-1s", "300ms").
 _GO_DURATION = re.compile(r"^[+-]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$|^0$")
 
@@ -149,6 +158,15 @@ class TeamConfig:
 
 
 @dataclass(frozen=True)
+class SecretsConfig:
+    """``allow``: values that are not secrets although a detector says so, each a
+    sha256 hex fingerprint of the value (16 to 64 leading hex digits) or a regex
+    the whole value matches (see ``index/redact.py``)."""
+
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """``level``: debug|info|warning|error; ``format``: auto|json|console."""
 
@@ -167,6 +185,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
     team: TeamConfig = field(default_factory=TeamConfig)
     source: Path | None = None
 
@@ -307,7 +326,7 @@ class _Validator:
 
     def build(self, data: Any) -> Config:
         top = self.mapping("", data, {"state_dir", "repos", "ollama", "watch", "queue", "logging", "search",
-                                          "team"})
+                                      "secrets", "team"})
         state_dir = default_state_dir(self.env, self.path)
         if "state_dir" in top:
             state_dir = Path(os.path.expanduser(self.typed("state_dir", top["state_dir"], str)))
@@ -321,6 +340,7 @@ class _Validator:
             queue=self.section("queue", top, QueueConfig, {"max_attempts": (int, 1)}),
             logging=self.logging(top),
             search=self.search(top),
+            secrets=self.secrets(top),
             team=self.team(top),
             source=self.path,
         )
@@ -444,3 +464,16 @@ class _Validator:
         if cfg.format not in {"auto", "json", "console"}:
             raise self.fail("logging.format", f"must be auto, json or console, got {cfg.format!r}")
         return LoggingConfig(level=cfg.level.lower(), format=cfg.format)
+
+    def secrets(self, top: dict) -> SecretsConfig:
+        raw = self.mapping("secrets", top.get("secrets", {}) or {}, {"allow"})
+        allow = raw.get("allow", []) or []
+        if not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):
+            raise self.fail("secrets.allow", "must be a list of fingerprints (sha256 hex) or regexes (strings)")
+        for i, entry in enumerate(allow):
+            if not is_fingerprint(entry):
+                try:
+                    re.compile(entry)
+                except re.error as exc:
+                    raise self.fail(f"secrets.allow[{i}]", f"not a sha256 fingerprint nor a valid regex: {exc}") from exc
+        return SecretsConfig(allow=tuple(allow))

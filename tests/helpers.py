@@ -72,6 +72,33 @@ class NotifySocket:
         self.sock.close()
 
 
+class RunningDaemon:
+    """A :class:`~llmc_rag_service.service.daemon.Daemon` after startup(), its
+    main loop on a thread (``error`` keeps what the loop raised); stop() shuts it down."""
+
+    def __init__(self, config: Config, notify: NotifySocket):
+        from llmc_rag_service.service.daemon import Daemon
+        from llmc_rag_service.service.notify import Notifier
+
+        self.daemon = Daemon(config.source, config, Notifier(notify.path))
+        self.daemon.startup()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="test-main-loop")
+        self.thread.start()
+
+    def _loop(self) -> None:
+        try:
+            self.daemon.main_loop()
+        except BaseException as exc:  # the test asserts on it
+            self.error = exc
+
+    def stop(self) -> None:
+        self.daemon.stop_requested = True
+        self.daemon.wake.set()
+        self.thread.join(10)
+        self.daemon.shutdown()
+
+
 class Serve:
     """A running ``llmc-rag serve`` subprocess."""
 

@@ -23,23 +23,8 @@ from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.watch.watchset import WatchSet
 from tests.helpers import NotifySocket, make_config, wait_for
+from tests.helpers import RunningDaemon as Running
 from llmc_rag_service.testing.emulator import OllamaEmulator
-
-
-class Running:
-    """A Daemon after startup(), its main loop on a thread; stop() shuts it down."""
-
-    def __init__(self, config, notify: NotifySocket):
-        self.daemon = Daemon(config.source, config, Notifier(notify.path))
-        self.daemon.startup()
-        self.thread = threading.Thread(target=self.daemon.main_loop, name="test-main-loop")
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.daemon.stop_requested = True
-        self.daemon.wake.set()
-        self.thread.join(10)
-        self.daemon.shutdown()
 
 
 def times_of(notify: NotifySocket, message: str) -> list[float]:

@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "mcp": {"store", "search", "service"},
     "testing": set(),
 }
-SHARED = {"config", "models", "logs", "__init__"}
+SHARED = {"config", "models", "logs", "__init__", "__version__"}
 
 
 def _imports(path: Path) -> set[str]:

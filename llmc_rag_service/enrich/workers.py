@@ -32,7 +32,6 @@ that fails or goes back is handed back to it.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -123,6 +122,7 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._started: dict[int, tuple[Host, float]] = {}  # thread ident -> (host, monotonic start)
         self._lock = threading.Lock()
+        self._stranded: list[tuple[Job, str]] = []  # claimed jobs the store could not take back yet
         self.done = self.failed = 0
 
     @property
@@ -227,34 +227,77 @@ class WorkerPool:
 
     def _loop(self, host: Host) -> None:
         while not self.stopping.is_set():
-            if not host.ok_event.is_set():
-                self._maybe_probe(host)
-                continue
-            # Clear before looking: a notify_work() after this point either
-            # finds its job in the claim below or keeps the event set.
-            self.wake.clear()
-            job = self.queue.claim()
-            if job is None:
-                if self.stopping.is_set():
-                    break
-                due = self.queue.next_due_s()
-                self.wake.wait(IDLE_CLAIM_WAIT_S if due is None else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
-                continue
-            self.wake.set()  # there was work: let an idle worker look for more
             try:
-                self._process(host, job)
+                self._turn(host)
             except Exception as exc:
-                # E.g. the store locked by another process past busy_timeout:
-                # the job goes back (or stays running until recovered), and
-                # this thread lives on.
-                log.error("job_error", job=job.id, error=f"{type(exc).__name__}: {exc}", exc_info=True)
-                with contextlib.suppress(Exception):
-                    self.queue.release(job, backoff_s(job.attempts + 1), f"{type(exc).__name__}: {exc}")
+                # One guard around the whole turn, the claim included: no
+                # error (the disk full, the state file replaced, the store
+                # locked past busy_timeout) can end a worker thread. A store
+                # fault pauses it (the daemon says so once, in log and STATUS).
+                fault = self.store.note_error(exc)
+                if fault is None:
+                    log.error("worker_error", host=host.url, error=f"{type(exc).__name__}: {exc}", exc_info=True)
+                else:
+                    log.debug("worker_paused", host=host.url, error=str(fault))
+                self.on_change()
                 self.stopping.wait(JOB_ERROR_PAUSE_S)
-            # The outcome may have put the job back (retry, release): idle
-            # workers, maybe of another host, re-read the queue's next due time.
-            self.wake.set()
-            self.on_change()
+
+    def _turn(self, host: Host) -> None:
+        """One turn: probe a down host, or give back stranded jobs, claim one and process it."""
+        if not host.ok_event.is_set():
+            self._maybe_probe(host)
+            return
+        self._release_stranded()
+        # Clear before looking: a notify_work() after this point either
+        # finds its job in the claim below or keeps the event set.
+        self.wake.clear()
+        job = self.queue.claim()
+        if job is None:
+            if self.stopping.is_set():
+                return
+            due = self.queue.next_due_s()
+            self.wake.wait(IDLE_CLAIM_WAIT_S if due is None else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
+            return
+        self.wake.set()  # there was work: let an idle worker look for more
+        try:
+            self._process(host, job)
+        except Exception as exc:
+            # E.g. the store locked by another process past busy_timeout, or
+            # full: the job goes back (later, if the store cannot take even
+            # that now), and this thread lives on.
+            fault = self.store.note_error(exc)
+            (log.warning if fault else log.error)(
+                "job_error", job=job.id, error=str(fault) if fault else f"{type(exc).__name__}: {exc}",
+                exc_info=fault is None)
+            self._put_back(job, f"{type(exc).__name__}: {exc}")
+            self.stopping.wait(JOB_ERROR_PAUSE_S)
+        # The outcome may have put the job back (retry, release): idle
+        # workers, maybe of another host, re-read the queue's next due time.
+        self.wake.set()
+        self.on_change()
+
+    def _put_back(self, job: Job, error: str) -> None:
+        """Release a job after an unexpected error; if the store cannot take
+        that either, keep it to release on a later turn."""
+        try:
+            self.queue.release(job, backoff_s(job.attempts + 1), error)
+        except Exception:
+            with self._lock:
+                self._stranded.append((job, error))
+
+    def _release_stranded(self) -> None:
+        """Release the jobs :meth:`_put_back` could not (raises while the store still cannot)."""
+        while True:
+            with self._lock:
+                if not self._stranded:
+                    return
+                job, error = self._stranded.pop()
+            try:
+                self.queue.release(job, 0.0, error)
+            except Exception:
+                with self._lock:
+                    self._stranded.append((job, error))
+                raise
 
     def _process(self, host: Host, job: Job) -> None:
         row = self.store.span_text(job.span_hash)

@@ -10,8 +10,9 @@ A path (POSIX, relative to the repo root) is ignored when any of these holds:
    ``.gitignore`` applies to its subtree with its own anchoring, deeper files
    override shallower ones, the last matching line of a file wins, then
    ``.git/info/exclude``;
-4. it is a secret file (:func:`is_secret`) or an editor temp (:func:`is_editor_temp`);
-   these two are decided by name first, so no ``.gitignore`` negation un-ignores them.
+4. it is a secret file by name (:func:`is_secret`, kinds in ``secret_files.py``) or an
+   editor temp (:func:`is_editor_temp`); these two are decided by name first,
+   so no ``.gitignore`` negation un-ignores them.
 
 Matching uses ``pathspec.GitIgnoreSpec`` (git's wildmatch semantics).
 """
@@ -23,11 +24,12 @@ import re
 import stat
 import threading
 from collections.abc import Iterator, Sequence
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import structlog
 from pathspec import GitIgnoreSpec
+
+from llmc_rag_service.index.secret_files import secret_file_kind
 
 log = structlog.get_logger(__name__)
 
@@ -47,17 +49,6 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     ".idea/", ".vscode/", ".vs/",
     # Compiled objects and bytecode: binary, never worth a span.
     "*.pyc", "*.pyo", "*.o", "*.so", "*.a", "*.class", "*.dll", "*.exe",
-)
-
-SECRET_PATTERNS: tuple[str, ...] = (
-    # dotenv files, including .env.local / .env.production (templates too: better safe).
-    ".env", ".env.*", "*.env",
-    # TLS / SSH private keys and key stores.
-    "*.pem", "*.key", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
-    "*.p12", "*.pfx", "*.keystore", "*.jks",
-    # Credential files of cloud CLIs, git, package registries and databases.
-    "credentials", "credentials.*", ".git-credentials", ".netrc", ".pgpass",
-    ".npmrc", ".pypirc", ".htpasswd", "*.kdbx",
 )
 
 # One regex per editor/tool convention, matched against the basename.
@@ -88,12 +79,11 @@ def _basename(relpath: str) -> str:
 
 
 def is_secret(relpath: str) -> bool:
-    """True if the file's basename matches :data:`SECRET_PATTERNS` (case-insensitive).
+    """True if the file is a secret file by its name (see ``secret_files.SECRET_FILES``).
 
     Secret files are never read, whatever ``.gitignore`` says.
     """
-    name = _basename(relpath).lower()
-    return any(fnmatchcase(name, pat) for pat in SECRET_PATTERNS)
+    return secret_file_kind(relpath) is not None
 
 
 def is_editor_temp(relpath: str) -> bool:

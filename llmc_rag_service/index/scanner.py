@@ -113,10 +113,13 @@ class Scanner:
     def _guarded(self, step: Callable[..., None], relpath: str, result: ScanResult, *args) -> None:
         """Run one file's step; a failure is logged with the file, noted in
         ``result.failed`` for a retry, and the scan goes on (one bad file must
-        never stop the others)."""
+        never stop the others). A store fault (disk full, state file
+        replaced…) ends the scan instead: raised as its ``StoreUnusable``."""
         try:
             step(relpath, *args)
         except Exception as exc:
+            if self.store.note_error(exc) is not None:
+                raise  # the store's fault, not the file's: every other file would fail too
             result.failed.append(relpath)
             log.exception("file_failed", repo=str(self.root), path=relpath, error=str(exc))
 

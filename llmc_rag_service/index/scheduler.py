@@ -100,17 +100,31 @@ class ScanScheduler(threading.Thread):
             if result.failed:
                 # E.g. the store was locked by another process: try these
                 # paths again later instead of losing the save until reconcile.
-                retry = threading.Timer(FAILED_RETRY_S, self.put_paths, (repo, set(result.failed)))
-                retry.daemon = True
-                retry.start()
+                self._retry_later("paths", repo, set(result.failed))
         except _Stop:
             raise
-        except Exception:
-            log.exception("scan_failed", repo=str(repo), kind=kind)
+        except Exception as exc:
+            fault = scanner.store.note_error(exc)
+            if fault is None:
+                log.exception("scan_failed", repo=str(repo), kind=kind)
+            else:
+                # The daemon says the fault once; the scan is redone when it may work again.
+                log.warning("scan_paused", repo=str(repo), kind=kind, error=str(fault))
+                if fault.pauses:
+                    self._retry_later(kind, repo, paths)
         finally:
             if kind == "full":
                 self.busy = None
             self.on_change()
+
+    def _retry_later(self, kind: str, repo: Path, paths: set[str] | None) -> None:
+        """Queue the item again after :data:`FAILED_RETRY_S` seconds."""
+        if kind == "full":
+            retry = threading.Timer(FAILED_RETRY_S, self.put_full, (repo,))
+        else:
+            retry = threading.Timer(FAILED_RETRY_S, self.put_paths, (repo, set(paths or ())))
+        retry.daemon = True
+        retry.start()
 
     def _serve_live(self) -> None:
         """Called between the files of a full scan: index the path batches that

@@ -25,15 +25,17 @@ def open_store(db_path: Path | str) -> sqlite3.Connection:
     version = reader.schema_version(conn)
     if version > len(MIGRATIONS):
         conn.close()
-        raise StoreUnusable(f"{db_path}: the store has schema version {version}, newer than this llmc-rag "
-                            f"knows ({len(MIGRATIONS)}); upgrade llmc-rag")
+        raise StoreUnusable(db_path, f"the store has schema version {version}, newer than this llmc-rag "
+                            f"knows ({len(MIGRATIONS)})", "upgrade llmc-rag")
     if version < len(MIGRATIONS):
         conn.close()
         try:
             Store(db_path).close()
+        except StoreUnusable:
+            raise
         except (sqlite3.Error, OSError) as exc:
-            raise StoreUnusable(f"{db_path}: the store has schema version {version} and needs migrating to "
-                                f"{len(MIGRATIONS)}, which failed ({exc}); run `llmc-rag serve` or "
+            raise StoreUnusable(db_path, f"the store has schema version {version} and needs migrating to "
+                                f"{len(MIGRATIONS)}, which failed ({exc})", "run `llmc-rag serve` or "
                                 "`llmc-rag enrich` once as the owner of the state directory") from exc
         conn = reader.open_reader(db_path)
     return conn

@@ -26,7 +26,7 @@ from llmc_rag_service.index.syntax import GRAMMARS
 from llmc_rag_service.search import fusion, lexical, semantic
 from llmc_rag_service.search.query import ParsedQuery, QueryError, parse_query
 from llmc_rag_service.search.semantic import EmbedQuery, PendingEmbedding, SemanticUnavailable
-from llmc_rag_service.store import fts, searchview, vectors
+from llmc_rag_service.store import reader, fts, searchview, vectors
 from llmc_rag_service.store.reader import StoreUnusable
 from llmc_rag_service.store.searchview import SpanFilter
 
@@ -148,7 +148,8 @@ def search(conn: sqlite3.Connection, query: str, settings: SearchSettings, *,
     validate(mode, limit, filters)
     parsed = parse_query(query)
     if not fts.has_index(conn):
-        raise StoreUnusable("the store predates search; open it once with llmc-rag serve or enrich to migrate it")
+        raise StoreUnusable(reader.database_file(conn), "the store predates search",
+                            "open it once with llmc-rag serve or enrich to migrate it")
     depth = min(max(limit * 3, 50), 300)
     started, degraded = (None, None) if mode == "lexical" else _start_semantic(conn, query, settings, embed_query)
     lexical = _lexical(conn, parsed, filters, depth) if mode != "semantic" else []

@@ -50,6 +50,7 @@ from llmc_rag_service.service.notify import (HealthGate, Notifier, TimeoutExtend
                                      unset_notify_environment, watchdog_interval_s)
 from llmc_rag_service.service import runtime
 from llmc_rag_service.service.status import LOCK_NAME, TEAM_META
+from llmc_rag_service.store.faults import StoreUnusable, classify
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +108,8 @@ class Daemon:
         self._status_at = -math.inf
         self._status_text: str | None = None
         self._degraded: list[str] = []
+        self._store_fault: str | None = None  # event name of the store fault last logged
+        self.fatal: StoreUnusable | None = None  # what ended the main loop, if not a signal
 
     # -- signals: record only --------------------------------------------
     def _on_term(self, signum, frame) -> None:
@@ -125,14 +128,25 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
 
     # -- lifecycle --------------------------------------------------------
-    def run(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly (``cli.py`` exits 0)."""
+    def run(self) -> StoreUnusable | None:
+        """Run until SIGTERM or SIGINT, then stop cleanly; returns None (``cli.py``
+        exits 0), or the fault that made the store unusable for good while
+        running (the state file deleted or replaced, corrupt pages met),
+        already logged: the daemon stopped cleanly, ``cli.py`` exits 74 and
+        systemd restarts it into a new store and a full scan.
+
+        Raises:
+            AlreadyRunning: another serve holds the state dir.
+            StoreUnusable: the store cannot be used at start (corrupt, another
+                application's, read-only, full).
+        """
         self.install_signals()
         self.startup()
         try:
             self.main_loop()
         finally:
             self.shutdown()
+        return self.fatal
 
     def startup(self) -> None:
         """Everything READY=1 promises: lock, store migrated, every watch in place."""
@@ -158,6 +172,12 @@ class Daemon:
         while not self.stop_requested:
             try:
                 next_ping = self._tick(next_ping)
+            except StoreUnusable as exc:
+                if not exc.pauses:  # replaced or corrupt: stop; run() shuts down cleanly
+                    log.error(exc.event, **exc.fields())
+                    self.fatal = exc
+                    return
+                self.wake.wait(1.0)  # work is paused; _watch_store said so
             except Exception:
                 # E.g. the store locked by another process past busy_timeout
                 # during a reload: logged, and the daemon lives on (a real
@@ -169,6 +189,7 @@ class Daemon:
 
     def _tick(self, next_ping: float) -> float:
         """One turn of the loop; returns when the next watchdog ping is due."""
+        self._watch_store()
         if self.reload_requested:
             self.reload_requested = False
             self.reload()
@@ -200,7 +221,7 @@ class Daemon:
     def shutdown(self) -> None:
         """Fixed order: STOPPING=1, stop intake, bounded grace, rest to pending, close."""
         self.notifier.stopping()
-        log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.pipeline.counts()["in_flight"])
+        log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.pipeline.in_flight())
         returned = self.pipeline.close(STOP_GRACE_S, INDEXER_JOIN_S,
                                        meta={"daemon_status": "stopped", "daemon_pid": None, TEAM_META: None})
         log.info("daemon_stopped", returned_to_pending=returned)
@@ -246,17 +267,41 @@ class Daemon:
             self.wake.set()
 
     def _take_lock(self, state_dir: Path) -> int:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # a read-only or full state dir is the store's fault
+            raise (classify(exc, self.config.db_path) or exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             os.close(fd)
             raise AlreadyRunning(state_dir, int(holder) if holder.isdigit() else None) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise (classify(exc, self.config.db_path) or exc) from exc
         return fd
+
+    def _watch_store(self) -> None:
+        """Every turn (at most TICK_S apart, and woken by workers meeting a
+        fault): raise a fatal store fault, checking the state file's identity,
+        so a file deleted or replaced under us ends the daemon within seconds;
+        log a pausing fault (disk full…) once when it begins, and when it ends."""
+        self.pipeline.check_store()
+        fault = self.pipeline.store_fault()
+        kind = fault.event if fault is not None else None
+        if kind == self._store_fault:
+            return
+        if fault is not None:
+            log.error(fault.event, **fault.fields())
+        else:
+            log.info("store_recovered", path=str(self.config.db_path), previous=self._store_fault)
+        self._store_fault = kind
+        self.status_dirty = True
 
     def _drain_watchers(self) -> None:
         self.pipeline.drain_events()
@@ -290,7 +335,7 @@ class Daemon:
                 self.pipeline.set_meta(busy_timeout_s=STATUS_META_TIMEOUT_S, daemon_status=self._status_text,
                                        ollama_last_error=self.pipeline.last_error(),
                                        **{TEAM_META: json.dumps(team) if team else None})
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, StoreUnusable) as exc:
                 log.debug("status_not_stored", error=str(exc))
 
     def status_text(self) -> str:

@@ -48,6 +48,7 @@ from llmc_rag_service.index.ignore import RepoIgnore
 from llmc_rag_service.service import runtime
 from llmc_rag_service.service.doctor_unit import Check, check_unit
 from llmc_rag_service.service.preflight import has_model, missing_model_message, probe_host
+from llmc_rag_service.store.faults import StoreUnusable
 from llmc_rag_service.store.views import StoreReader
 from llmc_rag_service.team.client import probe_once
 from llmc_rag_service.team.errors import TeamError
@@ -149,7 +150,7 @@ def _check_store(config: Config) -> Check:
             return Check("state", "ok", f"{config.state_dir} writable; no store yet")
         with reader:
             problems = reader.quick_check()
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, StoreUnusable) as exc:
         problems = [str(exc)]
     if problems:
         return Check("state", "fail", f"{db} is damaged: {'; '.join(problems)}",

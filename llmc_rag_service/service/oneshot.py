@@ -10,6 +10,10 @@ After the scan, when there is work and before anything waits, each Ollama
 host is asked once whether it answers and has the model
 (``service.preflight``), so a missing model is said at once with the models
 the server has. Progress (rate, ETA, logs above the bar): ``service.progress``.
+
+A store that cannot be used (corrupt, replaced, or full or read-only for
+longer than :data:`STORE_WAIT_S`) raises its ``StoreUnusable``; the work done
+so far is kept.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ class Outcome(enum.Enum):
 
 #: Seconds a stop may wait for in-flight requests after the work is done.
 STOP_GRACE_S = 5.0
+#: Seconds the workers may stay paused by a store fault (disk full, read-only)
+#: before enrich gives up: a one-shot run should say so, not wait for space.
+STORE_WAIT_S = 10.0
 
 
 def select_repos(config: Config, paths: Sequence[str]) -> tuple[tuple[RepoConfig, ...], tuple[Path, ...]]:
@@ -60,7 +67,11 @@ def select_repos(config: Config, paths: Sequence[str]) -> tuple[tuple[RepoConfig
 def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 300.0,
                stream: TextIO | None = None, retry_failed: bool = False) -> Outcome:
     """Scan the repos and enrich until nothing is pending; see module docstring.
-    ``retry_failed`` first returns dead-lettered jobs to the queue."""
+    ``retry_failed`` first returns dead-lettered jobs to the queue.
+
+    Raises:
+        StoreUnusable: the store cannot be used (see module docstring).
+    """
     stream = stream or sys.stderr
     progress = Progress(stream)
 
@@ -111,7 +122,7 @@ def _from_team(team: dict | None) -> str:
 
 
 def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> Outcome:
-    down_since: float | None = None
+    down_since = paused_since = None
     while True:
         c = pipeline.counts()
         remaining = c["pending"] + c["running"]
@@ -120,6 +131,11 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
             progress.update(total, total, pipeline.status_line(), final=True)
             return Outcome.DONE
         progress.update(total - remaining, total, pipeline.status_line())
+        fault = pipeline.store_fault()
+        paused_since = (paused_since or time.monotonic()) if fault else None
+        if fault and (not fault.pauses or time.monotonic() - paused_since > STORE_WAIT_S):
+            progress.update(total - remaining, total, pipeline.status_line(), final=True)
+            raise fault  # cli.py says it in one line
         down = pipeline.ollama_down()
         if down:
             down_since = down_since or time.monotonic()

@@ -32,6 +32,7 @@ Threads
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -44,9 +45,11 @@ from llmc_rag_service.enrich.prompt import chat_client, span_char_budget
 from llmc_rag_service.enrich.workers import WorkerPool
 from llmc_rag_service.index.scanner import Scanner
 from llmc_rag_service.index.scheduler import ScanScheduler
+from llmc_rag_service.service.notify import Degraded
 from llmc_rag_service.service.statusline import render
 from llmc_rag_service.service.teamgate import TeamGate
 from llmc_rag_service.store.db import Store
+from llmc_rag_service.store.faults import StoreUnusable
 from llmc_rag_service.store.jobs import JobQueue
 from llmc_rag_service.team.errors import TeamError
 from llmc_rag_service.team.settings import TeamSettings, redact_dsn
@@ -74,7 +77,9 @@ class Pipeline:
     :meth:`watch` is called; :meth:`close` stops what was started.
 
     Raises:
-        sqlite3.Error: the store cannot be opened or migrated.
+        StoreUnusable: the store cannot be opened or migrated (corrupt,
+            another application's, read-only, full).
+        sqlite3.OperationalError: the store is locked past every wait.
     """
 
     def __init__(self, config: Config, on_change: Callable[[], None] = lambda: None,
@@ -193,9 +198,32 @@ class Pipeline:
             "watchers": self.watches.health,
             "indexer": lambda: None if self.scheduler.is_alive() else "scan scheduler thread died",
             "workers": self.hung,
-            "store": self.store.writable,
+            "store": self.store_health,
             "team": lambda: self.team.health() if self.team is not None else None,
         }
+
+    def store_health(self) -> str | None:
+        """Watchdog check of the store: None while a write can be taken; a
+        pausing fault (disk full, read-only) as :class:`Degraded` (work is
+        paused and resumes by itself; a restart would not help); else the reason."""
+        reason = self.store.writable()  # also notices when a paused store can write again
+        fault = self.store.fault
+        if fault is not None:
+            return Degraded(str(fault)) if fault.pauses else str(fault)
+        return reason
+
+    def store_fault(self) -> StoreUnusable | None:
+        """The store fault in force (work is paused while it lasts), or None."""
+        return self.store.fault
+
+    def check_store(self) -> None:
+        """Raise the fatal store fault in force: the state file deleted,
+        replaced (its identity is checked now) or corrupt.
+
+        Raises:
+            StoreUnusable: ``StoreReplaced`` or ``StoreCorrupt``.
+        """
+        self.store.check()
 
     def apply_config(self, old: Config, new: Config) -> dict[str, list[str]]:
         """Apply ``new`` over ``old`` (a reload): Ollama/queue settings (a new
@@ -300,6 +328,10 @@ class Pipeline:
         """Queue counts plus the number of requests in flight."""
         return {**self.queue.counts(), "in_flight": self.pool.in_flight}
 
+    def in_flight(self) -> int:
+        """Requests being answered now, all hosts together (reads no store)."""
+        return self.pool.in_flight
+
     def finished(self) -> int:
         """Jobs this pipeline finished (done, dead-lettered, or taken from the team cache) since it started."""
         return self.pool.done + self.pool.failed + (self.team.hits if self.team is not None else 0)
@@ -319,7 +351,8 @@ class Pipeline:
         to read, waiting at most ``busy_timeout_s`` seconds for the write lock.
 
         Raises:
-            sqlite3.Error: the store is locked past the wait, or unusable.
+            sqlite3.OperationalError: the store is locked past the wait.
+            StoreUnusable: the store cannot take the write (full, replaced…).
         """
         self.store.set_meta(busy_timeout_s=busy_timeout_s, **values)
 
@@ -343,7 +376,13 @@ class Pipeline:
             self.scheduler.join(join_s)
             if self.scheduler.is_alive():
                 log.warning("indexer_still_running", waited_s=join_s)
-        returned = self.pool.stop(grace_s if self._workers_on else 0.0)
+        try:
+            returned = self.pool.stop(grace_s if self._workers_on else 0.0)
+        except (StoreUnusable, sqlite3.Error) as exc:
+            # Jobs still marked running name this process: the next start
+            # returns them to pending (the pid is dead by then).
+            log.warning("jobs_not_returned", error=str(exc))
+            returned = 0
         if self.team is not None:
             self.team.close()
         self._retired.append((self.pool, self.clients))
@@ -353,8 +392,11 @@ class Pipeline:
             # unmapped "client has been closed" error; its client is left to
             # the garbage collector (the job is already back in the queue).
             log.warning("workers_still_busy", count=sum(p.busy_threads() for p, _ in self._retired))
-        if meta:
-            self.store.set_meta(**meta)
+        if meta and (self.store.fault is None or self.store.fault.pauses):
+            try:
+                self.store.set_meta(**meta)
+            except (StoreUnusable, sqlite3.Error) as exc:
+                log.warning("meta_not_stored", error=str(exc))
         self.store.close()
         return returned
 
@@ -368,7 +410,11 @@ class Pipeline:
 
     def status_line(self, activity: str | None = None) -> str:
         """The one-line STATUS text (see :func:`~llmc_rag_service.service.statusline.render`);
-        ``activity`` (e.g. ``scanning repo``) is prepended when given."""
+        ``activity`` (e.g. ``scanning repo``) is prepended when given, and
+        before it ``paused: <reason>; `` while a store fault lasts (e.g. ``paused:
+        no space for the state in /var/lib/llmc-rag (12.0 KiB free): …``)."""
         self._reap()
-        return render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity,
+        text = render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity,
                       team=self.team_status())
+        fault = self.store.fault
+        return f"paused: {fault.reason}; {text}" if fault is not None else text

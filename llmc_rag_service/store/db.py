@@ -23,28 +23,29 @@ Tables::
     team_outbox(...)                                  results waiting for the team database
                                                       (store/team_outbox.py)
 
-Each thread gets its own connection (sqlite3 connections must not be shared
-across threads); writes go through :meth:`Store.write`, a ``BEGIN IMMEDIATE``
-transaction, so a result and its job's completion land together or not at all.
+Connections (one per thread), ``BEGIN IMMEDIATE`` transactions and store
+faults are :class:`~llmc_rag_service.store.database.Database`'s; opening a
+file that is no store of ours raises ``StoreCorrupt`` (:func:`verify_store`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from llmc_rag_service.models import Span
 from llmc_rag_service.store import fts
+from llmc_rag_service.store.database import BUSY_TIMEOUT_S, HEALTH_TIMEOUT_S, Database  # noqa: F401 (re-exported)
+from llmc_rag_service.store.faults import StoreCorrupt
 
-#: Seconds a connection waits for another writer before raising "database is locked".
-BUSY_TIMEOUT_S = 30.0
-#: Seconds the watchdog's writability check waits for another writer.
-HEALTH_TIMEOUT_S = 2.0
+#: ``PRAGMA application_id`` stamped on a store this product creates ("LLMC").
+APPLICATION_ID = 0x4C4C4D43
+#: Tables every migrated store has: a file with a schema version but without
+#: them belongs to another application.
+CORE_TABLES = frozenset({"repos", "files", "spans", "jobs", "meta"})
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
@@ -156,93 +157,58 @@ class FileRecord:
     skipped: str | None
 
 
-class Store:
-    """Access to the state database; safe to share between threads.
+def verify_store(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version (``PRAGMA user_version``) of the store open on
+    ``conn``, after checking that the file is one of ours (or still empty).
+
+    Raises:
+        StoreCorrupt: another application's database: a foreign
+            ``application_id``, tables without a schema version, or a schema
+            version without :data:`CORE_TABLES`.
+        sqlite3.DatabaseError: not a database, or malformed (reading the
+            schema parses the first page).
+    """
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if app_id not in (0, APPLICATION_ID):
+        raise StoreCorrupt(path, f"application_id {app_id:#x} is another application's")
+    if (version == 0 and tables) or (version > 0 and not CORE_TABLES <= tables):
+        names = ", ".join(sorted(tables)[:5]) or "none"
+        raise StoreCorrupt(path, f"another application's database: schema version {version}, tables {names}")
+    return version
+
+
+class Store(Database):
+    """The state database: schema, migrations, meta, repos, files and spans;
+    connections, transactions and faults come from
+    :class:`~llmc_rag_service.store.database.Database`. Safe to share between threads.
 
     Args:
         path: The database file; its directory is created (mode 0700).
 
     Raises:
-        sqlite3.Error: the file cannot be opened or migrated.
+        StoreUnusable: the file cannot be opened or migrated: ``StoreCorrupt``
+            (not a database, malformed, another application's),
+            ``StoreReadOnly``, ``StoreFull``, ``StoreIOError``.
+        sqlite3.OperationalError: locked by another process past
+            :data:`~llmc_rag_service.store.database.BUSY_TIMEOUT_S`.
     """
 
     def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self._local = threading.local()
-        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
-        self._lock = threading.Lock()
         self._search_index = False  # set once the migration that creates span_fts has run
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.migrate()
+        super().__init__(path)
+        with self.opening():
+            self.migrate()
 
-    # -- connections ---------------------------------------------------
-    @property
-    def conn(self) -> sqlite3.Connection:
-        """This thread's connection (autocommit mode; use :meth:`write`)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append((threading.current_thread(), conn))
-        return conn
+    def verify(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file that is no store of ours (see :func:`verify_store`)."""
+        verify_store(conn, self.path)
 
-    @contextlib.contextmanager
-    def write(self, busy_timeout_s: float | None = None) -> Iterator[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction: committed on exit, rolled back on error.
-
-        ``busy_timeout_s`` waits at most that long for another writer (default
-        :data:`BUSY_TIMEOUT_S`), e.g. short on the daemon's main loop, which
-        must keep ticking. Raises sqlite3.OperationalError when it runs out.
-        """
-        conn = self.conn
-        if busy_timeout_s is not None:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        finally:
-            if busy_timeout_s is not None:
-                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        try:
-            yield conn
-            if self._search_index:
-                fts.flush(conn)  # spans or enrichments changed: re-index them in the same transaction
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def release_thread(self) -> None:
-        """Close the calling thread's connection (a thread about to end)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            return
-        self._local.conn = None
-        with self._lock:
-            self._all = [(t, c) for t, c in self._all if c is not conn]
-        with contextlib.suppress(sqlite3.Error):
-            conn.close()
-
-    def close(self) -> None:
-        """Close this thread's connection and those of threads that ended (call
-        at shutdown). A connection of a thread still running (a worker past the
-        stop grace) is left open: closing it under that thread can crash the
-        process; the OS closes it at exit and WAL recovery makes that safe."""
-        with self._lock:
-            keep = []
-            for thread, conn in self._all:
-                if thread is threading.current_thread() or not thread.is_alive():
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.close()
-                else:
-                    keep.append((thread, conn))
-            self._all = keep
-        self._local = threading.local()
+    def before_commit(self, conn: sqlite3.Connection) -> None:
+        """Spans or enrichments changed: re-index them in the same transaction (see fts.py)."""
+        if self._search_index:
+            fts.flush(conn)
 
     def migrate(self) -> int:
         """Apply pending :data:`MIGRATIONS`; returns the resulting schema version."""
@@ -250,6 +216,11 @@ class Store:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             with self.write() as tx:
+                # Another process may have migrated while this one waited for the lock.
+                if tx.execute("PRAGMA user_version").fetchone()[0] >= number:
+                    continue
+                if number == 1:
+                    tx.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 for statement in _statements(script):
                     tx.execute(statement)
                 tx.execute(f"PRAGMA user_version = {number}")
@@ -258,15 +229,6 @@ class Store:
             with self.write():
                 pass  # the commit re-indexes rows marked dirty (the backfill of an older store)
         return conn.execute("PRAGMA user_version").fetchone()[0]
-
-    def writable(self) -> str | None:
-        """Health check: None if a write transaction can be taken, else the reason."""
-        try:
-            with self.write(HEALTH_TIMEOUT_S) as tx:
-                tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('health_at', ?)", (str(time.time()),))
-        except sqlite3.Error as exc:
-            return f"store not writable: {exc}"
-        return None
 
     # -- meta ----------------------------------------------------------
     def set_meta(self, busy_timeout_s: float | None = None, **values: str | None) -> None:

@@ -14,12 +14,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from llmc_rag_service.store.faults import MOVE_ASIDE, StoreUnusable
 from llmc_rag_service.store.views import StoreReader
 
-
-class StoreUnusable(Exception):
-    """The store exists but cannot be read: corrupt, unreadable, from a newer
-    version, or too old to search and not writable to migrate. The message says which."""
+__all__ = ["StoreUnusable", "database_file", "open_reader", "schema_version"]
 
 
 def open_reader(db_path: Path | str) -> sqlite3.Connection:
@@ -37,7 +35,7 @@ def open_reader(db_path: Path | str) -> sqlite3.Connection:
         conn.isolation_level = None
         conn.execute("PRAGMA query_only = ON")
     except sqlite3.DatabaseError as exc:
-        raise StoreUnusable(f"{db_path}: cannot read the store: {exc}") from exc
+        raise StoreUnusable(db_path, f"cannot read the store ({exc})", MOVE_ASIDE.format(path=db_path)) from exc
     return conn
 
 

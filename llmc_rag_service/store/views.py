@@ -2,8 +2,13 @@
 
 Opened with ``mode=ro``, so a reader never takes the write lock, never
 creates the database and works while ``serve`` writes (WAL readers do not
-block the writer). Every statement the reading commands need is here, behind
-methods named for what they return; ``service/status.py`` shapes the JSON.
+block the writer), and also in a read-only state dir. Every statement the
+reading commands need is here, behind methods named for what they return;
+``service/status.py`` shapes the JSON.
+
+A file that is no store of ours, or whose pages turn out corrupt while a
+reader is used inside ``with``, raises ``StoreUnusable`` (``store/faults.py``),
+so every reading command says it in one line (``cli.py`` exits 74).
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from llmc_rag_service.store.db import verify_store
+from llmc_rag_service.store.faults import StoreCorrupt, StoreUnusable, classify
 
 #: Seconds a reader waits for a writer's checkpoint before "database is locked".
 READ_BUSY_TIMEOUT_S = 10.0
@@ -56,8 +64,8 @@ class StoreReader:
     Use :meth:`open`; close it with :meth:`close` or as a context manager.
     """
 
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn, self.path = conn, path
 
     @classmethod
     def open(cls, db_path: Path) -> StoreReader | None:
@@ -65,30 +73,34 @@ class StoreReader:
         migrated (``status`` must work before the daemon ever ran, and create nothing).
 
         Raises:
-            sqlite3.Error: the file exists but cannot be read as this product's store.
+            StoreUnusable: the file exists but is no readable store of ours
+                (``StoreCorrupt``: not a database, malformed, another
+                application's; ``StoreReadOnly``/``StoreIOError``: cannot be opened).
         """
         if not db_path.exists():
             return None
-        uri = f"file:{urllib.parse.quote(str(db_path))}"  # a '?' or '#' in the path is not a URI part
         try:
-            conn = _connect(f"{uri}?mode=ro")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.OperationalError:
-            # A WAL database in a directory we cannot write (no -shm file and no
-            # right to make one) opens only as immutable; the daemon is not
-            # running then, so nothing changes under us.
-            conn = _connect(f"{uri}?mode=ro&immutable=1")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn, version = _open_verified(db_path)
+        except StoreUnusable:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise (classify(exc, db_path) or StoreCorrupt(db_path, str(exc))) from exc
         if version == 0:  # created a moment ago, not migrated yet: as if absent
             conn.close()
             return None
-        return cls(conn)
+        return cls(conn, db_path)
 
     def __enter__(self) -> StoreReader:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        """Close; an error inside the block that is a store fault (a corrupt
+        page met by a query, an I/O error) is raised as its ``StoreUnusable``."""
         self.close()
+        if isinstance(exc, sqlite3.Error):
+            fault = classify(exc, self.path)
+            if fault is not None:
+                raise fault from exc
 
     def close(self) -> None:
         self.conn.close()
@@ -154,6 +166,30 @@ def _connect(uri: str) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(READ_BUSY_TIMEOUT_S * 1000)}")
     return conn
+
+
+def _open_verified(db_path: Path) -> tuple[sqlite3.Connection, int]:
+    """A read-only connection and the schema version, after :func:`verify_store`."""
+    uri = f"file:{urllib.parse.quote(str(db_path))}"  # a '?' or '#' in the path is not a URI part
+    try:
+        conn = _connect(f"{uri}?mode=ro")
+        try:
+            return conn, verify_store(conn, db_path)
+        except BaseException:
+            conn.close()
+            raise
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+            raise
+    # A WAL database in a directory we cannot write (no -shm file and no
+    # right to make one: "unable to open", or "readonly" on a read-only
+    # mount) opens only as immutable; no daemon can be writing it then.
+    conn = _connect(f"{uri}?mode=ro&immutable=1")
+    try:
+        return conn, verify_store(conn, db_path)
+    except BaseException:
+        conn.close()
+        raise
 
 
 def empty_counts() -> dict[str, Any]:
