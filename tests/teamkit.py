@@ -31,13 +31,17 @@ def team_settings(lease_s: float = 30.0, **overrides: Any) -> TeamSettings:
 
 
 class Daemon:
-    """One developer's daemon: its own copy of the code base and its own state dir, a real :class:`Pipeline`
-    with team mode on ``dsn`` (workers not started until :meth:`start`)."""
+    """One developer's daemon: its own copy of the code base (or of ``source``) and its own state dir, a real
+    :class:`Pipeline` with team mode on ``dsn`` (workers not started until :meth:`start`)."""
 
     def __init__(self, tmp_path: Path, name: str, url: str, dsn: str | None, settings: TeamSettings,
-                 concurrency: int = 2):
+                 concurrency: int = 2, source: Path | None = None):
         home = tmp_path / name
-        self.repo = copy_code_base(home / "repo")
+        self.repo = home / "repo"
+        if source is None:
+            copy_code_base(self.repo)
+        else:
+            shutil.copytree(source, self.repo)
         team = {"postgres": dsn, "lease_s": settings.lease_s} if dsn else {}
         self.config = make_config(home, url, [self.repo], team=team, logging={"level": "info"},
                                   ollama={"concurrency": concurrency})
