@@ -84,6 +84,7 @@ def test_status_json_and_the_status_line_show_the_team(pg, tmp_path, serve_facto
         report = status_report(config)  # what status --json prints
         assert serve.stop() == 0
     team = report["team"]
+    assert team.pop("queries") > 0
     assert team == {"url": f"postgresql://llmc_{pg.dbname}@{pg.cluster.host}:{pg.cluster.port}/{pg.dbname}_team",
                     "reachable": True, "hits": spans, "published": 0, "outbox": 0, "deferred": 0,
                     "last_error": None}

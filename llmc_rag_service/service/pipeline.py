@@ -343,7 +343,7 @@ class Pipeline:
             return None
         if self.team is None:  # the [postgres] extra is missing
             return {"url": redact_dsn(self.config.team.postgres), "reachable": False, "hits": 0, "published": 0,
-                    "outbox": 0, "deferred": 0, "last_error": self.team_error}
+                    "outbox": 0, "deferred": 0, "last_error": self.team_error, "queries": 0}
         return self.team.status()
 
     def set_meta(self, busy_timeout_s: float | None = None, **values: str | None) -> None:

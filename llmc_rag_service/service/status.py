@@ -25,8 +25,8 @@ from llmc_rag_service.team.settings import redact_dsn
 LOCK_NAME = "llmc-rag.lock"
 #: The ``meta`` key under which the daemon keeps its team cache's counters (JSON).
 TEAM_META = "team_status"
-#: What ``status --json`` shows of them (the contract's ``team`` object, plus ``last_error``).
-TEAM_FIELDS = ("reachable", "hits", "published", "deferred", "last_error")
+#: What ``status --json`` shows of them (the contract's ``team`` object, plus ``last_error`` and ``queries``).
+TEAM_FIELDS = ("reachable", "hits", "published", "deferred", "last_error", "queries")
 
 
 def daemon_running(state_dir: Path) -> int | None:
@@ -76,7 +76,8 @@ def status_report(config: Config) -> dict[str, Any]:
 def team_report(config: Config, recorded: str | None, outbox: int) -> dict[str, Any] | None:
     """``status --json``'s ``team``: None when team mode is off, else
     ``{url (no password), reachable, hits, published, outbox, deferred,
-    last_error}``. ``recorded`` is the running daemon's :data:`TEAM_META`
+    last_error, queries}`` (``queries``: statements the daemon sent to the
+    team database since it started). ``recorded`` is the running daemon's :data:`TEAM_META`
     JSON (None when no daemon runs: ``reachable`` is then None and the
     counters 0); ``outbox`` is counted in the store, so it shows results
     waiting to be published even while the daemon is stopped."""
@@ -87,7 +88,7 @@ def team_report(config: Config, recorded: str | None, outbox: int) -> dict[str, 
     except ValueError:
         counters = {}
     report: dict[str, Any] = {"url": redact_dsn(config.team.postgres), "reachable": None, "hits": 0,
-                              "published": 0, "outbox": outbox, "deferred": 0, "last_error": None}
+                              "published": 0, "outbox": outbox, "deferred": 0, "last_error": None, "queries": 0}
     report.update({k: counters[k] for k in TEAM_FIELDS if k in counters})
     return report
 

@@ -134,15 +134,16 @@ class TeamGate:
             else None
 
     def status(self) -> dict[str, Any]:
-        """``{url, reachable, hits, published, outbox, deferred, last_error}`` (``status --json``'s ``team``):
-        ``hits`` = jobs completed with a teammate's result, ``deferred`` = jobs waiting for a teammate."""
+        """``{url, reachable, hits, published, outbox, deferred, last_error, queries}`` (``status --json``'s
+        ``team``): ``hits`` = jobs completed with a teammate's result, ``deferred`` = jobs waiting for a
+        teammate, ``queries`` = statements sent to the team database since start (its load)."""
         cache = self.cache.status()
         now = time.monotonic()
         with self._lock:
             deferred = sum(1 for deadline in self._deferred.values() if deadline > now)
         return {"url": cache["url"], "reachable": cache["reachable"], "hits": self.hits,
                 "published": cache["published"], "outbox": cache["outbox"], "deferred": deferred,
-                "last_error": cache["last_error"]}
+                "last_error": cache["last_error"], "queries": cache["queries"]}
 
     # -- the gate (worker threads) ---------------------------------------------
     def admit(self, job: Job) -> Admission:
@@ -211,8 +212,9 @@ class TeamGate:
         """Keys of the next ready jobs, not yet claimed, sent or deferred by this daemon."""
         upcoming = [self._key(h) for h in self.queue.upcoming(2 * CLAIM_AHEAD + 1) if h != span_hash]
         with self._lock:
+            # Keys another worker is claiming right now are left to it.
             fresh = [k for k in upcoming if k not in self._granted and k not in self._sending
-                     and k.span_hash not in self._deferred]
+                     and k.span_hash not in self._deferred and self._watching[k.span_hash] == 0]
         return fresh[:CLAIM_AHEAD]
 
     def _settle_ahead(self, refused: list[EnrichmentKey], hits: dict[EnrichmentKey, Enrichment]) -> None:
@@ -298,7 +300,9 @@ class TeamGate:
                 len(self._heard) >= HEARD_BATCH or now >= self._heard_at + HEARD_WAIT_S))
             if not due:
                 return 0
-            wanted = set(self._deferred) if self._resync else set(self._heard)
+            # After a reconnection: every key deferred or being deferred right now
+            # (a publication may have come while nobody listened).
+            wanted = set(self._deferred) | set(self._watching) if self._resync else set(self._heard)
             self._heard, self._heard_at, self._resync = set(), None, False
         hits = {k.span_hash: e for k, e in self.cache.lookup(self._key(h) for h in wanted).items()}
         with self._lock:
@@ -308,15 +312,16 @@ class TeamGate:
 
     def _store_or_keep(self, results: dict[str, Enrichment]) -> int:
         """Store ``results`` for pending jobs; keep those of jobs a worker is
-        running but not sending (it is deferring them right now) for the next
-        turn or its next admit, instead of letting them wait for their deadline.
+        holding but not sending (it is deferring them right now, and may have
+        put them back since the store was asked) for the next turn or the
+        job's next admit, instead of letting them wait for their deadline.
         Returns the jobs completed."""
         stored = self._store(results)
         states = self.queue.states(h for h in results if h not in stored)
         with self._lock:
             sending = {k.span_hash for k in self._sending}
             self._early.update((h, results[h]) for h, state in states.items()
-                               if state == "running" and h not in sending)
+                               if state in ("running", "pending") and h not in sending)
         return len(stored)
 
     def _store(self, results: dict[str, Enrichment]) -> set[str]:
