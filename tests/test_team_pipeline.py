@@ -129,6 +129,8 @@ def test_an_unreachable_team_database_from_the_start_does_not_hold_local_work(tm
         daemon.wait_done(60)
     spans = daemon.span_hashes()
     assert daemon.enriched() == spans and len(chats(emu)) == len(spans)
+    # A worker publishes (here: keeps in the outbox) just after storing its answer.
+    wait_for(lambda: daemon.pipeline.team_status()["outbox"] == len(spans), 10, "every result in the outbox")
     status = daemon.pipeline.team_status()
     assert status["reachable"] is False and status["outbox"] == len(spans) and "secret" not in status["last_error"]
     said = [e for e in logs if e["event"] == "team_unreachable"]

@@ -103,9 +103,10 @@ def test_a_wrong_password_is_said_once_at_start_and_the_daemon_works_alone(pg, t
         wait_for(lambda: status_report(config)["totals"]["pending"] == 0 and status_report(config)["totals"]["spans"],
                  60, "everything enriched alone")
         line = notify.wait("password authentication failed", 30)
+        spans = status_report(config)["totals"]["spans"]
+        wait_for(lambda: status_report(config)["team"]["outbox"] == spans, 10, "every result in the outbox")
         team = status_report(config)["team"]
         assert serve.stop() == 0
-    spans = status_report(config)["totals"]["spans"]
     said = events(serve, "team_unreachable")
     assert len(said) == 1 and said[0]["kind"] == "auth_failed" and "PGPASSFILE" in said[0]["error"]
     assert "wrong-pw" not in serve.logs() and "wrong-pw" not in line
