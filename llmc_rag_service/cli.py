@@ -13,7 +13,7 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import structlog
 
@@ -177,7 +177,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.daemon import AlreadyRunning, Daemon
 
     try:
-        fatal = Daemon(Path(config.source), config).run()
+        fatal = Daemon(config.source or find_config_path(args.config), config).run()
     except AlreadyRunning as exc:
         structlog.get_logger(__name__).error("already_running", error=str(exc), pid=exc.pid,
                                              state_dir=str(exc.state_dir))
@@ -223,7 +223,7 @@ def _show(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.explain import utf8_name, why_no_spans
     from llmc_rag_service.service.status import show_report
 
-    def spans_of(path: str, line: int | None = None) -> list | None:
+    def spans_of(path: str, line: int | None = None) -> list[dict[str, Any]] | None:
         # A name that is not UTF-8 was never stored (and cannot be looked up).
         return show_report(config, path, line) if utf8_name(path) else None
 

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import pathspec
 import yaml
@@ -313,13 +313,13 @@ class _Validator:
             raise self.fail(key, f"must be {want}, got {type(value).__name__} {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise self.fail(key, f"must be a finite number, got {value!r}")
-        if minimum is not None and value < minimum:
+        if minimum is not None and cast(float, value) < minimum:
             raise self.fail(key, f"must be >= {minimum}, got {value!r}")
-        if maximum is not None and value > maximum:
+        if maximum is not None and cast(float, value) > maximum:
             raise self.fail(key, f"must be <= {maximum}, got {value!r}")
         return value
 
-    def section(self, key: str, data: dict, cls: type, checks: dict[str, tuple]) -> Any:
+    def section(self, key: str, data: dict[str, Any], cls: type[Any], checks: dict[str, tuple[Any, ...]]) -> Any:
         raw = self.mapping(key, data.get(key, {}) or {}, {f.name for f in fields(cls)})
         values = {name: self.typed(f"{key}.{name}", v, *checks[name]) for name, v in raw.items() if name in checks}
         return cls(**{**values, **{k: v for k, v in raw.items() if k not in checks}})
@@ -394,7 +394,7 @@ class _Validator:
                 raise self.fail(key, "must be a list of strings")
         return value
 
-    def ollama(self, top: dict) -> OllamaConfig:
+    def ollama(self, top: dict[str, Any]) -> OllamaConfig:
         checks = {"url": (str,), "model": (str,), "concurrency": (int, 1, MAX_CONCURRENCY),
                   "timeout_s": ((int, float), 1, 86400), "load_timeout_s": ((int, float), 1, 86400)}
         cfg = self.section("ollama", top, OllamaConfig, checks)
@@ -441,14 +441,14 @@ class _Validator:
             out.append(HostConfig(url=url, concurrency=concurrency))
         return tuple(out)
 
-    def search(self, top: dict) -> SearchConfig:
+    def search(self, top: dict[str, Any]) -> SearchConfig:
         raw = self.mapping("search", top.get("search", {}) or {}, {f.name for f in fields(SearchConfig)})
         model = raw.get("embed_model", DEFAULT_EMBED_MODEL)
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise self.fail("search.embed_model", f"must be an Ollama model name or null (no embeddings), got {model!r}")
         return SearchConfig(embed_model=model)
 
-    def team(self, top: dict) -> TeamConfig:
+    def team(self, top: dict[str, Any]) -> TeamConfig:
         raw = self.mapping("team", top.get("team", {}) or {}, {f.name for f in fields(TeamConfig)})
         dsn = raw.get("postgres")
         problem = None if dsn is None else check_dsn(dsn)
@@ -457,7 +457,7 @@ class _Validator:
         lease_s = self.typed("team.lease_s", raw.get("lease_s", TeamConfig.lease_s), (int, float), 1, 86400)
         return TeamConfig(postgres=dsn.strip() if dsn else None, lease_s=float(lease_s))
 
-    def logging(self, top: dict) -> LoggingConfig:
+    def logging(self, top: dict[str, Any]) -> LoggingConfig:
         cfg = self.section("logging", top, LoggingConfig, {"level": (str,), "format": (str,)})
         if cfg.level.lower() not in {"debug", "info", "warning", "error"}:
             raise self.fail("logging.level", f"must be debug, info, warning or error, got {cfg.level!r}")
@@ -465,7 +465,7 @@ class _Validator:
             raise self.fail("logging.format", f"must be auto, json or console, got {cfg.format!r}")
         return LoggingConfig(level=cfg.level.lower(), format=cfg.format)
 
-    def secrets(self, top: dict) -> SecretsConfig:
+    def secrets(self, top: dict[str, Any]) -> SecretsConfig:
         raw = self.mapping("secrets", top.get("secrets", {}) or {}, {"allow"})
         allow = raw.get("allow", []) or []
         if not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):

@@ -31,7 +31,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -112,6 +112,7 @@ class _Finish:
     def __init__(self, as_json: bool, colors: bool, journal: bool):
         self._as_json = as_json
         self._journal = journal
+        self._renderer: Callable[[Any, str, dict[str, Any]], Any]  # JSON or console, both give str
         if as_json:
             self._renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
         else:
@@ -121,7 +122,7 @@ class _Finish:
         level = str(event_dict.get("level", "info"))
         if self._as_json:
             event_dict = _ordered(event_dict)
-        text = self._renderer(logger, method_name, event_dict)
+        text: str = self._renderer(logger, method_name, event_dict)
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         if self._journal:
             text = f"<{PRIORITIES.get(level, 6)}>{text}"

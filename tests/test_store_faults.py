@@ -68,6 +68,7 @@ def test_a_state_file_deleted_or_replaced_under_serve_ends_it_with_74(tmp_path, 
         assert len(replaced) == 1 and replaced[0]["level"] == "error"
         assert replaced[0]["path"] == str(config.db_path) and how in replaced[0]["error"]
         assert "Traceback" not in logs
+        emu.latency_s = 0.0  # the slow answers only had to keep work under way until now
         again = serve_factory(config, notify)
         wait_for(lambda: status_report(config)["totals"]["enriched"] == 30, 60, "a full rescan and enrichment")
         assert again.stop() == 0
@@ -128,6 +129,11 @@ def test_a_read_only_state_dir(tmp_path, ollama):
     assert show.returncode == 0 and [s["state"] for s in json.loads(show.stdout)] == ["enriched", "enriched"]
 
 
+#: Seconds another process holds the write lock: twice the daemon's shortest store
+#: wait (STATUS_META_TIMEOUT_S), far under SQLite's busy timeout.
+LOCK_HELD_S = 1.0
+
+
 @contextlib.contextmanager
 def _write_lock_held(db_path, seconds: float):
     """Another process's view: a connection holding BEGIN IMMEDIATE for ``seconds`` (a background thread)."""
@@ -152,19 +158,19 @@ def _write_lock_held(db_path, seconds: float):
 
 @pytest.mark.timeout(60)
 def test_a_write_lock_held_for_seconds_delays_enrich_and_loses_nothing(tmp_path, ollama):
-    """enrich started while another process holds the write lock for 3 s waits for it and enriches everything (exit 0)."""
+    """enrich started while another process holds the write lock for 1 s waits for it and enriches everything (exit 0)."""
     repo = tmp_path / "repo"
     write_tree(repo, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(6)})
     config = make_config(tmp_path, ollama.url, [repo], logging={"level": "warning"})
     Store(config.db_path).close()
-    with _write_lock_held(config.db_path, 3.0):
+    with _write_lock_held(config.db_path, LOCK_HELD_S):
         assert cli.main(["enrich", "-c", str(config.source)]) == cli.EX_OK
     assert enriched(config.db_path) == 6 and integrity(config.db_path) == "ok"
 
 
 @pytest.mark.timeout(60)
 def test_a_write_lock_held_for_seconds_pauses_serve_and_work_resumes(tmp_path, notify):
-    """A write lock held for 3 s in the middle of serve's work: no thread dies, and all work is done after it."""
+    """A write lock held for 1 s in the middle of serve's work: no thread dies, and all work is done after it."""
     repo = tmp_path / "repo"
     write_tree(repo, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(12)})
     with OllamaEmulator(latency_s=0.1) as emu:
@@ -172,8 +178,8 @@ def test_a_write_lock_held_for_seconds_pauses_serve_and_work_resumes(tmp_path, n
         running = RunningDaemon(config, notify)
         try:
             wait_for(lambda: running.daemon.pipeline.counts()["done"] >= 2, 20, "work under way")
-            with _write_lock_held(config.db_path, 3.0):
-                pass  # leaving waits for the holder: the lock is held 3 s while serve works
+            with _write_lock_held(config.db_path, LOCK_HELD_S):
+                pass  # leaving waits for the holder: the lock is held while serve works
             wait_for(lambda: running.daemon.pipeline.counts()["done"] == 12, 30, "every job done")
             assert running.error is None and running.daemon.pipeline.hung() is None
         finally:

@@ -130,6 +130,8 @@ def test_a_killed_holder_blocks_nobody_beyond_its_lease(pg, team_factory, tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        proc.stdin.close()
+        proc.stdout.close()
 
 
 def test_notify_wakes_a_deferred_waiter(pg, team_factory):

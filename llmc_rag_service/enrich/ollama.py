@@ -232,7 +232,7 @@ class OllamaClient:
         """Longest a :meth:`chat` attempt can take, in seconds (see module docstring)."""
         return CONNECT_TIMEOUT_S + WRITE_TIMEOUT_S + self.cfg.load_timeout_s + self.cfg.timeout_s
 
-    def request_body(self, messages: list[dict], num_predict: int | None = None) -> dict[str, Any]:
+    def request_body(self, messages: list[dict[str, Any]], num_predict: int | None = None) -> dict[str, Any]:
         """The ``/api/chat`` body (Ollama API doc, "Generate a chat completion").
         ``num_predict`` overrides the answer cap (not a load-time option, O7)."""
         options = self.options if num_predict is None else {**self.options, "num_predict": num_predict}
@@ -242,7 +242,7 @@ class OllamaClient:
             body["format"] = self.answer_format
         return body
 
-    def chat(self, messages: list[dict], num_predict: int | None = None) -> dict[str, Any]:
+    def chat(self, messages: list[dict[str, Any]], num_predict: int | None = None) -> dict[str, Any]:
         """Send one chat request; return the final answer object (``done: true``)
         with ``message.content`` the whole streamed text (``thinking`` dropped).
 

@@ -91,7 +91,7 @@ TEMPLATE_TOKENS_PER_MESSAGE = 10
 PROMPT_OVERHEAD_TOKENS = estimate_tokens(SYSTEM_PROMPT) + 150
 
 
-def estimate_prompt_tokens(messages: list[dict]) -> int:
+def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """High estimate of the tokens Ollama evaluates for ``messages``."""
     return sum(estimate_tokens(str(m.get("content") or "")) + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
 
@@ -123,7 +123,7 @@ def span_char_budget(options: Mapping[str, Any]) -> int:
     return max(400, int(tokens * CHARS_PER_TOKEN / NUMBERING_GROWTH))
 
 
-def plan_num_predict(messages: list[dict], options: Mapping[str, Any], attempt: int = 1) -> int:
+def plan_num_predict(messages: list[dict[str, Any]], options: Mapping[str, Any], attempt: int = 1) -> int:
     """The answer cap for one request: the configured ``num_predict``, doubled
     for each retry up to :data:`MAX_NUM_PREDICT_FACTOR` times (an answer cut
     by the cap, O9), never more than the room the prompt leaves in ``num_ctx``.
@@ -140,10 +140,11 @@ def plan_num_predict(messages: list[dict], options: Mapping[str, Any], attempt: 
         raise PromptTooLarge(f"prompt of ~{num_ctx_of(opts) - room} tokens leaves {room} of num_ctx "
                              f"{num_ctx_of(opts)} for the answer; raise ollama.options.num_ctx")
     factor = min(2 ** max(0, attempt - 1), MAX_NUM_PREDICT_FACTOR)
-    return min(int(opts["num_predict"]) * factor, room)
+    planned: int = min(int(opts["num_predict"]) * factor, room)
+    return planned
 
 
-def build_messages(*, path: str, language: str, kind: str, name: str, start_line: int, text: str) -> list[dict]:
+def build_messages(*, path: str, language: str, kind: str, name: str, start_line: int, text: str) -> list[dict[str, Any]]:
     """Chat messages for one span: path, language, kind and name, then the
     span's full text with its real line numbers."""
     lines = text.split("\n")

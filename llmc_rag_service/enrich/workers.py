@@ -35,10 +35,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import structlog
 
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.enrich.gate import JobGate
 from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
@@ -75,7 +76,7 @@ class Host:
     """One Ollama host as the workers see it.
 
     ``state``: ``ok``, ``unreachable``, ``model_missing`` or ``quarantined``;
-    ``retry_at``: ``time.monotonic()`` of the next probe; ``failures``: failed
+    ``retry_at``: ``clock()`` of the next probe; ``failures``: failed
     probes in a row; ``strikes``: failed attempts in a row; ``busy``: 503s in a row.
     """
 
@@ -88,6 +89,7 @@ class Host:
     busy: int = 0
     ok_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    clock: Clock = field(default=SYSTEM, repr=False)
 
     def __post_init__(self) -> None:
         self.ok_event.set()
@@ -98,7 +100,7 @@ class Host:
 
     def retry_in_s(self) -> float:
         """Seconds until the next probe (0 when due)."""
-        return max(0.0, self.retry_at - time.monotonic())
+        return max(0.0, self.retry_at - self.clock())
 
 
 class WorkerPool:
@@ -110,13 +112,15 @@ class WorkerPool:
             (or a single client); each brings ``concurrency`` threads.
         on_change: Called (no args, from a worker thread) after every job
             outcome or host state change, e.g. to refresh STATUS. Keep it cheap.
+        clock: Time of backoffs, probes, idle waits and the hang check
+            (joins on stop stay on real time).
         gate: Asked before each job is sent (team mode), or None: send every job.
     """
 
     def __init__(self, store: Store, queue: JobQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
-                 on_change: Callable[[], None] = lambda: None, gate: JobGate | None = None):
-        self.store, self.queue, self.on_change, self.gate = store, queue, on_change, gate
-        self.hosts = [Host(c) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
+                 on_change: Callable[[], None] = lambda: None, clock: Clock = SYSTEM, gate: JobGate | None = None):
+        self.store, self.queue, self.on_change, self.clock, self.gate = store, queue, on_change, clock, gate
+        self.hosts = [Host(c, clock=clock) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -190,7 +194,7 @@ class WorkerPool:
     def hung(self) -> str | None:
         """Health check for the watchdog: a reason if a request has run past its
         host's longest possible request plus :data:`HANG_GRACE_S`, else None."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             running = list(self._started.values())
         for host, started in running:
@@ -240,7 +244,7 @@ class WorkerPool:
                 else:
                     log.debug("worker_paused", host=host.url, error=str(fault))
                 self.on_change()
-                self.stopping.wait(JOB_ERROR_PAUSE_S)
+                self.clock.wait(self.stopping, JOB_ERROR_PAUSE_S)
 
     def _turn(self, host: Host) -> None:
         """One turn: probe a down host, or give back stranded jobs, claim one and process it."""
@@ -256,7 +260,8 @@ class WorkerPool:
             if self.stopping.is_set():
                 return
             due = self.queue.next_due_s()
-            self.wake.wait(IDLE_CLAIM_WAIT_S if due is None else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
+            self.clock.wait(self.wake, IDLE_CLAIM_WAIT_S if due is None
+                            else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
             return
         self.wake.set()  # there was work: let an idle worker look for more
         try:
@@ -270,7 +275,7 @@ class WorkerPool:
                 "job_error", job=job.id, error=str(fault) if fault else f"{type(exc).__name__}: {exc}",
                 exc_info=fault is None)
             self._put_back(job, f"{type(exc).__name__}: {exc}")
-            self.stopping.wait(JOB_ERROR_PAUSE_S)
+            self.clock.wait(self.stopping, JOB_ERROR_PAUSE_S)
         # The outcome may have put the job back (retry, release): idle
         # workers, maybe of another host, re-read the queue's next due time.
         self.wake.set()
@@ -310,7 +315,7 @@ class WorkerPool:
             return
         messages = build_messages(path=row["path"], language=row["language"], kind=row["kind"],
                                   name=row["name"], start_line=row["start_line"], text=row["text"])
-        started = time.monotonic()
+        started = self.clock()
         with self._lock:
             self._started[threading.get_ident()] = (host, started)
         num_predict = None
@@ -323,14 +328,14 @@ class WorkerPool:
             return self._dead(job, fields, f"prompt_too_large: {exc}", reason="prompt_too_large")
         except InvalidAnswer as exc:
             self._abandon(job)
-            return self._retry(job, fields, f"InvalidAnswer: {exc}", time.monotonic() - started)
+            return self._retry(job, fields, f"InvalidAnswer: {exc}", self.clock() - started)
         except ol.OllamaError as exc:
             self._abandon(job)
-            return self._on_error(host, job, fields, exc, num_predict, time.monotonic() - started)
+            return self._on_error(host, job, fields, exc, num_predict, self.clock() - started)
         finally:
             with self._lock:
                 self._started.pop(threading.get_ident(), None)
-        duration = time.monotonic() - started
+        duration = self.clock() - started
         self.queue.complete(job, enrichment, duration)
         if self.gate is not None:
             self.gate.succeeded(job, enrichment)
@@ -341,7 +346,7 @@ class WorkerPool:
         log.info("job_done", **fields, duration_s=round(duration, 3), eval_count=answer.get("eval_count"),
                  prompt_eval_count=answer.get("prompt_eval_count"))
 
-    def _admitted(self, job: Job, fields: dict) -> bool:
+    def _admitted(self, job: Job, fields: dict[str, Any]) -> bool:
         """Ask the gate about ``job``: True to send it; else the job was
         completed with a teammate's result or put back while a teammate works on it."""
         admission = self.gate.admit(job)
@@ -360,7 +365,7 @@ class WorkerPool:
         if self.gate is not None:
             self.gate.abandoned(job)
 
-    def _on_error(self, host: Host, job: Job, fields: dict, exc: ol.OllamaError, num_predict: int | None,
+    def _on_error(self, host: Host, job: Job, fields: dict[str, Any], exc: ol.OllamaError, num_predict: int | None,
                   duration: float) -> None:
         """Apply the error's policy (see the module docstring)."""
         if exc.policy == "pause":
@@ -387,14 +392,14 @@ class WorkerPool:
             if quarantine:
                 self._host_down(host, "quarantined", f"{host.strikes} failures in a row, last: {exc}")
 
-    def _retry(self, job: Job, fields: dict, error: str, duration: float) -> None:
+    def _retry(self, job: Job, fields: dict[str, Any], error: str, duration: float) -> None:
         if self.queue.retry(job, error):
             self._count_failed()
             log.error("job_failed", **fields, error=error, duration_s=round(duration, 3), reason="max_attempts")
         else:
             log.warning("job_retry", **fields, error=error, duration_s=round(duration, 3))
 
-    def _dead(self, job: Job, fields: dict, error: str, reason: str, **extra) -> None:
+    def _dead(self, job: Job, fields: dict[str, Any], error: str, reason: str, **extra: Any) -> None:
         self.queue.fail(job, error)
         self._count_failed()
         log.error("job_failed", **fields, error=error, reason=reason, **extra)
@@ -410,7 +415,7 @@ class WorkerPool:
             if host.ok_event.is_set() or changed:
                 host.state, host.error = state, error
                 attempt = host.failures + 1 if state != "quarantined" else host.strikes - QUARANTINE_AFTER + 1
-                host.retry_at = time.monotonic() + backoff_s(attempt, PROBE_BASE_S, PROBE_MAX_S)
+                host.retry_at = self.clock() + backoff_s(attempt, PROBE_BASE_S, PROBE_MAX_S)
                 host.ok_event.clear()
         if not changed:
             return
@@ -436,7 +441,7 @@ class WorkerPool:
         """One probe at a time per host, at ``retry_at``; its other threads just wait."""
         wait = host.retry_in_s()
         if wait > 0 or not host.lock.acquire(blocking=False):
-            host.ok_event.wait(min(max(wait, 0.05), IDLE_WAIT_S))
+            self.clock.wait(host.ok_event, min(max(wait, 0.05), IDLE_WAIT_S))
             return
         healthy: bool | None = None
         try:
@@ -446,7 +451,7 @@ class WorkerPool:
             if not healthy:
                 host.failures += 1
                 host.error = error
-                host.retry_at = time.monotonic() + backoff_s(host.failures + 1, PROBE_BASE_S, PROBE_MAX_S)
+                host.retry_at = self.clock() + backoff_s(host.failures + 1, PROBE_BASE_S, PROBE_MAX_S)
                 log.debug("ollama_probe_failed", url=host.url, error=error, retry_in_s=round(host.retry_in_s(), 1))
         finally:
             host.lock.release()

@@ -238,7 +238,7 @@ class RepoIgnore:
                     children.append((entry.name + "/" if child_is_dir else entry.name, child, child_is_dir))
             stack.extend((child, child_is_dir) for _, child, child_is_dir in sorted(children, reverse=True))
 
-    def _entries(self, rel_dir: str) -> list[tuple[os.DirEntry, bool]]:
+    def _entries(self, rel_dir: str) -> list[tuple[os.DirEntry[str], bool]]:
         """The entries of a directory with their is-dir flag (no symlink followed)."""
         path = self.root / rel_dir if rel_dir else self.root
         try:

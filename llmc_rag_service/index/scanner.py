@@ -23,7 +23,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import structlog
 
@@ -110,7 +110,7 @@ class Scanner:
         result.duration_s = time.monotonic() - started
         return result
 
-    def _guarded(self, step: Callable[..., None], relpath: str, result: ScanResult, *args) -> None:
+    def _guarded(self, step: Callable[..., None], relpath: str, result: ScanResult, *args: Any) -> None:
         """Run one file's step; a failure is logged with the file, noted in
         ``result.failed`` for a retry, and the scan goes on (one bad file must
         never stop the others). A store fault (disk full, state file

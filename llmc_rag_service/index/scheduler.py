@@ -32,11 +32,18 @@ FAILED_RETRY_S = 10.0
 
 class ScanWork(Protocol):
     """What :meth:`ScanScheduler.put` takes: ``kind`` "full" or "paths", the
-    repo root, and the relative paths of a "paths" item."""
+    repo root, and the relative paths of a "paths" item (read-only)."""
 
-    kind: str
-    repo: Path
-    paths: frozenset[str]
+    @property
+    def kind(self) -> str: ...
+    @property
+    def repo(self) -> Path: ...
+    @property
+    def paths(self) -> frozenset[str]: ...
+
+
+#: An intake item: (kind, repo, paths of a "paths" item), or None to stop.
+_Item = tuple[str, Path, set[str] | None]
 
 
 class _Stop(Exception):
@@ -59,7 +66,7 @@ class ScanScheduler(threading.Thread):
                  on_change: Callable[[], None] = lambda: None):
         super().__init__(name="scan-scheduler", daemon=True)
         self.scanner_of, self.on_jobs, self.on_change = scanner_of, on_jobs, on_change
-        self.items: stdqueue.Queue = stdqueue.Queue()
+        self.items: stdqueue.Queue[_Item | None] = stdqueue.Queue()
         self.busy: str | None = None
         self._deferred: collections.deque[Path] = collections.deque()  # full scans waiting
 
@@ -73,7 +80,7 @@ class ScanScheduler(threading.Thread):
         except _Stop:
             return
 
-    def _next(self) -> tuple | None:
+    def _next(self) -> _Item | None:
         """The next item: waiting path batches first, then deferred full scans."""
         if not self._deferred:
             return self.items.get()

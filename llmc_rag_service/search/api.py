@@ -199,8 +199,11 @@ def _lexical(conn: sqlite3.Connection, parsed: ParsedQuery, filt: SpanFilter, de
 
 def _semantic(conn: sqlite3.Connection, settings: SearchSettings, version: int, pending: PendingEmbedding,
               filt: SpanFilter, depth: int) -> list[tuple[int, float]]:
-    index = semantic.vector_index(conn, settings.embed_model, version)  # loads while the embedder works
-    vector = semantic.query_vector(pending.result(), index.dim, settings.embed_model)
+    model = settings.embed_model
+    if model is None:  # _start_semantic said so already; nothing gets here without a model
+        raise SemanticUnavailable("semantic search is off (search.embed_model is null)")
+    index = semantic.vector_index(conn, model, version)  # loads while the embedder works
+    vector = semantic.query_vector(pending.result(), index.dim, model)
     return semantic.ranked(conn, index, vector, filt, depth)
 
 
@@ -212,7 +215,7 @@ def _combine(mode: str, lexical: list[tuple[int, float]], semantic_ids: list[tup
     return fusion.rrf([i for i, _ in lexical], [i for i, _ in semantic_ids])
 
 
-def _hits(conn: sqlite3.Connection, ordered: list[tuple[int, float]], ranks: tuple[dict, dict],
+def _hits(conn: sqlite3.Connection, ordered: list[tuple[int, float]], ranks: tuple[dict[int, int], dict[int, int]],
           chat_model: str, limit: int) -> list[Hit]:
     """The first ``limit`` of ``ordered`` whose span and file still exist, as hits."""
     hits: list[Hit] = []
@@ -222,7 +225,7 @@ def _hits(conn: sqlite3.Connection, ordered: list[tuple[int, float]], ranks: tup
         for span_id, score in batch:
             row = details.get(span_id)
             fresh = _freshness(row) if row is not None else None
-            if fresh is not None:
+            if row is not None and fresh is not None:
                 hits.append(_hit(row, fresh, score, ranks[0].get(span_id), ranks[1].get(span_id)))
                 if len(hits) == limit:
                     return hits
@@ -238,7 +241,7 @@ def _freshness(row: sqlite3.Row) -> bool | None:
         return None
     except OSError:
         return False
-    return st.st_size == row["size"] and st.st_mtime_ns == row["mtime_ns"]
+    return bool(st.st_size == row["size"] and st.st_mtime_ns == row["mtime_ns"])
 
 
 def _hit(row: sqlite3.Row, fresh: bool, score: float, lexical_rank: int | None, semantic_rank: int | None) -> Hit:

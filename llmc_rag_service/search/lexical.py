@@ -33,7 +33,8 @@ def affordable_terms(conn: sqlite3.Connection, parsed: ParsedQuery, budget: int 
         counts = [frequency.setdefault(t, fts.document_frequency(conn, t)) for t in term_tokens]
         if counts and min(counts) > 0:
             costed.append((sum(counts), position))
-    kept, total = [], 0
+    kept: list[int] = []
+    total = 0
     for cost, position in sorted(costed):
         if kept and total + cost > budget:
             break

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -67,17 +67,20 @@ class VectorIndex:
         self._state: tuple[np.ndarray, np.ndarray, int] = (np.zeros((0, 0), dtype), np.zeros(0, np.float32), 0)
 
     def __len__(self) -> int:
-        return self._state[2]
+        n: int = self._state[2]
+        return n
 
     @property
     def dim(self) -> int:
-        return self._state[0].shape[1]
+        dim: int = self._state[0].shape[1]
+        return dim
 
     @property
     def nbytes(self) -> int:
         """Bytes of the rows in use (matrix and scales)."""
         matrix, scales, n = self._state
-        return n * (matrix.shape[1] * matrix.itemsize + scales.itemsize)
+        used: int = n * (matrix.shape[1] * matrix.itemsize + scales.itemsize)
+        return used
 
     def reserve(self, rows: int, dim: int) -> None:
         """Make room for ``rows`` rows of ``dim`` values without regrowing."""
@@ -120,7 +123,8 @@ class VectorIndex:
             # einsum, not BLAS: a matrix-vector product is memory-bound, and a
             # multi-threaded BLAS on busy cores was 2-4x slower (bench/search.py).
             out[start:stop] = np.einsum("ij,j->i", matrix[start:stop].astype(np.float32, copy=False), query)
-        return out * scales[:n]
+        scores: np.ndarray = out * scales[:n]
+        return scores
 
 
 def _normalised(rows: np.ndarray) -> np.ndarray:
@@ -144,7 +148,7 @@ class _Entry:
     index: VectorIndex
 
 
-_cache: OrderedDict[tuple, _Entry] = OrderedDict()
+_cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
 _cache_lock = threading.Lock()
 
 

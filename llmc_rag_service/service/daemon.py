@@ -18,6 +18,8 @@
   stops it too; a failed check logs one error naming it.
 * signals only record (set a flag, wake the loop): SIGHUP reloads, SIGTERM and
   SIGINT stop; a second SIGTERM/SIGINT exits at once (status 128 + signal).
+  ``run()`` puts the previous handlers back when it returns (or raises), so a
+  daemon can run inside a test process.
 * shutdown: ``STOPPING=1``, stop watchers and intake, give in-flight jobs
   :data:`STOP_GRACE_S` seconds, return the rest to pending, close the store.
 
@@ -38,12 +40,14 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Union
 
 import structlog
 
 from llmc_rag_service import logs as logsetup
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.config import Config, ConfigError, load_config
 from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.notify import (HealthGate, Notifier, TimeoutExtender, ping_every_s,
@@ -53,6 +57,9 @@ from llmc_rag_service.service.status import LOCK_NAME, TEAM_META
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
 log = structlog.get_logger(__name__)
+
+#: A signal handler as ``signal.signal`` takes and returns it.
+SignalHandler = Union[Callable[[int, FrameType | None], Any], int, signal.Handlers]
 
 #: Longest the main loop sleeps, in seconds; anything due sooner (a debounced
 #: path, a ping, a STATUS refresh) or an event, job outcome or signal wakes it.
@@ -88,14 +95,17 @@ class Daemon:
         config_path: The file, re-read on SIGHUP.
         config: Its validated contents.
         notifier: sd_notify sender (default: from ``$NOTIFY_SOCKET``).
+        clock: Time of the main loop and of every part of the pipeline
+            (ticks, STATUS gaps, watchdog pings, backoffs); tests pass a manual one.
 
     The watchdog interval is read from ``$WATCHDOG_USEC``/``$WATCHDOG_PID`` here;
     then those and ``$NOTIFY_SOCKET`` are removed from the environment, so no
     child process inherits them.
     """
 
-    def __init__(self, config_path: Path, config: Config, notifier: Notifier | None = None):
-        self.config_path, self.config = config_path, config
+    def __init__(self, config_path: Path, config: Config, notifier: Notifier | None = None,
+                 clock: Clock = SYSTEM):
+        self.config_path, self.config, self.clock = config_path, config, clock
         self.notifier = notifier or Notifier()
         half_s = watchdog_interval_s()
         self.ping_every_s: float | None = ping_every_s(half_s) if half_s else None
@@ -112,20 +122,21 @@ class Daemon:
         self.fatal: StoreUnusable | None = None  # what ended the main loop, if not a signal
 
     # -- signals: record only --------------------------------------------
-    def _on_term(self, signum, frame) -> None:
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
         if self.stop_requested:
             os._exit(128 + signum)  # second signal: at once; running jobs are recovered at next start
         self.stop_requested = True
         self.wake.set()
 
-    def _on_hup(self, signum, frame) -> None:
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self.reload_requested = True
         self.wake.set()
 
-    def install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, self._on_term)
-        signal.signal(signal.SIGHUP, self._on_hup)
+    def install_signals(self) -> dict[signal.Signals, SignalHandler]:
+        """Install the handlers (main thread only); returns the previous ones."""
+        handlers = {signal.SIGTERM: self._on_term, signal.SIGINT: self._on_term, signal.SIGHUP: self._on_hup}
+        # None: the previous handler was not set from Python; the default is put back then.
+        return {signum: signal.signal(signum, handler) or signal.SIG_DFL for signum, handler in handlers.items()}
 
     # -- lifecycle --------------------------------------------------------
     def run(self) -> StoreUnusable | None:
@@ -133,19 +144,24 @@ class Daemon:
         exits 0), or the fault that made the store unusable for good while
         running (the state file deleted or replaced, corrupt pages met),
         already logged: the daemon stopped cleanly, ``cli.py`` exits 74 and
-        systemd restarts it into a new store and a full scan.
+        systemd restarts it into a new store and a full scan. The signal
+        handlers in force before are restored when it returns or raises.
 
         Raises:
             AlreadyRunning: another serve holds the state dir.
             StoreUnusable: the store cannot be used at start (corrupt, another
                 application's, read-only, full).
         """
-        self.install_signals()
-        self.startup()
+        previous = self.install_signals()
         try:
-            self.main_loop()
+            self.startup()
+            try:
+                self.main_loop()
+            finally:
+                self.shutdown()
         finally:
-            self.shutdown()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return self.fatal
 
     def startup(self) -> None:
@@ -154,7 +170,8 @@ class Daemon:
         self._runtime_file = runtime.write_runtime_file(self.config.state_dir, self.config_path)
         with TimeoutExtender(self.notifier, EXTEND_EVERY_S, EXTEND_BY_S):
             self._send_status("starting: opening the store")
-            self.pipeline = Pipeline(self.config, on_change=self._mark_dirty, on_activity=self.wake.set)
+            self.pipeline = Pipeline(self.config, on_change=self._mark_dirty, on_activity=self.wake.set,
+                                     clock=self.clock)
             self.pipeline.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
             self.pipeline.start_scheduler()
             self.pipeline.watch(on_repo=self._on_repo)
@@ -168,7 +185,7 @@ class Daemon:
         self.notifier.ready()
 
     def main_loop(self) -> None:
-        next_ping = time.monotonic()
+        next_ping = self.clock()
         while not self.stop_requested:
             try:
                 next_ping = self._tick(next_ping)
@@ -177,14 +194,14 @@ class Daemon:
                     log.error(exc.event, **exc.fields())
                     self.fatal = exc
                     return
-                self.wake.wait(1.0)  # work is paused; _watch_store said so
+                self.clock.wait(self.wake, 1.0)  # work is paused; _watch_store said so
             except Exception:
                 # E.g. the store locked by another process past busy_timeout
                 # during a reload: logged, and the daemon lives on (a real
                 # hang still stops the watchdog pings).
                 log.exception("main_loop_error")
-                self.wake.wait(1.0)
-            self.wake.wait(self._sleep_s(next_ping))
+                self.clock.wait(self.wake, 1.0)
+            self.clock.wait(self.wake, self._sleep_s(next_ping))
             self.wake.clear()
 
     def _tick(self, next_ping: float) -> float:
@@ -194,7 +211,7 @@ class Daemon:
             self.reload_requested = False
             self.reload()
         self._drain_watchers()
-        now = time.monotonic()
+        now = self.clock()
         self._maybe_publish_status(now)
         if self.ping_every_s and now >= next_ping:
             if self.gate.should_ping():
@@ -207,7 +224,7 @@ class Daemon:
         work, or STATUS refresh is due, at most :data:`TICK_S`. File events,
         job outcomes and signals wake it earlier (``self.wake``), so an idle
         daemon wakes a few times a minute, not five times a second."""
-        now = time.monotonic()
+        now = self.clock()
         waits = [TICK_S]
         if self.ping_every_s:
             waits.append(next_ping - now)
@@ -227,6 +244,7 @@ class Daemon:
         log.info("daemon_stopped", returned_to_pending=returned)
         runtime.remove_runtime_file(self._runtime_file)
         os.close(self._lock_fd)
+        self.notifier.close()  # nothing is sent after STOPPING=1 (a daemon in a test process must not leak it)
 
     # -- reload -------------------------------------------------------------
     def reload(self) -> None:
@@ -293,6 +311,8 @@ class Daemon:
         log a pausing fault (disk full…) once when it begins, and when it ends."""
         self.pipeline.check_store()
         fault = self.pipeline.store_fault()
+        if fault is not None and not fault.pauses:
+            raise fault  # a worker met it since the check: fatal, and said once (main_loop)
         kind = fault.event if fault is not None else None
         if kind == self._store_fault:
             return
@@ -313,7 +333,7 @@ class Daemon:
     def _send_status(self, text: str, heartbeat: bool = False) -> bool:
         """Send STATUS if the text changed (or ``heartbeat``) and the last one is
         at least STATUS_MIN_GAP_S old. Returns True if sent."""
-        now = time.monotonic()
+        now = self.clock()
         if now - self._status_at < STATUS_MIN_GAP_S or (text == self._status_text and not heartbeat):
             return False
         self._status_at, self._status_text = now, text

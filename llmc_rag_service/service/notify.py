@@ -66,7 +66,7 @@ class Notifier:
         failure after a success is logged (warning ``notify_failed``), later ones
         stay silent until a send succeeds again (info ``notify_recovered``).
         """
-        if not self.enabled or not lines:
+        if not self.enabled or not self.socket_path or not lines:
             return False
         data = "\n".join(lines).encode("utf-8", "replace")
         with self._lock:

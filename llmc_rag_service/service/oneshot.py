@@ -133,7 +133,7 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
         progress.update(total - remaining, total, pipeline.status_line())
         fault = pipeline.store_fault()
         paused_since = (paused_since or time.monotonic()) if fault else None
-        if fault and (not fault.pauses or time.monotonic() - paused_since > STORE_WAIT_S):
+        if fault and paused_since is not None and (not fault.pauses or time.monotonic() - paused_since > STORE_WAIT_S):
             progress.update(total - remaining, total, pipeline.status_line(), final=True)
             raise fault  # cli.py says it in one line
         down = pipeline.ollama_down()

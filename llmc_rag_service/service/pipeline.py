@@ -39,6 +39,7 @@ from typing import Callable, Iterable
 
 import structlog
 
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.enrich.prompt import chat_client, span_char_budget
@@ -72,6 +73,8 @@ class Pipeline:
         poll_interval_s: Snapshot interval of the polling fallback, seconds.
         team_settings: Team cache timeouts and lease (tests shorten them);
             default: the library's, with ``team.lease_s``.
+        clock: Time of the job queue, the workers and the watchers (tests pass
+            a manual one; see :mod:`llmc_rag_service.clock`).
 
     Nothing runs until :meth:`start_workers`, :meth:`start_scheduler` or
     :meth:`watch` is called; :meth:`close` stops what was started.
@@ -84,11 +87,11 @@ class Pipeline:
 
     def __init__(self, config: Config, on_change: Callable[[], None] = lambda: None,
                  on_activity: Callable[[], None] | None = None, *,
-                 settle_s: float | None = None, poll_interval_s: float | None = None,
+                 settle_s: float | None = None, poll_interval_s: float | None = None, clock: Clock = SYSTEM,
                  team_settings: TeamSettings | None = None):
-        self.config, self.on_change = config, on_change
+        self.config, self.on_change, self.clock = config, on_change, clock
         self.store = Store(config.db_path)
-        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts)
+        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts, clock)
         recovered = self.queue.recover()
         if recovered:
             log.info("jobs_recovered", count=recovered, reason="left running by a dead process")
@@ -103,13 +106,13 @@ class Pipeline:
         self.scheduler = ScanScheduler(self.scanners.get, on_jobs=self._on_jobs, on_change=on_change)
         watch_args = {} if settle_s is None else {"settle_s": settle_s}
         self.watches = WatchSet(config.watch, poll_interval_s=poll_interval_s, on_activity=on_activity,
-                                **watch_args)
+                                clock=clock, **watch_args)
         self._workers_on = False
 
     def _new_pool(self) -> WorkerPool:
         """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a pool over them."""
         self.clients = [chat_client(self.config.ollama, host) for host in self.config.ollama.all_hosts()]
-        return WorkerPool(self.store, self.queue, self.clients, self.on_change, gate=self.team)
+        return WorkerPool(self.store, self.queue, self.clients, self.on_change, clock=self.clock, gate=self.team)
 
     def _new_team(self, config: Config) -> TeamGate | None:
         """The team gate for ``config.team`` (not started), or None: team mode
@@ -120,7 +123,7 @@ class Pipeline:
         settings = self._team_settings or TeamSettings(lease_s=config.team.lease_s)
         try:
             return TeamGate(config.team.postgres, self.store, self.queue, settings, self.on_change,
-                            on_work=lambda: self.pool.notify_work())
+                            on_work=lambda: self.pool.notify_work(), clock=self.clock)
         except TeamError as err:
             self.team_error = str(err)
             log.error("team_unreachable", url=redact_dsn(config.team.postgres), kind=err.kind, error=str(err))
@@ -280,7 +283,7 @@ class Pipeline:
         self._retired.append((self.pool, self.clients))
         self._reap()
         self.config = config
-        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts)
+        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts, self.clock)
         if self.team is not None:
             self.team.queue = self.queue
         self.pool = self._new_pool()
@@ -394,7 +397,7 @@ class Pipeline:
             log.warning("workers_still_busy", count=sum(p.busy_threads() for p, _ in self._retired))
         if meta and (self.store.fault is None or self.store.fault.pauses):
             try:
-                self.store.set_meta(**meta)
+                self.store.set_meta(None, **meta)
             except (StoreUnusable, sqlite3.Error) as exc:
                 log.warning("meta_not_stored", error=str(exc))
         self.store.close()

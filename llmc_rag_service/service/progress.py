@@ -20,7 +20,7 @@ import contextlib
 import os
 import threading
 import time
-from typing import Callable, Iterator, TextIO
+from typing import Callable, Iterator, TextIO, cast
 
 from llmc_rag_service import logs as logsetup
 
@@ -108,7 +108,7 @@ class Progress:
 
     def log_stream(self) -> TextIO:
         """A stream for the logging handler that writes through :meth:`write_above`."""
-        return _AboveBar(self)
+        return cast(TextIO, _AboveBar(self))  # file-like enough for logging: write, flush, isatty
 
     @contextlib.contextmanager
     def logs_above(self, level: str, fmt: str) -> Iterator[None]:

@@ -126,7 +126,7 @@ def store_report(config: Config, env: Mapping[str, str] | None = None) -> dict[s
     services = running_services(env)
     ours = config.state_dir.absolute()
     mine = [s for s in services if s.state_dir is not None and s.state_dir.absolute() == ours]
-    service = (mine or services or [None])[0]
+    service = next(iter(mine or services), None)
     try:
         exists = config.db_path.exists()
     except OSError:

@@ -33,13 +33,13 @@ validated enrichments is sent: no path, no name, no span text.
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.enrich.gate import SEND, Admission
 from llmc_rag_service.enrich.prompt import InvalidAnswer, validate_fields
 from llmc_rag_service.models import Enrichment, Job
@@ -80,15 +80,18 @@ class TeamGate:
         settings: team cache timeouts and lease.
         on_change: called after jobs were completed from the cache (STATUS may change).
         on_work: called when deferred jobs were made due again (wakes idle workers).
+        clock: time of deferral deadlines and of the feeder's waits (the team
+            cache's own threads keep real time: their waits are on the network).
 
     Raises:
         TeamNotInstalled: the ``[postgres]`` extra is missing.
     """
 
     def __init__(self, dsn: str, store: Store, queue: JobQueue, settings: TeamSettings,
-                 on_change: Callable[[], None] = lambda: None, on_work: Callable[[], None] = lambda: None):
+                 on_change: Callable[[], None] = lambda: None, on_work: Callable[[], None] = lambda: None,
+                 clock: Clock = SYSTEM):
         self.store, self.queue, self.settings, self.on_change = store, queue, settings, on_change
-        self.on_work = on_work
+        self.on_work, self.clock = on_work, clock
         self.cache = TeamCache(dsn, validate=validate_enrichment, outbox=TeamOutbox(store), settings=settings,
                                on_published=self._on_published)
         self._lock = threading.Lock()
@@ -138,7 +141,7 @@ class TeamGate:
         ``team``): ``hits`` = jobs completed with a teammate's result, ``deferred`` = jobs waiting for a
         teammate, ``queries`` = statements sent to the team database since start (its load)."""
         cache = self.cache.status()
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             deferred = sum(1 for deadline in self._deferred.values() if deadline > now)
         return {"url": cache["url"], "reachable": cache["reachable"], "hits": self.hits,
@@ -177,7 +180,7 @@ class TeamGate:
         # key: this daemon ignores the row and enriches the span itself.
         claimed |= poisoned
         refused = [k for k in refused if k not in poisoned]
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             self._granted.update((k, now) for k in claimed if k != key and k not in self._sending)
             if key in claimed:
@@ -228,7 +231,7 @@ class TeamGate:
                 log.info("team_deferred", span_hash=span_hash, wait_s=round(self.settings.defer_deadline_s, 1))
 
     def _defer_keys(self, hashes: Iterable[str]) -> None:
-        deadline = time.monotonic() + self.settings.defer_deadline_s
+        deadline = self.clock() + self.settings.defer_deadline_s
         with self._lock:
             self._deferred.update((h, deadline) for h in hashes)
 
@@ -240,7 +243,7 @@ class TeamGate:
                 self._resync = True
             elif span_hash in self._deferred or self._watching[span_hash] > 0:
                 self._heard.add(span_hash)
-                self._heard_at = self._heard_at or time.monotonic()
+                self._heard_at = self._heard_at or self.clock()
             else:
                 return
         self._wake.set()
@@ -253,7 +256,7 @@ class TeamGate:
                 except Exception as exc:  # noqa: BLE001 - e.g. the store locked: try again next turn
                     log.error("team_feed_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
                     self._stop.wait(FEED_TICK_S)
-                self._wake.wait(self._next_wait_s())
+                self.clock.wait(self._wake, self._next_wait_s())
                 self._wake.clear()
         finally:
             self.store.release_thread()
@@ -263,7 +266,7 @@ class TeamGate:
             if self._resync or (self._heard_at is not None and len(self._heard) >= HEARD_BATCH):
                 return 0.0
             if self._heard_at is not None:
-                return max(0.0, min(FEED_TICK_S, self._heard_at + HEARD_WAIT_S - time.monotonic()))
+                return max(0.0, min(FEED_TICK_S, self._heard_at + HEARD_WAIT_S - self.clock()))
             return HEARD_WAIT_S if self._early else FEED_TICK_S
 
     def feed(self) -> int:
@@ -294,7 +297,7 @@ class TeamGate:
         return stored
 
     def _look_up_heard(self) -> int:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             due = self._resync or (self._heard_at is not None and (
                 len(self._heard) >= HEARD_BATCH or now >= self._heard_at + HEARD_WAIT_S))
@@ -355,7 +358,7 @@ class TeamGate:
         """Release claims taken ahead but unused for a lease, and claims of jobs
         that left ``running`` without a word (an unexpected error); forget
         deferrals of jobs no longer pending (done another way, or dropped)."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             stale = [k for k, at in self._granted.items() if now - at > self.settings.lease_s]
             sending = list(self._sending)

@@ -34,7 +34,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from llmc_rag_service.models import Span
 from llmc_rag_service.store import fts
@@ -259,7 +259,7 @@ class Store(Database):
     def files(self, repo_id: int, under: str | None = None) -> dict[str, FileRecord]:
         """Stored files of a repo by relative path; ``under`` limits to a subtree."""
         sql = "SELECT id, repo_id, path, size, mtime_ns, content_hash, skipped FROM files WHERE repo_id = ?"
-        args: list = [repo_id]
+        args: list[object] = [repo_id]
         if under:
             sql += " AND (path = ? OR substr(path, 1, ?) = ?)"
             args += [under, len(under) + 1, under + "/"]

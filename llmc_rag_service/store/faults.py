@@ -24,6 +24,7 @@ import errno
 import os
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 #: Free bytes under which an I/O error of the store is taken for a full disk.
@@ -127,7 +128,9 @@ class StoreBusy(StoreUnusable):
                          "find the process holding it (fuser) or try again later")
 
 
-_BY_CODE: dict[int, type[StoreUnusable]] = {
+#: A fault class by its cause; each takes (path, detail).
+_Kind = Callable[[Path | str, str], StoreUnusable]
+_BY_CODE: dict[int, _Kind] = {
     sqlite3.SQLITE_CORRUPT: StoreCorrupt,
     sqlite3.SQLITE_NOTADB: StoreCorrupt,
     sqlite3.SQLITE_FULL: StoreFull,
@@ -137,7 +140,7 @@ _BY_CODE: dict[int, type[StoreUnusable]] = {
     sqlite3.SQLITE_BUSY: StoreBusy,
     sqlite3.SQLITE_LOCKED: StoreBusy,
 }
-_BY_ERRNO: dict[int, type[StoreUnusable]] = {
+_BY_ERRNO: dict[int, _Kind] = {
     errno.ENOSPC: StoreFull,
     errno.EDQUOT: StoreFull,
     errno.EROFS: StoreReadOnly,

@@ -25,7 +25,7 @@ import json
 import re
 import sqlite3
 import threading
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 #: The tokenizer of ``span_fts`` (as in its CREATE statement in db.py).
 TOKENIZE = "porter unicode61 remove_diacritics 2"
@@ -106,7 +106,7 @@ WHERE s.id IN (SELECT value FROM json_each(?))
 _INSERT_SQL = f"INSERT INTO span_fts(rowid, {', '.join(COLUMNS)}) VALUES (?{', ?' * len(COLUMNS)})"
 
 
-def _document(row: sqlite3.Row | tuple) -> tuple:
+def _document(row: sqlite3.Row | tuple[Any, ...]) -> tuple[Any, ...]:
     span_id, name, path, text, summary, *rest = row
     lists = [_list_text(v) for v in rest[:4]]
     return (span_id, _with_terms(name), _with_terms(path), _with_terms(summary),
@@ -136,7 +136,7 @@ def indexed_ids(conn: sqlite3.Connection, span_ids: Iterable[int]) -> set[int]:
     return {r[0] for r in rows}
 
 
-def ranked(conn: sqlite3.Connection, match: str, filter_sql: tuple[str, str, Sequence], depth: int,
+def ranked(conn: sqlite3.Connection, match: str, filter_sql: tuple[str, str, Sequence[Any]], depth: int,
            weights: Sequence[float] = WEIGHTS) -> list[tuple[int, float]]:
     """Span ids matching the FTS5 expression ``match``, best first, at most ``depth``.
 
@@ -153,7 +153,7 @@ def ranked(conn: sqlite3.Connection, match: str, filter_sql: tuple[str, str, Seq
     if not where:
         sql = f"""SELECT s.id, m.score FROM (SELECT rowid AS id, {bm25} AS score FROM span_fts
                   WHERE span_fts MATCH ? ORDER BY score LIMIT ?) m JOIN spans s ON s.id = m.id {order}"""
-        params: tuple = (match, 2 * depth, depth)
+        params: tuple[Any, ...] = (match, 2 * depth, depth)
     else:
         sql = f"""SELECT s.id, {bm25} AS score FROM span_fts JOIN spans s ON s.id = span_fts.rowid {joins}
                   WHERE span_fts MATCH ? {where} {order}"""

@@ -22,9 +22,9 @@ import json
 import os
 import random
 import sqlite3
-import time
 from typing import Iterable
 
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.models import PROMPT_VERSION, Enrichment, Job
 from llmc_rag_service.store.db import Store
 
@@ -64,10 +64,12 @@ class JobQueue:
         store: The state store.
         model: Ollama model name; jobs and enrichments are per model.
         max_attempts: Failed attempts before a job is dead-lettered.
+        clock: Its ``time()`` (wall seconds) stamps jobs and decides when a
+            backed-off job is due; tests pass a manual clock.
     """
 
-    def __init__(self, store: Store, model: str, max_attempts: int = 5):
-        self.store, self.model, self.max_attempts = store, model, max_attempts
+    def __init__(self, store: Store, model: str, max_attempts: int = 5, clock: Clock = SYSTEM):
+        self.store, self.model, self.max_attempts, self.clock = store, model, max_attempts, clock
         self.prompt_version = PROMPT_VERSION
 
     def _key(self) -> tuple[str, int]:
@@ -79,7 +81,7 @@ class JobQueue:
 
         Returns the number of jobs created.
         """
-        now, created = time.time(), 0
+        now, created = self.clock.time(), 0
         for span_hash in dict.fromkeys(span_hashes):
             if tx.execute(
                 "SELECT 1 FROM enrichments WHERE span_hash = ? AND model = ? AND prompt_version = ?",
@@ -120,7 +122,7 @@ class JobQueue:
         """Inside ``tx``, queue every span hash in the tree that has neither an
         enrichment nor a job for this model and prompt version (after the model
         or prompt changed, or jobs were lost). Returns how many were queued."""
-        now = time.time()
+        now = self.clock.time()
         return tx.execute(
             """INSERT INTO jobs(span_hash, model, prompt_version, state, priority, created_at, updated_at)
                SELECT DISTINCT s.span_hash, :model, :pv, 'pending', :prio, :now, :now FROM spans s
@@ -141,7 +143,7 @@ class JobQueue:
                 f"""UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = 0, updated_at = ?
                     WHERE state = 'failed' AND model = ? AND prompt_version = ? AND span_hash IN
                     (SELECT s.span_hash FROM spans s JOIN files f ON f.id = s.file_id WHERE f.repo_id IN ({marks}))""",
-                (time.time(), *self._key(), *ids),
+                (self.clock.time(), *self._key(), *ids),
             ).rowcount
 
     def recover(self) -> int:
@@ -159,7 +161,7 @@ class JobQueue:
     def claim(self) -> Job | None:
         """Atomically take the most urgent ready job (pending, due, span still
         present) and mark it running by this process; None if there is none."""
-        now = time.time()
+        now = self.clock.time()
         with self.store.write() as tx:
             row = tx.execute(
                 f"""UPDATE jobs SET state = 'running', claimed_by = ?, claimed_at = ?, updated_at = ?
@@ -178,7 +180,7 @@ class JobQueue:
             self._put_enrichment(tx, job.span_hash, enrichment, duration_s)
             tx.execute(
                 "UPDATE jobs SET state = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ? WHERE id = ?",
-                (time.time(), job.id),
+                (self.clock.time(), job.id),
             )
 
     def _put_enrichment(self, tx: sqlite3.Connection, span_hash: str, e: Enrichment, duration_s: float | None) -> None:
@@ -186,7 +188,7 @@ class JobQueue:
             """INSERT OR REPLACE INTO enrichments(span_hash, model, prompt_version, summary, inputs, outputs,
                side_effects, pitfalls, usage, created_at, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (span_hash, *self._key(), e.summary, json.dumps(e.inputs), json.dumps(e.outputs),
-             json.dumps(e.side_effects), json.dumps(e.pitfalls), e.usage, time.time(), duration_s),
+             json.dumps(e.side_effects), json.dumps(e.pitfalls), e.usage, self.clock.time(), duration_s),
         )
 
     def retry(self, job: Job, error: str, delay_s: float | None = None) -> bool:
@@ -198,7 +200,7 @@ class JobQueue:
             self.fail(job, error, attempts)
             return True
         delay = backoff_s(attempts) if delay_s is None else delay_s
-        self._update(job, "pending", attempts, error, time.time() + delay)
+        self._update(job, "pending", attempts, error, self.clock.time() + delay)
         return False
 
     def fail(self, job: Job, error: str, attempts: int | None = None) -> None:
@@ -208,20 +210,20 @@ class JobQueue:
     def release(self, job: Job, delay_s: float = 0.0, error: str | None = None) -> None:
         """Put a claimed job back without counting an attempt (the server was
         unreachable, busy or missing the model: not the job's fault)."""
-        self._update(job, "pending", job.attempts, error, time.time() + delay_s)
+        self._update(job, "pending", job.attempts, error, self.clock.time() + delay_s)
 
     def _update(self, job: Job, state: str, attempts: int, error: str | None, next_at: float) -> None:
         with self.store.write() as tx:
             tx.execute(
                 """UPDATE jobs SET state = ?, attempts = ?, last_error = ?, next_attempt_at = ?,
                    claimed_by = NULL, updated_at = ? WHERE id = ?""",
-                (state, attempts, error, next_at, time.time(), job.id),
+                (state, attempts, error, next_at, self.clock.time(), job.id),
             )
 
     def counts(self) -> dict[str, int]:
         """Live job counts for this model: ``pending`` (incl. waiting for
         backoff), ``ready`` (due now), ``running``, ``failed``, ``done``."""
-        now = time.time()
+        now = self.clock.time()
         row = self.store.conn.execute(
             f"""SELECT
                  SUM(state = 'pending'), SUM(state = 'pending' AND next_attempt_at <= ?),
@@ -237,7 +239,7 @@ class JobQueue:
             f"SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'pending' AND model = ? AND prompt_version = ? AND {_HAS_SPAN}",
             self._key(),
         ).fetchone()
-        return None if row[0] is None else max(0.0, row[0] - time.time())
+        return None if row[0] is None else max(0.0, row[0] - self.clock.time())
 
     # -- team mode (service/teamgate.py): which jobs a teammate may have done --
     def pending_after(self, job_id: int, limit: int) -> list[tuple[int, str]]:
@@ -252,7 +254,7 @@ class JobQueue:
         return [r[0] for r in self.store.conn.execute(
             f"""SELECT span_hash FROM jobs WHERE state = 'pending' AND model = ? AND prompt_version = ?
                 AND next_attempt_at <= ? AND {_HAS_SPAN} ORDER BY priority, id LIMIT ?""",
-            (*self._key(), time.time(), limit))]
+            (*self._key(), self.clock.time(), limit))]
 
     def states(self, span_hashes: Iterable[str]) -> dict[str, str]:
         """The job state of each of ``span_hashes`` that has a job (absent: no job)."""
@@ -269,19 +271,19 @@ class JobQueue:
         """Make the pending jobs of ``span_hashes`` due in ``delay_s`` seconds
         (a teammate is enriching them; 0: due now, the team is gone), without
         counting an attempt. Returns how many."""
-        at = time.time() + delay_s
+        at = self.clock.time() + delay_s
         with self.store.write() as tx:
             return sum(tx.execute(
                 "UPDATE jobs SET next_attempt_at = ?, updated_at = ? WHERE span_hash = ? "
                 "AND model = ? AND prompt_version = ? AND state = 'pending'",
-                (at, time.time(), h, *self._key())).rowcount for h in dict.fromkeys(span_hashes))
+                (at, self.clock.time(), h, *self._key())).rowcount for h in dict.fromkeys(span_hashes))
 
     def complete_pending(self, results: dict[str, Enrichment]) -> list[tuple[int, str]]:
         """Store enrichments that came from elsewhere (the team cache) and mark
         their *pending* jobs done, in one transaction; a job a worker is running
         is left to it. Returns ``(job id, span_hash)`` of the jobs completed."""
         done: list[tuple[int, str]] = []
-        now = time.time()
+        now = self.clock.time()
         with self.store.write() as tx:
             for span_hash, enrichment in results.items():
                 row = tx.execute(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from llmc_rag_service.models import PROMPT_VERSION
 
@@ -41,7 +41,7 @@ def _cursor(conn: sqlite3.Connection) -> sqlite3.Cursor:
     return cur
 
 
-def filter_sql(filt: SpanFilter) -> tuple[str, str, list]:
+def filter_sql(filt: SpanFilter) -> tuple[str, str, list[Any]]:
     """``(joins, " AND ..." conditions, args)`` restricting spans (alias ``s``)
     to ``filt``; only the tables a condition needs are joined (``f`` files,
     ``r`` repos, ``t`` span_texts), each join costing a lookup per candidate row."""

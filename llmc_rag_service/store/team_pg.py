@@ -73,7 +73,7 @@ class SchemaTooNew(Exception):
         super().__init__(f"team schema version {found} > known {known}")
 
 
-def _columns(keys: Sequence[Key]) -> dict[str, list]:
+def _columns(keys: Sequence[Key]) -> dict[str, list[Any]]:
     return {"h": [k[0] for k in keys], "m": [k[1] for k in keys], "v": [k[2] for k in keys]}
 
 

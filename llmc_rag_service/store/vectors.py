@@ -155,7 +155,7 @@ def load_embeddings(conn: sqlite3.Connection, embed_model: str, input_version: i
     with snapshot(conn):  # the count and the rows from one state of the database
         total = count(conn, embed_model, input_version)
         hashes: list[str] = []
-        matrix = np.zeros((0, 0), dtype=dtype)
+        matrix: np.ndarray = np.zeros((0, 0), dtype=dtype)
         for part_hashes, part in iter_embeddings(conn, embed_model, input_version):
             if matrix.size == 0:
                 matrix = np.empty((total, part.shape[1]), dtype=dtype)

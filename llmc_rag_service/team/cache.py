@@ -56,7 +56,7 @@ log = structlog.get_logger("llmc_rag_service.team")
 PURGE_EVERY_S = 3600.0
 
 
-def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 

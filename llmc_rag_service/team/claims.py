@@ -70,10 +70,10 @@ class Claims:
         with self._lock:
             lost = set(held) - still
             self._held -= lost
-            held = set(self._held)
+            kept = set(self._held)
         if lost:
             log.warning("team_claim_lost", keys=len(lost), lease_s=self.lease_s)
-        return held
+        return kept
 
     def release(self, keys: Iterable[EnrichmentKey]) -> None:
         """Drop claims on ``keys`` here and in the database."""

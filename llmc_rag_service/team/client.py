@@ -48,11 +48,12 @@ def conninfo_for(dsn: str, settings: TeamSettings) -> str:
     given = psycopg.conninfo.conninfo_to_dict(dsn)
     statement_ms = int(settings.statement_timeout_s * 1000)
     options = f"{given.get('options') or ''} -c statement_timeout={statement_ms} -c lock_timeout={statement_ms}"
-    return psycopg.conninfo.make_conninfo(
+    conninfo: str = psycopg.conninfo.make_conninfo(
         dsn, connect_timeout=max(2, math.ceil(settings.connect_timeout_s)), options=options.strip(),
         application_name=given.get("application_name") or APPLICATION_NAME,
         keepalives=1, keepalives_idle=2, keepalives_interval=1, keepalives_count=2,
         tcp_user_timeout=int((settings.connect_timeout_s + settings.statement_timeout_s) * 1000))
+    return conninfo
 
 
 class TeamDB:

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from llmc_rag_service.models import Enrichment
 
@@ -37,7 +37,7 @@ class EmbeddingKey(NamedTuple):
     input_version: int
 
 
-def well_formed(key: tuple) -> bool:
+def well_formed(key: tuple[Any, ...]) -> bool:
     """True if ``key`` is (64 lowercase hex, non-empty model, int version): anything else is never sent."""
     return (len(key) == 3 and isinstance(key[0], str) and bool(_HASH.match(key[0]))
             and isinstance(key[1], str) and bool(key[1]) and isinstance(key[2], int) and not isinstance(key[2], bool))
@@ -59,6 +59,6 @@ def vector_problem(vector: object, dim: object) -> str | None:
     return None
 
 
-def distinct_keys(keys: Iterable[tuple], kind: type) -> list:
+def distinct_keys(keys: Iterable[tuple[Any, ...]], kind: type[Any]) -> list[Any]:
     """Well-formed keys as ``kind``, deduplicated and sorted (the lock order of ``store.team_pg``)."""
     return sorted({kind(*k) for k in keys if well_formed(k)})

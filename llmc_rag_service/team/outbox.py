@@ -11,7 +11,7 @@ import itertools
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from llmc_rag_service.store.team_outbox import OutboxItem
 
@@ -43,7 +43,7 @@ class MemoryOutbox:
 
     def __init__(self) -> None:
         self._items: dict[int, OutboxItem] = {}
-        self._keys: set[tuple] = set()
+        self._keys: set[tuple[Any, ...]] = set()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 

@@ -104,7 +104,7 @@ def make_polling_observer(prune: Prune, interval_s: float) -> BaseObserver:
     """A polling observer snapshotting the tree every ``interval_s`` seconds; directories
     where ``prune(abs_path)`` are not listed (so not stat'ed either)."""
 
-    def listdir(path: str | None) -> Iterator[os.DirEntry]:
+    def listdir(path: str | None) -> Iterator[os.DirEntry[str]]:
         with os.scandir(path) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False) and prune(os.fsencode(entry.path)):

@@ -17,13 +17,13 @@ indexer. Behind ``poll()``, per repo:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import structlog
 
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.config import WatchConfig
 from llmc_rag_service.watch.gitgate import SETTLE_S, GitGate
 from llmc_rag_service.index.ignore import RepoIgnore
@@ -49,7 +49,7 @@ class Work:
 
 @dataclass
 class _Repo:
-    """WatchSet state of one repo; times are ``time.monotonic()`` seconds."""
+    """WatchSet state of one repo; times are the WatchSet clock's (monotonic) seconds."""
 
     ignore: RepoIgnore
     watcher: RepoWatcher
@@ -58,7 +58,7 @@ class _Repo:
     held_full: str | None = None  # why a full scan waits for the gate (reason), else None
     holding: str | None = None  # the gate's reason while holding, for one log line per hold
     holding_ended: bool = False  # a hold just ended: flush the pending paths with it
-    last_full: float = field(default_factory=time.monotonic)
+    last_full: float = 0.0
     retry_at: float = 0.0
     missing: bool = False  # the root is not a directory (unmounted, deleted): retried, not unhealthy
 
@@ -71,11 +71,13 @@ class WatchSet:
             ``reconcile_s`` in seconds, 0 = no periodic reconcile).
         settle_s: Quiet seconds after a ``.git/`` event before held events go out.
         poll_interval_s: Snapshot interval of the polling fallback, seconds.
+        clock: Time of debounce, git gate settle, restart retries and reconcile.
     """
 
     def __init__(self, watch: WatchConfig, *, settle_s: float = SETTLE_S,
-                 poll_interval_s: float | None = None, on_activity: Callable[[], None] | None = None):
-        self.watch, self.settle_s, self.poll_interval_s = watch, settle_s, poll_interval_s
+                 poll_interval_s: float | None = None, on_activity: Callable[[], None] | None = None,
+                 clock: Clock = SYSTEM):
+        self.watch, self.settle_s, self.poll_interval_s, self.clock = watch, settle_s, poll_interval_s, clock
         self.on_activity = on_activity
         self._repos: dict[Path, _Repo] = {}
 
@@ -94,15 +96,15 @@ class WatchSet:
         """
         extra = {} if self.poll_interval_s is None else {"poll_interval_s": self.poll_interval_s}
         watcher = RepoWatcher(repo, ignore, debounce_ms=self.watch.debounce_ms,
-                              max_delay_ms=self.watch.max_delay_ms, **extra)
-        gate = GitGate(repo, self.settle_s)
+                              max_delay_ms=self.watch.max_delay_ms, clock=self.clock, **extra)
+        gate = GitGate(repo, self.settle_s, clock=self.clock)
         watcher.on_git_event = gate.note_event
         watcher.on_activity = self.on_activity
-        state = self._repos[repo] = _Repo(ignore, watcher, gate)
+        state = self._repos[repo] = _Repo(ignore, watcher, gate, last_full=self.clock())
         try:
             watcher.start()
         except OSError as exc:
-            self._mark_missing(repo, state, time.monotonic(), exc)
+            self._mark_missing(repo, state, self.clock(), exc)
 
     def stop(self, repo: Path) -> None:
         """Stop watching ``repo`` (bounded); held events are dropped (the next
@@ -120,7 +122,7 @@ class WatchSet:
         """Work that is due now, for every repo; call once per main-loop tick (cheap
         when idle: no file system access unless events are pending)."""
         work: list[Work] = []
-        now = time.monotonic()
+        now = self.clock()
         for repo, state in list(self._repos.items()):
             full = self._full_reason(repo, state, now)
             if full:
@@ -200,7 +202,7 @@ class WatchSet:
         batch to re-check against the git gate, a missing repo to retry, a
         reconcile), None if nothing is scheduled. File events also wake the
         caller through ``on_activity``, so it may sleep until then."""
-        now, dues = time.monotonic(), []
+        now, dues = self.clock(), []
         for state in self._repos.values():
             if state.held or state.held_full:
                 dues.append(GATE_RECHECK_S)
