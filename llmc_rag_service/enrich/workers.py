@@ -311,7 +311,7 @@ class WorkerPool:
             return
         fields = dict(repo=row["repo"], path=row["path"], span=row["name"], job=job.id,
                       attempt=job.attempts + 1, host=host.url)
-        if self.gate is not None and not self._admitted(job, fields):
+        if self.gate is not None and not self._admitted(self.gate, job, fields):
             return
         messages = build_messages(path=row["path"], language=row["language"], kind=row["kind"],
                                   name=row["name"], start_line=row["start_line"], text=row["text"])
@@ -346,12 +346,12 @@ class WorkerPool:
         log.info("job_done", **fields, duration_s=round(duration, 3), eval_count=answer.get("eval_count"),
                  prompt_eval_count=answer.get("prompt_eval_count"))
 
-    def _admitted(self, job: Job, fields: dict[str, Any]) -> bool:
+    def _admitted(self, gate: JobGate, job: Job, fields: dict[str, Any]) -> bool:
         """Ask the gate about ``job``: True to send it; else the job was
         completed with a teammate's result or put back while a teammate works on it."""
-        admission = self.gate.admit(job)
+        admission = gate.admit(job)
         about = {k: v for k, v in fields.items() if k not in ("host", "attempt")}
-        if admission.action == "hit":
+        if admission.action == "hit" and admission.enrichment is not None:
             self.queue.complete(job, admission.enrichment, None)
             log.info("team_hit", **about, span_hash=job.span_hash)
             return False

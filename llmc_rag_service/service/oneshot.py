@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 import structlog
 
@@ -116,7 +116,7 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     return code
 
 
-def _from_team(team: dict | None) -> str:
+def _from_team(team: dict[str, Any] | None) -> str:
     """`` (N from the team cache)`` with team mode on, else nothing."""
     return f" ({team['hits']} from the team cache)" if team else ""
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import structlog
 
@@ -339,7 +339,7 @@ class Pipeline:
         """Jobs this pipeline finished (done, dead-lettered, or taken from the team cache) since it started."""
         return self.pool.done + self.pool.failed + (self.team.hits if self.team is not None else 0)
 
-    def team_status(self) -> dict | None:
+    def team_status(self) -> dict[str, Any] | None:
         """Team mode's ``{url, reachable, hits, published, outbox, deferred,
         last_error}`` (see :meth:`TeamGate.status`), or None when it is off."""
         if self.config.team.postgres is None:
