@@ -319,6 +319,8 @@ def main() -> None:
     parser.add_argument("--latency-s", type=float, default=0.01)
     parser.add_argument("--daemon", choices=("serve", "simulated"), default="serve",
                         help="real llmc-rag serve processes on copies of a real code base, or simulated daemons")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the rows of serve daemons with team mode off")
     parser.add_argument("--parts", nargs="+", choices=("latency", "outage", "team"),
                         default=["latency", "outage", "team"])
     args = parser.parse_args()
@@ -338,6 +340,9 @@ def main() -> None:
             print(f"\n## Team of {args.daemon} daemons (emulator: {args.slots} slots, {args.latency_s} s per answer, "
                   f"{args.workers} workers per daemon)\n")
             rows = [team_part(args, admin, n) for n in args.daemons]
+            if args.daemon == "serve" and args.baseline:
+                rows += [serve_team_run(None, n, args.slots, args.latency_s, args.workers)
+                         for n in sorted({min(args.daemons), max(args.daemons)})]
             print(markdown(rows))
     finally:
         if cluster:

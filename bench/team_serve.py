@@ -14,6 +14,8 @@ database, all against one in-process Ollama emulator. Measured:
   (``status --json``'s ``team.queries``, counted by each daemon, probes and the
   listener included) per distinct span — the extra load team mode puts on PostgreSQL;
 * hits: jobs each daemon took from the team cache (``status --json``'s ``team.hits``).
+
+Baseline rows run the same daemons with team mode off.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def count_work(home: Path, url: str) -> tuple[int, int]:
 class ServeDaemon:
     """One ``llmc-rag serve`` on its own copy of the code base and its own state dir."""
 
-    def __init__(self, home: Path, url: str, dsn: str, concurrency: int):
+    def __init__(self, home: Path, url: str, dsn: str | None, concurrency: int):
         self.home = home
         repo = copy_code_base(home / "repo")
         self.config = make_config(home, url, [repo], team={"postgres": dsn},
@@ -86,8 +88,9 @@ class ServeDaemon:
         return self.proc.wait(60)
 
 
-def serve_team_run(dsn: str, daemons: int, slots: int, latency_s: float, concurrency: int) -> dict:
-    """One run of ``daemons`` serve processes; returns a row of the results table."""
+def serve_team_run(dsn: str | None, daemons: int, slots: int, latency_s: float, concurrency: int) -> dict:
+    """One run of ``daemons`` serve processes (``dsn`` None: team mode off, the
+    baseline); returns a row of the results table."""
     with OllamaEmulator(num_parallel=slots, latency_s=latency_s) as emu, \
             tempfile.TemporaryDirectory(prefix="llmc-bench-team-") as tmp:
         spans, distinct = count_work(Path(tmp) / "count", emu.url)
@@ -105,7 +108,8 @@ def serve_team_run(dsn: str, daemons: int, slots: int, latency_s: float, concurr
         hits, queries = [t.get("hits", 0) for t in teams], sum(t.get("queries", 0) for t in teams)
         prompts = [r.json["messages"][-1]["content"] for r in emu.requests if r.path == "/api/chat" and r.json]
     duplicates = sum(n - 1 for n in collections.Counter(prompts).values())
-    return {"daemons": daemons, "spans": spans, "distinct": distinct, "requests": len(prompts),
+    return {"daemons": daemons if dsn else f"{daemons} (team off)", "spans": spans, "distinct": distinct, "requests": len(prompts),
             "duplicates": duplicates, "extra %": 100.0 * (len(prompts) - distinct) / distinct,
             "finished": not pending and codes == [0] * daemons, "wall s": wall_s,
-            "hits per daemon": "/".join(map(str, hits)), "queries per span": queries / distinct}
+            "hits per daemon": "/".join(map(str, hits)) if dsn else "-",
+            "queries per span": queries / distinct if dsn else "-"}
