@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import collections
 import json
+from dataclasses import replace
 
 import pytest
 from structlog.testing import capture_logs
 
 from llmc_rag_service import cli
+from llmc_rag_service.config import TeamConfig
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from llmc_rag_service.testing.postgres import free_port
@@ -136,3 +138,23 @@ def test_an_unreachable_team_database_from_the_start_does_not_hold_local_work(tm
     said = [e for e in logs if e["event"] == "team_unreachable"]
     assert len(said) == 1 and said[0]["url"] == status["url"] and "secret" not in status["url"]
     assert daemon.pipeline.status_line().endswith(f"{status['last_error']}; {len(spans)} to publish")
+
+
+def test_a_reload_turns_team_mode_on_and_off(pg, tmp_path, daemons):
+    """A reload that sets team.postgres gives the workers a team gate (the teammate's results cost no
+    request); one that removes it closes the gate and its threads."""
+    with OllamaEmulator() as emu:
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings()).start()
+        alice.wait_done()
+        sent = len(chats(emu))
+        bob = daemons(tmp_path, "bob", emu.url, None, team_settings())
+        assert bob.pipeline.team_status() is None
+        on = replace(bob.config, team=TeamConfig(postgres=pg.dsn, lease_s=30.0))
+        assert "team" in bob.pipeline.apply_config(bob.config, on)["sections"]
+        bob.start().wait_done()
+        assert len(chats(emu)) == sent
+        wait_for(lambda: bob.pipeline.team_status()["hits"] == len(bob.span_hashes()), 10, "hits counted")
+        gate = bob.pipeline.team
+        assert "team" in bob.pipeline.apply_config(on, replace(on, team=TeamConfig()))["sections"]
+        assert bob.pipeline.team is None and bob.pipeline.team_status() is None
+        assert gate.cache.db.closed and not gate.cache.listening.is_set()
