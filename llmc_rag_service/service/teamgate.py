@@ -158,10 +158,9 @@ class TeamGate:
                 ledger.watching += Counter()  # drop the zeros
 
     def _claim_or_defer(self, job: Job, key: EnrichmentKey, keys: list[EnrichmentKey]) -> Admission:
-        claimed = self.cache.claim(keys)
-        refused = [k for k in keys if k not in claimed]
         poisoned: set[EnrichmentKey] = set()
-        hits = self.cache.lookup(refused, rejected=poisoned) if refused else {}
+        claimed, hits = self.cache.claim_or_lookup(keys, rejected=poisoned)
+        refused = [k for k in keys if k not in claimed]
         # A published row that fails validation blocks every claim on its
         # key: this daemon ignores the row and enriches the span itself.
         claimed |= poisoned

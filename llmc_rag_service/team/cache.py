@@ -179,6 +179,24 @@ class TeamCache:
         """Keys this daemon may now enrich (see :meth:`Claims.claim`); the rest are counted deferred."""
         return self.claims.claim(keys)
 
+    def claim_or_lookup(self, keys: Iterable[EnrichmentKey], rejected: set[EnrichmentKey] | None = None,
+                        ) -> tuple[set[EnrichmentKey], dict[EnrichmentKey, Enrichment]]:
+        """:meth:`claim` and :meth:`lookup` in one statement per batch:
+        ``(claimed, found)``. A key is claimed, or found (published and
+        valid), or neither: a teammate holds it (deferred), or its row failed
+        validation (added to ``rejected`` when given, as in :meth:`lookup`)."""
+        claimed, rows = self.claims.claim_fetching(keys)
+        found: dict[EnrichmentKey, Enrichment] = {}
+        for span_hash, model, version, fields, producer in rows:
+            enrichment = self._checked(span_hash, fields, producer)
+            if enrichment is not None:
+                found[EnrichmentKey(span_hash, model, version)] = enrichment
+            elif rejected is not None:
+                rejected.add(EnrichmentKey(span_hash, model, version))
+        self._count(hits=len(found))
+        self.claims.undefer(found)
+        return claimed, found
+
     def renew(self) -> set[EnrichmentKey]:
         """Extend every held claim by ``lease_s``; returns those still held (the thread does this)."""
         return self.claims.renew()
