@@ -9,7 +9,8 @@ key ``(span_hash, model, prompt_version)`` of each job:
 2. **Before a worker sends a job** it asks :meth:`TeamGate.admit`. A key this
    daemon claimed ahead is sent at once; otherwise the gate claims the job's
    key together with the next :data:`CLAIM_AHEAD` ready jobs' keys in one
-   statement. A key a teammate published is stored (``team_hit``), unless
+   statement, which also returns what is published among them
+   (``TeamCache.claim_or_lookup``). A key a teammate published is stored (``team_hit``), unless
    its row fails validation (``team_row_invalid``: ignored, and the span
    enriched here); a key a teammate holds is deferred (``team_deferred``):
    its job waits in the queue for up to ``settings.defer_deadline_s`` (one lease), then is
