@@ -23,6 +23,28 @@ def span_hash_of(language: str, text: str) -> str:
     return hashlib.sha256(f"{language}\n{text}".encode("utf-8")).hexdigest()
 
 
+#: Budget units of one non-ASCII UTF-8 byte. An ASCII character is one unit and the
+#: prompt budget counts about 3 units per token; a byte-level tokenizer (BPE with
+#: byte fallback, as Ollama's models use) may spend a whole token on each byte of a
+#: CJK character or an emoji, so each such byte is counted as a token's worth.
+NON_ASCII_BYTE_UNITS = 3
+
+
+def budget_units(text: str) -> int:
+    """Size of ``text`` for the prompt budget: 1 per ASCII character,
+    :data:`NON_ASCII_BYTE_UNITS` per UTF-8 byte of any other character.
+
+    Span cutting (``index/spans.py``) and the budget (``enrich/prompt.py``
+    ``span_char_budget``) share this measure, so a span of CJK or emoji text fits
+    ``num_ctx`` as surely as one of ASCII code.
+    """
+    if text.isascii():
+        return len(text)
+    data = text.encode("utf-8", "surrogatepass")
+    non_ascii = len(data) - len(data.decode("ascii", "ignore"))
+    return len(data) - non_ascii + NON_ASCII_BYTE_UNITS * non_ascii
+
+
 @dataclass(frozen=True)
 class Span:
     """One unit of enrichment work cut from a source file.

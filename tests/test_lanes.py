@@ -31,9 +31,9 @@ def test_live_batch_is_indexed_during_a_full_scan(tmp_path):
         events.append(("full_end", len(live.files())))
         return result
 
-    def process_paths(paths, priority):
+    def process_paths(paths, priority, **kwargs):
         events.append(("paths", len(live.files())))
-        return real_paths(paths, priority)
+        return real_paths(paths, priority, **kwargs)
 
     scanner.full_scan, scanner.process_paths = full_scan, process_paths
     write_tree(root, {"saved.py": "def saved():\n    return 'now'\n"})

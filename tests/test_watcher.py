@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from llmc_rag_service.index.ignore import RepoIgnore
-from llmc_rag_service.watch.repo import STOP_TIMEOUT_S, Debouncer, RepoWatcher
+from llmc_rag_service.watch.debounce import Debouncer
+from llmc_rag_service.watch.repo import STOP_TIMEOUT_S, RepoWatcher
 
 CASES = [c for c in json.loads((Path(__file__).resolve().parent / "data" / "editor_saves.json").read_text())["cases"]
          if isinstance(c["ops"], list)]  # branch-switch is a git scenario for the git gate

@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any, Mapping
 
-from llmc_rag_service.models import Enrichment
+from llmc_rag_service.models import Enrichment, budget_units
 from llmc_rag_service.config import HostConfig, OllamaConfig
 from llmc_rag_service.enrich.ollama import OllamaClient
 
@@ -92,8 +92,17 @@ PROMPT_OVERHEAD_TOKENS = estimate_tokens(SYSTEM_PROMPT) + 150
 
 
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """High estimate of the tokens Ollama evaluates for ``messages``."""
+    """High estimate of the tokens Ollama evaluates for ``messages`` of ASCII code
+    (the truncation check's reference; see :func:`prompt_token_ceiling` for the room)."""
     return sum(estimate_tokens(str(m.get("content") or "")) + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
+
+
+def prompt_token_ceiling(messages: list[dict[str, Any]]) -> int:
+    """Tokens ``messages`` may take at most: as :func:`estimate_prompt_tokens`, but
+    non-ASCII text counted by ``budget_units`` (a token per UTF-8 byte), so a
+    prompt of CJK or emoji text is never planned past ``num_ctx``."""
+    return sum(math.ceil(budget_units(str(m.get("content") or "")) / CHARS_PER_TOKEN)
+               + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
 
 
 def chat_client(cfg: OllamaConfig, host: HostConfig | None = None, transport: Any = None) -> OllamaClient:
@@ -115,9 +124,10 @@ def num_ctx_of(options: Mapping[str, Any]) -> int:
 
 
 def span_char_budget(options: Mapping[str, Any]) -> int:
-    """Largest span text (characters) whose prompt still fits in ``num_ctx``
-    with room for the answer (``num_predict``) and the fixed prompt parts;
-    spans are split to this size when files are read."""
+    """Largest span text whose prompt still fits in ``num_ctx`` with room for
+    the answer (``num_predict``) and the fixed prompt parts; spans are split to
+    this size when files are read. In ``budget_units`` (characters of ASCII
+    text; a non-ASCII UTF-8 byte counts as a whole token)."""
     opts = effective_options(options)
     tokens = num_ctx_of(opts) - int(opts["num_predict"]) - PROMPT_OVERHEAD_TOKENS
     return max(400, int(tokens * CHARS_PER_TOKEN / NUMBERING_GROWTH))
@@ -135,7 +145,7 @@ def plan_num_predict(messages: list[dict[str, Any]], options: Mapping[str, Any],
         PromptTooLarge: less than :data:`MIN_NUM_PREDICT` tokens of room.
     """
     opts = effective_options(options)
-    room = num_ctx_of(opts) - estimate_prompt_tokens(messages)
+    room = num_ctx_of(opts) - prompt_token_ceiling(messages)
     if room < MIN_NUM_PREDICT:
         raise PromptTooLarge(f"prompt of ~{num_ctx_of(opts) - room} tokens leaves {room} of num_ctx "
                              f"{num_ctx_of(opts)} for the answer; raise ollama.options.num_ctx")

@@ -78,6 +78,8 @@ def _basename(relpath: str) -> str:
     return relpath.rstrip("/").rpartition("/")[2]
 
 
+
+
 def is_secret(relpath: str) -> bool:
     """True if the file is a secret file by its name (see ``secret_files.SECRET_FILES``).
 
@@ -110,6 +112,18 @@ def _normalize(relpath: str) -> str:
     return "/".join(parts)
 
 
+def _one_regex(spec: GitIgnoreSpec) -> re.Pattern[str] | None:
+    """All of ``spec``'s patterns as one regex (one search per path instead of one
+    per pattern: 40-odd default excludes), or None when a negation makes their
+    order matter. Built from pathspec's own per-pattern regexes, so the matching
+    is git's wildmatch as pathspec implements it."""
+    patterns = [p for p in spec.patterns if p.include is not None]
+    if any(not p.include for p in patterns) or not all(hasattr(p, "regex") for p in patterns):
+        return None
+    return re.compile("|".join(f"(?:{p.regex.pattern.replace('(?P<ps_d>', '(?:')})"  # type: ignore[union-attr]
+                               for p in patterns))
+
+
 class RepoIgnore:
     """Ignore rules of one repository rooted at ``root``; thread-safe.
 
@@ -120,6 +134,7 @@ class RepoIgnore:
     def __init__(self, root: Path, extra_excludes: Sequence[str] = ()) -> None:
         self.root = Path(root)
         self._base = GitIgnoreSpec.from_lines([*DEFAULT_EXCLUDES, *extra_excludes])
+        self._base_re = _one_regex(self._base)
         self._lock = threading.Lock()
         self._specs: dict[str, GitIgnoreSpec | None] = {}  # dir relpath ('' = root) -> spec
         self._dirs: dict[str, bool] = {}  # dir relpath -> ignored
@@ -130,6 +145,19 @@ class RepoIgnore:
         with self._lock:
             self._specs.clear()
             self._dirs.clear()
+
+    def forget(self, rel_dir: str) -> None:
+        """Forget what is cached for directory ``rel_dir`` and below (a directory was
+        created or moved in: a tree seen before under that name may have had other
+        ``.gitignore`` files). Costs nothing for a name never looked at."""
+        rel = _normalize(rel_dir)
+        with self._lock:
+            if rel not in self._specs and rel not in self._dirs:
+                return
+            prefix = rel + "/"
+            for cache in (self._specs, self._dirs):
+                for key in [k for k in cache if k == rel or k.startswith(prefix)]:
+                    del cache[key]
 
     def is_ignored(self, relpath: str, is_dir: bool = False) -> bool:
         """True if ``relpath`` (POSIX, relative to root) is excluded from indexing.
@@ -176,7 +204,7 @@ class RepoIgnore:
     def _decide(self, rel: str, is_dir: bool) -> bool:
         """The rules for ``rel`` itself, ancestors not considered."""
         probe = rel + "/" if is_dir else rel
-        if self._base.match_file(probe):
+        if self._base_match(rel, probe):
             return True
         parts = rel.split("/")
         for depth in range(len(parts) - 1, -1, -1):  # deepest .gitignore first
@@ -187,6 +215,13 @@ class RepoIgnore:
                     return verdict
         info = self._spec_for(_INFO_EXCLUDE)
         return info is not None and bool(info.match_file(probe))
+
+    def _base_match(self, rel: str, probe: str) -> bool:
+        """The default and configured excludes' verdict on ``probe`` (``rel`` plus a
+        ``/`` for a directory)."""
+        if self._base_re is not None:
+            return self._base_re.search(probe) is not None
+        return bool(self._base.match_file(probe))
 
     def _spec_for(self, key: str) -> GitIgnoreSpec | None:
         """The parsed ``<key>/.gitignore`` (or ``.git/info/exclude``), None if absent."""

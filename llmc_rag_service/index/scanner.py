@@ -11,13 +11,15 @@ Two entry points, one code path per file:
 
 A file is re-read only when its size or mtime changed, and re-split only when
 its content hash changed. A file's new spans replace its old ones in one
-transaction with the jobs they need, so a crash leaves either the old or the
-new state. Jobs for spans that are in no file any more are cancelled.
+transaction with the jobs they need (several files share a transaction, see
+``writes.py``), so a crash leaves either the old or the new state. Jobs for
+spans that are in no file any more are cancelled.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import stat
 import time
@@ -29,10 +31,24 @@ import structlog
 
 from llmc_rag_service.index import spans as spans_mod
 from llmc_rag_service.index.ignore import RepoIgnore
+from llmc_rag_service.index.writes import FileWrite, FileWrites, Flushed
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue
 from llmc_rag_service.store.db import FileRecord, Store
 
 log = structlog.get_logger(__name__)
+
+#: Identity of a directory: (st_dev, st_ino).
+RootId = tuple[int, int]
+
+
+def root_identity(path: Path | str) -> RootId | None:
+    """``(st_dev, st_ino)`` of the directory at ``path`` (symlinks followed), None if
+    there is none: a root moved away and another made at its path differs."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 @dataclass
@@ -69,6 +85,9 @@ class Scanner:
         self.ignore = RepoIgnore(self.root, tuple(exclude))
         self.max_file_bytes, self.max_span_chars = max_file_bytes, max_span_chars
         self.repo_id = store.repo_id(self.root)
+        self.writes = FileWrites(store, lambda: self.queue, self.repo_id, self.root)
+        self._result: ScanResult | None = None  # the scan whose files are pending
+        self._new_priority: int | None = None  # job priority of files not stored before
 
     def full_scan(self, priority: int = PRIORITY_BACKFILL,
                   between: Callable[[], None] | None = None) -> ScanResult:
@@ -78,7 +97,7 @@ class Scanner:
         live path batches there, so a long backfill never delays a save. An
         exception it raises aborts the scan (every file done so far is committed).
         """
-        started, result = time.monotonic(), ScanResult()
+        started, cpu_started, result = time.monotonic(), time.thread_time(), ScanResult()
         if not self.root.is_dir():
             # Unmounted or deleted: keep what is stored (a missing tree is not
             # an empty one); the watcher retries and a scan follows.
@@ -86,11 +105,16 @@ class Scanner:
             return result
         stored = self.store.files(self.repo_id)
         present = set()
-        for relpath, st in self.ignore.walk():
-            present.add(relpath)
-            self._guarded(self._update, relpath, result, st, stored.get(relpath), priority, result)
-            if between is not None:
-                between()
+        outer, self._result = self._result, result
+        try:
+            for relpath, st in self.ignore.walk():
+                present.add(relpath)
+                self._guarded(self._update, relpath, result, st, stored.get(relpath), priority, result)
+                if between is not None:
+                    between()
+        finally:
+            self.flush()
+            self._result = outer
         self._delete([p for p in stored if p not in present], result)
         with self.store.write() as tx:
             # Spans of unchanged files may still lack an enrichment for the
@@ -99,16 +123,61 @@ class Scanner:
         result.duration_s = time.monotonic() - started
         log.info("scan_done", repo=str(self.root), files=result.seen, changed=result.changed,
                  deleted=result.deleted, skipped=result.skipped, jobs=result.jobs,
-                 duration_s=round(result.duration_s, 3))
+                 duration_s=round(result.duration_s, 3), cpu_s=round(time.thread_time() - cpu_started, 3))
         return result
 
-    def process_paths(self, relpaths: Iterable[str], priority: int = PRIORITY_LIVE) -> ScanResult:
-        """Re-check paths a watcher reported (files or directories, existing or not)."""
+    def process_paths(self, relpaths: Iterable[str], priority: int = PRIORITY_LIVE,
+                      between: Callable[[], None] | None = None, new_priority: int | None = None) -> ScanResult:
+        """Re-check paths a watcher reported (files or directories, existing or not),
+        as one set: a path below another path of the batch is covered by that one
+        (one walk of each reported directory, one diff against the store rows of its
+        subtree, fetched by an index range), so no file is handled twice and the cost
+        grows with the batch, not with the repo. ``between`` is called after each
+        file, as in :meth:`full_scan` (the indexer serves saves there during a bulk batch).
+        ``new_priority`` (default ``priority``) is the job priority of files the store
+        did not hold (during a burst of new files, those are not saves).
+        """
         started, result = time.monotonic(), ScanResult()
-        for relpath in sorted(set(relpaths)):
-            self._guarded(self._process_one, relpath, result, priority, result)
+        # A live batch may run inside this scanner's own bulk work (between()):
+        # its counts go to its own result, the bulk's are restored after.
+        outer, self._result = self._result, result
+        self._new_priority = priority if new_priority is None else new_priority
+        try:
+            for relpath in top_paths(relpaths):
+                self._guarded(self._process_one, relpath, result, priority, result, between)
+        finally:
+            self.flush()
+            self._result, self._new_priority = outer, None
         result.duration_s = time.monotonic() - started
         return result
+
+    def flush(self) -> None:
+        """Commit the files indexed so far (they are written several per
+        transaction): the scheduler calls it before serving a save in the middle
+        of bulk work, and every scan before it returns."""
+        self._count(self.writes.flush())
+
+    def _count(self, flushed: Flushed | None) -> None:
+        result = self._result
+        if flushed is None or result is None:
+            return
+        result.changed += flushed.files
+        result.jobs += flushed.jobs
+        result.failed += flushed.failed
+
+    def is_small(self, relpaths: Iterable[str], max_paths: int) -> bool:
+        """Whether a batch is a few saves: at most ``max_paths`` paths, none of them a
+        directory now (a directory moved or extracted in is walked: bulk work)."""
+        paths = list(itertools.islice(relpaths, max_paths + 1))
+        if len(paths) > max_paths:
+            return False
+        for relpath in paths:
+            try:
+                if stat.S_ISDIR(os.lstat(self.root / relpath).st_mode):
+                    return False
+            except OSError:
+                continue
+        return True
 
     def _guarded(self, step: Callable[..., None], relpath: str, result: ScanResult, *args: Any) -> None:
         """Run one file's step; a failure is logged with the file, noted in
@@ -123,7 +192,8 @@ class Scanner:
             result.failed.append(relpath)
             log.exception("file_failed", repo=str(self.root), path=relpath, error=str(exc))
 
-    def _process_one(self, relpath: str, priority: int, result: ScanResult) -> None:
+    def _process_one(self, relpath: str, priority: int, result: ScanResult,
+                     between: Callable[[], None] | None) -> None:
         stored = self.store.files(self.repo_id, under=relpath)
         try:
             st = os.lstat(self.root / relpath)
@@ -135,6 +205,8 @@ class Scanner:
             for sub, sub_st in self.ignore.walk(relpath):
                 present.add(sub)
                 self._update(sub, sub_st, stored.get(sub), priority, result)
+                if between is not None:
+                    between()
             self._delete([p for p in stored if p not in present], result)
         elif st is not None and stat.S_ISREG(st.st_mode) and not self.ignore.is_ignored(relpath):
             self._update(relpath, st, stored.get(relpath), priority, result)
@@ -142,6 +214,8 @@ class Scanner:
         else:
             # Gone, a symlink, ignored now, or a special file: forget it.
             self._delete(list(stored), result)
+        if between is not None:
+            between()
 
     def _update(self, relpath: str, st: os.stat_result, old: FileRecord | None, priority: int,
                 result: ScanResult) -> None:
@@ -162,6 +236,8 @@ class Scanner:
             self.store.touch_file(old.id, st.st_size, st.st_mtime_ns)
             log.debug("file_skipped", repo=str(self.root), path=relpath, reason="unchanged")
             return
+        if old is None and self._new_priority is not None:
+            priority = self._new_priority
         self._index(relpath, st, data, content_hash, priority, result)
 
     def _read(self, relpath: str) -> bytes:
@@ -186,19 +262,12 @@ class Scanner:
                 else exc.detail or None
             log.info("file_skipped", repo=str(self.root), path=relpath, reason=exc.reason,
                      size=st.st_size, detail=detail)
-        with self.store.write() as tx:
-            lost = self.store.span_hashes_of(tx, self.repo_id, [relpath])
-            self.store.put_file(tx, self.repo_id, relpath, size=st.st_size, mtime_ns=st.st_mtime_ns,
-                                content_hash=content_hash, language=language, skipped=skipped, spans=spans)
-            jobs = self.queue.enqueue(tx, (s.span_hash for s in spans), priority)
-            self.queue.cancel_orphans(tx, lost)
-        result.changed += 1
-        result.jobs += jobs
-        log.debug("file_indexed", repo=str(self.root), path=relpath, spans=len(spans), jobs=jobs)
+        self._count(self.writes.add(FileWrite(relpath, st, content_hash, language, skipped, spans, priority)))
 
     def _delete(self, relpaths: list[str], result: ScanResult) -> None:
         if not relpaths:
             return
+        self.flush()  # a deleted file's spans may live on in a file still pending
         with self.store.write() as tx:
             lost = self.store.span_hashes_of(tx, self.repo_id, relpaths)
             self.store.delete_files(tx, self.repo_id, relpaths)
@@ -208,3 +277,15 @@ class Scanner:
             log.info("file_deleted", repo=str(self.root), path=relpath)
         if cancelled:
             log.info("jobs_cancelled", repo=str(self.root), count=cancelled, reason="span_gone")
+
+
+def top_paths(relpaths: Iterable[str]) -> list[str]:
+    """The paths of a batch that have no ancestor in it, sorted: every other path is
+    under one of them, so handling these covers the whole batch once. O(depth) per path."""
+    batch = set(relpaths)
+    kept = []
+    for path in sorted(batch):
+        parts = path.split("/")
+        if not any("/".join(parts[:depth]) in batch for depth in range(1, len(parts))):
+            kept.append(path)
+    return kept

@@ -3,12 +3,20 @@
 The daemon's main loop only hands work over (``put_full``, ``put_paths``), so
 it never blocks on file I/O, and scanners never race each other.
 
-Two lanes: path batches (a save, a settled git operation) are indexed at
-:data:`PRIORITY_LIVE`, full scans (catch-up, rescans, reconcile) at
-:data:`PRIORITY_BACKFILL`, and the queue claims live jobs first. Because a full
-scan of a large repo can take minutes, the scan calls back after every file and
-path batches that arrived meanwhile are indexed right there; full scans that
-arrive during a scan wait for it to end.
+Two lanes, through indexing and through the job queue:
+
+* live: a batch of at most :data:`LIVE_MAX_PATHS` paths, none a directory (a few
+  saves, a small checkout), indexed at once at :data:`PRIORITY_LIVE` (files new to
+  the store in a batch seen during a burst of changes, e.g. the tail of an
+  extraction, at :data:`PRIORITY_BACKFILL`: a save must not queue behind them);
+* bulk: full scans (catch-up, rescans, reconcile) and large path batches (an
+  archive extracted, a directory moved in, a checkout of thousands of files),
+  indexed at :data:`PRIORITY_BACKFILL`, so the queue claims live jobs first.
+
+Bulk work can take minutes, so it calls back after every file, and the live
+batches that arrived meanwhile are indexed right there: a save never waits
+behind bulk indexing. Bulk items that arrive during bulk work wait for it to end
+(in order; a full scan already waiting for a repo is not queued twice).
 """
 
 from __future__ import annotations
@@ -16,23 +24,27 @@ from __future__ import annotations
 import collections
 import queue as stdqueue
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Protocol
 
 import structlog
 
-from llmc_rag_service.index.scanner import Scanner
+from llmc_rag_service.index.scanner import RootId, Scanner, root_identity
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE
 
 log = structlog.get_logger(__name__)
 
 #: Seconds before paths whose indexing failed are tried again.
 FAILED_RETRY_S = 10.0
+#: A path batch of at most this many paths, none a directory, is live work.
+LIVE_MAX_PATHS = 64
 
 
 class ScanWork(Protocol):
     """What :meth:`ScanScheduler.put` takes: ``kind`` "full" or "paths", the
-    repo root, and the relative paths of a "paths" item (read-only)."""
+    repo root, the relative paths of a "paths" item, and the root's (st_dev,
+    st_ino) when they were seen (None: not checked); read-only."""
 
     @property
     def kind(self) -> str: ...
@@ -40,10 +52,14 @@ class ScanWork(Protocol):
     def repo(self) -> Path: ...
     @property
     def paths(self) -> frozenset[str]: ...
+    @property
+    def root_id(self) -> RootId | None: ...
+    @property
+    def burst(self) -> bool: ...
 
 
-#: An intake item: (kind, repo, paths of a "paths" item), or None to stop.
-_Item = tuple[str, Path, set[str] | None]
+#: An intake item: (kind, repo, paths of a "paths" item, root identity, burst), or None to stop.
+_Item = tuple[str, Path, set[str] | None, "RootId | None", bool]
 
 
 class _Stop(Exception):
@@ -51,7 +67,8 @@ class _Stop(Exception):
 
 
 class ScanScheduler(threading.Thread):
-    """Runs scans one at a time: ``("full", repo, None)`` or ``("paths", repo, set)``.
+    """Runs scans one at a time: ``("full", repo, None, None, False)`` or
+    ``("paths", repo, set, root_id, burst)``.
 
     Args:
         scanner_of: The scanner of a repo path, or None (a repo removed by a
@@ -68,9 +85,13 @@ class ScanScheduler(threading.Thread):
         self.scanner_of, self.on_jobs, self.on_change = scanner_of, on_jobs, on_change
         self.items: stdqueue.Queue[_Item | None] = stdqueue.Queue()
         self.busy: str | None = None
-        self._deferred: collections.deque[Path] = collections.deque()  # full scans waiting
+        self._deferred: collections.deque[_Item] = collections.deque()  # bulk items waiting
+        self._bulk: Scanner | None = None  # the scanner doing bulk work, whose writes are pending
 
     def run(self) -> None:
+        # The OS thread id lets an operator (and bench/scale.py) read this thread's
+        # CPU in /proc/PID/task/TID: indexing apart from the workers' HTTP work.
+        log.info("scan_scheduler_started", thread_id=threading.get_native_id())
         try:
             while True:
                 item = self._next()
@@ -87,22 +108,37 @@ class ScanScheduler(threading.Thread):
         try:
             return self.items.get_nowait()
         except stdqueue.Empty:
-            return ("full", self._deferred.popleft(), None)
+            return self._deferred.popleft()
 
-    def _run_item(self, kind: str, repo: Path, paths: set[str] | None) -> None:
+    def _run_item(self, kind: str, repo: Path, paths: set[str] | None, root_id: RootId | None = None,
+                  burst: bool = False) -> None:
         scanner = self.scanner_of(repo)
         if scanner is None:
             return
-        if kind == "full":
-            self.busy = f"scanning {repo.name}"
+        if root_id is not None and root_identity(repo) != root_id:
+            # Seen in a tree that is no longer at the path (moved away or replaced):
+            # filed under the path, it would delete the new tree's entries.
+            log.warning("batch_dropped", repo=str(repo), paths=len(paths or ()), reason="root_changed")
+            return
+        live = kind == "paths" and scanner.is_small(paths or (), LIVE_MAX_PATHS)
+        if not live:
+            self.busy = f"scanning {repo.name}" if kind == "full" else f"indexing {len(paths or ())} changes in {repo.name}"
+            self._bulk = scanner
         self.on_change()
+        cpu_started = time.thread_time()
         try:
             if kind == "full":
                 result = scanner.full_scan(PRIORITY_BACKFILL, between=self._serve_live)
+            elif live:  # during a burst, new files are not saves: they queue behind them
+                result = scanner.process_paths(paths or (), PRIORITY_LIVE,
+                                               new_priority=PRIORITY_BACKFILL if burst else None)
             else:
-                result = scanner.process_paths(paths or (), PRIORITY_LIVE)
+                result = scanner.process_paths(paths or (), PRIORITY_BACKFILL, between=self._serve_live)
+                log.info("batch_indexed", repo=str(repo), paths=len(paths or ()), files=result.seen,
+                         changed=result.changed, deleted=result.deleted, jobs=result.jobs,
+                         duration_s=round(result.duration_s, 3), cpu_s=round(time.thread_time() - cpu_started, 3))
             if result.jobs:
-                log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind)
+                log.info("jobs_queued", repo=str(repo), count=result.jobs, trigger=kind if not live else "live")
                 self.on_jobs()
             if result.failed:
                 # E.g. the store was locked by another process: try these
@@ -120,8 +156,8 @@ class ScanScheduler(threading.Thread):
                 if fault.pauses:
                     self._retry_later(kind, repo, paths)
         finally:
-            if kind == "full":
-                self.busy = None
+            if not live:
+                self.busy, self._bulk = None, None
             self.on_change()
 
     def _retry_later(self, kind: str, repo: Path, paths: set[str] | None) -> None:
@@ -134,8 +170,10 @@ class ScanScheduler(threading.Thread):
         retry.start()
 
     def _serve_live(self) -> None:
-        """Called between the files of a full scan: index the path batches that
-        arrived, defer full scans; raises _Stop on stop()."""
+        """Called between the files of bulk work: index the live batches that
+        arrived, defer bulk items; raises _Stop on stop()."""
+        if not self.items.empty() and self._bulk is not None:
+            self._bulk.flush()  # commit the bulk files so far: the live batch has its own transaction
         while not self.items.empty():
             try:
                 item = self.items.get_nowait()
@@ -143,26 +181,30 @@ class ScanScheduler(threading.Thread):
                 return
             if item is None:
                 raise _Stop
-            if item[0] == "full":
-                if item[1] not in self._deferred:
-                    self._deferred.append(item[1])
-                continue
-            self._run_item(*item)
+            kind, repo, paths = item[:3]
+            scanner = self.scanner_of(repo)
+            if kind == "paths" and scanner is not None and scanner.is_small(paths or (), LIVE_MAX_PATHS):
+                self._run_item(*item)
+            elif kind == "paths" or item not in self._deferred:
+                self._deferred.append(item)
 
     def put(self, work: ScanWork) -> None:
         """Queue a work item (e.g. a :class:`~llmc_rag_service.watch.watchset.Work` from ``WatchSet.poll()``)."""
         if work.kind == "full":
             self.put_full(work.repo)
         else:
-            self.put_paths(work.repo, set(work.paths))
+            self.put_paths(work.repo, set(work.paths), work.root_id, work.burst)
 
     def put_full(self, repo: Path) -> None:
         """Queue a full (catch-up) scan of ``repo``."""
-        self.items.put(("full", repo, None))
+        self.items.put(("full", repo, None, None, False))
 
-    def put_paths(self, repo: Path, paths: set[str]) -> None:
-        """Queue a batch of watcher-reported relative paths of ``repo``."""
-        self.items.put(("paths", repo, paths))
+    def put_paths(self, repo: Path, paths: set[str], root_id: RootId | None = None, burst: bool = False) -> None:
+        """Queue a batch of watcher-reported relative paths of ``repo``; with
+        ``root_id`` (the root's identity when they were seen) the batch is dropped
+        if another tree is at the path by the time it runs; ``burst``: seen in a
+        burst of changes, so files new to the store are queued at backfill priority."""
+        self.items.put(("paths", repo, paths, root_id, burst))
 
     def stop(self) -> None:
         """Finish the current file or batch, then end (queued items are dropped:

@@ -1,8 +1,9 @@
 """Source files as text: language detection and decoding.
 
 ``language_for(relpath)`` names the language by extension; ``decode_source``
-turns bytes into normalised text (BOM dropped, CRLF and lone CR -> LF, so line
-numbers never move) or raises :class:`SkipFile` (binary, undecodable).
+turns bytes into normalised text (UTF-8, or UTF-16/32 with a byte order mark;
+BOMs dropped, CRLF and lone CR -> LF, so line numbers never move) or raises
+:class:`SkipFile` (binary, undecodable).
 """
 
 from __future__ import annotations
@@ -58,22 +59,52 @@ _COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
 _BLANK_OR_COMMENT = re.compile(rb"^[ \t\f]*(?:#.*)?\r?$")
 
 
-def decode_source(data: bytes, language: str) -> str:
-    """Bytes -> normalised text: UTF-8 BOM stripped, CRLF and lone CR -> LF.
+#: Byte order marks and their codecs, longest first: the UTF-32 LE mark begins
+#: with the UTF-16 LE one, so UTF-32 must be tried before UTF-16.
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
 
-    Tries UTF-8; for ``python`` falls back to a PEP 263 coding cookie.
-    Raises SkipFile("binary") if any NUL byte is present, and
-    SkipFile("decode_error") if the bytes cannot be decoded.
+
+def decode_source(data: bytes, language: str) -> str:
+    """Bytes -> normalised text: BOM dropped, CRLF and lone CR -> LF, and any
+    U+FEFF inside the text dropped (two BOM'd files concatenated), so no span
+    carries one; none of these moves a line.
+
+    A file starting with a byte order mark is decoded by it: UTF-8, UTF-16 LE/BE,
+    UTF-32 LE/BE (C# and PowerShell sources made on Windows). Those encodings are
+    full of NUL bytes, so the mark is read before the NUL check. Else UTF-8; for
+    ``python`` a PEP 263 coding cookie as the fallback.
+
+    Raises SkipFile("binary") if a NUL byte (or, after a BOM, a NUL character) is
+    present, and SkipFile("decode_error") if the bytes cannot be decoded.
     """
-    nul_at = data.find(b"\x00")
-    if nul_at >= 0:
-        raise SkipFile("binary", f"NUL byte at offset {nul_at}")
-    data = data.removeprefix(codecs.BOM_UTF8)
+    codec = next((name for bom, name in _BOMS if data.startswith(bom)), None)
+    if codec is not None:
+        text = _decode_by_bom(data, codec)
+    else:
+        nul_at = data.find(b"\x00")
+        if nul_at >= 0:
+            raise SkipFile("binary", f"NUL byte at offset {nul_at}")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            text = _decode_by_cookie(data, language, exc)
+    return text.replace("\ufeff", "").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _decode_by_bom(data: bytes, codec: str) -> str:
+    bom = next(mark for mark, name in _BOMS if name == codec)
     try:
-        text = data.decode("utf-8")
+        text = data[len(bom):].decode(codec)
     except UnicodeDecodeError as exc:
-        text = _decode_by_cookie(data, language, exc)
-    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+        raise SkipFile("decode_error", f"not {codec} after its byte order mark "
+                                       f"({exc.reason} at byte {exc.start + len(bom)})") from exc
+    nul_at = text.find("\x00")
+    if nul_at >= 0:
+        raise SkipFile("binary", f"NUL character at offset {nul_at} ({codec})")
+    return text
 
 
 def _decode_by_cookie(data: bytes, language: str, utf8_error: UnicodeDecodeError) -> str:

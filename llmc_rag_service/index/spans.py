@@ -29,6 +29,8 @@ pinned in pyproject.toml; one role table serves every language):
 - ``text`` files, and files whose parse raises, get ``window`` spans.
 - Any span longer than ``max_span_chars`` is cut into ``(part i/n)`` spans on
   line boundaries (an over-long line is cut into pieces); nothing is dropped.
+  Length is measured in :func:`~llmc_rag_service.models.budget_units` (an ASCII
+  character is 1, a non-ASCII UTF-8 byte 3), so CJK or emoji text is cut shorter.
 
 ``.h`` files are C unless their text looks like C++. Parsers are built lazily,
 one per language per thread (tree-sitter parsers are not thread-safe;
@@ -37,9 +39,11 @@ one per language per thread (tree-sitter parsers are not thread-safe;
 
 from __future__ import annotations
 
+import re
+
 import structlog
 
-from llmc_rag_service.models import Span
+from llmc_rag_service.models import Span, budget_units
 from llmc_rag_service.index.sources import SkipFile, decode_source, language_for, looks_like_cpp
 from llmc_rag_service.index.syntax import GRAMMARS, Def, Piece, find_definitions
 
@@ -51,10 +55,21 @@ log = structlog.get_logger(__name__)
 # ---------------------------------------------------------------- pieces
 
 _Item = tuple[str, str, list[Piece]]  # (kind, name, pieces) before the size cap
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
 
 
 def _rows(lines: list[str], first: int, last: int) -> list[Piece]:
-    return [Piece(lines[row], row, row) for row in range(first, last + 1)]
+    """Rows ``first..last`` as one piece (split into lines only if a span must be cut)."""
+    return [Piece("\n".join(lines[first:last + 1]), first, last)] if first <= last else []
+
+
+def _line_pieces(piece: Piece) -> list[Piece]:
+    """A run of rows as one piece per line; a placeholder (one line standing for
+    several rows) stays whole."""
+    texts = piece.text.split("\n")
+    if len(texts) != piece.last_row - piece.first_row + 1 or len(texts) == 1:
+        return [piece]
+    return [Piece(text, piece.first_row + i, piece.first_row + i) for i, text in enumerate(texts)]
 
 
 def _lines_name(first_row: int, last_row: int) -> str:
@@ -87,8 +102,9 @@ def _block_items(lines: list[str], claimed: list[bool]) -> list[_Item]:
             last += 1
         while not lines[last].strip():
             last -= 1
-        if any(ch.isalnum() for line in lines[row:last + 1] for ch in line):
-            items.append(("block", _lines_name(row, last), _rows(lines, row, last)))
+        run = _rows(lines, row, last)
+        if _LETTER_OR_DIGIT.search(run[0].text):
+            items.append(("block", _lines_name(row, last), run))
         row = last + 1
     return items
 
@@ -113,25 +129,47 @@ def _parsed_items(lines: list[str], language: str) -> list[_Item]:
     return items
 
 
-def _pack(pieces: list[Piece], max_chars: int) -> list[list[Piece]]:
-    """Consecutive groups of pieces whose joined text is at most ``max_chars`` long."""
+def _cut(text: str, max_units: int) -> list[str]:
+    """``text`` in consecutive pieces of at most ``max_units`` budget units each
+    (one piece if it fits; a character over the cap alone still makes a piece)."""
+    if text.isascii():
+        return [text[start:start + max_units] for start in range(0, max(len(text), 1), max_units)]
+    pieces, start, size = [], 0, 0
+    for index, char in enumerate(text):
+        units = budget_units(char)
+        if size and size + units > max_units:
+            pieces.append(text[start:index])
+            start, size = index, 0
+        size += units
+    pieces.append(text[start:])
+    return pieces
+
+
+def _pack(pieces: list[Piece], max_units: int) -> list[list[Piece]]:
+    """Consecutive groups of pieces whose joined text is at most ``max_units`` long,
+    measured in :func:`~llmc_rag_service.models.budget_units`."""
     parts: list[list[Piece]] = []
     current: list[Piece] = []
-    size = -1  # length of "\n".join(current)
-    for piece in pieces:
-        for start in range(0, max(len(piece.text), 1), max_chars):
-            chunk = piece._replace(text=piece.text[start:start + max_chars])
-            if current and size + 1 + len(chunk.text) > max_chars:
+    size = -1  # budget units of "\n".join(current)
+    for piece in (line for run in pieces for line in _line_pieces(run)):
+        units = budget_units(piece.text)
+        chunks = [piece.text] if units <= max_units else _cut(piece.text, max_units)
+        for text in chunks:
+            units = budget_units(text) if len(chunks) > 1 else units
+            if current and size + 1 + units > max_units:
                 parts.append(current)
                 current, size = [], -1
-            current.append(chunk)
-            size += 1 + len(chunk.text)
+            current.append(piece._replace(text=text))
+            size += 1 + units
     parts.append(current)
     return parts
 
 
 def _capped(item: _Item, language: str, max_chars: int) -> list[Span]:
     kind, name, pieces = item
+    text = "\n".join(piece.text for piece in pieces)
+    if budget_units(text) <= max_chars:  # the common case: one span, nothing to pack
+        return [Span(kind, name, pieces[0].first_row + 1, pieces[-1].last_row + 1, text, language)]
     parts = _pack(pieces, max_chars)
     spans = []
     for number, part in enumerate(parts, 1):
@@ -149,7 +187,8 @@ def split_source(
     """Normalised text -> spans in line order (longest first on a tie; parts kept together).
 
     ``text`` must come from :func:`decode_source` (``\\n`` line ends).
-    ``max_span_chars`` caps every span's text length (in characters);
+    ``max_span_chars`` caps every span's text length (in budget units:
+    :func:`~llmc_rag_service.models.budget_units`, characters for ASCII text);
     ``window_lines`` is the height of a ``window`` span. An empty or
     whitespace-only text gives ``[]``. Raises ValueError on a cap below 1.
     """

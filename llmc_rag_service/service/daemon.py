@@ -341,6 +341,7 @@ class Daemon:
         return True
 
     def _maybe_publish_status(self, now: float) -> None:
+        # A repo moved, missing or polling changes these notes (and status --json state).
         degraded = self.pipeline.degraded()
         if degraded != self._degraded:
             self._degraded, self.status_dirty = degraded, True
@@ -354,6 +355,7 @@ class Daemon:
                 team = self.pipeline.team_status()
                 self.pipeline.set_meta(busy_timeout_s=STATUS_META_TIMEOUT_S, daemon_status=self._status_text,
                                        ollama_last_error=self.pipeline.last_error(),
+                                       repo_states=json.dumps(self.pipeline.repo_states()),
                                        **{TEAM_META: json.dumps(team) if team else None})
             except (sqlite3.Error, StoreUnusable) as exc:
                 log.debug("status_not_stored", error=str(exc))

@@ -367,6 +367,10 @@ class Pipeline:
         """The watchers' degraded notes (``degraded: polling /repo (…)``)."""
         return self.watches.degraded()
 
+    def repo_states(self) -> dict[str, str]:
+        """Repo path -> ``ok`` | ``missing`` | ``polling`` (``status --json`` ``state``)."""
+        return {str(path): state for path, state in self.watches.states().items()}
+
     def close(self, grace_s: float, join_s: float = 5.0, meta: dict[str, str | None] | None = None) -> int:
         """Stop in a fixed order: watchers, the scheduler (waiting up to
         ``join_s`` seconds for its current file), the workers (in-flight

@@ -48,6 +48,14 @@ def daemon_running(state_dir: Path) -> int | None:
     return None
 
 
+def repo_state(path: Path, states: dict[str, str], running: bool) -> str:
+    """``ok``, ``missing`` or ``polling``: as the running daemon last published it
+    (``WatchSet.states``), else ``missing`` when no directory is at the path."""
+    if running:
+        return states.get(str(path), "ok")
+    return "ok" if path.is_dir() else "missing"
+
+
 def status_report(config: Config) -> dict[str, Any]:
     """The ``status --json`` object (DESIGN.md contract)."""
     reader = StoreReader.open(config.db_path)
@@ -63,6 +71,8 @@ def status_report(config: Config) -> dict[str, Any]:
             outbox = reader.team_outbox_count()
     totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed")}
     pid = daemon_running(config.state_dir)
+    states = json.loads(meta.get("repo_states") or "{}") if pid else {}
+    repos = [{"path": r["path"], "state": repo_state(Path(r["path"]), states, pid is not None), **r} for r in repos]
     return {
         "daemon": {"running": pid is not None, "pid": pid, "status": meta.get("daemon_status") if pid else None},
         "ollama": {"url": ", ".join(h.url for h in config.ollama.all_hosts()), "model": config.ollama.model,

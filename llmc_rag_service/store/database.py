@@ -63,6 +63,7 @@ class Database:
         self._local = threading.local()
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
+        self._writer = threading.RLock()  # this process's writers, one at a time (see write)
         self._identity: tuple[int, int] | None = None
         self._fault: StoreUnusable | None = None
         self._fault_last = 0.0  # time.monotonic() of the fault's last failure
@@ -146,6 +147,18 @@ class Database:
                 I/O error, corrupt, replaced); recorded in :attr:`fault`.
         """
         conn = self.conn
+        # This process's writers queue on a lock first: SQLite's own wait polls with
+        # sleeps of up to 100 ms, so a thread with a large transaction (the scanner)
+        # would starve behind workers committing hundreds of small ones a second.
+        if not self._writer.acquire(timeout=BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s):
+            raise sqlite3.OperationalError("database is locked (another thread of this process is writing)")
+        try:
+            yield from self._transaction(conn, busy_timeout_s)
+        finally:
+            self._writer.release()
+
+    def _transaction(self, conn: sqlite3.Connection, busy_timeout_s: float | None) -> Iterator[sqlite3.Connection]:
+        """The body of :meth:`write`, under this process's writer lock."""
         try:
             if busy_timeout_s is not None:
                 conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")

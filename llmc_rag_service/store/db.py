@@ -140,6 +140,7 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
     if pending.strip(" \n;"):
         raise ValueError(f"incomplete SQL statement in a migration: {pending.strip()[:80]!r}")
+_FILE_COLUMNS = "SELECT id, repo_id, path, size, mtime_ns, content_hash, skipped FROM files"
 
 
 @dataclass(frozen=True)
@@ -257,13 +258,18 @@ class Store(Database):
         return self.conn.execute("SELECT id FROM repos WHERE path = ?", (path,)).fetchone()[0]
 
     def files(self, repo_id: int, under: str | None = None) -> dict[str, FileRecord]:
-        """Stored files of a repo by relative path; ``under`` limits to a subtree."""
-        sql = "SELECT id, repo_id, path, size, mtime_ns, content_hash, skipped FROM files WHERE repo_id = ?"
-        args: list[object] = [repo_id]
-        if under:
-            sql += " AND (path = ? OR substr(path, 1, ?) = ?)"
-            args += [under, len(under) + 1, under + "/"]
-        return {r["path"]: FileRecord(*r) for r in self.conn.execute(sql, args)}
+        """Stored files of a repo by relative path; ``under`` limits to that path and
+        its subtree. A subtree is a range of the ``UNIQUE(repo_id, path)`` index
+        (``under/`` up to ``under0``, ``'0'`` being the character after ``'/'``), so
+        its cost grows with the rows returned, never with the size of the repo."""
+        if not under:
+            return {r["path"]: FileRecord(*r) for r in self.conn.execute(f"{_FILE_COLUMNS} WHERE repo_id = ?",
+                                                                         (repo_id,))}
+        rows = self.conn.execute(
+            f"{_FILE_COLUMNS} WHERE repo_id = ? AND path = ? UNION ALL "
+            f"{_FILE_COLUMNS} WHERE repo_id = ? AND path >= ? AND path < ?",
+            (repo_id, under, repo_id, under + "/", under + "0"))
+        return {r["path"]: FileRecord(*r) for r in rows}
 
     def file_spans(self, file_id: int) -> list[sqlite3.Row]:
         """Span rows of one file in line order."""

@@ -18,11 +18,21 @@ or while an operation marker exists and ``.git/`` saw an event in the last
 resolved, a rebase stopped for editing) is quiet, so the user's saves then flow
 again. A lock held longer than :data:`MAX_HOLD_S` is treated as stale (a
 crashed git leaves ``index.lock`` behind), so the daemon never stalls on it.
+
+Where the git directory is, is a fact that changes: a plain directory becomes a
+repo (``git init``, a clone into the watched path, ``git worktree add`` writing
+a ``.git`` file that points elsewhere), and submodules come and go. The gate
+looks it up again (:meth:`GitGate.refresh`) on every event on ``.git`` or
+``.gitmodules`` and whenever the watcher restarts; each submodule's git
+directory (``.git/modules/NAME``, or wherever its ``.git`` file points) is
+checked for locks and markers too, since a ``git submodule update`` rewrites
+files of the watched tree under its own locks.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +68,20 @@ def git_dir_of(root: Path) -> Path | None:
     return target if target.is_absolute() else (Path(root) / target).resolve()
 
 
+_SUBMODULE_PATH = re.compile(r"^\s*path\s*=\s*(.+?)\s*$", re.MULTILINE)
+
+
+def submodule_git_dirs(root: Path) -> list[Path]:
+    """Git directories of the submodules listed in ``root/.gitmodules`` (``path =``
+    lines) that are checked out (their ``.git`` file or directory exists)."""
+    try:
+        text = (Path(root) / ".gitmodules").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    found = (git_dir_of(Path(root) / rel) for rel in _SUBMODULE_PATH.findall(text))
+    return [git_dir for git_dir in found if git_dir is not None]
+
+
 class GitGate:
     """Whether events of one repo must be held because git is rewriting its tree.
 
@@ -73,19 +97,39 @@ class GitGate:
     def __init__(self, root: Path, settle_s: float = SETTLE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.root, self.settle_s, self._clock = Path(root), settle_s, clock
-        self.git_dir = git_dir_of(self.root)
+        self.git_dir: Path | None = None
+        self._git_dirs: tuple[Path, ...] = ()  # the repo's, then its submodules'
+        self._git_dir_changed = False
         self._lock = threading.Lock()
         self._stale_logged: set[Path] = set()
         self._last_event = float("-inf")
         self._hold_since: float | None = None
         self.head_changed = False
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Look up the git directory and the submodules' again (a few ``stat`` calls and
+        reads of ``.git`` files and ``.gitmodules``). Returns True if the repo's own git
+        directory changed (logged as ``git_dir_changed``)."""
+        git_dir = git_dir_of(self.root)
+        dirs = tuple(dict.fromkeys([*([git_dir] if git_dir else []), *submodule_git_dirs(self.root)]))
+        with self._lock:
+            changed, self.git_dir, self._git_dirs = git_dir != self.git_dir, git_dir, dirs
+            self._git_dir_changed |= changed
+        if changed:
+            log.info("git_dir_changed", repo=str(self.root), git_dir=str(git_dir) if git_dir else None,
+                     submodules=len(dirs) - (1 if git_dir else 0))
+        return changed
 
     def note_event(self, rel: str) -> None:
-        """Record an event on ``rel`` (a path under ``.git/``, relative to the work tree)."""
+        """Record an event on ``rel`` (a path under ``.git/``, relative to the work tree;
+        ``.git`` or ``.gitmodules`` itself makes the gate look its git directories up again)."""
         with self._lock:
             self._last_event = self._clock()
             if rel in (".git/HEAD", ".git/HEAD.lock"):
                 self.head_changed = True
+        if rel in (".git", ".gitmodules"):
+            self.refresh()
 
     def busy(self) -> str | None:
         """Why events must be held now (``index.lock``, ``settling``, ``rebase-merge``...),
@@ -118,6 +162,20 @@ class GitGate:
             self._stale_logged.add(path)
         log.warning("git_lock_stale", path=str(path), age_s=round(age_s), hint="remove it if no git runs")
 
+    def take_git_dir_changed(self) -> bool:
+        """True once after :meth:`refresh` found another git directory."""
+        with self._lock:
+            flag, self._git_dir_changed = self._git_dir_changed, False
+        return flag
+
+    def outside_git_dir(self) -> str | None:
+        """The repo's git directory if it is not inside the work tree (a worktree's
+        or submodule's ``.git`` file points there), else None."""
+        git_dir = self.git_dir
+        if git_dir is None or git_dir.parent == self.root:
+            return None
+        return str(git_dir)
+
     def take_head_changed(self) -> bool:
         """True once after ``HEAD`` was rewritten (a checkout or a commit)."""
         with self._lock:
@@ -125,9 +183,25 @@ class GitGate:
         return flag
 
     def _reason(self) -> str | None:
-        git_dir = self.git_dir
-        if git_dir is None:
+        git_dirs = self._git_dirs
+        if not git_dirs:
             return None
+        for git_dir in git_dirs:
+            lock = self._fresh_lock(git_dir)
+            if lock:
+                return lock
+        with self._lock:
+            quiet_s = self._clock() - self._last_event
+        if quiet_s < self.settle_s:
+            return "settling"
+        if quiet_s < STATE_QUIET_S:
+            for git_dir in git_dirs:
+                for name in STATE_MARKERS:
+                    if os.path.lexists(git_dir / name):
+                        return name
+        return None
+
+    def _fresh_lock(self, git_dir: Path) -> str | None:
         for name in LOCK_FILES:
             try:
                 age_s = time.time() - os.lstat(git_dir / name).st_mtime
@@ -138,12 +212,4 @@ class GitGate:
             if age_s <= MAX_HOLD_S:
                 return name
             self._log_stale(git_dir / name, age_s)
-        with self._lock:
-            quiet_s = self._clock() - self._last_event
-        if quiet_s < self.settle_s:
-            return "settling"
-        if quiet_s < STATE_QUIET_S:
-            for name in STATE_MARKERS:
-                if os.path.lexists(git_dir / name):
-                    return name
         return None

@@ -40,6 +40,9 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 
 from llmc_rag_service.index.ignore import RepoIgnore
+from llmc_rag_service.index.scanner import RootId, root_identity
+from llmc_rag_service.watch import observers
+from llmc_rag_service.watch.debounce import Debouncer
 from llmc_rag_service.watch.observers import LIMIT_ERRNOS, make_inotify_observer, make_polling_observer
 
 log = structlog.get_logger(__name__)
@@ -53,64 +56,8 @@ STOP_TIMEOUT_S = 5.0
 #: Seconds between snapshots when a repo is watched by polling (inotify limits hit).
 POLL_INTERVAL_S = 2.0
 _WATCHDOG_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
-
-
-class Debouncer:
-    """Per-path debounce with a cap: a path is due when it has been quiet for debounce_ms, or
-    when max_delay_ms passed since its FIRST event in the current burst (a continuous stream
-    still flushes). ``clock`` returns seconds (monotonic). Raises ValueError on negative delays.
-    """
-
-    def __init__(self, debounce_ms: int = 500, max_delay_ms: int = 5000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if debounce_ms < 0 or max_delay_ms < 0:
-            raise ValueError(f"delays must be >= 0 ms, got {debounce_ms=} {max_delay_ms=}")
-        self._quiet_s = debounce_ms / 1000.0
-        self._cap_s = max_delay_ms / 1000.0
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._first: dict[str, float] = {}  # relpath -> clock() of the burst's first event
-        self._last: dict[str, float] = {}  # relpath -> clock() of the latest event
-
-    def add(self, relpath: str) -> None:
-        """Record an event for ``relpath`` now. Thread-safe."""
-        now = self._clock()
-        with self._lock:
-            self._last[relpath] = now
-            self._first.setdefault(relpath, now)
-
-    def _due_at(self, relpath: str) -> float:
-        return min(self._last[relpath] + self._quiet_s, self._first[relpath] + self._cap_s)
-
-    def due(self) -> set[str]:
-        """Pop and return the paths that are due now."""
-        now = self._clock()
-        with self._lock:
-            ready = {p for p in self._last if self._due_at(p) <= now}
-            for p in ready:
-                del self._last[p], self._first[p]
-        return ready
-
-    def take_all(self) -> set[str]:
-        """Pop and return every pending path, due or not."""
-        with self._lock:
-            paths = set(self._last)
-            self._last.clear()
-            self._first.clear()
-        return paths
-
-    def next_due_s(self) -> float | None:
-        """Seconds (>= 0) until the next path is due, None if nothing is pending."""
-        now = self._clock()
-        with self._lock:
-            if not self._last:
-                return None
-            return max(0.0, min(self._due_at(p) for p in self._last) - now)
-
-    def pending(self) -> int:
-        """Number of paths waiting."""
-        with self._lock:
-            return len(self._last)
+_INFO_EXCLUDE = ".git/info/exclude"
+_WATCHED_GIT_DIRS = frozenset({".git", ".git/info"})
 
 
 class _LostEventsHandler(logging.Handler):
@@ -185,15 +132,25 @@ class RepoWatcher:
         self._death_reported = False
         self._poll_interval_s = poll_interval_s
         self._limit_error: OSError | None = None
+        self._limits_when_hit: tuple[int, ...] = ()
         #: Why the repo is watched by polling (e.g. the inotify watch limit), else None.
         self.degraded: str | None = None
         #: Events seen under .git/ (not reported as changes).
         self.git_event_count = 0
         #: Called with the relpath of each event under .git/ (watchdog's thread): git gating.
         self.on_git_event: Callable[[str], None] | None = None
-        #: Called (watchdog's thread, no args) after every event: wakes the daemon's loop,
-        #: which otherwise sleeps while nothing is due.
+        #: Called (watchdog's thread, no args) when an event needs the caller's loop (the
+        #: first pending path, a .git event, the root moved): it otherwise sleeps while
+        #: nothing is due.
         self.on_activity: Callable[[], None] | None = None
+        #: (st_dev, st_ino) of the root directory when watching started: the tree the
+        #: kernel watches follow, whatever is at the path later.
+        self.identity: RootId | None = None
+        self._root_gone = False  # the root's watch saw its own move or deletion
+        #: The repo's git directory when it lies outside the root (a worktree's or
+        #: submodule's ``.git`` file points there): watched too, its events reported
+        #: as ``.git/NAME``. Set before :meth:`start`; a change needs a restart.
+        self.outside_git_dir: str | None = None
 
     def start(self) -> None:
         """Start watching (recursive, ignored dirs pruned); no-op if alive.
@@ -207,7 +164,7 @@ class RepoWatcher:
         self.stop()  # a dead observer's leftovers
         if self.degraded is None:
             try:
-                self._start_observer(make_inotify_observer(self._prune, self._on_limit))
+                self._start_observer(make_inotify_observer(self._prune, self._on_limit, self._on_root_gone))
                 if self._limit_error is None:
                     return
             except OSError as exc:
@@ -219,7 +176,14 @@ class RepoWatcher:
         self._start_observer(make_polling_observer(self._prune, self._poll_interval_s))
 
     def _start_observer(self, observer: BaseObserver) -> None:
+        identity = root_identity(self.root_str)
+        if identity is None:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", self.root_str)
+        with self._lock:
+            self.identity, self._root_gone = identity, False
         observer.schedule(_Handler(self), self.root_str, recursive=True, event_filter=EVENT_FILTER)
+        if self.outside_git_dir and os.path.isdir(self.outside_git_dir):
+            observer.schedule(_Handler(self), self.outside_git_dir, recursive=False, event_filter=EVENT_FILTER)
         with self._lock:
             self._observer, self._death_reported = observer, False
         _LOST_EVENTS.register(self, on=True)
@@ -229,6 +193,36 @@ class RepoWatcher:
             self.stop()
             raise
         log.info("watch_started", root=self.root_str, mode="polling" if self.degraded else "inotify")
+
+    def check_root(self) -> str | None:
+        """Whether the path still holds the watched tree (one ``stat``): None if so,
+        ``missing`` (moved away or deleted), ``replaced`` (another directory is there
+        now, e.g. ``mv repo repo.bak && mkdir repo``), or ``moved`` (the root was
+        moved but the same tree is back at the path). Clears the self-move flag."""
+        with self._lock:
+            gone, self._root_gone = self._root_gone, False
+            identity = self.identity
+        if identity is None:
+            return None
+        now = root_identity(self.root_str)
+        if now is None:
+            return "missing"
+        if now != identity:
+            return "replaced"
+        return "moved" if gone else None
+
+    def discard(self) -> int:
+        """Drop every pending event (they belong to a tree no longer at the path);
+        returns how many paths were dropped."""
+        self._gitignore.take_all()
+        return len(self._debouncer.take_all())
+
+    def _on_root_gone(self) -> None:
+        with self._lock:
+            self._root_gone = True
+        activity = self.on_activity
+        if activity is not None:
+            activity()
 
     def take_limit_hit(self) -> bool:
         """True once if inotify hit a kernel limit while running (a new directory could
@@ -243,7 +237,19 @@ class RepoWatcher:
         with self._lock:
             self._limit_error = self._limit_error or exc
 
+    def limits_raised(self) -> bool:
+        """While polling: True once the kernel's inotify limits were raised since the
+        limit was hit (``sysctl fs.inotify.max_user_watches=...``); then
+        :attr:`degraded` is cleared, so the next :meth:`start` tries inotify again."""
+        if self.degraded is None or observers.inotify_limits() <= self._limits_when_hit:
+            return False
+        log.info("inotify_limits_raised", root=self.root_str, limits=observers.inotify_limits())
+        with self._lock:
+            self.degraded, self._limit_error = None, None
+        return True
+
     def _degrade(self, exc: OSError | None) -> None:
+        self._limits_when_hit = observers.inotify_limits()
         which = "instance" if exc is not None and exc.errno == errno.EMFILE else "watch"
         sysctl = f"fs.inotify.max_user_{which}es" if which == "watch" else "fs.inotify.max_user_instances"
         self.degraded = f"inotify {which} limit"
@@ -279,6 +285,10 @@ class RepoWatcher:
     def take_due(self) -> set[str]:
         """Relpaths due now (may no longer exist, or be directories: the caller re-stats)."""
         return self._debouncer.due()
+
+    def pending(self) -> int:
+        """How many paths wait in the debouncer."""
+        return self._debouncer.pending()
 
     def take_all(self) -> set[str]:
         """Every pending relpath, due or not (a git operation settled: the tree is final)."""
@@ -327,31 +337,49 @@ class RepoWatcher:
     def _rel(self, path: bytes | str) -> str | None:
         path = os.fsdecode(path)
         if not path.startswith(self.root_str + os.sep):
+            outside = self.outside_git_dir
+            if outside and path.startswith(outside + os.sep):  # a worktree's own git dir
+                return ".git/" + path[len(outside) + 1:]
             return None
         return path[len(self.root_str) + 1:].replace(os.sep, "/")
 
     def _prune(self, path: bytes) -> bool:
-        rel = self._rel(path)  # .git itself stays watched (index.lock, HEAD); its subdirs do not
-        return rel is not None and rel != ".git" and self._ignore.is_ignored(rel, is_dir=True)
+        # .git itself stays watched (index.lock, HEAD), and .git/info (the exclude
+        # file is an ignore rule); the other subdirs of .git do not.
+        rel = self._rel(path)
+        return rel is not None and rel not in _WATCHED_GIT_DIRS and self._ignore.is_ignored(rel, is_dir=True)
 
     def _on_event(self, event: FileSystemEvent) -> None:
         if event.is_synthetic:  # per-file events of a dir move: the dir itself is reported
             return
+        wake = False
         for path in (event.src_path, event.dest_path):
             rel = self._rel(path) if path else None
             if rel is None:
                 continue
             if rel == ".git" or rel.startswith(".git/"):
+                if rel == _INFO_EXCLUDE:
+                    wake |= self._rules_changed(rel)
                 self._on_git_event(rel)
+                wake = True
                 continue
             if rel == ".gitignore" or rel.endswith("/.gitignore"):
-                self._ignore.invalidate()
-                self._gitignore.add(rel)
+                wake |= self._rules_changed(rel)
+            elif rel == ".gitmodules":
+                self._on_git_event(rel)  # submodules added or removed: the gate looks again
+            elif event.is_directory:
+                self._ignore.forget(rel)  # a directory moved in may bring other .gitignore files
             if not self._ignore.is_ignored(rel, is_dir=event.is_directory):
-                self._debouncer.add(rel)
+                # Only the first pending path needs to wake the caller: a later one is
+                # never due before the paths already waiting (see Debouncer).
+                wake |= self._debouncer.add(rel)
         activity = self.on_activity
-        if activity is not None:
+        if wake and activity is not None:
             activity()
+
+    def _rules_changed(self, rel: str) -> bool:
+        self._ignore.invalidate()
+        return self._gitignore.add(rel)
 
     def _on_git_event(self, rel: str) -> None:
         """Not reported as a change: counted and passed to :attr:`on_git_event`."""

@@ -10,13 +10,22 @@ indexer. Behind ``poll()``, per repo:
   checkout, merge or rebase is ever indexed;
 * lost events (inotify overflow, a handler error, a dead observer thread) and
   ``.gitignore`` edits become a full rescan; a dead watcher is restarted;
-* an inotify limit switches the repo to polling (:meth:`WatchSet.degraded`);
+* the root's identity (device + inode) is checked on every poll and on the
+  root's own move/delete event: a root moved away is ``missing`` (its pending
+  events, which belong to the moved tree, are dropped); another directory at the
+  path (``mv repo repo.bak && mkdir repo``) is re-watched and fully rescanned;
+  each batch carries the identity it was seen under, so the indexer drops a
+  batch of a tree that is no longer at the path;
+* an inotify limit switches the repo to polling (:meth:`WatchSet.degraded`),
+  and back to inotify once the kernel's limits were raised (read again every
+  :data:`RESTART_RETRY_S` while polling);
 * every ``watch.reconcile_s`` seconds a full reconcile scan is due (a stat per
   file when nothing changed).
 """
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,12 +36,16 @@ from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.config import WatchConfig
 from llmc_rag_service.watch.gitgate import SETTLE_S, GitGate
 from llmc_rag_service.index.ignore import RepoIgnore
+from llmc_rag_service.index.scanner import RootId
 from llmc_rag_service.watch.repo import RepoWatcher
 
 log = structlog.get_logger(__name__)
 
 #: Seconds between attempts to restart a watcher that cannot start (e.g. root missing).
-RESTART_RETRY_S = 5.0
+RESTART_RETRY_S = 2.0
+#: More paths than this within BURST_S seconds make a burst (see WatchSet._in_burst).
+BURST_PATHS = 64
+BURST_S = 2.0
 #: Seconds between looks at the git gate while events are held for it.
 GATE_RECHECK_S = 0.2
 
@@ -40,11 +53,15 @@ GATE_RECHECK_S = 0.2
 @dataclass(frozen=True)
 class Work:
     """ScanScheduler work for one repo: ``kind`` is ``full`` (rescan the repo) or
-    ``paths`` (re-check ``paths``, relative POSIX paths)."""
+    ``paths`` (re-check ``paths``, relative POSIX paths). ``root_id`` is the
+    root's (st_dev, st_ino) when the events were seen (None: not checked);
+    ``burst``: the repo was in a burst of changes (new files are not saves)."""
 
     repo: Path
     kind: str
     paths: frozenset[str] = frozenset()
+    root_id: RootId | None = None
+    burst: bool = False
 
 
 @dataclass
@@ -60,6 +77,8 @@ class _Repo:
     holding_ended: bool = False  # a hold just ended: flush the pending paths with it
     last_full: float = 0.0
     retry_at: float = 0.0
+    limits_check_at: float = 0.0  # while polling: when the inotify limits are read again
+    recent: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)  # (time, paths handed out)
     missing: bool = False  # the root is not a directory (unmounted, deleted): retried, not unhealthy
 
 
@@ -86,6 +105,10 @@ class WatchSet:
         """The watcher of each repo (read-only view, for tests and health)."""
         return {path: r.watcher for path, r in self._repos.items()}
 
+    def gate(self, repo: Path) -> GitGate:
+        """The git-operation gate of ``repo`` (KeyError if not watched)."""
+        return self._repos[repo].gate
+
     def start(self, repo: Path, ignore: RepoIgnore) -> None:
         """Start watching ``repo`` (its ignore rules are shared with its scanner).
 
@@ -98,6 +121,8 @@ class WatchSet:
         watcher = RepoWatcher(repo, ignore, debounce_ms=self.watch.debounce_ms,
                               max_delay_ms=self.watch.max_delay_ms, clock=self.clock, **extra)
         gate = GitGate(repo, self.settle_s, clock=self.clock)
+        gate.take_git_dir_changed()
+        watcher.outside_git_dir = gate.outside_git_dir()
         watcher.on_git_event = gate.note_event
         watcher.on_activity = self.on_activity
         state = self._repos[repo] = _Repo(ignore, watcher, gate, last_full=self.clock())
@@ -138,13 +163,39 @@ class WatchSet:
                 work.append(Work(repo, "full"))
                 state.last_full = now
             if state.held:
-                work.append(Work(repo, "paths", frozenset(state.held)))
+                burst = self._in_burst(state, now, len(state.held))
+                work.append(Work(repo, "paths", frozenset(state.held), state.watcher.identity, burst))
             state.held, state.held_full = set(), None
         return work
 
+    def _in_burst(self, state: _Repo, now: float, handed: int) -> bool:
+        """Whether ``repo`` is in a burst of changes (an archive extracted, files
+        generated): more than :data:`BURST_PATHS` paths handed out in the last
+        :data:`BURST_S` seconds or waiting in the debouncer. Its small batches stay
+        in the live lane, but their new files are queued behind saves."""
+        state.recent.append((now, handed))
+        while state.recent and state.recent[0][0] < now - BURST_S:
+            state.recent.popleft()
+        return bool(sum(n for _, n in state.recent) + state.watcher.pending() > BURST_PATHS)
+
     def _full_reason(self, repo: Path, state: _Repo, now: float) -> str | None:
-        """Why ``repo`` needs a full scan now (restart, lost events, ignore rules, reconcile)."""
+        """Why ``repo`` needs a full scan now (root replaced, restart, lost events,
+        ignore rules, reconcile)."""
         watcher = state.watcher
+        root = watcher.check_root() if not state.missing else None
+        if root is not None:
+            return self._root_changed(repo, state, now, root)
+        if state.gate.take_git_dir_changed() and watcher.outside_git_dir != state.gate.outside_git_dir():
+            # A worktree's git dir moved or appeared: watch it instead (events of
+            # the restart gap are covered by the rescan).
+            watcher.outside_git_dir = state.gate.outside_git_dir()
+            watcher.stop()
+            return self._restart(repo, state, now, died=False) and "git_dir_changed"
+        if watcher.degraded and now >= state.limits_check_at:
+            state.limits_check_at = now + RESTART_RETRY_S
+            if watcher.limits_raised():  # the admin raised the limit: inotify again
+                watcher.stop()
+                return self._restart(repo, state, now, died=False) and "inotify_limits_raised"
         if watcher.take_limit_hit():  # logged by the watcher; it polls once restarted
             watcher.stop()
             watcher.start()
@@ -160,11 +211,30 @@ class WatchSet:
             return "reconcile"
         return None
 
-    def _restart(self, repo: Path, state: _Repo, now: float) -> str | None:
+    def _root_changed(self, repo: Path, state: _Repo, now: float, how: str) -> str | None:
+        """The tree at ``repo`` is not the watched one any more (``missing``,
+        ``replaced``) or was moved and is back (``moved``): drop what was seen
+        in the old tree, re-watch what is at the path, and rescan it."""
+        dropped = len(state.held) + (0 if how == "moved" else state.watcher.discard())
+        log.error("repo_moved", repo=str(repo), now=how, dropped_events=dropped)
+        state.held, state.held_full = set(), None
+        if how == "moved":  # the same tree: its events were filed right; a rescan covers the gap
+            return "root_moved_back"
+        state.watcher.stop()
+        state.missing = True  # until a directory at the path is watched ("repo_back")
+        state.retry_at = now + RESTART_RETRY_S if how == "missing" else now
+        return self._restart(repo, state, now, died=False) and "root_replaced"
+
+    def _restart(self, repo: Path, state: _Repo, now: float, died: bool = True) -> str | None:
+        """Start the watcher again (``died``: it stopped by itself, which is logged);
+        returns the full-scan reason, or None if the root cannot be watched yet."""
         if now < state.retry_at:
             return None
-        if not state.missing:
+        if died and not state.missing:
             log.error("watcher_died", repo=str(repo), degraded=state.watcher.degraded)
+        state.gate.refresh()  # a new tree: its git directory may differ, or exist now
+        state.gate.take_git_dir_changed()
+        state.watcher.outside_git_dir = state.gate.outside_git_dir()
         try:
             state.watcher.start()
         except OSError as exc:
@@ -227,6 +297,12 @@ class WatchSet:
         """Watchdog health check: None while every watcher thread is alive."""
         dead = [str(p) for p, r in self._repos.items() if not r.watcher.is_alive() and not r.missing]
         return f"watcher thread dead: {', '.join(dead)}" if dead else None
+
+    def states(self) -> dict[Path, str]:
+        """Per repo, the ``status --json`` ``state``: ``missing`` (no directory at
+        the path, or it cannot be watched), ``polling`` (inotify limits), else ``ok``."""
+        return {p: "missing" if r.missing else "polling" if r.watcher.degraded else "ok"
+                for p, r in self._repos.items()}
 
     def degraded(self) -> list[str]:
         """One note per repo watched in a degraded mode, e.g.
