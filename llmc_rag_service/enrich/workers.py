@@ -22,6 +22,12 @@ The policy of each error kind is the ``policy`` of its class in ``ollama.py``:
   quarantine the host for a backoff, so a crash-looping server cannot burn
   every job's attempts while other hosts could do the work.
 * ``dead_letter`` (BadRequest; PromptTooLarge): failed at once, logging what was sent.
+
+With a :class:`~llmc_rag_service.enrich.gate.JobGate` (team mode), each job is
+admitted by it before anything is sent: a teammate's result is stored
+(``team_hit``), a job a teammate is enriching is put back for a while
+(``team_deferred``), every stored answer is handed to it to share, and a job
+that fails or goes back is handed back to it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import structlog
 
 from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.enrich import ollama as ol
+from llmc_rag_service.enrich.gate import JobGate
 from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
                                          parse_answer, plan_num_predict)
 from llmc_rag_service.models import Job
@@ -107,11 +114,12 @@ class WorkerPool:
             outcome or host state change, e.g. to refresh STATUS. Keep it cheap.
         clock: Time of backoffs, probes, idle waits and the hang check
             (joins on stop stay on real time).
+        gate: Asked before each job is sent (team mode), or None: send every job.
     """
 
     def __init__(self, store: Store, queue: JobQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
-                 on_change: Callable[[], None] = lambda: None, clock: Clock = SYSTEM):
-        self.store, self.queue, self.on_change, self.clock = store, queue, on_change, clock
+                 on_change: Callable[[], None] = lambda: None, clock: Clock = SYSTEM, gate: JobGate | None = None):
+        self.store, self.queue, self.on_change, self.clock, self.gate = store, queue, on_change, clock, gate
         self.hosts = [Host(c, clock=clock) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -303,6 +311,8 @@ class WorkerPool:
             return
         fields = dict(repo=row["repo"], path=row["path"], span=row["name"], job=job.id,
                       attempt=job.attempts + 1, host=host.url)
+        if self.gate is not None and not self._admitted(self.gate, job, fields):
+            return
         messages = build_messages(path=row["path"], language=row["language"], kind=row["kind"],
                                   name=row["name"], start_line=row["start_line"], text=row["text"])
         started = self.clock()
@@ -314,22 +324,46 @@ class WorkerPool:
             answer = host.client.chat(messages, num_predict)
             enrichment = parse_answer(answer, estimate_prompt_tokens(messages), host.client.answer_format)
         except PromptTooLarge as exc:
+            self._abandon(job)
             return self._dead(job, fields, f"prompt_too_large: {exc}", reason="prompt_too_large")
         except InvalidAnswer as exc:
+            self._abandon(job)
             return self._retry(job, fields, f"InvalidAnswer: {exc}", self.clock() - started)
         except ol.OllamaError as exc:
+            self._abandon(job)
             return self._on_error(host, job, fields, exc, num_predict, self.clock() - started)
         finally:
             with self._lock:
                 self._started.pop(threading.get_ident(), None)
         duration = self.clock() - started
         self.queue.complete(job, enrichment, duration)
+        if self.gate is not None:
+            self.gate.succeeded(job, enrichment)
         host.strikes = host.busy = 0
         self._host_ok(host)
         with self._lock:
             self.done += 1
         log.info("job_done", **fields, duration_s=round(duration, 3), eval_count=answer.get("eval_count"),
                  prompt_eval_count=answer.get("prompt_eval_count"))
+
+    def _admitted(self, gate: JobGate, job: Job, fields: dict[str, Any]) -> bool:
+        """Ask the gate about ``job``: True to send it; else the job was
+        completed with a teammate's result or put back while a teammate works on it."""
+        admission = gate.admit(job)
+        about = {k: v for k, v in fields.items() if k not in ("host", "attempt")}
+        if admission.action == "hit" and admission.enrichment is not None:
+            self.queue.complete(job, admission.enrichment, None)
+            log.info("team_hit", **about, span_hash=job.span_hash)
+            return False
+        if admission.action == "defer":
+            self.queue.release(job, admission.delay_s)
+            log.info("team_deferred", **about, span_hash=job.span_hash, wait_s=round(admission.delay_s, 1))
+            return False
+        return True
+
+    def _abandon(self, job: Job) -> None:
+        if self.gate is not None:
+            self.gate.abandoned(job)
 
     def _on_error(self, host: Host, job: Job, fields: dict[str, Any], exc: ol.OllamaError, num_predict: int | None,
                   duration: float) -> None:
