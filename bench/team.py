@@ -15,16 +15,16 @@ Three parts, each printing a markdown table:
    on lease expiry), duplicates, wall time until every daemon has every
    result, and database statements per enriched span.
 
-Today each daemon is a :class:`SimulatedDaemon`: threads that follow the flow
-documented in ``llmc_rag_service/team/cache.py`` (lookup as jobs are queued,
-claim before sending, publish after, defer and wait for a teammate's NOTIFY)
-and send each claimed span to the emulator as a real ``/api/chat`` request.
-When team mode is wired into the daemon, add a ``ServeDaemon`` (one
-``llmc-rag serve`` process per copy of a real repo of >= 2,000 spans, with its
-own state dir, ``team.postgres`` pointing at the cluster) with the same three
-methods and pick it with ``--daemon serve``.
+``--daemon serve`` (the default) runs real daemons: one ``llmc-rag serve``
+process per copy of a real code base of over 2,000 spans (the standard
+library's ``email``, ``json`` and ``asyncio``), each with its own state dir
+(``bench/team_serve.py``). ``--daemon simulated`` runs a
+:class:`SimulatedDaemon` instead: threads that follow the flow of
+``llmc_rag_service/team/cache.py`` on ``--spans`` synthetic keys, without
+store, scans or prompts (the team cache's cost alone).
 
-Usage (from the repo root): ``python bench/team.py [--spans 2000] [--daemons 1 2 4] [--dsn DSN]``.
+Usage (from the repo root): ``python bench/team.py [--daemon serve|simulated] [--daemons 1 2 4] [--dsn DSN]``;
+``--parts latency outage team`` picks parts.
 Without ``--dsn`` a throwaway cluster is started (llmc_rag_service.testing.postgres).
 """
 
@@ -39,6 +39,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+from team_serve import serve_team_run
 
 import httpx
 
@@ -286,6 +288,15 @@ def team_run(dsn: str, daemons: int, spans: int, slots: int, latency_s: float, w
             "queries_per_span": queries / spans}
 
 
+def team_part(args: argparse.Namespace, admin: str, daemons: int) -> dict:
+    """One row of part 3: ``daemons`` real or simulated daemons on a fresh database."""
+    name = f"llmc_bench_team{daemons}"
+    dsn = fresh_database(admin, name)
+    if args.daemon == "serve":
+        return serve_team_run(dsn, daemons, args.slots, args.latency_s, args.workers)
+    return team_run(dsn, daemons, args.spans, args.slots, args.latency_s, args.workers)
+
+
 def markdown(rows: list[dict], floats: str = "{:.2f}") -> str:
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
@@ -306,6 +317,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="worker threads per daemon (ollama.concurrency)")
     parser.add_argument("--slots", type=int, default=4, help="emulator generation slots (OLLAMA_NUM_PARALLEL)")
     parser.add_argument("--latency-s", type=float, default=0.01)
+    parser.add_argument("--daemon", choices=("serve", "simulated"), default="serve",
+                        help="real llmc-rag serve processes on copies of a real code base, or simulated daemons")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the rows of serve daemons with team mode off")
+    parser.add_argument("--parts", nargs="+", choices=("latency", "outage", "team"),
+                        default=["latency", "outage", "team"])
     args = parser.parse_args()
     configure_logging("warning", "console")
     cluster = None if args.dsn else PostgresCluster()
@@ -313,16 +330,20 @@ def main() -> None:
         if cluster:
             cluster.start()
         admin = args.dsn or cluster.dsn()
-        print("## Latency (loopback)\n")
-        print(markdown(latency(fresh_database(admin, "llmc_bench_latency"), args.rows, args.batch, args.rounds)))
-        if cluster:
+        if "latency" in args.parts:
+            print("## Latency (loopback)\n")
+            print(markdown(latency(fresh_database(admin, "llmc_bench_latency"), args.rows, args.batch, args.rounds)))
+        if cluster and "outage" in args.parts:
             print("\n## Server stopped, then started again (default timeouts: connect 3 s, statement 3 s)\n")
             print(markdown(outage(cluster, fresh_database(admin, "llmc_bench_outage"), args.rounds)))
-        print(f"\n## Team of simulated daemons (emulator: {args.slots} slots, {args.latency_s} s per answer, "
-              f"{args.workers} workers per daemon)\n")
-        rows = [team_run(fresh_database(admin, f"llmc_bench_team{n}"), n, args.spans, args.slots, args.latency_s,
-                         args.workers) for n in args.daemons]
-        print(markdown(rows))
+        if "team" in args.parts:
+            print(f"\n## Team of {args.daemon} daemons (emulator: {args.slots} slots, {args.latency_s} s per answer, "
+                  f"{args.workers} workers per daemon)\n")
+            rows = [team_part(args, admin, n) for n in args.daemons]
+            if args.daemon == "serve" and args.baseline:
+                rows += [serve_team_run(None, n, args.slots, args.latency_s, args.workers)
+                         for n in sorted({min(args.daemons), max(args.daemons)})]
+            print(markdown(rows))
     finally:
         if cluster:
             cluster.close()

@@ -21,6 +21,8 @@ from typing import Any, Mapping, cast
 import pathspec
 import yaml
 
+from llmc_rag_service.team.settings import check_dsn
+
 #: Ollama options that are fixed when the model is loaded: sending a
 #: different value makes the server reload the model (cases O7).
 LOAD_TIME_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
@@ -144,6 +146,18 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class TeamConfig:
+    """Team mode (README "Team mode"): ``postgres`` is a libpq DSN (URL or
+    key/value form; the password best from ``PGPASSWORD``/``PGPASSFILE``) of
+    the team cache and work queue, or None for none. ``lease_s``: seconds a
+    claim on a span holds without renewal, so a teammate's daemon that died
+    blocks that span at most this long (renewed every third of it)."""
+
+    postgres: str | None = None
+    lease_s: float = 120.0
+
+
+@dataclass(frozen=True)
 class SecretsConfig:
     """``allow``: values that are not secrets although a detector says so, each a
     sha256 hex fingerprint of the value (16 to 64 leading hex digits) or a regex
@@ -172,6 +186,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    team: TeamConfig = field(default_factory=TeamConfig)
     source: Path | None = None
 
     @property
@@ -311,7 +326,7 @@ class _Validator:
 
     def build(self, data: Any) -> Config:
         top = self.mapping("", data, {"state_dir", "repos", "ollama", "watch", "queue", "logging", "search",
-                                      "secrets"})
+                                      "secrets", "team"})
         state_dir = default_state_dir(self.env, self.path)
         if "state_dir" in top:
             state_dir = Path(os.path.expanduser(self.typed("state_dir", top["state_dir"], str)))
@@ -326,6 +341,7 @@ class _Validator:
             logging=self.logging(top),
             search=self.search(top),
             secrets=self.secrets(top),
+            team=self.team(top),
             source=self.path,
         )
         if not config.repos:
@@ -431,6 +447,15 @@ class _Validator:
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise self.fail("search.embed_model", f"must be an Ollama model name or null (no embeddings), got {model!r}")
         return SearchConfig(embed_model=model)
+
+    def team(self, top: dict[str, Any]) -> TeamConfig:
+        raw = self.mapping("team", top.get("team", {}) or {}, {f.name for f in fields(TeamConfig)})
+        dsn = raw.get("postgres")
+        problem = None if dsn is None else check_dsn(dsn)
+        if problem:
+            raise self.fail("team.postgres", problem)
+        lease_s = self.typed("team.lease_s", raw.get("lease_s", TeamConfig.lease_s), (int, float), 1, 86400)
+        return TeamConfig(postgres=dsn.strip() if dsn else None, lease_s=float(lease_s))
 
     def logging(self, top: dict[str, Any]) -> LoggingConfig:
         cfg = self.section("logging", top, LoggingConfig, {"level": (str,), "format": (str,)})

@@ -21,7 +21,8 @@ traceback in ``exception`` (so one ``<3>`` journal line), not as Python's
 multi-line stderr dump, which journald would store as many info lines.
 
 httpx/httpcore log every request at info: their level is held at warning or above;
-watchdog's at info or above.
+watchdog's at info or above; psycopg's at warning and its pool's at error (the
+team cache says an outage once, as ``team_unreachable``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ _LEVELS = {
 }
 # syslog priorities (sd-daemon(3) SD_CRIT ... SD_DEBUG) by structlog level name.
 PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
-_NOISY_FLOORS = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "watchdog": logging.INFO}
+# psycopg's pool warns, over several lines, about each failed connection
+# attempt; the team cache reports an outage itself, once (``team_unreachable``).
+_NOISY_FLOORS = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "watchdog": logging.INFO,
+                 "psycopg": logging.WARNING, "psycopg.pool": logging.ERROR}
 _FIRST_KEYS = ("timestamp", "level", "logger", "event")
 _FORMATS = ("auto", "json", "console")
 

@@ -29,7 +29,8 @@ def test_sample_config_is_valid_and_documents_every_key(tmp_path, monkeypatch):
     text = (ROOT / "etc" / "llmc-rag.yaml").read_text()
     for key in ("state_dir", "url", "model", "keep_alive", "concurrency", "timeout_s", "options",
                 "debounce_ms", "max_file_bytes", "max_attempts", "level", "format", "load_timeout_s",
-                "hosts", "max_delay_ms", "reconcile_s", "warm_up", "embed_model", "allow"):
+                "hosts", "max_delay_ms", "reconcile_s", "warm_up", "embed_model", "postgres", "lease_s",
+                "allow"):
         assert f"{key}:" in text
 
 
@@ -206,3 +207,36 @@ def test_a_host_listed_twice_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, "ollama:\n  hosts:\n    - {url: 'http://h:9'}\n    - {url: 'http://h:9/'}\n"))
     assert err.value.key == "ollama.hosts[1].url"
+
+
+def test_team_postgres_is_off_by_default_and_takes_a_dsn_in_either_form(tmp_path):
+    """No team section: team mode off. A URL or key/value DSN is kept as written; lease_s is seconds."""
+    assert load_config(write(tmp_path, "")).team == config_mod.TeamConfig(postgres=None, lease_s=120.0)
+    url = "postgresql://llmc@db.internal:5432/llmc?sslmode=verify-full"
+    assert load_config(write(tmp_path, f"team:\n  postgres: '{url}'\n  lease_s: 30\n")).team.postgres == url
+    kv = "host=db.internal dbname=llmc user=llmc sslmode=require"
+    cfg = load_config(write(tmp_path, f"team:\n  postgres: '{kv}'\n"))
+    assert cfg.team.postgres == kv and cfg.team.lease_s == 120.0
+    assert load_config(write(tmp_path, "team:\n  postgres: null\n")).team.postgres is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("team:\n  postgres: 'mysql://db/llmc'\n", "postgresql://"),
+    ("team:\n  postgres: ''\n", "must be a PostgreSQL DSN"),
+    ("team:\n  postgres: 5432\n", "must be a PostgreSQL DSN"),
+    ("team:\n  postgres: 'just words'\n", "not a DSN"),
+    ("team:\n  lease_s: 0\n", "must be >= 1"),
+    ("team:\n  pg: x\n", "unknown key"),
+])
+def test_a_bad_team_section_names_the_key(tmp_path, text, message):
+    """A wrong team.postgres (scheme, empty, a number, no key=value) or lease_s is refused with its key and line."""
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(write(tmp_path, text))
+    assert err.value.key.startswith("team.") and err.value.line == 4
+
+
+def test_a_password_in_a_bad_dsn_is_not_repeated(tmp_path):
+    """The error for a DSN with a password shows the DSN redacted."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "team:\n  postgres: 'postgresql:///llmc?password=s3cret'\n"))
+    assert "s3cret" not in str(err.value)

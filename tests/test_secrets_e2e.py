@@ -232,3 +232,33 @@ def test_a_secret_in_a_model_answer_is_stored_redacted(tmp_path, capsys):
     assert status_report(config)["secrets"]["answers_redacted"] == 4  # two fields of two answers
     events = [json.loads(line) for line in logs.splitlines() if '"secret_redacted"' in line]
     assert {(e["path"], e["line"], e["source"]) for e in events} == {("s3.py", 1, "answer"), ("s3.py", 5, "answer")}
+
+
+@pytest.mark.timeout(120)
+def test_a_teammates_answer_with_a_secret_is_stored_redacted(pg, tmp_path, capsys):
+    """A teammate on an older version (no answer redaction) shares answers quoting a key through the team
+    cache; enrich on another copy takes them without a request and stores them redacted."""
+    from tests.teamkit import Daemon, team_settings
+
+    source = tmp_path / "source"
+    write_tree(source, {"s3.py": "def upload(name):\n    return name\n\n\ndef size(name):\n    return len(name)\n"})
+    with OllamaEmulator(answer=leaky_answer) as emu:
+        alice = Daemon(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source)
+        try:
+            alice.pipeline.pool.redact_answer = None  # an older version: answers kept and shared as they came
+            alice.start()
+            alice.wait_done()
+            wait_for(lambda: alice.pipeline.team_status()["published"] == 2, 15, "alice's answers published")
+        finally:
+            alice.close()
+        repo = tmp_path / "bob" / "repo"
+        shutil.copytree(source, repo)
+        config = make_config(tmp_path / "bob", emu.url, [repo], team={"postgres": pg.dsn})
+        assert cli.main(["enrich", "-c", str(config.source)]) == 0
+        assert len(chats(emu)) == 2  # alice's two; bob sent nothing
+    spans = show_report(config, str(repo / "s3.py"))
+    assert [s["enrichment"]["summary"] for s in spans] == ["Uploads to S3 with the access key "
+                                                           "<redacted:aws-access-key>."] * 2
+    assert all(FAKE_KEY.encode() not in data for data in state_bytes(config).values())
+    assert status_report(config)["secrets"]["answers_redacted"] == 4
+    assert FAKE_KEY not in capsys.readouterr().err

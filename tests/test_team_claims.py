@@ -176,3 +176,22 @@ def test_closing_releases_held_claims(pg, team_factory):
     alice.claim([key(1)])
     alice.close()
     assert bob.claim([key(1)]) == {key(1)}
+
+
+def test_claim_or_lookup_claims_the_free_keys_and_returns_the_published_ones_in_one_statement(pg, team_factory):
+    """One statement: a published key comes back with its result, a free key is claimed, a key a teammate holds
+    is neither (deferred), and a published row that fails validation is reported as rejected."""
+    import json
+
+    alice, bob = team_factory(pg.dsn), team_factory(pg.dsn)
+    alice.publish([(key(1), enrichment(1))])
+    assert alice.claim([key(2)]) == {key(2)}
+    pg.sql("INSERT INTO llmc_enrichments(span_hash, model, prompt_version, fields, producer) VALUES (%s, %s, %s, %s, 'x')",
+           (key(4).span_hash, key(4).model, key(4).prompt_version, json.dumps({"summary": 1})))
+    bob.check()
+    sent = bob.status()["queries"]
+    rejected: set = set()
+    claimed, found = bob.claim_or_lookup([key(1), key(2), key(3), key(4)], rejected=rejected)
+    assert bob.status()["queries"] == sent + 1
+    assert claimed == {key(3)} and found == {key(1): enrichment(1)} and rejected == {key(4)}
+    assert bob.status()["hits"] == 1 and bob.status()["held"] == 1 and bob.status()["deferred"] == 2

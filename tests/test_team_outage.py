@@ -8,7 +8,7 @@ import time
 import pytest
 
 from llmc_rag_service.store.db import Store
-from llmc_rag_service.store.team_outbox import MIGRATION, TeamOutbox
+from llmc_rag_service.store.team_outbox import TeamOutbox
 from llmc_rag_service.team.errors import TeamAuthFailed, TeamDatabaseMissing, TeamUnreachable
 from llmc_rag_service.testing.postgres import free_port
 from tests.pg_fixture import ManualClock, enrichment, key
@@ -110,7 +110,6 @@ def test_a_missing_database_is_said_clearly(pg, team_factory):
 def test_the_sqlite_outbox_keeps_results_across_a_restart(pg, team_factory, tmp_path):
     """Results kept while the server is down survive the daemon's restart and are published by the next one."""
     store = Store(tmp_path / "llmc-rag.db")
-    store.conn.executescript(MIGRATION)  # until store/db.py lists it among its migrations
     cache = team_factory(pg.dsn, outbox=TeamOutbox(store))
     pg.stop()
     cache.publish([(key(1), enrichment(1)), (key(2), enrichment(2))])

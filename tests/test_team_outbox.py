@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmc_rag_service.store.db import Store
-from llmc_rag_service.store.team_outbox import MIGRATION, OutboxItem, TeamOutbox
+from llmc_rag_service.store.team_outbox import OutboxItem, TeamOutbox
 from llmc_rag_service.team.outbox import MemoryOutbox
 
 
@@ -15,7 +15,6 @@ def outbox(request, tmp_path):
         yield MemoryOutbox()
         return
     store = Store(tmp_path / "llmc-rag.db")
-    store.conn.executescript(MIGRATION)  # until store/db.py lists it among its migrations
     yield TeamOutbox(store)
     store.close()
 
@@ -52,7 +51,6 @@ def test_removed_items_are_gone_and_others_stay(outbox):
 def test_the_sqlite_outbox_survives_reopening(tmp_path):
     """Waiting results are in the state file, not in memory."""
     store = Store(tmp_path / "llmc-rag.db")
-    store.conn.executescript(MIGRATION)
     TeamOutbox(store).add([item(1), item(2)])
     store.close()
     reopened = Store(tmp_path / "llmc-rag.db")

@@ -23,14 +23,22 @@ The policy of each error kind is the ``policy`` of its class in ``ollama.py``:
   every job's attempts while other hosts could do the work.
 * ``dead_letter`` (BadRequest; PromptTooLarge): failed at once, logging what was sent.
 
-A valid answer goes through ``redact_answer`` (given by the pipeline: the
-secret redaction of ``index/redact.py``, which this package may not import)
-before it is stored: a secret-looking value the model wrote becomes a marker.
-If the redaction fails, the answer is not stored and the job goes back.
+With a :class:`~llmc_rag_service.enrich.gate.JobGate` (team mode), each job is
+admitted by it before anything is sent: a teammate's result is stored
+(``team_hit``), a job a teammate is enriching is put back for a while
+(``team_deferred``), every stored answer is handed to it to share, and a job
+that fails or goes back is handed back to it.
+
+A valid answer, and a teammate's result, goes through ``redact_answer`` (given
+by the pipeline: the secret redaction of ``index/redact.py``, which this package
+may not import) before it is stored: a secret-looking value the model wrote
+becomes a marker. If the redaction fails, the answer is not stored and the job
+goes back.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,6 +48,7 @@ import structlog
 
 from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.enrich import ollama as ol
+from llmc_rag_service.enrich.gate import JobGate
 from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
                                          parse_answer, plan_num_predict)
 from llmc_rag_service.models import Enrichment, Job
@@ -117,14 +126,15 @@ class WorkerPool:
             outcome or host state change, e.g. to refresh STATUS. Keep it cheap.
         clock: Time of backoffs, probes, idle waits and the hang check
             (joins on stop stay on real time).
+        gate: Asked before each job is sent (team mode), or None: send every job.
         redact_answer: Applied to every valid answer before it is stored
             (see :data:`AnswerRedactor`); None stores answers as they are.
     """
 
     def __init__(self, store: Store, queue: JobQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
-                 on_change: Callable[[], None] = lambda: None, clock: Clock = SYSTEM,
+                 on_change: Callable[[], None] = lambda: None, clock: Clock = SYSTEM, gate: JobGate | None = None,
                  redact_answer: AnswerRedactor | None = None):
-        self.store, self.queue, self.on_change, self.clock = store, queue, on_change, clock
+        self.store, self.queue, self.on_change, self.clock, self.gate = store, queue, on_change, clock, gate
         self.redact_answer = redact_answer
         self.hosts = [Host(c, clock=clock) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
         self.stopping = threading.Event()
@@ -317,6 +327,8 @@ class WorkerPool:
             return
         fields = dict(repo=row["repo"], path=row["path"], span=row["name"], job=job.id,
                       attempt=job.attempts + 1, host=host.url)
+        if self.gate is not None and not self._admitted(self.gate, job, fields, row):
+            return
         messages = build_messages(path=row["path"], language=row["language"], kind=row["kind"],
                                   name=row["name"], start_line=row["start_line"], text=row["text"])
         started = self.clock()
@@ -328,26 +340,62 @@ class WorkerPool:
             answer = host.client.chat(messages, num_predict)
             enrichment = parse_answer(answer, estimate_prompt_tokens(messages), host.client.answer_format)
         except PromptTooLarge as exc:
+            self._abandon(job)
             return self._dead(job, fields, f"prompt_too_large: {exc}", reason="prompt_too_large")
         except InvalidAnswer as exc:
+            self._abandon(job)
             return self._retry(job, fields, f"InvalidAnswer: {exc}", self.clock() - started)
         except ol.OllamaError as exc:
+            self._abandon(job)
             return self._on_error(host, job, fields, exc, num_predict, self.clock() - started)
         finally:
             with self._lock:
                 self._started.pop(threading.get_ident(), None)
         duration = self.clock() - started
-        if self.redact_answer is not None:
-            enrichment, redacted = self.redact_answer(enrichment, row["path"], row["start_line"])
-            if redacted:
-                count_answer_redactions(self.store, redacted)
+        try:
+            enrichment = self._redacted(enrichment, row)
+        except Exception:
+            self._abandon(job)  # not stored: the job goes back (see _turn)
+            raise
         self.queue.complete(job, enrichment, duration)
+        if self.gate is not None:
+            self.gate.succeeded(job, enrichment)
         host.strikes = host.busy = 0
         self._host_ok(host)
         with self._lock:
             self.done += 1
         log.info("job_done", **fields, duration_s=round(duration, 3), eval_count=answer.get("eval_count"),
                  prompt_eval_count=answer.get("prompt_eval_count"))
+
+    def _redacted(self, enrichment: Enrichment, row: sqlite3.Row) -> Enrichment:
+        """A model answer for the span of ``row`` with its secret values redacted
+        (``redact_answer``), the count kept for the audit in ``status --json``."""
+        if self.redact_answer is None:
+            return enrichment
+        enrichment, redacted = self.redact_answer(enrichment, row["path"], row["start_line"])
+        if redacted:
+            count_answer_redactions(self.store, redacted)
+        return enrichment
+
+    def _admitted(self, gate: JobGate, job: Job, fields: dict[str, Any], row: sqlite3.Row) -> bool:
+        """Ask the gate about ``job``: True to send it; else the job was
+        completed with a teammate's result (redacted like any answer: a teammate
+        may run an older version) or put back while a teammate works on it."""
+        admission = gate.admit(job)
+        about = {k: v for k, v in fields.items() if k not in ("host", "attempt")}
+        if admission.action == "hit" and admission.enrichment is not None:
+            self.queue.complete(job, self._redacted(admission.enrichment, row), None)
+            log.info("team_hit", **about, span_hash=job.span_hash)
+            return False
+        if admission.action == "defer":
+            self.queue.release(job, admission.delay_s)
+            log.info("team_deferred", **about, span_hash=job.span_hash, wait_s=round(admission.delay_s, 1))
+            return False
+        return True
+
+    def _abandon(self, job: Job) -> None:
+        if self.gate is not None:
+            self.gate.abandoned(job)
 
     def _on_error(self, host: Host, job: Job, fields: dict[str, Any], exc: ol.OllamaError, num_predict: int | None,
                   duration: float) -> None:

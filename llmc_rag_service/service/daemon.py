@@ -53,7 +53,7 @@ from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.notify import (HealthGate, Notifier, TimeoutExtender, ping_every_s,
                                      unset_notify_environment, watchdog_interval_s)
 from llmc_rag_service.service import runtime
-from llmc_rag_service.service.status import LOCK_NAME
+from llmc_rag_service.service.status import LOCK_NAME, TEAM_META
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
 log = structlog.get_logger(__name__)
@@ -240,7 +240,7 @@ class Daemon:
         self.notifier.stopping()
         log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.pipeline.in_flight())
         returned = self.pipeline.close(STOP_GRACE_S, INDEXER_JOIN_S,
-                                       meta={"daemon_status": "stopped", "daemon_pid": None})
+                                       meta={"daemon_status": "stopped", "daemon_pid": None, TEAM_META: None})
         log.info("daemon_stopped", returned_to_pending=returned)
         runtime.remove_runtime_file(self._runtime_file)
         os.close(self._lock_fd)
@@ -352,9 +352,11 @@ class Daemon:
         if self._send_status(self.status_text(), heartbeat):
             try:
                 # Short wait: another process holding the store must not stall the loop.
+                team = self.pipeline.team_status()
                 self.pipeline.set_meta(busy_timeout_s=STATUS_META_TIMEOUT_S, daemon_status=self._status_text,
                                        ollama_last_error=self.pipeline.last_error(),
-                                       repo_states=json.dumps(self.pipeline.repo_states()))
+                                       repo_states=json.dumps(self.pipeline.repo_states()),
+                                       **{TEAM_META: json.dumps(team) if team else None})
             except (sqlite3.Error, StoreUnusable) as exc:
                 log.debug("status_not_stored", error=str(exc))
 

@@ -17,7 +17,13 @@ any check fails. Checks, in order:
 * ``unit``: the unit is installed and its ``ExecStart`` executable exists;
   ``service``: enabled and active (``systemctl show``; without a running
   systemd, read from the unit file);
-* ``store``: the running service (its runtime file) uses the store this config reads.
+* ``store``: the running service (its runtime file) uses the store this config reads;
+* ``team``: with ``team.postgres`` set, the team database accepts the login and
+  its schema is usable (one connection: ``team.client.probe_once``, which also
+  creates or migrates the tables). A wrong password, a missing database, a
+  role without the privilege or a missing ``[postgres]`` extra fail (the
+  daemon would work alone); an unreachable server only warns (it may be down
+  for now; results wait in the outbox).
 
 The system unit is checked for the system config (``/etc/llmc-rag/config.yaml``),
 the user unit otherwise. Requests to Ollama are only the two cheap reads
@@ -44,6 +50,9 @@ from llmc_rag_service.service.doctor_unit import Check, check_unit
 from llmc_rag_service.service.preflight import has_model, missing_model_message, probe_host
 from llmc_rag_service.store.faults import StoreUnusable
 from llmc_rag_service.store.views import StoreReader
+from llmc_rag_service.team.client import probe_once
+from llmc_rag_service.team.errors import TeamError
+from llmc_rag_service.team.settings import TeamSettings, redact_dsn
 
 __all__ = ["Check", "Limits", "run_checks", "as_text", "as_json"]
 
@@ -83,6 +92,7 @@ def run_checks(config_arg: str | None, env: Mapping[str, str] | None = None, lim
     checks += check_unit(user_unit=Path(os.path.abspath(path)) != SYSTEM_CONFIG, systemctl=systemctl)
     if config is not None:
         checks.append(check_service_store(config, env))
+        checks.append(check_team(config))
     return checks
 
 
@@ -249,6 +259,32 @@ def check_service_store(config: Config, env: Mapping[str, str]) -> Check:
                      "sudo llmc-rag doctor")
     return Check("store", "warn", f"this config reads {config.db_path}, the running service (pid {service['pid']}) "
                  f"uses {service['state_dir']}", f"llmc-rag doctor -c {service['config']}")
+
+
+#: The fix shown for each kind of team-database failure (``team.errors``).
+_TEAM_FIXES = {
+    "not_installed": "reinstall with the extra: pip install 'llmc-rag-service[postgres]' "
+                     "(or set team.postgres: null)",
+    "auth_failed": "check the role and its password (PGPASSWORD or a 0600 PGPASSFILE for the service user); "
+                   "README: Team mode",
+    "database_missing": "as a PostgreSQL superuser: CREATE DATABASE llmc OWNER llmc (README: Team mode)",
+    "permission_denied": "make the role own its database: ALTER DATABASE llmc OWNER TO llmc (README: Team mode)",
+    "schema_too_new": "upgrade llmc-rag on this machine to the version your teammates run",
+    "unreachable": "start PostgreSQL there or fix the host/port in team.postgres; meanwhile the daemon works alone",
+}
+
+
+def check_team(config: Config) -> Check:
+    """Team mode: off, or one connection to ``team.postgres`` (login, schema)."""
+    dsn = config.team.postgres
+    if dsn is None:
+        return Check("team", "ok", "off (team.postgres: null): enriching alone")
+    try:
+        version = probe_once(dsn, TeamSettings(lease_s=config.team.lease_s))
+    except TeamError as err:
+        severity = "warn" if err.kind == "unreachable" else "fail"
+        return Check("team", severity, str(err), _TEAM_FIXES.get(err.kind, f"edit team.postgres in {config.source}"))
+    return Check("team", "ok", f"{redact_dsn(dsn)}: login ok, team schema version {version}")
 
 
 def _me() -> str:

@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 import structlog
 
@@ -99,12 +99,13 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         # status --json shows why this run gave up (and nothing once a run did not).
         pipeline.set_meta(ollama_last_error=pipeline.last_error() if code is Outcome.GAVE_UP else None)
         embed_missing = pipeline.embeds_down() == "model_missing"
+        team = pipeline.team_status()
     finally:
         pipeline.close(STOP_GRACE_S)
     totals = status_report(config)["totals"]
     embedded = f", {totals['embedded']} embedded" if config.search.embed_model else ""
     stream.write(
-        f"enrich: {totals['enriched']}/{totals['spans']} spans enriched{embedded}, {totals['failed']} failed, "
+        f"enrich: {totals['enriched']}/{totals['spans']} spans enriched{_from_team(team)}{embedded}, {totals['failed']} failed, "
         f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
     )
     if embed_missing:
@@ -119,6 +120,11 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     if code is Outcome.DONE and totals["failed"]:
         code = Outcome.SOME_FAILED
     return code
+
+
+def _from_team(team: dict[str, Any] | None) -> str:
+    """`` (N from the team cache)`` with team mode on, else nothing."""
+    return f" ({team['hits']} from the team cache)" if team else ""
 
 
 def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> Outcome:

@@ -26,6 +26,10 @@ Threads
   pool's lock. An enrichment stored wakes them (the span is embedded again).
 * watchdog observer threads (one per repo, inside ``watchdog``): only put
   events into the debouncers, under each debouncer's lock.
+* team mode (``team.postgres`` set): ``team-feeder`` looks queued jobs up in
+  the team cache and stores teammates' results; the cache's own threads
+  (``llmc-team`` maintenance, ``llmc-team-listen``) renew claims, drain the
+  outbox and hear publications (:mod:`~llmc_rag_service.service.teamgate`).
 * The store gives each thread its own SQLite connection; every write is one
   ``BEGIN IMMEDIATE`` transaction, so threads never share a cursor.
 """
@@ -37,7 +41,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import structlog
 
@@ -53,10 +57,13 @@ from llmc_rag_service.models import Enrichment
 from llmc_rag_service.service.embed_lane import EmbedLane
 from llmc_rag_service.service.notify import Degraded
 from llmc_rag_service.service.statusline import render
+from llmc_rag_service.service.teamgate import TeamGate
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.faults import StoreUnusable
 from llmc_rag_service.store.secret_audit import reread_files_for
 from llmc_rag_service.store.jobs import JobQueue, QueueSet
+from llmc_rag_service.team.errors import TeamError
+from llmc_rag_service.team.settings import TeamSettings, redact_dsn
 from llmc_rag_service.watch.watchset import WatchSet, Work
 
 log = structlog.get_logger(__name__)
@@ -74,6 +81,8 @@ class Pipeline:
         settle_s: Quiet seconds after a ``.git/`` event before held events go
             out (tests shorten it); default the git gate's.
         poll_interval_s: Snapshot interval of the polling fallback, seconds.
+        team_settings: Team cache timeouts and lease (tests shorten them);
+            default: the library's, with ``team.lease_s``.
         clock: Time of the job queue, the workers and the watchers (tests pass
             a manual one; see :mod:`llmc_rag_service.clock`).
 
@@ -88,7 +97,8 @@ class Pipeline:
 
     def __init__(self, config: Config, on_change: Callable[[], None] = lambda: None,
                  on_activity: Callable[[], None] | None = None, *,
-                 settle_s: float | None = None, poll_interval_s: float | None = None, clock: Clock = SYSTEM):
+                 settle_s: float | None = None, poll_interval_s: float | None = None, clock: Clock = SYSTEM,
+                 team_settings: TeamSettings | None = None):
         self.config, self.on_change, self.clock = config, on_change, clock
         self.store = Store(config.db_path)
         self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts, clock)
@@ -96,6 +106,9 @@ class Pipeline:
         if recovered:
             log.info("jobs_recovered", count=recovered, reason="left running by a dead process")
         self.redactor = self._redactor_for(config.secrets)
+        self._team_settings = team_settings
+        self.team_error: str | None = None
+        self.team = self._new_team(config)
         self.clients: list[OllamaClient] = []
         self._retired: list[tuple[WorkerPool, list[OllamaClient]]] = []  # pools retired by reloads
         self.embeds: EmbedLane | None = None
@@ -117,7 +130,7 @@ class Pipeline:
         # A stored enrichment improves the span's embedded text: re-embed it (same transaction).
         self.queue.on_result = self.embeds.queue.refresh if self.embeds else None
         return WorkerPool(self.store, self.queue, self.clients, self._on_outcome, clock=self.clock,
-                          redact_answer=self.redact_answer)
+                          gate=self.team, redact_answer=self.redact_answer)
 
     def _scan_queue(self) -> QueueSet:
         """What scans fill: the enrichment queue and, when on, the embedding queue."""
@@ -147,6 +160,24 @@ class Pipeline:
         self.pool.notify_work()
         if self.embeds:
             self.embeds.pool.notify_work()
+        if self.team is not None:
+            self.team.notify_queued()
+
+    def _new_team(self, config: Config) -> TeamGate | None:
+        """The team gate for ``config.team`` (not started), or None: team mode
+        off, or the ``[postgres]`` extra missing (said once; the daemon works alone)."""
+        self.team_error = None
+        if config.team.postgres is None:
+            return None
+        settings = self._team_settings or TeamSettings(lease_s=config.team.lease_s)
+        try:
+            return TeamGate(config.team.postgres, self.store, self.queue, settings, self.on_change,
+                            on_work=lambda: self.pool.notify_work(), clock=self.clock)
+        except TeamError as err:
+            self.team_error = str(err)
+            log.error("team_unreachable", url=redact_dsn(config.team.postgres), kind=err.kind, error=str(err))
+            return None
+
 
     @property
     def client(self) -> OllamaClient:
@@ -155,8 +186,10 @@ class Pipeline:
 
     # -- running ----------------------------------------------------------
     def start_workers(self) -> None:
-        """Start the worker threads: queued jobs go to Ollama from now on."""
+        """Start the worker threads (and team mode's): queued jobs go to Ollama from now on."""
         self._workers_on = True
+        if self.team is not None:
+            self.team.start()
         self.pool.start()
         if self.embeds:
             self.embeds.pool.start()
@@ -217,6 +250,7 @@ class Pipeline:
             "indexer": lambda: None if self.scheduler.is_alive() else "scan scheduler thread died",
             "workers": self.hung,
             "store": self.store_health,
+            "team": lambda: self.team.health() if self.team is not None else None,
         }
 
     def store_health(self) -> str | None:
@@ -248,10 +282,12 @@ class Pipeline:
         repo restarted, its files cut again). A repo whose scanner or watcher
         settings changed is restarted: stopped, then added anew.
         Returns what changed: ``sections``, ``added``, ``removed``, ``restarted``."""
-        if new.ollama != old.ollama or new.queue != old.queue or new.search != old.search:
+        if new.team != old.team:
+            self.replace_team(new)
+        if new.ollama != old.ollama or new.queue != old.queue or new.search != old.search or new.team != old.team:
             self.replace_client(new)
         self.config = new
-        sections = [name for name in ("ollama", "queue", "search", "watch", "logging", "secrets")
+        sections = [name for name in ("ollama", "queue", "search", "watch", "logging", "team", "secrets")
                     if getattr(new, name) != getattr(old, name)]
         if new.secrets != old.secrets:
             self.redactor = self._redactor_for(new.secrets)
@@ -301,6 +337,8 @@ class Pipeline:
         self._reap()
         self.config = config
         self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts, self.clock)
+        if self.team is not None:
+            self.team.queue = self.queue
         self.pool = self._new_pool()
         scan_queue = self._scan_queue()
         for scanner in self.scanners.values():
@@ -309,12 +347,22 @@ class Pipeline:
             queued = scan_queue.enqueue_missing(tx)
         if queued:
             log.info("jobs_queued", count=queued, trigger="config_changed")
+        if self.team is not None and self._workers_on:
+            self.team.start()
         for pool, _ in self._lanes():
             pool.start()
 
     def _lanes(self) -> list[tuple[WorkerPool, list[OllamaClient]]]:
         """The worker pools in force with their clients: enrichment's, then embedding's."""
         return [(self.pool, self.clients)] + ([(self.embeds.pool, self.embeds.clients)] if self.embeds else [])
+
+    def replace_team(self, config: Config) -> None:
+        """Close the team gate and make one for ``config.team`` (a reload);
+        results of requests still in flight wait in the outbox for the new one.
+        Call :meth:`replace_client` next: the new pool must use the new gate."""
+        if self.team is not None:
+            self.team.close()
+        self.team = self._new_team(config)
 
     def last_error(self) -> str | None:
         """The current Ollama problem (unreachable, model missing, quarantined),
@@ -350,9 +398,10 @@ class Pipeline:
         return self.pool.in_flight
 
     def finished(self) -> int:
-        """Jobs (enrichment and embedding) this pipeline's workers finished (done
-        or dead-lettered) since it started."""
-        return self.pool.done + self.pool.failed + (self.embeds.finished() if self.embeds else 0)
+        """Jobs (enrichment and embedding) this pipeline finished (done, dead-lettered,
+        or taken from the team cache) since it started."""
+        return (self.pool.done + self.pool.failed + (self.embeds.finished() if self.embeds else 0)
+                + (self.team.hits if self.team is not None else 0))
 
     def embed_counts(self) -> dict[str, int] | None:
         """The embedding lane's counts (see :meth:`EmbedLane.counts`), None when it is off."""
@@ -368,6 +417,16 @@ class Pipeline:
     def embeds_down(self) -> str | None:
         """Why no host can embed now (as :meth:`ollama_down`), None when it can or the lane is off."""
         return self.embeds.state() if self.embeds else None
+
+    def team_status(self) -> dict[str, Any] | None:
+        """Team mode's ``{url, reachable, hits, published, outbox, deferred,
+        last_error}`` (see :meth:`TeamGate.status`), or None when it is off."""
+        if self.config.team.postgres is None:
+            return None
+        if self.team is None:  # the [postgres] extra is missing
+            return {"url": redact_dsn(self.config.team.postgres), "reachable": False, "hits": 0, "published": 0,
+                    "outbox": 0, "deferred": 0, "last_error": self.team_error, "queries": 0}
+        return self.team.status()
 
     def set_meta(self, busy_timeout_s: float | None = None, **values: str | None) -> None:
         """Record daemon facts (``daemon_pid``, ``daemon_status``…) for ``status``
@@ -412,6 +471,8 @@ class Pipeline:
                 # returns them to pending (the pid is dead by then).
                 log.warning("jobs_not_returned", error=str(exc))
             self._retired.append((pool, clients))
+        if self.team is not None:
+            self.team.close()
         self._reap()
         if self._retired:
             # A worker still inside a request after the grace would get an
@@ -441,6 +502,6 @@ class Pipeline:
         no space for the state in /var/lib/llmc-rag (12.0 KiB free): …``)."""
         self._reap()
         text = render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity,
-                      self.embeds_left(), self.embeds.note() if self.embeds else None)
+                      self.embeds_left(), self.embeds.note() if self.embeds else None, team=self.team_status())
         fault = self.store.fault
         return f"paused: {fault.reason}; {text}" if fault is not None else text

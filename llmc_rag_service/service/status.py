@@ -1,7 +1,8 @@
 """Read-only views of the store: ``status --json``, ``show --json`` and the STATUS line.
 
 The JSON shapes are the contract in DESIGN.md ("Contract: status --json",
-"Contract: show --json"). Counts are per configured repo over the spans
+"Contract: show --json"); ``status --json`` also has ``team`` (null without
+``team.postgres``), from the running daemon's :data:`TEAM_META` record. Counts are per configured repo over the spans
 currently in the tree, so ``enriched + pending + failed == spans`` always:
 a span is enriched if its content hash has an enrichment for the configured
 model and prompt version, failed if its job is dead-lettered, else pending;
@@ -25,8 +26,14 @@ from llmc_rag_service.config import Config
 from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.models import PROMPT_VERSION
 from llmc_rag_service.store.views import StoreReader, empty_counts, empty_secrets
+from llmc_rag_service.team.settings import redact_dsn
 
 LOCK_NAME = "llmc-rag.lock"
+#: The ``meta`` key under which the daemon keeps its team cache's counters (JSON).
+TEAM_META = "team_status"
+#: What ``status --json`` shows of them (the contract's ``team`` object, plus ``last_error`` and ``queries``).
+TEAM_FIELDS = ("reachable", "hits", "published", "deferred", "last_error", "queries")
+
 
 def daemon_running(state_dir: Path) -> int | None:
     """PID of the running ``serve`` (it holds an flock on the lock file), else None."""
@@ -58,7 +65,7 @@ def repo_state(path: Path, states: dict[str, str], running: bool) -> str:
 def status_report(config: Config) -> dict[str, Any]:
     """The ``status --json`` object (DESIGN.md contract)."""
     reader = StoreReader.open(config.db_path)
-    answers_redacted = 0
+    answers_redacted = outbox = 0
     if reader is None:
         meta: dict[str, str] = {}
         repos = [{"path": str(r.path), **empty_counts(), "secrets": empty_secrets()} for r in config.repos]
@@ -68,6 +75,7 @@ def status_report(config: Config) -> dict[str, Any]:
             repos = [{"path": str(r.path), **reader.repo_counts(r.path, config.ollama.model, PROMPT_VERSION,
                                                                  config.search.embed_model, INPUT_VERSION),
                       "secrets": reader.repo_secrets(r.path)} for r in config.repos]
+            outbox = reader.team_outbox_count()
     totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed", "embedded")}
     secrets = {k: sum(r["secrets"][k] for r in repos) for k in ("redacted", "secret_files_skipped")}
     pid = daemon_running(config.state_dir)
@@ -80,7 +88,28 @@ def status_report(config: Config) -> dict[str, Any]:
         "repos": repos,
         "totals": totals,
         "secrets": {**secrets, "answers_redacted": answers_redacted},
+        "team": team_report(config, meta.get(TEAM_META) if pid else None, outbox),
     }
+
+
+def team_report(config: Config, recorded: str | None, outbox: int) -> dict[str, Any] | None:
+    """``status --json``'s ``team``: None when team mode is off, else
+    ``{url (no password), reachable, hits, published, outbox, deferred,
+    last_error, queries}`` (``queries``: statements the daemon sent to the
+    team database since it started). ``recorded`` is the running daemon's :data:`TEAM_META`
+    JSON (None when no daemon runs: ``reachable`` is then None and the
+    counters 0); ``outbox`` is counted in the store, so it shows results
+    waiting to be published even while the daemon is stopped."""
+    if config.team.postgres is None:
+        return None
+    try:
+        counters = json.loads(recorded) if recorded else {}
+    except ValueError:
+        counters = {}
+    report: dict[str, Any] = {"url": redact_dsn(config.team.postgres), "reachable": None, "hits": 0,
+                              "published": 0, "outbox": outbox, "deferred": 0, "last_error": None, "queries": 0}
+    report.update({k: counters[k] for k in TEAM_FIELDS if k in counters})
+    return report
 
 
 def resolve_file(config: Config, path: str) -> tuple[Path, str] | None:

@@ -23,6 +23,8 @@ Tables::
     span_fts, span_fts_vocab, span_fts_dirty          full-text index of spans, see fts.py
     embeddings(span_hash, embed_model, input_version, one vector per content hash, see vectors.py
           dim, vector, created_at), embeddings_epoch(n)
+    team_outbox(...)                                  results waiting for the team database
+                                                      (store/team_outbox.py)
 
 Connections (one per thread), ``BEGIN IMMEDIATE`` transactions and store
 faults are :class:`~llmc_rag_service.store.database.Database`'s; opening a
@@ -141,7 +143,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs_v3 RENAME TO jobs;
     CREATE INDEX jobs_ready ON jobs(kind, state, priority, next_attempt_at);
     """,
-    # 4: secrets (index/redact.py), counted for status --json. Span text stored
+    # 4: team mode's outbox (store/team_outbox.py): results waiting for the team database
+    """
+    CREATE TABLE team_outbox(
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('enrichment', 'embedding')),
+        span_hash TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
+        payload BLOB NOT NULL, dim INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+        UNIQUE(kind, span_hash, model, version));
+    """,
+    # 5: secrets (index/redact.py), counted for status --json. Span text stored
     # before redaction existed may hold secret values: every file is re-read and
     # re-cut by the next scan (its hash forgotten), which replaces its spans and
     # drops the text (and for a file with secrets the answers) of the old ones.

@@ -197,17 +197,11 @@ class JobQueue:
                 self._params(pid=os.getpid(), now=now, limit=limit)).fetchall()
         return sorted((Job(*row) for row in rows), key=lambda job: (job.priority, job.id))
 
-    def complete(self, job: Job, enrichment: Enrichment, duration_s: float) -> None:
-        """Store the enrichment and mark the job done, in one transaction."""
-        e = enrichment
+    def complete(self, job: Job, enrichment: Enrichment, duration_s: float | None) -> None:
+        """Store the enrichment and mark the job done, in one transaction.
+        ``duration_s``: seconds the request took (None: taken from the team cache)."""
         with self.store.write() as tx:
-            tx.execute(
-                """INSERT OR REPLACE INTO enrichments(span_hash, model, prompt_version, summary, inputs, outputs,
-                   side_effects, pitfalls, usage, created_at, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (job.span_hash, self.model, self.prompt_version, e.summary, json.dumps(e.inputs),
-                 json.dumps(e.outputs), json.dumps(e.side_effects), json.dumps(e.pitfalls), e.usage, self.clock.time(),
-                 duration_s),
-            )
+            self._put_enrichment(tx, job.span_hash, enrichment, duration_s)
             self.mark_done(tx, job)
             if self.on_result is not None:
                 self.on_result(tx, job.span_hash)
@@ -217,6 +211,14 @@ class JobQueue:
         records what the result was made from (see EmbedQueue)."""
         tx.execute("UPDATE jobs SET state = 'done', attempts = attempts + 1, last_error = NULL, basis = ?,"
                    " updated_at = ? WHERE id = ?", (basis, self.clock.time(), job.id))
+
+    def _put_enrichment(self, tx: sqlite3.Connection, span_hash: str, e: Enrichment, duration_s: float | None) -> None:
+        tx.execute(
+            """INSERT OR REPLACE INTO enrichments(span_hash, model, prompt_version, summary, inputs, outputs,
+               side_effects, pitfalls, usage, created_at, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (span_hash, self.model, self.prompt_version, e.summary, json.dumps(e.inputs), json.dumps(e.outputs),
+             json.dumps(e.side_effects), json.dumps(e.pitfalls), e.usage, self.clock.time(), duration_s),
+        )
 
     def retry(self, job: Job, error: str, delay_s: float | None = None) -> bool:
         """Count a failed attempt. Back to pending after a jittered backoff (or
@@ -270,6 +272,61 @@ class JobQueue:
         ).fetchone()
         return None if row[0] is None else max(0.0, row[0] - self.clock.time())
 
+    # -- team mode (service/teamgate.py): which jobs a teammate may have done --
+    def pending_after(self, job_id: int, limit: int) -> list[tuple[int, str]]:
+        """``(id, span_hash)`` of up to ``limit`` pending jobs with an id above
+        ``job_id``, by id: the jobs queued since the team cache was last asked."""
+        return [tuple(r) for r in self.store.conn.execute(
+            "SELECT id, span_hash FROM jobs WHERE id > ? AND state = 'pending' AND kind = ? AND model = ? AND prompt_version = ? "
+            "ORDER BY id LIMIT ?", (job_id, *self._key(), limit))]
+
+    def upcoming(self, limit: int) -> list[str]:
+        """Span hashes of the next ``limit`` ready jobs, in the order :meth:`claim` takes them."""
+        return [r[0] for r in self.store.conn.execute(
+            f"""SELECT span_hash FROM jobs WHERE state = 'pending' AND kind = ? AND model = ? AND prompt_version = ?
+                AND next_attempt_at <= ? AND {_HAS_SPAN} ORDER BY priority, id LIMIT ?""",
+            (*self._key(), self.clock.time(), limit))]
+
+    def states(self, span_hashes: Iterable[str]) -> dict[str, str]:
+        """The job state of each of ``span_hashes`` that has a job (absent: no job)."""
+        hashes = list(dict.fromkeys(span_hashes))
+        out: dict[str, str] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start:start + 500]
+            out.update(self.store.conn.execute(
+                f"SELECT span_hash, state FROM jobs WHERE kind = ? AND model = ? AND prompt_version = ? "
+                f"AND span_hash IN ({','.join('?' * len(chunk))})", (*self._key(), *chunk)).fetchall())
+        return out
+
+    def defer(self, span_hashes: Iterable[str], delay_s: float) -> int:
+        """Make the pending jobs of ``span_hashes`` due in ``delay_s`` seconds
+        (a teammate is enriching them; 0: due now, the team is gone), without
+        counting an attempt. Returns how many."""
+        at = self.clock.time() + delay_s
+        with self.store.write() as tx:
+            return sum(tx.execute(
+                "UPDATE jobs SET next_attempt_at = ?, updated_at = ? WHERE span_hash = ? "
+                "AND kind = ? AND model = ? AND prompt_version = ? AND state = 'pending'",
+                (at, self.clock.time(), h, *self._key())).rowcount for h in dict.fromkeys(span_hashes))
+
+    def complete_pending(self, results: dict[str, Enrichment]) -> list[tuple[int, str]]:
+        """Store enrichments that came from elsewhere (the team cache) and mark
+        their *pending* jobs done, in one transaction; a job a worker is running
+        is left to it. Returns ``(job id, span_hash)`` of the jobs completed."""
+        done: list[tuple[int, str]] = []
+        now = self.clock.time()
+        with self.store.write() as tx:
+            for span_hash, enrichment in results.items():
+                row = tx.execute(
+                    "UPDATE jobs SET state = 'done', last_error = NULL, updated_at = ? WHERE span_hash = ? "
+                    "AND kind = ? AND model = ? AND prompt_version = ? AND state = 'pending' RETURNING id",
+                    (now, span_hash, *self._key())).fetchone()
+                if row:
+                    self._put_enrichment(tx, span_hash, enrichment, None)
+                    if self.on_result is not None:
+                        self.on_result(tx, span_hash)  # e.g. its re-embedding, as for a local result
+                    done.append((row[0], span_hash))
+        return done
 
 class QueueSet:
     """Several queues fed from the same scans: every span needs each kind of

@@ -5,7 +5,7 @@ produced is kept here and published when it returns, oldest first; a row is
 deleted only after the team database accepted it, so a crash in between
 publishes it again (harmless: ``ON CONFLICT DO NOTHING``).
 
-:data:`MIGRATION` is the DDL to append to ``store.db.MIGRATIONS``. A key is
+The table is created by migration 3 of ``store.db.MIGRATIONS``. A key is
 kept once per kind (``INSERT OR IGNORE``): the first result for a key is the
 one published, as in the team database itself.
 """
@@ -17,16 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmc_rag_service.store.db import Store
-
-#: Append to ``store.db.MIGRATIONS``.
-MIGRATION = """
-    CREATE TABLE team_outbox(
-        id INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('enrichment', 'embedding')),
-        span_hash TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
-        payload BLOB NOT NULL, dim INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
-        UNIQUE(kind, span_hash, model, version));
-"""
 
 
 @dataclass(frozen=True)

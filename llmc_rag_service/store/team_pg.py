@@ -192,6 +192,31 @@ def claim(conn: Any, keys: Sequence[Key], holder: str, lease_s: float) -> list[K
     return [tuple(r) for r in rows]
 
 
+def claim_or_fetch(conn: Any, keys: Sequence[Key], holder: str,
+                   lease_s: float) -> tuple[list[Key], list[tuple[str, str, int, Any, str]]]:
+    """:func:`claim` and :func:`lookup_enrichments` in one statement (one
+    round trip, one snapshot): ``(claimed keys, published rows)``. Of each
+    key, either it is claimed, or its published row is returned, or neither
+    (a teammate holds it). ``keys`` must be distinct and sorted."""
+    rows = conn.execute(
+        """WITH k AS (SELECT * FROM unnest(%(h)s::text[], %(m)s::text[], %(v)s::integer[]) AS k(h, m, v)),
+           pub AS (SELECT e.span_hash, e.model, e.prompt_version, e.fields, e.producer FROM k
+                   JOIN llmc_enrichments e ON e.span_hash = k.h AND e.model = k.m AND e.prompt_version = k.v),
+           ins AS (INSERT INTO llmc_claims AS c (span_hash, model, prompt_version, holder, expires_at)
+                   SELECT k.h, k.m, k.v, %(holder)s, now() + make_interval(secs => %(lease)s) FROM k
+                   WHERE NOT EXISTS (SELECT 1 FROM pub
+                                     WHERE pub.span_hash = k.h AND pub.model = k.m AND pub.prompt_version = k.v)
+                   ORDER BY k.h, k.m, k.v
+                   ON CONFLICT (span_hash, model, prompt_version) DO UPDATE
+                       SET holder = excluded.holder, expires_at = excluded.expires_at
+                       WHERE c.expires_at < now() OR c.holder = excluded.holder
+                   RETURNING c.span_hash, c.model, c.prompt_version)
+           SELECT true, span_hash, model, prompt_version, NULL::jsonb, NULL::text FROM ins
+           UNION ALL SELECT false, span_hash, model, prompt_version, fields, producer FROM pub""",
+        {**_columns(keys), "holder": holder, "lease": float(lease_s)}).fetchall()
+    return [(r[1], r[2], r[3]) for r in rows if r[0]], [tuple(r[1:]) for r in rows if not r[0]]
+
+
 def renew_claims(conn: Any, keys: Sequence[Key], holder: str, lease_s: float) -> list[Key]:
     """Extend ``holder``'s unexpired claims on ``keys`` by ``lease_s`` seconds
     from now; returns the keys it still holds (a lapsed lease may have been

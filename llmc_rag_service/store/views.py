@@ -179,6 +179,14 @@ class StoreReader:
             (str(repo), relpath)).fetchone()
         return None if row is None else StoredFile(skipped=row[0], spans=row[1], last_line=row[2])
 
+    def team_outbox_count(self) -> int:
+        """Results waiting in the team outbox (``store/team_outbox.py``) for
+        the team database; 0 in a store from before that table (migration 3)."""
+        try:
+            return self.conn.execute("SELECT count(*) FROM team_outbox").fetchone()[0]
+        except sqlite3.OperationalError:  # no such table: not migrated yet
+            return 0
+
     def quick_check(self) -> list[str]:
         """SQLite's ``PRAGMA quick_check`` (https://sqlite.org/pragma.html#pragma_quick_check):
         an empty list when the database is intact, else its problem lines (at most 10)."""

@@ -138,9 +138,12 @@ class TeamCache:
         self.db.close()
 
     # -- enrichments -------------------------------------------------------------
-    def lookup(self, keys: Iterable[EnrichmentKey]) -> dict[EnrichmentKey, Enrichment]:
+    def lookup(self, keys: Iterable[EnrichmentKey],
+               rejected: set[EnrichmentKey] | None = None) -> dict[EnrichmentKey, Enrichment]:
         """Published, valid enrichments for ``keys`` (one statement per
-        ``settings.batch`` keys); {} for anything unreachable."""
+        ``settings.batch`` keys); {} for anything unreachable. The keys of
+        rows that fail validation are added to ``rejected`` when given: such
+        a key can never be claimed (it is published), so the caller enriches it itself."""
         found: dict[EnrichmentKey, Enrichment] = {}
         for chunk in _chunks(distinct_keys(keys, EnrichmentKey), self.settings.batch):
             ok, rows = self._call(team_pg.lookup_enrichments, chunk)
@@ -150,6 +153,8 @@ class TeamCache:
                 enrichment = self._checked(span_hash, fields, producer)
                 if enrichment is not None:
                     found[EnrichmentKey(span_hash, model, version)] = enrichment
+                elif rejected is not None:
+                    rejected.add(EnrichmentKey(span_hash, model, version))
         self._count(hits=len(found))
         self.claims.undefer(found)
         return found
@@ -173,6 +178,24 @@ class TeamCache:
     def claim(self, keys: Iterable[EnrichmentKey]) -> set[EnrichmentKey]:
         """Keys this daemon may now enrich (see :meth:`Claims.claim`); the rest are counted deferred."""
         return self.claims.claim(keys)
+
+    def claim_or_lookup(self, keys: Iterable[EnrichmentKey], rejected: set[EnrichmentKey] | None = None,
+                        ) -> tuple[set[EnrichmentKey], dict[EnrichmentKey, Enrichment]]:
+        """:meth:`claim` and :meth:`lookup` in one statement per batch:
+        ``(claimed, found)``. A key is claimed, or found (published and
+        valid), or neither: a teammate holds it (deferred), or its row failed
+        validation (added to ``rejected`` when given, as in :meth:`lookup`)."""
+        claimed, rows = self.claims.claim_fetching(keys)
+        found: dict[EnrichmentKey, Enrichment] = {}
+        for span_hash, model, version, fields, producer in rows:
+            enrichment = self._checked(span_hash, fields, producer)
+            if enrichment is not None:
+                found[EnrichmentKey(span_hash, model, version)] = enrichment
+            elif rejected is not None:
+                rejected.add(EnrichmentKey(span_hash, model, version))
+        self._count(hits=len(found))
+        self.claims.undefer(found)
+        return claimed, found
 
     def renew(self) -> set[EnrichmentKey]:
         """Extend every held claim by ``lease_s``; returns those still held (the thread does this)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 import structlog
 
@@ -39,11 +40,23 @@ class Claims:
         """Keys this daemon may now enrich: nobody else holds them (or their
         lease ran out) and they are not published. The rest are deferred.
         Every key when the database is unreachable."""
+        return self.claim_fetching(keys, fetch=False)[0]
+
+    def claim_fetching(self, keys: Iterable[EnrichmentKey],
+                       fetch: bool = True) -> tuple[set[EnrichmentKey], list[tuple[str, str, int, Any, str]]]:
+        """:meth:`claim`, and with ``fetch`` the published rows among ``keys``
+        in the same statement (``store.team_pg.claim_or_fetch``): (claimed, rows)."""
         wanted = distinct_keys(keys, EnrichmentKey)
         claimed: set[EnrichmentKey] = set()
+        published: list[tuple[str, str, int, Any, str]] = []
         for start in range(0, len(wanted), self.batch):
             chunk = wanted[start:start + self.batch]
-            ok, rows = self.link.call(team_pg.claim, chunk, self.holder, self.lease_s)
+            if fetch:
+                ok, result = self.link.call(team_pg.claim_or_fetch, chunk, self.holder, self.lease_s)
+                rows, found = result if ok else ([], [])
+                published += found
+            else:
+                ok, rows = self.link.call(team_pg.claim, chunk, self.holder, self.lease_s)
             got = {EnrichmentKey(*r) for r in rows} if ok else set(chunk)
             claimed |= got
             if ok:
@@ -52,7 +65,7 @@ class Claims:
         with self._lock:
             self._deferred -= claimed
             self._deferred |= set(wanted) - claimed
-        return claimed
+        return claimed, published
 
     def renew(self) -> set[EnrichmentKey]:
         """Extend every claim held by ``lease_s``; returns those still held (a

@@ -47,6 +47,7 @@ class TeamLink:
         self.producer = producer
         self._on_recovered = on_recovered
         self._probe_lock = threading.Lock()
+        self._first_lock = threading.Lock()
         #: Set when something may wait in the outbox (true at start: an earlier run may have left some).
         self.outbox_dirty = True
         self.failures = threading.Event()
@@ -55,7 +56,7 @@ class TeamLink:
         """(True, ``fn(conn, *args)``), or (False, None) when the database is
         skipped (breaker open) or the statement failed (breaker opens).
         Before the first contact, probes first (bounded by the timeouts)."""
-        if self.db.closed or (self.health.reachable is None and not self.probe()):
+        if self.db.closed or (self.health.reachable is None and not self._first_contact()):
             return False, None
         if not self.health.usable():
             return False, None
@@ -67,6 +68,15 @@ class TeamLink:
             return False, None
         self.health.succeeded()
         return True, result
+
+    def _first_contact(self) -> bool:
+        """Probe before the very first statement; threads that waited meanwhile
+        use that probe's outcome instead of each probing again (at start every
+        worker asks at once)."""
+        with self._first_lock:
+            if self.health.reachable is None:
+                return self.probe()
+        return self.health.usable()
 
     def probe(self) -> bool:
         """Connect and migrate; True if the database is usable now."""
