@@ -1,8 +1,8 @@
 """The ``llmc-rag`` command line (DESIGN.md "Contract: command line").
 
-The only place that turns errors and outcomes into exit codes (the ``EX_*``
-constants below, from BSD ``sysexits.h`` where one fits): other modules raise
-exceptions or return outcomes, and this module maps them.
+The only place that turns errors and outcomes into exit codes (the EX_*
+constants below, sysexits.h numbers where one fits). Every expected fault
+is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,25 +13,33 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import structlog
 
 from llmc_rag_service import __version__
 from llmc_rag_service import logs as logsetup
 from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config
+from llmc_rag_service.store.faults import StoreUnusable, classify
 
 EX_OK = 0
-#: Some spans failed for good (enrich), or an unknown path (show).
+#: Some spans failed for good (enrich); nothing to show (show); a check failed (doctor).
 EX_FAILED = 1
-#: Command-line usage error (argparse's own).
-EX_USAGE = 2
+#: Bad arguments (install-unit); argparse itself exits 2 for a malformed command line.
+EX_USAGE = 64
+#: A repo path is missing (enrich).
+EX_NOINPUT = 66
 #: Ollama unreachable, busy or the model missing for longer than --wait-s (enrich).
 EX_UNAVAILABLE = 69
-#: Another serve holds the state directory, or the daemon could not start.
+#: Another serve holds the state directory.
 EX_SOFTWARE = 70
-#: Bad config: sysexits EX_CONFIG; the unit's RestartPreventExitStatus=78.
+#: The state store is unusable (sysexits EX_IOERR): unreadable, corrupt or another
+#: application's, read-only, full, or deleted/replaced under a running serve.
+EX_IOERR = 74
+#: Bad config.
 EX_CONFIG = 78
+#: A bad search query or option (search, export): argparse's own usage code, as DESIGN.md lists for search.
+EX_BAD_QUERY = 2
 #: Ctrl-C (128 + SIGINT).
 EX_INTERRUPTED = 130
 
@@ -59,11 +67,35 @@ def _parser() -> argparse.ArgumentParser:
     p = add("show", "show the spans of a file and their enrichments")
     p.add_argument("--json", action="store_true")
     p.add_argument("target", metavar="PATH[:LINE]")
+    p = add("doctor", "check config, store, Ollama, models, inotify limits and the unit; say how to fix each")
+    p.add_argument("--json", action="store_true")
+    p = add("search", "ranked spans for a natural-language or identifier query")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", type=_limit, default=10, help="hits to show, 1-100 (default 10)")
+    p.add_argument("--repo", help="only this configured repository")
+    p.add_argument("--path", help="only paths matching this glob, relative to the repo ('*' also matches '/')")
+    p.add_argument("--lang", help="only this language (python, javascript, typescript, tsx, go, rust, java, c, cpp, text)")
+    p.add_argument("--kind", help="only this span kind (function, method, class, block, window, error)")
+    p.add_argument("--mode", default="hybrid", help="hybrid (default), lexical or semantic")
+    p.add_argument("query", metavar="QUERY", nargs="+", help="words, identifiers or a question")
+    p = add("export", "every span with its enrichment as JSON Lines on stdout")
+    p.add_argument("--repo", help="only this configured repository")
+    add("mcp", "serve the index to coding agents over MCP on stdio (extra [mcp])")
     p = sub.add_parser("install-unit", help="write the systemd unit for this installation")
     p.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
     p.add_argument("--run-as", help="system unit: the user that owns the repos")
     p.add_argument("--dest", help="directory to write to (default: the systemd unit directory)")
     return parser
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 100, not {text!r}")
+    return value
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -77,18 +109,46 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
+def _err(text: str) -> None:
+    """One line on stderr; a non-UTF-8 file name prints as escapes, never raises."""
+    print(f"llmc-rag: {text}".encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+
+
+def _owner(path: Path) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return "its owner"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "install-unit":
             return _install_unit(args)
+        if args.command == "doctor":
+            return _doctor(args)
         try:
             config = _load(args)
         except ConfigError as exc:
-            print(f"llmc-rag: config error: {exc}", file=sys.stderr)
+            _err(f"config error: {exc}")
             return EX_CONFIG
-        return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show}[args.command](config, args)
+        try:
+            return {"serve": _serve, "enrich": _enrich, "status": _status, "show": _show, "search": _search,
+                    "export": _export, "mcp": _mcp}[args.command](config, args)
+        except BrokenPipeError:
+            raise
+        except PermissionError:
+            owner = _owner(config.state_dir)
+            who = "root" if owner == "root" else f"{owner} (the service's user) and root"
+            _err(f"cannot read the store {config.db_path}: permission denied; only {who} may read it")
+            return EX_IOERR
+        except (StoreUnusable, OSError, sqlite3.Error) as exc:
+            # A corrupt, unwritable, full or replaced store: one line naming it, no traceback.
+            return _store_unusable(args.command, config, exc)
     except KeyboardInterrupt:
         # enrich: pending work stays in the store for the next run.
         print("llmc-rag: interrupted", file=sys.stderr)
@@ -100,38 +160,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_OK
 
 
+def _store_unusable(command: str, config: Config, exc: BaseException) -> int:
+    """Say what is wrong with the store in one line (serve: a log event for
+    the journal, named for the fault) and exit 74."""
+    fault = classify(exc, config.db_path) if isinstance(exc, (StoreUnusable, sqlite3.Error)) else None
+    if fault is None:
+        _err(f"state unusable: {config.db_path}: {exc}")
+    elif command == "serve":
+        structlog.get_logger(__name__).error(fault.event, **fault.fields())
+    else:
+        _err(f"state unusable: {fault}")
+    return EX_IOERR
+
+
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.daemon import AlreadyRunning, Daemon
 
     try:
-        Daemon(Path(config.source), config).run()
-        return EX_OK
+        fatal = Daemon(config.source or find_config_path(args.config), config).run()
     except AlreadyRunning as exc:
-        structlog.get_logger(__name__).error("already_running", error=str(exc))
+        structlog.get_logger(__name__).error("already_running", error=str(exc), pid=exc.pid,
+                                             state_dir=str(exc.state_dir))
         return EX_SOFTWARE
     except (OSError, sqlite3.Error) as exc:
+        if isinstance(exc, sqlite3.DatabaseError) and classify(exc, config.db_path):
+            raise  # a store fault: said by main()
         structlog.get_logger(__name__).error("startup_failed", error=str(exc), state_dir=str(config.state_dir))
-        return EX_SOFTWARE
+        return EX_IOERR
+    return EX_OK if fatal is None else EX_IOERR  # a fatal store fault, logged by the daemon
 
 
 def _enrich(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.oneshot import Outcome, run_enrich
 
-    try:
-        outcome = run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
-    except NotADirectoryError as exc:
-        print(f"llmc-rag: {exc}", file=sys.stderr)
-        return EX_USAGE
-    return {Outcome.DONE: EX_OK, Outcome.SOME_FAILED: EX_FAILED, Outcome.GAVE_UP: EX_UNAVAILABLE}[outcome]
+    outcome = run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
+    return {Outcome.DONE: EX_OK, Outcome.SOME_FAILED: EX_FAILED, Outcome.REPO_MISSING: EX_NOINPUT,
+            Outcome.GAVE_UP: EX_UNAVAILABLE}[outcome]
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.service.runtime import describe_store, store_report
     from llmc_rag_service.service.status import status_report
 
-    report = status_report(config)
+    report = {**status_report(config), "store": store_report(config)}
     if args.json:
         print(json.dumps(report, indent=2))
         return EX_OK
+    print(describe_store(report["store"]))
     d = report["daemon"]
     print(f"daemon: {'running, pid ' + str(d['pid']) if d['running'] else 'not running'}")
     if d["status"]:
@@ -145,16 +220,21 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 
 def _show(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.service.explain import utf8_name, why_no_spans
     from llmc_rag_service.service.status import show_report
+
+    def spans_of(path: str, line: int | None = None) -> list[dict[str, Any]] | None:
+        # A name that is not UTF-8 was never stored (and cannot be looked up).
+        return show_report(config, path, line) if utf8_name(path) else None
 
     path, line = args.target, None
     head, sep, tail = args.target.rpartition(":")
     # A file may itself be named "x:12"; only an unknown name is read as PATH:LINE.
-    if sep and tail.isdigit() and show_report(config, args.target) is None:
+    if sep and tail.isdigit() and spans_of(args.target) is None:
         path, line = head, int(tail)
-    spans = show_report(config, path, line)
-    if spans is None:
-        print(f"llmc-rag: {path}: not a known file of a configured repo", file=sys.stderr)
+    spans = spans_of(path, line)
+    if not spans:
+        _err(why_no_spans(config, path, line))
         return EX_FAILED
     if args.json:
         print(json.dumps(spans, indent=2))
@@ -174,10 +254,63 @@ def _show(config: Config, args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _install_unit(args: argparse.Namespace) -> int:
-    from llmc_rag_service.service.units import install_unit
+def _doctor(args: argparse.Namespace) -> int:
+    from llmc_rag_service.service import doctor
 
-    path = install_unit(args.user, Path(args.dest) if args.dest else None, args.run_as)
+    logsetup.configure_logging("error", "auto")  # the checks speak for themselves
+    checks = doctor.run_checks(args.config)
+    print(json.dumps(doctor.as_json(checks), indent=2) if args.json else doctor.as_text(checks))
+    return EX_FAILED if any(c.status == "fail" for c in checks) else EX_OK
+
+
+def _search(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.search import QueryError, StoreUnusable, cli_view
+
+    try:
+        result = cli_view.run_search(config, " ".join(args.query), mode=args.mode, limit=args.limit, repo=args.repo,
+                                     path=args.path, language=args.lang, kind=args.kind, err=sys.stderr)
+    except QueryError as exc:
+        _err(f"search: {exc}")
+        return EX_BAD_QUERY
+    except (StoreUnusable, sqlite3.Error) as exc:
+        _err(f"search: the store cannot be used: {exc}")
+        return EX_IOERR
+    cli_view.print_result(result, sys.stdout, sys.stderr, args.json)
+    return EX_OK
+
+
+def _export(config: Config, args: argparse.Namespace) -> int:
+    from llmc_rag_service.search import QueryError, StoreUnusable, cli_view
+
+    try:
+        cli_view.run_export(config, sys.stdout, args.repo)
+    except QueryError as exc:
+        _err(f"export: {exc}")
+        return EX_BAD_QUERY
+    except (StoreUnusable, sqlite3.Error) as exc:
+        _err(f"export: the store cannot be used: {exc}")
+        return EX_IOERR
+    return EX_OK
+
+
+def _mcp(config: Config, args: argparse.Namespace) -> int:
+    try:
+        from llmc_rag_service.mcp.server import run
+    except ImportError as exc:
+        _err(f"the MCP server needs the optional extra: pip install 'llmc-rag-service[mcp]' ({exc})")
+        return EX_UNAVAILABLE
+    run(config)  # stdout is the protocol: everything else goes to stderr
+    return EX_OK
+
+
+def _install_unit(args: argparse.Namespace) -> int:
+    from llmc_rag_service.service.units import UnitError, install_unit
+
+    try:
+        path = install_unit(args.user, Path(args.dest) if args.dest else None, args.run_as)
+    except UnitError as exc:
+        _err(f"install-unit: {exc}")
+        return EX_USAGE
     scope = "--user " if args.user else ""
     print(f"wrote {path}")
     exec_line = next((line for line in path.read_text().splitlines() if line.startswith("ExecStart=")), "")

@@ -6,6 +6,7 @@ knows it, the line; only ``cli.py`` turns it into exit status 78 (EX_CONFIG).
 
 Lookup order (:func:`find_config_path`): ``-c``, ``$LLMC_RAG_CONFIG``,
 ``$XDG_CONFIG_HOME/llmc-rag/config.yaml``, ``/etc/llmc-rag/config.yaml``.
+The state directory when the file sets none: :func:`default_state_dir`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,23 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import pathspec
 import yaml
 
+from llmc_rag_service.team.settings import check_dsn
+
 #: Ollama options that are fixed when the model is loaded: sending a
 #: different value makes the server reload the model (cases O7).
 LOAD_TIME_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+
+#: The system service's config file; with it, the default store is :data:`SYSTEM_STATE_DIR`.
+SYSTEM_CONFIG = Path("/etc/llmc-rag/config.yaml")
+#: ``StateDirectory=llmc-rag`` of the system unit: where the system service keeps its store.
+SYSTEM_STATE_DIR = Path("/var/lib/llmc-rag")
+#: ``search.embed_model`` when the config names none.
+DEFAULT_EMBED_MODEL = "nomic-embed-text"
 
 #: Upper bound of ``ollama.concurrency``: one worker thread per request in flight.
 MAX_CONCURRENCY = 64
@@ -33,6 +43,15 @@ _INT_OPTIONS = {"num_ctx": 256, "num_predict": 1, "num_batch": 1, "num_gpu": 0, 
                 "num_thread": 0, "num_keep": -1, "seed": -2**63, "top_k": 0, "repeat_last_n": -1}
 _NUMBER_OPTIONS = frozenset({"temperature", "top_p", "min_p", "typical_p", "repeat_penalty",
                              "presence_penalty", "frequency_penalty", "mirostat_tau", "mirostat_eta"})
+
+# A secrets.allow entry of 16-64 hex digits is a sha256 fingerprint prefix, else a regex.
+_FINGERPRINT = re.compile(r"[0-9a-fA-F]{16,64}")
+
+
+def is_fingerprint(entry: str) -> bool:
+    """True if a ``secrets.allow`` entry is a sha256 hex fingerprint (prefix), not a regex."""
+    return _FINGERPRINT.fullmatch(entry) is not None
+
 
 # Go duration as Ollama parses keep_alive strings ("5m", "1h30m", "-1s", "300ms").
 _GO_DURATION = re.compile(r"^[+-]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$|^0$")
@@ -119,6 +138,35 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """``embed_model``: the Ollama embedding model (``POST /api/embed``) for
+    semantic search; None turns embeddings off (lexical search only)."""
+
+    embed_model: str | None = DEFAULT_EMBED_MODEL
+
+
+@dataclass(frozen=True)
+class TeamConfig:
+    """Team mode (README "Team mode"): ``postgres`` is a libpq DSN (URL or
+    key/value form; the password best from ``PGPASSWORD``/``PGPASSFILE``) of
+    the team cache and work queue, or None for none. ``lease_s``: seconds a
+    claim on a span holds without renewal, so a teammate's daemon that died
+    blocks that span at most this long (renewed every third of it)."""
+
+    postgres: str | None = None
+    lease_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class SecretsConfig:
+    """``allow``: values that are not secrets although a detector says so, each a
+    sha256 hex fingerprint of the value (16 to 64 leading hex digits) or a regex
+    the whole value matches (see ``index/redact.py``)."""
+
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """``level``: debug|info|warning|error; ``format``: auto|json|console."""
 
@@ -136,6 +184,9 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    team: TeamConfig = field(default_factory=TeamConfig)
     source: Path | None = None
 
     @property
@@ -144,13 +195,18 @@ class Config:
         return self.state_dir / "llmc-rag.db"
 
 
-def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
-    """``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``), else
-    ``$XDG_STATE_HOME/llmc-rag``, else ``~/.local/state/llmc-rag``."""
+def default_state_dir(env: Mapping[str, str] | None = None, config_path: Path | str | None = None) -> Path:
+    """The store's directory when the config sets no ``state_dir``:
+    ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``); else
+    :data:`SYSTEM_STATE_DIR` when ``config_path`` is :data:`SYSTEM_CONFIG`,
+    so every command run with the system config reads the system service's
+    store; else ``$XDG_STATE_HOME/llmc-rag`` (default ``~/.local/state/llmc-rag``)."""
     env = os.environ if env is None else env
     if env.get("STATE_DIRECTORY"):
         # systemd passes a colon-separated list when several are configured.
         return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if config_path is not None and Path(os.path.abspath(config_path)) == SYSTEM_CONFIG:
+        return SYSTEM_STATE_DIR
     base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "llmc-rag"
 
@@ -164,15 +220,16 @@ def find_config_path(explicit: str | None, env: Mapping[str, str] | None = None)
         return Path(env["LLMC_RAG_CONFIG"])
     xdg = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     user = Path(xdg) / "llmc-rag" / "config.yaml"
-    return user if user.exists() else Path("/etc/llmc-rag/config.yaml")
+    return user if user.exists() else SYSTEM_CONFIG
 
 
 def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate ``path``.
 
     Raises:
-        ConfigError: missing/unreadable file, YAML syntax error, unknown key,
-            wrong type or out-of-range value (naming key and line).
+        ConfigError: missing/unreadable file, YAML syntax error, an empty file,
+            a duplicate key at any level, unknown key, wrong type or
+            out-of-range value, no repos (naming key and line).
     """
     path = Path(path)
     try:
@@ -185,7 +242,32 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError(path, "", f"invalid YAML: {exc}", mark.line + 1 if mark else None) from exc
-    return _Validator(path, node, env).build(data if data is not None else {})
+    if node is None:
+        raise ConfigError(path, "repos", "the config is empty; at least one repository is required "
+                          "(repos: [{path: ...}], see etc/llmc-rag.yaml)", 1)
+    _refuse_duplicate_keys(path, node)
+    return _Validator(path, node, env).build(data)
+
+
+def _refuse_duplicate_keys(path: Path, root: yaml.Node) -> None:
+    """Raise ConfigError for the first key that appears twice in one mapping,
+    at any depth: YAML loaders silently keep only the last one."""
+    stack: list[tuple[str, yaml.Node]] = [("", root)]
+    while stack:
+        prefix, node = stack.pop()
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((f"{prefix}[{i}]", item) for i, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                name = str(key_node.value)
+                dotted = f"{prefix}.{name}" if prefix else name
+                line = key_node.start_mark.line + 1
+                if name in seen:
+                    raise ConfigError(path, dotted, f"duplicate key (first at line {seen[name]}); "
+                                      "YAML would silently drop the first one: merge them", line)
+                seen[name] = line
+                stack.append((dotted, value_node))
 
 
 class _Validator:
@@ -231,23 +313,24 @@ class _Validator:
             raise self.fail(key, f"must be {want}, got {type(value).__name__} {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise self.fail(key, f"must be a finite number, got {value!r}")
-        if minimum is not None and value < minimum:
+        if minimum is not None and cast(float, value) < minimum:
             raise self.fail(key, f"must be >= {minimum}, got {value!r}")
-        if maximum is not None and value > maximum:
+        if maximum is not None and cast(float, value) > maximum:
             raise self.fail(key, f"must be <= {maximum}, got {value!r}")
         return value
 
-    def section(self, key: str, data: dict, cls: type, checks: dict[str, tuple]) -> Any:
+    def section(self, key: str, data: dict[str, Any], cls: type[Any], checks: dict[str, tuple[Any, ...]]) -> Any:
         raw = self.mapping(key, data.get(key, {}) or {}, {f.name for f in fields(cls)})
         values = {name: self.typed(f"{key}.{name}", v, *checks[name]) for name, v in raw.items() if name in checks}
         return cls(**{**values, **{k: v for k, v in raw.items() if k not in checks}})
 
     def build(self, data: Any) -> Config:
-        top = self.mapping("", data, {"state_dir", "repos", "ollama", "watch", "queue", "logging"})
-        state_dir = default_state_dir(self.env)
+        top = self.mapping("", data, {"state_dir", "repos", "ollama", "watch", "queue", "logging", "search",
+                                      "secrets", "team"})
+        state_dir = default_state_dir(self.env, self.path)
         if "state_dir" in top:
             state_dir = Path(os.path.expanduser(self.typed("state_dir", top["state_dir"], str)))
-        return Config(
+        config = Config(
             state_dir=state_dir,
             repos=self.repos(top.get("repos", []) or []),
             ollama=self.ollama(top),
@@ -256,8 +339,15 @@ class _Validator:
                                                            "reconcile_s": ((int, float), 0)}),
             queue=self.section("queue", top, QueueConfig, {"max_attempts": (int, 1)}),
             logging=self.logging(top),
+            search=self.search(top),
+            secrets=self.secrets(top),
+            team=self.team(top),
             source=self.path,
         )
+        if not config.repos:
+            # Checked last, so a wrong key elsewhere is named first.
+            raise self.fail("repos", "at least one repository is required (repos: [{path: ...}])")
+        return config
 
     def repos(self, value: Any) -> tuple[RepoConfig, ...]:
         if not isinstance(value, list):
@@ -304,7 +394,7 @@ class _Validator:
                 raise self.fail(key, "must be a list of strings")
         return value
 
-    def ollama(self, top: dict) -> OllamaConfig:
+    def ollama(self, top: dict[str, Any]) -> OllamaConfig:
         checks = {"url": (str,), "model": (str,), "concurrency": (int, 1, MAX_CONCURRENCY),
                   "timeout_s": ((int, float), 1, 86400), "load_timeout_s": ((int, float), 1, 86400)}
         cfg = self.section("ollama", top, OllamaConfig, checks)
@@ -351,10 +441,39 @@ class _Validator:
             out.append(HostConfig(url=url, concurrency=concurrency))
         return tuple(out)
 
-    def logging(self, top: dict) -> LoggingConfig:
+    def search(self, top: dict[str, Any]) -> SearchConfig:
+        raw = self.mapping("search", top.get("search", {}) or {}, {f.name for f in fields(SearchConfig)})
+        model = raw.get("embed_model", DEFAULT_EMBED_MODEL)
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise self.fail("search.embed_model", f"must be an Ollama model name or null (no embeddings), got {model!r}")
+        return SearchConfig(embed_model=model)
+
+    def team(self, top: dict[str, Any]) -> TeamConfig:
+        raw = self.mapping("team", top.get("team", {}) or {}, {f.name for f in fields(TeamConfig)})
+        dsn = raw.get("postgres")
+        problem = None if dsn is None else check_dsn(dsn)
+        if problem:
+            raise self.fail("team.postgres", problem)
+        lease_s = self.typed("team.lease_s", raw.get("lease_s", TeamConfig.lease_s), (int, float), 1, 86400)
+        return TeamConfig(postgres=dsn.strip() if dsn else None, lease_s=float(lease_s))
+
+    def logging(self, top: dict[str, Any]) -> LoggingConfig:
         cfg = self.section("logging", top, LoggingConfig, {"level": (str,), "format": (str,)})
         if cfg.level.lower() not in {"debug", "info", "warning", "error"}:
             raise self.fail("logging.level", f"must be debug, info, warning or error, got {cfg.level!r}")
         if cfg.format not in {"auto", "json", "console"}:
             raise self.fail("logging.format", f"must be auto, json or console, got {cfg.format!r}")
         return LoggingConfig(level=cfg.level.lower(), format=cfg.format)
+
+    def secrets(self, top: dict[str, Any]) -> SecretsConfig:
+        raw = self.mapping("secrets", top.get("secrets", {}) or {}, {"allow"})
+        allow = raw.get("allow", []) or []
+        if not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):
+            raise self.fail("secrets.allow", "must be a list of fingerprints (sha256 hex) or regexes (strings)")
+        for i, entry in enumerate(allow):
+            if not is_fingerprint(entry):
+                try:
+                    re.compile(entry)
+                except re.error as exc:
+                    raise self.fail(f"secrets.allow[{i}]", f"not a sha256 fingerprint nor a valid regex: {exc}") from exc
+        return SecretsConfig(allow=tuple(allow))

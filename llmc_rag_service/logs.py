@@ -21,7 +21,8 @@ traceback in ``exception`` (so one ``<3>`` journal line), not as Python's
 multi-line stderr dump, which journald would store as many info lines.
 
 httpx/httpcore log every request at info: their level is held at warning or above;
-watchdog's at info or above.
+watchdog's at info or above; psycopg's at warning and its pool's at error (the
+team cache says an outage once, as ``team_unreachable``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -44,7 +45,10 @@ _LEVELS = {
 }
 # syslog priorities (sd-daemon(3) SD_CRIT ... SD_DEBUG) by structlog level name.
 PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
-_NOISY_FLOORS = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "watchdog": logging.INFO}
+# psycopg's pool warns, over several lines, about each failed connection
+# attempt; the team cache reports an outage itself, once (``team_unreachable``).
+_NOISY_FLOORS = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "watchdog": logging.INFO,
+                 "psycopg": logging.WARNING, "psycopg.pool": logging.ERROR}
 _FIRST_KEYS = ("timestamp", "level", "logger", "event")
 _FORMATS = ("auto", "json", "console")
 
@@ -108,6 +112,7 @@ class _Finish:
     def __init__(self, as_json: bool, colors: bool, journal: bool):
         self._as_json = as_json
         self._journal = journal
+        self._renderer: Callable[[Any, str, dict[str, Any]], Any]  # JSON or console, both give str
         if as_json:
             self._renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
         else:
@@ -117,7 +122,7 @@ class _Finish:
         level = str(event_dict.get("level", "info"))
         if self._as_json:
             event_dict = _ordered(event_dict)
-        text = self._renderer(logger, method_name, event_dict)
+        text: str = self._renderer(logger, method_name, event_dict)
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         if self._journal:
             text = f"<{PRIORITIES.get(level, 6)}>{text}"

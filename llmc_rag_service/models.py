@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 #: Version of the prompt and answer schema. Part of the enrichment key, so a
 #: change to the prompt re-enriches everything once and never mixes answers.
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2  # 2: every answer field bounded (maxLength, maxItems) to fit the answer cap
 
 
 def span_hash_of(language: str, text: str) -> str:

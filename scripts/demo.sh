@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 work=$(mktemp -d "${TMPDIR:-/tmp}/llmc-rag-demo.XXXXXX")
 cp -r "$(.venv/bin/python -c 'import json, os; print(os.path.dirname(json.__file__))')" "$work/repo"
 port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-.venv/bin/python -m llmc_rag_service.testing.emulator --port "$port" --model demo-model --latency-s 0.05 --parallel 4 \
+.venv/bin/python -m llmc_rag_service.testing --port "$port" --model demo-model --latency-s 0.05 --parallel 4 \
   > "$work/emulator.log" 2>&1 &
 emulator=$!
 trap 'kill $emulator 2>/dev/null' EXIT

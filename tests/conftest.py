@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers import NotifySocket, TempPipeline, Serve, write_tree
+from tests.threads import leftover_threads
 from llmc_rag_service.testing.emulator import OllamaEmulator
+
+# Team mode's PostgreSQL fixtures (pg_cluster, pg): one real cluster per session, started on first use.
+pytest_plugins = ("tests.pg_fixture",)
+
+#: Seconds a test's leftover threads get to end after its fixtures were torn down.
+THREAD_JOIN_S = 2.0
+#: Process-wide threads a test may leave behind, by name prefix, and why. None so far:
+#: every thread the package or a fixture starts is stopped by its owner (a
+#: session-scoped fixture's threads start before the first test that uses it, so
+#: they are not new to any test).
+PROCESS_THREADS: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def no_thread_outlives_its_test() -> Iterator[None]:
+    """Fail the test if a thread it started is still alive after its teardown
+    (bounded join of :data:`THREAD_JOIN_S` seconds in all): a leaked worker or
+    observer would otherwise run into the next tests. Autouse and requested first,
+    so it is torn down after every other fixture of the test."""
+    before = set(threading.enumerate())
+    yield
+    alive = leftover_threads(before, THREAD_JOIN_S, PROCESS_THREADS)
+    if alive:
+        names = ", ".join(f"{t.name} ({'daemon' if t.daemon else 'non-daemon'})" for t in alive)
+        pytest.fail(f"threads outlived the test by {THREAD_JOIN_S} s: {names}", pytrace=False)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -45,7 +46,7 @@ class NotifySocket:
         self.path = str(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
-        self.sock.settimeout(0.1)
+        self.sock.settimeout(1.0)  # close() wakes the receiver at once; this only bounds a lost wake-up
         self.messages: list[tuple[float, str]] = []
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._receive, name="notify-socket", daemon=True)
@@ -57,6 +58,8 @@ class NotifySocket:
                 data = self.sock.recv(65536)
             except (socket.timeout, OSError):
                 continue
+            if self._closed.is_set():  # close()'s wake-up datagram
+                return
             self.messages.append((time.monotonic(), data.decode("utf-8")))
 
     def drain(self) -> list[str]:
@@ -68,8 +71,99 @@ class NotifySocket:
 
     def close(self) -> None:
         self._closed.set()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as waker, contextlib.suppress(OSError):
+            waker.sendto(b"", self.path)  # wakes the receiver's recv() now
         self._thread.join(5)
         self.sock.close()
+
+
+def clocked_notifier(path: str, clock: Callable[[], float]):
+    """A real :class:`~llmc_rag_service.service.notify.Notifier` for ``path``
+    whose ``sent`` keeps ``(clock(), message)`` of every message, with
+    ``messages()`` and ``times(prefix)`` to read them."""
+    from llmc_rag_service.service.notify import Notifier
+
+    class _Clocked(Notifier):
+        def __init__(self) -> None:
+            super().__init__(path)
+            self.sent: list[tuple[float, str]] = []
+
+        def send(self, *lines: str) -> bool:
+            self.sent.append((clock(), "\n".join(lines)))
+            return super().send(*lines)
+
+        def messages(self) -> list[str]:
+            """Every message sent so far, oldest first."""
+            return [m for _, m in list(self.sent)]
+
+        def times(self, prefix: str) -> list[float]:
+            """When each message starting with ``prefix`` was sent (clock seconds)."""
+            return [t for t, m in list(self.sent) if m.startswith(prefix)]
+
+    return _Clocked()
+
+
+class RunningDaemon:
+    """A :class:`~llmc_rag_service.service.daemon.Daemon` after startup(), its
+    main loop on a thread (``error`` keeps what the loop raised); stop() shuts it down.
+
+    With ``clock`` (a :class:`~llmc_rag_service.testing.clock.ManualClock`) the
+    daemon and its whole pipeline run on it, the notifier records the clock time
+    of each message (:func:`clocked_notifier`), and :meth:`step` /
+    :meth:`step_until` drive the loop.
+    """
+
+    def __init__(self, config: Config, notify: NotifySocket, clock=None):
+        from llmc_rag_service.service.daemon import Daemon
+        from llmc_rag_service.service.notify import Notifier
+
+        self.clock = clock
+        self.notifier = clocked_notifier(notify.path, clock) if clock else Notifier(notify.path)
+        self.daemon = Daemon(config.source, config, self.notifier, **({"clock": clock} if clock else {}))
+        self.daemon.startup()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="test-main-loop")
+        self.thread.start()
+
+    def _loop(self) -> None:
+        try:
+            self.daemon.main_loop()
+        except BaseException as exc:  # the test asserts on it
+            self.error = exc
+
+    def settle(self) -> None:
+        """Wait until the loop finished its turn and sleeps on the clock."""
+        self.clock.wait_asleep(self.thread)
+
+    def step(self, to: float | None = None) -> float:
+        """Move the clock to ``to`` (default: when the loop's own sleep ends),
+        then wait until the loop handled it and sleeps again. Returns the new time."""
+        self.settle()
+        self.clock.advance_to(self.clock.deadline_of(self.thread) if to is None else to)
+        self.settle()
+        return self.clock()
+
+    def step_until(self, condition: Callable[[], object], what: str, max_step_s: float = 0.25,
+                   timeout_s: float = 20.0) -> None:
+        """Follow the loop's wake-ups, at most ``max_step_s`` of clock time per step
+        and a step per look at ``condition`` (20 ms of real time apart), until it
+        holds: work on other threads (scans, requests) gets real time to run, and
+        a request in flight sees clock time pass slowly, far inside its hang limit."""
+
+        def look() -> bool:
+            if condition():
+                return True
+            self.settle()
+            self.step(min(self.clock.deadline_of(self.thread), self.clock() + max_step_s))
+            return bool(condition())
+
+        wait_for(look, timeout_s, what)
+
+    def stop(self) -> None:
+        self.daemon.stop_requested = True
+        self.daemon.wake.set()
+        self.thread.join(10)
+        self.daemon.shutdown()
 
 
 class Serve:
@@ -80,10 +174,11 @@ class Serve:
         if notify:
             full_env["NOTIFY_SOCKET"] = notify.path
         self.log = config_path.parent / "serve.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmc_rag_service", "serve", "-c", str(config_path)],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), env=full_env,
-        )
+        with open(self.log, "ab") as stderr:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "llmc_rag_service", "serve", "-c", str(config_path)],
+                stdout=subprocess.DEVNULL, stderr=stderr, env=full_env,
+            )
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         self.proc.send_signal(sig)
@@ -111,17 +206,19 @@ class TempPipeline:
     """The real Pipeline (store, queue, scanner, workers, clients) on a temp repo of
     ``files`` one-function Python files, each one span and one job.
 
-    ``ollama`` and ``queue`` override config sections (see tests.helpers.make_config).
+    ``ollama`` and ``queue`` override config sections (see tests.helpers.make_config);
+    ``clock`` (e.g. a ManualClock) is the pipeline's clock.
     """
 
     def __init__(self, tmp_path: Path, url: str, files: int = 6, ollama: dict | None = None,
-                 queue: dict | None = None):
+                 queue: dict | None = None, clock=None):
         self.root = tmp_path / "repo"
         self.root.mkdir()
         write_tree(self.root, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(files)})
         self.config = make_config(tmp_path, url, [self.root], ollama=ollama or {}, queue=queue or {})
         self.changed = threading.Event()
-        self.pipeline = pipeline_mod.Pipeline(self.config, on_change=self.changed.set)
+        self.pipeline = pipeline_mod.Pipeline(self.config, on_change=self.changed.set,
+                                              **({"clock": clock} if clock else {}))
         self.pipeline.scan_all()
 
     def start(self) -> TempPipeline:

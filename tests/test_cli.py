@@ -39,9 +39,9 @@ def test_install_unit_warns_about_the_placeholder_user(tmp_path, capsys):
     assert "placeholder" in out.err and "--run-as" in out.err
     assert "copy it into" in out.out
     assert (tmp_path / "llmc-rag.service").exists()
-    assert cli.main(["install-unit", "--dest", str(tmp_path), "--run-as", "alice"]) == 0
+    assert cli.main(["install-unit", "--dest", str(tmp_path), "--run-as", "nobody"]) == 0
     assert "placeholder" not in capsys.readouterr().err
-    assert "User=alice" in (tmp_path / "llmc-rag.service").read_text()
+    assert "User=nobody" in (tmp_path / "llmc-rag.service").read_text()
 
 
 def test_status_with_a_missing_config_exits_78(tmp_path, capsys):

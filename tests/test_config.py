@@ -4,14 +4,16 @@ from pathlib import Path
 
 import pytest
 
+from llmc_rag_service import config as config_mod
 from llmc_rag_service.config import ConfigError, default_state_dir, find_config_path, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(tmp_path: Path, text: str) -> Path:
+    """A config file of ``text``, plus one repo when ``text`` names none (repos are required)."""
     path = tmp_path / "config.yaml"
-    path.write_text(text)
+    path.write_text(text if "repos" in text else f"repos:\n  - path: {tmp_path}\n{text}")
     return path
 
 
@@ -27,7 +29,8 @@ def test_sample_config_is_valid_and_documents_every_key(tmp_path, monkeypatch):
     text = (ROOT / "etc" / "llmc-rag.yaml").read_text()
     for key in ("state_dir", "url", "model", "keep_alive", "concurrency", "timeout_s", "options",
                 "debounce_ms", "max_file_bytes", "max_attempts", "level", "format", "load_timeout_s",
-                "hosts", "max_delay_ms", "reconcile_s", "warm_up"):
+                "hosts", "max_delay_ms", "reconcile_s", "warm_up", "embed_model", "postgres", "lease_s",
+                "allow"):
         assert f"{key}:" in text
 
 
@@ -37,7 +40,7 @@ def test_unknown_key_names_the_key_path_file_and_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert err.value.key == "ollama.concurency"
-    assert err.value.line == 3
+    assert err.value.line == 5
     assert str(path) in str(err.value)
 
 
@@ -95,6 +98,71 @@ def test_state_dir_defaults_follow_systemd_then_xdg(tmp_path):
     """$STATE_DIRECTORY wins, then $XDG_STATE_HOME."""
     assert default_state_dir({"STATE_DIRECTORY": "/var/lib/llmc-rag"}) == Path("/var/lib/llmc-rag")
     assert default_state_dir({"XDG_STATE_HOME": "/x"}) == Path("/x/llmc-rag")
+    assert default_state_dir({"XDG_STATE_HOME": "/x"}, tmp_path / "config.yaml") == Path("/x/llmc-rag")
+
+
+def test_the_system_config_reads_the_system_service_store(tmp_path, monkeypatch):
+    """With /etc/llmc-rag/config.yaml and no state_dir, every command uses /var/lib/llmc-rag (the
+    unit's StateDirectory=), whoever runs it; $STATE_DIRECTORY still wins; state_dir in the file wins over all."""
+    env = {"XDG_STATE_HOME": "/home/u/.local/state"}
+    assert default_state_dir(env, "/etc/llmc-rag/config.yaml") == Path("/var/lib/llmc-rag")
+    assert default_state_dir(env, "/etc/llmc-rag/../llmc-rag/config.yaml") == Path("/var/lib/llmc-rag")
+    assert default_state_dir({**env, "STATE_DIRECTORY": "/srv/s"}, "/etc/llmc-rag/config.yaml") == Path("/srv/s")
+    system = write(tmp_path, "ollama: {model: m}\n")
+    monkeypatch.setattr(config_mod, "SYSTEM_CONFIG", system)
+    assert load_config(system, env=env).state_dir == Path("/var/lib/llmc-rag")
+    system.write_text(system.read_text() + f"state_dir: {tmp_path / 'own'}\n")
+    assert load_config(system, env=env).state_dir == tmp_path / "own"
+
+
+@pytest.mark.parametrize(
+    "text, key, line",
+    [
+        ("ollama:\n  model: a\nrepos:\n  - path: /tmp\nollama:\n  url: http://x:1\n", "ollama", 5),
+        ("repos:\n  - path: /tmp\nollama:\n  model: a\n  url: http://x:1\n  model: b\n", "ollama.model", 6),
+        ("repos:\n  - path: /tmp\n    exclude: []\n    path: /srv\n", "repos[0].path", 4),
+        ("repos:\n  - path: /tmp\nollama:\n  options: {num_ctx: 4096, num_ctx: 8192}\n",
+         "ollama.options.num_ctx", 4),
+    ],
+)
+def test_a_duplicate_key_at_any_level_is_refused(tmp_path, text, key, line):
+    """A key given twice in one mapping (YAML would keep only the last) is an error naming file, line and key."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert (err.value.key, err.value.line) == (key, line)
+    assert f"{path}:{line}: {key}: duplicate key" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [("", 1), ("# only a comment\n", 1), ("repos: []\n", 1), ("ollama: {model: m}\n", 1),
+     ("ollama: {model: m}\nrepos:\n", 2)],
+)
+def test_an_empty_config_or_no_repos_is_refused(tmp_path, text, line):
+    """An empty file, `repos: []`, a missing or empty repos are errors naming the file, the line and `repos`."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert (err.value.key, err.value.line) == ("repos", line)
+    assert str(err.value).startswith(f"{path}:{line}: repos: ")
+
+
+def test_search_embed_model_defaults_and_can_be_turned_off(tmp_path):
+    """search.embed_model: nomic-embed-text by default, null turns embeddings off, a non-name is refused."""
+    assert load_config(write(tmp_path, "")).search.embed_model == "nomic-embed-text"
+    assert load_config(write(tmp_path, "search: {embed_model: mxbai-embed-large}\n")).search.embed_model == \
+        "mxbai-embed-large"
+    assert load_config(write(tmp_path, "search:\n  embed_model: null\n")).search.embed_model is None
+    for bad in ("''", "3", "[a]"):
+        with pytest.raises(ConfigError) as err:
+            load_config(write(tmp_path, f"search:\n  embed_model: {bad}\n"))
+        assert err.value.key == "search.embed_model" and err.value.line == 4
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "search:\n  model: x\n"))
+    assert err.value.key == "search.model"
     cfg = load_config(write(tmp_path, "state_dir: ~/st\n"), env={})
     assert cfg.db_path == Path.home() / "st" / "llmc-rag.db"
 
@@ -124,14 +192,14 @@ def test_hosts_list_and_single_host_form(tmp_path):
     assert [(h.url, h.concurrency) for h in single.ollama.all_hosts()] == [("http://x:3", 4)]
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, "ollama:\n  hosts:\n    - {url: 'http://a:1', concurrency: 0}\n"))
-    assert err.value.key == "ollama.hosts[0].concurrency" and err.value.line == 3
+    assert err.value.key == "ollama.hosts[0].concurrency" and err.value.line == 5
 
 
 def test_hosts_together_with_url_is_refused(tmp_path):
     """ollama.hosts and ollama.url together are ambiguous: refused, naming url."""
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, "ollama:\n  url: http://x:1\n  hosts:\n    - {url: 'http://a:1'}\n"))
-    assert err.value.key == "ollama.url" and err.value.line == 2
+    assert err.value.key == "ollama.url" and err.value.line == 4
 
 
 def test_a_host_listed_twice_is_refused(tmp_path):
@@ -139,3 +207,36 @@ def test_a_host_listed_twice_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, "ollama:\n  hosts:\n    - {url: 'http://h:9'}\n    - {url: 'http://h:9/'}\n"))
     assert err.value.key == "ollama.hosts[1].url"
+
+
+def test_team_postgres_is_off_by_default_and_takes_a_dsn_in_either_form(tmp_path):
+    """No team section: team mode off. A URL or key/value DSN is kept as written; lease_s is seconds."""
+    assert load_config(write(tmp_path, "")).team == config_mod.TeamConfig(postgres=None, lease_s=120.0)
+    url = "postgresql://llmc@db.internal:5432/llmc?sslmode=verify-full"
+    assert load_config(write(tmp_path, f"team:\n  postgres: '{url}'\n  lease_s: 30\n")).team.postgres == url
+    kv = "host=db.internal dbname=llmc user=llmc sslmode=require"
+    cfg = load_config(write(tmp_path, f"team:\n  postgres: '{kv}'\n"))
+    assert cfg.team.postgres == kv and cfg.team.lease_s == 120.0
+    assert load_config(write(tmp_path, "team:\n  postgres: null\n")).team.postgres is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("team:\n  postgres: 'mysql://db/llmc'\n", "postgresql://"),
+    ("team:\n  postgres: ''\n", "must be a PostgreSQL DSN"),
+    ("team:\n  postgres: 5432\n", "must be a PostgreSQL DSN"),
+    ("team:\n  postgres: 'just words'\n", "not a DSN"),
+    ("team:\n  lease_s: 0\n", "must be >= 1"),
+    ("team:\n  pg: x\n", "unknown key"),
+])
+def test_a_bad_team_section_names_the_key(tmp_path, text, message):
+    """A wrong team.postgres (scheme, empty, a number, no key=value) or lease_s is refused with its key and line."""
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(write(tmp_path, text))
+    assert err.value.key.startswith("team.") and err.value.line == 4
+
+
+def test_a_password_in_a_bad_dsn_is_not_repeated(tmp_path):
+    """The error for a DSN with a password shows the DSN redacted."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "team:\n  postgres: 'postgresql:///llmc?password=s3cret'\n"))
+    assert "s3cret" not in str(err.value)

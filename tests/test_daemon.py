@@ -1,15 +1,21 @@
 """The daemon in-process, against a real notify socket and the Ollama emulator:
-watchdog health gate, STATUS heartbeat, start-up timeout extension, stop grace.
+watchdog health gate, STATUS heartbeat, start-up timeout extension, stop grace,
+signals.
 
-In-process so that a few constants (hang grace, heartbeat, stop grace) can be
-shortened; everything else is the real code, real sockets, real HTTP.
+In-process so that the daemon's clock can be a
+:class:`~llmc_rag_service.testing.clock.ManualClock`: the tests move time
+themselves (a 400 s hang limit, a 9.5 s heartbeat) and follow the main loop's
+own wake-ups, so they check the exact schedule and wait for nothing. Everything
+else is the real code, real sockets, real HTTP.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+import signal
 import threading
-import time
 
 import pytest
 from structlog.testing import capture_logs
@@ -17,93 +23,154 @@ from structlog.testing import capture_logs
 from llmc_rag_service.service import daemon as daemon_mod
 from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.enrich import workers
-from llmc_rag_service.service.daemon import Daemon
+from llmc_rag_service.service.daemon import AlreadyRunning, Daemon
 from llmc_rag_service.service.notify import Notifier
 from llmc_rag_service.enrich.ollama import OllamaClient
-from llmc_rag_service.service.status import status_report
+from llmc_rag_service.service.status import LOCK_NAME, status_report
+from llmc_rag_service.testing.clock import ManualClock
 from llmc_rag_service.watch.watchset import WatchSet
-from tests.helpers import NotifySocket, make_config, wait_for
+from tests.helpers import RunningDaemon as Running
+from tests.helpers import chats, make_config, wait_for, write_tree
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
 
-class Running:
-    """A Daemon after startup(), its main loop on a thread; stop() shuts it down."""
-
-    def __init__(self, config, notify: NotifySocket):
-        self.daemon = Daemon(config.source, config, Notifier(notify.path))
-        self.daemon.startup()
-        self.thread = threading.Thread(target=self.daemon.main_loop, name="test-main-loop")
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.daemon.stop_requested = True
-        self.daemon.wake.set()
-        self.thread.join(10)
-        self.daemon.shutdown()
-
-
-def times_of(notify: NotifySocket, message: str) -> list[float]:
-    return [t for t, m in list(notify.messages) if m == message]
-
-
-@pytest.mark.timeout(30)
-def test_a_worker_blocked_forever_stops_the_pings(tmp_path, repo, ollama, notify, monkeypatch):
-    """A request stuck past its deadline plus grace ends WATCHDOG=1 (pings go on until then), after one error naming the workers check."""
-    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
-    # Shrink the hang limit (request deadline + connect allowance + grace) to about 2 s.
-    monkeypatch.setattr(OllamaClient, "max_request_s", lambda self: 0.5)
-    monkeypatch.setattr(ol, "CONNECT_TIMEOUT_S", 0.1)
-    monkeypatch.setattr(workers, "HANG_GRACE_S", 1.3)
-    monkeypatch.setattr(daemon_mod, "STOP_GRACE_S", 0.2)
+def block_chat(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Make every chat request wait, inside the client, until ``release`` is set
+    (an httpx that never times out); ``entered`` is set when one waits."""
     entered, release = threading.Event(), threading.Event()
     original = OllamaClient.chat
 
-    def stuck(self, *args, **kwargs):  # an httpx that never times out
+    def stuck(self, *args, **kwargs):
         entered.set()
         release.wait(20)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(OllamaClient, "chat", stuck)
-    config = make_config(tmp_path, ollama.url, [repo], ollama={"concurrency": 1})
-    with capture_logs() as logs:
-        running = Running(config, notify)
-        try:
-            assert entered.wait(10)
-            hung_at = time.monotonic()
-            wait_for(lambda: running.daemon.pipeline.hung(), 10, "the hang limit")
-            limit_at = time.monotonic()
-            wait_for(lambda: any(e["event"] == "watchdog_unhealthy" for e in logs), 5, "watchdog_unhealthy")
-            quiet_until = time.monotonic() + 1.5  # longer than WATCHDOG_USEC: systemd would have fired
-            wait_for(lambda: time.monotonic() > quiet_until, 5, "1.5 s more")
-        finally:
-            release.set()
-            running.stop()
-    pings = times_of(notify, "WATCHDOG=1")
-    assert sum(hung_at < t < limit_at - 0.5 for t in pings) >= 2  # a job inside its limit is no hang
-    assert pings[-1] <= limit_at + running.daemon.ping_every_s + 0.1
-    errors = [e for e in logs if e["event"] == "watchdog_unhealthy"]
-    assert len(errors) == 1 and errors[0]["check"] == "workers" and errors[0]["log_level"] == "error"
+    return entered, release
+
+
+def hang_limit_s(client: OllamaClient) -> float:
+    """The workers check's limit (WorkerPool.hung): the longest request, a connect allowance per thread, the grace."""
+    return client.max_request_s() + (client.concurrency + 1) * ol.CONNECT_TIMEOUT_S + workers.HANG_GRACE_S
 
 
 @pytest.mark.timeout(30)
-def test_status_heartbeat_while_busy_and_unchanged(tmp_path, repo, notify, monkeypatch):
-    """While a long request runs and nothing changes, STATUS still arrives at least every STATUS_MAX_GAP_S (plus one tick)."""
-    monkeypatch.setattr(daemon_mod, "STATUS_MAX_GAP_S", 1.0)
-    monkeypatch.setattr(daemon_mod, "STOP_GRACE_S", 0.2)
-    with OllamaEmulator(latency_s=4.0) as slow:
-        config = make_config(tmp_path, slow.url, [repo], ollama={"concurrency": 1})
-        running = Running(config, notify)
+def test_a_worker_blocked_forever_stops_the_pings(tmp_path, repo, ollama, notify, monkeypatch):
+    """WATCHDOG=1 comes every ping interval while a request is inside its hang limit (deadline + connect allowance + grace); once it is past the limit the pings stop, after one error naming the workers check."""
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    entered, release = block_chat(monkeypatch)
+    config = make_config(tmp_path, ollama.url, [repo], ollama={"concurrency": 1})
+    clock = ManualClock()
+    with capture_logs() as logs:
+        running = Running(config, notify, clock)
         try:
-            wait_for(lambda: slow.count("/api/chat") >= 1, 10, "a request in flight")
-            start = time.monotonic()
-            wait_for(lambda: time.monotonic() > start + 3.0, 10, "3 s of a busy daemon")
+            assert entered.wait(10)
+            started, every = clock(), running.daemon.ping_every_s
+            limit = hang_limit_s(running.daemon.pipeline.client)
+            running.settle()
+            cadence = [running.step(started + k * every) for k in (1, 2, 3)]
+            inside = running.step(started + limit - 0.01)
+            assert running.daemon.pipeline.hung() is None
+            past = running.step(started + limit + 0.01)
+            assert running.daemon.pipeline.hung() is not None
+            later = [running.step(clock() + every) for _ in range(3)]
+        finally:
+            release.set()
+            running.stop()
+    pings = running.notifier.times("WATCHDOG=1")
+    assert pings == [started] + cadence + [inside]  # none past the limit: not at `past`, nor `later`
+    assert past > inside and later[0] > past
+    errors = [e for e in logs if e["event"] == "watchdog_unhealthy"]
+    assert len(errors) == 1 and errors[0]["check"] == "workers" and errors[0]["log_level"] == "error"
+    assert "has been running" in errors[0]["reason"]
+
+
+@pytest.mark.timeout(30)
+def test_a_slow_request_inside_its_deadline_keeps_the_pings_going(tmp_path, repo, ollama, notify, monkeypatch):
+    """While a request runs for as long as its deadline allows, WATCHDOG=1 comes every ping interval (a little under half of WATCHDOG_USEC); its answer is then stored and the health gate never failed."""
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    entered, release = block_chat(monkeypatch)
+    config = make_config(tmp_path, ollama.url, [repo], ollama={"concurrency": 1, "timeout_s": 5, "load_timeout_s": 1})
+    clock = ManualClock()
+    with capture_logs() as logs:
+        running = Running(config, notify, clock)
+        try:
+            assert entered.wait(10)
+            started = clock()
+            deadline = started + running.daemon.pipeline.client.max_request_s()
+            while clock() < deadline:
+                running.step()
+            release.set()
+            wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, 10, "the slow answer and the next")
+        finally:
+            release.set()
+            running.stop()
+    every = running.daemon.ping_every_s
+    assert every == pytest.approx(0.8)  # 1 s half-interval minus 20 %
+    pings = [t for t in running.notifier.times("WATCHDOG=1") if t <= deadline]
+    assert pings[0] == started and pings[-1] > deadline - every
+    assert [b - a for a, b in zip(pings, pings[1:])] == pytest.approx([every] * (len(pings) - 1))
+    assert not [e for e in logs if e["event"] == "watchdog_unhealthy"]
+
+
+@pytest.mark.timeout(30)
+def test_status_heartbeat_while_busy_and_unchanged(tmp_path, repo, ollama, notify, monkeypatch):
+    """While a long request runs and nothing changes, STATUS is sent again exactly every STATUS_MAX_GAP_S (the loop wakes for it, never later) and no more often, and never says idle."""
+    entered, release = block_chat(monkeypatch)
+    config = make_config(tmp_path, ollama.url, [repo], ollama={"concurrency": 1})
+    clock = ManualClock()
+    running = Running(config, notify, clock)
+    try:
+        assert entered.wait(10)
+        pipeline = running.daemon.pipeline
+        wait_for(lambda: pipeline.activity() is None and pipeline.counts()["pending"] == 1, 10,
+                 "the catch-up scan done, one job in flight, one waiting")
+        settled = clock()
+        while clock() < settled + 2.0:  # the start-up's STATUS changes go out (at most one per STATUS_MIN_GAP_S)
+            running.step()
+        start = clock()
+        while clock() < start + 4 * daemon_mod.STATUS_MAX_GAP_S:
+            running.step()
+        end = clock()
+    finally:
+        release.set()
+        running.stop()
+    status = [(t, m) for t, m in running.notifier.sent if m.startswith("STATUS=") and t <= end]
+    window = [t for t, _ in status if t >= start]
+    assert len(window) >= 3
+    edges = [max(t for t, _ in status if t < start)] + window  # from the last STATUS before the window
+    assert [b - a for a, b in zip(edges, edges[1:])] == [daemon_mod.STATUS_MAX_GAP_S] * (len(edges) - 1)
+    assert len({m for t, m in status if t >= start}) == 1  # the same text: a heartbeat, not a change
+    assert not any(m.startswith("STATUS=idle") for _, m in status), status
+
+
+@pytest.mark.timeout(30)
+def test_a_deleted_repo_degrades_and_comes_back(tmp_path, repo, ollama, notify, monkeypatch):
+    """Deleting one watched repo keeps the daemon running (STATUS says so, one error, no watchdog failure); other repos still work; the repo is picked up again when it reappears."""
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    other = tmp_path / "other"
+    write_tree(other, {"o.py": "def o():\n    return 0\n"})
+    config = make_config(tmp_path, ollama.url, [repo, other])
+    clock = ManualClock()
+    asked = lambda text: any(text in r.json["messages"][-1]["content"] for r in chats(ollama))  # noqa: E731
+    with capture_logs() as logs:
+        running = Running(config, notify, clock)
+        try:
+            wait_for(lambda: status_report(config)["totals"]["enriched"] == 3, 10, "both repos enriched")
+            shutil.rmtree(repo)
+            running.step_until(lambda: any("degraded: repo missing" in m for m in running.notifier.messages()),
+                               "STATUS saying so")
+            (other / "o.py").write_text("def o():\n    return 1\n")
+            running.step_until(lambda: asked("return 1"), "the other repo still watched")
+            write_tree(repo, {"src/a.py": "def f(x):\n    return x * 3\n"})
+            running.step_until(lambda: asked("x * 3"), "the repo picked up again")
+            assert running.thread.is_alive()
         finally:
             running.stop()
-    status = [(t, m) for t, m in notify.messages if m.startswith("STATUS=") and start <= t <= start + 3.0]
-    assert len(status) >= 2
-    assert not any(m.startswith("STATUS=idle") for _, m in status), status
-    edges = [start] + [t for t, _ in status] + [start + 3.0]
-    assert max(b - a for a, b in zip(edges, edges[1:])) <= 1.0 + daemon_mod.TICK_S + 0.3
+    events = [e["event"] for e in logs]
+    # one error: the root moved away (watch identity) or, if seen only on a restart, unwatchable
+    assert events.count("repo_moved") + events.count("repo_unwatchable") == 1 and events.count("repo_back") == 1
+    assert "watchdog_unhealthy" not in events
 
 
 @pytest.mark.timeout(30)
@@ -158,8 +225,111 @@ def test_notify_and_watchdog_variables_are_not_inherited(tmp_path, ollama, monke
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nowhere.sock"))
     monkeypatch.setenv("WATCHDOG_USEC", "10000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    config = make_config(tmp_path, ollama.url, [])
+    config = make_config(tmp_path, ollama.url, [tmp_path])
     daemon = Daemon(config.source, config)
     assert daemon.notifier.socket_path == str(tmp_path / "nowhere.sock")
     assert daemon.ping_every_s == pytest.approx(4.0)
     assert not {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"} & set(os.environ)
+
+
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@pytest.fixture
+def own_handlers():
+    """A handler of the test's own for each signal the daemon handles; the originals are put back after."""
+    original = {signum: signal.getsignal(signum) for signum in HANDLED}
+    mine = {signum: (lambda signum, frame: None) for signum in HANDLED}
+    for signum, handler in mine.items():
+        signal.signal(signum, handler)
+    yield mine
+    for signum, handler in original.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.timeout(30)
+def test_run_in_process_reloads_and_stops_on_signals_and_restores_the_handlers(tmp_path, repo, ollama, notify,
+                                                                                own_handlers):
+    """Daemon.run() in the test's own process: SIGHUP reloads (RELOADING=1, then READY=1), SIGTERM stops it cleanly (STOPPING=1, store closed, jobs done), and the handlers in force before are back once it returns."""
+    config = make_config(tmp_path, ollama.url, [repo])
+    daemon = Daemon(config.source, config, Notifier(notify.path))
+    failed: list[BaseException] = []
+
+    def drive() -> None:  # signals go to the main thread, which runs the daemon
+        try:
+            notify.wait("READY=1")
+            wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, 10, "the catch-up enriched")
+            assert {signum: signal.getsignal(signum) for signum in HANDLED} != own_handlers
+            os.kill(os.getpid(), signal.SIGHUP)
+            wait_for(lambda: notify.drain().count("READY=1") == 2, 10, "READY=1 after the reload")
+            os.kill(os.getpid(), signal.SIGTERM)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+            failed.append(exc)
+            daemon.stop_requested = True
+            daemon.wake.set()
+
+    driver = threading.Thread(target=drive, name="test-driver")
+    driver.start()
+    try:
+        daemon.run()
+    finally:
+        driver.join(10)
+    if failed:
+        raise failed[0]
+    assert {signum: signal.getsignal(signum) for signum in HANDLED} == own_handlers
+    messages = notify.drain()
+    reloading = [i for i, m in enumerate(messages) if m.startswith("RELOADING=1\nMONOTONIC_USEC=")]
+    assert len(reloading) == 1 and messages[reloading[0] + 1:].count("READY=1") == 1
+    assert messages[-1] == "STOPPING=1"
+    assert status_report(config)["daemon"]["running"] is False
+
+
+def test_run_restores_the_handlers_when_start_up_fails(tmp_path, repo, ollama, own_handlers):
+    """A run() that cannot start (another serve holds the state directory) raises AlreadyRunning with the holder's pid, and leaves the handlers as they were."""
+    config = make_config(tmp_path, ollama.url, [repo])
+    config.state_dir.mkdir(parents=True)
+    with open(config.state_dir / LOCK_NAME, "w") as held:
+        held.write("4242\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(AlreadyRunning) as raised:
+            Daemon(config.source, config).run()
+    assert raised.value.pid == 4242
+    assert {signum: signal.getsignal(signum) for signum in HANDLED} == own_handlers
+
+
+@pytest.mark.timeout(30)
+def test_stop_lets_an_in_flight_job_finish_within_the_grace(tmp_path, repo, ollama, notify, monkeypatch, own_handlers):
+    """SIGTERM while two requests run: STOPPING=1 goes out, the answers that come within the grace are still stored, nothing is returned to pending, and run() returns normally (serve exits 0)."""
+    entered, release = block_chat(monkeypatch)
+    config = make_config(tmp_path, ollama.url, [repo], ollama={"concurrency": 2})
+    daemon = Daemon(config.source, config, Notifier(notify.path))
+    failed: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            wait_for(lambda: getattr(daemon, "pipeline", None) and daemon.pipeline.pool.in_flight == 2, 10,
+                     "two requests in flight")
+            os.kill(os.getpid(), signal.SIGTERM)
+            notify.wait("STOPPING=1", 10)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+            failed.append(exc)
+            daemon.stop_requested = True
+            daemon.wake.set()
+        finally:
+            release.set()  # the answers come only now, inside the grace
+
+    driver = threading.Thread(target=drive, name="test-driver")
+    driver.start()
+    try:
+        with capture_logs() as logs:
+            daemon.run()
+    finally:
+        release.set()
+        driver.join(10)
+    if failed:
+        raise failed[0]
+    stopped = [e for e in logs if e["event"] == "daemon_stopped"]
+    assert stopped and stopped[0]["returned_to_pending"] == 0
+    assert [e["in_flight"] for e in logs if e["event"] == "daemon_stopping"] == [2]
+    assert status_report(config)["totals"]["enriched"] == 2

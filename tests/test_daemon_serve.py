@@ -1,5 +1,6 @@
-"""``llmc-rag serve`` as a real process: watchdog timing, STATUS rate, reload of
-each setting, stop, and journald priorities end to end."""
+"""``llmc-rag serve`` as a real process: STATUS rate, reload of each setting,
+stop, and journald priorities end to end. (The watchdog's schedule during a slow
+request is checked in-process on a manual clock: ``tests/test_daemon.py``.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -33,25 +33,6 @@ def reload_and_wait(serve, notify: NotifySocket) -> None:
 
 def times_of(notify: NotifySocket, prefix: str) -> list[tuple[float, str]]:
     return [(t, m) for t, m in list(notify.messages) if m.startswith(prefix)]
-
-
-@pytest.mark.timeout(60)
-def test_a_slow_request_inside_its_deadline_keeps_the_pings_going(tmp_path, repo, notify, serve_factory):
-    """While a 3 s request runs inside its deadline, WATCHDOG=1 keeps coming, no gap longer than half of WATCHDOG_USEC."""
-    with OllamaEmulator(latency_s=3.0) as slow:
-        config = make_config(tmp_path, slow.url, [repo], ollama={"concurrency": 1, "timeout_s": 30})
-        serve = serve_factory(config, notify, env={"WATCHDOG_USEC": "2000000"})
-        notify.wait("READY=1")
-        wait_for(lambda: len(chats(slow)) >= 1, 15, "a request in flight")
-        start = time.monotonic()
-        wait_for(lambda: status_report(config)["totals"]["enriched"] >= 1, 20, "the slow answer")
-        end = time.monotonic()
-        assert serve.stop() == 0
-    pings = [t for t, _ in times_of(notify, "WATCHDOG=1")]
-    window = [t for t in pings if start - 1.0 <= t <= end + 1.0]
-    assert len([t for t in window if start <= t <= end]) >= 2
-    assert max(b - a for a, b in zip(window, window[1:])) <= 1.0
-    assert '"watchdog_unhealthy"' not in serve.logs()
 
 
 @pytest.mark.timeout(60)
@@ -119,19 +100,6 @@ def test_reload_stops_watching_a_removed_repo(tmp_path, repo, ollama, notify, se
     wait_for(lambda: any("'kept'" in r.json["messages"][-1]["content"] for r in chats(ollama)), 20, "the kept save")
     assert not any("'removed'" in r.json["messages"][-1]["content"] for r in chats(ollama))
     assert serve.stop() == 0
-
-
-@pytest.mark.timeout(60)
-def test_stop_lets_an_in_flight_job_finish_within_the_grace(tmp_path, repo, notify, serve_factory):
-    """SIGTERM during a 2 s request: STOPPING=1, the answer is still stored, exit 0."""
-    with OllamaEmulator(latency_s=2.0) as slow:
-        config = make_config(tmp_path, slow.url, [repo], ollama={"concurrency": 2})
-        serve = serve_factory(config, notify)
-        wait_for(lambda: len(chats(slow)) == 2, 15, "two requests in flight")
-        assert serve.stop() == 0
-    assert "STOPPING=1" in notify.drain()
-    assert status_report(config)["totals"]["enriched"] == 2
-    assert '"returned_to_pending": 0' in serve.logs()
 
 
 @pytest.mark.timeout(60)

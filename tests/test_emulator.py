@@ -238,7 +238,7 @@ def test_keep_alive_zero_unloads_after_request(ollama: OllamaEmulator) -> None:
 
 def test_keep_alive_expiry_unloads(ollama: OllamaEmulator) -> None:
     """A model idle past its keep_alive is unloaded and leaves /api/ps."""
-    chat(ollama.url, keep_alive="200ms")
+    chat(ollama.url, keep_alive="1s")
     assert len(ps_models(ollama.url)) == 1
     wait_for(lambda: ps_models(ollama.url) == [])
     assert ollama.unloads == 1 and ollama.loaded_models() == []
@@ -310,7 +310,8 @@ def test_parallel_slots_bound_in_flight(pool) -> None:
 
 def test_waiting_requests_are_served_fifo(pool) -> None:
     """Requests waiting for a slot are served in arrival order (O4)."""
-    with OllamaEmulator(num_parallel=1, latency_s=0.4) as emu:
+    with OllamaEmulator(num_parallel=1, latency_s=0.1) as emu:
+        emu.inject("slow", seconds=2.0)  # the first holds the slot while the others queue, even on a busy box
         futures = [pool.submit(chat, emu.url, "first")]
         wait_for(lambda: emu.in_flight_max.get("test-model") == 1)
         for n in range(1, 4):

@@ -7,7 +7,7 @@ import codecs
 
 import pytest
 
-from llmc_rag_service.enrich.prompt import (CHARS_PER_TOKEN, DEFAULT_NUM_PREDICT, build_messages,
+from llmc_rag_service.enrich.prompt import (CHARS_PER_TOKEN, build_messages, effective_options,
                                             plan_num_predict, span_char_budget)
 from llmc_rag_service.index.scanner import Scanner
 from llmc_rag_service.index.spans import SkipFile, decode_source, split_file
@@ -38,7 +38,7 @@ def test_wide_encodings_with_a_bom_are_indexed_like_utf8(codec, bom):
     plain = split_file("m.py", SOURCE.encode("utf-8"), max_file_bytes=MAX)
     assert shape(wide) == shape(plain)
     assert [(s.name, s.start_line, s.end_line) for s in wide if s.kind != "block"] == \
-        [("alpha", 4, 5), ("Beta", 8, 10), ("Beta.gamma", 9, 10)]
+        [("alpha", 1, 5), ("Beta", 8, 10), ("Beta.gamma", 9, 10)]  # the one-line import joins alpha (tiny block)
 
 
 def test_a_windows_script_in_utf16_is_windowed_with_right_lines():
@@ -99,7 +99,7 @@ def test_non_ascii_spans_fit_num_ctx_counted_by_utf8_bytes(line):
         messages = build_messages(path="big.py", language="python", kind=span.kind, name=span.name,
                                   start_line=span.start_line, text=span.text)
         prompt_bytes = sum(len(m["content"].encode()) for m in messages)
-        assert prompt_bytes / CHARS_PER_TOKEN + DEFAULT_NUM_PREDICT <= options["num_ctx"]
+        assert prompt_bytes / CHARS_PER_TOKEN + effective_options(options)["num_predict"] <= options["num_ctx"]
         assert prompt_bytes / CHARS_PER_TOKEN + plan_num_predict(messages, options) <= options["num_ctx"]
 
 

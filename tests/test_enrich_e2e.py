@@ -12,7 +12,7 @@ import pytest
 from llmc_rag_service import cli
 from llmc_rag_service.enrich.prompt import SCHEMA
 from llmc_rag_service.service.status import show_report, status_report
-from tests.helpers import make_config, write_tree
+from tests.helpers import make_config, wait_for, write_tree
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
 CASES = Path(__file__).resolve().parent / "data" / "cases_files"
@@ -136,7 +136,7 @@ def test_missing_model_exits_69_and_keeps_attempts(tmp_path, repo, ollama, capsy
     """A model that is not installed: jobs wait without burning attempts; enrich gives up with 69 after --wait-s."""
     ollama.uninstall("test-model")
     config = make_config(tmp_path, ollama.url, [repo])
-    assert run(config, "enrich", "--wait-s", "1") == 69
+    assert run(config, "enrich", "--wait-s", "0.2") == 69
     report = status_report(config)
     assert report["totals"]["pending"] == report["totals"]["spans"] > 0
     import sqlite3
@@ -155,12 +155,19 @@ def test_model_appearing_later_resumes_work(tmp_path, repo, ollama):
 
     from llmc_rag_service.enrich import workers
 
-    timer = threading.Timer(1.0, ollama.install, args=("test-model",))
-    timer.start()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(workers, "PROBE_MAX_S", 0.5)
-        assert run(config, "enrich", "--wait-s", "30") == 0
-    timer.join()
+    def pull_once_missing() -> None:  # the model appears after a chat was refused for want of it
+        wait_for(lambda: any(r.path == "/api/chat" and r.status == 404 for r in ollama.requests), 20, "a 404")
+        ollama.install("test-model")
+
+    puller = threading.Thread(target=pull_once_missing, name="test-pull")
+    puller.start()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(workers, "PROBE_BASE_S", 0.05)
+            mp.setattr(workers, "PROBE_MAX_S", 0.1)
+            assert run(config, "enrich", "--wait-s", "30") == 0
+    finally:
+        puller.join(30)
     assert status_report(config)["totals"]["pending"] == 0
 
 
@@ -169,7 +176,7 @@ def test_unreachable_ollama_exits_69(tmp_path, repo):
     with OllamaEmulator() as emu:
         url = emu.url
     config = make_config(tmp_path, url, [repo])
-    assert run(config, "enrich", "--wait-s", "1") == 69
+    assert run(config, "enrich", "--wait-s", "0.2") == 69
     assert status_report(config)["totals"]["pending"] > 0
 
 
@@ -246,7 +253,7 @@ def test_status_before_any_store_exists_is_all_zero(tmp_path, repo, capsys):
     assert run(config, "status", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["daemon"] == {"running": False, "pid": None, "status": None}
-    assert report["totals"] == {"files": 0, "spans": 0, "enriched": 0, "pending": 0, "failed": 0}
+    assert report["totals"] == {"files": 0, "spans": 0, "enriched": 0, "pending": 0, "failed": 0, "embedded": 0}
     assert not config.db_path.exists()
 
 
@@ -273,7 +280,7 @@ def test_a_server_that_stays_busy_ends_enrich_with_69(tmp_path, repo, ollama, mo
     monkeypatch.setattr(workers, "BUSY_BASE_S", 0.05)
     ollama.inject("busy_503", count=100000)
     config = make_config(tmp_path, ollama.url, [repo])
-    assert run(config, "enrich", "--wait-s", "1") == 69
+    assert run(config, "enrich", "--wait-s", "0.2") == 69
     import sqlite3
 
     with sqlite3.connect(config.db_path) as db:

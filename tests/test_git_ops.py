@@ -1,5 +1,5 @@
 """Git operations are one transaction: the branch-switch case of editor_saves.json with real git
-in a temp repo, a simulated slow checkout (index.lock held while files are rewritten 40 ms apart),
+in a temp repo, a simulated slow checkout (index.lock held while files are rewritten 10 ms apart),
 and the GitGate rules with a fake clock."""
 
 from __future__ import annotations
@@ -120,14 +120,14 @@ def test_real_checkout_is_one_transaction_and_switching_back_costs_nothing(live,
 
 @pytest.mark.timeout(60)
 def test_slow_checkout_under_index_lock_is_held_until_the_lock_goes(live, ollama):
-    """Files rewritten 40 ms apart while .git/index.lock exists, one first in a half-written state, are indexed once, after the lock is removed: no job for the intermediate state."""
+    """Files rewritten 10 ms apart (0.4 s in all, far past the 50 ms debounce) while .git/index.lock exists, one first in a half-written state, are indexed once, after the lock is removed: no job for the intermediate state."""
     t0, before = now_wall(), len(chats(ollama))
     lock = live.root / ".git" / "index.lock"
     lock.write_text("")
     half = func(0, "a", "'half written'") + "\n"
     write_tree(live.root, {"pkg/m00.py": half})
     _PACE.wait(0.2)  # the intermediate state outlives the 50 ms debounce: only the gate stops it
-    apply_tree(live.root, branch_b(), pace_s=0.04)
+    apply_tree(live.root, branch_b(), pace_s=0.01)
     assert not any(w.kind == "paths" and any(p.startswith("pkg/") for p in w.paths) for w in live.work)
     lock.unlink()
     live.settle()

@@ -143,6 +143,17 @@ def test_httpx_info_noise_is_held_back_but_warnings_pass():
     assert [json.loads(x)["event"] for x in _lines(stream)] == ["retrying"]
 
 
+def test_psycopg_pool_connection_warnings_are_held_back():
+    """The pool's multi-line warning per failed connection attempt is dropped (the team cache logs the
+    outage itself); its errors and psycopg's own warnings remain."""
+    stream = io.StringIO()
+    configure_logging("debug", stream=stream, env={})
+    logging.getLogger("psycopg.pool").warning("error connecting in 'llmc-team': connection failed:\n  refused")
+    logging.getLogger("psycopg.pool").error("pool broken")
+    logging.getLogger("psycopg").warning("notice")
+    assert [json.loads(x)["event"] for x in _lines(stream)] == ["pool broken", "notice"]
+
+
 def test_non_utf8_path_still_gives_valid_json():
     """A path with a lone surrogate (undecodable bytes) is logged as parsable JSON."""
     stream = io.StringIO()

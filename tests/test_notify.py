@@ -7,6 +7,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -40,16 +41,17 @@ def server(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
 def test_ready_arrives_as_exact_bytes(server):
     """ready() sends exactly b"READY=1" to the socket path."""
     path, sock = server
-    assert Notifier(socket_path=path).ready() is True
+    with closing(Notifier(socket_path=path)) as notifier:
+        assert notifier.ready() is True
     assert sock.recv(4096) == b"READY=1"
 
 
 def test_socket_path_defaults_to_notify_socket_env(server):
     """Without socket_path, the NOTIFY_SOCKET of env is used."""
     path, sock = server
-    notifier = Notifier(env={"NOTIFY_SOCKET": path})
-    assert notifier.enabled
-    assert notifier.stopping() is True
+    with closing(Notifier(env={"NOTIFY_SOCKET": path})) as notifier:
+        assert notifier.enabled
+        assert notifier.stopping() is True
     assert sock.recv(4096) == b"STOPPING=1"
 
 
@@ -57,14 +59,16 @@ def test_socket_path_defaults_to_process_environment(server, monkeypatch):
     """Without socket_path or env, os.environ's NOTIFY_SOCKET is used."""
     path, sock = server
     monkeypatch.setenv("NOTIFY_SOCKET", path)
-    assert Notifier().watchdog() is True
+    with closing(Notifier()) as notifier:
+        assert notifier.watchdog() is True
     assert sock.recv(4096) == b"WATCHDOG=1"
 
 
 def test_several_lines_are_one_datagram(server):
     """send() joins its lines with newlines into one datagram."""
     path, sock = server
-    assert Notifier(socket_path=path).send("READY=1", "STATUS=up") is True
+    with closing(Notifier(socket_path=path)) as notifier:
+        assert notifier.send("READY=1", "STATUS=up") is True
     assert sock.recv(4096) == b"READY=1\nSTATUS=up"
 
 
@@ -72,7 +76,8 @@ def test_non_ascii_status_arrives_intact_as_utf8(server):
     """A STATUS with a non-Latin-1 repo path arrives as its exact UTF-8 bytes."""
     path, sock = server
     text = "scanning /home/jörg/项目 ✓"
-    assert Notifier(socket_path=path).status(text) is True
+    with closing(Notifier(socket_path=path)) as notifier:
+        assert notifier.status(text) is True
     assert sock.recv(4096) == ("STATUS=" + text).encode("utf-8")
 
 
@@ -80,7 +85,8 @@ def test_non_utf8_path_in_status_becomes_valid_utf8(server):
     """A path decoded with surrogateescape still gives a valid UTF-8 STATUS."""
     path, sock = server
     repo = os.fsdecode(b"/srv/caf\xe9")
-    assert Notifier(socket_path=path).status(f"scanning {repo}") is True
+    with closing(Notifier(socket_path=path)) as notifier:
+        assert notifier.status(f"scanning {repo}") is True
     assert sock.recv(4096).decode("utf-8") == "STATUS=scanning /srv/caf\ufffd"
 
 
@@ -88,7 +94,8 @@ def test_reloading_sends_monotonic_usec_in_same_datagram(server):
     """reloading() sends RELOADING=1 and MONOTONIC_USEC= (CLOCK_MONOTONIC, us) together."""
     path, sock = server
     before_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    assert Notifier(socket_path=path).reloading() is True
+    with closing(Notifier(socket_path=path)) as notifier:
+        assert notifier.reloading() is True
     after_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     first, second = sock.recv(4096).decode().split("\n")
     assert first == "RELOADING=1"
@@ -100,7 +107,8 @@ def test_reloading_sends_monotonic_usec_in_same_datagram(server):
 def test_extend_timeout_sends_microseconds(server):
     """extend_timeout(usec) sends EXTEND_TIMEOUT_USEC=<usec>."""
     path, sock = server
-    assert Notifier(socket_path=path).extend_timeout(30_000_000) is True
+    with closing(Notifier(socket_path=path)) as notifier:
+        assert notifier.extend_timeout(30_000_000) is True
     assert sock.recv(4096) == b"EXTEND_TIMEOUT_USEC=30000000"
 
 
@@ -109,7 +117,8 @@ def test_abstract_socket_receives_message():
     name = f"llmc-rag-test-{uuid.uuid4().hex}"
     sock = _bind("\0" + name)
     try:
-        assert Notifier(env={"NOTIFY_SOCKET": "@" + name}).ready() is True
+        with closing(Notifier(env={"NOTIFY_SOCKET": "@" + name})) as notifier:
+            assert notifier.ready() is True
         assert sock.recv(4096) == b"READY=1"
     finally:
         sock.close()
@@ -128,22 +137,22 @@ def test_no_socket_means_disabled_and_silent():
 def test_failed_send_is_logged_once_until_a_success(tmp_path):
     """A dead socket path fails every send, logged once; a success resets the log."""
     path = str(tmp_path / "gone.sock")
-    notifier = Notifier(socket_path=path)
-    with capture_logs() as logs:
-        assert notifier.ready() is False
-        assert notifier.watchdog() is False
-    assert [(e["event"], e["log_level"]) for e in logs] == [("notify_failed", "warning")]
-    assert logs[0]["keys"] == ["READY"]
-    sock = _bind(path)
-    with capture_logs() as logs:
-        assert notifier.watchdog() is True
-    assert [e["event"] for e in logs] == ["notify_recovered"]
-    sock.close()
-    os.unlink(path)
-    with capture_logs() as logs:
-        assert notifier.watchdog() is False
-        assert notifier.watchdog() is False
-    assert [e["event"] for e in logs] == ["notify_failed"]
+    with closing(Notifier(socket_path=path)) as notifier:
+        with capture_logs() as logs:
+            assert notifier.ready() is False
+            assert notifier.watchdog() is False
+        assert [(e["event"], e["log_level"]) for e in logs] == [("notify_failed", "warning")]
+        assert logs[0]["keys"] == ["READY"]
+        sock = _bind(path)
+        with capture_logs() as logs:
+            assert notifier.watchdog() is True
+        assert [e["event"] for e in logs] == ["notify_recovered"]
+        sock.close()
+        os.unlink(path)
+        with capture_logs() as logs:
+            assert notifier.watchdog() is False
+            assert notifier.watchdog() is False
+        assert [e["event"] for e in logs] == ["notify_failed"]
 
 
 def test_clean_status_makes_one_line():
@@ -245,7 +254,8 @@ def test_timeout_extender_sends_extensions_until_the_step_ends(server):
     from llmc_rag_service.service.notify import TimeoutExtender
 
     path, sock = server
-    with TimeoutExtender(Notifier(socket_path=path), every_s=0.05, extend_s=2.0) as extender:
+    with closing(Notifier(socket_path=path)) as notifier, \
+            TimeoutExtender(notifier, every_s=0.05, extend_s=2.0) as extender:
         assert sock.recv(4096) == b"EXTEND_TIMEOUT_USEC=2000000"
         assert sock.recv(4096) == b"EXTEND_TIMEOUT_USEC=2000000"
     sent = extender.sent

@@ -16,10 +16,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from llmc_rag_service.enrich import ollama as ol
+from llmc_rag_service.enrich import workers
 from llmc_rag_service.enrich.prompt import chat_client
 from llmc_rag_service.config import LOAD_TIME_OPTIONS, OllamaConfig
 from tests.helpers import wait_for, write_tree
 from llmc_rag_service.testing.emulator import MIDSTREAM_MSG, RUNNER_CRASH_MSG, OllamaEmulator
+from llmc_rag_service.testing.clock import ManualClock
 from tests.helpers import TempPipeline, fast_backoffs
 
 MESSAGES = [{"role": "user", "content": "def f(): pass"}]
@@ -256,31 +258,43 @@ def test_o12_restart_behind_pooled_connections_is_retried_transparently(tmp_path
     assert any(r.status is None for r in ollama.requests[seen:])  # a request died on a stale connection
 
 
-def test_o13_outage_pauses_workers_keeps_attempts_probes_gently_and_resumes(tmp_path, ollama, pipelines, monkeypatch):
-    """Connection refused: jobs stay pending with attempts intact, STATUS says unreachable, one probe at a time, then work resumes."""
-    fast_backoffs(monkeypatch)
-    monkeypatch.setattr("llmc_rag_service.enrich.workers.PROBE_BASE_S", 0.2)
-    monkeypatch.setattr("llmc_rag_service.enrich.workers.PROBE_MAX_S", 0.4)
-    p = pipelines(tmp_path, ollama.url, files=6, ollama={"concurrency": 2})
-    client, calls = p.pipeline.client, {"version": 0, "chat": 0}
-    for name in calls:
-        real = getattr(client, name)
-        monkeypatch.setattr(client, name, lambda *a, _real=real, _name=name, **k: calls.__setitem__(
-            _name, calls[_name] + 1) or _real(*a, **k))
+def test_o13_outage_pauses_workers_keeps_attempts_probes_gently_and_resumes(tmp_path, ollama, pipelines):
+    """Connection refused: jobs stay pending with attempts intact, STATUS says unreachable, one probe at a time with a jittered backoff that doubles (the real PROBE_BASE_S and PROBE_MAX_S, on a manual clock), then work resumes."""
+    clock = ManualClock()
+    p = pipelines(tmp_path, ollama.url, files=6, ollama={"concurrency": 2}, clock=clock)
+    client, probes, sent = p.pipeline.client, [], []
+    real_version, real_chat = client.version, client.chat
+    client.version = lambda *a, **k: probes.append(clock()) or real_version(*a, **k)
+    client.chat = lambda *a, **k: sent.append(clock()) or real_chat(*a, **k)
+    host, threads = p.pipeline.pool.host, p.pipeline.pool._threads
+
+    def step(seconds: float) -> bool:
+        clock.advance(seconds)
+        for thread in threads:  # every worker done with its turn (a probe included)
+            clock.wait_asleep(thread)
+        return False
+
     ollama.stop()
     with capture_logs() as logs:
         p.start()
-        wait_for(lambda: p.pipeline.pool.host.state == "unreachable", 5, "unreachable")
-        began = time.monotonic()
-        wait_for(lambda: calls["version"] >= 6, 10, "six probes")
-        status, outage_s = p.pipeline.status_line(), time.monotonic() - began
-        chats_in_outage = calls["chat"]
+        wait_for(lambda: host.state == "unreachable", 5, "unreachable")
+        began = step(0.0) or clock()
+        while clock() < began + 60.0:
+            step(0.25)
+        status, chats_in_outage = p.pipeline.status_line(), len(sent)
         assert all(j["attempts"] == 0 and j["state"] == "pending" for j in p.jobs())
         ollama.start()
+        wait_for(lambda: host.state == "ok" or step(2.0), 10, "a probe finding the server back")
         p.wait_done()
     assert status.startswith("waiting: 6 pending") and f"ollama unreachable at {ollama.url}: " in status
     assert "; retry in " in status and status.endswith(" s")
-    assert calls["version"] <= outage_s / 0.2 + 3 and chats_in_outage <= 2  # no busy loop
+    assert chats_in_outage <= 2  # the requests that met the outage; none while it lasted
+    outage = [t for t in probes if t < began + 60.0]
+    assert 0.5 <= outage[0] - began <= workers.PROBE_BASE_S + 0.25
+    for k, gap in enumerate([b - a for a, b in zip(outage, outage[1:])], start=1):
+        ceiling = min(workers.PROBE_MAX_S, workers.PROBE_BASE_S * 2 ** k)  # after the k-th failed probe
+        assert ceiling / 2 <= gap <= ceiling + 0.25, (k, outage)
+    assert 5 <= len(outage) <= 6  # one probe per backoff, never a busy loop
     events = [e["event"] for e in logs]
     assert events.count("ollama_unreachable") == 1 and events.count("ollama_recovered") == 1
     assert [(j["state"], j["attempts"]) for j in p.jobs()] == [("done", 1)] * 6

@@ -10,8 +10,10 @@ import pytest
 
 from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.config import OllamaConfig
+from llmc_rag_service.enrich.answer_schema import answer_schema
 from llmc_rag_service.enrich.prompt import (MIN_NUM_PREDICT, chat_client, InvalidAnswer, PromptTooLarge, build_messages,
-                                         estimate_prompt_tokens, parse_answer, plan_num_predict, span_char_budget)
+                                         effective_options, estimate_prompt_tokens, parse_answer, plan_num_predict,
+                                         span_char_budget)
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
 MESSAGES = [{"role": "user", "content": "def f(): pass"}]
@@ -98,7 +100,9 @@ def test_body_carries_keep_alive_format_options_think_and_stream():
     client = client_for(lambda r: httpx.Response(200), keep_alive=-1, options={"num_ctx": 4096, "num_batch": 256})
     body, retry = client.request_body(MESSAGES), client.request_body(MESSAGES, num_predict=4096)
     assert body["keep_alive"] == -1 and body["stream"] is True and body["think"] is False
-    assert body["format"]["required"] and body["options"] == {"num_predict": 1024, "num_ctx": 4096, "num_batch": 256}
+    # The default cap is half the context at most (here 2048), and the schema is bounded to fit it.
+    assert body["format"]["required"] and body["options"] == {"num_predict": 2048, "num_ctx": 4096, "num_batch": 256}
+    assert body["format"] == answer_schema(2048)
     assert {k: v for k, v in retry["options"].items() if k != "num_predict"} == {"num_ctx": 4096, "num_batch": 256}
 
 
@@ -151,14 +155,15 @@ def test_whole_answer_deadline_counts_from_the_first_byte():
 
 def test_prompt_at_the_span_budget_fits_num_ctx_with_the_answer():
     """A span cut to the budget (lines of 20+ chars) gives a prompt that leaves num_predict room in num_ctx (O10)."""
-    for options in ({"num_ctx": 8192}, {"num_ctx": 2048, "num_predict": 512}, {}):
+    for options in ({"num_ctx": 8192}, {"num_ctx": 2048, "num_predict": 1000}, {}):
         budget = span_char_budget(options)
+        cap = effective_options(options)["num_predict"]
         text = "\n".join("    value = compute(x)" for _ in range(budget // 23))[:budget]
         messages = build_messages(path="pkg/module.py", language="python", kind="function",
                                   name="Klass.method", start_line=9990, text=text)
         num_ctx = options.get("num_ctx", 2048)
-        assert estimate_prompt_tokens(messages) + options.get("num_predict", 1024) <= num_ctx
-        assert plan_num_predict(messages, options) == options.get("num_predict", 1024)
+        assert estimate_prompt_tokens(messages) + cap <= num_ctx
+        assert plan_num_predict(messages, options) == cap == options.get("num_predict", min(3072, num_ctx // 2))
 
 
 def test_num_predict_grows_on_retries_within_the_context():

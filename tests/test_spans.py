@@ -349,64 +349,54 @@ CPP = src('''
 
 LANGUAGE_CASES = {
     "python": ("m.py", PYTHON, [
-        ("block", "lines 1-3", 1, 3),
-        ("function", "top", 6, 10),
+        ("function", "top", 1, 10),
         ("class", "Greeter", 13, 23),
         ("method", "Greeter.__init__", 18, 19),
         ("method", "Greeter.hello", 21, 23),
         ("function", "fetch", 26, 27),
     ]),
     "javascript": ("m.js", JAVASCRIPT, [
-        ("block", "lines 1-1", 1, 1),
-        ("function", "add", 3, 6),
+        ("function", "add", 1, 6),
         ("function", "double", 8, 10),
-        ("class", "Counter", 12, 22),
+        ("class", "Counter", 12, 24),
         ("method", "Counter.increment", 15, 17),
         ("method", "Counter.reset", 19, 21),
-        ("block", "lines 24-24", 24, 24),
     ]),
     "typescript": ("m.ts", TYPESCRIPT, [
         ("class", "Shape", 1, 3),
-        ("block", "lines 5-5", 5, 5),
-        ("function", "Geo.origin", 6, 8),
+        ("function", "Geo.origin", 5, 8),
         ("class", "Square", 11, 17),
         ("method", "Square.constructor", 12, 12),
         ("method", "Square.area", 14, 16),
     ]),
     "tsx": ("m.tsx", TSX, [("function", "Hello", 1, 3)]),
     "go": ("m.go", GO, [
-        ("block", "lines 1-3", 1, 3),
-        ("class", "Circle", 5, 8),
+        ("class", "Circle", 1, 8),
         ("method", "Circle.Area", 10, 12),
         ("function", "New", 14, 16),
     ]),
     "rust": ("m.rs", RUST, [
-        ("block", "lines 1-1", 1, 1),
-        ("class", "Point", 3, 6),
+        ("class", "Point", 1, 6),
         ("class", "impl Point", 8, 12),
         ("method", "Point.new", 9, 11),
         ("class", "Shape", 14, 16),
         ("function", "main", 18, 20),
     ]),
     "java": ("Account.java", JAVA, [
-        ("block", "lines 1-1", 1, 1),
-        ("class", "Account", 3, 14),
+        ("class", "Account", 1, 14),
         ("method", "Account.Account", 6, 8),
         ("method", "Account.toString", 10, 13),
         ("class", "Named", 16, 18),
     ]),
     "c": ("m.c", C, [
-        ("block", "lines 1-1", 1, 1),
-        ("class", "point", 3, 5),
+        ("class", "point", 1, 5),
         ("function", "find", 7, 9),
         ("function", "main", 11, 13),
     ]),
     "cpp": ("m.cpp", CPP, [
-        ("block", "lines 1-3", 1, 3),
-        ("class", "geo.Shape", 5, 10),
+        ("class", "geo.Shape", 1, 10),
         ("method", "geo.Shape.area", 7, 9),
-        ("block", "lines 12-12", 12, 12),
-        ("method", "geo.Shape.perimeter", 14, 16),
+        ("method", "geo.Shape.perimeter", 12, 16),
         ("function", "twice", 18, 21),
     ]),
 }
@@ -428,7 +418,7 @@ def test_nested_functions_stay_in_their_function() -> None:
     spans = by_name(split_source(PYTHON, "python"))
     assert "inner" not in spans and "top.inner" not in spans
     assert "def inner():" in spans["top"].text
-    assert spans["top"].text.startswith("@decorator\n")
+    assert "\n@decorator\ndef top(a):\n" in spans["top"].text  # after the tiny head block it carries
 
 
 # ------------------------------------------------------ class placeholders
@@ -504,9 +494,9 @@ def test_over_long_function_is_split_into_parts_on_line_boundaries() -> None:
     assert count > 1
     assert [s.name for s in parts] == [f"big (part {i}/{count})" for i in range(1, count + 1)]
     assert all(len(s.text) <= 1000 for s in parts)
-    assert (parts[0].start_line, parts[-1].end_line) == (3, 204)
+    assert (parts[0].start_line, parts[-1].end_line) == (1, 204)  # the import joined the function
     assert all(b.start_line == a.end_line + 1 for a, b in zip(parts, parts[1:]))
-    assert "\n".join(s.text for s in parts) == "\n".join(text.split("\n")[2:204])
+    assert "\n".join(s.text for s in parts) == "\n".join(text.split("\n")[0:204])
     assert_exact_lines(text, parts)
 
 
@@ -526,7 +516,8 @@ def test_a_single_over_long_line_is_cut_into_pieces() -> None:
 
 
 def test_module_level_code_becomes_blocks_and_comments_join_definitions() -> None:
-    """Code between definitions is one block per gap; a comment right above a def joins it."""
+    """Code between definitions is one block per gap; a comment right above a def joins it; a tiny
+    block (here the docstring and import) joins the definition after it."""
     text = src('''
         """Module doc."""
         import os
@@ -543,8 +534,7 @@ def test_module_level_code_becomes_blocks_and_comments_join_definitions() -> Non
     ''')
     spans = split_source(text, "python")
     assert outline(spans) == [
-        ("block", "lines 1-2", 1, 2),
-        ("function", "f", 4, 6),
+        ("function", "f", 1, 6),
         ("block", "lines 8-12", 8, 12),
     ]
     assert_exact_lines(text, spans)
@@ -633,7 +623,7 @@ def test_unicode_line_separators_do_not_shift_line_numbers() -> None:
     """Only \\n ends a line: U+2028, NEL and form feed inside code keep later lines in place."""
     text = 's = "a\u2028b\x85c\x0cd"\n\ndef f():\n    return "\u00e9\u2028"\n'
     spans = split_source(text, "python")
-    assert outline(spans) == [("block", "lines 1-1", 1, 1), ("function", "f", 3, 4)]
+    assert outline(spans) == [("function", "f", 1, 4)]
     assert_exact_lines(text, spans)
 
 
@@ -643,3 +633,46 @@ def test_one_line_methods_get_placeholders_without_their_bodies() -> None:
     spans = split_source(text, "javascript")
     assert spans[0].text == "class K {\n  m() ...\n  n() ...\n}"
     assert outline(spans) == [("class", "K", 1, 4), ("method", "K.m", 2, 2), ("method", "K.n", 3, 3)]
+
+
+# ------------------------------------------------------------ tiny blocks
+
+TINY = src('''
+    import os
+
+
+    def f():
+        return 1
+
+    X = 1
+
+    def g():
+        return 2
+
+    # the end
+''')
+
+
+def test_tiny_blocks_join_the_next_definition_or_the_last_one():
+    """A block of at most 2 non-blank lines joins the definition after it; at the end, the one before it."""
+    spans = split_source(TINY, "python")
+    assert outline(spans) == [("function", "f", 1, 5), ("function", "g", 7, 12)]
+    assert spans[1].text == "X = 1\n\ndef g():\n    return 2\n\n# the end"
+    assert_exact_lines(TINY, spans)
+
+
+def test_a_block_of_three_lines_or_a_file_without_definitions_keeps_its_block():
+    """Three non-blank lines are worth a span of their own; so is the only code of a file."""
+    three = "import os\nimport re\nimport sys\n\ndef f():\n    return 1\n"
+    assert outline(split_source(three, "python")) == [("block", "lines 1-3", 1, 3), ("function", "f", 5, 6)]
+    assert outline(split_source("VERSION = 1\n", "python")) == [("block", "lines 1-1", 1, 1)]
+
+
+def test_editing_one_function_still_changes_that_span_only():
+    """With tiny blocks joined, an edit of g (or of the tiny block it carries) changes g's hash alone."""
+    before = {s.name: s.span_hash for s in split_source(TINY, "python")}
+    for edit in (TINY.replace("return 2", "return 3"), TINY.replace("X = 1", "X = 2")):
+        after = {s.name: s.span_hash for s in split_source(edit, "python")}
+        assert after["f"] == before["f"] and after["g"] != before["g"]
+    after = {s.name: s.span_hash for s in split_source(TINY.replace("return 1", "return 0"), "python")}
+    assert after["g"] == before["g"] and after["f"] != before["f"]

@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from llmc_rag_service.service import units
 from llmc_rag_service.service.units import (
     DEFAULT_EXEC_PATH,
-    NOTIFY_RELOAD_DROPIN,
+    DEFAULT_USER_EXEC_PATH,
+    UnitError,
     install_unit,
     render_unit,
+    systemd_version,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,22 +72,94 @@ def _verify_output(analyze: str, tmp_path: Path, text: str, user_unit: bool) -> 
 
 
 def test_repository_units_equal_rendered_units():
-    """systemd/llmc-rag.service and the user unit are render_unit's text: no drift."""
+    """systemd/llmc-rag.service and the user unit are render_unit's text (no drift), and nothing else is under systemd/."""
     system = (REPO / "systemd" / "llmc-rag.service").read_text(encoding="utf-8")
     user = (REPO / "systemd" / "user" / "llmc-rag.service").read_text(encoding="utf-8")
     assert system == render_unit(False, DEFAULT_EXEC_PATH)
-    assert user == render_unit(True, DEFAULT_EXEC_PATH)
+    assert user == render_unit(True, DEFAULT_USER_EXEC_PATH)
+    shipped = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "systemd").rglob("*") if p.is_file())
+    assert shipped == ["systemd/llmc-rag.service", "systemd/user/llmc-rag.service"]
 
 
-def test_repository_notify_reload_dropin_equals_constant():
-    """The systemd >= 253 drop-in in the repository is NOTIFY_RELOAD_DROPIN."""
-    dropin = REPO / "systemd" / "llmc-rag.service.d" / "notify-reload.conf"
-    assert dropin.read_text(encoding="utf-8") == NOTIFY_RELOAD_DROPIN
-    assert _settings(NOTIFY_RELOAD_DROPIN) == {
-        "Type": ["notify-reload"],
-        "ReloadSignal": ["SIGHUP"],
-        "ExecReload": [""],
-    }
+def _fake_executable(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+
+
+def test_every_file_under_systemd_verifies_without_a_single_line(analyze, tmp_path):
+    """`systemd-analyze verify` on each shipped unit, as it is in the repository, prints no line at all on this
+    systemd (252 on Debian 12). The executables install.sh would create exist only for the check: /opt is a
+    private tmpfs in a throwaway mount namespace (unshare), HOME a temp dir."""
+    system = REPO / "systemd" / "llmc-rag.service"
+    script = (f"mount -t tmpfs tmpfs /opt && mkdir -p {Path(DEFAULT_EXEC_PATH).parent} && "
+              f"printf '#!/bin/sh\\n' > {DEFAULT_EXEC_PATH} && chmod 755 {DEFAULT_EXEC_PATH} && "
+              f"exec {analyze} verify {system}")
+    result = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script],
+                            capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    home = tmp_path / "home"
+    _fake_executable(Path(DEFAULT_USER_EXEC_PATH.replace("%h", str(home))))
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    result = subprocess.run([analyze, "--user", "verify", str(REPO / "systemd" / "user" / "llmc-rag.service")],
+                            capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)})
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_the_verify_check_sees_a_missing_executable(analyze, tmp_path):
+    """The check above can fail: without the installed executable, verify says so."""
+    home = tmp_path / "empty-home"
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    result = subprocess.run([analyze, "--user", "verify", str(REPO / "systemd" / "user" / "llmc-rag.service")],
+                            capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)})
+    assert "is not executable" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("user_unit", [False, True])
+def test_notify_reload_variant_lets_systemd_send_the_signal(user_unit):
+    """The systemd >= 253 variant: Type=notify-reload, ReloadSignal=SIGHUP, no ExecReload; otherwise equal."""
+    plain = _settings(render_unit(user_unit, "/bin/true"))
+    reload_ = _settings(render_unit(user_unit, "/bin/true", notify_reload=True))
+    assert reload_["Type"] == ["notify-reload"] and reload_["ReloadSignal"] == ["SIGHUP"]
+    assert "ExecReload" not in reload_
+    assert {k: v for k, v in plain.items() if k not in ("Type", "ExecReload")} == \
+        {k: v for k, v in reload_.items() if k not in ("Type", "ReloadSignal")}
+
+
+def test_notify_reload_variant_verifies_clean_where_systemd_knows_it(analyze, tmp_path):
+    """On systemd >= 253 the notify-reload unit verifies clean; on 252 verify warns about it (why it is not shipped)."""
+    output = _verify_output(analyze, tmp_path, render_unit(False, sys.executable, notify_reload=True), False)
+    if systemd_version() >= units.NOTIFY_RELOAD_SINCE:
+        assert output == ""
+    else:
+        assert "notify-reload" in output
+
+
+def _fake_systemctl(tmp_path: Path, monkeypatch, first_line: str) -> None:
+    """A `systemctl` first on PATH that prints ``first_line`` for --version."""
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho '{first_line}'\necho '+PAM +AUDIT'\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize(("line", "version", "unit_type"), [
+    ("systemd 252 (252.38-1~deb12u1)", 252, "notify"),
+    ("systemd 253 (253.5-1ubuntu6)", 253, "notify-reload"),
+    ("systemd 255 (255.4-1ubuntu8)", 255, "notify-reload"),
+    ("something else", None, "notify"),
+])
+def test_install_unit_picks_the_type_from_systemctl_version(tmp_path, monkeypatch, line, version, unit_type):
+    """install_unit asks `systemctl --version`: Type=notify-reload from 253 on, Type=notify before or when unknown."""
+    _fake_systemctl(tmp_path, monkeypatch, line)
+    assert systemd_version() == version
+    written = install_unit(False, dest_dir=tmp_path / "units", run_as="nobody")
+    assert _settings(written.read_text())["Type"] == [unit_type]
 
 
 @pytest.mark.parametrize("user_unit", [False, True])
@@ -93,7 +168,8 @@ def test_unit_has_the_lifecycle_settings(user_unit):
     s = _settings(render_unit(user_unit, DEFAULT_EXEC_PATH))
     assert s["Type"] == ["notify"]
     assert s["NotifyAccess"] == ["main"]
-    assert s["ExecStart"] == ["/usr/local/bin/llmc-rag serve"]
+    assert s["ExecStart"] == ["/opt/llmc-rag/bin/llmc-rag serve"]
+    assert s["RuntimeDirectory"] == ["llmc-rag"]
     assert s["ExecReload"] == ["/bin/sh -c 'kill -HUP \"$MAINPID\"'"]
     assert s["WatchdogSec"] == ["60"]
     assert s["Restart"] == ["on-failure"]
@@ -166,29 +242,47 @@ def test_system_unit_exposure_is_at_most_3(analyze, tmp_path):
 
 
 @pytest.mark.parametrize("user_unit", [False, True])
-def test_install_unit_uses_llmc_rag_on_path(analyze, tmp_path, monkeypatch, user_unit):
-    """install_unit writes a unit whose ExecStart is the llmc-rag found on PATH."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    exe = bin_dir / "llmc-rag"
-    exe.write_text("#!/bin/sh\n")
-    exe.chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
-    written = install_unit(user_unit, dest_dir=tmp_path / "units")
+def test_install_unit_names_this_installation_not_path(analyze, tmp_path, monkeypatch, user_unit):
+    """install_unit's ExecStart is the llmc-rag of sys.prefix (this venv), even when another llmc-rag comes first on PATH."""
+    other = tmp_path / "other" / "llmc-rag"
+    _fake_executable(other)
+    monkeypatch.setenv("PATH", f"{other.parent}:{os.environ['PATH']}")
+    written = install_unit(user_unit, dest_dir=tmp_path / "units", version=252)
     assert written == tmp_path / "units" / "llmc-rag.service"
     text = written.read_text(encoding="utf-8")
-    assert _settings(text)["ExecStart"] == [f"{exe} serve"]
+    assert _settings(text)["ExecStart"] == [f"{Path(sys.prefix) / 'bin' / 'llmc-rag'} serve"]
     assert written.stat().st_mode & 0o777 == 0o644
     assert _verify_output(analyze, tmp_path, text, user_unit) == ""
 
 
 def test_install_unit_falls_back_to_python_module(tmp_path, monkeypatch):
-    """Without llmc-rag on PATH, ExecStart runs this interpreter with -m llmc_rag_service."""
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    written = install_unit(False, dest_dir=tmp_path, run_as="alice")
+    """Without an llmc-rag script in this installation, ExecStart runs this interpreter with -m llmc_rag_service."""
+    monkeypatch.setattr(units.sysconfig, "get_path", lambda name: str(tmp_path / "noscripts"))
+    monkeypatch.setattr(units.sys, "prefix", str(tmp_path / "noprefix"))
+    written = install_unit(False, dest_dir=tmp_path, run_as="nobody", version=252)
     s = _settings(written.read_text(encoding="utf-8"))
     assert s["ExecStart"] == [f"{sys.executable} -m llmc_rag_service serve"]
-    assert s["User"] == ["alice"]
+    assert s["User"] == ["nobody"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"user_unit": False, "run_as": "no-such-user-llmc"}, "no such user"),
+    ({"user_unit": False, "run_as": "al ice"}, "not a usable user name"),
+    ({"user_unit": True, "run_as": "nobody"}, "--run-as is for the system unit"),
+])
+def test_install_unit_refuses_bad_arguments_with_one_line(tmp_path, kwargs, message):
+    """A run-as user that does not exist or is malformed, or --run-as with --user: UnitError, one line, nothing written."""
+    with pytest.raises(UnitError, match=message) as err:
+        install_unit(dest_dir=tmp_path / "units", version=252, **kwargs)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "units").exists()
+
+
+def test_install_unit_refuses_an_unwritable_destination(tmp_path):
+    """A destination that cannot be made (a file in the way) is a UnitError naming the target."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UnitError, match="cannot write .*afile/sub/llmc-rag.service"):
+        install_unit(False, dest_dir=tmp_path / "afile" / "sub", run_as="nobody", version=252)
 
 
 def test_install_user_unit_defaults_to_xdg_config_home(tmp_path, monkeypatch):

@@ -1,10 +1,12 @@
-"""HTTP client for one Ollama host's ``POST /api/chat``, with one error taxonomy.
+"""HTTP client for one Ollama host's ``POST /api/chat`` and ``POST /api/embed``, with one error taxonomy.
 
 Every request carries ``keep_alive`` exactly as configured (a number stays a
-JSON number, a duration stays a string, cases O6), ``format`` = the enrichment
-JSON schema, the same load-time ``options`` every time (no reload, O7),
-``think: false`` (O16) and ``stream: true``. Nothing here looks at
-``/api/ps`` or runs ``ollama``: the server queues concurrent requests itself.
+JSON number, a duration stays a string, cases O6). A chat request carries the
+caller's answer schema as ``format``, the same load-time ``options`` every
+time (no reload, O7), ``think: false`` (O16) and ``stream: true``; an embed
+request a list of inputs and ``truncate: false`` (:meth:`OllamaClient.embed`).
+Nothing here looks at ``/api/ps`` or runs ``ollama``: the server queues
+concurrent requests itself.
 
 Deadlines (O3, O17; the official client has none). Ollama sends no byte, not
 even the status line, before the first token: queue wait, a cold model load
@@ -45,7 +47,7 @@ import re
 import ssl
 import time
 from contextlib import contextmanager
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import httpx
 
@@ -232,7 +234,7 @@ class OllamaClient:
         """Longest a :meth:`chat` attempt can take, in seconds (see module docstring)."""
         return CONNECT_TIMEOUT_S + WRITE_TIMEOUT_S + self.cfg.load_timeout_s + self.cfg.timeout_s
 
-    def request_body(self, messages: list[dict], num_predict: int | None = None) -> dict[str, Any]:
+    def request_body(self, messages: list[dict[str, Any]], num_predict: int | None = None) -> dict[str, Any]:
         """The ``/api/chat`` body (Ollama API doc, "Generate a chat completion").
         ``num_predict`` overrides the answer cap (not a load-time option, O7)."""
         options = self.options if num_predict is None else {**self.options, "num_predict": num_predict}
@@ -242,7 +244,7 @@ class OllamaClient:
             body["format"] = self.answer_format
         return body
 
-    def chat(self, messages: list[dict], num_predict: int | None = None) -> dict[str, Any]:
+    def chat(self, messages: list[dict[str, Any]], num_predict: int | None = None) -> dict[str, Any]:
         """Send one chat request; return the final answer object (``done: true``)
         with ``message.content`` the whole streamed text (``thinking`` dropped).
 
@@ -255,10 +257,15 @@ class OllamaClient:
             OllamaError: a leaf of the taxonomy in the module docstring.
         """
         body = self.request_body(messages, num_predict)
+        return self._on_live_connection(lambda: self._post_chat(body))
+
+    def _on_live_connection(self, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``send()``, again on another pooled connection while one dies before
+        any byte (at most once per pooled connection)."""
         for _ in range(self.concurrency + 1):
             started = time.monotonic()
             try:
-                return self._post_chat(body)
+                return send()
             except Disconnected as exc:
                 # Only a connection that failed at once, before any byte, is
                 # a dead pooled one; a slow failure counts as an attempt.
@@ -266,6 +273,54 @@ class OllamaClient:
                     raise
                 last = exc
         raise last
+
+    def embed_body(self, texts: Sequence[str], model: str) -> dict[str, Any]:
+        """The ``/api/embed`` body (Ollama API doc, "Generate Embeddings"): ``input``
+        always a list; ``truncate: false``, so a server that would cut an
+        over-long input silently answers an error instead (recent ones ignore
+        it and answer 400 anyway); this client's ``options`` only when set."""
+        body: dict[str, Any] = {"model": model, "input": list(texts), "keep_alive": self.cfg.keep_alive,
+                                "truncate": False}
+        if self.options:
+            body["options"] = self.options
+        return body
+
+    def embed(self, texts: Sequence[str], model: str | None = None) -> list[list[float]]:
+        """``POST /api/embed`` for ``texts`` with ``model`` (default the
+        configured one): one vector per text, in order. See :meth:`embed_answer`."""
+        vectors: list[list[float]] = self.embed_answer(texts, model)["embeddings"]
+        return vectors
+
+    def embed_answer(self, texts: Sequence[str], model: str | None = None) -> dict[str, Any]:
+        """``POST /api/embed``; the answer object ``{model, embeddings,
+        total_duration, load_duration, prompt_eval_count}`` (durations in ns),
+        its ``embeddings`` checked to be one non-empty list of numbers per text
+        (their dimension and values are the caller's to judge). Nothing is sent
+        for no texts. The read deadline is ``ollama.load_timeout_s``: Ollama
+        sends nothing until every input is embedded (the load comes first).
+
+        Raises:
+            OllamaError: a leaf of the taxonomy (a 400 for an input longer than
+                the model's context is BadRequest; a malformed answer ServerError).
+        """
+        model = model or self.cfg.model
+        if not texts:
+            return {"model": model, "embeddings": []}
+        body = self.embed_body(texts, model)
+        answer = self._on_live_connection(lambda: self._post_json("/api/embed", body, model))
+        vectors = answer.get("embeddings")
+        if not isinstance(vectors, list) or len(vectors) != len(texts):
+            count = len(vectors) if isinstance(vectors, list) else "no"
+            raise ServerError(f"embed answer has {count} embeddings for {len(texts)} inputs")
+        for vector in vectors:
+            if not isinstance(vector, list) or not vector or not _numbers(vector):
+                raise ServerError(f"embed answer holds a vector that is not a list of numbers: {str(vector)[:80]}")
+        return answer
+
+    def _post_json(self, path: str, body: dict[str, Any], model: str) -> dict[str, Any]:
+        with _mapped(model, before_answer=True):
+            response = self._http.post(path, json=body)
+        return self._json_answer(response, model)
 
     def _post_chat(self, body: dict[str, Any]) -> dict[str, Any]:
         request = self._http.build_request("POST", "/api/chat", json=body)
@@ -326,18 +381,25 @@ class OllamaClient:
             response = self._http.get("/api/version", timeout=PROBE_TIMEOUT_S)
         return str(self._json_answer(response).get("version", "?"))
 
-    def has_model(self) -> bool:
-        """Whether ``GET /api/tags`` lists the configured model (``name`` or
-        ``name:latest``). Raises OllamaError when the server cannot answer."""
+    def has_model(self, name: str | None = None) -> bool:
+        """Whether ``GET /api/tags`` lists ``name`` (default the configured
+        model) as ``name`` or ``name:latest``. Raises OllamaError when the
+        server cannot answer."""
+        name = name or self.cfg.model
+        return bool({name, f"{name}:latest"} & set(self.models()))
+
+    def models(self) -> list[str]:
+        """The names ``GET /api/tags`` lists (Ollama API doc, "List Local
+        Models"), in the server's order. Raises OllamaError when the server
+        cannot answer."""
         with _mapped(self.cfg.model):
             response = self._http.get("/api/tags", timeout=PROBE_TIMEOUT_S)
-        wanted = {self.cfg.model, f"{self.cfg.model}:latest"}
-        models = self._json_answer(response).get("models") or []
-        return any(isinstance(m, dict) and (m.get("name") in wanted or m.get("model") in wanted) for m in models)
+        entries = self._json_answer(response).get("models") or []
+        return [str(m.get("name") or m.get("model")) for m in entries if isinstance(m, dict)]
 
-    def _json_answer(self, response: httpx.Response) -> dict[str, Any]:
+    def _json_answer(self, response: httpx.Response, model: str | None = None) -> dict[str, Any]:
         if response.status_code >= 400:
-            raise error_for_status(response, self.cfg.model)
+            raise error_for_status(response, model or self.cfg.model)
         try:
             answer = response.json()
         except ValueError as exc:
@@ -349,6 +411,11 @@ class OllamaClient:
     def close(self) -> None:
         """Close pooled connections."""
         self._http.close()
+
+
+def _numbers(values: list[Any]) -> bool:
+    """Whether ``values`` are all JSON numbers (ints or floats, not booleans); one C-level pass."""
+    return {type(x) for x in values} <= {int, float}
 
 
 def describe_body(body: dict[str, Any]) -> str:

@@ -2,9 +2,11 @@
 
 The schema is sent as Ollama's ``format`` (structured outputs, Ollama API doc
 "Chat request (Structured outputs)"), so a well-behaved model answers a JSON
-object with exactly these fields. The answer is still validated here: an
-empty, cut (``done_reason: "length"``), truncated-prompt or malformed answer is
-an :class:`InvalidAnswer` with a stable ``reason`` code and is never stored.
+object with exactly these fields, each bounded so the whole answer fits the
+answer cap (``enrich/answer_schema.py``). The answer is still validated here,
+against the same bounds: an empty, cut (``done_reason: "length"``),
+truncated-prompt, malformed or over-long answer is an :class:`InvalidAnswer`
+with a stable ``reason`` code and is never stored.
 """
 
 from __future__ import annotations
@@ -15,34 +17,29 @@ from typing import Any, Mapping
 
 from llmc_rag_service.models import Enrichment, budget_units
 from llmc_rag_service.config import HostConfig, OllamaConfig
+from llmc_rag_service.enrich.answer_schema import LIST_FIELDS, answer_schema, bounds, minimum_tokens
 from llmc_rag_service.enrich.ollama import OllamaClient
 
-LIST_FIELDS = ("inputs", "outputs", "side_effects", "pitfalls")
-
-#: JSON schema of an answer (sent as ``format``).
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "summary": {"type": "string"},
-        **{name: {"type": "array", "items": {"type": "string"}} for name in LIST_FIELDS},
-        "usage": {"type": "string"},
-    },
-    "required": ["summary", *LIST_FIELDS, "usage"],
-}
+#: Default cap on answer tokens (``options.num_predict``) when config sets none,
+#: for a context of at least twice that; a smaller ``num_ctx`` gets half of it.
+DEFAULT_NUM_PREDICT = 3072
+#: JSON schema of an answer under the default cap (sent as ``format``; see
+#: :func:`~llmc_rag_service.enrich.answer_schema.answer_schema` for other caps).
+SCHEMA: dict[str, Any] = answer_schema(DEFAULT_NUM_PREDICT)
 
 SYSTEM_PROMPT = (
     "You document source code for other programmers and for retrieval tools. "
     "Given one span of code, answer with a JSON object: summary (one or two sentences on what it does), "
     "inputs (parameters and data it reads), outputs (return values and data it produces), "
     "side_effects (I/O, mutation, global state), pitfalls (edge cases, misuse, bugs to watch for), "
-    "usage (a short example of calling or using it). Be factual; use empty lists where nothing applies."
+    "usage (a short example of calling or using it). Be factual and brief: every field has a length limit; "
+    "use empty lists where nothing applies."
 )
 
-#: Default cap on answer tokens (``options.num_predict``) when config sets none.
-DEFAULT_NUM_PREDICT = 1024
-#: The smallest answer cap worth sending; a prompt leaving less room in
-#: ``num_ctx`` is :class:`PromptTooLarge`.
-MIN_NUM_PREDICT = 256
+#: The smallest answer cap worth sending (the smallest bounded answer schema);
+#: a prompt leaving less room in ``num_ctx`` is :class:`PromptTooLarge`, and
+#: a configured ``num_predict`` below it is raised to it.
+MIN_NUM_PREDICT = minimum_tokens()
 #: A retried job may get up to this many times the configured answer cap (O9).
 MAX_NUM_PREDICT_FACTOR = 4
 #: Ollama's default context when ``options.num_ctx`` is not configured.
@@ -91,13 +88,13 @@ TEMPLATE_TOKENS_PER_MESSAGE = 10
 PROMPT_OVERHEAD_TOKENS = estimate_tokens(SYSTEM_PROMPT) + 150
 
 
-def estimate_prompt_tokens(messages: list[dict]) -> int:
+def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """High estimate of the tokens Ollama evaluates for ``messages`` of ASCII code
     (the truncation check's reference; see :func:`prompt_token_ceiling` for the room)."""
     return sum(estimate_tokens(str(m.get("content") or "")) + TEMPLATE_TOKENS_PER_MESSAGE for m in messages)
 
 
-def prompt_token_ceiling(messages: list[dict]) -> int:
+def prompt_token_ceiling(messages: list[dict[str, Any]]) -> int:
     """Tokens ``messages`` may take at most: as :func:`estimate_prompt_tokens`, but
     non-ASCII text counted by ``budget_units`` (a token per UTF-8 byte), so a
     prompt of CJK or emoji text is never planned past ``num_ctx``."""
@@ -107,15 +104,21 @@ def prompt_token_ceiling(messages: list[dict]) -> int:
 
 def chat_client(cfg: OllamaConfig, host: HostConfig | None = None, transport: Any = None) -> OllamaClient:
     """An :class:`~llmc_rag_service.enrich.ollama.OllamaClient` for enrichment
-    requests: the answer schema as ``format`` and :func:`effective_options`."""
-    return OllamaClient(cfg, host, transport, answer_format=SCHEMA, options=effective_options(cfg.options))
+    requests: :func:`effective_options` and, as ``format``, the answer schema
+    whose longest answer fits their ``num_predict``."""
+    options = effective_options(cfg.options)
+    return OllamaClient(cfg, host, transport, answer_format=answer_schema(int(options["num_predict"])),
+                        options=options)
 
 
 def effective_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The ``options`` object sent on every request: the configured options
-    plus a ``num_predict`` cap. Identical on every request, so the server never
+    plus a ``num_predict`` cap (default :data:`DEFAULT_NUM_PREDICT`, at most half
+    of ``num_ctx``; never below :data:`MIN_NUM_PREDICT`, under which no
+    bounded answer fits). Identical on every request, so the server never
     reloads the model for a changed load-time option (cases O7)."""
-    return {"num_predict": DEFAULT_NUM_PREDICT, **dict(options)}
+    default = min(DEFAULT_NUM_PREDICT, num_ctx_of(options) // 2)
+    return {**dict(options), "num_predict": max(MIN_NUM_PREDICT, int(options.get("num_predict", default)))}
 
 
 def num_ctx_of(options: Mapping[str, Any]) -> int:
@@ -133,7 +136,7 @@ def span_char_budget(options: Mapping[str, Any]) -> int:
     return max(400, int(tokens * CHARS_PER_TOKEN / NUMBERING_GROWTH))
 
 
-def plan_num_predict(messages: list[dict], options: Mapping[str, Any], attempt: int = 1) -> int:
+def plan_num_predict(messages: list[dict[str, Any]], options: Mapping[str, Any], attempt: int = 1) -> int:
     """The answer cap for one request: the configured ``num_predict``, doubled
     for each retry up to :data:`MAX_NUM_PREDICT_FACTOR` times (an answer cut
     by the cap, O9), never more than the room the prompt leaves in ``num_ctx``.
@@ -150,10 +153,11 @@ def plan_num_predict(messages: list[dict], options: Mapping[str, Any], attempt: 
         raise PromptTooLarge(f"prompt of ~{num_ctx_of(opts) - room} tokens leaves {room} of num_ctx "
                              f"{num_ctx_of(opts)} for the answer; raise ollama.options.num_ctx")
     factor = min(2 ** max(0, attempt - 1), MAX_NUM_PREDICT_FACTOR)
-    return min(int(opts["num_predict"]) * factor, room)
+    planned: int = min(int(opts["num_predict"]) * factor, room)
+    return planned
 
 
-def build_messages(*, path: str, language: str, kind: str, name: str, start_line: int, text: str) -> list[dict]:
+def build_messages(*, path: str, language: str, kind: str, name: str, start_line: int, text: str) -> list[dict[str, Any]]:
     """Chat messages for one span: path, language, kind and name, then the
     span's full text with its real line numbers."""
     lines = text.split("\n")
@@ -166,13 +170,15 @@ def build_messages(*, path: str, language: str, kind: str, name: str, start_line
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def parse_answer(answer: Mapping[str, Any], prompt_tokens_estimate: int | None = None) -> Enrichment:
+def parse_answer(answer: Mapping[str, Any], prompt_tokens_estimate: int | None = None,
+                 schema: Mapping[str, Any] | None = None) -> Enrichment:
     """Validate a ``/api/chat`` answer object into an :class:`Enrichment`.
 
     Args:
         answer: The final (``done: true``) response object.
         prompt_tokens_estimate: :func:`estimate_prompt_tokens`; when
             given, a much smaller ``prompt_eval_count`` is flagged (O10).
+        schema: The schema sent as ``format`` (default :data:`SCHEMA`): its bounds are enforced.
 
     Raises:
         InvalidAnswer: see the reason codes on the class.
@@ -192,14 +198,19 @@ def parse_answer(answer: Mapping[str, Any], prompt_tokens_estimate: int | None =
         data = json.loads(content)
     except json.JSONDecodeError as exc:
         raise InvalidAnswer("invalid_json", f"{exc.msg} at char {exc.pos}") from exc
-    return validate_fields(data)
+    return validate_fields(data, schema)
 
 
-def validate_fields(data: Any) -> Enrichment:
-    """Check the decoded JSON against :data:`SCHEMA` (strictly: right types,
-    non-empty summary). Raises :class:`InvalidAnswer` ``schema``."""
+def validate_fields(data: Any, schema: Mapping[str, Any] | None = None) -> Enrichment:
+    """Check the decoded JSON against ``schema`` (default :data:`SCHEMA`) strictly:
+    right types, non-empty summary, no other field, every bound (``maxLength``,
+    ``maxItems``). Raises :class:`InvalidAnswer` ``schema``."""
     if not isinstance(data, dict):
         raise InvalidAnswer("schema", f"expected an object, got {type(data).__name__}")
+    limits = bounds(dict(schema or SCHEMA))
+    extra = sorted(set(data) - set(limits))
+    if extra:
+        raise InvalidAnswer("schema", f"unknown fields {', '.join(map(str, extra))}")
     summary = data.get("summary")
     if not isinstance(summary, str) or not summary.strip():
         raise InvalidAnswer("schema", "summary missing or empty")
@@ -212,4 +223,15 @@ def validate_fields(data: Any) -> Enrichment:
     usage = data.get("usage")
     if not isinstance(usage, str):
         raise InvalidAnswer("schema", "usage must be a string")
+    _check_bounds({**lists, "summary": summary, "usage": usage}, limits)
     return Enrichment(summary=summary.strip(), usage=usage.strip(), **lists)
+
+
+def _check_bounds(fields: Mapping[str, Any], limits: Mapping[str, tuple[int, int | None]]) -> None:
+    for name, (max_chars, max_items) in limits.items():
+        value = fields[name]
+        if max_items is not None and len(value) > max_items:
+            raise InvalidAnswer("schema", f"{name} has {len(value)} items, more than {max_items}")
+        for text in value if max_items is not None else [value]:
+            if len(text) > max_chars:
+                raise InvalidAnswer("schema", f"{name} longer than {max_chars} characters")

@@ -22,26 +22,45 @@ The policy of each error kind is the ``policy`` of its class in ``ollama.py``:
   quarantine the host for a backoff, so a crash-looping server cannot burn
   every job's attempts while other hosts could do the work.
 * ``dead_letter`` (BadRequest; PromptTooLarge): failed at once, logging what was sent.
+
+With a :class:`~llmc_rag_service.enrich.gate.JobGate` (team mode), each job is
+admitted by it before anything is sent: a teammate's result is stored
+(``team_hit``), a job a teammate is enriching is put back for a while
+(``team_deferred``), every stored answer is handed to it to share, and a job
+that fails or goes back is handed back to it.
+
+A valid answer, and a teammate's result, goes through ``redact_answer`` (given
+by the pipeline: the secret redaction of ``index/redact.py``, which this package
+may not import) before it is stored: a secret-looking value the model wrote
+becomes a marker. If the redaction fails, the answer is not stored and the job
+goes back.
 """
 
 from __future__ import annotations
 
-import contextlib
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import structlog
 
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.enrich import ollama as ol
+from llmc_rag_service.enrich.gate import JobGate
 from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
                                          parse_answer, plan_num_predict)
-from llmc_rag_service.models import Job
+from llmc_rag_service.models import Enrichment, Job
 from llmc_rag_service.store.jobs import JobQueue, backoff_s
 from llmc_rag_service.store.db import Store
+from llmc_rag_service.store.secret_audit import count_answer_redactions
 
 log = structlog.get_logger(__name__)
+
+#: ``(enrichment, path, first_line) -> (enrichment with secret values replaced, how many)``;
+#: raises to keep the answer from being stored.
+AnswerRedactor = Callable[[Enrichment, str, int], tuple[Enrichment, int]]
 
 #: Seconds a request may run past its deadline before the watchdog health gate calls the worker hung.
 HANG_GRACE_S = 60.0
@@ -69,7 +88,7 @@ class Host:
     """One Ollama host as the workers see it.
 
     ``state``: ``ok``, ``unreachable``, ``model_missing`` or ``quarantined``;
-    ``retry_at``: ``time.monotonic()`` of the next probe; ``failures``: failed
+    ``retry_at``: ``clock()`` of the next probe; ``failures``: failed
     probes in a row; ``strikes``: failed attempts in a row; ``busy``: 503s in a row.
     """
 
@@ -82,6 +101,7 @@ class Host:
     busy: int = 0
     ok_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    clock: Clock = field(default=SYSTEM, repr=False)
 
     def __post_init__(self) -> None:
         self.ok_event.set()
@@ -92,7 +112,7 @@ class Host:
 
     def retry_in_s(self) -> float:
         """Seconds until the next probe (0 when due)."""
-        return max(0.0, self.retry_at - time.monotonic())
+        return max(0.0, self.retry_at - self.clock())
 
 
 class WorkerPool:
@@ -104,17 +124,25 @@ class WorkerPool:
             (or a single client); each brings ``concurrency`` threads.
         on_change: Called (no args, from a worker thread) after every job
             outcome or host state change, e.g. to refresh STATUS. Keep it cheap.
+        clock: Time of backoffs, probes, idle waits and the hang check
+            (joins on stop stay on real time).
+        gate: Asked before each job is sent (team mode), or None: send every job.
+        redact_answer: Applied to every valid answer before it is stored
+            (see :data:`AnswerRedactor`); None stores answers as they are.
     """
 
     def __init__(self, store: Store, queue: JobQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
-                 on_change: Callable[[], None] = lambda: None):
-        self.store, self.queue, self.on_change = store, queue, on_change
-        self.hosts = [Host(c) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
+                 on_change: Callable[[], None] = lambda: None, clock: Clock = SYSTEM, gate: JobGate | None = None,
+                 redact_answer: AnswerRedactor | None = None):
+        self.store, self.queue, self.on_change, self.clock, self.gate = store, queue, on_change, clock, gate
+        self.redact_answer = redact_answer
+        self.hosts = [Host(c, clock=clock) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started: dict[int, tuple[Host, float]] = {}  # thread ident -> (host, monotonic start)
         self._lock = threading.Lock()
+        self._stranded: list[tuple[Job, str]] = []  # claimed jobs the store could not take back yet
         self.done = self.failed = 0
 
     @property
@@ -182,7 +210,7 @@ class WorkerPool:
     def hung(self) -> str | None:
         """Health check for the watchdog: a reason if a request has run past its
         host's longest possible request plus :data:`HANG_GRACE_S`, else None."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             running = list(self._started.values())
         for host, started in running:
@@ -219,34 +247,78 @@ class WorkerPool:
 
     def _loop(self, host: Host) -> None:
         while not self.stopping.is_set():
-            if not host.ok_event.is_set():
-                self._maybe_probe(host)
-                continue
-            # Clear before looking: a notify_work() after this point either
-            # finds its job in the claim below or keeps the event set.
-            self.wake.clear()
-            job = self.queue.claim()
-            if job is None:
-                if self.stopping.is_set():
-                    break
-                due = self.queue.next_due_s()
-                self.wake.wait(IDLE_CLAIM_WAIT_S if due is None else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
-                continue
-            self.wake.set()  # there was work: let an idle worker look for more
             try:
-                self._process(host, job)
+                self._turn(host)
             except Exception as exc:
-                # E.g. the store locked by another process past busy_timeout:
-                # the job goes back (or stays running until recovered), and
-                # this thread lives on.
-                log.error("job_error", job=job.id, error=f"{type(exc).__name__}: {exc}", exc_info=True)
-                with contextlib.suppress(Exception):
-                    self.queue.release(job, backoff_s(job.attempts + 1), f"{type(exc).__name__}: {exc}")
-                self.stopping.wait(JOB_ERROR_PAUSE_S)
-            # The outcome may have put the job back (retry, release): idle
-            # workers, maybe of another host, re-read the queue's next due time.
-            self.wake.set()
-            self.on_change()
+                # One guard around the whole turn, the claim included: no
+                # error (the disk full, the state file replaced, the store
+                # locked past busy_timeout) can end a worker thread. A store
+                # fault pauses it (the daemon says so once, in log and STATUS).
+                fault = self.store.note_error(exc)
+                if fault is None:
+                    log.error("worker_error", host=host.url, error=f"{type(exc).__name__}: {exc}", exc_info=True)
+                else:
+                    log.debug("worker_paused", host=host.url, error=str(fault))
+                self.on_change()
+                self.clock.wait(self.stopping, JOB_ERROR_PAUSE_S)
+
+    def _turn(self, host: Host) -> None:
+        """One turn: probe a down host, or give back stranded jobs, claim one and process it."""
+        if not host.ok_event.is_set():
+            self._maybe_probe(host)
+            return
+        self._release_stranded()
+        # Clear before looking: a notify_work() after this point either
+        # finds its job in the claim below or keeps the event set.
+        self.wake.clear()
+        job = self.queue.claim()
+        if job is None:
+            if self.stopping.is_set():
+                return
+            due = self.queue.next_due_s()
+            self.clock.wait(self.wake, IDLE_CLAIM_WAIT_S if due is None
+                            else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
+            return
+        self.wake.set()  # there was work: let an idle worker look for more
+        try:
+            self._process(host, job)
+        except Exception as exc:
+            # E.g. the store locked by another process past busy_timeout, or
+            # full: the job goes back (later, if the store cannot take even
+            # that now), and this thread lives on.
+            fault = self.store.note_error(exc)
+            (log.warning if fault else log.error)(
+                "job_error", job=job.id, error=str(fault) if fault else f"{type(exc).__name__}: {exc}",
+                exc_info=fault is None)
+            self._put_back(job, f"{type(exc).__name__}: {exc}")
+            self.clock.wait(self.stopping, JOB_ERROR_PAUSE_S)
+        # The outcome may have put the job back (retry, release): idle
+        # workers, maybe of another host, re-read the queue's next due time.
+        self.wake.set()
+        self.on_change()
+
+    def _put_back(self, job: Job, error: str) -> None:
+        """Release a job after an unexpected error; if the store cannot take
+        that either, keep it to release on a later turn."""
+        try:
+            self.queue.release(job, backoff_s(job.attempts + 1), error)
+        except Exception:
+            with self._lock:
+                self._stranded.append((job, error))
+
+    def _release_stranded(self) -> None:
+        """Release the jobs :meth:`_put_back` could not (raises while the store still cannot)."""
+        while True:
+            with self._lock:
+                if not self._stranded:
+                    return
+                job, error = self._stranded.pop()
+            try:
+                self.queue.release(job, 0.0, error)
+            except Exception:
+                with self._lock:
+                    self._stranded.append((job, error))
+                raise
 
     def _process(self, host: Host, job: Job) -> None:
         row = self.store.span_text(job.span_hash)
@@ -255,27 +327,39 @@ class WorkerPool:
             return
         fields = dict(repo=row["repo"], path=row["path"], span=row["name"], job=job.id,
                       attempt=job.attempts + 1, host=host.url)
+        if self.gate is not None and not self._admitted(self.gate, job, fields, row):
+            return
         messages = build_messages(path=row["path"], language=row["language"], kind=row["kind"],
                                   name=row["name"], start_line=row["start_line"], text=row["text"])
-        started = time.monotonic()
+        started = self.clock()
         with self._lock:
             self._started[threading.get_ident()] = (host, started)
         num_predict = None
         try:
             num_predict = plan_num_predict(messages, host.client.options, job.attempts + 1)
             answer = host.client.chat(messages, num_predict)
-            enrichment = parse_answer(answer, estimate_prompt_tokens(messages))
+            enrichment = parse_answer(answer, estimate_prompt_tokens(messages), host.client.answer_format)
         except PromptTooLarge as exc:
+            self._abandon(job)
             return self._dead(job, fields, f"prompt_too_large: {exc}", reason="prompt_too_large")
         except InvalidAnswer as exc:
-            return self._retry(job, fields, f"InvalidAnswer: {exc}", time.monotonic() - started)
+            self._abandon(job)
+            return self._retry(job, fields, f"InvalidAnswer: {exc}", self.clock() - started)
         except ol.OllamaError as exc:
-            return self._on_error(host, job, fields, exc, num_predict, time.monotonic() - started)
+            self._abandon(job)
+            return self._on_error(host, job, fields, exc, num_predict, self.clock() - started)
         finally:
             with self._lock:
                 self._started.pop(threading.get_ident(), None)
-        duration = time.monotonic() - started
+        duration = self.clock() - started
+        try:
+            enrichment = self._redacted(enrichment, row)
+        except Exception:
+            self._abandon(job)  # not stored: the job goes back (see _turn)
+            raise
         self.queue.complete(job, enrichment, duration)
+        if self.gate is not None:
+            self.gate.succeeded(job, enrichment)
         host.strikes = host.busy = 0
         self._host_ok(host)
         with self._lock:
@@ -283,7 +367,37 @@ class WorkerPool:
         log.info("job_done", **fields, duration_s=round(duration, 3), eval_count=answer.get("eval_count"),
                  prompt_eval_count=answer.get("prompt_eval_count"))
 
-    def _on_error(self, host: Host, job: Job, fields: dict, exc: ol.OllamaError, num_predict: int | None,
+    def _redacted(self, enrichment: Enrichment, row: sqlite3.Row) -> Enrichment:
+        """A model answer for the span of ``row`` with its secret values redacted
+        (``redact_answer``), the count kept for the audit in ``status --json``."""
+        if self.redact_answer is None:
+            return enrichment
+        enrichment, redacted = self.redact_answer(enrichment, row["path"], row["start_line"])
+        if redacted:
+            count_answer_redactions(self.store, redacted)
+        return enrichment
+
+    def _admitted(self, gate: JobGate, job: Job, fields: dict[str, Any], row: sqlite3.Row) -> bool:
+        """Ask the gate about ``job``: True to send it; else the job was
+        completed with a teammate's result (redacted like any answer: a teammate
+        may run an older version) or put back while a teammate works on it."""
+        admission = gate.admit(job)
+        about = {k: v for k, v in fields.items() if k not in ("host", "attempt")}
+        if admission.action == "hit" and admission.enrichment is not None:
+            self.queue.complete(job, self._redacted(admission.enrichment, row), None)
+            log.info("team_hit", **about, span_hash=job.span_hash)
+            return False
+        if admission.action == "defer":
+            self.queue.release(job, admission.delay_s)
+            log.info("team_deferred", **about, span_hash=job.span_hash, wait_s=round(admission.delay_s, 1))
+            return False
+        return True
+
+    def _abandon(self, job: Job) -> None:
+        if self.gate is not None:
+            self.gate.abandoned(job)
+
+    def _on_error(self, host: Host, job: Job, fields: dict[str, Any], exc: ol.OllamaError, num_predict: int | None,
                   duration: float) -> None:
         """Apply the error's policy (see the module docstring)."""
         if exc.policy == "pause":
@@ -310,14 +424,14 @@ class WorkerPool:
             if quarantine:
                 self._host_down(host, "quarantined", f"{host.strikes} failures in a row, last: {exc}")
 
-    def _retry(self, job: Job, fields: dict, error: str, duration: float) -> None:
+    def _retry(self, job: Job, fields: dict[str, Any], error: str, duration: float) -> None:
         if self.queue.retry(job, error):
             self._count_failed()
             log.error("job_failed", **fields, error=error, duration_s=round(duration, 3), reason="max_attempts")
         else:
             log.warning("job_retry", **fields, error=error, duration_s=round(duration, 3))
 
-    def _dead(self, job: Job, fields: dict, error: str, reason: str, **extra) -> None:
+    def _dead(self, job: Job, fields: dict[str, Any], error: str, reason: str, **extra: Any) -> None:
         self.queue.fail(job, error)
         self._count_failed()
         log.error("job_failed", **fields, error=error, reason=reason, **extra)
@@ -333,7 +447,7 @@ class WorkerPool:
             if host.ok_event.is_set() or changed:
                 host.state, host.error = state, error
                 attempt = host.failures + 1 if state != "quarantined" else host.strikes - QUARANTINE_AFTER + 1
-                host.retry_at = time.monotonic() + backoff_s(attempt, PROBE_BASE_S, PROBE_MAX_S)
+                host.retry_at = self.clock() + backoff_s(attempt, PROBE_BASE_S, PROBE_MAX_S)
                 host.ok_event.clear()
         if not changed:
             return
@@ -359,7 +473,7 @@ class WorkerPool:
         """One probe at a time per host, at ``retry_at``; its other threads just wait."""
         wait = host.retry_in_s()
         if wait > 0 or not host.lock.acquire(blocking=False):
-            host.ok_event.wait(min(max(wait, 0.05), IDLE_WAIT_S))
+            self.clock.wait(host.ok_event, min(max(wait, 0.05), IDLE_WAIT_S))
             return
         healthy: bool | None = None
         try:
@@ -369,7 +483,7 @@ class WorkerPool:
             if not healthy:
                 host.failures += 1
                 host.error = error
-                host.retry_at = time.monotonic() + backoff_s(host.failures + 1, PROBE_BASE_S, PROBE_MAX_S)
+                host.retry_at = self.clock() + backoff_s(host.failures + 1, PROBE_BASE_S, PROBE_MAX_S)
                 log.debug("ollama_probe_failed", url=host.url, error=error, retry_in_s=round(host.retry_in_s(), 1))
         finally:
             host.lock.release()

@@ -10,8 +10,9 @@ A path (POSIX, relative to the repo root) is ignored when any of these holds:
    ``.gitignore`` applies to its subtree with its own anchoring, deeper files
    override shallower ones, the last matching line of a file wins, then
    ``.git/info/exclude``;
-4. it is a secret file (:func:`is_secret`) or an editor temp (:func:`is_editor_temp`);
-   these two are decided by name first, so no ``.gitignore`` negation un-ignores them.
+4. it is a secret file by name (:func:`is_secret`, kinds in ``secret_files.py``) or an
+   editor temp (:func:`is_editor_temp`); these two are decided by name first,
+   so no ``.gitignore`` negation un-ignores them.
 
 Matching uses ``pathspec.GitIgnoreSpec`` (git's wildmatch semantics).
 """
@@ -23,11 +24,12 @@ import re
 import stat
 import threading
 from collections.abc import Iterator, Sequence
-import fnmatch
 from pathlib import Path
 
 import structlog
 from pathspec import GitIgnoreSpec
+
+from llmc_rag_service.index.secret_files import secret_file_kind
 
 log = structlog.get_logger(__name__)
 
@@ -47,17 +49,6 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     ".idea/", ".vscode/", ".vs/",
     # Compiled objects and bytecode: binary, never worth a span.
     "*.pyc", "*.pyo", "*.o", "*.so", "*.a", "*.class", "*.dll", "*.exe",
-)
-
-SECRET_PATTERNS: tuple[str, ...] = (
-    # dotenv files, including .env.local / .env.production (templates too: better safe).
-    ".env", ".env.*", "*.env",
-    # TLS / SSH private keys and key stores.
-    "*.pem", "*.key", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
-    "*.p12", "*.pfx", "*.keystore", "*.jks",
-    # Credential files of cloud CLIs, git, package registries and databases.
-    "credentials", "credentials.*", ".git-credentials", ".netrc", ".pgpass",
-    ".npmrc", ".pypirc", ".htpasswd", "*.kdbx",
 )
 
 # One regex per editor/tool convention, matched against the basename.
@@ -87,15 +78,14 @@ def _basename(relpath: str) -> str:
     return relpath.rstrip("/").rpartition("/")[2]
 
 
-_SECRET_RE = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in SECRET_PATTERNS))
 
 
 def is_secret(relpath: str) -> bool:
-    """True if the file's basename matches :data:`SECRET_PATTERNS` (case-insensitive).
+    """True if the file is a secret file by its name (see ``secret_files.SECRET_FILES``).
 
     Secret files are never read, whatever ``.gitignore`` says.
     """
-    return _SECRET_RE.match(_basename(relpath).lower()) is not None
+    return secret_file_kind(relpath) is not None
 
 
 def is_editor_temp(relpath: str) -> bool:
@@ -122,7 +112,7 @@ def _normalize(relpath: str) -> str:
     return "/".join(parts)
 
 
-def _one_regex(spec: GitIgnoreSpec) -> re.Pattern | None:
+def _one_regex(spec: GitIgnoreSpec) -> re.Pattern[str] | None:
     """All of ``spec``'s patterns as one regex (one search per path instead of one
     per pattern: 40-odd default excludes), or None when a negation makes their
     order matter. Built from pathspec's own per-pattern regexes, so the matching
@@ -130,7 +120,8 @@ def _one_regex(spec: GitIgnoreSpec) -> re.Pattern | None:
     patterns = [p for p in spec.patterns if p.include is not None]
     if any(not p.include for p in patterns) or not all(hasattr(p, "regex") for p in patterns):
         return None
-    return re.compile("|".join(f"(?:{p.regex.pattern.replace('(?P<ps_d>', '(?:')})" for p in patterns))
+    return re.compile("|".join(f"(?:{p.regex.pattern.replace('(?P<ps_d>', '(?:')})"  # type: ignore[union-attr]
+                               for p in patterns))
 
 
 class RepoIgnore:
@@ -250,20 +241,22 @@ class RepoIgnore:
             self._specs[key] = spec
         return spec
 
-    def walk(self, under: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    def walk(self, under: str = "", secrets: list[str] | None = None) -> Iterator[tuple[str, os.stat_result]]:
         """Yield ``(relpath, lstat)`` for every indexed regular file, sorted by relpath.
 
         ``under`` (a dir relpath, default the root) limits the walk to that subtree;
         relpaths stay relative to the root. Never follows symlinks; ignored directories
         are pruned without being read; entries that vanish or cannot be read during
-        the walk are skipped (debug log).
+        the walk are skipped (debug log). ``secrets``, if given, gets the relpath of
+        every secret file by name met in a directory walked (never opened), for the
+        audit in ``status --json``.
         """
         start = _normalize(under)
         if start and (self.is_ignored(start, is_dir=True) or (self.root / start).is_symlink()):
             return
-        yield from self._walk_dir(start)
+        yield from self._walk_dir(start, secrets)
 
-    def _walk_dir(self, rel_dir: str) -> Iterator[tuple[str, os.stat_result]]:
+    def _walk_dir(self, rel_dir: str, secrets: list[str] | None) -> Iterator[tuple[str, os.stat_result]]:
         # An explicit stack, not recursion: a tree 1,000+ directories deep must
         # not hit Python's recursion limit. Sorting dirs as 'name/' and pushing
         # in reverse keeps the depth-first order equal to the relpath order.
@@ -280,9 +273,11 @@ class RepoIgnore:
                 child = f"{rel}/{entry.name}" if rel else entry.name
                 if not self.is_ignored(child, is_dir=child_is_dir):
                     children.append((entry.name + "/" if child_is_dir else entry.name, child, child_is_dir))
+                elif secrets is not None and not child_is_dir and is_secret(child):
+                    secrets.append(child)
             stack.extend((child, child_is_dir) for _, child, child_is_dir in sorted(children, reverse=True))
 
-    def _entries(self, rel_dir: str) -> list[tuple[os.DirEntry, bool]]:
+    def _entries(self, rel_dir: str) -> list[tuple[os.DirEntry[str], bool]]:
         """The entries of a directory with their is-dir flag (no symlink followed)."""
         path = self.root / rel_dir if rel_dir else self.root
         try:

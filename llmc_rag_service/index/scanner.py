@@ -14,6 +14,12 @@ its content hash changed. A file's new spans replace its old ones in one
 transaction with the jobs they need (several files share a transaction, see
 ``writes.py``), so a crash leaves either the old or the new state. Jobs for
 spans that are in no file any more are cancelled.
+
+Secrets: a secret file by name is never opened (``ignore.py``); a config-format
+file whose head says it holds credentials (``secret_files.is_secret_content``)
+is stored as skipped (``secret``) with no span; in every other file the secret
+values are replaced by ``<redacted:KIND>`` in the decoded text before it is cut
+(``redact.py``), so no span text, hash, prompt or answer ever holds one.
 """
 
 from __future__ import annotations
@@ -24,15 +30,19 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import structlog
 
 from llmc_rag_service.index import spans as spans_mod
 from llmc_rag_service.index.ignore import RepoIgnore
+from llmc_rag_service.index.redact import Redactor
+from llmc_rag_service.index.secret_files import HEAD_BYTES, is_secret_content
 from llmc_rag_service.index.writes import FileWrite, FileWrites, Flushed
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue
+from llmc_rag_service.models import Span
 from llmc_rag_service.store.db import FileRecord, Store
+from llmc_rag_service.store.secret_audit import set_secret_files
 
 log = structlog.get_logger(__name__)
 
@@ -53,15 +63,18 @@ def root_identity(path: Path | str) -> RootId | None:
 @dataclass
 class ScanResult:
     """What a scan did: counts of files ``seen``, re-split (``changed``),
-    ``deleted``, ``skipped`` (binary, too large, undecodable, unreadable) and
-    ``jobs`` created; ``failed`` paths whose step raised (to retry);
-    ``duration_s`` wall seconds."""
+    ``deleted``, ``skipped`` (binary, too large, undecodable, unreadable, secret
+    by content) and ``jobs`` created; ``secret_files`` secret files by name passed
+    by (never read); ``redacted`` secret values replaced in the files re-split;
+    ``failed`` paths whose step raised (to retry); ``duration_s`` wall seconds."""
 
     seen: int = 0
     changed: int = 0
     deleted: int = 0
     skipped: int = 0
     jobs: int = 0
+    secret_files: int = 0
+    redacted: int = 0
     duration_s: float = 0.0
     failed: list[str] = field(default_factory=list)
 
@@ -76,11 +89,14 @@ class Scanner:
         exclude: Extra gitignore-style patterns (``repos[].exclude``).
         max_file_bytes: Larger files are skipped (``watch.max_file_bytes``).
         max_span_chars: Spans longer than this are split (the prompt budget).
+        redactor: Replaces secret values (``secrets.allow`` applied; shared
+            across scanners for its cache); default: one with no allow list.
     """
 
     def __init__(self, store: Store, queue: JobQueue, root: Path, exclude: Iterable[str] = (), *,
-                 max_file_bytes: int = 1_048_576, max_span_chars: int = 12_000):
+                 max_file_bytes: int = 1_048_576, max_span_chars: int = 12_000, redactor: Redactor | None = None):
         self.store, self.queue, self.root = store, queue, Path(root)
+        self.redactor = redactor or Redactor()
         self.ignore = RepoIgnore(self.root, tuple(exclude))
         self.max_file_bytes, self.max_span_chars = max_file_bytes, max_span_chars
         self.repo_id = store.repo_id(self.root)
@@ -103,10 +119,11 @@ class Scanner:
             log.error("repo_missing", repo=str(self.root))
             return result
         stored = self.store.files(self.repo_id)
-        present = set()
+        present: set[str] = set()
+        secrets: list[str] = []
         outer, self._result = self._result, result
         try:
-            for relpath, st in self.ignore.walk():
+            for relpath, st in self.ignore.walk(secrets=secrets):
                 present.add(relpath)
                 self._guarded(self._update, relpath, result, st, stored.get(relpath), priority, result)
                 if between is not None:
@@ -119,9 +136,12 @@ class Scanner:
             # Spans of unchanged files may still lack an enrichment for the
             # configured model (the model or prompt changed, jobs were lost).
             result.jobs += self.queue.enqueue_missing(tx)
+            set_secret_files(tx, self.repo_id, len(secrets))
+        result.secret_files = len(secrets)
         result.duration_s = time.monotonic() - started
         log.info("scan_done", repo=str(self.root), files=result.seen, changed=result.changed,
                  deleted=result.deleted, skipped=result.skipped, jobs=result.jobs,
+                 secret_files=result.secret_files, redacted=result.redacted,
                  duration_s=round(result.duration_s, 3), cpu_s=round(time.thread_time() - cpu_started, 3))
         return result
 
@@ -180,13 +200,16 @@ class Scanner:
             return [], sorted(live + bulk)
         return live, bulk
 
-    def _guarded(self, step: Callable[..., None], relpath: str, result: ScanResult, *args) -> None:
+    def _guarded(self, step: Callable[..., None], relpath: str, result: ScanResult, *args: Any) -> None:
         """Run one file's step; a failure is logged with the file, noted in
         ``result.failed`` for a retry, and the scan goes on (one bad file must
-        never stop the others)."""
+        never stop the others). A store fault (disk full, state file
+        replaced…) ends the scan instead: raised as its ``StoreUnusable``."""
         try:
             step(relpath, *args)
         except Exception as exc:
+            if self.store.note_error(exc) is not None:
+                raise  # the store's fault, not the file's: every other file would fail too
             result.failed.append(relpath)
             log.exception("file_failed", repo=str(self.root), path=relpath, error=str(exc))
 
@@ -218,8 +241,8 @@ class Scanner:
     def _update(self, relpath: str, st: os.stat_result, old: FileRecord | None, priority: int,
                 result: ScanResult) -> None:
         result.seen += 1
-        if old and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
-            return
+        if old and old.content_hash and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
+            return  # unchanged (an empty hash asks for a new read: see store/db.py)
         try:
             data = self._read(relpath)
         except OSError as exc:
@@ -248,10 +271,11 @@ class Scanner:
     def _index(self, relpath: str, st: os.stat_result, data: bytes, content_hash: str, priority: int,
                result: ScanResult) -> None:
         language = spans_mod.language_for(relpath)
-        skipped, spans = None, []
+        skipped: str | None = None
+        spans: list[Span] = []
+        redacted = 0
         try:
-            spans = spans_mod.split_file(relpath, data, max_file_bytes=self.max_file_bytes,
-                                         max_span_chars=self.max_span_chars)
+            spans, redacted = self._split(relpath, data)
         except spans_mod.SkipFile as exc:
             skipped = exc.reason
             result.skipped += 1
@@ -260,7 +284,31 @@ class Scanner:
                 else exc.detail or None
             log.info("file_skipped", repo=str(self.root), path=relpath, reason=exc.reason,
                      size=st.st_size, detail=detail)
-        self._count(self.writes.add(FileWrite(relpath, st, content_hash, language, skipped, spans, priority)))
+        if skipped == "secret":
+            content_hash = "secret"  # not even a hash of a credential file is kept
+        result.redacted += redacted
+        self._count(self.writes.add(FileWrite(relpath, st, content_hash, language, skipped, spans, priority,
+                                              redacted)))
+
+    def _split(self, relpath: str, data: bytes) -> tuple[list[Span], int]:
+        """(spans, secret values redacted) of a file's bytes. Raises SkipFile, also
+        ``secret`` for a credential file by content (judged from its first
+        HEAD_BYTES), and RedactionError when the secret scanner fails (the file
+        is then retried, never stored unredacted)."""
+        why = is_secret_content(relpath, data[:HEAD_BYTES])
+        if why is not None:
+            raise spans_mod.SkipFile("secret", why)
+        found = 0
+
+        def redact(text: str) -> str:
+            nonlocal found
+            done = self.redactor.redact(text, path=relpath, repo=str(self.root))
+            found = len(done.findings)
+            return done.text
+
+        spans = spans_mod.split_file(relpath, data, max_file_bytes=self.max_file_bytes,
+                                     max_span_chars=self.max_span_chars, redact=redact)
+        return spans, found
 
     def _delete(self, relpaths: list[str], result: ScanResult) -> None:
         if not relpaths:

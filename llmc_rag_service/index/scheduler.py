@@ -44,13 +44,22 @@ LIVE_MAX_PATHS = 64
 class ScanWork(Protocol):
     """What :meth:`ScanScheduler.put` takes: ``kind`` "full" or "paths", the
     repo root, the relative paths of a "paths" item, and the root's (st_dev,
-    st_ino) when they were seen (None: not checked)."""
+    st_ino) when they were seen (None: not checked); read-only."""
 
-    kind: str
-    repo: Path
-    paths: frozenset[str]
-    root_id: RootId | None
-    burst: bool
+    @property
+    def kind(self) -> str: ...
+    @property
+    def repo(self) -> Path: ...
+    @property
+    def paths(self) -> frozenset[str]: ...
+    @property
+    def root_id(self) -> RootId | None: ...
+    @property
+    def burst(self) -> bool: ...
+
+
+#: An intake item: (kind, repo, paths of a "paths" item, root identity, burst), or None to stop.
+_Item = tuple[str, Path, set[str] | None, "RootId | None", bool]
 
 
 class _Stop(Exception):
@@ -74,9 +83,9 @@ class ScanScheduler(threading.Thread):
                  on_change: Callable[[], None] = lambda: None):
         super().__init__(name="scan-scheduler", daemon=True)
         self.scanner_of, self.on_jobs, self.on_change = scanner_of, on_jobs, on_change
-        self.items: stdqueue.Queue = stdqueue.Queue()
+        self.items: stdqueue.Queue[_Item | None] = stdqueue.Queue()
         self.busy: str | None = None
-        self._deferred: collections.deque[tuple] = collections.deque()  # bulk items waiting
+        self._deferred: collections.deque[_Item] = collections.deque()  # bulk items waiting
         self._bulk: Scanner | None = None  # the scanner doing bulk work, whose writes are pending
 
     def run(self) -> None:
@@ -92,7 +101,7 @@ class ScanScheduler(threading.Thread):
         except _Stop:
             return
 
-    def _next(self) -> tuple | None:
+    def _next(self) -> _Item | None:
         """The next item: waiting path batches first, then deferred full scans."""
         if not self._deferred:
             return self.items.get()
@@ -123,7 +132,7 @@ class ScanScheduler(threading.Thread):
     def _live_work(self, scanner: Scanner, repo: Path, paths: list[str], burst: bool) -> None:
         """A few saves, indexed at once; during a burst, files new to the store are not
         saves (the tail of an extraction) and queue behind them."""
-        self._guard(repo, "paths", lambda: scanner.process_paths(
+        self._guard(scanner, repo, "paths", paths, lambda: scanner.process_paths(
             paths, PRIORITY_LIVE, new_priority=PRIORITY_BACKFILL if burst else None), "live")
 
     def _bulk_work(self, scanner: Scanner, repo: Path, kind: str, paths: list[str] | None) -> None:
@@ -143,14 +152,15 @@ class ScanScheduler(threading.Thread):
             return result
 
         try:
-            self._guard(repo, kind, work, kind)
+            self._guard(scanner, repo, kind, paths, work, kind)
         finally:
             self.busy, self._bulk = None, None
             self.on_change()
 
-    def _guard(self, repo: Path, kind: str, work: Callable, trigger: str) -> None:
+    def _guard(self, scanner: Scanner, repo: Path, kind: str, paths: list[str] | None, work: Callable,
+               trigger: str) -> None:
         """Run one scan: queued jobs wake the workers; failed paths are retried later;
-        an error is logged and never ends the thread."""
+        a store fault pauses it (retried), any other error is logged; none ends the thread."""
         try:
             result = work()
             if result.jobs:
@@ -159,13 +169,27 @@ class ScanScheduler(threading.Thread):
             if result.failed:
                 # E.g. the store was locked by another process: try these
                 # paths again later instead of losing the save until reconcile.
-                retry = threading.Timer(FAILED_RETRY_S, self.put_paths, (repo, set(result.failed)))
-                retry.daemon = True
-                retry.start()
+                self._retry_later("paths", repo, set(result.failed))
         except _Stop:
             raise
-        except Exception:
-            log.exception("scan_failed", repo=str(repo), kind=kind)
+        except Exception as exc:
+            fault = scanner.store.note_error(exc)
+            if fault is None:
+                log.exception("scan_failed", repo=str(repo), kind=kind)
+            else:
+                # The daemon says the fault once; the scan is redone when it may work again.
+                log.warning("scan_paused", repo=str(repo), kind=kind, error=str(fault))
+                if fault.pauses:
+                    self._retry_later(kind, repo, paths)
+
+    def _retry_later(self, kind: str, repo: Path, paths: set[str] | None) -> None:
+        """Queue the item again after :data:`FAILED_RETRY_S` seconds."""
+        if kind == "full":
+            retry = threading.Timer(FAILED_RETRY_S, self.put_full, (repo,))
+        else:
+            retry = threading.Timer(FAILED_RETRY_S, self.put_paths, (repo, set(paths or ())))
+        retry.daemon = True
+        retry.start()
 
     def _serve_live(self) -> None:
         """Called between the files of bulk work: index the saves that arrived, defer

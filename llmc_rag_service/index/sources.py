@@ -16,7 +16,8 @@ class SkipFile(Exception):
     """File is not indexed.
 
     Attributes:
-        reason: ``binary``, ``too_large`` or ``decode_error``.
+        reason: ``binary``, ``too_large``, ``decode_error``, or ``secret`` (a
+            credential file by content, see ``secret_files.is_secret_content``).
         detail: Human text (offsets, sizes, codec).
     """
 

@@ -1,6 +1,6 @@
 """File -> spans: decode a source file and cut it into units of enrichment work.
 
-Shapes: ``split_file(relpath, bytes) -> list[Span]`` (see ``models.Span``); line
+Shapes: ``split_file(relpath, bytes, redact=) -> list[Span]`` (see ``models.Span``); line
 numbers are 1-based inclusive in the *normalised* text (BOM dropped, CRLF and
 lone CR turned into LF, so the line count never changes).
 
@@ -21,6 +21,13 @@ pinned in pyproject.toml; one role table serves every language):
 - The remaining top-level lines become ``block`` spans, one per gap between
   definitions, trimmed of blank edge lines; gaps without a letter or digit
   (blank, or just ``}``) are dropped.
+- A tiny block (at most :data:`TINY_BLOCK_LINES` non-blank lines: an import,
+  a one-line comment, ``x = 1``) is not worth an LLM request of its own: it
+  joins the top-level definition right after it (with the blank lines
+  between), or, at the end of a file, the one right before it. Its lines
+  belong to that one span only, so editing a function still re-enriches that
+  function's span alone (with the tiny block it carries, if any); a file with
+  no definition keeps its block.
 - A top-level node with a syntax error becomes an ``error`` span (its full
   text, still enriched as text); broken nodes at most 3 rows apart share one.
   Definitions swallowed by a broken node are recovered by re-parsing the rest
@@ -40,6 +47,7 @@ one per language per thread (tree-sitter parsers are not thread-safe;
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import structlog
 
@@ -123,8 +131,12 @@ def _parsed_items(lines: list[str], language: str) -> list[_Item]:
     claimed = [False] * len(lines)
     for found in defs:
         claimed[found.first_row:found.last_row + 1] = [True] * (found.last_row + 1 - found.first_row)
-    items = _block_items(lines, claimed)
-    for found in defs + recovered:
+    per_def = [_def_items(found, lines) for found in defs]
+    blocks, heads = _attach_tiny_blocks(_block_items(lines, claimed), [d[0] for d in per_def], lines)
+    items = blocks
+    for head, found_items in zip(heads, per_def):
+        items += [head] + found_items[1:]
+    for found in recovered:
         items += _def_items(found, lines)
     return items
 
@@ -143,6 +155,29 @@ def _cut(text: str, max_units: int) -> list[str]:
         size += units
     pieces.append(text[start:])
     return pieces
+
+
+#: A module-level block of at most this many non-blank lines joins a definition next to it.
+TINY_BLOCK_LINES = 2
+
+
+def _attach_tiny_blocks(blocks: list[_Item], heads: list[_Item], lines: list[str]) -> tuple[list[_Item], list[_Item]]:
+    """(blocks kept, top-level definition items in line order with tiny blocks joined; see the module docstring)."""
+    kept, heads = [], list(heads)
+    for block in blocks:
+        first, last = block[2][0].first_row, block[2][-1].last_row
+        if not heads or sum(1 for line in lines[first:last + 1] if line.strip()) > TINY_BLOCK_LINES:
+            kept.append(block)
+            continue
+        # A block is a whole gap between definitions: only blank lines separate it from either.
+        after = next((i for i, head in enumerate(heads) if head[2][0].first_row > last), None)
+        if after is not None:
+            kind, name, pieces = heads[after]
+            heads[after] = (kind, name, block[2] + _rows(lines, last + 1, pieces[0].first_row - 1) + pieces)
+        else:
+            kind, name, pieces = heads[-1]
+            heads[-1] = (kind, name, pieces + _rows(lines, pieces[-1].last_row + 1, first - 1) + block[2])
+    return kept, heads
 
 
 def _pack(pieces: list[Piece], max_units: int) -> list[list[Piece]]:
@@ -212,11 +247,17 @@ def split_source(
 
 
 def split_file(
-    relpath: str, data: bytes, *, max_file_bytes: int, max_span_chars: int = 12000
+    relpath: str, data: bytes, *, max_file_bytes: int, max_span_chars: int = 12000,
+    redact: Callable[[str], str] | None = None,
 ) -> list[Span]:
     """File bytes -> spans; the language comes from ``relpath`` (see :func:`language_for`),
     except that a ``.h`` file whose text looks like C++ (class, namespace,
     template, ``std::``, access labels) is split as cpp.
+
+    ``redact`` (the scanner's secret redaction, ``index/redact.py``) is applied to
+    the whole decoded text before it is cut: no span, part or hash ever holds a
+    secret value, and a key block split over parts is still found whole. It
+    must keep the line count (markers are followed by the lines they replace).
 
     Raises SkipFile("too_large") when ``len(data) > max_file_bytes`` (bytes),
     else SkipFile("binary") / SkipFile("decode_error") from :func:`decode_source`.
@@ -227,4 +268,6 @@ def split_file(
     text = decode_source(data, language)
     if relpath.lower().endswith(".h") and looks_like_cpp(text):
         language = "cpp"
+    if redact is not None:
+        text = redact(text)
     return split_source(text, language, max_span_chars=max_span_chars)

@@ -45,7 +45,8 @@ def _parser_for(language: str) -> Parser:
                 module, attr = GRAMMARS[language]
                 _languages[language] = Language(getattr(importlib.import_module(module), attr)())
             parsers[language] = Parser(_languages[language])
-    return parsers[language]
+    parser: Parser = parsers[language]
+    return parser
 
 
 # ------------------------------------------------------------- node roles
@@ -153,7 +154,7 @@ def _declarator_name(node: Node) -> str | None:
     current = node.child_by_field_name("declarator")
     while current is not None and current.type not in _NAME_LEAVES:
         nxt = current.child_by_field_name("declarator")
-        current = nxt if nxt is not None else (current.named_children or [None])[-1]
+        current = nxt if nxt is not None else (current.named_children[-1] if current.named_children else None)
     return _text(current).replace("::", ".") if current is not None else None
 
 
@@ -161,7 +162,7 @@ def _base_type(node: Node | None) -> str:
     """``*T``, ``T[K]``, ``Vec<T>`` -> the bare type name."""
     while node is not None and node.type in ("pointer_type", "generic_type", "reference_type"):
         inner = node.child_by_field_name("type")
-        node = inner if inner is not None else (node.named_children or [None])[-1]
+        node = inner if inner is not None else (node.named_children[-1] if node.named_children else None)
     return _text(node)
 
 
@@ -175,8 +176,9 @@ def _name_of(node: Node, outer: Node) -> tuple[str | None, str | None]:
     if node.type == "type_declaration":  # Go: type T ... / type ( A ...; B ... )
         names = [_text(c.child_by_field_name("name")) for c in node.named_children]
         return ", ".join(n for n in names if n) or None, None
-    if node.type == "method_declaration" and node.child_by_field_name("receiver"):
-        receiver = node.child_by_field_name("receiver").named_children  # Go: func (r *T) M()
+    receiver_node = node.child_by_field_name("receiver") if node.type == "method_declaration" else None
+    if receiver_node:
+        receiver = receiver_node.named_children  # Go: func (r *T) M()
         base = _base_type(receiver[0].child_by_field_name("type")) if receiver else "?"
         return f"{base}.{_text(node.child_by_field_name('name'))}", None
     name = node.child_by_field_name("name")

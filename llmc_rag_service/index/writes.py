@@ -34,8 +34,8 @@ FLUSH_S = 0.05
 @dataclass
 class FileWrite:
     """One indexed file: ``spans`` replace its stored spans; ``skipped`` is the
-    reason it has none (binary, too_large, decode_error) or None; jobs are
-    queued at ``priority``."""
+    reason it has none (binary, too_large, decode_error, secret) or None; jobs are
+    queued at ``priority``; ``redacted`` secret values were replaced in its text."""
 
     relpath: str
     st: os.stat_result
@@ -44,6 +44,12 @@ class FileWrite:
     skipped: str | None
     spans: list[Span]
     priority: int
+    redacted: int = 0
+
+    @property
+    def holds_secrets(self) -> bool:
+        """Whether the file held secret values (redacted) or is a credential file."""
+        return self.redacted > 0 or self.skipped == "secret"
 
 
 @dataclass
@@ -84,13 +90,20 @@ class FileWrites:
     def flush(self) -> Flushed:
         """Commit every pending file, its spans and its jobs in one transaction.
         A failure (e.g. the store locked past its timeout) is logged per file
-        and returned in ``failed``; nothing of the group is written then."""
+        and returned in ``failed``; nothing of the group is written then.
+
+        Raises:
+            StoreUnusable: a store fault (disk full, file replaced, corrupt):
+                not the files' fault, so it ends the scan instead.
+        """
         pending, self._pending = self._pending, []
         if not pending:
             return Flushed()
         try:
             jobs = self._write(pending)
         except Exception as exc:
+            if self.store.note_error(exc) is not None:
+                raise  # the store's fault, not the files': every other write would fail too
             for write in pending:
                 log.error("file_failed", repo=str(self.root), path=write.relpath, error=str(exc))
             return Flushed(failed=[w.relpath for w in pending])
@@ -102,12 +115,16 @@ class FileWrites:
         queue, jobs = self.queue(), 0
         with self.store.write() as tx:
             lost = self.store.span_hashes_of(tx, self.repo_id, [w.relpath for w in pending])
+            lost_secret = self.store.span_hashes_of(tx, self.repo_id, [w.relpath for w in pending if w.holds_secrets])
             for w in pending:
                 self.store.put_file(tx, self.repo_id, w.relpath, size=w.st.st_size, mtime_ns=w.st.st_mtime_ns,
                                     content_hash=w.content_hash, language=w.language, skipped=w.skipped,
-                                    spans=w.spans)
+                                    spans=w.spans, redacted=w.redacted)
             for priority in sorted({w.priority for w in pending}):
                 jobs += queue.enqueue(tx, (s.span_hash for w in pending if w.priority == priority
                                            for s in w.spans), priority)
             queue.cancel_orphans(tx, lost)
+            # The text of spans gone from the tree is dropped; their answers too when
+            # their file holds secrets (those spans may predate redaction: an older store).
+            self.store.drop_unheld(tx, lost, answers_of=lost_secret)
         return jobs

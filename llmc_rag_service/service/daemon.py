@@ -18,6 +18,8 @@
   stops it too; a failed check logs one error naming it.
 * signals only record (set a flag, wake the loop): SIGHUP reloads, SIGTERM and
   SIGINT stop; a second SIGTERM/SIGINT exits at once (status 128 + signal).
+  ``run()`` puts the previous handlers back when it returns (or raises), so a
+  daemon can run inside a test process.
 * shutdown: ``STOPPING=1``, stop watchers and intake, give in-flight jobs
   :data:`STOP_GRACE_S` seconds, return the rest to pending, close the store.
 
@@ -38,19 +40,26 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Union
 
 import structlog
 
 from llmc_rag_service import logs as logsetup
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.config import Config, ConfigError, load_config
 from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.notify import (HealthGate, Notifier, TimeoutExtender, ping_every_s,
                                      unset_notify_environment, watchdog_interval_s)
-from llmc_rag_service.service.status import LOCK_NAME
+from llmc_rag_service.service import runtime
+from llmc_rag_service.service.status import LOCK_NAME, TEAM_META
+from llmc_rag_service.store.faults import StoreUnusable, classify
 
 log = structlog.get_logger(__name__)
+
+#: A signal handler as ``signal.signal`` takes and returns it.
+SignalHandler = Union[Callable[[int, FrameType | None], Any], int, signal.Handlers]
 
 #: Longest the main loop sleeps, in seconds; anything due sooner (a debounced
 #: path, a ping, a STATUS refresh) or an event, job outcome or signal wakes it.
@@ -71,7 +80,12 @@ EXTEND_BY_S = 15.0
 
 
 class AlreadyRunning(Exception):
-    """Another ``serve`` holds the state directory's lock."""
+    """Another ``serve`` holds the state directory's lock. ``pid``: the holder
+    (as it wrote into the lock file), or None if unreadable."""
+
+    def __init__(self, state_dir: Path, pid: int | None):
+        self.state_dir, self.pid = state_dir, pid
+        super().__init__(f"another llmc-rag serve (pid {pid or 'unknown'}) uses {state_dir}")
 
 
 class Daemon:
@@ -81,14 +95,17 @@ class Daemon:
         config_path: The file, re-read on SIGHUP.
         config: Its validated contents.
         notifier: sd_notify sender (default: from ``$NOTIFY_SOCKET``).
+        clock: Time of the main loop and of every part of the pipeline
+            (ticks, STATUS gaps, watchdog pings, backoffs); tests pass a manual one.
 
     The watchdog interval is read from ``$WATCHDOG_USEC``/``$WATCHDOG_PID`` here;
     then those and ``$NOTIFY_SOCKET`` are removed from the environment, so no
     child process inherits them.
     """
 
-    def __init__(self, config_path: Path, config: Config, notifier: Notifier | None = None):
-        self.config_path, self.config = config_path, config
+    def __init__(self, config_path: Path, config: Config, notifier: Notifier | None = None,
+                 clock: Clock = SYSTEM):
+        self.config_path, self.config, self.clock = config_path, config, clock
         self.notifier = notifier or Notifier()
         half_s = watchdog_interval_s()
         self.ping_every_s: float | None = ping_every_s(half_s) if half_s else None
@@ -101,39 +118,60 @@ class Daemon:
         self._status_at = -math.inf
         self._status_text: str | None = None
         self._degraded: list[str] = []
+        self._store_fault: str | None = None  # event name of the store fault last logged
+        self.fatal: StoreUnusable | None = None  # what ended the main loop, if not a signal
 
     # -- signals: record only --------------------------------------------
-    def _on_term(self, signum, frame) -> None:
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
         if self.stop_requested:
             os._exit(128 + signum)  # second signal: at once; running jobs are recovered at next start
         self.stop_requested = True
         self.wake.set()
 
-    def _on_hup(self, signum, frame) -> None:
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self.reload_requested = True
         self.wake.set()
 
-    def install_signals(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, self._on_term)
-        signal.signal(signal.SIGHUP, self._on_hup)
+    def install_signals(self) -> dict[signal.Signals, SignalHandler]:
+        """Install the handlers (main thread only); returns the previous ones."""
+        handlers = {signal.SIGTERM: self._on_term, signal.SIGINT: self._on_term, signal.SIGHUP: self._on_hup}
+        # None: the previous handler was not set from Python; the default is put back then.
+        return {signum: signal.signal(signum, handler) or signal.SIG_DFL for signum, handler in handlers.items()}
 
     # -- lifecycle --------------------------------------------------------
-    def run(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly (``cli.py`` exits 0)."""
-        self.install_signals()
-        self.startup()
+    def run(self) -> StoreUnusable | None:
+        """Run until SIGTERM or SIGINT, then stop cleanly; returns None (``cli.py``
+        exits 0), or the fault that made the store unusable for good while
+        running (the state file deleted or replaced, corrupt pages met),
+        already logged: the daemon stopped cleanly, ``cli.py`` exits 74 and
+        systemd restarts it into a new store and a full scan. The signal
+        handlers in force before are restored when it returns or raises.
+
+        Raises:
+            AlreadyRunning: another serve holds the state dir.
+            StoreUnusable: the store cannot be used at start (corrupt, another
+                application's, read-only, full).
+        """
+        previous = self.install_signals()
         try:
-            self.main_loop()
+            self.startup()
+            try:
+                self.main_loop()
+            finally:
+                self.shutdown()
         finally:
-            self.shutdown()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return self.fatal
 
     def startup(self) -> None:
         """Everything READY=1 promises: lock, store migrated, every watch in place."""
         self._lock_fd = self._take_lock(self.config.state_dir)
+        self._runtime_file = runtime.write_runtime_file(self.config.state_dir, self.config_path)
         with TimeoutExtender(self.notifier, EXTEND_EVERY_S, EXTEND_BY_S):
             self._send_status("starting: opening the store")
-            self.pipeline = Pipeline(self.config, on_change=self._mark_dirty, on_activity=self.wake.set)
+            self.pipeline = Pipeline(self.config, on_change=self._mark_dirty, on_activity=self.wake.set,
+                                     clock=self.clock)
             self.pipeline.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
             self.pipeline.start_scheduler()
             self.pipeline.watch(on_repo=self._on_repo)
@@ -147,26 +185,33 @@ class Daemon:
         self.notifier.ready()
 
     def main_loop(self) -> None:
-        next_ping = time.monotonic()
+        next_ping = self.clock()
         while not self.stop_requested:
             try:
                 next_ping = self._tick(next_ping)
+            except StoreUnusable as exc:
+                if not exc.pauses:  # replaced or corrupt: stop; run() shuts down cleanly
+                    log.error(exc.event, **exc.fields())
+                    self.fatal = exc
+                    return
+                self.clock.wait(self.wake, 1.0)  # work is paused; _watch_store said so
             except Exception:
                 # E.g. the store locked by another process past busy_timeout
                 # during a reload: logged, and the daemon lives on (a real
                 # hang still stops the watchdog pings).
                 log.exception("main_loop_error")
-                self.wake.wait(1.0)
-            self.wake.wait(self._sleep_s(next_ping))
+                self.clock.wait(self.wake, 1.0)
+            self.clock.wait(self.wake, self._sleep_s(next_ping))
             self.wake.clear()
 
     def _tick(self, next_ping: float) -> float:
         """One turn of the loop; returns when the next watchdog ping is due."""
+        self._watch_store()
         if self.reload_requested:
             self.reload_requested = False
             self.reload()
         self._drain_watchers()
-        now = time.monotonic()
+        now = self.clock()
         self._maybe_publish_status(now)
         if self.ping_every_s and now >= next_ping:
             if self.gate.should_ping():
@@ -179,7 +224,7 @@ class Daemon:
         work, or STATUS refresh is due, at most :data:`TICK_S`. File events,
         job outcomes and signals wake it earlier (``self.wake``), so an idle
         daemon wakes a few times a minute, not five times a second."""
-        now = time.monotonic()
+        now = self.clock()
         waits = [TICK_S]
         if self.ping_every_s:
             waits.append(next_ping - now)
@@ -193,11 +238,13 @@ class Daemon:
     def shutdown(self) -> None:
         """Fixed order: STOPPING=1, stop intake, bounded grace, rest to pending, close."""
         self.notifier.stopping()
-        log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.pipeline.counts()["in_flight"])
+        log.info("daemon_stopping", grace_s=STOP_GRACE_S, in_flight=self.pipeline.in_flight())
         returned = self.pipeline.close(STOP_GRACE_S, INDEXER_JOIN_S,
-                                       meta={"daemon_status": "stopped", "daemon_pid": None})
+                                       meta={"daemon_status": "stopped", "daemon_pid": None, TEAM_META: None})
         log.info("daemon_stopped", returned_to_pending=returned)
+        runtime.remove_runtime_file(self._runtime_file)
         os.close(self._lock_fd)
+        self.notifier.close()  # nothing is sent after STOPPING=1 (a daemon in a test process must not leak it)
 
     # -- reload -------------------------------------------------------------
     def reload(self) -> None:
@@ -238,16 +285,43 @@ class Daemon:
             self.wake.set()
 
     def _take_lock(self, state_dir: Path) -> int:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:  # a read-only or full state dir is the store's fault
+            raise (classify(exc, self.config.db_path) or exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             os.close(fd)
-            raise AlreadyRunning(f"another llmc-rag serve uses {state_dir}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise AlreadyRunning(state_dir, int(holder) if holder.isdigit() else None) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise (classify(exc, self.config.db_path) or exc) from exc
         return fd
+
+    def _watch_store(self) -> None:
+        """Every turn (at most TICK_S apart, and woken by workers meeting a
+        fault): raise a fatal store fault, checking the state file's identity,
+        so a file deleted or replaced under us ends the daemon within seconds;
+        log a pausing fault (disk full…) once when it begins, and when it ends."""
+        self.pipeline.check_store()
+        fault = self.pipeline.store_fault()
+        if fault is not None and not fault.pauses:
+            raise fault  # a worker met it since the check: fatal, and said once (main_loop)
+        kind = fault.event if fault is not None else None
+        if kind == self._store_fault:
+            return
+        if fault is not None:
+            log.error(fault.event, **fault.fields())
+        else:
+            log.info("store_recovered", path=str(self.config.db_path), previous=self._store_fault)
+        self._store_fault = kind
+        self.status_dirty = True
 
     def _drain_watchers(self) -> None:
         self.pipeline.drain_events()
@@ -259,7 +333,7 @@ class Daemon:
     def _send_status(self, text: str, heartbeat: bool = False) -> bool:
         """Send STATUS if the text changed (or ``heartbeat``) and the last one is
         at least STATUS_MIN_GAP_S old. Returns True if sent."""
-        now = time.monotonic()
+        now = self.clock()
         if now - self._status_at < STATUS_MIN_GAP_S or (text == self._status_text and not heartbeat):
             return False
         self._status_at, self._status_text = now, text
@@ -282,10 +356,12 @@ class Daemon:
         if self._send_status(self._status_text if reuse else self.status_text(), heartbeat):
             try:
                 # Short wait: another process holding the store must not stall the loop.
+                team = self.pipeline.team_status()
                 self.pipeline.set_meta(busy_timeout_s=STATUS_META_TIMEOUT_S, daemon_status=self._status_text,
                                        ollama_last_error=self.pipeline.last_error(),
-                                       repo_states=json.dumps(self.pipeline.repo_states()))
-            except sqlite3.Error as exc:
+                                       repo_states=json.dumps(self.pipeline.repo_states()),
+                                       **{TEAM_META: json.dumps(team) if team else None})
+            except (sqlite3.Error, StoreUnusable) as exc:
                 log.debug("status_not_stored", error=str(exc))
 
     def status_text(self) -> str:

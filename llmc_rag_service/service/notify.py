@@ -66,7 +66,7 @@ class Notifier:
         failure after a success is logged (warning ``notify_failed``), later ones
         stay silent until a send succeeds again (info ``notify_recovered``).
         """
-        if not self.enabled or not lines:
+        if not self.enabled or not self.socket_path or not lines:
             return False
         data = "\n".join(lines).encode("utf-8", "replace")
         with self._lock:
@@ -226,10 +226,18 @@ class TimeoutExtender:
             self._thread.join()
 
 
+class Degraded(str):
+    """A check's reason for a condition the daemon handles itself (e.g. the
+    state disk full: work paused, resumed when space returns). The gate reports
+    it like a failure (listed by ``failures()``, logged once as
+    ``watchdog_degraded``) but keeps pinging: a restart would not help."""
+
+
 class HealthGate:
     """Watchdog health gate: named checks; ping only while all pass.
 
-    A check is a callable returning None when healthy, else a reason string.
+    A check is a callable returning None when healthy, else a reason string
+    (a :class:`Degraded` one reports without stopping the pings).
     Checks run on the caller's thread (the main loop) and should be quick.
     """
 
@@ -237,6 +245,7 @@ class HealthGate:
         self._checks: list[tuple[str, Callable[[], str | None]]] = []
         self._lock = threading.Lock()
         self._healthy = True
+        self._degraded: list[str] = []
 
     def add_check(self, name: str, check: Callable[[], str | None]) -> None:
         """Register ``check`` under ``name`` (used in logs)."""
@@ -255,18 +264,29 @@ class HealthGate:
             except Exception as exc:  # a broken check must not kill the main loop
                 reason = f"{type(exc).__name__}: {exc}"
             if reason is not None:
-                failed.append((name, str(reason) or "unhealthy"))
+                failed.append((name, reason if isinstance(reason, str) and reason else str(reason) or "unhealthy"))
         return failed
 
     def should_ping(self) -> bool:
-        """True when every check passes. On healthy → failing, logs one error
-        ``watchdog_unhealthy`` (first failing check, its reason, all failing names);
-        on failing → healthy, logs info ``watchdog_healthy``."""
+        """True when every check passes or is only :class:`Degraded`. On
+        healthy → failing, logs one error ``watchdog_unhealthy`` (first failing
+        check, its reason, all failing names); on failing → healthy, logs info
+        ``watchdog_healthy``; when the degraded checks change, one error
+        ``watchdog_degraded`` (or ``watchdog_healthy`` when none is left)."""
         failed = self.failures()
-        if failed and self._healthy:
-            name, reason = failed[0]
-            log.error("watchdog_unhealthy", check=name, reason=reason, failing=[n for n, _ in failed])
-        elif not failed and not self._healthy:
+        blocking = [(n, r) for n, r in failed if not isinstance(r, Degraded)]
+        degraded = [(n, r) for n, r in failed if isinstance(r, Degraded)]
+        if blocking and self._healthy:
+            name, reason = blocking[0]
+            log.error("watchdog_unhealthy", check=name, reason=str(reason), failing=[n for n, _ in blocking])
+        elif not blocking and not self._healthy:
             log.info("watchdog_healthy")
-        self._healthy = not failed
+        names = [n for n, _ in degraded]
+        if names != self._degraded:
+            if names:
+                log.error("watchdog_degraded", check=names[0], reason=str(degraded[0][1]), degraded=names)
+            elif not blocking:
+                log.info("watchdog_healthy")
+            self._degraded = names
+        self._healthy = not blocking
         return self._healthy

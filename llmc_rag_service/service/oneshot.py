@@ -2,9 +2,18 @@
 
 :func:`run_enrich` returns an :class:`Outcome`; ``cli.py`` maps it to the exit
 status of the contract (DESIGN.md "Contract: command line"): all enriched,
-some spans failed for good, or gave up because Ollama stayed unreachable,
-busy or without the model for longer than ``wait_s`` (pending work is kept
-for next time).
+some spans failed for good, a repo path missing (the others are enriched),
+or gave up because Ollama stayed unreachable, busy or without the model for
+longer than ``wait_s`` (pending work is kept for next time).
+
+After the scan, when there is work and before anything waits, each Ollama
+host is asked once whether it answers and has the model
+(``service.preflight``), so a missing model is said at once with the models
+the server has. Progress (rate, ETA, logs above the bar): ``service.progress``.
+
+A store that cannot be used (corrupt, replaced, or full or read-only for
+longer than :data:`STORE_WAIT_S`) raises its ``StoreUnusable``; the work done
+so far is kept.
 """
 
 from __future__ import annotations
@@ -15,16 +24,17 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 import structlog
 
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.service.pipeline import Pipeline
+from llmc_rag_service.service.preflight import preflight
+from llmc_rag_service.service.progress import Progress
 from llmc_rag_service.service.status import status_report
 
 log = structlog.get_logger(__name__)
-
 
 
 class Outcome(enum.Enum):
@@ -32,90 +42,110 @@ class Outcome(enum.Enum):
 
     DONE = "done"  # every span enriched
     SOME_FAILED = "some_failed"  # some spans dead-lettered for good
+    REPO_MISSING = "repo_missing"  # a repo path is not a directory (the others were enriched)
     GAVE_UP = "gave_up"  # Ollama unavailable for longer than wait_s
 
-#: Seconds between plain progress lines when stderr is not a terminal.
-PLAIN_PROGRESS_EVERY_S = 10.0
+
 #: Seconds a stop may wait for in-flight requests after the work is done.
 STOP_GRACE_S = 5.0
+#: Seconds the workers may stay paused by a store fault (disk full, read-only)
+#: before enrich gives up: a one-shot run should say so, not wait for space.
+STORE_WAIT_S = 10.0
 
 
-def select_repos(config: Config, paths: Sequence[str]) -> tuple[RepoConfig, ...]:
-    """The configured repos, or the given directories (keeping the excludes of
-    a configured repo at the same path)."""
-    if not paths:
-        return config.repos
+def select_repos(config: Config, paths: Sequence[str]) -> tuple[tuple[RepoConfig, ...], tuple[Path, ...]]:
+    """(repos to enrich, paths that are not directories): the configured
+    repos, or the given directories (keeping the excludes of a configured
+    repo at the same path)."""
     known = {r.path: r for r in config.repos}
-    chosen = []
-    for p in paths:
-        path = Path(p).expanduser().resolve()
-        if not path.is_dir():
-            raise NotADirectoryError(f"{p}: not a directory")
-        chosen.append(known.get(path, RepoConfig(path=path)))
-    return tuple(chosen)
-
-
-class Progress:
-    """A progress bar on a TTY (redrawn in place), plain lines otherwise."""
-
-    def __init__(self, stream: TextIO):
-        self.stream, self.tty = stream, stream.isatty()
-        self.last = 0.0
-
-    def update(self, done: int, total: int, line: str, final: bool = False) -> None:
-        now = time.monotonic()
-        if self.tty:
-            width = 30
-            filled = int(width * done / total) if total else width
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} jobs  {line[:90]:<90}")
-            if final:
-                self.stream.write("\n")
-        elif final or now - self.last >= PLAIN_PROGRESS_EVERY_S:
-            self.stream.write(f"enrich: {done}/{total} jobs; {line}\n")
-            self.last = now
-        self.stream.flush()
+    wanted = [known.get(p, RepoConfig(path=p)) for p in (Path(x).expanduser().resolve() for x in paths)] \
+        if paths else list(config.repos)
+    present = tuple(r for r in wanted if r.path.is_dir())
+    return present, tuple(r.path for r in wanted if not r.path.is_dir())
 
 
 def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 300.0,
                stream: TextIO | None = None, retry_failed: bool = False) -> Outcome:
     """Scan the repos and enrich until nothing is pending; see module docstring.
-    ``retry_failed`` first returns dead-lettered jobs to the queue."""
+    ``retry_failed`` first returns dead-lettered jobs to the queue.
+
+    Raises:
+        StoreUnusable: the store cannot be used (see module docstring).
+    """
     stream = stream or sys.stderr
-    repos = select_repos(config, repo_paths)
+    progress = Progress(stream)
+
+    def say(text: str) -> None:
+        progress.write_above(f"llmc-rag: {text}\n".encode("utf-8", "backslashreplace").decode("utf-8"))
+
+    repos, missing = select_repos(config, repo_paths)
+    for path in missing:
+        say(f"repo {path}: no such directory" + ("; enriching the other repos" if repos else ""))
+    if not repos:
+        return Outcome.REPO_MISSING
     config = replace(config, repos=repos)
     changed = threading.Event()
     pipeline = Pipeline(config, on_change=changed.set)
-    progress = Progress(stream)
     started = time.monotonic()
     try:
-        if retry_failed:
-            log.info("jobs_requeued", count=pipeline.requeue_failed(), reason="--retry-failed")
-        pipeline.scan_all()
-        pipeline.start_workers()
-        code = _wait_done(pipeline, wait_s, progress, changed)
+        with progress.logs_above(config.logging.level, config.logging.format):
+            if retry_failed:
+                log.info("jobs_requeued", count=pipeline.requeue_failed(), reason="--retry-failed")
+            pipeline.scan_all()
+            if pipeline.counts()["pending"]:  # an unchanged tree sends no request at all
+                preflight(pipeline.clients, config.ollama.model, wait_s, say)
+            pipeline.start_workers()
+            code = _wait_done(pipeline, wait_s, progress, changed)
+        # status --json shows why this run gave up (and nothing once a run did not).
+        pipeline.set_meta(ollama_last_error=pipeline.last_error() if code is Outcome.GAVE_UP else None)
+        embed_missing = pipeline.embeds_down() == "model_missing"
+        team = pipeline.team_status()
     finally:
         pipeline.close(STOP_GRACE_S)
     totals = status_report(config)["totals"]
+    embedded = f", {totals['embedded']} embedded" if config.search.embed_model else ""
     stream.write(
-        f"enrich: {totals['enriched']}/{totals['spans']} spans enriched, {totals['failed']} failed, "
+        f"enrich: {totals['enriched']}/{totals['spans']} spans enriched{_from_team(team)}{embedded}, {totals['failed']} failed, "
         f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
     )
+    if embed_missing:
+        model = config.search.embed_model
+        say(f"embed model {model} not found, run: ollama pull {model} (search is lexical until then; "
+            "the next enrich or serve embeds what is missing)")
+    if totals["failed"] and code is Outcome.DONE:
+        say(f"{totals['failed']} spans failed for good (llmc-rag show FILE gives each error); "
+            "after fixing the cause, run: llmc-rag enrich --retry-failed")
+    if code is Outcome.DONE and missing:
+        return Outcome.REPO_MISSING
     if code is Outcome.DONE and totals["failed"]:
         code = Outcome.SOME_FAILED
     return code
 
 
+def _from_team(team: dict[str, Any] | None) -> str:
+    """`` (N from the team cache)`` with team mode on, else nothing."""
+    return f" ({team['hits']} from the team cache)" if team else ""
+
+
 def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> Outcome:
-    down_since: float | None = None
+    down_since = paused_since = None
     while True:
         c = pipeline.counts()
-        remaining = c["pending"] + c["running"]
+        enrich_left = c["pending"] + c["running"]
+        # Embeddings are waited for too, unless their model is missing (said
+        # at the end): that must not hold back the enrichments.
+        remaining = enrich_left + pipeline.embeds_left()
         total = remaining + pipeline.finished()
         if remaining == 0:
             progress.update(total, total, pipeline.status_line(), final=True)
             return Outcome.DONE
         progress.update(total - remaining, total, pipeline.status_line())
-        down = pipeline.ollama_down()
+        fault = pipeline.store_fault()
+        paused_since = (paused_since or time.monotonic()) if fault else None
+        if fault and paused_since is not None and (not fault.pauses or time.monotonic() - paused_since > STORE_WAIT_S):
+            progress.update(total - remaining, total, pipeline.status_line(), final=True)
+            raise fault  # cli.py says it in one line
+        down = pipeline.ollama_down() if enrich_left else pipeline.embeds_down()
         if down:
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > wait_s:

@@ -20,29 +20,50 @@ Threads
   :class:`~llmc_rag_service.enrich.workers.WorkerPool`): claim jobs, call
   Ollama, store results. Their shared counters (``done``, ``failed``, host
   states) are written under the pool's lock.
+* ``worker-N`` of the embedding lane (``search.embed_model`` set;
+  :class:`~llmc_rag_service.service.embed_lane.EmbedLane`): claim ``embed``
+  jobs in batches, call ``/api/embed``, store vectors; counters under its
+  pool's lock. An enrichment stored wakes them (the span is embedded again).
 * watchdog observer threads (one per repo, inside ``watchdog``): only put
   events into the debouncers, under each debouncer's lock.
+* team mode (``team.postgres`` set): ``team-feeder`` looks queued jobs up in
+  the team cache and stores teammates' results; the cache's own threads
+  (``llmc-team`` maintenance, ``llmc-team-listen``) renew claims, drain the
+  outbox and hear publications (:mod:`~llmc_rag_service.service.teamgate`).
 * The store gives each thread its own SQLite connection; every write is one
   ``BEGIN IMMEDIATE`` transaction, so threads never share a cursor.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sqlite3
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import structlog
 
-from llmc_rag_service.config import Config, RepoConfig
+from llmc_rag_service.clock import SYSTEM, Clock
+from llmc_rag_service.config import Config, RepoConfig, SecretsConfig
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.enrich.prompt import chat_client, span_char_budget
 from llmc_rag_service.enrich.workers import WorkerPool
+from llmc_rag_service.index.redact import Redactor
 from llmc_rag_service.index.scanner import Scanner
 from llmc_rag_service.index.scheduler import ScanScheduler
+from llmc_rag_service.models import Enrichment
+from llmc_rag_service.service.embed_lane import EmbedLane
+from llmc_rag_service.service.notify import Degraded
 from llmc_rag_service.service.statusline import render
+from llmc_rag_service.service.teamgate import TeamGate
 from llmc_rag_service.store.db import Store
-from llmc_rag_service.store.jobs import JobQueue
+from llmc_rag_service.store.faults import StoreUnusable
+from llmc_rag_service.store.secret_audit import reread_files_for
+from llmc_rag_service.store.jobs import JobQueue, QueueSet
+from llmc_rag_service.team.errors import TeamError
+from llmc_rag_service.team.settings import TeamSettings, redact_dsn
 from llmc_rag_service.watch.watchset import WatchSet, Work
 
 log = structlog.get_logger(__name__)
@@ -60,41 +81,103 @@ class Pipeline:
         settle_s: Quiet seconds after a ``.git/`` event before held events go
             out (tests shorten it); default the git gate's.
         poll_interval_s: Snapshot interval of the polling fallback, seconds.
+        team_settings: Team cache timeouts and lease (tests shorten them);
+            default: the library's, with ``team.lease_s``.
+        clock: Time of the job queue, the workers and the watchers (tests pass
+            a manual one; see :mod:`llmc_rag_service.clock`).
 
     Nothing runs until :meth:`start_workers`, :meth:`start_scheduler` or
     :meth:`watch` is called; :meth:`close` stops what was started.
 
     Raises:
-        sqlite3.Error: the store cannot be opened or migrated.
+        StoreUnusable: the store cannot be opened or migrated (corrupt,
+            another application's, read-only, full).
+        sqlite3.OperationalError: the store is locked past every wait.
     """
 
     def __init__(self, config: Config, on_change: Callable[[], None] = lambda: None,
                  on_activity: Callable[[], None] | None = None, *,
-                 settle_s: float | None = None, poll_interval_s: float | None = None):
-        self.config, self.on_change = config, on_change
+                 settle_s: float | None = None, poll_interval_s: float | None = None, clock: Clock = SYSTEM,
+                 team_settings: TeamSettings | None = None):
+        self.config, self.on_change, self.clock = config, on_change, clock
         self.store = Store(config.db_path)
-        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts)
-        recovered = self.queue.recover()
+        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts, clock)
+        recovered = self.queue.recover(every_kind=True)
         if recovered:
             log.info("jobs_recovered", count=recovered, reason="left running by a dead process")
+        self.redactor = self._redactor_for(config.secrets)
+        self._team_settings = team_settings
+        self.team_error: str | None = None
+        self.team = self._new_team(config)
         self.clients: list[OllamaClient] = []
         self._retired: list[tuple[WorkerPool, list[OllamaClient]]] = []  # pools retired by reloads
+        self.embeds: EmbedLane | None = None
         self.pool = self._new_pool()
         self.scanners: dict[Path, Scanner] = {}
         self.set_repos(config.repos)
         self.scheduler = ScanScheduler(self.scanners.get, on_jobs=self._on_jobs, on_change=on_change)
         watch_args = {} if settle_s is None else {"settle_s": settle_s}
         self.watches = WatchSet(config.watch, poll_interval_s=poll_interval_s, on_activity=on_activity,
-                                **watch_args)
+                                clock=clock, **watch_args)
         self._workers_on = False
 
     def _new_pool(self) -> WorkerPool:
-        """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a pool over them."""
+        """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a
+        pool over them; the embedding lane anew (None when ``search.embed_model`` is null)."""
         self.clients = [chat_client(self.config.ollama, host) for host in self.config.ollama.all_hosts()]
-        return WorkerPool(self.store, self.queue, self.clients, self.on_change)
+        self.embeds = (EmbedLane(self.store, self.config, self.on_change, self.clock)
+                       if self.config.search.embed_model else None)
+        # A stored enrichment improves the span's embedded text: re-embed it (same transaction).
+        self.queue.on_result = self.embeds.queue.refresh if self.embeds else None
+        return WorkerPool(self.store, self.queue, self.clients, self._on_outcome, clock=self.clock,
+                          gate=self.team, redact_answer=self.redact_answer)
+
+    def _scan_queue(self) -> QueueSet:
+        """What scans fill: the enrichment queue and, when on, the embedding queue."""
+        return QueueSet(self.queue, self.embeds.queue if self.embeds else None)
+
+    def _on_outcome(self) -> None:
+        self.on_change()
+        if self.embeds:
+            self.embeds.pool.notify_work()
+
+    def _redactor_for(self, secrets: SecretsConfig) -> Redactor:
+        """The secret redaction for ``secrets.allow`` (one, shared by every scanner
+        and worker: one verdict cache). When the list differs from the one the
+        stored spans were cut with, every file is read and cut again by its next scan."""
+        redactor = Redactor(secrets.allow)
+        allow_key = hashlib.sha256(json.dumps(list(secrets.allow)).encode()).hexdigest()
+        if reread_files_for(self.store, allow_key):
+            log.info("files_marked_for_reread", reason="secrets.allow changed")
+        return redactor
+
+    def redact_answer(self, enrichment: Enrichment, path: str, first_line: int) -> tuple[Enrichment, int]:
+        """The workers' answer redaction (``enrich/`` may not import ``index/``):
+        see :meth:`~llmc_rag_service.index.redact.Redactor.redact_enrichment`."""
+        return self.redactor.redact_enrichment(enrichment, path, first_line)
 
     def _on_jobs(self) -> None:
         self.pool.notify_work()
+        if self.embeds:
+            self.embeds.pool.notify_work()
+        if self.team is not None:
+            self.team.notify_queued()
+
+    def _new_team(self, config: Config) -> TeamGate | None:
+        """The team gate for ``config.team`` (not started), or None: team mode
+        off, or the ``[postgres]`` extra missing (said once; the daemon works alone)."""
+        self.team_error = None
+        if config.team.postgres is None:
+            return None
+        settings = self._team_settings or TeamSettings(lease_s=config.team.lease_s)
+        try:
+            return TeamGate(config.team.postgres, self.store, self.queue, settings, self.on_change,
+                            on_work=lambda: self.pool.notify_work(), clock=self.clock)
+        except TeamError as err:
+            self.team_error = str(err)
+            log.error("team_unreachable", url=redact_dsn(config.team.postgres), kind=err.kind, error=str(err))
+            return None
+
 
     @property
     def client(self) -> OllamaClient:
@@ -103,9 +186,13 @@ class Pipeline:
 
     # -- running ----------------------------------------------------------
     def start_workers(self) -> None:
-        """Start the worker threads: queued jobs go to Ollama from now on."""
+        """Start the worker threads (and team mode's): queued jobs go to Ollama from now on."""
         self._workers_on = True
+        if self.team is not None:
+            self.team.start()
         self.pool.start()
+        if self.embeds:
+            self.embeds.pool.start()
 
     def start_scheduler(self) -> None:
         """Start the scan-scheduler thread (needed by :meth:`watch` and :meth:`drain_events`)."""
@@ -139,7 +226,8 @@ class Pipeline:
 
     def requeue_failed(self) -> int:
         """Give the dead-lettered jobs of this config's repos a fresh start; returns how many."""
-        return self.queue.requeue_failed([s.repo_id for s in self.scanners.values()])
+        repo_ids = [s.repo_id for s in self.scanners.values()]
+        return self.queue.requeue_failed(repo_ids) + (self.embeds.queue.requeue_failed(repo_ids) if self.embeds else 0)
 
     def next_due_s(self) -> float | None:
         """Seconds until watcher work is due (None: nothing pending)."""
@@ -161,19 +249,50 @@ class Pipeline:
             "watchers": self.watches.health,
             "indexer": lambda: None if self.scheduler.is_alive() else "scan scheduler thread died",
             "workers": self.hung,
-            "store": self.store.writable,
+            "store": self.store_health,
+            "team": lambda: self.team.health() if self.team is not None else None,
         }
+
+    def store_health(self) -> str | None:
+        """Watchdog check of the store: None while a write can be taken; a
+        pausing fault (disk full, read-only) as :class:`Degraded` (work is
+        paused and resumes by itself; a restart would not help); else the reason."""
+        reason = self.store.writable()  # also notices when a paused store can write again
+        fault = self.store.fault
+        if fault is not None:
+            return Degraded(str(fault)) if fault.pauses else str(fault)
+        return reason
+
+    def store_fault(self) -> StoreUnusable | None:
+        """The store fault in force (work is paused while it lasts), or None."""
+        return self.store.fault
+
+    def check_store(self) -> None:
+        """Raise the fatal store fault in force: the state file deleted,
+        replaced (its identity is checked now) or corrupt.
+
+        Raises:
+            StoreUnusable: ``StoreReplaced`` or ``StoreCorrupt``.
+        """
+        self.store.check()
 
     def apply_config(self, old: Config, new: Config) -> dict[str, list[str]]:
         """Apply ``new`` over ``old`` (a reload): Ollama/queue settings (a new
-        client and worker pool), repos and watch settings. A repo whose scanner
-        or watcher settings changed is restarted: stopped, then added anew.
+        client and worker pool), repos, watch settings and ``secrets.allow`` (every
+        repo restarted, its files cut again). A repo whose scanner or watcher
+        settings changed is restarted: stopped, then added anew.
         Returns what changed: ``sections``, ``added``, ``removed``, ``restarted``."""
-        if new.ollama != old.ollama or new.queue != old.queue:
+        if new.team != old.team:
+            self.replace_team(new)
+        if new.ollama != old.ollama or new.queue != old.queue or new.search != old.search or new.team != old.team:
             self.replace_client(new)
         self.config = new
-        sections = [name for name in ("ollama", "queue", "watch", "logging") if getattr(new, name) != getattr(old, name)]
-        rebuild_all = new.watch != old.watch or new.ollama.options != old.ollama.options
+        sections = [name for name in ("ollama", "queue", "search", "watch", "logging", "team", "secrets")
+                    if getattr(new, name) != getattr(old, name)]
+        if new.secrets != old.secrets:
+            self.redactor = self._redactor_for(new.secrets)
+        rebuild_all = (new.watch != old.watch or new.ollama.options != old.ollama.options
+                       or new.secrets != old.secrets)
         old_repos = {r.path: r for r in old.repos}
         restart = [r.path for r in new.repos if r.path in old_repos and (rebuild_all or old_repos[r.path] != r)]
         kept = [r for r in new.repos if r.path in old_repos and r.path not in restart]
@@ -192,9 +311,9 @@ class Pipeline:
         self.pool.warm_up()
 
     def scanner_for(self, repo: RepoConfig) -> Scanner:
-        return Scanner(self.store, self.queue, repo.path, repo.exclude,
+        return Scanner(self.store, self._scan_queue(), repo.path, repo.exclude,  # type: ignore[arg-type]
                        max_file_bytes=self.config.watch.max_file_bytes,
-                       max_span_chars=span_char_budget(self.config.ollama.options))
+                       max_span_chars=span_char_budget(self.config.ollama.options), redactor=self.redactor)
 
     def set_repos(self, repos: Iterable[RepoConfig]) -> tuple[list[Path], list[Path]]:
         """Make the scanners match ``repos``; returns (added, removed) paths."""
@@ -212,27 +331,49 @@ class Pipeline:
         retired (its requests in flight finish and store their results in the
         background), a new one starts at once, and spans without an enrichment
         for the (possibly new) model are queued."""
-        self.pool.retire()
-        self._retired.append((self.pool, self.clients))
+        for pool, clients in self._lanes():
+            pool.retire()
+            self._retired.append((pool, clients))
         self._reap()
         self.config = config
-        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts)
+        self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts, self.clock)
+        if self.team is not None:
+            self.team.queue = self.queue
         self.pool = self._new_pool()
+        scan_queue = self._scan_queue()
         for scanner in self.scanners.values():
-            scanner.queue = self.queue
+            scanner.queue = scan_queue  # type: ignore[assignment]
         with self.store.write() as tx:
-            queued = self.queue.enqueue_missing(tx)
+            queued = scan_queue.enqueue_missing(tx)
         if queued:
             log.info("jobs_queued", count=queued, trigger="config_changed")
-        self.pool.start()
+        if self.team is not None and self._workers_on:
+            self.team.start()
+        for pool, _ in self._lanes():
+            pool.start()
+
+    def _lanes(self) -> list[tuple[WorkerPool, list[OllamaClient]]]:
+        """The worker pools in force with their clients: enrichment's, then embedding's."""
+        return [(self.pool, self.clients)] + ([(self.embeds.pool, self.embeds.clients)] if self.embeds else [])
+
+    def replace_team(self, config: Config) -> None:
+        """Close the team gate and make one for ``config.team`` (a reload);
+        results of requests still in flight wait in the outbox for the new one.
+        Call :meth:`replace_client` next: the new pool must use the new gate."""
+        if self.team is not None:
+            self.team.close()
+        self.team = self._new_team(config)
 
     def last_error(self) -> str | None:
         """The current Ollama problem (unreachable, model missing, quarantined),
-        or None; with several hosts, each down host's ``url: error``."""
+        or None; with several hosts, each down host's ``url: error``; with
+        enrichment fine, the embedding lane's problem (``embeddings: ...``)."""
         down = [h for h in self.pool.hosts if h.state != "ok"]
-        if len(self.pool.hosts) == 1:
-            return down[0].error if down else None
-        return "; ".join(f"{h.url}: {h.error}" for h in down) or None
+        if len(self.pool.hosts) == 1 and down:
+            return down[0].error
+        chat = "; ".join(f"{h.url}: {h.error}" for h in down) or None
+        embed_down = [h for h in self.embeds.pool.hosts if h.state != "ok"] if self.embeds else []
+        return chat or (f"embeddings: {embed_down[0].error}" if embed_down else None)
 
     def ollama_down(self) -> str | None:
         """None while some host can take work; else the first host's state
@@ -246,22 +387,54 @@ class Pipeline:
     def hung(self) -> str | None:
         """Watchdog health check: a reason if a request is past its deadline
         or a worker thread died."""
-        return self.pool.hung() or self.pool.dead()
+        return self.pool.hung() or self.pool.dead() or (self.embeds.hung() if self.embeds else None)
 
     def counts(self) -> dict[str, int]:
         """Queue counts plus the number of requests in flight."""
         return {**self.queue.counts(), "in_flight": self.pool.in_flight}
 
+    def in_flight(self) -> int:
+        """Requests being answered now, all hosts together (reads no store)."""
+        return self.pool.in_flight
+
     def finished(self) -> int:
-        """Jobs this pipeline's workers finished (done or dead-lettered) since it started."""
-        return self.pool.done + self.pool.failed
+        """Jobs (enrichment and embedding) this pipeline finished (done, dead-lettered,
+        or taken from the team cache) since it started."""
+        return (self.pool.done + self.pool.failed + (self.embeds.finished() if self.embeds else 0)
+                + (self.team.hits if self.team is not None else 0))
+
+    def embed_counts(self) -> dict[str, int] | None:
+        """The embedding lane's counts (see :meth:`EmbedLane.counts`), None when it is off."""
+        return self.embeds.counts() if self.embeds else None
+
+    def embeds_left(self) -> int:
+        """Embedding jobs still to do that can be done: 0 when the lane is off or
+        its model is missing (nothing to wait for until someone pulls it)."""
+        if self.embeds is None or self.embeds.state() == "model_missing":
+            return 0
+        return self.embeds.remaining()
+
+    def embeds_down(self) -> str | None:
+        """Why no host can embed now (as :meth:`ollama_down`), None when it can or the lane is off."""
+        return self.embeds.state() if self.embeds else None
+
+    def team_status(self) -> dict[str, Any] | None:
+        """Team mode's ``{url, reachable, hits, published, outbox, deferred,
+        last_error}`` (see :meth:`TeamGate.status`), or None when it is off."""
+        if self.config.team.postgres is None:
+            return None
+        if self.team is None:  # the [postgres] extra is missing
+            return {"url": redact_dsn(self.config.team.postgres), "reachable": False, "hits": 0, "published": 0,
+                    "outbox": 0, "deferred": 0, "last_error": self.team_error, "queries": 0}
+        return self.team.status()
 
     def set_meta(self, busy_timeout_s: float | None = None, **values: str | None) -> None:
         """Record daemon facts (``daemon_pid``, ``daemon_status``…) for ``status``
         to read, waiting at most ``busy_timeout_s`` seconds for the write lock.
 
         Raises:
-            sqlite3.Error: the store is locked past the wait, or unusable.
+            sqlite3.OperationalError: the store is locked past the wait.
+            StoreUnusable: the store cannot take the write (full, replaced…).
         """
         self.store.set_meta(busy_timeout_s=busy_timeout_s, **values)
 
@@ -289,16 +462,28 @@ class Pipeline:
             self.scheduler.join(join_s)
             if self.scheduler.is_alive():
                 log.warning("indexer_still_running", waited_s=join_s)
-        returned = self.pool.stop(grace_s if self._workers_on else 0.0)
-        self._retired.append((self.pool, self.clients))
+        returned = 0
+        for pool, clients in self._lanes():
+            try:
+                returned += pool.stop(grace_s if self._workers_on else 0.0)
+            except (StoreUnusable, sqlite3.Error) as exc:
+                # Jobs still marked running name this process: the next start
+                # returns them to pending (the pid is dead by then).
+                log.warning("jobs_not_returned", error=str(exc))
+            self._retired.append((pool, clients))
+        if self.team is not None:
+            self.team.close()
         self._reap()
         if self._retired:
             # A worker still inside a request after the grace would get an
             # unmapped "client has been closed" error; its client is left to
             # the garbage collector (the job is already back in the queue).
             log.warning("workers_still_busy", count=sum(p.busy_threads() for p, _ in self._retired))
-        if meta:
-            self.store.set_meta(**meta)
+        if meta and (self.store.fault is None or self.store.fault.pauses):
+            try:
+                self.store.set_meta(None, **meta)
+            except (StoreUnusable, sqlite3.Error) as exc:
+                log.warning("meta_not_stored", error=str(exc))
         self.store.close()
         return returned
 
@@ -312,6 +497,11 @@ class Pipeline:
 
     def status_line(self, activity: str | None = None) -> str:
         """The one-line STATUS text (see :func:`~llmc_rag_service.service.statusline.render`);
-        ``activity`` (e.g. ``scanning repo``) is prepended when given."""
+        ``activity`` (e.g. ``scanning repo``) is prepended when given, and
+        before it ``paused: <reason>; `` while a store fault lasts (e.g. ``paused:
+        no space for the state in /var/lib/llmc-rag (12.0 KiB free): …``)."""
         self._reap()
-        return render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity)
+        text = render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity,
+                      self.embeds_left(), self.embeds.note() if self.embeds else None, team=self.team_status())
+        fault = self.store.fault
+        return f"paused: {fault.reason}; {text}" if fault is not None else text

@@ -1,10 +1,16 @@
 """Read-only views of the store: ``status --json``, ``show --json`` and the STATUS line.
 
 The JSON shapes are the contract in DESIGN.md ("Contract: status --json",
-"Contract: show --json"). Counts are per configured repo over the spans
+"Contract: show --json"); ``status --json`` also has ``team`` (null without
+``team.postgres``), from the running daemon's :data:`TEAM_META` record. Counts are per configured repo over the spans
 currently in the tree, so ``enriched + pending + failed == spans`` always:
 a span is enriched if its content hash has an enrichment for the configured
-model and prompt version, failed if its job is dead-lettered, else pending.
+model and prompt version, failed if its job is dead-lettered, else pending;
+``embedded`` counts the spans with a vector of ``search.embed_model`` and the
+current input version (``enrich/embed_text.py``). ``secrets`` (per repo and in
+all) audits the secret redaction: values replaced in indexed files, secret
+files not indexed, and (in all) values replaced in model answers since the
+store was made.
 """
 
 from __future__ import annotations
@@ -17,10 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from llmc_rag_service.config import Config
+from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.models import PROMPT_VERSION
-from llmc_rag_service.store.views import StoreReader, empty_counts
+from llmc_rag_service.store.views import StoreReader, empty_counts, empty_secrets
+from llmc_rag_service.team.settings import redact_dsn
 
 LOCK_NAME = "llmc-rag.lock"
+#: The ``meta`` key under which the daemon keeps its team cache's counters (JSON).
+TEAM_META = "team_status"
+#: What ``status --json`` shows of them (the contract's ``team`` object, plus ``last_error`` and ``queries``).
+TEAM_FIELDS = ("reachable", "hits", "published", "deferred", "last_error", "queries")
+
 
 def daemon_running(state_dir: Path) -> int | None:
     """PID of the running ``serve`` (it holds an flock on the lock file), else None."""
@@ -52,15 +65,19 @@ def repo_state(path: Path, states: dict[str, str], running: bool) -> str:
 def status_report(config: Config) -> dict[str, Any]:
     """The ``status --json`` object (DESIGN.md contract)."""
     reader = StoreReader.open(config.db_path)
+    answers_redacted = outbox = 0
     if reader is None:
         meta: dict[str, str] = {}
-        repos = [{"path": str(r.path), **empty_counts()} for r in config.repos]
+        repos = [{"path": str(r.path), **empty_counts(), "secrets": empty_secrets()} for r in config.repos]
     else:
         with reader:
-            meta = reader.meta()
-            repos = [{"path": str(r.path), **reader.repo_counts(r.path, config.ollama.model, PROMPT_VERSION)}
-                     for r in config.repos]
-    totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed")}
+            meta, answers_redacted = reader.meta(), reader.answers_redacted()
+            repos = [{"path": str(r.path), **reader.repo_counts(r.path, config.ollama.model, PROMPT_VERSION,
+                                                                 config.search.embed_model, INPUT_VERSION),
+                      "secrets": reader.repo_secrets(r.path)} for r in config.repos]
+            outbox = reader.team_outbox_count()
+    totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed", "embedded")}
+    secrets = {k: sum(r["secrets"][k] for r in repos) for k in ("redacted", "secret_files_skipped")}
     pid = daemon_running(config.state_dir)
     states = json.loads(meta.get("repo_states") or "{}") if pid else {}
     repos = [{"path": r["path"], "state": repo_state(Path(r["path"]), states, pid is not None), **r} for r in repos]
@@ -70,7 +87,29 @@ def status_report(config: Config) -> dict[str, Any]:
                    "last_error": meta.get("ollama_last_error") or None},
         "repos": repos,
         "totals": totals,
+        "secrets": {**secrets, "answers_redacted": answers_redacted},
+        "team": team_report(config, meta.get(TEAM_META) if pid else None, outbox),
     }
+
+
+def team_report(config: Config, recorded: str | None, outbox: int) -> dict[str, Any] | None:
+    """``status --json``'s ``team``: None when team mode is off, else
+    ``{url (no password), reachable, hits, published, outbox, deferred,
+    last_error, queries}`` (``queries``: statements the daemon sent to the
+    team database since it started). ``recorded`` is the running daemon's :data:`TEAM_META`
+    JSON (None when no daemon runs: ``reachable`` is then None and the
+    counters 0); ``outbox`` is counted in the store, so it shows results
+    waiting to be published even while the daemon is stopped."""
+    if config.team.postgres is None:
+        return None
+    try:
+        counters = json.loads(recorded) if recorded else {}
+    except ValueError:
+        counters = {}
+    report: dict[str, Any] = {"url": redact_dsn(config.team.postgres), "reachable": None, "hits": 0,
+                              "published": 0, "outbox": outbox, "deferred": 0, "last_error": None, "queries": 0}
+    report.update({k: counters[k] for k in TEAM_FIELDS if k in counters})
+    return report
 
 
 def resolve_file(config: Config, path: str) -> tuple[Path, str] | None:
@@ -92,17 +131,18 @@ def show_report(config: Config, path: str, line: int | None = None) -> list[dict
         return None
     repo, relpath = where
     with reader:
-        file_id = reader.file_id(repo, relpath)
-        if file_id is None:
+        record = reader.file_record(repo, relpath)
+        if record is None:
             return None
-        rows = reader.file_spans(file_id, config.ollama.model, PROMPT_VERSION)
-    spans = [_span_json(relpath, r, config.ollama.model) for r in rows]
+        rows = reader.file_spans(record["id"], config.ollama.model, PROMPT_VERSION)
+    spans = [span_json(relpath, r, config.ollama.model) for r in rows]
     if line is not None:
         spans = [s for s in spans if s["start_line"] <= line <= s["end_line"]]
     return spans
 
 
-def _span_json(relpath: str, r: sqlite3.Row, model: str) -> dict[str, Any]:
+def span_json(relpath: str, r: sqlite3.Row, model: str) -> dict[str, Any]:
+    """One ``show --json`` object from a :meth:`StoreReader.file_spans` row."""
     enriched = r["summary"] is not None
     state = "enriched" if enriched else ("failed" if r["job_state"] == "failed" else "pending")
     enrichment = None

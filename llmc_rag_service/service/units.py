@@ -4,10 +4,18 @@ The unit text lives here, not only in ``systemd/`` at the top of the repository,
 because that folder is not part of the wheel, and a pip-installed daemon still needs
 to write a unit whose ``ExecStart=`` names the real ``llmc-rag`` path.
 ``systemd/llmc-rag.service`` and ``systemd/user/llmc-rag.service`` are
-``render_unit(..., DEFAULT_EXEC_PATH)``; a test keeps them equal so they never drift.
+``render_unit(..., DEFAULT_EXEC_PATH)`` and ``render_unit(..., DEFAULT_USER_EXEC_PATH)``
+(the executables ``scripts/install.sh`` creates); a test keeps them equal so they
+never drift, and verifies them with ``systemd-analyze verify`` on systemd 252.
+
+``install_unit`` names the installation it runs from (``sys.prefix``'s scripts,
+never whatever ``llmc-rag`` comes first on PATH) and writes ``Type=notify-reload``
+only when ``systemctl --version`` reports systemd >= :data:`NOTIFY_RELOAD_SINCE`
+(252, Debian 12, would warn and fall back to ``Type=simple``).
 
 One template serves both units. A line starting with ``S|`` is for the system unit
-only, ``U|`` for the user unit only; other lines are in both. The user unit leaves
+only, ``U|`` for the user unit only, ``R|`` for the ``Type=notify-reload`` variant
+only, ``N|`` for the plain ``Type=notify`` one only; other lines are in all. The user unit leaves
 out what a per-user service manager cannot do without privileges or user namespaces
 (mount-namespace sandboxing, capability bounding, device policy), and
 ``StateDirectory=``: before systemd 254 it maps to ``$XDG_CONFIG_HOME`` for user
@@ -25,31 +33,40 @@ session IPC objects it would delete when the service stops.
 from __future__ import annotations
 
 import os
+import pwd
 import re
-import shutil
+import subprocess
 import sys
+import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 
-DEFAULT_EXEC_PATH = "/usr/local/bin/llmc-rag"
+#: ExecStart of the shipped system unit: the venv of ``scripts/install.sh``.
+DEFAULT_EXEC_PATH = "/opt/llmc-rag/bin/llmc-rag"
+#: ExecStart of the shipped user unit: the venv of ``scripts/install.sh --user``.
+DEFAULT_USER_EXEC_PATH = "%h/.local/share/llmc-rag/bin/llmc-rag"
+#: First systemd release that knows ``Type=notify-reload`` and ``ReloadSignal=``.
+NOTIFY_RELOAD_SINCE = 253
 PLACEHOLDER_USER = "llmc-rag"
 UNIT_NAME = "llmc-rag.service"
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 
 _TEMPLATE = """\
 # llmc-rag: keeps LLM enrichments of code repositories fresh, using Ollama.
-# Canonical text: llmc_rag_service/units.py. `llmc-rag install-unit` writes a copy
+# Canonical text: llmc_rag_service/service/units.py. `llmc-rag install-unit` writes a copy
 # whose ExecStart names the installed llmc-rag.
 S|# Runs as the account that owns the repositories; User= below is a placeholder.
 S|# Set it at install time (llmc-rag install-unit --run-as NAME) or with a
 S|# drop-in (systemctl edit llmc-rag: a [Service] section with User=NAME).
 S|# Repositories are read-only (ProtectHome=read-only, ProtectSystem=strict); the
 S|# store lives in StateDirectory= (/var/lib/llmc-rag, passed as $STATE_DIRECTORY).
-U|# Install: ~/.config/systemd/user/llmc-rag.service, then
+U|# Install: scripts/install.sh --user (or llmc-rag install-unit --user), then
 U|# systemctl --user daemon-reload && systemctl --user enable --now llmc-rag
 U|# The store lives in $XDG_STATE_HOME/llmc-rag (~/.local/state/llmc-rag).
-# systemd >= 253: the notify-reload drop-in (systemd/llmc-rag.service.d/) makes
-# reloads synchronous; systemd 252 has no Type=notify-reload.
+# On systemd >= 253 install-unit writes Type=notify-reload (reloads then wait
+# for the daemon); systemd 252 has no Type=notify-reload.
+# $RUNTIME_DIRECTORY/daemon.json tells `llmc-rag status` which store the
+# running service uses.
 
 [Unit]
 Description=llmc-rag: LLM enrichment of code repositories (Ollama)
@@ -57,11 +74,13 @@ S|Wants=network-online.target
 S|After=network-online.target
 
 [Service]
-Type=notify
+R|Type=notify-reload
+R|ReloadSignal=SIGHUP
+N|Type=notify
 NotifyAccess=main
 ExecStart=@EXEC@
-# A shell builtin: minimal systems have no /bin/kill (203/EXEC).
-ExecReload=/bin/sh -c 'kill -HUP "$MAINPID"'
+N|# A shell builtin: minimal systems have no /bin/kill (203/EXEC).
+N|ExecReload=/bin/sh -c 'kill -HUP "$MAINPID"'
 S|User=@USER@
 WatchdogSec=60
 Restart=on-failure
@@ -71,8 +90,10 @@ RestartPreventExitStatus=78
 TimeoutStartSec=120
 # Above the daemon's own 20 s stop grace for in-flight jobs.
 TimeoutStopSec=45
+S|# The store is the run-as user's and root's only: a 0700 directory, files 0600 (UMask).
 S|StateDirectory=llmc-rag
 S|StateDirectoryMode=0700
+RuntimeDirectory=llmc-rag
 # A watchdog abort then leaves every thread's stack in the journal.
 Environment=PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1
 SyslogIdentifier=llmc-rag
@@ -114,17 +135,6 @@ S|WantedBy=multi-user.target
 U|WantedBy=default.target
 """
 
-NOTIFY_RELOAD_DROPIN = """\
-# systemd >= 253 only (Debian 12 has 252, which does not know Type=notify-reload).
-# Copy to /etc/systemd/system/llmc-rag.service.d/ (or
-# ~/.config/systemd/user/llmc-rag.service.d/) and run daemon-reload: systemd then
-# sends SIGHUP itself and waits for RELOADING=1 ... READY=1 from the daemon.
-[Service]
-Type=notify-reload
-ReloadSignal=SIGHUP
-ExecReload=
-"""
-
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}|[0-9]{1,10}")
 _NEEDS_QUOTES = re.compile(r"[\s\"'\\;]")
 
@@ -138,35 +148,48 @@ def _quote_arg(arg: str) -> str:
     return arg
 
 
+class UnitError(ValueError):
+    """install-unit cannot do what was asked (bad arguments, unwritable place);
+    the message is one line for the user."""
+
+
 def render_unit(
     user_unit: bool,
     exec_path: str,
     run_as: str | None = None,
     *,
     prefix_args: Sequence[str] = (),
+    notify_reload: bool = False,
 ) -> str:
     """Return the text of the system unit (``user_unit=False``) or the user unit.
 
-    ``exec_path`` is the absolute path of the program; ``prefix_args`` go between
+    ``exec_path`` is the absolute path of the program (a user unit may start it
+    with ``%h``, the home directory specifier); ``prefix_args`` go between
     it and ``serve`` (e.g. ``("-m", "llmc_rag_service")`` with a Python path).
     ``run_as`` is the system unit's ``User=`` (default the placeholder ``llmc-rag``).
+    ``notify_reload``: ``Type=notify-reload`` with ``ReloadSignal=SIGHUP`` instead
+    of ``Type=notify`` with a kill ``ExecReload=`` (systemd >= 253 only).
     Raises ValueError for a relative ``exec_path``, an unusable user name, or
     ``run_as`` given for a user unit (which runs as the calling user).
     """
-    if not exec_path.startswith("/"):
+    if not exec_path.startswith(("/", "%h/")):
         raise ValueError(f"exec_path must be absolute: {exec_path!r}")
     if user_unit and run_as is not None:
         raise ValueError("a user unit runs as the calling user; run_as is for the system unit")
     user = PLACEHOLDER_USER if run_as is None else run_as
     if not _USER_NAME.fullmatch(user):
         raise ValueError(f"not a usable user name for User=: {user!r}")
-    command = " ".join(_quote_arg(a) for a in (exec_path, *prefix_args, "serve"))
-    keep, drop = ("U|", "S|") if user_unit else ("S|", "U|")
+    head = exec_path if exec_path.startswith("%h/") else _quote_arg(exec_path)
+    command = " ".join([head, *(_quote_arg(a) for a in (*prefix_args, "serve"))])
+    keep = {"U|" if user_unit else "S|", "R|" if notify_reload else "N|"}
     lines = []
     for line in _TEMPLATE.splitlines():
-        if line.startswith(drop):
-            continue
-        lines.append(line.removeprefix(keep))
+        tag = line[:2]
+        if tag in ("S|", "U|", "R|", "N|"):
+            if tag not in keep:
+                continue
+            line = line[2:]
+        lines.append(line)
     text = "\n".join(lines) + "\n"
     return text.replace("@EXEC@", command).replace("@USER@", user)
 
@@ -180,25 +203,71 @@ def default_unit_dir(user_unit: bool) -> Path:
     return Path(config_home) / "systemd" / "user"
 
 
-def install_unit(user_unit: bool, dest_dir: Path | None = None, run_as: str | None = None) -> Path:
+def systemd_version() -> int | None:
+    """The systemd release number from ``systemctl --version`` (first line
+    ``systemd 252 (252.38-1~deb12u1)``), or None when systemctl is missing or
+    says something else."""
+    try:
+        out = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.match(r"systemd (\d+)\b", out)
+    return int(match.group(1)) if match else None
+
+
+def this_installation() -> tuple[str, tuple[str, ...]]:
+    """``(exec_path, prefix_args)`` that start this installation's ``serve``:
+    the ``llmc-rag`` script of ``sys.prefix`` (a venv's ``bin/``, or the
+    interpreter's scripts directory), else this interpreter with ``-m
+    llmc_rag_service``. Never a PATH lookup: under sudo, PATH may name another
+    installation."""
+    for folder in (sysconfig.get_path("scripts"), os.path.join(sys.prefix, "bin")):
+        script = Path(folder) / "llmc-rag"
+        if script.is_file() and os.access(script, os.X_OK):
+            return str(script.absolute()), ()
+    return str(Path(sys.executable).absolute()), ("-m", "llmc_rag_service")
+
+
+def _check_run_as(run_as: str) -> None:
+    if not _USER_NAME.fullmatch(run_as):
+        raise UnitError(f"--run-as {run_as!r}: not a usable user name")
+    try:
+        pwd.getpwnam(run_as)
+    except KeyError:
+        raise UnitError(f"--run-as {run_as}: no such user on this machine "
+                        "(name the account that owns the repositories)") from None
+
+
+def install_unit(user_unit: bool, dest_dir: Path | None = None, run_as: str | None = None,
+                 version: int | None = None) -> Path:
     """Write ``llmc-rag.service`` for this installation and return its path.
 
-    ExecStart is ``shutil.which("llmc-rag")`` if found, else this interpreter with
-    ``-m llmc_rag_service``. ``dest_dir`` defaults to ``default_unit_dir(user_unit)``
-    and is created if missing. Does not run systemctl: the caller says to run
-    ``systemctl [--user] daemon-reload``. Raises ValueError as ``render_unit`` and
-    OSError when the file cannot be written.
+    ExecStart is :func:`this_installation`. ``version`` is the systemd release
+    (default :func:`systemd_version`); from :data:`NOTIFY_RELOAD_SINCE` on the
+    unit is ``Type=notify-reload``. ``dest_dir`` defaults to
+    ``default_unit_dir(user_unit)`` and is created if missing. Does not run
+    systemctl: the caller says to run ``systemctl [--user] daemon-reload``.
+
+    Raises:
+        UnitError: ``run_as`` with a user unit, a ``run_as`` user that does not
+            exist, or a destination that cannot be written (one-line message).
     """
-    found = shutil.which("llmc-rag")
-    if found:
-        text = render_unit(user_unit, str(Path(found).absolute()), run_as)
-    else:
-        text = render_unit(user_unit, sys.executable, run_as, prefix_args=("-m", "llmc_rag_service"))
+    if user_unit and run_as is not None:
+        raise UnitError("--run-as is for the system unit; a --user unit runs as the user who installs it")
+    if run_as is not None:
+        _check_run_as(run_as)
+    version = systemd_version() if version is None else version
+    exec_path, prefix_args = this_installation()
+    text = render_unit(user_unit, exec_path, run_as, prefix_args=prefix_args,
+                       notify_reload=version is not None and version >= NOTIFY_RELOAD_SINCE)
     target_dir = default_unit_dir(user_unit) if dest_dir is None else dest_dir
-    target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / UNIT_NAME
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(0o644)
-    tmp.replace(target)
+    try:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o644)
+        tmp.replace(target)
+    except OSError as exc:
+        raise UnitError(f"cannot write {target}: {exc.strerror or exc}") from exc
     return target

@@ -7,38 +7,48 @@ applied forward, each in its own transaction.
 
 Tables::
 
-    repos(id, path)                                   one row per watched repository
+    repos(id, path, secret_files)                     one row per watched repository; secret_files =
+                                                      secret files by name the last full scan passed by
     files(id, repo_id, path, size, mtime_ns,          path is POSIX, relative to the repo;
-          content_hash, language, skipped)            skipped = reason when not indexed
+          content_hash, language, skipped,            skipped = reason when not indexed;
+          redacted)                                   redacted = secret values replaced in its spans
     spans(id, file_id, kind, name, start_line,        the spans currently in the tree
           end_line, span_hash)
     span_texts(span_hash, language, text)             content-addressed span text
     enrichments(span_hash, model, prompt_version,     keyed by content, so identical or
           summary, inputs, ..., usage, created_at)    moved code is enriched once
-    jobs(...)                                         see queue.py
+    jobs(id, kind, span_hash, model, prompt_version,  the persistent queue (kinds enrich, embed),
+          state, ..., basis)                          see jobs.py and embed_jobs.py
     meta(key, value)                                  daemon status for ``status``
+    span_fts, span_fts_vocab, span_fts_dirty          full-text index of spans, see fts.py
+    embeddings(span_hash, embed_model, input_version, one vector per content hash, see vectors.py
+          dim, vector, created_at), embeddings_epoch(n)
+    team_outbox(...)                                  results waiting for the team database
+                                                      (store/team_outbox.py)
 
-Each thread gets its own connection (sqlite3 connections must not be shared
-across threads); writes go through :meth:`Store.write`, a ``BEGIN IMMEDIATE``
-transaction, so a result and its job's completion land together or not at all.
+Connections (one per thread), ``BEGIN IMMEDIATE`` transactions and store
+faults are :class:`~llmc_rag_service.store.database.Database`'s; opening a
+file that is no store of ours raises ``StoreCorrupt`` (:func:`verify_store`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from llmc_rag_service.models import Span
+from llmc_rag_service.store import fts
+from llmc_rag_service.store.database import BUSY_TIMEOUT_S, HEALTH_TIMEOUT_S, Database  # noqa: F401 (re-exported)
+from llmc_rag_service.store.faults import StoreCorrupt
 
-#: Seconds a connection waits for another writer before raising "database is locked".
-BUSY_TIMEOUT_S = 30.0
-#: Seconds the watchdog's writability check waits for another writer.
-HEALTH_TIMEOUT_S = 2.0
+#: ``PRAGMA application_id`` stamped on a store this product creates ("LLMC").
+APPLICATION_ID = 0x4C4C4D43
+#: Tables every migrated store has: a file with a schema version but without
+#: them belongs to another application.
+CORE_TABLES = frozenset({"repos", "files", "spans", "jobs", "meta"})
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
@@ -76,17 +86,104 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_ready ON jobs(state, priority, next_attempt_at);
     CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT);
     """,
+    # 2: search. span_fts holds one document per span row (rowid = spans.id);
+    # its text needs identifier splitting (Python), so triggers only mark rows
+    # dirty and Store.write() re-indexes them before each commit (store/fts.py).
+    # Existing spans are marked dirty here: the first write backfills them.
+    """
+    CREATE VIRTUAL TABLE span_fts USING fts5(
+        name, path, summary, inputs, outputs, side_effects, pitfalls, usage, code,
+        tokenize = 'porter unicode61 remove_diacritics 2');
+    CREATE VIRTUAL TABLE span_fts_vocab USING fts5vocab(span_fts, 'row');
+    CREATE TABLE span_fts_dirty(span_id INTEGER PRIMARY KEY);
+    CREATE TRIGGER span_fts_span_added AFTER INSERT ON spans BEGIN
+        INSERT OR IGNORE INTO span_fts_dirty(span_id) VALUES (new.id); END;
+    CREATE TRIGGER span_fts_span_changed AFTER UPDATE ON spans BEGIN
+        INSERT OR IGNORE INTO span_fts_dirty(span_id) VALUES (new.id); END;
+    CREATE TRIGGER span_fts_span_gone AFTER DELETE ON spans BEGIN
+        DELETE FROM span_fts WHERE rowid = old.id;
+        DELETE FROM span_fts_dirty WHERE span_id = old.id; END;
+    CREATE TRIGGER span_fts_enriched AFTER INSERT ON enrichments BEGIN
+        INSERT OR IGNORE INTO span_fts_dirty(span_id) SELECT id FROM spans WHERE span_hash = new.span_hash; END;
+    CREATE TRIGGER span_fts_enrichment_changed AFTER UPDATE ON enrichments BEGIN
+        INSERT OR IGNORE INTO span_fts_dirty(span_id) SELECT id FROM spans WHERE span_hash = new.span_hash; END;
+    CREATE TRIGGER span_fts_enrichment_gone AFTER DELETE ON enrichments BEGIN
+        INSERT OR IGNORE INTO span_fts_dirty(span_id) SELECT id FROM spans WHERE span_hash = old.span_hash; END;
+    INSERT INTO span_fts_dirty(span_id) SELECT id FROM spans;
+    CREATE TABLE embeddings(
+        span_hash TEXT NOT NULL, embed_model TEXT NOT NULL, input_version INTEGER NOT NULL,
+        dim INTEGER NOT NULL, vector BLOB NOT NULL, created_at REAL NOT NULL,
+        PRIMARY KEY(span_hash, embed_model, input_version));
+    CREATE INDEX embeddings_model ON embeddings(embed_model, input_version);
+    CREATE TABLE embeddings_epoch(n INTEGER NOT NULL);
+    INSERT INTO embeddings_epoch(n) VALUES (0);
+    CREATE TRIGGER embeddings_deleted AFTER DELETE ON embeddings BEGIN UPDATE embeddings_epoch SET n = n + 1; END;
+    CREATE TRIGGER embeddings_updated AFTER UPDATE ON embeddings BEGIN UPDATE embeddings_epoch SET n = n + 1; END;
+    """,
+    # 3: job kinds. Embedding jobs share the queue (kind 'embed'; model and
+    # prompt_version hold the embedding model and input version), so the key
+    # gains the kind; basis = what an embedding job's text was made from.
+    # SQLite cannot change a UNIQUE constraint in place: the table is rebuilt.
+    """
+    CREATE TABLE jobs_v3(
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL DEFAULT 'enrich' CHECK (kind IN ('enrich', 'embed')),
+        span_hash TEXT NOT NULL, model TEXT NOT NULL, prompt_version INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+        priority INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT,
+        claimed_by INTEGER, claimed_at REAL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL, basis TEXT,
+        UNIQUE(kind, span_hash, model, prompt_version));
+    INSERT INTO jobs_v3(id, span_hash, model, prompt_version, state, priority, attempts, next_attempt_at,
+                        last_error, claimed_by, claimed_at, created_at, updated_at)
+        SELECT id, span_hash, model, prompt_version, state, priority, attempts, next_attempt_at,
+               last_error, claimed_by, claimed_at, created_at, updated_at FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v3 RENAME TO jobs;
+    CREATE INDEX jobs_ready ON jobs(kind, state, priority, next_attempt_at);
+    """,
+    # 4: team mode's outbox (store/team_outbox.py): results waiting for the team database
+    """
+    CREATE TABLE team_outbox(
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('enrichment', 'embedding')),
+        span_hash TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
+        payload BLOB NOT NULL, dim INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
+        UNIQUE(kind, span_hash, model, version));
+    """,
+    # 5: secrets (index/redact.py), counted for status --json. Span text stored
+    # before redaction existed may hold secret values: every file is re-read and
+    # re-cut by the next scan (its hash forgotten), which replaces its spans and
+    # drops the text (and for a file with secrets the answers) of the old ones.
+    """
+    ALTER TABLE files ADD COLUMN redacted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE repos ADD COLUMN secret_files INTEGER NOT NULL DEFAULT 0;
+    UPDATE files SET content_hash = '';
+    """,
 )
 
 
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a migration script (a trigger body's ``;`` does not end its statement)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"incomplete SQL statement in a migration: {pending.strip()[:80]!r}")
 _FILE_COLUMNS = "SELECT id, repo_id, path, size, mtime_ns, content_hash, skipped FROM files"
 
 
 @dataclass(frozen=True)
 class FileRecord:
     """A stored file: ``mtime_ns`` in nanoseconds, ``size`` in bytes,
-    ``content_hash`` sha256 hex of the raw bytes, ``skipped`` the reason it is
-    not indexed (binary, too_large, decode_error) or None."""
+    ``content_hash`` sha256 hex of the raw bytes (``secret`` for a secret file
+    by content, empty for a file to read again), ``skipped`` the reason it is not indexed
+    (binary, too_large, decode_error, secret) or None."""
 
     id: int
     repo_id: int
@@ -97,99 +194,58 @@ class FileRecord:
     skipped: str | None
 
 
-class Store:
-    """Access to the state database; safe to share between threads.
+def verify_store(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version (``PRAGMA user_version``) of the store open on
+    ``conn``, after checking that the file is one of ours (or still empty).
+
+    Raises:
+        StoreCorrupt: another application's database: a foreign
+            ``application_id``, tables without a schema version, or a schema
+            version without :data:`CORE_TABLES`.
+        sqlite3.DatabaseError: not a database, or malformed (reading the
+            schema parses the first page).
+    """
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if app_id not in (0, APPLICATION_ID):
+        raise StoreCorrupt(path, f"application_id {app_id:#x} is another application's")
+    if (version == 0 and tables) or (version > 0 and not CORE_TABLES <= tables):
+        names = ", ".join(sorted(tables)[:5]) or "none"
+        raise StoreCorrupt(path, f"another application's database: schema version {version}, tables {names}")
+    return version
+
+
+class Store(Database):
+    """The state database: schema, migrations, meta, repos, files and spans;
+    connections, transactions and faults come from
+    :class:`~llmc_rag_service.store.database.Database`. Safe to share between threads.
 
     Args:
         path: The database file; its directory is created (mode 0700).
 
     Raises:
-        sqlite3.Error: the file cannot be opened or migrated.
+        StoreUnusable: the file cannot be opened or migrated: ``StoreCorrupt``
+            (not a database, malformed, another application's),
+            ``StoreReadOnly``, ``StoreFull``, ``StoreIOError``.
+        sqlite3.OperationalError: locked by another process past
+            :data:`~llmc_rag_service.store.database.BUSY_TIMEOUT_S`.
     """
 
     def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self._local = threading.local()
-        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
-        self._lock = threading.Lock()
-        self._writer = threading.RLock()  # this process's writers, one at a time (see write)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.migrate()
+        self._search_index = False  # set once the migration that creates span_fts has run
+        super().__init__(path)
+        with self.opening():
+            self.migrate()
 
-    # -- connections ---------------------------------------------------
-    @property
-    def conn(self) -> sqlite3.Connection:
-        """This thread's connection (autocommit mode; use :meth:`write`)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append((threading.current_thread(), conn))
-        return conn
+    def verify(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file that is no store of ours (see :func:`verify_store`)."""
+        verify_store(conn, self.path)
 
-    @contextlib.contextmanager
-    def write(self, busy_timeout_s: float | None = None) -> Iterator[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction: committed on exit, rolled back on error.
-
-        ``busy_timeout_s`` waits at most that long for another writer (default
-        :data:`BUSY_TIMEOUT_S`), e.g. short on the daemon's main loop, which
-        must keep ticking. Raises sqlite3.OperationalError when it runs out.
-        """
-        conn = self.conn
-        # This process's writers queue on a lock first: SQLite's own wait polls with
-        # sleeps of up to 100 ms, so a thread with a large transaction (the scanner)
-        # would starve behind workers committing hundreds of small ones a second.
-        if not self._writer.acquire(timeout=BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s):
-            raise sqlite3.OperationalError("database is locked (another thread of this process is writing)")
-        try:
-            if busy_timeout_s is not None:
-                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            finally:
-                if busy_timeout_s is not None:
-                    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            self._writer.release()
-
-    def release_thread(self) -> None:
-        """Close the calling thread's connection (a thread about to end)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            return
-        self._local.conn = None
-        with self._lock:
-            self._all = [(t, c) for t, c in self._all if c is not conn]
-        with contextlib.suppress(sqlite3.Error):
-            conn.close()
-
-    def close(self) -> None:
-        """Close this thread's connection and those of threads that ended (call
-        at shutdown). A connection of a thread still running (a worker past the
-        stop grace) is left open: closing it under that thread can crash the
-        process; the OS closes it at exit and WAL recovery makes that safe."""
-        with self._lock:
-            keep = []
-            for thread, conn in self._all:
-                if thread is threading.current_thread() or not thread.is_alive():
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.close()
-                else:
-                    keep.append((thread, conn))
-            self._all = keep
-        self._local = threading.local()
+    def before_commit(self, conn: sqlite3.Connection) -> None:
+        """Spans or enrichments changed: re-index them in the same transaction (see fts.py)."""
+        if self._search_index:
+            fts.flush(conn)
 
     def migrate(self) -> int:
         """Apply pending :data:`MIGRATIONS`; returns the resulting schema version."""
@@ -197,19 +253,19 @@ class Store:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             with self.write() as tx:
-                for statement in filter(str.strip, script.split(";")):
+                # Another process may have migrated while this one waited for the lock.
+                if tx.execute("PRAGMA user_version").fetchone()[0] >= number:
+                    continue
+                if number == 1:
+                    tx.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                for statement in _statements(script):
                     tx.execute(statement)
                 tx.execute(f"PRAGMA user_version = {number}")
+        self._search_index = fts.has_index(conn)
+        if self._search_index and fts.dirty(conn):
+            with self.write():
+                pass  # the commit re-indexes rows marked dirty (the backfill of an older store)
         return conn.execute("PRAGMA user_version").fetchone()[0]
-
-    def writable(self) -> str | None:
-        """Health check: None if a write transaction can be taken, else the reason."""
-        try:
-            with self.write(HEALTH_TIMEOUT_S) as tx:
-                tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('health_at', ?)", (str(time.time()),))
-        except sqlite3.Error as exc:
-            return f"store not writable: {exc}"
-        return None
 
     # -- meta ----------------------------------------------------------
     def set_meta(self, busy_timeout_s: float | None = None, **values: str | None) -> None:
@@ -260,18 +316,20 @@ class Store:
     def put_file(
         self, tx: sqlite3.Connection, repo_id: int, path: str, *, size: int, mtime_ns: int,
         content_hash: str, language: str | None, skipped: str | None, spans: Sequence[Span] | None,
+        redacted: int = 0,
     ) -> int:
-        """Insert or update a file inside ``tx``; ``spans`` (if not None) replace its spans.
+        """Insert or update a file inside ``tx``; ``spans`` (if not None) replace its spans;
+        ``redacted`` is how many secret values were replaced in its text.
 
         Returns the file id.
         """
         tx.execute(
-            """INSERT INTO files(repo_id, path, size, mtime_ns, content_hash, language, skipped, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """INSERT INTO files(repo_id, path, size, mtime_ns, content_hash, language, skipped, redacted, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(repo_id, path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
                content_hash = excluded.content_hash, language = excluded.language,
-               skipped = excluded.skipped, updated_at = excluded.updated_at""",
-            (repo_id, path, size, mtime_ns, content_hash, language, skipped, time.time()),
+               skipped = excluded.skipped, redacted = excluded.redacted, updated_at = excluded.updated_at""",
+            (repo_id, path, size, mtime_ns, content_hash, language, skipped, redacted, time.time()),
         )
         file_id = tx.execute("SELECT id FROM files WHERE repo_id = ? AND path = ?", (repo_id, path)).fetchone()[0]
         if spans is not None:
@@ -285,6 +343,19 @@ class Store:
                 [(s.span_hash, s.language, s.text) for s in spans],
             )
         return file_id
+
+    def drop_unheld(self, tx: sqlite3.Connection, span_hashes: Sequence[str], answers_of: Sequence[str] = ()) -> int:
+        """Inside ``tx``, delete the stored text of each of ``span_hashes`` that no
+        span holds any more (cut again from its file if the code comes back), and
+        for those also in ``answers_of`` their enrichments and embeddings (made
+        from text that held secret values). Returns how many texts were deleted."""
+        gone = {h for h in set(span_hashes)
+                if tx.execute("SELECT 1 FROM spans WHERE span_hash = ? LIMIT 1", (h,)).fetchone() is None}
+        tx.executemany("DELETE FROM span_texts WHERE span_hash = ?", [(h,) for h in gone])
+        answers = [(h,) for h in gone.intersection(answers_of)]
+        tx.executemany("DELETE FROM enrichments WHERE span_hash = ?", answers)
+        tx.executemany("DELETE FROM embeddings WHERE span_hash = ?", answers)
+        return len(gone)
 
     def touch_file(self, file_id: int, size: int, mtime_ns: int) -> None:
         """Record a new size (bytes) and mtime (nanoseconds) for a file whose

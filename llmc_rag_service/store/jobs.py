@@ -1,6 +1,10 @@
 """The persistent job queue (table ``jobs`` of the store).
 
-A job enriches one span content hash for one model and prompt version::
+Jobs have a ``kind``: ``enrich`` (this module's :class:`JobQueue`: one span
+content hash for one chat model and prompt version) or ``embed``
+(:class:`~llmc_rag_service.store.embed_jobs.EmbedQueue`: one span content hash
+for one embedding model and input version, kept in the same ``model`` and
+``prompt_version`` columns). Both kinds share the states and guarantees::
 
     pending --claim--> running --complete--> done
        ^                  |
@@ -8,7 +12,7 @@ A job enriches one span content hash for one model and prompt version::
        +---- release -----+  (attempts unchanged: outage, model missing, busy)
                           +--fail/dead_letter--> failed  (last_error kept)
 
-Jobs are deduplicated by ``(span_hash, model, prompt_version)``; a lower
+Jobs are deduplicated by ``(kind, span_hash, model, prompt_version)``; a lower
 ``priority`` runs first (:data:`PRIORITY_LIVE` for a just-saved file,
 :data:`PRIORITY_BACKFILL` for scans). A job whose span no longer exists in any
 file is never claimed and is cancelled (deleted), so nothing is sent for
@@ -22,11 +26,14 @@ import json
 import os
 import random
 import sqlite3
-import time
-from typing import Iterable
+from typing import Callable, Iterable
 
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.models import PROMPT_VERSION, Enrichment, Job
 from llmc_rag_service.store.db import Store
+
+#: The kinds of job (the CHECK of ``jobs.kind``).
+KINDS = ("enrich", "embed")
 
 PRIORITY_LIVE = 0
 PRIORITY_BACKFILL = 10
@@ -58,20 +65,40 @@ def _pid_alive(pid: int) -> bool:
 
 
 class JobQueue:
-    """Queue operations for one model (``model``) on a :class:`Store`.
+    """Queue operations for one kind of job and one model (``model``) on a :class:`Store`.
 
     Args:
         store: The state store.
-        model: Ollama model name; jobs and enrichments are per model.
+        model: Ollama model name; jobs and results are per model.
         max_attempts: Failed attempts before a job is dead-lettered.
+        clock: Its ``time()`` (wall seconds) stamps jobs and decides when a
+            backed-off job is due; tests pass a manual clock.
+
+    ``on_result(tx, span_hash)`` is called inside the transaction that stores
+    a result (e.g. to queue the span's re-embedding when its enrichment lands).
+    Subclasses set :attr:`KIND`, :attr:`HAS_RESULT` (an SQL condition with the
+    parameters ``:h`` span hash, ``:model``, ``:ver``) and :attr:`version`.
     """
 
-    def __init__(self, store: Store, model: str, max_attempts: int = 5):
-        self.store, self.model, self.max_attempts = store, model, max_attempts
-        self.prompt_version = PROMPT_VERSION
+    KIND = "enrich"
+    HAS_RESULT = ("EXISTS (SELECT 1 FROM enrichments r WHERE r.span_hash = :h AND r.model = :model"
+                  " AND r.prompt_version = :ver)")
 
-    def _key(self) -> tuple[str, int]:
-        return self.model, self.prompt_version
+    def __init__(self, store: Store, model: str, max_attempts: int = 5, clock: Clock = SYSTEM):
+        self.store, self.model, self.max_attempts, self.clock = store, model, max_attempts, clock
+        self.prompt_version = PROMPT_VERSION
+        self.on_result: Callable[[sqlite3.Connection, str], None] | None = None
+
+    @property
+    def version(self) -> int:
+        """The version part of the job key (the prompt version for enrichments)."""
+        return self.prompt_version
+
+    def _key(self) -> tuple[str, str, int]:
+        return self.KIND, self.model, self.version
+
+    def _params(self, **extra: object) -> dict[str, object]:
+        return {"kind": self.KIND, "model": self.model, "ver": self.version, **extra}
 
     def enqueue(self, tx: sqlite3.Connection, span_hashes: Iterable[str], priority: int) -> int:
         """Inside ``tx``, add a pending job for each hash that has neither an
@@ -79,26 +106,20 @@ class JobQueue:
 
         Returns the number of jobs created.
         """
-        now, created = time.time(), 0
+        now, created = self.clock.time(), 0
         for span_hash in dict.fromkeys(span_hashes):
-            if tx.execute(
-                "SELECT 1 FROM enrichments WHERE span_hash = ? AND model = ? AND prompt_version = ?",
-                (span_hash, *self._key()),
-            ).fetchone():
+            params = self._params(h=span_hash, prio=priority, now=now)
+            if tx.execute(f"SELECT {self.HAS_RESULT}", params).fetchone()[0]:
                 continue
             cur = tx.execute(
-                """INSERT INTO jobs(span_hash, model, prompt_version, state, priority, created_at, updated_at)
-                   VALUES (?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT DO NOTHING""",
-                (span_hash, *self._key(), priority, now, now),
-            )
+                """INSERT INTO jobs(kind, span_hash, model, prompt_version, state, priority, created_at, updated_at)
+                   VALUES (:kind, :h, :model, :ver, 'pending', :prio, :now, :now) ON CONFLICT DO NOTHING""", params)
             if cur.rowcount:
                 created += 1
             else:
                 tx.execute(
-                    """UPDATE jobs SET priority = MIN(priority, ?) WHERE span_hash = ? AND model = ?
-                       AND prompt_version = ? AND state = 'pending'""",
-                    (priority, span_hash, *self._key()),
-                )
+                    """UPDATE jobs SET priority = MIN(priority, :prio) WHERE kind = :kind AND span_hash = :h
+                       AND model = :model AND prompt_version = :ver AND state = 'pending'""", params)
         return created
 
     def cancel_orphans(self, tx: sqlite3.Connection, span_hashes: Iterable[str] | None = None) -> int:
@@ -108,27 +129,25 @@ class JobQueue:
         lost): a per-file scan step must not cost a pass over every pending job,
         or a large backfill becomes quadratic."""
         if span_hashes is None:
-            return tx.execute(f"DELETE FROM jobs WHERE state = 'pending' AND NOT {_HAS_SPAN}").rowcount
+            return tx.execute(f"DELETE FROM jobs WHERE kind = ? AND state = 'pending' AND NOT {_HAS_SPAN}",
+                              (self.KIND,)).rowcount
         cancelled = 0
         for span_hash in set(span_hashes):
             cancelled += tx.execute(
-                f"DELETE FROM jobs WHERE span_hash = ? AND state = 'pending' AND NOT {_HAS_SPAN}", (span_hash,)
-            ).rowcount
+                f"DELETE FROM jobs WHERE kind = ? AND span_hash = ? AND state = 'pending' AND NOT {_HAS_SPAN}",
+                (self.KIND, span_hash)).rowcount
         return cancelled
 
     def enqueue_missing(self, tx: sqlite3.Connection, priority: int = PRIORITY_BACKFILL) -> int:
         """Inside ``tx``, queue every span hash in the tree that has neither an
         enrichment nor a job for this model and prompt version (after the model
         or prompt changed, or jobs were lost). Returns how many were queued."""
-        now = time.time()
+        result = self.HAS_RESULT.replace(":h", "s.span_hash")
         return tx.execute(
-            """INSERT INTO jobs(span_hash, model, prompt_version, state, priority, created_at, updated_at)
-               SELECT DISTINCT s.span_hash, :model, :pv, 'pending', :prio, :now, :now FROM spans s
-               WHERE NOT EXISTS (SELECT 1 FROM enrichments e WHERE e.span_hash = s.span_hash
-                                 AND e.model = :model AND e.prompt_version = :pv)
-               ON CONFLICT DO NOTHING""",
-            {"model": self.model, "pv": self.prompt_version, "prio": priority, "now": now},
-        ).rowcount
+            f"""INSERT INTO jobs(kind, span_hash, model, prompt_version, state, priority, created_at, updated_at)
+               SELECT DISTINCT :kind, s.span_hash, :model, :ver, 'pending', :prio, :now, :now FROM spans s
+               WHERE NOT {result}
+               ON CONFLICT DO NOTHING""", self._params(prio=priority, now=self.clock.time())).rowcount
 
     def requeue_failed(self, repo_ids: Iterable[int]) -> int:
         """Give dead-lettered jobs of this model whose spans are in the given
@@ -139,15 +158,18 @@ class JobQueue:
         with self.store.write() as tx:
             return tx.execute(
                 f"""UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = 0, updated_at = ?
-                    WHERE state = 'failed' AND model = ? AND prompt_version = ? AND span_hash IN
+                    WHERE state = 'failed' AND kind = ? AND model = ? AND prompt_version = ? AND span_hash IN
                     (SELECT s.span_hash FROM spans s JOIN files f ON f.id = s.file_id WHERE f.repo_id IN ({marks}))""",
-                (time.time(), *self._key(), *ids),
+                (self.clock.time(), *self._key(), *ids),
             ).rowcount
 
-    def recover(self) -> int:
-        """Return jobs left ``running`` by a dead process (or by an earlier life
-        of this one) to pending. Returns how many."""
-        rows = self.store.conn.execute("SELECT id, claimed_by FROM jobs WHERE state = 'running'").fetchall()
+    def recover(self, every_kind: bool = False) -> int:
+        """Return jobs of this kind (or of ``every_kind``) left ``running`` by a
+        dead process (or by an earlier life of this one) to pending. Returns how many."""
+        kinds = KINDS if every_kind else (self.KIND,)
+        rows = self.store.conn.execute(
+            f"SELECT id, claimed_by FROM jobs WHERE state = 'running' AND kind IN ({','.join('?' * len(kinds))})",
+            kinds).fetchall()
         stale = [r["id"] for r in rows if r["claimed_by"] in (None, os.getpid()) or not _pid_alive(r["claimed_by"])]
         with self.store.write() as tx:
             tx.executemany(
@@ -159,32 +181,44 @@ class JobQueue:
     def claim(self) -> Job | None:
         """Atomically take the most urgent ready job (pending, due, span still
         present) and mark it running by this process; None if there is none."""
-        now = time.time()
-        with self.store.write() as tx:
-            row = tx.execute(
-                f"""UPDATE jobs SET state = 'running', claimed_by = ?, claimed_at = ?, updated_at = ?
-                    WHERE id = (SELECT id FROM jobs WHERE state = 'pending' AND model = ? AND prompt_version = ?
-                                AND next_attempt_at <= ? AND {_HAS_SPAN}
-                                ORDER BY priority, id LIMIT 1)
-                    RETURNING id, span_hash, model, attempts, priority""",
-                (os.getpid(), now, now, *self._key(), now),
-            ).fetchone()
-        return Job(*row) if row else None
+        jobs = self.claim_many(1)
+        return jobs[0] if jobs else None
 
-    def complete(self, job: Job, enrichment: Enrichment, duration_s: float) -> None:
-        """Store the enrichment and mark the job done, in one transaction."""
-        e = enrichment
+    def claim_many(self, limit: int) -> list[Job]:
+        """Atomically take up to ``limit`` ready jobs, most urgent first (see :meth:`claim`)."""
+        now = self.clock.time()
         with self.store.write() as tx:
-            tx.execute(
-                """INSERT OR REPLACE INTO enrichments(span_hash, model, prompt_version, summary, inputs, outputs,
-                   side_effects, pitfalls, usage, created_at, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (job.span_hash, *self._key(), e.summary, json.dumps(e.inputs), json.dumps(e.outputs),
-                 json.dumps(e.side_effects), json.dumps(e.pitfalls), e.usage, time.time(), duration_s),
-            )
-            tx.execute(
-                "UPDATE jobs SET state = 'done', attempts = attempts + 1, last_error = NULL, updated_at = ? WHERE id = ?",
-                (time.time(), job.id),
-            )
+            rows = tx.execute(
+                f"""UPDATE jobs SET state = 'running', claimed_by = :pid, claimed_at = :now, updated_at = :now
+                    WHERE id IN (SELECT id FROM jobs WHERE state = 'pending' AND kind = :kind AND model = :model
+                                 AND prompt_version = :ver AND next_attempt_at <= :now AND {_HAS_SPAN}
+                                 ORDER BY priority, id LIMIT :limit)
+                    RETURNING id, span_hash, model, attempts, priority""",
+                self._params(pid=os.getpid(), now=now, limit=limit)).fetchall()
+        return sorted((Job(*row) for row in rows), key=lambda job: (job.priority, job.id))
+
+    def complete(self, job: Job, enrichment: Enrichment, duration_s: float | None) -> None:
+        """Store the enrichment and mark the job done, in one transaction.
+        ``duration_s``: seconds the request took (None: taken from the team cache)."""
+        with self.store.write() as tx:
+            self._put_enrichment(tx, job.span_hash, enrichment, duration_s)
+            self.mark_done(tx, job)
+            if self.on_result is not None:
+                self.on_result(tx, job.span_hash)
+
+    def mark_done(self, tx: sqlite3.Connection, job: Job, basis: str | None = None) -> None:
+        """Inside ``tx``, mark a claimed job done (its attempt counted); ``basis``
+        records what the result was made from (see EmbedQueue)."""
+        tx.execute("UPDATE jobs SET state = 'done', attempts = attempts + 1, last_error = NULL, basis = ?,"
+                   " updated_at = ? WHERE id = ?", (basis, self.clock.time(), job.id))
+
+    def _put_enrichment(self, tx: sqlite3.Connection, span_hash: str, e: Enrichment, duration_s: float | None) -> None:
+        tx.execute(
+            """INSERT OR REPLACE INTO enrichments(span_hash, model, prompt_version, summary, inputs, outputs,
+               side_effects, pitfalls, usage, created_at, duration_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (span_hash, self.model, self.prompt_version, e.summary, json.dumps(e.inputs), json.dumps(e.outputs),
+             json.dumps(e.side_effects), json.dumps(e.pitfalls), e.usage, self.clock.time(), duration_s),
+        )
 
     def retry(self, job: Job, error: str, delay_s: float | None = None) -> bool:
         """Count a failed attempt. Back to pending after a jittered backoff (or
@@ -195,7 +229,7 @@ class JobQueue:
             self.fail(job, error, attempts)
             return True
         delay = backoff_s(attempts) if delay_s is None else delay_s
-        self._update(job, "pending", attempts, error, time.time() + delay)
+        self._update(job, "pending", attempts, error, self.clock.time() + delay)
         return False
 
     def fail(self, job: Job, error: str, attempts: int | None = None) -> None:
@@ -205,25 +239,26 @@ class JobQueue:
     def release(self, job: Job, delay_s: float = 0.0, error: str | None = None) -> None:
         """Put a claimed job back without counting an attempt (the server was
         unreachable, busy or missing the model: not the job's fault)."""
-        self._update(job, "pending", job.attempts, error, time.time() + delay_s)
+        self._update(job, "pending", job.attempts, error, self.clock.time() + delay_s)
 
     def _update(self, job: Job, state: str, attempts: int, error: str | None, next_at: float) -> None:
         with self.store.write() as tx:
             tx.execute(
                 """UPDATE jobs SET state = ?, attempts = ?, last_error = ?, next_attempt_at = ?,
                    claimed_by = NULL, updated_at = ? WHERE id = ?""",
-                (state, attempts, error, next_at, time.time(), job.id),
+                (state, attempts, error, next_at, self.clock.time(), job.id),
             )
 
     def counts(self) -> dict[str, int]:
         """Live job counts for this model: ``pending`` (incl. waiting for
         backoff), ``ready`` (due now), ``running``, ``failed``, ``done``."""
-        now = time.time()
+        now = self.clock.time()
         row = self.store.conn.execute(
             f"""SELECT
                  SUM(state = 'pending'), SUM(state = 'pending' AND next_attempt_at <= ?),
                  SUM(state = 'running'), SUM(state = 'failed'), SUM(state = 'done')
-               FROM jobs WHERE model = ? AND prompt_version = ? AND (state IN ('done', 'failed') OR {_HAS_SPAN})""",
+               FROM jobs WHERE kind = ? AND model = ? AND prompt_version = ?
+               AND (state IN ('done', 'failed') OR {_HAS_SPAN})""",
             (now, *self._key()),
         ).fetchone()
         return dict(zip(("pending", "ready", "running", "failed", "done"), (v or 0 for v in row)))
@@ -231,7 +266,84 @@ class JobQueue:
     def next_due_s(self) -> float | None:
         """Seconds until the earliest pending job is due (0 if one is due), None if none."""
         row = self.store.conn.execute(
-            f"SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'pending' AND model = ? AND prompt_version = ? AND {_HAS_SPAN}",
+            f"SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'pending' AND kind = ? AND model = ?"
+            f" AND prompt_version = ? AND {_HAS_SPAN}",
             self._key(),
         ).fetchone()
-        return None if row[0] is None else max(0.0, row[0] - time.time())
+        return None if row[0] is None else max(0.0, row[0] - self.clock.time())
+
+    # -- team mode (service/teamgate.py): which jobs a teammate may have done --
+    def pending_after(self, job_id: int, limit: int) -> list[tuple[int, str]]:
+        """``(id, span_hash)`` of up to ``limit`` pending jobs with an id above
+        ``job_id``, by id: the jobs queued since the team cache was last asked."""
+        return [tuple(r) for r in self.store.conn.execute(
+            "SELECT id, span_hash FROM jobs WHERE id > ? AND state = 'pending' AND kind = ? AND model = ? AND prompt_version = ? "
+            "ORDER BY id LIMIT ?", (job_id, *self._key(), limit))]
+
+    def upcoming(self, limit: int) -> list[str]:
+        """Span hashes of the next ``limit`` ready jobs, in the order :meth:`claim` takes them."""
+        return [r[0] for r in self.store.conn.execute(
+            f"""SELECT span_hash FROM jobs WHERE state = 'pending' AND kind = ? AND model = ? AND prompt_version = ?
+                AND next_attempt_at <= ? AND {_HAS_SPAN} ORDER BY priority, id LIMIT ?""",
+            (*self._key(), self.clock.time(), limit))]
+
+    def states(self, span_hashes: Iterable[str]) -> dict[str, str]:
+        """The job state of each of ``span_hashes`` that has a job (absent: no job)."""
+        hashes = list(dict.fromkeys(span_hashes))
+        out: dict[str, str] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start:start + 500]
+            out.update(self.store.conn.execute(
+                f"SELECT span_hash, state FROM jobs WHERE kind = ? AND model = ? AND prompt_version = ? "
+                f"AND span_hash IN ({','.join('?' * len(chunk))})", (*self._key(), *chunk)).fetchall())
+        return out
+
+    def defer(self, span_hashes: Iterable[str], delay_s: float) -> int:
+        """Make the pending jobs of ``span_hashes`` due in ``delay_s`` seconds
+        (a teammate is enriching them; 0: due now, the team is gone), without
+        counting an attempt. Returns how many."""
+        at = self.clock.time() + delay_s
+        with self.store.write() as tx:
+            return sum(tx.execute(
+                "UPDATE jobs SET next_attempt_at = ?, updated_at = ? WHERE span_hash = ? "
+                "AND kind = ? AND model = ? AND prompt_version = ? AND state = 'pending'",
+                (at, self.clock.time(), h, *self._key())).rowcount for h in dict.fromkeys(span_hashes))
+
+    def complete_pending(self, results: dict[str, Enrichment]) -> list[tuple[int, str]]:
+        """Store enrichments that came from elsewhere (the team cache) and mark
+        their *pending* jobs done, in one transaction; a job a worker is running
+        is left to it. Returns ``(job id, span_hash)`` of the jobs completed."""
+        done: list[tuple[int, str]] = []
+        now = self.clock.time()
+        with self.store.write() as tx:
+            for span_hash, enrichment in results.items():
+                row = tx.execute(
+                    "UPDATE jobs SET state = 'done', last_error = NULL, updated_at = ? WHERE span_hash = ? "
+                    "AND kind = ? AND model = ? AND prompt_version = ? AND state = 'pending' RETURNING id",
+                    (now, span_hash, *self._key())).fetchone()
+                if row:
+                    self._put_enrichment(tx, span_hash, enrichment, None)
+                    if self.on_result is not None:
+                        self.on_result(tx, span_hash)  # e.g. its re-embedding, as for a local result
+                    done.append((row[0], span_hash))
+        return done
+
+class QueueSet:
+    """Several queues fed from the same scans: every span needs each kind of
+    work (an enrichment, an embedding). Offers the scanner's side of
+    :class:`JobQueue` (``enqueue``, ``cancel_orphans``, ``enqueue_missing``);
+    counts are summed over the queues."""
+
+    def __init__(self, *queues: JobQueue | None):
+        self.queues = [q for q in queues if q is not None]
+
+    def enqueue(self, tx: sqlite3.Connection, span_hashes: Iterable[str], priority: int) -> int:
+        hashes = list(span_hashes)
+        return sum(q.enqueue(tx, hashes, priority) for q in self.queues)
+
+    def cancel_orphans(self, tx: sqlite3.Connection, span_hashes: Iterable[str] | None = None) -> int:
+        hashes = None if span_hashes is None else list(span_hashes)
+        return sum(q.cancel_orphans(tx, hashes) for q in self.queues)
+
+    def enqueue_missing(self, tx: sqlite3.Connection, priority: int = PRIORITY_BACKFILL) -> int:
+        return sum(q.enqueue_missing(tx, priority) for q in self.queues)

@@ -29,7 +29,9 @@ def write_tree(root: Path, files: Mapping[str, str | bytes]) -> None:
 def make_config(tmp_path: Path, url: str, repos: list[Path], **sections: Any) -> Config:
     """Write ``tmp_path/config.yaml`` for ``repos`` against the Ollama at ``url`` and load it.
 
-    The state goes to ``tmp_path/state``; the model is ``test-model``.
+    The state goes to ``tmp_path/state``; the model is ``test-model``; no
+    embeddings (``search.embed_model`` null), so a test of enrichment sees chat
+    traffic only: pass ``search={"embed_model": "nomic-embed-text"}`` for them.
     ``sections`` override/extend top-level sections, e.g. ``queue={"max_attempts": 2}``.
 
     Raises:
@@ -42,6 +44,7 @@ def make_config(tmp_path: Path, url: str, repos: list[Path], **sections: Any) ->
                    "options": {"temperature": 0.2, "num_ctx": 8192}},
         "watch": {"debounce_ms": 50},
         "queue": {"max_attempts": 3},
+        "search": {"embed_model": None},
         "logging": {"level": "debug", "format": "json"},
     }
     for key, value in sections.items():

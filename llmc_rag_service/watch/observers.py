@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import errno
+from typing import Any
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ if CAN_PRUNE:
         on_limit: OnLimit = field(default=lambda _exc: None)
         on_root_gone: OnRootGone = field(default=lambda: None)
 
-        def on_event(self, event) -> None:  # as watchdog's, plus the root's own move/delete
+        def on_event(self, event: Any) -> None:  # as watchdog's, plus the root's own move/delete
             # watchdog 7.1 ignores IN_MOVE_SELF ("todo") and its IN_DELETE_SELF stops the
             # emitter; either way the watched tree is no longer the one at the path.
             if (event.is_move_self or event.is_delete_self) and \
@@ -107,8 +108,9 @@ if CAN_PRUNE:
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
             self._prune, self._on_limit, self._on_root_gone = prune, on_limit, on_root_gone
 
-        def get_event_mask_from_filter(self):  # plus IN_MOVE_SELF, which watchdog never asks for
-            return super().get_event_mask_from_filter() | InotifyConstants.IN_MOVE_SELF
+        def get_event_mask_from_filter(self) -> Any:  # plus IN_MOVE_SELF, which watchdog never asks for
+            mask = super().get_event_mask_from_filter()
+            return mask | InotifyConstants.IN_MOVE_SELF
 
         def on_thread_start(self) -> None:  # as InotifyEmitter's, with the pruning group
             self._inotify = _PrunedWatchGroup(
@@ -142,7 +144,7 @@ def make_polling_observer(prune: Prune, interval_s: float) -> BaseObserver:
     """A polling observer snapshotting the tree every ``interval_s`` seconds; directories
     where ``prune(abs_path)`` are not listed (so not stat'ed either)."""
 
-    def listdir(path: str | None) -> Iterator[os.DirEntry]:
+    def listdir(path: str | None) -> Iterator[os.DirEntry[str]]:
         with os.scandir(path) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False) and prune(os.fsencode(entry.path)):

@@ -114,18 +114,21 @@ class RepoWatcher:
     """Debounced, coalesced changed relpaths of one repo (POSIX, relative to ``root``).
 
     Threads: watchdog's observer threads feed it; one caller thread takes from it.
+    ``clock`` (monotonic seconds) times the debounce; the polling fallback's
+    snapshots and ``stop()``'s bound stay on real time (they are watchdog's threads).
     """
 
     def __init__(self, root: Path, ignore: RepoIgnore, *, debounce_ms: int = 500,
-                 max_delay_ms: int = 5000, poll_interval_s: float = POLL_INTERVAL_S) -> None:
+                 max_delay_ms: int = 5000, poll_interval_s: float = POLL_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root_str = os.path.abspath(root)
         self._ignore = ignore
-        self._debouncer = Debouncer(debounce_ms, max_delay_ms)
+        self._debouncer = Debouncer(debounce_ms, max_delay_ms, clock)
         self._lock = threading.Lock()
         self._observer: BaseObserver | None = None
         self._rescan = False
         # .gitignore edits, debounced like paths: one save's several events flag it once.
-        self._gitignore = Debouncer(debounce_ms, max_delay_ms)
+        self._gitignore = Debouncer(debounce_ms, max_delay_ms, clock)
         self._death_reported = False
         self._poll_interval_s = poll_interval_s
         self._limit_error: OSError | None = None

@@ -26,13 +26,13 @@ indexer. Behind ``poll()``, per repo:
 from __future__ import annotations
 
 import collections
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import structlog
 
+from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.config import WatchConfig
 from llmc_rag_service.watch.gitgate import SETTLE_S, GitGate
 from llmc_rag_service.index.ignore import RepoIgnore
@@ -66,7 +66,7 @@ class Work:
 
 @dataclass
 class _Repo:
-    """WatchSet state of one repo; times are ``time.monotonic()`` seconds."""
+    """WatchSet state of one repo; times are the WatchSet clock's (monotonic) seconds."""
 
     ignore: RepoIgnore
     watcher: RepoWatcher
@@ -75,10 +75,10 @@ class _Repo:
     held_full: str | None = None  # why a full scan waits for the gate (reason), else None
     holding: str | None = None  # the gate's reason while holding, for one log line per hold
     holding_ended: bool = False  # a hold just ended: flush the pending paths with it
-    last_full: float = field(default_factory=time.monotonic)
+    last_full: float = 0.0
     retry_at: float = 0.0
     limits_check_at: float = 0.0  # while polling: when the inotify limits are read again
-    recent: collections.deque = field(default_factory=collections.deque)  # (time, paths handed out)
+    recent: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)  # (time, paths handed out)
     missing: bool = False  # the root is not a directory (unmounted, deleted): retried, not unhealthy
 
 
@@ -90,11 +90,13 @@ class WatchSet:
             ``reconcile_s`` in seconds, 0 = no periodic reconcile).
         settle_s: Quiet seconds after a ``.git/`` event before held events go out.
         poll_interval_s: Snapshot interval of the polling fallback, seconds.
+        clock: Time of debounce, git gate settle, restart retries and reconcile.
     """
 
     def __init__(self, watch: WatchConfig, *, settle_s: float = SETTLE_S,
-                 poll_interval_s: float | None = None, on_activity: Callable[[], None] | None = None):
-        self.watch, self.settle_s, self.poll_interval_s = watch, settle_s, poll_interval_s
+                 poll_interval_s: float | None = None, on_activity: Callable[[], None] | None = None,
+                 clock: Clock = SYSTEM):
+        self.watch, self.settle_s, self.poll_interval_s, self.clock = watch, settle_s, poll_interval_s, clock
         self.on_activity = on_activity
         self._repos: dict[Path, _Repo] = {}
 
@@ -117,17 +119,17 @@ class WatchSet:
         """
         extra = {} if self.poll_interval_s is None else {"poll_interval_s": self.poll_interval_s}
         watcher = RepoWatcher(repo, ignore, debounce_ms=self.watch.debounce_ms,
-                              max_delay_ms=self.watch.max_delay_ms, **extra)
-        gate = GitGate(repo, self.settle_s)
+                              max_delay_ms=self.watch.max_delay_ms, clock=self.clock, **extra)
+        gate = GitGate(repo, self.settle_s, clock=self.clock)
         gate.take_git_dir_changed()
         watcher.outside_git_dir = gate.outside_git_dir()
         watcher.on_git_event = gate.note_event
         watcher.on_activity = self.on_activity
-        state = self._repos[repo] = _Repo(ignore, watcher, gate)
+        state = self._repos[repo] = _Repo(ignore, watcher, gate, last_full=self.clock())
         try:
             watcher.start()
         except OSError as exc:
-            self._mark_missing(repo, state, time.monotonic(), exc)
+            self._mark_missing(repo, state, self.clock(), exc)
 
     def stop(self, repo: Path) -> None:
         """Stop watching ``repo`` (bounded); held events are dropped (the next
@@ -145,7 +147,7 @@ class WatchSet:
         """Work that is due now, for every repo; call once per main-loop tick (cheap
         when idle: no file system access unless events are pending)."""
         work: list[Work] = []
-        now = time.monotonic()
+        now = self.clock()
         for repo, state in list(self._repos.items()):
             full = self._full_reason(repo, state, now)
             if full:
@@ -174,7 +176,7 @@ class WatchSet:
         state.recent.append((now, handed))
         while state.recent and state.recent[0][0] < now - BURST_S:
             state.recent.popleft()
-        return sum(n for _, n in state.recent) + state.watcher.pending() > BURST_PATHS
+        return bool(sum(n for _, n in state.recent) + state.watcher.pending() > BURST_PATHS)
 
     def _full_reason(self, repo: Path, state: _Repo, now: float) -> str | None:
         """Why ``repo`` needs a full scan now (root replaced, restart, lost events,
@@ -270,7 +272,7 @@ class WatchSet:
         batch to re-check against the git gate, a missing repo to retry, a
         reconcile), None if nothing is scheduled. File events also wake the
         caller through ``on_activity``, so it may sleep until then."""
-        now, dues = time.monotonic(), []
+        now, dues = self.clock(), []
         for state in self._repos.values():
             if state.held or state.held_full:
                 dues.append(GATE_RECHECK_S)

@@ -2,16 +2,23 @@
 
 Each check records ``{name, ok, detail, seconds}`` in ``<results>/results.json``
 (rewritten after every check, so a crash still leaves what ran); the unit's
-journal goes to ``journal.txt``. Waits are polls with deadlines. Order matters:
-the clean part (start, status, reload, stop, no error in the journal) comes
-before the watchdog check, which makes errors on purpose.
+journal goes to ``journal.txt``, ``doctor`` outputs to ``doctor-*.txt``. Waits
+are polls with deadlines. Order matters: the README's install command comes
+first (as the user llmc would type it in the clone), then the clean part
+(start, status, reading the store as root and as llmc, an edit, doctor,
+reload, stop, no error in the journal) before the watchdog check, which makes
+errors on purpose; then an upgrade, a broken setup for doctor, and uninstall.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -21,6 +28,9 @@ from pathlib import Path
 
 UNIT = "llmc-rag"
 CONFIG = Path("/etc/llmc-rag/config.yaml")
+CLONE = Path("/home/llmc/llmc-rag-service")
+STATE = Path("/var/lib/llmc-rag")
+APP = Path("/home/llmc/repo/src/app.py")
 RESULTS = Path(sys.argv[1] if len(sys.argv) > 1 else "/results")
 results: list[dict] = []
 
@@ -29,8 +39,35 @@ class CheckFailed(Exception):
     """A check's assertion did not hold; the message is the detail."""
 
 
-def sh(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+def sh(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+def as_user(user: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``command`` in a login shell of ``user`` (HOME, USER and PATH as that user has them)."""
+    return sh("runuser", "-l", user, "-c", command, timeout=timeout)
+
+
+def readme_install_command() -> str:
+    """The system install line of the README's systemd section, verbatim."""
+    lines = [line.strip() for line in (CLONE / "README.md").read_text().splitlines()]
+    found = [line for line in lines if line.startswith("sudo ./scripts/install.sh --run-as")]
+    if len(found) != 1:
+        raise CheckFailed(f"expected one install line in README.md, found {found}")
+    return found[0].split("  #")[0].strip()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def status_json(user: str) -> dict:
+    result = sh("llmc-rag", "status", "--json") if user == "root" else as_user(user, "llmc-rag status --json")
+    expect(result.returncode == 0, f"status as {user}: {result.returncode} {result.stderr}")
+    return json.loads(result.stdout)
+
+
+CONFIG_SHA = sha(CONFIG)
 
 
 def prop(name: str) -> str:
@@ -119,15 +156,35 @@ def _emulator():
     wait_for(up, 60, "the emulator", every_s=0.2)
 
 
+@check("README install command, as llmc in the clone: venv, unit, service active")
+def _install():
+    command = readme_install_command()
+    started = time.monotonic()
+    result = as_user("llmc", f"cd {shlex.quote(str(CLONE))} && {command}", timeout=600)
+    took = time.monotonic() - started
+    expect(result.returncode == 0, f"{command!r} exited {result.returncode}: {result.stdout}{result.stderr}")
+    expect(prop("ActiveState") == "active" and prop("UnitFileState") == "enabled",
+           f"after install: {prop('ActiveState')}, {prop('UnitFileState')}")
+    unit = Path("/etc/systemd/system/llmc-rag.service").read_text()
+    expect("ExecStart=/opt/llmc-rag/bin/llmc-rag serve" in unit and "User=llmc" in unit, "unit: " + unit[:400])
+    expect("Type=notify\n" in unit, "systemd 252 must get Type=notify")
+    expect(os.readlink("/usr/local/bin/llmc-rag") == "/opt/llmc-rag/bin/llmc-rag", "no llmc-rag on PATH")
+    expect(sha(CONFIG) == CONFIG_SHA, "install.sh changed an existing config")
+    wait_for(lambda: events("daemon_ready"), 10, "the daemon_ready line")
+    return f"{command!r} took {took:.1f} s; {result.stdout.strip().splitlines()[-1]}"
+
+
 @check("start: active only after READY (store, watches in place)")
 def _start():
+    expect(sh("systemctl", "stop", UNIT).returncode == 0, "stop before start failed")
+    seen_ready, seen_watched = len(events("daemon_ready")), len(events("repo_watched"))
     states = start_and_watch_states()
     expect(states[-1] == "active", f"states {states}")
     expect("activating" in states, f"never seen activating: {states}")
     # Log lines reach journald through a pipe, READY=1 through the notify
     # socket: the line may arrive a moment after systemd saw the unit active.
-    ready = wait_for(lambda: events("daemon_ready"), 10, "the daemon_ready line", every_s=0.05)
-    watched = events("repo_watched")
+    ready = wait_for(lambda: events("daemon_ready")[seen_ready:], 10, "the daemon_ready line", every_s=0.05)
+    watched = events("repo_watched")[seen_watched:]
     expect(len(ready) == 1 and len(watched) == 1, f"daemon_ready {len(ready)}, repo_watched {len(watched)}")
     started = [e for e in journal() if "Started" in str(e.get("MESSAGE")) and e.get("_PID") == "1"]
     expect(bool(started), "no 'Started' message from systemd")
@@ -145,6 +202,64 @@ def _status():
     status = sh("systemctl", "status", "--no-pager", "-l", UNIT).stdout
     expect(f'Status: "{text}"' in status, f"not in systemctl status: {text!r}\n{status}")
     return text
+
+
+@check("status and show, as root and as llmc, read the store the service writes; nobody else can")
+def _one_store():
+    def done(user: str):
+        report = status_json(user)
+        totals = report["totals"]
+        return report if totals["spans"] and totals["enriched"] == totals["spans"] else None
+
+    root = wait_for(lambda: done("root"), 60, "every span enriched, as root reads it", every_s=0.5)
+    llmc = status_json("llmc")
+    for who, report in (("root", root), ("llmc", llmc)):
+        store = report["store"]
+        expect(store["path"] == str(STATE / "llmc-rag.db") and store["service_uses_this_store"] is True,
+               f"{who}: store {store}")
+        expect(report["daemon"]["running"] and report["totals"] == root["totals"], f"{who}: {report}")
+    text = sh("llmc-rag", "status").stdout
+    expect("written by the running service" in text, f"status text: {text}")
+    for who in ("root", "llmc"):
+        cmd = f"llmc-rag show --json {APP}:2"
+        shown = sh(*shlex.split(cmd)) if who == "root" else as_user(who, cmd)
+        spans = json.loads(shown.stdout or "[]")
+        expect(shown.returncode == 0 and [s["name"] for s in spans] == ["add"] and spans[0]["state"] == "enriched",
+               f"show as {who}: {shown.returncode} {shown.stdout} {shown.stderr}")
+    modes = {p: (stat.S_IMODE(p.stat().st_mode), p.owner()) for p in (STATE, STATE / "llmc-rag.db")}
+    expect(modes[STATE] == (0o700, "llmc") and modes[STATE / "llmc-rag.db"] == (0o600, "llmc"), f"modes {modes}")
+    other = as_user("other", "llmc-rag status")
+    expect(other.returncode == 74 and "Traceback" not in other.stderr and len(other.stderr.strip().splitlines()) == 1,
+           f"another user: {other.returncode} {other.stderr}")
+    return f"totals {root['totals']}; other user: {other.stderr.strip()}"
+
+
+@check("an edit by llmc is enriched and shown to both")
+def _edit():
+    before = status_json("llmc")["totals"]["spans"]
+    as_user("llmc", f"printf '\\n\\ndef sub(a, b):\\n    return a - b\\n' >> {APP}")
+
+    def enriched() -> bool:
+        totals = status_json("llmc")["totals"]
+        return totals["spans"] == before + 1 and totals["enriched"] == totals["spans"]
+
+    wait_for(enriched, 30, "the new span enriched", every_s=0.2)
+    shown = json.loads(sh("llmc-rag", "show", "--json", f"{APP}:11").stdout)
+    expect([s["name"] for s in shown] == ["sub"] and shown[0]["state"] == "enriched", f"show: {shown}")
+    return "sub() enriched"
+
+
+@check("doctor, as root and as llmc: every check ok")
+def _doctor():
+    lines = []
+    for who in ("root", "llmc"):
+        result = sh("llmc-rag", "doctor") if who == "root" else as_user(who, "llmc-rag doctor")
+        (RESULTS / f"doctor-{who}.txt").write_text(result.stdout + result.stderr)
+        expect(result.returncode == 0, f"doctor as {who}: {result.returncode}\n{result.stdout}{result.stderr}")
+        bad = [line for line in result.stdout.splitlines() if line.startswith(("FAIL", "warn"))]
+        expect(not bad, f"doctor as {who}: {bad}")
+        lines.append(f"{who}: {result.stdout.strip().splitlines()[-1]}")
+    return "; ".join(lines)
 
 
 @check("systemctl reload re-reads the config and adds a repo")
@@ -228,6 +343,94 @@ def _watchdog():
 def _stop_again():
     expect(sh("systemctl", "stop", UNIT).returncode == 0, "stop failed")
     expect(prop("Result") == "success" and prop("ExecMainStatus") == "0", f"Result={prop('Result')}")
+
+
+@check("the README command again upgrades in place and restarts the running service")
+def _upgrade():
+    expect(sh("systemctl", "start", UNIT).returncode == 0, "start failed")
+    pid = prop("MainPID")
+    totals = status_json("root")["totals"]
+    config_before = sha(CONFIG)
+    started = time.monotonic()
+    result = as_user("llmc", f"cd {shlex.quote(str(CLONE))} && {readme_install_command()}", timeout=600)
+    took = time.monotonic() - started
+    expect(result.returncode == 0, f"exited {result.returncode}: {result.stdout}{result.stderr}")
+    expect("restarting" in result.stdout, f"no restart said: {result.stdout}")
+    expect(prop("ActiveState") == "active" and prop("MainPID") not in (pid, "0"), f"pid {pid} -> {prop('MainPID')}")
+    expect(sha(CONFIG) == config_before, "the upgrade changed the config")
+    after = wait_for(lambda: (t := status_json("root")["totals"])["spans"] >= totals["spans"] and t, 30, "counts")
+    return f"upgrade took {took:.1f} s; pid {pid} -> {prop('MainPID')}; totals {after}"
+
+
+@check("doctor on a broken setup: Ollama stopped, a repo missing -> exit 1, each with its fix")
+def _doctor_broken():
+    sh("systemctl", "stop", "ollama-emulator")
+    good = CONFIG.read_text()
+    CONFIG.write_text(good.replace("  - path: /home/llmc/second\n", "  - path: /home/llmc/second\n  - path: /home/llmc/gone\n"))
+    try:
+        result = sh("llmc-rag", "doctor")
+    finally:
+        CONFIG.write_text(good)
+        sh("systemctl", "start", "ollama-emulator")
+    (RESULTS / "doctor-broken.txt").write_text(result.stdout + result.stderr)
+    text = result.stdout
+    expect(result.returncode == 1, f"exit {result.returncode}: {text}{result.stderr}")
+    expect(re.search(r"^FAIL  ollama .*unreachable", text, re.M) and re.search(r"^FAIL  repos .*/home/llmc/gone", text, re.M),
+           text)
+    expect(text.count("fix: ") >= 2, text)
+    return text.strip().splitlines()[-1]
+
+
+@check("--uninstall removes venv and unit, keeps config and store")
+def _uninstall():
+    result = as_user("llmc", f"cd {shlex.quote(str(CLONE))} && sudo ./scripts/install.sh --uninstall")
+    expect(result.returncode == 0, f"exited {result.returncode}: {result.stdout}{result.stderr}")
+    gone = [p for p in ("/opt/llmc-rag", "/etc/systemd/system/llmc-rag.service", "/usr/local/bin/llmc-rag")
+            if os.path.lexists(p)]
+    expect(not gone, f"still there: {gone}")
+    expect(prop("LoadState") == "not-found" and prop("ActiveState") == "inactive", f"{prop('LoadState')}")
+    expect(CONFIG.exists() and (STATE / "llmc-rag.db").exists(), "config or store removed")
+    return result.stdout.strip().splitlines()[-1]
+
+
+def readme_user_command() -> str:
+    """The README's per-user install command, verbatim."""
+    found = re.findall(r"`(\./scripts/install\.sh --user --now)`", (CLONE / "README.md").read_text())
+    expect(len(set(found)) == 1, f"user install command in README.md: {found}")
+    return found[0]
+
+
+@check("the README's --user command: a user service for llmc with its own store, doctor all ok")
+def _user_service():
+    uid = int(sh("id", "-u", "llmc").stdout)
+    env = f"export XDG_RUNTIME_DIR=/run/user/{uid}; "
+    config = Path("/home/llmc/.config/llmc-rag/config.yaml")
+    as_user("llmc", f"mkdir -p {config.parent} && printf '%s' {shlex.quote(CONFIG.read_text())} > {config}")
+    expect(sh("loginctl", "enable-linger", "llmc").returncode == 0, "enable-linger failed")
+    wait_for(lambda: Path(f"/run/user/{uid}/systemd/private").exists(), 30, "llmc's user manager")
+    started = time.monotonic()
+    result = as_user("llmc", env + f"cd {shlex.quote(str(CLONE))} && {readme_user_command()}", timeout=600)
+    took = time.monotonic() - started
+    expect(result.returncode == 0, f"exited {result.returncode}: {result.stdout}{result.stderr}")
+    active = as_user("llmc", env + "systemctl --user is-active llmc-rag").stdout.strip()
+    expect(active == "active", f"user service {active}")
+
+    def done():
+        status = as_user("llmc", env + "llmc-rag status --json")
+        report = json.loads(status.stdout) if status.returncode == 0 else {}
+        totals = report.get("totals", {})
+        return report if totals.get("spans") and totals["enriched"] == totals["spans"] else None
+
+    report = wait_for(done, 60, "the user service's store enriched", every_s=0.5)
+    expect(report["store"]["path"] == "/home/llmc/.local/state/llmc-rag/llmc-rag.db"
+           and report["store"]["service_uses_this_store"] is True, f"store {report['store']}")
+    doctor = as_user("llmc", env + "llmc-rag doctor")
+    (RESULTS / "doctor-user.txt").write_text(doctor.stdout + doctor.stderr)
+    expect(doctor.returncode == 0 and "FAIL" not in doctor.stdout, doctor.stdout + doctor.stderr)
+    removed = as_user("llmc", env + f"cd {shlex.quote(str(CLONE))} && ./scripts/install.sh --user --uninstall")
+    expect(removed.returncode == 0 and not Path("/home/llmc/.local/share/llmc-rag").exists(), removed.stdout)
+    expect(Path(report["store"]["path"]).exists(), "the user store was removed")
+    return f"install took {took:.1f} s; totals {report['totals']}; doctor: {doctor.stdout.strip().splitlines()[-1]}"
 
 
 (RESULTS / "journal.txt").write_text(sh("journalctl", "-u", UNIT, "--no-pager", "-o", "short-precise").stdout)

@@ -1,0 +1,105 @@
+"""What text is embedded for a span, and how its tokens are counted.
+
+The recipe (version :data:`INPUT_VERSION`, part of every embedding's key, so
+a change of recipe re-embeds everything once and never mixes vectors):
+
+* the enrichment's summary first, when the span has one (what the code does,
+  in words a query uses), then a blank line;
+* the span's code: its first line is the signature (``def parse_json_body(...)``,
+  ``class Cache``), its docstring and body follow.
+
+Only what the span's content hash determines goes in (its code and the
+enrichment of that hash), never its path or position: identical code in two
+places shares one vector. An enrichment landing changes the text, so the
+span is embedded again (see ``store/embed_jobs.py``).
+
+The text is capped to the embedding model's context, counted conservatively
+(:func:`estimate_tokens`), because Ollama answers 400 to an over-long input
+rather than truncating it (recent versions ignore ``truncate``). The code is
+cut at a line end, keeping its head (signature and docstring); the summary
+is never cut (the answer schema bounds it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+#: Version of the recipe above.
+INPUT_VERSION = 1
+#: Context of the embedding model assumed until a 400 says it is smaller, in
+#: tokens (nomic-embed-text's trained context; Ollama's default num_ctx).
+EMBED_CONTEXT_TOKENS = 2048
+#: Tokens kept free in the context (special tokens such as [CLS]/[SEP], a margin).
+RESERVED_TOKENS = 16
+#: The smallest context worth trying before an input is given up as too long.
+MIN_CONTEXT_TOKENS = 64
+
+_PIECES = re.compile(r"[A-Za-z0-9]+|\s+|.", re.DOTALL)
+
+
+def estimate_tokens(text: str) -> int:
+    """An upper estimate of ``text``'s tokens for any common embedding tokenizer.
+
+    A run of ASCII letters and digits counts one token per 3 characters
+    (WordPiece and BPE pieces are longer), whitespace one per 4 characters
+    (BPE merges indentation; WordPiece drops it), every other character its
+    UTF-8 length in bytes (punctuation is a token of its own; a rare
+    character may be one token per byte).
+    """
+    count = 0
+    for piece in _PIECES.findall(text):
+        if piece[0].isascii() and piece[0].isalnum():
+            count += math.ceil(len(piece) / 3)
+        elif piece[0].isspace():
+            count += math.ceil(len(piece) / 4)
+        else:
+            count += len(piece.encode("utf-8"))
+    return count
+
+
+def _head(text: str, budget: int) -> str:
+    """The longest head of ``text`` within ``budget`` tokens, cut at a line end when one fits."""
+    kept: list[str] = []
+    used = 0
+    for line in text.split("\n"):
+        cost = estimate_tokens(line) + 1
+        if used + cost > budget:
+            if not kept:  # one long first line: cut inside it
+                kept.append(_chars_within(line, budget))
+            break
+        kept.append(line)
+        used += cost
+    return "\n".join(kept)
+
+
+def _chars_within(line: str, budget: int) -> str:
+    """The longest head of one line within ``budget`` tokens (cutting inside a long word)."""
+    used, end = 0, 0
+    for match in _PIECES.finditer(line):
+        piece = match.group()
+        cost = estimate_tokens(piece)
+        if used + cost > budget:
+            # A run of letters, digits or spaces can be cut: 3 (4) characters per token left.
+            per_token = 3 if piece[0].isascii() and piece[0].isalnum() else 4 if piece[0].isspace() else 0
+            return line[:end + min(len(piece), (budget - used) * per_token)]
+        used, end = used + cost, match.end()
+    return line[:end]
+
+
+def embed_text(code: str, summary: str | None = None, context_tokens: int = EMBED_CONTEXT_TOKENS) -> str:
+    """The text embedded for a span (see the module docstring).
+
+    Args:
+        code: The span's text.
+        summary: Its enrichment's summary, or None while it has none.
+        context_tokens: The embedding model's context in tokens.
+    """
+    budget = max(1, context_tokens - RESERVED_TOKENS)
+    head = f"{summary.strip()}\n\n" if summary and summary.strip() else ""
+    head_cost = estimate_tokens(head)
+    if head_cost >= budget:  # only with a tiny context: the summary alone, cut
+        return _head(head.strip(), budget)
+    if head_cost + estimate_tokens(code) <= budget:
+        return head + code
+    return head + _head(code, budget - head_cost)

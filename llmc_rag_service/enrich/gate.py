@@ -1,0 +1,51 @@
+"""What a worker asks before it sends a job, so work done elsewhere is not done twice.
+
+The worker pool knows nothing of teammates: it calls a :class:`JobGate` (team
+mode's is ``service/teamgate.py``) around each request. Without one, every
+job is sent.
+
+::
+
+    admit(job) -> Admission("send")            claimed (or no team): send it
+               -> Admission("hit", enrichment)  a teammate's validated result: store it, send nothing
+               -> Admission("defer", delay_s)   a teammate is on it: put the job back for delay_s
+    succeeded(job, enrichment)                  share the result (never raises)
+    abandoned(job)                              the job was put back or failed: let others take it
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+from llmc_rag_service.models import Enrichment, Job
+
+
+class Admission(NamedTuple):
+    """A gate's answer for one job.
+
+    Attributes:
+        action: ``send``, ``hit`` or ``defer``.
+        enrichment: the result to store (``hit`` only).
+        delay_s: seconds before the job may be claimed again (``defer`` only).
+    """
+
+    action: str
+    enrichment: Enrichment | None = None
+    delay_s: float = 0.0
+
+
+SEND = Admission("send")
+
+
+class JobGate(Protocol):
+    """Consulted by the workers; every method is called from worker threads
+    and must return within a bounded time (a few seconds at most)."""
+
+    def admit(self, job: Job) -> Admission:
+        """Whether to send ``job`` now (see the module docstring)."""
+
+    def succeeded(self, job: Job, enrichment: Enrichment) -> None:
+        """``job``'s answer was stored locally."""
+
+    def abandoned(self, job: Job) -> None:
+        """``job`` was released, retried later or dead-lettered without a result."""

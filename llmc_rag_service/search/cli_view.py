@@ -1,0 +1,154 @@
+"""The ``search`` and ``export`` commands behind cli.py: options -> API call -> output.
+
+Errors are raised, never turned into exit codes here (cli.py owns those):
+:class:`QueryError` for a bad query or option, :class:`StoreUnusable` and
+``sqlite3.Error`` for a store that cannot be used.
+
+Human output, one block per hit::
+
+    src/http/body.py:12-30  function parse_json_body   [stale] [pending]
+        Parses the request body as JSON ...
+        pitfalls: raises on empty body; ...
+
+The location is relative to the current directory when the file is under it
+(so terminals can open it), else absolute. Colour only on a TTY, and never
+when ``NO_COLOR`` is set (https://no-color.org).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from llmc_rag_service.enrich.embedder import embed_client
+
+from llmc_rag_service.search.access import open_store
+from llmc_rag_service.search.api import EMBED_BUDGET_S, Hit, SearchResult, SearchSettings, search, validate
+from llmc_rag_service.search.export import export_jsonl
+from llmc_rag_service.search.query import QueryError, parse_query
+from llmc_rag_service.search.semantic import EmbedQuery
+from llmc_rag_service.store.searchview import SpanFilter
+
+_STYLE = {"loc": "\033[36m", "name": "\033[1m", "dim": "\033[2m", "warn": "\033[33m", "bad": "\033[31m"}
+_RESET = "\033[0m"
+
+
+def repo_filter(config: Any, repo: str | None) -> str | None:
+    """The configured repo root that ``--repo`` names (any spelling of its path), or QueryError."""
+    if repo is None:
+        return None
+    try:
+        wanted = Path(repo).expanduser().resolve()
+    except (OSError, ValueError) as exc:
+        raise QueryError(f"--repo {repo!r}: {exc}") from None
+    known = [Path(r.path) for r in config.repos]
+    if wanted not in known:
+        names = ", ".join(str(p) for p in known)
+        raise QueryError(f"--repo {repo!r}: not a configured repository (configured: {names})")
+    return str(wanted)
+
+
+def query_embedder(config: Any) -> EmbedQuery | None:
+    """The query's embedding by ``search.embed_model`` (None when it is null): one
+    ``POST /api/embed`` to the first Ollama host per query, whose read deadline
+    is the search's budget (:data:`~llmc_rag_service.search.api.EMBED_BUDGET_S`),
+    so an abandoned request ends soon after. Raises OllamaError (the search
+    then answers lexically and says why)."""
+    model = config.search.embed_model
+    if model is None:
+        return None
+    ollama = replace(config.ollama, load_timeout_s=EMBED_BUDGET_S)
+
+    def embed(text: str) -> list[float]:
+        client = embed_client(ollama, model, ollama.all_hosts()[0])
+        try:
+            return client.embed([text])[0]
+        finally:
+            client.close()
+
+    return embed
+
+
+def run_search(config: Any, query: str, *, mode: str, limit: int, repo: str | None, path: str | None,
+               language: str | None, kind: str | None, err: TextIO,
+               embed_query: EmbedQuery | None = None) -> SearchResult:
+    """Search the configured store (the query embedded by :func:`query_embedder`
+    unless ``embed_query`` is given). With no store yet: an empty answer, and a note on ``err``."""
+    filters = SpanFilter(repo=repo_filter(config, repo), path_glob=path, language=language, kind=kind)
+    settings = SearchSettings(chat_model=config.ollama.model, embed_model=config.search.embed_model)
+    try:
+        conn = open_store(config.db_path)
+    except FileNotFoundError:
+        validate(mode, limit, filters)
+        parse_query(query)
+        err.write(f"llmc-rag: nothing is indexed yet ({config.db_path} does not exist); "
+                  "start llmc-rag serve or run llmc-rag enrich\n")
+        return SearchResult(query, mode, None)
+    try:
+        embed_query = embed_query if embed_query is not None else query_embedder(config)
+        return search(conn, query, settings, embed_query=embed_query, mode=mode, limit=limit, filters=filters)
+    finally:
+        conn.close()
+
+
+def run_export(config: Any, out: TextIO, repo: str | None) -> int:
+    """Export the configured store (or one repo) to ``out``; returns the lines written (0 with no store)."""
+    repo_path = repo_filter(config, repo)
+    try:
+        conn = open_store(config.db_path)
+    except FileNotFoundError:
+        return 0
+    try:
+        return export_jsonl(conn, out, config.ollama.model, repo_path)
+    finally:
+        conn.close()
+
+
+def print_result(result: SearchResult, out: TextIO, err: TextIO, as_json: bool) -> None:
+    """Write the result as the ``search --json`` object or as human blocks; notes go to ``err``."""
+    if as_json:
+        out.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
+        return
+    color = _use_color(out)
+    if result.degraded:
+        err.write(f"llmc-rag: {result.mode} results only: {result.degraded}\n")
+    if not result.hits:
+        err.write(f"llmc-rag: no matches for {result.query!r}\n")
+    for number, hit in enumerate(result.hits):
+        if number:
+            out.write("\n")
+        out.write(render_hit(hit, color, Path.cwd()))
+
+
+def _use_color(out: TextIO) -> bool:
+    return not os.environ.get("NO_COLOR") and hasattr(out, "isatty") and out.isatty()
+
+
+def _paint(text: str, style: str, color: bool) -> str:
+    return f"{_STYLE[style]}{text}{_RESET}" if color else text
+
+
+def location(hit: Hit, cwd: Path) -> str:
+    """``path:start-end``, the path relative to ``cwd`` when under it, else absolute."""
+    full = Path(hit.repo) / hit.path
+    shown = os.path.relpath(full, cwd) if full.is_relative_to(cwd) else str(full)
+    return f"{shown}:{hit.start_line}-{hit.end_line}"
+
+
+def render_hit(hit: Hit, color: bool, cwd: Path) -> str:
+    """One hit as a human block (head line, summary, pitfalls), ending in a newline."""
+    head = f"{_paint(location(hit, cwd), 'loc', color)}  {_paint(hit.kind, 'dim', color)} {_paint(hit.name, 'name', color)}"
+    if not hit.fresh:
+        head += "  " + _paint("[changed since indexed]", "warn", color)
+    if hit.state != "enriched":
+        head += "  " + _paint(f"[{hit.state}]", "bad" if hit.state == "failed" else "dim", color)
+    lines = [head]
+    if hit.summary:
+        lines.append(f"    {hit.summary}")
+    if hit.pitfalls:
+        lines.append("    " + _paint("pitfalls: ", "warn", color) + "; ".join(hit.pitfalls))
+    return "\n".join(lines) + "\n"
+

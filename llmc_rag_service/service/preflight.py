@@ -1,0 +1,70 @@
+"""Ask each Ollama host, once, whether it answers and has the model, before any waiting.
+
+Two cheap reads that DESIGN.md allows for probes and ``doctor``:
+``GET /api/version`` and ``GET /api/tags`` (Ollama API doc, "Version" and
+"List Local Models"). Nothing here loads a model or looks at ``/api/ps``.
+
+``enrich`` uses :func:`preflight` so a missing model is said at once with what
+the server has (``model llama3 not found on URL; this server has: qwen2.5:7b;
+run: ollama pull llama3``) instead of after ``--wait-s``; ``doctor`` uses
+:func:`probe_host` for its Ollama checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from llmc_rag_service.enrich import ollama as ol
+
+
+@dataclass(frozen=True)
+class HostProbe:
+    """One host's answers: ``version`` (None when unreachable), ``models``
+    (the names ``/api/tags`` lists; None when it could not be read) and
+    ``error`` (the reason, when either failed)."""
+
+    url: str
+    version: str | None
+    models: list[str] | None
+    error: str | None = None
+
+
+def probe_host(client: ol.OllamaClient) -> HostProbe:
+    """``/api/version`` then ``/api/tags`` on ``client``'s host; never raises
+    an OllamaError (it becomes ``error``)."""
+    try:
+        version = client.version()
+    except ol.OllamaError as exc:
+        return HostProbe(client.url, None, None, str(exc) or type(exc).__name__)
+    try:
+        return HostProbe(client.url, version, client.models())
+    except ol.OllamaError as exc:
+        return HostProbe(client.url, version, None, str(exc) or type(exc).__name__)
+
+
+def has_model(models: Iterable[str], name: str) -> bool:
+    """Whether ``name`` is among ``models`` (Ollama adds ``:latest`` to an untagged name)."""
+    return bool({name, f"{name}:latest"} & set(models))
+
+
+def missing_model_message(name: str, probe: HostProbe) -> str:
+    """``model NAME not found on URL; this server has: a, b; run: ollama pull NAME``."""
+    have = ", ".join(probe.models or []) or "no models at all"
+    return f"model {name} not found on {probe.url}; this server has: {have}; run: ollama pull {name}"
+
+
+def preflight(clients: Iterable[ol.OllamaClient], model: str, wait_s: float, say: Callable[[str], None]) -> int:
+    """Probe every host once and ``say`` one line per host that cannot work
+    now (unreachable, or lacking ``model``), naming how long the caller will
+    wait. Returns how many hosts can work now."""
+    ready = 0
+    for client in clients:
+        probe = probe_host(client)
+        if probe.version is None:
+            say(f"ollama unreachable at {probe.url}: {probe.error}; waiting up to {wait_s:.0f} s (--wait-s)")
+        elif probe.models is not None and not has_model(probe.models, model):
+            say(f"{missing_model_message(model, probe)}; waiting up to {wait_s:.0f} s (--wait-s)")
+        else:
+            ready += 1
+    return ready

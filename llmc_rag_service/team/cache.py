@@ -1,0 +1,327 @@
+"""TeamCache: what the daemon calls to share enrichments and work with its teammates.
+
+The flow the daemon follows for enrichment keys (``EnrichmentKey``):
+
+1. When jobs are queued, in batches: ``hits = team.lookup(keys)``; each hit
+   is stored locally and its job is done without a request.
+2. Before a worker sends a job: ``if key in team.claim([key])`` it sends it,
+   then ``team.publish([(key, enrichment)])`` (its claim is no longer renewed), or
+   ``team.release([key])`` if it gives up. Claims are renewed by the cache's
+   own thread every ``lease_s / 3`` until then.
+3. A key not claimed is being enriched by a teammate: defer the job. Either
+   block a worker in ``team.wait_for([key], deadline)`` or, better, park the
+   job and act on ``on_published(span_hash)`` (or ``None``: look everything
+   up again); at ``settings.defer_deadline_s`` claim it again — a holder that
+   died has lost its lease by then.
+
+Never blocks, never loses: while the database is unreachable (or refuses the
+login, or its schema is too new), ``lookup`` finds nothing, ``claim`` grants
+every key (work alone), ``publish`` keeps results in the outbox, and the
+cache's thread probes with backoff, then drains the outbox. Each of these
+costs at most one bounded timeout per outage (``health.Health``).
+
+Thread-safe: call from any worker thread. Values read from the database are
+validated by the ``validate`` callable; a row it rejects is logged
+(``team_row_invalid``) and ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import structlog
+
+from llmc_rag_service.models import Enrichment
+from llmc_rag_service.store import team_pg
+from llmc_rag_service.store.team_outbox import OutboxItem
+from llmc_rag_service.team.claims import Claims
+from llmc_rag_service.team.keys import (EmbeddingKey, EnrichmentKey, distinct_keys, fields_json, vector_problem,
+                                        well_formed)
+from llmc_rag_service.team.link import TeamLink
+from llmc_rag_service.team.listener import Listener
+from llmc_rag_service.team.outbox import MemoryOutbox, Outbox
+from llmc_rag_service.team.settings import TeamSettings
+from llmc_rag_service.team.wakeups import Wakeups
+
+log = structlog.get_logger("llmc_rag_service.team")
+
+#: Seconds between claims housekeeping: expired claims older than this are deleted.
+PURGE_EVERY_S = 3600.0
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class TeamCache:
+    """The team cache and work queue of one daemon.
+
+    Args:
+        dsn: ``team.postgres`` (may hold a password; shown only redacted).
+        validate: ``validate(fields) -> Enrichment | None`` for a row's
+            decoded JSON (the product's schema, ``enrich.prompt``); None or an
+            exception rejects the row.
+        producer: who published, stored with each row (default: host name);
+            never a path.
+        outbox: where unpublished results wait (default: in memory).
+        settings: timeouts, lease, batch size.
+        on_published: called from the listener thread with each span hash a
+            teammate published, or None after a reconnection; only record or wake.
+        clock: monotonic seconds, for deadlines (injected by tests).
+
+    Raises:
+        TeamNotInstalled: the ``[postgres]`` extra is missing.
+    """
+
+    def __init__(self, dsn: str, *, validate: Callable[[Any], Enrichment | None], producer: str | None = None,
+                 outbox: Outbox | None = None, settings: TeamSettings | None = None,
+                 on_published: Callable[[str | None], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.settings = settings or TeamSettings()
+        self.producer = producer or socket.gethostname()
+        #: Claims are held under this name: unique per process and instance.
+        self.holder = f"{self.producer}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wakeups = Wakeups()
+        self.link = TeamLink(dsn, self.settings, outbox if outbox is not None else MemoryOutbox(), self.producer,
+                             clock, on_recovered=lambda: self._wakeups.notify(None))
+        self.db, self.health, self.outbox, self.url = self.link.db, self.link.health, self.link.outbox, self.link.db.url
+        self._call = self.link.call
+        self._validate, self._on_published, self._clock = validate, on_published, clock
+        self._listener = Listener(self.db.connect, self._heard, self.settings.probe_max_s, self.url)
+        self.claims = Claims(self.link, self.holder, self.settings.lease_s, self.settings.batch)
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._renew_at = self._purge_at = 0.0
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        """Start the listener and the maintenance thread (probe, renew, drain);
+        returns at once — the first contact happens in the background."""
+        self.db.open()
+        self._listener.start()
+        self._thread = threading.Thread(target=self._maintenance_loop, name="llmc-team", daemon=True)
+        self._thread.start()
+
+    @property
+    def listening(self) -> threading.Event:
+        """Set while the listener is subscribed to publications."""
+        return self._listener.listening
+
+    def check(self) -> int:
+        """One synchronous contact for ``serve`` start and ``doctor``: connect,
+        migrate if needed; returns the schema version.
+
+        Raises:
+            TeamError: the one-line reason (also kept in ``status()``).
+        """
+        return self.link.check()
+
+    def close(self) -> None:
+        """Stop both threads, release held claims (teammates need not wait
+        for their lease) and close the connections; bounded by a few seconds."""
+        self._stop.set()
+        self.link.failures.set()  # wakes the maintenance thread
+        if self._thread:
+            self._thread.join(self.settings.connect_timeout_s + self.settings.statement_timeout_s)
+        self._listener.stop()
+        self.claims.release_all()
+        self.db.close()
+
+    # -- enrichments -------------------------------------------------------------
+    def lookup(self, keys: Iterable[EnrichmentKey],
+               rejected: set[EnrichmentKey] | None = None) -> dict[EnrichmentKey, Enrichment]:
+        """Published, valid enrichments for ``keys`` (one statement per
+        ``settings.batch`` keys); {} for anything unreachable. The keys of
+        rows that fail validation are added to ``rejected`` when given: such
+        a key can never be claimed (it is published), so the caller enriches it itself."""
+        found: dict[EnrichmentKey, Enrichment] = {}
+        for chunk in _chunks(distinct_keys(keys, EnrichmentKey), self.settings.batch):
+            ok, rows = self._call(team_pg.lookup_enrichments, chunk)
+            if not ok:
+                break
+            for span_hash, model, version, fields, producer in rows:
+                enrichment = self._checked(span_hash, fields, producer)
+                if enrichment is not None:
+                    found[EnrichmentKey(span_hash, model, version)] = enrichment
+                elif rejected is not None:
+                    rejected.add(EnrichmentKey(span_hash, model, version))
+        self._count(hits=len(found))
+        self.claims.undefer(found)
+        return found
+
+    def publish(self, results: Iterable[tuple[EnrichmentKey, Enrichment]]) -> int:
+        """Share validated results (first publisher wins); our claims on them
+        are no longer renewed. What cannot be sent now goes to the outbox.
+        Returns the rows the team database newly took."""
+        rows = sorted({EnrichmentKey(*k): fields_json(e) for k, e in results if well_formed(k)}.items())
+        self.claims.done(k for k, _ in rows)
+        inserted = 0
+        for start in range(0, len(rows), self.settings.batch):
+            ok, n = self._call(team_pg.publish_enrichments, rows[start:start + self.settings.batch], self.producer)
+            if not ok:
+                self.link.keep([OutboxItem("enrichment", *k, payload=f.encode()) for k, f in rows[start:]])
+                break
+            inserted += n
+        self._count(published=inserted)
+        return inserted
+
+    def claim(self, keys: Iterable[EnrichmentKey]) -> set[EnrichmentKey]:
+        """Keys this daemon may now enrich (see :meth:`Claims.claim`); the rest are counted deferred."""
+        return self.claims.claim(keys)
+
+    def claim_or_lookup(self, keys: Iterable[EnrichmentKey], rejected: set[EnrichmentKey] | None = None,
+                        ) -> tuple[set[EnrichmentKey], dict[EnrichmentKey, Enrichment]]:
+        """:meth:`claim` and :meth:`lookup` in one statement per batch:
+        ``(claimed, found)``. A key is claimed, or found (published and
+        valid), or neither: a teammate holds it (deferred), or its row failed
+        validation (added to ``rejected`` when given, as in :meth:`lookup`)."""
+        claimed, rows = self.claims.claim_fetching(keys)
+        found: dict[EnrichmentKey, Enrichment] = {}
+        for span_hash, model, version, fields, producer in rows:
+            enrichment = self._checked(span_hash, fields, producer)
+            if enrichment is not None:
+                found[EnrichmentKey(span_hash, model, version)] = enrichment
+            elif rejected is not None:
+                rejected.add(EnrichmentKey(span_hash, model, version))
+        self._count(hits=len(found))
+        self.claims.undefer(found)
+        return claimed, found
+
+    def renew(self) -> set[EnrichmentKey]:
+        """Extend every held claim by ``lease_s``; returns those still held (the thread does this)."""
+        return self.claims.renew()
+
+    def release(self, keys: Iterable[EnrichmentKey]) -> None:
+        """Give up claims (job failed or dropped) so a teammate may take them now."""
+        self.claims.release(keys)
+
+    def forget(self, keys: Iterable[EnrichmentKey]) -> None:
+        """Stop counting ``keys`` as deferred (their jobs were dropped or done locally)."""
+        self.claims.undefer(keys)
+
+    def wait_for(self, keys: Iterable[EnrichmentKey], deadline: float) -> dict[EnrichmentKey, Enrichment]:
+        """Block until teammates published all ``keys`` or ``deadline`` (the
+        ``clock``'s seconds) passes; returns what was published. Woken by
+        NOTIFY; returns at once when the database is unreachable."""
+        keys = set(distinct_keys(keys, EnrichmentKey))
+        found: dict[EnrichmentKey, Enrichment] = {}
+        with self._wakeups.watching({k.span_hash for k in keys}) as watch:
+            self.claims.defer(keys)
+            while True:
+                watch.clear()  # before the lookup: a publication after it still wakes us
+                found.update(self.lookup(keys - found.keys()))
+                remaining = deadline - self._clock()
+                if len(found) == len(keys) or not self.health.usable() or remaining <= 0:
+                    return found
+                watch.wait(remaining)
+
+    # -- embeddings --------------------------------------------------------------
+    def lookup_embeddings(self, keys: Iterable[EmbeddingKey]) -> dict[EmbeddingKey, bytes]:
+        """Published vectors (float32 little-endian bytes) for ``keys``; malformed rows are ignored."""
+        found: dict[EmbeddingKey, bytes] = {}
+        for chunk in _chunks(distinct_keys(keys, EmbeddingKey), self.settings.batch):
+            ok, rows = self._call(team_pg.lookup_embeddings, chunk)
+            if not ok:
+                break
+            for span_hash, model, version, vector, dim in rows:
+                problem = vector_problem(vector, dim)
+                if problem:
+                    self._reject(span_hash, "-", problem)
+                    continue
+                found[EmbeddingKey(span_hash, model, version)] = bytes(vector)
+        self._count(embed_hits=len(found))
+        return found
+
+    def publish_embeddings(self, vectors: Iterable[tuple[EmbeddingKey, bytes]]) -> int:
+        """Share vectors (float32 little-endian bytes); the rest as :meth:`publish`."""
+        rows = sorted({EmbeddingKey(*k): bytes(v) for k, v in vectors
+                       if well_formed(k) and not vector_problem(v, len(v) // 4)}.items())
+        inserted = 0
+        for start in range(0, len(rows), self.settings.batch):
+            chunk = [(k, v, len(v) // 4) for k, v in rows[start:start + self.settings.batch]]
+            ok, n = self._call(team_pg.publish_embeddings, chunk, self.producer)
+            if not ok:
+                self.link.keep([OutboxItem("embedding", *k, payload=v, dim=len(v) // 4) for k, v in rows[start:]])
+                break
+            inserted += n
+        self._count(published=inserted)
+        return inserted
+
+    # -- status --------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """``{url, reachable, hits, published, outbox, deferred, last_error}``
+        for ``status --json`` (url without password; reachable None before
+        the first contact), plus ``embed_hits``, ``held`` claims,
+        ``rejected`` rows and ``queries`` sent (database load)."""
+        with self._lock:
+            counts = dict(self._counts)
+        deferred, held = self.claims.deferred, self.claims.held
+        return {"url": self.url, "reachable": self.health.reachable, "hits": counts.get("hits", 0),
+                "published": counts.get("published", 0), "outbox": self.outbox.count(), "deferred": deferred,
+                "last_error": self.health.last_error, "embed_hits": counts.get("embed_hits", 0), "held": held,
+                "rejected": counts.get("rejected", 0),
+                "queries": self.db.queries}
+
+    # -- maintenance ---------------------------------------------------------------
+    def maintain(self) -> None:
+        """One round of housekeeping (the thread calls it about once a second):
+        probe when due, renew claims every ``lease_s / 3``, drain the outbox,
+        purge long-expired claims hourly."""
+        if self.health.reachable is not True and self.health.probe_due():
+            self.link.probe()
+        if self.health.reachable is not True:
+            return
+        now = self._clock()
+        if self.claims.held and now >= self._renew_at:
+            self._renew_at = now + self.settings.lease_s / 3
+            self.renew()
+        if self.link.outbox_dirty:
+            self._count(published=self.link.drain())
+        if now >= self._purge_at:
+            self._purge_at = now + PURGE_EVERY_S
+            self._call(team_pg.purge_expired_claims, PURGE_EVERY_S)
+
+    def _maintenance_loop(self) -> None:
+        tick = min(1.0, self.settings.lease_s / 3)
+        while not self._stop.is_set():
+            try:
+                self.maintain()
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one failure
+                log.error("team_maintenance_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            self.link.failures.wait(tick)  # a failure wakes it early: the outbox may have grown
+            self.link.failures.clear()
+
+    # -- internals -------------------------------------------------------------------
+    def _checked(self, span_hash: str, fields: Any, producer: str) -> Enrichment | None:
+        try:
+            enrichment = self._validate(fields)
+        except Exception as exc:  # noqa: BLE001 - a teammate's row is untrusted input
+            self._reject(span_hash, producer, f"{type(exc).__name__}: {exc}")
+            return None
+        if not isinstance(enrichment, Enrichment):
+            self._reject(span_hash, producer, "fails the enrichment schema")
+            return None
+        return enrichment
+
+    def _reject(self, span_hash: str, producer: str, reason: str) -> None:
+        self._count(rejected=1)
+        log.warning("team_row_invalid", span_hash=span_hash, producer=producer, reason=reason[:200])
+
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            self._counts.update(deltas)
+
+    def _heard(self, span_hash: str | None) -> None:
+        self._wakeups.notify(span_hash)
+        if self._on_published is not None:
+            self._on_published(span_hash)

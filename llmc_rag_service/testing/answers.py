@@ -1,0 +1,82 @@
+"""What the emulator answers: JSON filling a ``format`` schema, or plain text.
+
+Ollama's structured outputs (API doc, "Chat request (Structured outputs)")
+constrain the model's tokens to the schema; the emulator writes a document
+that conforms, honouring ``maxLength``/``minLength`` and ``minItems``/``maxItems``
+the way a grammar-constrained model must.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def fill_schema(schema: Any, hint: str, _root: Any = None, _name: str = "value") -> Any:
+    """A JSON value conforming to a JSON schema (object/array/string/number/integer/boolean).
+
+    Every property is filled (so all of ``required`` are present); strings name
+    their property and carry ``hint``; ``enum``/``const``/``anyOf``/``$ref`` honoured.
+    """
+    root = schema if _root is None else _root
+    if not isinstance(schema, dict):
+        return hint
+    if "$ref" in schema:
+        target = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        return fill_schema(target, hint, root, _name)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return fill_schema(schema[key][0], hint, root, _name)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    return _fill_typed(kind, schema, hint, root, _name)
+
+
+def _fill_typed(kind: str, schema: dict[str, Any], hint: str, root: Any, name: str) -> Any:
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: fill_schema(v, hint, root, k) for k, v in props.items()}
+    if kind == "array":
+        if schema.get("maxItems") == 0:
+            return []
+        count = max(1, schema.get("minItems", 1))
+        return [fill_schema(schema.get("items", {}), hint, root, name) for _ in range(count)]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", 0) + 1)
+        return int(low) if kind == "integer" else float(low)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    text = f"{name}: {hint}"
+    text = text.ljust(schema.get("minLength", 0), ".")
+    return text[: schema["maxLength"]] if "maxLength" in schema else text
+
+
+def hint(request: dict[str, Any]) -> str:
+    """The first line of the last user message (or the prompt), at most 60 chars."""
+    users = [m for m in request.get("messages") or [] if m.get("role") == "user"]
+    text = str(users[-1].get("content") or "") if users else str(request.get("prompt") or "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else "nothing")[:60]
+
+
+def default_answer(request: dict[str, Any]) -> str:
+    """The emulator's answer text for a request JSON.
+
+    ``format`` a JSON schema: a conforming JSON document; ``"json"``: a JSON
+    object; no format: plain text. All mention the last user message.
+    """
+    fmt, about = request.get("format"), hint(request)
+    if isinstance(fmt, dict):
+        return json.dumps(fill_schema(fmt, about))
+    if fmt == "json":
+        return json.dumps({"answer": about})
+    return f"Emulated answer about: {about}"

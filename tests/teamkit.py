@@ -1,0 +1,73 @@
+"""Helpers for team-mode tests: daemons (real Pipelines) on copies of one real code base, sharing one PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import llmc_rag_service
+from llmc_rag_service.service.pipeline import Pipeline
+from llmc_rag_service.team.settings import TeamSettings
+from llmc_rag_service.testing.repos import make_config
+from tests.helpers import wait_for
+
+#: The real code base the daemons watch: two packages of this product's own source.
+CODE_BASE = [Path(llmc_rag_service.__file__).parent / name for name in ("store", "team")]
+
+
+def copy_code_base(dest: Path) -> Path:
+    """A copy of :data:`CODE_BASE` at ``dest`` (the same relative paths in every copy)."""
+    for package in CODE_BASE:
+        shutil.copytree(package, dest / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def team_settings(lease_s: float = 30.0, **overrides: Any) -> TeamSettings:
+    """Short timeouts for tests (an unreachable server costs ~2 s, libpq's minimum connect_timeout)."""
+    return TeamSettings(**{"connect_timeout_s": 2.0, "statement_timeout_s": 2.0, "lease_s": lease_s,
+                           "probe_max_s": 1.0, **overrides})
+
+
+class Daemon:
+    """One developer's daemon: its own copy of the code base (or of ``source``) and its own state dir, a real
+    :class:`Pipeline` with team mode on ``dsn`` (workers not started until :meth:`start`)."""
+
+    def __init__(self, tmp_path: Path, name: str, url: str, dsn: str | None, settings: TeamSettings,
+                 concurrency: int = 2, source: Path | None = None):
+        home = tmp_path / name
+        self.repo = home / "repo"
+        if source is None:
+            copy_code_base(self.repo)
+        else:
+            shutil.copytree(source, self.repo)
+        team = {"postgres": dsn, "lease_s": settings.lease_s} if dsn else {}
+        self.config = make_config(home, url, [self.repo], team=team, logging={"level": "info"},
+                                  ollama={"concurrency": concurrency})
+        self.changed = threading.Event()
+        self.pipeline = Pipeline(self.config, on_change=self.changed.set, team_settings=settings)
+        self.pipeline.scan_all()
+
+    def start(self) -> Daemon:
+        self.pipeline.start_workers()
+        return self
+
+    def settled(self) -> bool:
+        counts = self.pipeline.counts()
+        return counts["pending"] + counts["running"] == 0
+
+    def wait_done(self, timeout_s: float = 40.0) -> None:
+        wait_for(self.settled, timeout_s, f"{self.repo.parent.name}: every job done")
+
+    def rows(self, sql: str) -> set:
+        return {tuple(r) if len(r) > 1 else r[0] for r in self.pipeline.store.conn.execute(sql)}
+
+    def span_hashes(self) -> set[str]:
+        return self.rows("SELECT DISTINCT span_hash FROM spans")
+
+    def enriched(self) -> set[str]:
+        return self.rows("SELECT span_hash FROM enrichments")
+
+    def close(self) -> None:
+        self.pipeline.close(2.0)

@@ -1,0 +1,88 @@
+"""``llmc-rag export``: JSON Lines per the contract, --repo filter, constant memory."""
+
+from __future__ import annotations
+
+import io
+import json
+import tracemalloc
+
+import pytest
+
+from llmc_rag_service import cli
+from llmc_rag_service.search import export_jsonl
+from tests.helpers import make_config
+from tests.searchkit import MODEL, SearchRepo, enrichment
+
+KEYS = ["schema", "repo", "path", "start_line", "end_line", "kind", "name", "language", "span_hash", "text",
+        "enrichment"]
+ENRICHMENT_KEYS = ["summary", "inputs", "outputs", "side_effects", "pitfalls", "usage", "model", "created_at"]
+
+
+@pytest.fixture
+def repos(tmp_path):
+    one = SearchRepo(tmp_path, {"a.py": "def f():\n    return 1\n\n\ndef g():\n    return 2\n"}, "one")
+    two = SearchRepo(tmp_path, {"b.js": "function h() {\n  return 3;\n}\n"}, "two")
+    one.enrich(lambda name: enrichment(f"{name} returns a number.") if name == "f" else None)
+    yield one, two
+    one.close()
+    two.close()
+
+
+@pytest.fixture
+def config(tmp_path, repos):
+    return make_config(tmp_path, "http://127.0.0.1:9", [r.root for r in repos])
+
+
+def lines(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_export_writes_one_contract_object_per_span(config, repos, capsys):
+    """Every span of every repo, one object per line, schema 1, enrichment as in show or null."""
+    assert cli.main(["export", "-c", str(config.source)]) == 0
+    rows = lines(capsys)
+    assert [(r["path"], r["name"]) for r in rows] == [("a.py", "f"), ("a.py", "g"), ("b.js", "h")]
+    assert all(list(r) == KEYS and r["schema"] == 1 for r in rows)
+    f, g, h = rows
+    assert f["repo"] == str(repos[0].root) and f["text"] == "def f():\n    return 1" and f["language"] == "python"
+    assert list(f["enrichment"]) == ENRICHMENT_KEYS and f["enrichment"]["summary"] == "f returns a number."
+    assert f["enrichment"]["model"] == MODEL and f["enrichment"]["inputs"] == []
+    assert g["enrichment"] is None and h["enrichment"] is None and (h["start_line"], h["end_line"]) == (1, 3)
+
+
+def test_export_repo_filter(config, repos, capsys):
+    """--repo limits the export to one configured repository."""
+    assert cli.main(["export", "-c", str(config.source), "--repo", str(repos[1].root)]) == 0
+    assert [r["name"] for r in lines(capsys)] == ["h"]
+
+
+def test_export_unknown_repo_is_a_usage_error(config, capsys):
+    assert cli.main(["export", "-c", str(config.source), "--repo", "/elsewhere"]) == 2
+    assert "not a configured repository" in capsys.readouterr().err
+
+
+def test_export_streams_in_constant_memory(tmp_path):
+    """Exporting 4x more spans does not raise the Python heap peak: rows stream from the cursor."""
+    peaks = []
+    for count in (300, 1200):
+        body = "".join(f"def function_{i}(x):\n    return x + {i}  # {'pad ' * 20}\n\n\n" for i in range(count))
+        sr = SearchRepo(tmp_path / str(count), {"big.py": body})
+        conn = sr.reader()
+        out = _CountingSink()
+        tracemalloc.start()
+        assert export_jsonl(conn, out, MODEL) == count
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert out.chars > count * 100
+        sr.close()
+    assert peaks[1] < peaks[0] * 1.5 + 64_000
+
+
+class _CountingSink(io.TextIOBase):
+    """A writable text stream that keeps nothing but a count."""
+
+    chars = 0
+
+    def write(self, text: str) -> int:
+        self.chars += len(text)
+        return len(text)

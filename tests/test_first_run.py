@@ -1,0 +1,316 @@
+"""What a new user meets: progress, a missing model, show's explanations, honest exits, hints."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmc_rag_service import cli
+from llmc_rag_service.config import load_config
+from llmc_rag_service.service.progress import Progress, format_eta
+from llmc_rag_service.service.status import status_report
+from llmc_rag_service.testing.emulator import OllamaEmulator
+from tests.helpers import make_config, write_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = tmp_path / "repo"
+    write_tree(root, {"a.py": "def f(x):\n    return x\n\n\n\n\ndef g(y):\n    return y\n",
+                      "blob.bin": b"\x00\x01\x02", ".env": "TOKEN=x\n", ".gitignore": "gen/\n",
+                      "gen/out.py": "def gen():\n    pass\n", "big.py": "x = 1\n" * 200})
+    return root
+
+
+def run(config, *args) -> int:
+    return cli.main([args[0], "-c", str(config.source), *args[1:]])
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+def test_progress_shows_rate_and_eta_from_the_clock():
+    """10 jobs done in 5 s of 40: 2.0 jobs/s and 0:15 left, on the bar and on plain lines."""
+    now = [100.0]
+    bar = Progress(_Tty(), clock=lambda: now[0], width=200)
+    bar.update(0, 40, "starting")
+    now[0] += 5
+    bar.update(10, 40, "enriching")
+    assert "10/40 jobs  2.0 jobs/s  ETA 0:15  enriching" in bar.stream.getvalue()
+    plain = Progress(io.StringIO(), clock=lambda: now[0])
+    plain.update(0, 40, "x")
+    now[0] += 10
+    plain.update(20, 40, "y", final=True)
+    assert plain.stream.getvalue().splitlines()[-1] == "enrich: 20/40 jobs, 2.0 jobs/s, ETA 0:10; y"
+    assert (format_eta(None), format_eta(3725)) == ("--:--", "1:02:05")
+
+
+def test_a_log_line_is_written_above_the_bar_never_into_it():
+    """A record written while the bar shows erases the bar, takes its own line, and the bar is drawn again."""
+    bar = Progress(_Tty(), clock=lambda: 0.0, width=200)
+    bar.update(1, 4, "working")
+    bar.log_stream().write("job_retry something\n")
+    out = bar.stream.getvalue()
+    assert out.endswith("\r\x1b[Kjob_retry something\n" + bar.text(1, 4, "working"))
+
+
+def _screen(raw: str) -> list[str]:
+    """What a terminal shows for ``raw``: \\r returns to column 0, ESC[K erases the rest of the line."""
+    raw = re.sub(r"\x1b\[[0-9;]*m", "", raw)  # colours
+    lines, line, col = [], [], 0
+    for part in re.split(r"(\r|\n|\x1b\[K)", raw):
+        if part == "\r":
+            col = 0
+        elif part == "\n":
+            lines.append("".join(line).rstrip())
+            line, col = [], 0
+        elif part == "\x1b[K":
+            del line[col:]
+        else:
+            line[col:col + len(part)] = list(part)
+            col += len(part)
+    if line:
+        lines.append("".join(line).rstrip())
+    return lines
+
+
+def _readme_try_it_config(tmp_path: Path, repo: Path, url: str) -> Path:
+    """The README's try-it config (its printf line), with this test's paths and emulator."""
+    text = (ROOT / "README.md").read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("printf 'state_dir: /tmp/my-state")]
+    body = shlex.split(line)[1].encode().decode("unicode_escape")
+    body = body.replace("/tmp/my-state", str(tmp_path / "state")).replace("/path/to/your/repo", str(repo))
+    body = body.replace("http://127.0.0.1:11434", url).replace("demo-model", "test-model")
+    path = tmp_path / "my.yaml"
+    path.write_text(body)
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_enrich_on_a_terminal_shows_one_bar_and_only_warnings_above_it(tmp_path, ollama):
+    """The README's try-it config on a terminal (a pty): a bar with rate and ETA, no line per job, and a
+    warning (a retried bad answer) on its own line above the bar."""
+    repo = tmp_path / "repo"
+    write_tree(repo, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(40)})
+    config = _readme_try_it_config(tmp_path, repo, ollama.url)
+    ollama.install_embed("nomic-embed-text")  # as the README's emulator program does
+    ollama.inject("invalid_json", count=1)
+    primary, secondary = os.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "llmc_rag_service", "enrich", "-c", str(config)],
+                                stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary,
+                                env={**os.environ, "COLUMNS": "160", "TERM": "xterm"})
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(30) == 0
+    finally:
+        os.close(primary)
+    raw = b"".join(chunks).decode("utf-8", "replace")
+    screen = [line for line in _screen(raw) if line]
+    assert any("jobs/s" in line and "ETA" in line for line in screen), screen
+    assert "job_done" not in raw  # the bar counts jobs; no line per job
+    retry = [line for line in screen if "job_retry" in line]
+    assert len(retry) == 1 and not retry[0].startswith("[") and "jobs/s" not in retry[0]
+    assert len(screen) <= 5, screen
+    assert screen[-1].startswith("enrich: 40/40 spans enriched")
+
+
+# -- a missing model, at once ----------------------------------------------------------------
+
+def test_a_missing_model_is_said_at_once_with_what_the_server_has(tmp_path, repo, capsys):
+    """Before any waiting (and before any chat request) enrich names the models the server has and the pull."""
+    with OllamaEmulator(["qwen2.5:7b", "nomic-embed-text"]) as emu:
+        config = make_config(tmp_path, emu.url, [repo], logging={"level": "error"})
+        assert run(config, "enrich", "--wait-s", "0.5") == 69
+        paths = [r.path for r in emu.requests]
+    err = capsys.readouterr().err
+    said = f"llmc-rag: model test-model not found on {emu.url}; this server has: nomic-embed-text:latest, " \
+           "qwen2.5:7b; run: ollama pull test-model; waiting up to 0 s (--wait-s)"
+    assert said in err
+    assert err.index(said) < err.index("enrich_gave_up")
+    assert paths[:2] == ["/api/version", "/api/tags"] and "/api/chat" not in paths[:2]
+
+
+def test_an_unreachable_server_is_said_at_once(tmp_path, repo, capsys):
+    """Nothing listening: one line at once, then the give-up after --wait-s."""
+    with OllamaEmulator() as emu:
+        url = emu.url
+    config = make_config(tmp_path, url, [repo], logging={"level": "error"})
+    assert run(config, "enrich", "--wait-s", "0.2") == 69
+    err = capsys.readouterr().err
+    assert f"llmc-rag: ollama unreachable at {url}: " in err and "(--wait-s)" in err
+
+
+# -- show says why ---------------------------------------------------------------------------
+
+@pytest.fixture
+def enriched(tmp_path, repo, ollama):
+    config = make_config(tmp_path, ollama.url, [repo], watch={"max_file_bytes": 1000}, logging={"level": "error"})
+    data = yaml.safe_load(config.source.read_text())
+    data["repos"][0]["exclude"] = ["*.log"]
+    config.source.write_text(yaml.safe_dump(data))
+    config = load_config(config.source)
+    assert run(config, "enrich") == 0
+    return config
+
+
+@pytest.mark.parametrize(("target", "said"), [
+    ("a.py:5", "a.py:5: no span covers line 5 (a blank or skipped stretch between spans)"),
+    ("a.py:99", "a.py:99: no span covers line 99: the file's spans end at line 8"),
+    ("blob.bin", "blob.bin: skipped: binary (it holds NUL bytes)"),
+    ("big.py", "big.py: skipped: too large (over watch.max_file_bytes)"),
+    (".env", ".env: excluded: a secret file (never read)"),
+    ("gen/out.py", "gen/out.py: excluded: by .gitignore, repos[].exclude or the default excludes"),
+    ("x.log", "x.log: excluded: by .gitignore, repos[].exclude or the default excludes"),
+    ("new.py", "new.py: not scanned yet (the service or llmc-rag enrich has not indexed it)"),
+    ("nope.py", "nope.py: no such file"),
+    ("gen", "gen: excluded: by .gitignore, repos[].exclude or the default excludes"),
+])
+def test_show_says_why_there_is_no_span(enriched, repo, capsys, target, said):
+    """Each reason show finds nothing is one line naming the path, and exit 1."""
+    write_tree(repo, {"new.py": "def n():\n    pass\n", "x.log": "log\n"})
+    capsys.readouterr()
+    assert run(enriched, "show", str(repo / target)) == 1
+    assert capsys.readouterr().err == f"llmc-rag: {repo}/{said}\n"
+
+
+def test_show_outside_every_repo_and_before_any_store(tmp_path, repo, capsys):
+    """A path in no repo names the repos; before the first run, a repo file is 'not scanned yet (no store)'."""
+    config = make_config(tmp_path, "http://127.0.0.1:9", [repo])
+    assert run(config, "show", str(tmp_path)) == 1
+    assert f"not in a configured repo (repos: {repo}" in capsys.readouterr().err
+    assert run(config, "show", str(repo / "a.py")) == 1
+    assert "a.py: not scanned yet (no store at" in capsys.readouterr().err
+
+
+def test_a_file_name_that_is_not_utf8_prints_and_never_raises(tmp_path, repo, ollama):
+    """enrich skips it; show of it says why, with the name escaped; no traceback."""
+    name = os.fsencode(repo) + b"/caf\xe9.py"
+    with open(name, "wb") as fh:
+        fh.write(b"def c():\n    pass\n")
+    config = make_config(tmp_path, ollama.url, [repo], logging={"level": "error"})
+    assert run(config, "enrich") == 0
+    proc = subprocess.run([os.fsencode(sys.executable), b"-m", b"llmc_rag_service", b"show", b"-c",
+                           os.fsencode(config.source), name], capture_output=True, timeout=30)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert "Traceback" not in err and "caf\\udce9.py: not indexed: its name is not valid UTF-8" in err
+
+
+# -- honest exits and hints ------------------------------------------------------------------
+
+def test_a_missing_repo_path_exits_66_naming_it_and_enriches_the_others(tmp_path, repo, ollama, capsys):
+    """A configured repo that is not a directory: named at once, the others enriched, exit 66; a REPO argument too."""
+    gone = tmp_path / "gone"
+    config = make_config(tmp_path, ollama.url, [repo, gone], logging={"level": "error"})
+    assert run(config, "enrich") == 66
+    err = capsys.readouterr().err
+    assert f"llmc-rag: repo {gone}: no such directory; enriching the other repos" in err
+    assert status_report(config)["repos"][0]["enriched"] > 0
+    assert run(config, "enrich", str(gone)) == 66
+    assert f"repo {gone}: no such directory\n" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "line", "key"), [
+    ("", 1, "repos"),
+    ("repos: []\n", 1, "repos"),
+    ("repos:\n  - path: /tmp\nollama: {model: a}\nollama: {url: 'http://x:1'}\n", 4, "ollama"),
+    ("repos:\n  - path: /tmp\nwatch:\n  debounce_ms: 1\n  debounce_ms: 2\n", 5, "watch.debounce_ms"),
+])
+def test_an_empty_config_or_a_duplicate_key_exits_78_naming_file_line_and_key(tmp_path, capsys, text, line, key):
+    """enrich, status, show and serve refuse it with 78 and one line: file:line: key."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    for command in (["enrich"], ["status"], ["show", "x"], ["serve"]):
+        assert cli.main([command[0], "-c", str(path), *command[1:]]) == 78
+        err = capsys.readouterr().err
+        assert err.startswith(f"llmc-rag: config error: {path}:{line}: {key}: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--user", "--run-as", "nobody"], "--run-as is for the system unit"),
+    (["--run-as", "no-such-user-llmc"], "--run-as no-such-user-llmc: no such user"),
+    (["--run-as", "bad name"], "not a usable user name"),
+])
+def test_install_unit_bad_arguments_exit_64_with_one_line(tmp_path, capsys, args, said):
+    """Bad --run-as, --user with --run-as: 64, one line, no traceback, nothing written."""
+    assert cli.main(["install-unit", "--dest", str(tmp_path / "u"), *args]) == 64
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "u").exists()
+
+
+def test_install_unit_to_an_unwritable_place_exits_64(tmp_path, capsys):
+    """--dest that cannot be created: 64 naming the file it could not write."""
+    (tmp_path / "file").write_text("")
+    assert cli.main(["install-unit", "--run-as", "nobody", "--dest", str(tmp_path / "file" / "d")]) == 64
+    err = capsys.readouterr().err
+    assert err.startswith(f"llmc-rag: install-unit: cannot write {tmp_path}/file/d/llmc-rag.service") and err.count("\n") == 1
+
+
+def test_a_damaged_store_exits_74_with_one_line(tmp_path, repo, capsys):
+    """status and show on a store that is not a database: 74, one line, no traceback."""
+    config = make_config(tmp_path, "http://127.0.0.1:9", [repo])
+    config.state_dir.mkdir()
+    config.db_path.write_bytes(b"garbage" * 1000)
+    for command in (["status"], ["show", str(repo / "a.py")]):
+        assert cli.main([command[0], "-c", str(config.source), *command[1:]]) == 74
+        err = capsys.readouterr().err
+        assert err.startswith(f"llmc-rag: state unusable: {config.db_path}: ") and err.count("\n") == 1
+
+
+def test_after_enrich_gives_up_status_shows_the_last_error_until_a_run_succeeds(tmp_path, repo, capsys):
+    """status --json carries why enrich gave up; a later successful run clears it."""
+    emu = OllamaEmulator()
+    emu.start()
+    try:
+        emu.stop()
+        config = make_config(tmp_path, emu.url, [repo], logging={"level": "error"})
+        assert run(config, "enrich", "--wait-s", "0.2") == 69
+        assert "refused" in status_report(config)["ollama"]["last_error"]
+        emu.start()
+        assert run(config, "enrich") == 0
+        assert status_report(config)["ollama"]["last_error"] is None
+    finally:
+        emu.stop()
+
+
+def test_a_plain_rerun_with_failed_spans_points_to_retry_failed(tmp_path, ollama, capsys, monkeypatch):
+    """Spans failed for good: enrich (and a plain re-run) say how to retry them after fixing the cause."""
+    from llmc_rag_service.store import jobs as q
+
+    monkeypatch.setattr(q.backoff_s, "__defaults__", (0.01, 0.05))
+    repo = tmp_path / "repo"
+    write_tree(repo, {"only.py": "def z():\n    return 0\n"})
+    ollama.inject("invalid_json", count=2)
+    config = make_config(tmp_path, ollama.url, [repo], queue={"max_attempts": 2}, logging={"level": "error"})
+    assert run(config, "enrich") == 1
+    capsys.readouterr()
+    assert run(config, "enrich") == 1
+    err = capsys.readouterr().err
+    assert "llmc-rag: 1 spans failed for good" in err and "run: llmc-rag enrich --retry-failed" in err
+    assert run(config, "enrich", "--retry-failed") == 0
+    assert "--retry-failed" not in capsys.readouterr().err

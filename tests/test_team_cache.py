@@ -1,0 +1,96 @@
+"""Team cache against a real PostgreSQL server: lookups, publishes, poisoned rows, embeddings."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import replace
+
+from llmc_rag_service.team.keys import EmbeddingKey, EnrichmentKey
+from tests.pg_fixture import TEST_SETTINGS, enrichment, key
+
+
+def test_a_published_enrichment_is_found_by_a_teammate(pg, team_factory):
+    """What one daemon publishes, another finds by the same key, field for field."""
+    alice, bob = team_factory(pg.dsn), team_factory(pg.dsn)
+    assert alice.publish([(key(1), enrichment(1)), (key(2), enrichment(2))]) == 2
+    found = bob.lookup([key(1), key(2), key(3)])
+    assert found == {key(1): enrichment(1), key(2): enrichment(2)}
+    assert bob.status()["hits"] == 2 and alice.status()["published"] == 2
+
+
+def test_the_key_includes_model_and_prompt_version(pg, team_factory):
+    """An enrichment made by another model or prompt version is not a hit."""
+    cache = team_factory(pg.dsn)
+    cache.publish([(key(1), enrichment(1))])
+    assert cache.lookup([key(1, model="other-model"), key(1, version=2)]) == {}
+
+
+def test_the_first_publisher_wins(pg, team_factory):
+    """A second publish of the same key changes nothing (ON CONFLICT DO NOTHING)."""
+    alice, bob = team_factory(pg.dsn), team_factory(pg.dsn)
+    assert alice.publish([(key(1), enrichment(1))]) == 1
+    assert bob.publish([(key(1), enrichment(99))]) == 0
+    assert bob.lookup([key(1)]) == {key(1): enrichment(1)}
+
+
+def test_a_batch_of_keys_is_one_statement_per_batch(pg, team_factory):
+    """Looking up 250 keys with batch 100 sends 3 statements, not 250."""
+    cache = team_factory(pg.dsn, settings=replace(TEST_SETTINGS, batch=100))
+    cache.publish([(key(i), enrichment(i)) for i in range(250)])
+    before = cache.status()["queries"]
+    assert len(cache.lookup([key(i) for i in range(250)])) == 250
+    assert cache.status()["queries"] - before == 3
+
+
+def test_a_poisoned_row_is_ignored_and_counted(pg, team_factory):
+    """A row whose fields fail the enrichment schema is never returned; good rows still are."""
+    cache = team_factory(pg.dsn)
+    cache.publish([(key(2), enrichment(2))])
+    for n, fields in ((1, {"summary": 5}), (3, {"summary": "ok", "inputs": "not a list"}), (4, [1, 2])):
+        pg.sql("INSERT INTO llmc_enrichments(span_hash, model, prompt_version, fields, producer) "
+               "VALUES (%s, %s, %s, %s::jsonb, 'mallory')", (key(n).span_hash, "test-model", 1, json.dumps(fields)))
+    assert cache.lookup([key(1), key(2), key(3), key(4)]) == {key(2): enrichment(2)}
+    assert cache.status()["rejected"] == 3
+
+
+def test_a_validator_that_raises_rejects_the_row(pg, team_factory):
+    """An exception from the validate callable is a rejection, not a crash."""
+    def explode(fields):
+        raise ValueError("boom")
+
+    strict = team_factory(pg.dsn, validate=explode)
+    strict.publish([(key(1), enrichment(1))])
+    assert strict.lookup([key(1)]) == {}
+    assert strict.status()["rejected"] == 1
+
+
+def test_only_hashes_and_fields_reach_the_database(pg, team_factory):
+    """A key that is not a 64-hex span hash (say, a path) is never sent; rows hold no path or text."""
+    cache = team_factory(pg.dsn)
+    assert cache.publish([(EnrichmentKey("src/secret/config.py", "test-model", 1), enrichment(1))]) == 0
+    cache.publish([(key(1), enrichment(1))])
+    rows = pg.sql("SELECT span_hash, fields::text FROM llmc_enrichments")
+    assert [r[0] for r in rows] == [key(1).span_hash]
+    assert json.loads(rows[0][1]) == {"summary": "Adds 1.", "inputs": ["x"], "outputs": ["x + 1"],
+                                      "side_effects": [], "pitfalls": [], "usage": "f(1) == 2"}
+
+
+def test_embeddings_round_trip_and_bad_vectors_are_ignored(pg, team_factory):
+    """A vector comes back byte for byte; a row whose dim does not fit its bytes is refused by the table."""
+    alice, bob = team_factory(pg.dsn), team_factory(pg.dsn)
+    vec = struct.pack("<4f", 0.5, -1.0, 2.0, 0.0)
+    ek = EmbeddingKey(key(1).span_hash, "nomic-embed-text", 1)
+    assert alice.publish_embeddings([(ek, vec), (EmbeddingKey(key(2).span_hash, "e", 1), b"abc")]) == 1
+    assert bob.lookup_embeddings([ek, EmbeddingKey(key(2).span_hash, "e", 1)]) == {ek: vec}
+
+
+def test_a_closed_cache_sends_nothing_and_loses_nothing(pg, team_factory):
+    """After close (daemon stopping), calls do not reach the database: lookups miss, results go to the outbox."""
+    cache = team_factory(pg.dsn)
+    cache.check()
+    cache.close()
+    sent = cache.status()["queries"]
+    assert cache.lookup([key(1)]) == {}
+    assert cache.publish([(key(1), enrichment(1))]) == 0
+    assert cache.status()["outbox"] == 1 and cache.status()["queries"] == sent
