@@ -237,16 +237,27 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, "", f"cannot read config: {exc}") from exc
     try:
+        _refuse_aliases(path, text)
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(path, "", f"invalid YAML: {exc}", mark.line + 1 if mark else None) from exc
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(path, "", f"invalid YAML: {problem}", mark.line + 1 if mark else None) from exc
     if node is None:
         raise ConfigError(path, "repos", "the config is empty; at least one repository is required "
                           "(repos: [{path: ...}], see etc/llmc-rag.yaml)", 1)
     _refuse_duplicate_keys(path, node)
     return _Validator(path, node, env).build(data)
+
+
+def _refuse_aliases(path: Path, text: str) -> None:
+    """Raise ConfigError at the first YAML alias (``*name``): a config needs none,
+    and a self-referencing one (``a: &a [*a]``) would make every walk endless."""
+    for event in yaml.parse(text):
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(path, "", f"YAML aliases are not supported (*{event.anchor}): write the value out",
+                              event.start_mark.line + 1 if event.start_mark else None)
 
 
 def _refuse_duplicate_keys(path: Path, root: yaml.Node) -> None:

@@ -240,3 +240,17 @@ def test_a_password_in_a_bad_dsn_is_not_repeated(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, "team:\n  postgres: 'postgresql:///llmc?password=s3cret'\n"))
     assert "s3cret" not in str(err.value)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("text, expect", [
+    ("a: &a [*a]\n", "YAML aliases are not supported (*a)"),
+    ("repos: [1,2\n", "invalid YAML"),
+])
+def test_self_referencing_aliases_and_syntax_errors_are_one_line(tmp_path, text, expect):
+    """A recursive alias is refused at once (it used to hang every command); YAML errors are one line."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert expect in str(err.value) and "\n" not in str(err.value)

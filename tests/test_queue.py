@@ -151,6 +151,42 @@ def test_running_job_of_a_live_process_is_not_recovered(store):
     assert q.recover() == 0
 
 
+def _claimed_by(store, q, pid, claimed_at=None):
+    hashes = add_file(store, "z.py", ["z = 1"])
+    with store.write() as tx:
+        q.enqueue(tx, hashes, 0)
+    q.claim()
+    store.conn.execute("UPDATE jobs SET claimed_by = ?, claimed_at = COALESCE(?, claimed_at)", (pid, claimed_at))
+
+
+def test_a_job_of_a_killed_but_unreaped_process_is_recovered(store):
+    """A zombie (killed, its parent has not waited yet) still answers kill(pid, 0): its jobs are recovered anyway."""
+    q = JobQueue(store, "m")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _claimed_by(store, q, child.pid)
+        child.kill()
+        with open(f"/proc/{child.pid}/stat") as f:  # wait (bounded by the test timeout) until it is a zombie
+            while f.read().split(")")[-1].split()[0] != "Z":
+                f.seek(0)
+        assert q.recover() == 1
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_job_whose_pid_was_reused_by_a_newer_process_is_recovered(store):
+    """A live process that started after the claim is not the claimer (the pid was reused): the job is recovered."""
+    q = JobQueue(store, "m")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _claimed_by(store, q, child.pid, claimed_at=1.0)  # claimed long before the child started
+        assert q.recover() == 1
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_store_survives_a_rolled_back_write(store):
     """An exception inside write() rolls the whole transaction back."""
     with pytest.raises(RuntimeError):

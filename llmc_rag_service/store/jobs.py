@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import random
 import sqlite3
 from typing import Callable, Iterable
@@ -54,14 +55,38 @@ def backoff_s(attempt: int, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKO
     return random.uniform(ceiling / 2, ceiling)
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int, claimed_at: float | None = None) -> bool:
+    """Whether the process that claimed a job may still be working on it.
+
+    False for a pid that does not exist, a zombie (killed, not yet reaped by
+    its parent: ``/proc/PID/stat`` state ``Z``), or a pid reused by a process
+    that started after the claim (``claimed_at``, wall seconds): ``os.kill(pid,
+    0)`` alone says "alive" for all three (proc(5), fields 3 and 22)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    started = _process_start(pid)
+    if started is None:
+        return True  # no /proc (or it vanished meanwhile): trust kill(0)
+    state, start_s = started
+    if state == "Z":
+        return False
+    return claimed_at is None or start_s <= claimed_at + 1.0
+
+
+def _process_start(pid: int) -> tuple[str, float] | None:
+    """(state letter, start time in wall seconds) of ``pid`` from /proc, or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        with open("/proc/stat") as f:
+            btime = next(float(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
+    return fields[0], btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 class JobQueue:
@@ -168,9 +193,10 @@ class JobQueue:
         dead process (or by an earlier life of this one) to pending. Returns how many."""
         kinds = KINDS if every_kind else (self.KIND,)
         rows = self.store.conn.execute(
-            f"SELECT id, claimed_by FROM jobs WHERE state = 'running' AND kind IN ({','.join('?' * len(kinds))})",
-            kinds).fetchall()
-        stale = [r["id"] for r in rows if r["claimed_by"] in (None, os.getpid()) or not _pid_alive(r["claimed_by"])]
+            f"SELECT id, claimed_by, claimed_at FROM jobs WHERE state = 'running' "
+            f"AND kind IN ({','.join('?' * len(kinds))})", kinds).fetchall()
+        stale = [r["id"] for r in rows if r["claimed_by"] in (None, os.getpid())
+                 or not _pid_alive(r["claimed_by"], r["claimed_at"])]
         with self.store.write() as tx:
             tx.executemany(
                 "UPDATE jobs SET state = 'pending', claimed_by = NULL WHERE id = ? AND state = 'running'",
