@@ -195,3 +195,12 @@ def test_store_survives_a_rolled_back_write(store):
             raise RuntimeError
     assert store.get_meta("k") is None
     assert store.writable() is None
+
+
+def test_a_claim_walks_an_index_in_claim_order_instead_of_sorting_every_pending_job(store):
+    """The claim query's plan uses the jobs_claim index for its ORDER BY (no temporary sort of all pending jobs)."""
+    q = JobQueue(store, "m")
+    plan = [row[3] for row in store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state = 'pending' AND kind = ? AND model = ? "
+        "AND prompt_version = ? AND next_attempt_at <= 0 ORDER BY priority, id LIMIT 8", q._key())]
+    assert any("jobs_claim" in step for step in plan) and not any("TEMP B-TREE" in step for step in plan), plan

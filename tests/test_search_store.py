@@ -78,8 +78,14 @@ def test_older_store_is_migrated_and_backfilled(tmp_path, monkeypatch):
         span = Span("function", "readConfigFile", 1, 2, "def readConfigFile():\n    pass", "python")
         repo_id = old.repo_id("/r")
         with old.write() as tx:
-            old.put_file(tx, repo_id, "cfg.py", size=1, mtime_ns=1, content_hash="h",
-                         language="python", skipped=None, spans=[span])
+            # rows as schema 1 had them (today's put_file writes later columns)
+            tx.execute("INSERT INTO files(repo_id, path, size, mtime_ns, content_hash, language, skipped, updated_at) "
+                       "VALUES (?, 'cfg.py', 1, 1, 'h', 'python', NULL, 1)", (repo_id,))
+            tx.execute("INSERT INTO spans(file_id, kind, name, start_line, end_line, span_hash) "
+                       "VALUES (last_insert_rowid(), ?, ?, ?, ?, ?)",
+                       (span.kind, span.name, span.start_line, span.end_line, span.span_hash))
+            tx.execute("INSERT INTO span_texts(span_hash, language, text) VALUES (?, ?, ?)",
+                       (span.span_hash, span.language, span.text))
             tx.execute("INSERT INTO enrichments VALUES (?, 'm', 1, 'Loads the settings.', '[]', '[]', '[]', '[]', '', 1, 1)",
                        (span.span_hash,))
         assert not fts.has_index(old.conn)

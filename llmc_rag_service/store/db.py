@@ -161,6 +161,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE repos ADD COLUMN secret_files INTEGER NOT NULL DEFAULT 0;
     UPDATE files SET content_hash = '';
     """,
+    # 6: claims walk the pending jobs of one kind and model in claim order
+    # (priority, id) and stop at the LIMIT, instead of sorting every pending job
+    # on each claim (0.22 s per claim with 14k pending, bench/scale.py).
+    """
+    CREATE INDEX jobs_claim ON jobs(kind, state, model, prompt_version, priority, id);
+    """,
 )
 
 
