@@ -189,7 +189,8 @@ class Scanner:
         directory now, if at most ``max_live`` of them, and the rest (directories moved
         or extracted in are walked: bulk work). A save polled together with the
         directories of an extraction stays a save."""
-        live, bulk = [], []
+        live: list[str] = []
+        bulk: list[str] = []
         for relpath in top_paths(relpaths):
             try:
                 is_dir = stat.S_ISDIR(os.lstat(self.root / relpath).st_mode)

@@ -26,11 +26,11 @@ import queue as stdqueue
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import structlog
 
-from llmc_rag_service.index.scanner import RootId, Scanner, root_identity
+from llmc_rag_service.index.scanner import RootId, ScanResult, Scanner, root_identity
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE
 
 log = structlog.get_logger(__name__)
@@ -142,7 +142,7 @@ class ScanScheduler(threading.Thread):
         self.on_change()
         cpu_started = time.thread_time()
 
-        def work():
+        def work() -> ScanResult:
             if kind == "full":
                 return scanner.full_scan(PRIORITY_BACKFILL, between=self._serve_live)
             result = scanner.process_paths(paths or (), PRIORITY_BACKFILL, between=self._serve_live)
@@ -157,7 +157,7 @@ class ScanScheduler(threading.Thread):
             self.busy, self._bulk = None, None
             self.on_change()
 
-    def _guard(self, scanner: Scanner, repo: Path, kind: str, paths: list[str] | None, work: Callable,
+    def _guard(self, scanner: Scanner, repo: Path, kind: str, paths: list[str] | None, work: Callable[[], ScanResult],
                trigger: str) -> None:
         """Run one scan: queued jobs wake the workers; failed paths are retried later;
         a store fault pauses it (retried), any other error is logged; none ends the thread."""
@@ -182,7 +182,7 @@ class ScanScheduler(threading.Thread):
                 if fault.pauses:
                     self._retry_later(kind, repo, paths)
 
-    def _retry_later(self, kind: str, repo: Path, paths: set[str] | None) -> None:
+    def _retry_later(self, kind: str, repo: Path, paths: Iterable[str] | None) -> None:
         """Queue the item again after :data:`FAILED_RETRY_S` seconds."""
         if kind == "full":
             retry = threading.Timer(FAILED_RETRY_S, self.put_full, (repo,))
@@ -209,7 +209,7 @@ class ScanScheduler(threading.Thread):
                 if item not in self._deferred:
                     self._deferred.append(item)
                 continue
-            live, bulk = scanner.split_batch(paths, LIVE_MAX_PATHS)
+            live, bulk = scanner.split_batch(paths or (), LIVE_MAX_PATHS)
             if live and (root_id is None or root_identity(repo) == root_id):
                 self._live_work(scanner, repo, live, burst)
             if bulk:

@@ -353,7 +353,8 @@ class Daemon:
         # over every job (seconds a minute on a store of a million jobs, for an idle
         # daemon), and they change only with a job outcome or a scan, which mark it dirty.
         reuse = not dirty and self._status_text is not None and "retry in" not in self._status_text
-        if self._send_status(self._status_text if reuse else self.status_text(), heartbeat):
+        text = self._status_text if reuse and self._status_text is not None else self.status_text()
+        if self._send_status(text, heartbeat):
             try:
                 # Short wait: another process holding the store must not stall the loop.
                 team = self.pipeline.team_status()
