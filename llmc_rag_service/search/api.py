@@ -163,8 +163,10 @@ def search(conn: sqlite3.Connection, query: str, settings: SearchSettings, *,
         lexical = _lexical(conn, parsed, filters, depth)
     used = "lexical" if degraded is not None else mode
     ranks = (fusion.rank_of([i for i, _ in lexical]), fusion.rank_of([i for i, _ in semantic_ids]))
-    hits = _hits(conn, _combine(used, lexical, semantic_ids), ranks, settings.chat_model, limit)
-    hits = fusion.narrowest_first(hits, lambda h: ((h.repo, h.path), h.start_line, h.end_line))
+    pool = _hits(conn, _combine(used, lexical, semantic_ids), ranks, settings.chat_model, min(depth, limit * 3))
+    hits = fusion.named_first(pool, lambda h: parsed.names(h.name))[:limit]
+    hits = fusion.narrowest_first(hits, lambda h: ((h.repo, h.path), h.start_line, h.end_line),
+                                  lambda h: parsed.names(h.name))
     return SearchResult(query, used, degraded, hits)
 
 

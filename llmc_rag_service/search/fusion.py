@@ -1,4 +1,4 @@
-"""Combining rankings: reciprocal rank fusion, and narrowest-first ordering.
+"""Combining rankings: reciprocal rank fusion, exact names first, and narrowest-first ordering.
 
 Reciprocal rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009): a span's
 fused score is the sum over the lists it appears in of ``1 / (k + rank)``,
@@ -33,18 +33,32 @@ def rrf(*rankings: Sequence[int], k: int = RRF_K) -> list[tuple[int, float]]:
     return sorted(fused.items(), key=lambda item: (-item[1], best[item[0]], item[0]))
 
 
-def narrowest_first(items: Sequence[T], place: Callable[[T], tuple[object, int, int]]) -> list[T]:
+def named_first(items: Sequence[T], named: Callable[[T], bool]) -> list[T]:
+    """The items the query names exactly (``named(item)``) first, each group in its order.
+
+    An identifier query is navigational: "JobQueue" asks for the class, and
+    its methods (whose names and bodies hold the same words, in shorter
+    documents BM25 prefers) or its callers come after it.
+    """
+    return [i for i in items if named(i)] + [i for i in items if not named(i)]
+
+
+def narrowest_first(items: Sequence[T], place: Callable[[T], tuple[object, int, int]],
+                    named: Callable[[T], bool] = lambda item: False) -> list[T]:
     """Move each item just above the first higher-ranked item that encloses it.
 
     ``place(item)`` is ``(file key, start_line, end_line)``. A method ranked
     below its class (whose span covers it) moves right above the class, so
     the precise answer is read first and never crowded out; the order is
-    otherwise kept.
+    otherwise kept. An enclosing item for which ``named(item)`` is true (the
+    query names it exactly, e.g. the class ``JobQueue`` for "JobQueue") is
+    the precise answer itself: nothing moves above it.
     """
     out: list[T] = []
     for item in items:
         key, start, end = place(item)
-        at = next((i for i, other in enumerate(out) if _encloses(place(other), key, start, end)), len(out))
+        at = next((i for i, other in enumerate(out)
+                   if _encloses(place(other), key, start, end) and not named(other)), len(out))
         out.insert(at, item)
     return out
 
