@@ -104,7 +104,7 @@ class EmbedPool(WorkerPool):
         if not items:
             return
         context = context or self.context_tokens
-        texts = [embed_text(inp.text, inp.summary, context) for _, inp in items]
+        texts = [embed_text(inp.text, inp.summary, context, inp.name) for _, inp in items]
         started = self.clock()
         with self._lock:
             self._started[threading.get_ident()] = (host, started)

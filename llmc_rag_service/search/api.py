@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmc_rag_service.enrich.embed_text import query_text
 from llmc_rag_service.index.syntax import GRAMMARS
 from llmc_rag_service.search import fusion, lexical, semantic
 from llmc_rag_service.search.query import ParsedQuery, QueryError, parse_query
@@ -179,7 +180,8 @@ def _start_semantic(conn: sqlite3.Connection, query: str, settings: SearchSettin
             raise SemanticUnavailable("no query embedder is available")
     except SemanticUnavailable as exc:
         return None, str(exc)
-    return (version, PendingEmbedding(embed_query, query[:MAX_EMBED_CHARS], settings.embed_budget_s)), None
+    text = query_text(query[:MAX_EMBED_CHARS])  # read as the spans' embedded text is (enrich/embed_text.py)
+    return (version, PendingEmbedding(embed_query, text, settings.embed_budget_s)), None
 
 
 def _input_version(conn: sqlite3.Connection, settings: SearchSettings) -> int:

@@ -22,6 +22,7 @@ from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.enrich.embedder import EmbedPool, embed_client
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.store.db import Store
+from llmc_rag_service.store import vectors
 from llmc_rag_service.store.embed_jobs import EmbedQueue
 
 
@@ -46,6 +47,9 @@ class EmbedLane:
         self.clients: list[OllamaClient] = [embed_client(config.ollama, model, host)
                                             for host in config.ollama.all_hosts()]
         self.pool = EmbedPool(store, self.queue, self.clients, on_change, clock=clock)
+        # Vectors stored before packs existed (or while the writer fell behind) get packed
+        # once here, so a new search process never has to read them row by row.
+        vectors.pack_all(store)
 
     def counts(self) -> dict[str, int]:
         """Embedding job counts (``pending``, ``ready``, ``running``, ``failed``,

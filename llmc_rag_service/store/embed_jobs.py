@@ -38,11 +38,13 @@ _REOPEN = ("state = 'pending', attempts = 0, next_attempt_at = 0, last_error = N
 @dataclass(frozen=True)
 class EmbedInput:
     """What a span's embedded text is made from: ``language``, ``text`` (the
-    span's code) and the ``summary`` of its enrichment (None when not enriched)."""
+    span's code), the ``summary`` of its enrichment (None when not enriched)
+    and the ``name`` of a span holding that code (None: unnamed)."""
 
     language: str
     text: str
     summary: str | None
+    name: str | None = None
 
 
 class EmbedQueue(JobQueue):
@@ -108,12 +110,14 @@ class EmbedQueue(JobQueue):
         """What each span hash's text is made from (hashes no file holds any more are left out)."""
         marks = ",".join("?" * len(span_hashes))
         rows = self.store.conn.execute(
-            f"""SELECT t.span_hash, t.language, t.text, e.summary FROM span_texts t
+            f"""SELECT t.span_hash, t.language, t.text, e.summary,
+                       (SELECT MIN(s.name) FROM spans s WHERE s.span_hash = t.span_hash) AS name
+                FROM span_texts t
                 LEFT JOIN enrichments e ON e.span_hash = t.span_hash AND e.model = ? AND e.prompt_version = ?
                 WHERE t.span_hash IN ({marks})
                 AND EXISTS (SELECT 1 FROM spans s WHERE s.span_hash = t.span_hash)""",
             (self.chat_model, PROMPT_VERSION, *span_hashes)).fetchall()
-        return {r["span_hash"]: EmbedInput(r["language"], r["text"], r["summary"]) for r in rows}
+        return {r["span_hash"]: EmbedInput(r["language"], r["text"], r["summary"], r["name"]) for r in rows}
 
     def model_dim(self) -> int | None:
         """The dimension of this model's stored vectors, None before the first."""
