@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.index import spans as spans_mod
 from llmc_rag_service.models import Span
 from llmc_rag_service.store import vectors
@@ -109,7 +110,7 @@ def build(db_path: Path, tmp: Path, target: int, files: list) -> dict:
     for start in range(0, len(hashes), 5000):
         part = hashes[start:start + 5000]
         matrix = rng.standard_normal((len(part), DIM), dtype=np.float32)
-        vectors.put_embeddings(store, [(h, EMBED, 1, v) for h, v in zip(part, matrix)])
+        vectors.put_embeddings(store, [(h, EMBED, INPUT_VERSION, v) for h, v in zip(part, matrix)])
     store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     sizes = table_sizes(store)
     store.close()
@@ -158,7 +159,7 @@ def measure(db_path: str, queries: list[str], compare_dtypes: bool) -> dict:
     from llmc_rag_service.search import SearchSettings, open_store, search
 
     conn = open_store(db_path)
-    settings = SearchSettings("bench-chat", EMBED, 1)
+    settings = SearchSettings("bench-chat", EMBED, INPUT_VERSION)
     qvecs = {q: np.random.default_rng(int(hashlib.sha256(q.encode()).hexdigest()[:8], 16)).standard_normal(DIM)
              for q in queries}
     out: dict = {"baseline_rss": rss_mb()}
@@ -186,8 +187,8 @@ def compare(conn, qvecs: list) -> dict:
     result = {}
     for dtype in ("float32", "float16", "int8"):
         index = semantic.VectorIndex(dtype)
-        index.reserve(vectors.count(conn, EMBED, 1), DIM)
-        for hashes, rows in vectors.iter_embeddings(conn, EMBED, 1):
+        index.reserve(vectors.count(conn, EMBED, INPUT_VERSION), DIM)
+        for hashes, rows in vectors.iter_embeddings(conn, EMBED, INPUT_VERSION):
             index.add(hashes, rows)
         times = []
         for q in qvecs:

@@ -40,12 +40,13 @@ def percentiles(samples: list[float]) -> dict:
 
 def child(db_path: str, query: str, dim: int) -> None:
     """One fresh process's search: prints ``{"search_s"}`` (hybrid, a ready vector)."""
+    from llmc_rag_service.enrich.embed_text import INPUT_VERSION
     from llmc_rag_service.search import SearchSettings, open_store, search
 
     vector = np.random.default_rng(len(query)).standard_normal(dim)
     started = time.perf_counter()
     conn = open_store(db_path)
-    result = search(conn, query, SearchSettings(CHAT, EMBED, 1), embed_query=lambda t: vector, mode="hybrid")
+    result = search(conn, query, SearchSettings(CHAT, EMBED, INPUT_VERSION), embed_query=lambda t: vector, mode="hybrid")
     elapsed = time.perf_counter() - started
     assert result.degraded is None, result.degraded
     print(json.dumps({"search_s": elapsed}))

@@ -21,7 +21,7 @@ def test_the_name_then_the_summary_then_the_code_as_words():
     """A span embeds its name's words, its summary and a blank line, then its code read as words
     (identifiers split, punctuation dropped); without a name or summary those lines are left out."""
     assert embed_text(CODE, "Parses a request body as JSON.", name="Handler.parseJsonBody") == (
-        "parse json body\nParses a request body as JSON.\n\n" + WORDS)
+        "handler parse json body\nParses a request body as JSON.\n\n" + WORDS)
     assert embed_text(CODE) == embed_text(CODE, "  ") == WORDS
     assert embed_text(CODE, name="parse_json_body").startswith("parse json body\ndef parse json body request\n")
 

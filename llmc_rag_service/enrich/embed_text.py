@@ -3,7 +3,7 @@
 The recipe (version :data:`INPUT_VERSION`, part of every embedding's key, so
 a change of recipe re-embeds everything once and never mixes vectors):
 
-* the span's own name as words (``JobQueue.claim`` -> ``claim``,
+* the span's name as words (``JobQueue.claim`` -> ``job queue claim``,
   ``parseJsonBody`` -> ``parse json body``), on a line of its own;
 * the enrichment's summary, when the span has one (what the code does, in
   words a query uses), then a blank line;
@@ -22,9 +22,11 @@ with a real model; version 2 puts it above.
 The query is read the same way (:func:`query_text`), so both sides of the
 cosine are made of the same kind of words.
 
-Only what the span's content hash determines goes in (its code, the name
-its code defines and the enrichment of that hash), never its path or
-position: identical code in two places shares one vector. An enrichment
+Only what the span's content hash determines goes in (its code, its name
+and the enrichment of that hash), never its path or position: identical
+code in two places shares one vector (the name is then that of the first of
+its spans by name: a method's name includes its class, which its code does
+not; with the class the tune half's semantic MRR@10 was 0.275, without 0.240). An enrichment
 landing changes the text, so the span is embedded again (see ``store/embed_jobs.py``).
 
 The text is capped to the embedding model's context, counted conservatively
@@ -124,10 +126,10 @@ def embed_text(code: str, summary: str | None = None, context_tokens: int = EMBE
         code: The span's text.
         summary: Its enrichment's summary, or None while it has none.
         context_tokens: The embedding model's context in tokens.
-        name: The span's name (its last dotted part is used), or None.
+        name: The span's name (``Class.method``), or None.
     """
     budget = max(1, context_tokens - RESERVED_TOKENS)
-    title = " ".join(identifier_parts(name.rsplit(".", 1)[-1])) if name else ""
+    title = " ".join(identifier_parts(name)) if name else ""
     head = f"{title}\n" if title else ""
     head += f"{summary.strip()}\n\n" if summary and summary.strip() else ""
     code = as_words(code)
