@@ -152,8 +152,9 @@ def measure_all(work: Path, repos: list[Path], queries: list[str], dim: int) -> 
         config = write_config(work, emu.url, repos)
         out["cli"] = cli_searches(config, queries)
         out["embed_hashed"] = embed_latency(config, queries)
+        print(f"cli/embed: {out}", file=sys.stderr, flush=True)
         out["serve"] = serve_rss(config, len(repos), work / "serve.log")
-    print(f"cli/embed/serve: {out}", file=sys.stderr, flush=True)
+    print(f"serve: {out['serve']}", file=sys.stderr, flush=True)
     try:
         import wordllama  # noqa: F401  (the [wordllama] extra)
     except ImportError:

@@ -146,10 +146,12 @@ def refresh(tx: sqlite3.Connection, model: str, version: int, max_packs: int = M
             _append(tx, model, version, rows[start:start + PACK_ROWS])
         packed_upto, total = rows[-1][0], total + len(rows)
         _set_state(tx, model, version, packed_upto, total)
-    live = tx.execute("SELECT COUNT(*) FROM embeddings WHERE embed_model = ? AND input_version = ? AND rowid <= ?",
-                      (model, version, packed_upto)).fetchone()[0]
-    if total - live > max(PACK_ROWS, total // 4):
-        compact(tx, model, version)
+        # Only after packing (a count walks every packed row's index entry): stale rows come
+        # from vectors written again, which reach the tail and so a new pack first.
+        live = tx.execute("SELECT COUNT(*) FROM embeddings WHERE embed_model = ? AND input_version = ?"
+                          " AND rowid <= ?", (model, version, packed_upto)).fetchone()[0]
+        if total - live > max(PACK_ROWS, total // 4):
+            compact(tx, model, version)
     return batches * PACK_ROWS
 
 
