@@ -134,3 +134,23 @@ def test_a_new_reader_loads_packs_while_a_writer_holds_the_lock(sr):
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_the_embedding_lane_packs_a_store_written_before_packs(tmp_path, sr):
+    """Starting the embedding lane (serve, enrich) packs the vectors of its model and input
+    version that an older llmc-rag stored without packs, and leaves other versions alone."""
+    from llmc_rag_service.enrich.embed_text import INPUT_VERSION
+    from llmc_rag_service.service.embed_lane import EmbedLane
+    from tests.helpers import make_config
+
+    hashes = sr.hashes()
+    vectors.put_embeddings(sr.store, [(h, EMBED, INPUT_VERSION, unit(i)) for i, h in enumerate(hashes)])
+    put(sr, hashes)  # input version 1: not the lane's
+    sr.store.conn.execute("DELETE FROM vector_packs")
+    sr.store.conn.execute("DELETE FROM vector_pack_state")
+    config = make_config(tmp_path, "http://127.0.0.1:9", [sr.root], search={"embed_model": EMBED})
+    lane = EmbedLane(sr.store, config)
+    for client in lane.clients:
+        client.close()
+    assert vector_packs.packed_upto(sr.store.conn, EMBED, INPUT_VERSION) > 0
+    assert vector_packs.packed_upto(sr.store.conn, EMBED, 1) == 0

@@ -49,7 +49,7 @@ class EmbedLane:
         self.pool = EmbedPool(store, self.queue, self.clients, on_change, clock=clock)
         # Vectors stored before packs existed (or while the writer fell behind) get packed
         # once here, so a new search process never has to read them row by row.
-        vectors.pack_all(store)
+        vectors.pack_all(store, (model, INPUT_VERSION))
 
     def counts(self) -> dict[str, int]:
         """Embedding job counts (``pending``, ``ready``, ``running``, ``failed``,

@@ -102,11 +102,14 @@ def _put(tx: sqlite3.Connection, rows: Sequence[EmbeddingRow]) -> int:
     return len(checked)
 
 
-def pack_all(store: Any) -> int:
-    """Pack every model's unpacked vectors (a store written before packs, or a
-    writer that fell behind), one bounded write transaction at a time; returns how many."""
+def pack_all(store: Any, only: tuple[str, int] | None = None) -> int:
+    """Pack the unpacked vectors (a store written before packs, or a writer that
+    fell behind) of every model and version, or ``only`` one ``(model, version)``,
+    one bounded write transaction at a time; returns how many."""
     total = 0
     for model, version, _ in stored_models(store.conn):
+        if only is not None and (model, version) != only:
+            continue
         while True:
             with store.write() as tx:
                 packed = vector_packs.refresh(tx, model, version)
