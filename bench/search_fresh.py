@@ -20,6 +20,7 @@ Used by ``bench/search.py`` for its largest store; ``--child`` is its own child 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -108,7 +109,9 @@ def embed_latency(config: Path, queries: list[str]) -> dict:
     from llmc_rag_service.config import load_config
     from llmc_rag_service.search.cli_view import query_embedder
 
-    embed = query_embedder(load_config(config))
+    config_ = load_config(config)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its per-request INFO lines (wordllama turns INFO on)
+    embed = query_embedder(config_)
     assert embed is not None
     embed("warm up")
     times = []
