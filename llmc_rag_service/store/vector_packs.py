@@ -29,15 +29,20 @@ When stale rows exceed a quarter of the packed ones the writer compacts.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
-#: Vectors per pack (768 dims: 1.5 MB of codes).
-PACK_ROWS = 2048
+#: Vectors per pack (768 dims: 768 KB of codes). The tail a reader converts row by row is
+#: smaller than this, so smaller packs make a new process faster (1,700 tail rows cost ~25 ms).
+PACK_ROWS = 1024
 #: Packs written by one call of :func:`refresh` (bounds the time a write transaction holds the lock).
 MAX_PACKS_PER_CALL = 8
+#: Bytes of the database file SQLite may map while packs are read.
+MMAP_BYTES = 1 << 30
 #: Bytes of one span hash in a pack (sha256 hex).
 HASH_BYTES = 64
 #: numpy dtype of a packed span hash.
@@ -117,15 +122,31 @@ def load(conn: sqlite3.Connection, model: str, version: int, spare: int = 0) -> 
     hashes, rowids = np.empty(size, HASH_DTYPE), np.empty(size, np.int64)
     codes, scales = np.empty((size, dims[0] if dims else 0), np.int8), np.empty(size, np.float32)
     at = 0
-    cur = conn.execute("SELECT rows, hashes, rowids, codes, scales FROM vector_packs"
-                       " WHERE embed_model = ? AND input_version = ? ORDER BY seq", (model, version))
-    for n, h, r, c, s in cur:  # one pack in memory at a time, copied straight into place
-        hashes[at:at + n] = np.frombuffer(h, HASH_DTYPE)
-        rowids[at:at + n] = np.frombuffer(r, "<i8")
-        codes[at:at + n] = np.frombuffer(c, np.int8).reshape(n, -1)
-        scales[at:at + n] = np.frombuffer(s, "<f4")
-        at += n
+    with _mapped(conn):
+        cur = conn.execute("SELECT rows, hashes, rowids, codes, scales FROM vector_packs"
+                           " WHERE embed_model = ? AND input_version = ? ORDER BY seq", (model, version))
+        for n, h, r, c, s in cur:  # one pack in memory at a time, copied straight into place
+            hashes[at:at + n] = np.frombuffer(h, HASH_DTYPE)
+            rowids[at:at + n] = np.frombuffer(r, "<i8")
+            codes[at:at + n] = np.frombuffer(c, np.int8).reshape(n, -1)
+            scales[at:at + n] = np.frombuffer(s, "<f4")
+            at += n
     return Packed(packed_upto, at, hashes, rowids, codes, scales)
+
+
+@contextlib.contextmanager
+def _mapped(conn: sqlite3.Connection) -> Iterator[None]:
+    """SQLite memory-maps the database file meanwhile (``PRAGMA mmap_size``), so
+    the packs' pages are copied from the page cache instead of read by a system
+    call each (about twice as fast for 70 MB). Only for this read: a mapped file
+    that shrinks under a reader (VACUUM, which llmc-rag never runs by itself)
+    would fault it."""
+    before = conn.execute("PRAGMA mmap_size").fetchone()[0]
+    conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA mmap_size = {int(before)}")
 
 
 def refresh(tx: sqlite3.Connection, model: str, version: int, max_packs: int = MAX_PACKS_PER_CALL) -> int:
