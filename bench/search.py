@@ -210,7 +210,7 @@ NOTE = ("Choice: int8 with one float32 scale per row is the in-memory format (se
         "VECTOR_DTYPE): a quarter of float32's memory for well under twice its time, cosine error ~1e-3; "
         "float16 halves memory but numpy has no fast half-precision product, so it is the slowest. The product "
         "uses numpy's einsum, not BLAS: OpenBLAS's threads on busy cores made it 2-4x slower. The cold first "
-        "semantic query reads the store's packs (store/vector_packs.py: the int8 rows as blobs of 2,048 vectors, "
+        "semantic query reads the store's packs (store/vector_packs.py: the int8 rows as blobs of 1,024 vectors, "
         "kept by the writer) and the few rows written after them; before packs it read every row "
         "(1.3-1.9 s at 100k). A long-lived process (MCP server) then only appends vectors written since "
         "(the cache checks an O(1) stamp per query).")
