@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 
@@ -21,6 +22,17 @@ THREAD_JOIN_S = 2.0
 #: session-scoped fixture's threads start before the first test that uses it, so
 #: they are not new to any test).
 PROCESS_THREADS: dict[str, str] = {}
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for ``-n auto`` (pytest-xdist hook): two per usable core, 2 to 8.
+
+    Most of the suite's wall time is spent waiting on real things (serve
+    subprocesses, sockets, inotify, PostgreSQL), not on this process's CPU:
+    measured on 2 cores, 4 workers took 85 s where 2 took 130 s and 1 took 178 s.
+    """
+    cores = len(os.sched_getaffinity(0))
+    return max(2, min(8, 2 * cores))
 
 
 @pytest.fixture(autouse=True)
