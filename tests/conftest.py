@@ -12,8 +12,9 @@ from tests.helpers import NotifySocket, TempPipeline, Serve, write_tree
 from tests.threads import leftover_threads
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
-# Team mode's PostgreSQL fixtures (pg_cluster, pg): one real cluster per session, started on first use.
-pytest_plugins = ("tests.pg_fixture",)
+# Team mode's PostgreSQL fixtures (pg_cluster, pg): one real cluster per session, started on first use;
+# queuekit: a fresh store file (store) for the queue tests.
+pytest_plugins = ("tests.pg_fixture", "tests.queuekit")
 
 #: Seconds a test's leftover threads get to end after its fixtures were torn down.
 THREAD_JOIN_S = 2.0
