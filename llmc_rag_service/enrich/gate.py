@@ -11,11 +11,20 @@ job is sent.
                -> Admission("defer", delay_s)   a teammate is on it: put the job back for delay_s
     succeeded(job, enrichment)                  share the result (never raises)
     abandoned(job)                              the job was put back or failed: let others take it
+
+The embedding workers ask an :class:`EmbedGate` instead, by the exact texts
+they are about to send (no claims: a vector costs milliseconds)::
+
+    lookup(texts, dim) -> {text: vector}        teammates' vectors: store them, send only the rest
+    publish([(text, vector)])                   share what Ollama answered (never raises)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
+
+import numpy as np
 
 from llmc_rag_service.models import Enrichment, Job
 
@@ -49,3 +58,16 @@ class JobGate(Protocol):
 
     def abandoned(self, job: Job) -> None:
         """``job`` was released, retried later or dead-lettered without a result."""
+
+
+class EmbedGate(Protocol):
+    """Consulted by the embedding workers before and after a request; every
+    method is called from worker threads, returns within a bounded time and
+    never raises (an unreachable team database finds nothing)."""
+
+    def lookup(self, texts: Sequence[str], dim: int | None) -> dict[str, np.ndarray]:
+        """Validated vectors (1-D float32) published for ``texts``, by text;
+        ``dim`` is the model's dimension if known (its stored vectors)."""
+
+    def publish(self, results: Sequence[tuple[str, Sequence[float]]]) -> None:
+        """Share ``(text, vector)`` pairs just stored (or keep them for later)."""

@@ -9,8 +9,9 @@ Tables (migration 1)::
     llmc_team_schema(version, applied_at)              applied migrations, forward only
     llmc_enrichments(span_hash, model, prompt_version, the team cache: keyed exactly like the
         fields jsonb, producer, created_at)            local enrichments table
-    llmc_embeddings(span_hash, embed_model,            vectors as float32 little-endian bytes
-        input_version, vector bytea, dim, producer, created_at)
+    llmc_embeddings(span_hash, embed_model,            vectors as float32 little-endian bytes;
+        input_version, vector bytea, dim, producer,    ``span_hash`` here is the sha256 of the exact
+        created_at)                                    text embedded (``enrich.embed_text.input_hash``)
     llmc_claims(span_hash, model, prompt_version,      who is enriching a key now, until
         holder, expires_at)                            expires_at (server clock)
 
@@ -149,10 +150,11 @@ def publish_enrichments(conn: Any, rows: Sequence[tuple[Key, str]], producer: st
 
 
 # -- embeddings ------------------------------------------------------------------
-def lookup_embeddings(conn: Any, keys: Sequence[Key]) -> list[tuple[str, str, int, bytes, int]]:
-    """Rows ``(span_hash, embed_model, input_version, vector, dim)`` present for ``keys``."""
+def lookup_embeddings(conn: Any, keys: Sequence[Key]) -> list[tuple[str, str, int, bytes, int, str]]:
+    """Rows ``(span_hash, embed_model, input_version, vector, dim, producer)``
+    present for ``keys``; ``vector`` is not yet validated."""
     return conn.execute(
-        """SELECT e.span_hash, e.embed_model, e.input_version, e.vector, e.dim
+        """SELECT e.span_hash, e.embed_model, e.input_version, e.vector, e.dim, e.producer
            FROM unnest(%(h)s::text[], %(m)s::text[], %(v)s::integer[]) AS k(h, m, v)
            JOIN llmc_embeddings e ON e.span_hash = k.h AND e.embed_model = k.m AND e.input_version = k.v""",
         _columns(keys)).fetchall()

@@ -1,0 +1,64 @@
+"""Team mode for the embedding lane: the :class:`~llmc_rag_service.enrich.gate.EmbedGate` over the team cache.
+
+The embedding workers (``enrich/embedder.py``) ask it with the exact texts
+they are about to send to ``/api/embed``:
+
+1. **Before a batch is sent**: one lookup for the batch (one statement per
+   ``settings.batch`` texts). The key is ``(sha256 of the text, embed model,
+   input version)`` (``enrich.embed_text.input_hash``): a span's embedded text
+   changes when its enrichment lands and is capped to the model's context,
+   so the span hash alone would not say which vector a row holds. A row of
+   another dimension, with NaN, or of the wrong byte length is logged
+   (``team_row_invalid``) and ignored (``team.keys.usable_vectors``).
+2. **After an answer**: the vectors stored are published (``ON CONFLICT DO
+   NOTHING``), or kept in the store's outbox while the team database is
+   unreachable; the cache drains it when it returns.
+
+No claims or leases: a vector costs milliseconds of a GPU, a claim a round
+trip, so two daemons that reach the same text at the same moment may both
+embed it (``bench/team.py`` measures how often). Nothing but hashes, the
+model name and vectors is sent: no path, no name, no text.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from llmc_rag_service.enrich.embed_text import input_hash
+from llmc_rag_service.team.cache import TeamCache
+from llmc_rag_service.team.keys import EmbeddingKey
+
+
+class TeamEmbedGate:
+    """The embedding lane's gate for one embed model and input version.
+
+    Args:
+        cache: the daemon's :class:`TeamCache` (shared with enrichment's gate).
+        model: ``search.embed_model``. input_version: ``enrich.embed_text.INPUT_VERSION``.
+    """
+
+    def __init__(self, cache: TeamCache, model: str, input_version: int):
+        self.cache, self.model, self.input_version = cache, model, input_version
+        self._lock = threading.Lock()
+        #: Vectors taken from the team cache since start (``status --json``'s ``team.embed_hits``).
+        self.hits = 0
+
+    def key(self, text: str) -> EmbeddingKey:
+        """The team key of the vector of ``text``."""
+        return EmbeddingKey(input_hash(text), self.model, self.input_version)
+
+    def lookup(self, texts: Sequence[str], dim: int | None) -> dict[str, np.ndarray]:
+        """Teammates' validated vectors for ``texts`` (float32), by text; {} when unreachable."""
+        keys = {self.key(text): text for text in texts}
+        found = self.cache.lookup_embeddings(keys, dim)
+        with self._lock:
+            self.hits += len(found)
+        return {keys[key]: np.frombuffer(vector, dtype="<f4") for key, vector in found.items()}
+
+    def publish(self, results: Sequence[tuple[str, Sequence[float]]]) -> None:
+        """Share ``(text, vector)`` pairs as float32 little-endian bytes (the outbox keeps what cannot go now)."""
+        self.cache.publish_embeddings([(self.key(text), np.asarray(vector, dtype="<f4").tobytes())
+                                       for text, vector in results])
