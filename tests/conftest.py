@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers import NotifySocket, TempPipeline, Serve, write_tree
+from tests.teamkit import Daemon
 from tests.threads import leftover_threads
 from llmc_rag_service.testing.emulator import OllamaEmulator
 
@@ -105,3 +106,17 @@ def pipelines():
     yield make
     for p in made:
         p.close()
+
+
+@pytest.fixture
+def daemons():
+    """Makes team-mode :class:`tests.teamkit.Daemon` instances (real Pipelines), all closed after the test."""
+    made: list[Daemon] = []
+
+    def make(*args, **kwargs) -> Daemon:
+        made.append(Daemon(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for daemon in made:
+        daemon.close()

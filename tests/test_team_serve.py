@@ -13,22 +13,9 @@ from structlog.testing import capture_logs
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import chats, make_config, wait_for, write_tree
-from tests.teamkit import Daemon, copy_code_base, team_settings
+from tests.teamkit import copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def daemons():
-    made: list[Daemon] = []
-
-    def make(*args, **kwargs) -> Daemon:
-        made.append(Daemon(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for daemon in made:
-        daemon.close()
 
 
 def team_config(home, url, repo, dsn, lease_s=120.0):
@@ -87,7 +74,7 @@ def test_status_json_and_the_status_line_show_the_team(pg, tmp_path, serve_facto
     assert team.pop("queries") > 0
     assert team == {"url": f"postgresql://llmc_{pg.dbname}@{pg.cluster.host}:{pg.cluster.port}/{pg.dbname}_team",
                     "reachable": True, "hits": spans, "published": 0, "outbox": 0, "deferred": 0,
-                    "last_error": None}
+                    "last_error": None, "embed_hits": 0, "embed_published": 0}
     assert report["totals"]["enriched"] == spans and "pw-not-shown" not in json.dumps(report)
     assert len(events(serve, "team_hit")) == spans
 
