@@ -17,9 +17,13 @@ from tests.helpers import wait_for
 CODE_BASE = [Path(llmc_rag_service.__file__).parent / name for name in ("store", "team")]
 
 
-def copy_code_base(dest: Path) -> Path:
-    """A copy of :data:`CODE_BASE` at ``dest`` (the same relative paths in every copy)."""
-    for package in CODE_BASE:
+#: A smaller real code base (the team package alone, some 100 spans), for tests that embed too.
+SMALL_CODE_BASE = CODE_BASE[1:]
+
+
+def copy_code_base(dest: Path, packages: list[Path] = CODE_BASE) -> Path:
+    """A copy of ``packages`` (default :data:`CODE_BASE`) at ``dest`` (the same relative paths in every copy)."""
+    for package in packages:
         shutil.copytree(package, dest / package.name, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 

@@ -4,7 +4,6 @@ code base, one Ollama emulator counting /api/embed inputs, one real PostgreSQL s
 from __future__ import annotations
 
 import collections
-import shutil
 import struct
 
 import numpy as np
@@ -14,15 +13,15 @@ from structlog.testing import capture_logs
 from llmc_rag_service.enrich.embed_text import embed_text, input_hash
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import wait_for
-from tests.teamkit import CODE_BASE, EMBED, team_settings
+from tests.teamkit import EMBED, SMALL_CODE_BASE, copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
 def source(tmp_path):
-    """A small real code base (the team package's own source) every daemon copies."""
-    return shutil.copytree(CODE_BASE[1], tmp_path / "source" / "team", ignore=shutil.ignore_patterns("__pycache__"))
+    """A small real code base every daemon copies."""
+    return copy_code_base(tmp_path / "source", SMALL_CODE_BASE)
 
 
 def embed_inputs(emu: OllamaEmulator) -> list[str]:
@@ -44,10 +43,10 @@ def test_a_teammates_vectors_cost_no_embed_request(pg, tmp_path, source, daemons
     """Alice embeds a code base; Bob, on another copy, sends none of the texts she sent: the emulator receives
     each distinct embed input once in total, and Bob stores the very vectors Alice published."""
     with OllamaEmulator(embed_models=[EMBED]) as emu, capture_logs() as logs:
-        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source.parent, embed=True)
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
         alice.start().wait_done()
         sent_by_alice = embed_inputs(emu)
-        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=source.parent, embed=True)
+        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=source, embed=True)
         bob.start().wait_done()
         inputs = embed_inputs(emu)
     spans = alice.span_hashes()
@@ -70,7 +69,7 @@ def test_a_poisoned_embedding_row_is_ignored_and_logged(pg, tmp_path, source, da
     """Two of Alice's published vectors are spoiled (another dimension; a NaN): Bob refuses both, logs each
     with its producer, embeds those two texts himself and stores sound vectors."""
     with OllamaEmulator(embed_models=[EMBED]) as emu, capture_logs() as logs:
-        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source.parent, embed=True)
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
         alice.start().wait_done()
         sent = len(embed_inputs(emu))
         texts = final_texts(alice)
@@ -80,7 +79,7 @@ def test_a_poisoned_embedding_row_is_ignored_and_logged(pg, tmp_path, source, da
         spoiled = struct.pack("<768f", *([float("nan")] + [0.0] * 767))
         pg.sql("UPDATE llmc_embeddings SET vector = %s, producer = 'mallory' WHERE span_hash = %s",
                (spoiled, input_hash(texts[nan])))
-        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=source.parent, embed=True)
+        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=source, embed=True)
         bob.start().wait_done()
         resent = embed_inputs(emu)[sent:]
     assert texts[wrong_dim] in resent and texts[nan] in resent
@@ -100,7 +99,7 @@ def test_embeddings_wait_in_the_outbox_while_the_team_server_is_down(pg, tmp_pat
     """PostgreSQL stops mid-run: the daemon keeps embedding alone, its vectors wait in the outbox, and once
     the server is back every vector it made is published."""
     with OllamaEmulator(embed_models=[EMBED], embed_latency_s=0.002, latency_s=0.002) as emu:
-        daemon = daemons(tmp_path, "dev", emu.url, pg.dsn, team_settings(), source=source.parent, embed=True)
+        daemon = daemons(tmp_path, "dev", emu.url, pg.dsn, team_settings(), source=source, embed=True)
         daemon.start()
         wait_for(lambda: daemon.pipeline.team_status()["embed_published"] >= 16, 30, "some vectors published")
         pg.stop()
