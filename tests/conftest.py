@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -12,6 +13,8 @@ from tests.helpers import NotifySocket, TempPipeline, Serve, write_tree
 from tests.teamkit import Daemon
 from tests.threads import leftover_threads
 from llmc_rag_service.testing.emulator import OllamaEmulator
+
+T = TypeVar("T")
 
 # Team mode's PostgreSQL fixtures (pg_cluster, pg): one real cluster per session, started on first use;
 # queuekit: a fresh store file (store) for the queue tests.
@@ -94,29 +97,26 @@ def serve_factory():
             s.proc.wait(10)
 
 
-@pytest.fixture
-def pipelines():
-    """Pipelines made by the test, closed after it."""
-    made: list[TempPipeline] = []
+def closed_after(kind: Callable[..., T]) -> Iterator[Callable[..., T]]:
+    """A factory fixture's body: yields ``make(*args, **kwargs) -> kind(...)``, then closes what it made."""
+    made: list[T] = []
 
-    def make(*args, **kwargs) -> TempPipeline:
-        made.append(TempPipeline(*args, **kwargs))
+    def make(*args: Any, **kwargs: Any) -> T:
+        made.append(kind(*args, **kwargs))
         return made[-1]
 
     yield make
-    for p in made:
-        p.close()
+    for thing in made:
+        thing.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def pipelines():
+    """Pipelines made by the test, closed after it."""
+    yield from closed_after(TempPipeline)
 
 
 @pytest.fixture
 def daemons():
     """Makes team-mode :class:`tests.teamkit.Daemon` instances (real Pipelines), all closed after the test."""
-    made: list[Daemon] = []
-
-    def make(*args, **kwargs) -> Daemon:
-        made.append(Daemon(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for daemon in made:
-        daemon.close()
+    yield from closed_after(Daemon)
