@@ -2,8 +2,9 @@
 
 :meth:`TeamLink.call` runs one ``store.team_pg`` statement or, while the
 database is known to be down, nothing at all: it never raises, it answers
-``(ok, result)``. Results that could not be published are kept with
-:meth:`keep` and sent again by :meth:`drain` once a probe succeeded.
+``(ok, result)``. :meth:`send` publishes results of any kind (the one
+publish path); those it could not are kept with :meth:`keep` and sent again
+by :meth:`drain` once a probe succeeded.
 """
 
 from __future__ import annotations
