@@ -33,6 +33,13 @@ def team_vectors(pg) -> dict[str, bytes]:
     return {h: bytes(v) for h, v in pg.sql("SELECT span_hash, vector FROM llmc_embeddings")}
 
 
+def wait_published(daemon, emu: OllamaEmulator) -> None:
+    """Until ``daemon`` (the only one that sent anything) has published every text it embedded: a worker
+    publishes just after storing, so its jobs may be done a moment before."""
+    wait_for(lambda: daemon.pipeline.team_status()["embed_published"] == len(set(embed_inputs(emu))), 10,
+             "every vector published")
+
+
 def final_texts(daemon) -> dict[str, str]:
     """Span hash -> the text its vector is made of now (code and the enrichment's summary)."""
     queue = daemon.pipeline.embeds.queue
@@ -45,6 +52,7 @@ def test_a_teammates_vectors_cost_no_embed_request(pg, tmp_path, source, daemons
     with OllamaEmulator(embed_models=[EMBED]) as emu, capture_logs() as logs:
         alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
         alice.start().wait_done()
+        wait_published(alice, emu)
         sent_by_alice = embed_inputs(emu)
         bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=source, embed=True)
         bob.start().wait_done()
@@ -71,6 +79,7 @@ def test_a_poisoned_embedding_row_is_ignored_and_logged(pg, tmp_path, source, da
     with OllamaEmulator(embed_models=[EMBED]) as emu, capture_logs() as logs:
         alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
         alice.start().wait_done()
+        wait_published(alice, emu)
         sent = len(embed_inputs(emu))
         texts = final_texts(alice)
         wrong_dim, nan = (sorted(texts)[i] for i in (0, 1))
@@ -110,7 +119,7 @@ def test_embeddings_wait_in_the_outbox_while_the_team_server_is_down(pg, tmp_pat
         assert any(item.kind == "embedding" for item in waiting)
         assert daemon.vectors().keys() == daemon.span_hashes()  # nothing waited for the team
         pg.start()
-        wait_for(lambda: daemon.pipeline.team_status()["reachable"] and not daemon.pipeline.team_status()["outbox"],
-                 30, "reconnected and the outbox drained")
+        wait_for(lambda: daemon.pipeline.team_status()["reachable"] and not daemon.pipeline.team_status()["outbox"]
+                 and daemon.pipeline.team_status()["embed_published"] == len(set(inputs)),
+                 30, "reconnected, the outbox drained, every vector published")
     assert team_vectors(pg).keys() == {input_hash(t) for t in inputs}
-    assert daemon.pipeline.team_status()["embed_published"] == len(set(inputs))
