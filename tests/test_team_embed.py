@@ -73,6 +73,24 @@ def test_a_teammates_vectors_cost_no_embed_request(pg, tmp_path, source, daemons
     assert alice.pipeline.team_status()["embed_published"] == len(sent_by_alice)
 
 
+def test_two_daemons_started_together_embed_each_text_once(pg, tmp_path, source, daemons):
+    """Two daemons start on copies of the same code at once and walk their queues in the same order: claims
+    split the texts between them, so the emulator receives each distinct embed input once in total."""
+    with OllamaEmulator(embed_models=[EMBED], embed_latency_s=0.002) as emu, capture_logs() as logs:
+        team = [daemons(tmp_path, f"dev{i}", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+                for i in range(2)]
+        for daemon in team:
+            daemon.start()
+        for daemon in team:
+            daemon.wait_done()
+        inputs = embed_inputs(emu)
+    spans = team[0].span_hashes()
+    assert max(collections.Counter(inputs).values()) == 1
+    assert team[0].vectors().keys() == spans and team[0].vectors() == team[1].vectors()
+    assert all(d.pipeline.team_status()["embed_hits"] > 0 for d in team)  # each took the other's work
+    assert "team_embed_deferred" in {e["event"] for e in logs}  # a text the other was embedding waited
+
+
 def test_a_poisoned_embedding_row_is_ignored_and_logged(pg, tmp_path, source, daemons):
     """Two of Alice's published vectors are spoiled (another dimension; a NaN): Bob refuses both, logs each
     with its producer, embeds those two texts himself and stores sound vectors."""

@@ -24,9 +24,11 @@ With an :class:`~llmc_rag_service.enrich.gate.EmbedGate` (team mode), the
 claimed batch's texts are first looked up in the team cache, in one
 statement: each vector a teammate published for the same text (same model,
 same recipe version) is stored as if Ollama had answered
-(``team_embed_hit``) and only the rest is sent; after an answer, the good
-vectors are published (kept in the outbox while the team database is
-unreachable). Texts re-cut after a 400 are not looked up again (rare).
+(``team_embed_hit``). The rest are claimed in one statement: a text a
+teammate is embedding right now goes back for :data:`TEAM_WAIT_S`
+(``team_embed_deferred``); only the texts claimed are sent. After an answer,
+the good vectors are published (kept in the outbox while the team database
+is unreachable). Texts re-cut after a 400 are not looked up again (rare).
 
 Every other error follows its class's policy (``enrich/ollama.py``), once
 per request: ``pause`` releases the batch and marks the host down (a missing
@@ -62,6 +64,8 @@ log = structlog.get_logger(__name__)
 
 #: Inputs sent in one ``/api/embed`` request.
 EMBED_BATCH = 16
+#: Seconds a job waits when a teammate is embedding its text right now (then it is looked up again).
+TEAM_WAIT_S = 1.0
 #: Embedding worker threads per host: one request in flight while the next is prepared.
 EMBED_THREADS_PER_HOST = 3
 
@@ -111,26 +115,36 @@ class EmbedPool(WorkerPool):
                     self.queue.release(other, backoff_s(other.attempts + 1), "interrupted by an error")
 
     def _from_team(self, items: list[_Item], open_: dict[int, Job]) -> list[_Item]:
-        """Store the teammates' vectors for ``items`` (one lookup); returns the items still to send."""
+        """Store the teammates' vectors for ``items`` and put back the jobs whose
+        text a teammate is embedding now (``EmbedGate.admit``); returns the items to send."""
         if self.team is None or not items:
             return items
         texts = [embed_text(inp.text, inp.summary, self.context_tokens) for _, inp in items]
-        found = self.team.lookup(texts, self.queue.model_dim())
+        found, send = self.team.admit(texts, self.queue.model_dim())
         hits = [(job, found[text], inp.summary is not None) for (job, inp), text in zip(items, texts) if text in found]
-        if not hits:
-            return items
+        if hits and not self._store_hits(hits, open_):
+            found, send = {}, set(texts)
+        waiting = [job for (job, _), text in zip(items, texts) if text not in found and text not in send]
+        for job in waiting:
+            self._settle(open_, job, lambda j: self.queue.release(j, TEAM_WAIT_S))
+        if waiting:
+            log.info("team_embed_deferred", model=self.queue.model, jobs=len(waiting), wait_s=TEAM_WAIT_S)
+        return [item for item, text in zip(items, texts) if text in send and text not in found]
+
+    def _store_hits(self, hits: list[tuple[Job, np.ndarray, bool]], open_: dict[int, Job]) -> bool:
+        """Store teammates' vectors as answers to their jobs; False if the store refused them."""
         try:
             self.queue.store_vectors(hits)  # a job whose text missed an enrichment stays pending, as in _accept
         except ValueError as exc:  # another worker stored this model's first vectors, of another dimension
             log.warning("team_embed_refused", model=self.queue.model, vectors=len(hits), error=str(exc))
-            return items
+            return False
         for job, _, _ in hits:
             open_.pop(job.id, None)
             log.info("team_embed_hit", job=job.id, span_hash=job.span_hash, model=self.queue.model)
         with self._lock:
             self.done += len(hits)
             self.team_hits += len(hits)
-        return [(job, inp) for (job, inp), text in zip(items, texts) if text not in found]
+        return True
 
     def _settle(self, open_: dict[int, Job], job: Job, outcome: Callable[[Job], object]) -> None:
         """Give ``job`` its one outcome."""

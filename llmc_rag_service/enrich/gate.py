@@ -13,10 +13,11 @@ job is sent.
     abandoned(job)                              the job was put back or failed: let others take it
 
 The embedding workers ask an :class:`EmbedGate` instead, by the exact texts
-they are about to send (no claims: a vector costs milliseconds)::
+they are about to send::
 
-    lookup(texts, dim) -> {text: vector}        teammates' vectors: store them, send only the rest
-    publish([(text, vector)])                   share what Ollama answered (never raises)
+    admit(texts, dim) -> ({text: vector}, {text})   teammates' vectors (store them), and the texts to
+                                                    send now; any other text a teammate embeds right now
+    publish([(text, vector)])                       share what Ollama answered (never raises)
 """
 
 from __future__ import annotations
@@ -65,9 +66,12 @@ class EmbedGate(Protocol):
     method is called from worker threads, returns within a bounded time and
     never raises (an unreachable team database finds nothing)."""
 
-    def lookup(self, texts: Sequence[str], dim: int | None) -> dict[str, np.ndarray]:
-        """Validated vectors (1-D float32) published for ``texts``, by text;
-        ``dim`` is the model's dimension if known (its stored vectors)."""
+    def admit(self, texts: Sequence[str], dim: int | None) -> tuple[dict[str, np.ndarray], set[str]]:
+        """``(found, send)``: validated vectors (1-D float32) teammates
+        published for some ``texts``, by text, and the texts this daemon
+        should embed now (all the others while the team is unreachable); a
+        text in neither is being embedded by a teammate right now. ``dim`` is
+        the model's dimension if known (its stored vectors)."""
 
     def publish(self, results: Sequence[tuple[str, Sequence[float]]]) -> None:
         """Share ``(text, vector)`` pairs just stored (or keep them for later)."""

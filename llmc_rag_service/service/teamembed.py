@@ -10,14 +10,20 @@ they are about to send to ``/api/embed``:
    so the span hash alone would not say which vector a row holds. A row of
    another dimension, with NaN, or of the wrong byte length is logged
    (``team_row_invalid``) and ignored (``team.keys.usable_vectors``).
-2. **After an answer**: the vectors stored are published (``ON CONFLICT DO
+2. **Then the texts not found are claimed**, in one statement
+   (``llmc_claims``, for ``settings.lease_s``): daemons started together on
+   the same code walk their queues in the same order, and without claims both
+   would embed every text. A text a teammate claimed is being embedded right
+   now: its job waits :data:`~llmc_rag_service.enrich.embedder.TEAM_WAIT_S`
+   and is looked up again (``team_embed_deferred``). The claims are not
+   renewed or released (a request rarely outlives the lease; a failed one
+   holds teammates back at most one lease, each re-checking every
+   ``TEAM_WAIT_S``).
+3. **After an answer**: the vectors stored are published (``ON CONFLICT DO
    NOTHING``), or kept in the store's outbox while the team database is
    unreachable; the cache drains it when it returns.
 
-No claims or leases: a vector costs milliseconds of a GPU, a claim a round
-trip, so two daemons that reach the same text at the same moment may both
-embed it (``bench/team.py`` measures how often). Nothing but hashes, the
-model name and vectors is sent: no path, no name, no text.
+Nothing but hashes, the model name and vectors is sent: no path, no name, no text.
 """
 
 from __future__ import annotations
@@ -50,13 +56,19 @@ class TeamEmbedGate:
         """The team key of the vector of ``text``."""
         return EmbeddingKey(input_hash(text), self.model, self.input_version)
 
-    def lookup(self, texts: Sequence[str], dim: int | None) -> dict[str, np.ndarray]:
-        """Teammates' validated vectors for ``texts`` (float32), by text; {} when unreachable."""
+    def admit(self, texts: Sequence[str], dim: int | None) -> tuple[dict[str, np.ndarray], set[str]]:
+        """``(found, send)`` for ``texts`` (see ``enrich.gate.EmbedGate``): one lookup, then one claim of
+        the texts not found. A text whose row failed validation (or could not yet be trusted to set the
+        dimension) is sent without a claim: its key is published, so nobody could claim it."""
         keys = {self.key(text): text for text in texts}
-        found = self.cache.lookup_embeddings(keys, dim)
+        unusable: set[EmbeddingKey] = set()
+        found = self.cache.lookup_embeddings(keys, dim, unusable)
+        missing = [key for key in keys if key not in found and key not in unusable]
+        send = self.cache.claim_embeddings(missing) | unusable if missing else unusable
         with self._lock:
             self.hits += len(found)
-        return {keys[key]: np.frombuffer(vector, dtype="<f4") for key, vector in found.items()}
+        return ({keys[key]: np.frombuffer(vector, dtype="<f4") for key, vector in found.items()},
+                {keys[key] for key in send})
 
     def publish(self, results: Sequence[tuple[str, Sequence[float]]]) -> None:
         """Share ``(text, vector)`` pairs as float32 little-endian bytes (the outbox keeps what cannot go now)."""

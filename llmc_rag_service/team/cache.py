@@ -14,11 +14,13 @@ The flow the daemon follows for enrichment keys (``EnrichmentKey``):
    up again); at ``settings.defer_deadline_s`` claim it again — a holder that
    died has lost its lease by then.
 
-For embedding keys (``EmbeddingKey``: the hash of the exact text embedded)
-there are no claims (a vector costs milliseconds, a claim a round trip):
-``lookup_embeddings(keys, dim)`` before a batch is sent, then
-``publish_embeddings`` after it was answered; rows of another dimension, of
-NaN or of the wrong byte length are logged and ignored.
+For embedding keys (``EmbeddingKey``: the hash of the exact text embedded):
+``lookup_embeddings(keys, dim)`` before a batch is sent; ``claim_embeddings``
+for the keys not found (a key not claimed is being embedded by a teammate:
+look it up again a moment later); ``publish_embeddings`` after the answer.
+Embedding claims are neither renewed nor released: they lapse after the
+lease. Rows of another dimension, of NaN or of the wrong byte length are
+logged and ignored.
 
 Never blocks, never loses: while the database is unreachable (or refuses the
 login, or its schema is too new), ``lookup`` finds nothing, ``claim`` grants
@@ -202,7 +204,8 @@ class TeamCache:
                 watch.wait(remaining)
 
     # -- embeddings --------------------------------------------------------------
-    def lookup_embeddings(self, keys: Iterable[EmbeddingKey], dim: int | None = None) -> dict[EmbeddingKey, bytes]:
+    def lookup_embeddings(self, keys: Iterable[EmbeddingKey], dim: int | None = None,
+                          unusable: set[EmbeddingKey] | None = None) -> dict[EmbeddingKey, bytes]:
         """Published vectors (float32 little-endian bytes) for ``keys``, one
         statement per ``settings.batch`` keys; {} for anything unreachable.
 
@@ -210,13 +213,30 @@ class TeamCache:
         ``dim`` is the embedding model's dimension as this daemon knows it
         (None before its first vector: then the dimension most rows of this
         lookup share, see ``keys.usable_vectors``). A row that fails is logged
-        (``team_row_invalid``) and ignored.
+        (``team_row_invalid``) and ignored. The keys of rows present but not
+        taken (failed, or not trusted to set the dimension) are added to
+        ``unusable`` when given: they can never be claimed (they are
+        published), so the caller embeds them itself.
         """
-        found, rejected = usable_vectors(self._fetch(team_pg.lookup_embeddings, keys, EmbeddingKey), dim)
+        rows = self._fetch(team_pg.lookup_embeddings, keys, EmbeddingKey)
+        found, rejected = usable_vectors(rows, dim)
         for span_hash, producer, reason in rejected:
             self._reject(span_hash, producer, reason)
+        if unusable is not None:
+            unusable.update(k for k in (EmbeddingKey(*row[:3]) for row in rows) if k not in found)
         self._count(embed_hits=len(found))
         return found
+
+    def claim_embeddings(self, keys: Iterable[EmbeddingKey]) -> set[EmbeddingKey]:
+        """Keys this daemon may embed now: not published, and nobody else
+        claimed them within ``settings.lease_s`` (every key when the database
+        is unreachable). The claims are not renewed, nor released: they lapse
+        after the lease (a publication ends them earlier for everyone)."""
+        claimed: set[EmbeddingKey] = set()
+        for chunk in _chunks(distinct_keys(keys, EmbeddingKey), self.settings.batch):
+            ok, rows = self._call(team_pg.claim, chunk, self.holder, self.settings.lease_s, "embedding")
+            claimed |= {EmbeddingKey(*r) for r in rows} if ok else set(chunk)
+        return claimed
 
     def publish_embeddings(self, vectors: Iterable[tuple[EmbeddingKey, bytes]]) -> int:
         """Share vectors (float32 little-endian bytes; malformed ones are
