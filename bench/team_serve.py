@@ -18,8 +18,8 @@ database, all against one in-process Ollama emulator. Measured:
   inputs the emulator received in total against the distinct texts among them
   (each span is embedded as code alone, then again with its enrichment's
   summary once that lands), and the vectors each daemon took from the team
-  cache (``team.embed_hits``). Embeddings have no claims, so two daemons
-  reaching the same text at once may both send it.
+  cache (``team.embed_hits``). Target: inputs = distinct texts (claims split
+  the texts between daemons started together).
 
 Baseline rows run the same daemons with team mode off.
 """

@@ -26,8 +26,8 @@ key ``(span_hash, model, prompt_version)`` of each job:
    fails or goes back gives its claim up (:meth:`TeamGate.abandoned`).
 
 Embeddings are shared through the same cache by :class:`~llmc_rag_service.service.teamembed.TeamEmbedGate`
-(:meth:`TeamGate.embed_gate`): looked up by the exact text before a batch is
-sent, published after; no claims.
+(:meth:`TeamGate.embed_gate`): looked up by the exact text and claimed before a
+batch is sent (claims not renewed), published after.
 
 Never blocks: while the team database is unreachable the cache grants every
 claim and finds nothing, so the daemon enriches alone at full speed; each
