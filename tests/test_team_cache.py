@@ -9,6 +9,7 @@ from dataclasses import replace
 from structlog.testing import capture_logs
 
 from llmc_rag_service.team.keys import EmbeddingKey, EnrichmentKey, usable_vectors
+from llmc_rag_service.testing.postgres import free_port
 from tests.pg_fixture import TEST_SETTINGS, enrichment, key
 
 
@@ -137,3 +138,21 @@ def test_a_closed_cache_sends_nothing_and_loses_nothing(pg, team_factory):
     assert cache.lookup([key(1)]) == {}
     assert cache.publish([(key(1), enrichment(1))]) == 0
     assert cache.status()["outbox"] == 1 and cache.status()["queries"] == sent
+
+
+def test_an_embedding_claim_keeps_teammates_off_the_text_until_it_is_published(pg, team_factory):
+    """A text one daemon claimed cannot be claimed by another (it is being embedded); a published one by
+    nobody; the claimer may claim its own keys again."""
+    alice, bob = team_factory(pg.dsn), team_factory(pg.dsn)
+    assert alice.claim_embeddings([ekey(1), ekey(2)]) == {ekey(1), ekey(2)}
+    assert bob.claim_embeddings([ekey(1), ekey(2), ekey(3)]) == {ekey(3)}
+    assert alice.claim_embeddings([ekey(1)]) == {ekey(1)}
+    alice.publish_embeddings([(ekey(1), struct.pack("<2f", 1, 2))])
+    assert alice.claim_embeddings([ekey(1)]) == set() and bob.claim_embeddings([ekey(1)]) == set()
+
+
+def test_an_unreachable_team_grants_every_embedding_claim(team_factory):
+    """Nothing listens at the DSN: every text may be embedded here (the daemon works alone)."""
+    cache = team_factory(f"postgresql://llmc:pw@127.0.0.1:{free_port()}/llmc")
+    assert cache.claim_embeddings([ekey(1), ekey(2)]) == {ekey(1), ekey(2)}
+    assert cache.lookup_embeddings([ekey(1)], dim=2) == {}
