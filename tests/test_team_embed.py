@@ -141,3 +141,21 @@ def test_embeddings_wait_in_the_outbox_while_the_team_server_is_down(pg, tmp_pat
                  and daemon.pipeline.team_status()["embed_published"] == len(set(inputs)),
                  30, "reconnected, the outbox drained, every vector published")
     assert team_vectors(pg).keys() == {input_hash(t) for t in inputs}
+
+
+def test_texts_a_teammate_failed_to_embed_are_free_at_once(pg, tmp_path, source, daemons):
+    """Alice's Ollama lacks the embed model: her first batches fail and she gives their claims up at once,
+    so Bob (whose Ollama has it) embeds every text without waiting for her lease to run out."""
+    with OllamaEmulator() as alices, OllamaEmulator(embed_models=[EMBED]) as bobs, capture_logs() as logs:
+        alice = daemons(tmp_path, "alice", alices.url, pg.dsn, team_settings(lease_s=60), source=source, embed=True)
+        alice.start()
+        wait_for(lambda: alice.pipeline.embeds_down() == "model_missing", 10, "alice's embed model missing")
+        assert embed_inputs(alices)  # she had claimed and sent a batch
+        wait_for(lambda: not pg.sql("SELECT 1 FROM llmc_claims WHERE model = %s", (EMBED,)), 10,
+                 "alice's embedding claims released")
+        bob = daemons(tmp_path, "bob", bobs.url, pg.dsn, team_settings(lease_s=60), source=source, embed=True)
+        bob.start().wait_done(20)
+        inputs = embed_inputs(bobs)
+    assert bob.vectors().keys() == bob.span_hashes()
+    assert max(collections.Counter(inputs).values()) == 1
+    assert "team_embed_deferred" not in {e["event"] for e in logs}

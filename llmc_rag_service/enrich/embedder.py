@@ -94,6 +94,7 @@ class EmbedPool(WorkerPool):
         self.context_tokens = EMBED_CONTEXT_TOKENS
         self.team = team
         self.team_hits = 0
+        self._team_turn = threading.local()  # per worker thread: see _process
 
     def warm_up(self) -> None:
         """Nothing: the first batch loads the embedding model (Ollama queues it behind the load)."""
@@ -102,6 +103,7 @@ class EmbedPool(WorkerPool):
     def _process(self, host: Host, job: Job) -> None:
         jobs = [job] + self.queue.claim_many(self.batch_size - 1)
         open_ = {j.id: j for j in jobs}  # claimed jobs without an outcome yet
+        self._team_turn.admitted = set()  # texts the team gate admitted this turn and not yet published
         try:
             inputs = self.queue.inputs([j.span_hash for j in jobs])
             for gone in [j for j in jobs if j.span_hash not in inputs]:  # the span vanished after the claim
@@ -109,6 +111,8 @@ class EmbedPool(WorkerPool):
             items = [(j, inputs[j.span_hash]) for j in jobs if j.span_hash in inputs]
             self._send(host, self._from_team(items, open_), open_)
         finally:
+            if self.team is not None and self._team_turn.admitted:
+                self.team.abandon(sorted(self._team_turn.admitted))
             # An unexpected error: the loop puts the first job back; the others go back here.
             for other in [j for j in open_.values() if j.id != job.id]:
                 with contextlib.suppress(Exception):
@@ -129,6 +133,7 @@ class EmbedPool(WorkerPool):
             self._settle(open_, job, lambda j: self.queue.release(j, TEAM_WAIT_S))
         if waiting:
             log.info("team_embed_deferred", model=self.queue.model, jobs=len(waiting), wait_s=TEAM_WAIT_S)
+        self._team_turn.admitted = send - found.keys()
         return [item for item, text in zip(items, texts) if text in send and text not in found]
 
     def _store_hits(self, hits: list[tuple[Job, np.ndarray, bool]], open_: dict[int, Job]) -> bool:
@@ -239,6 +244,7 @@ class EmbedPool(WorkerPool):
                      reopened=reopened, duration_s=round(duration, 3), prompt_eval_count=answer.get("prompt_eval_count"))
             if self.team is not None:
                 self.team.publish(shared)
+                self._team_turn.admitted -= {text for text, _ in shared}
         host.strikes = host.busy = 0
         self._host_ok(host)
 

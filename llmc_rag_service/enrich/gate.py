@@ -18,6 +18,7 @@ they are about to send::
     admit(texts, dim) -> ({text: vector}, {text})   teammates' vectors (store them), and the texts to
                                                     send now; any other text a teammate embeds right now
     publish([(text, vector)])                       share what Ollama answered (never raises)
+    abandon(texts)                                  texts admitted but not embedded: let teammates take them
 """
 
 from __future__ import annotations
@@ -75,3 +76,6 @@ class EmbedGate(Protocol):
 
     def publish(self, results: Sequence[tuple[str, Sequence[float]]]) -> None:
         """Share ``(text, vector)`` pairs just stored (or keep them for later)."""
+
+    def abandon(self, texts: Sequence[str]) -> None:
+        """``texts`` admitted to be sent got no vector (an error): teammates may embed them now."""

@@ -173,7 +173,8 @@ class Pipeline:
             return None
         settings = self._team_settings or TeamSettings(lease_s=config.team.lease_s)
         try:
-            return TeamGate(config.team.postgres, self.store, self.queue, settings, self.on_change,
+            # _on_outcome: a teammate's enrichment stored re-queues the span's embedding (wake that lane).
+            return TeamGate(config.team.postgres, self.store, self.queue, settings, self._on_outcome,
                             on_work=lambda: self.pool.notify_work(), clock=self.clock)
         except TeamError as err:
             self.team_error = str(err)

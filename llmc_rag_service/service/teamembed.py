@@ -16,9 +16,10 @@ they are about to send to ``/api/embed``:
    would embed every text. A text a teammate claimed is being embedded right
    now: its job waits :data:`~llmc_rag_service.enrich.embedder.TEAM_WAIT_S`
    and is looked up again (``team_embed_deferred``). The claims are not
-   renewed or released (a request rarely outlives the lease; a failed one
-   holds teammates back at most one lease, each re-checking every
-   ``TEAM_WAIT_S``).
+   renewed (a request rarely outlives the lease); those of texts that got no
+   vector (an error) are released at once, those of published texts lapse
+   (deleting them could let a teammate's claim that began before the
+   publication take the text again).
 3. **After an answer**: the vectors stored are published (``ON CONFLICT DO
    NOTHING``), or kept in the store's outbox while the team database is
    unreachable; the cache drains it when it returns.
@@ -74,3 +75,7 @@ class TeamEmbedGate:
         """Share ``(text, vector)`` pairs as float32 little-endian bytes (the outbox keeps what cannot go now)."""
         self.cache.publish_embeddings([(self.key(text), np.asarray(vector, dtype="<f4").tobytes())
                                        for text, vector in results])
+
+    def abandon(self, texts: Sequence[str]) -> None:
+        """Release this daemon's claims on ``texts`` (no vector came for them)."""
+        self.cache.release_embeddings([self.key(text) for text in texts])

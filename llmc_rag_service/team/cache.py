@@ -18,8 +18,8 @@ For embedding keys (``EmbeddingKey``: the hash of the exact text embedded):
 ``lookup_embeddings(keys, dim)`` before a batch is sent; ``claim_embeddings``
 for the keys not found (a key not claimed is being embedded by a teammate:
 look it up again a moment later); ``publish_embeddings`` after the answer.
-Embedding claims are neither renewed nor released: they lapse after the
-lease. Rows of another dimension, of NaN or of the wrong byte length are
+Embedding claims are not renewed; those of texts that got no vector are
+released (``release_embeddings``), the others lapse after the lease. Rows of another dimension, of NaN or of the wrong byte length are
 logged and ignored.
 
 Never blocks, never loses: while the database is unreachable (or refuses the
@@ -230,13 +230,19 @@ class TeamCache:
     def claim_embeddings(self, keys: Iterable[EmbeddingKey]) -> set[EmbeddingKey]:
         """Keys this daemon may embed now: not published, and nobody else
         claimed them within ``settings.lease_s`` (every key when the database
-        is unreachable). The claims are not renewed, nor released: they lapse
-        after the lease (a publication ends them earlier for everyone)."""
+        is unreachable). The claims are not renewed: they lapse after the
+        lease (a publication ends them earlier for everyone), unless released
+        with :meth:`release_embeddings`."""
         claimed: set[EmbeddingKey] = set()
         for chunk in _chunks(distinct_keys(keys, EmbeddingKey), self.settings.batch):
             ok, rows = self._call(team_pg.claim, chunk, self.holder, self.settings.lease_s, "embedding")
             claimed |= {EmbeddingKey(*r) for r in rows} if ok else set(chunk)
         return claimed
+
+    def release_embeddings(self, keys: Iterable[EmbeddingKey]) -> None:
+        """Drop this daemon's claims on ``keys`` (no vector came), so teammates may embed them now."""
+        for chunk in _chunks(distinct_keys(keys, EmbeddingKey), self.settings.batch):
+            self._call(team_pg.release_claims, chunk, self.holder)
 
     def publish_embeddings(self, vectors: Iterable[tuple[EmbeddingKey, bytes]]) -> int:
         """Share vectors (float32 little-endian bytes; malformed ones are
