@@ -19,8 +19,9 @@ For embedding keys (``EmbeddingKey``: the hash of the exact text embedded):
 for the keys not found (a key not claimed is being embedded by a teammate:
 look it up again a moment later); ``publish_embeddings`` after the answer.
 Embedding claims are not renewed; those of texts that got no vector are
-released (``release_embeddings``), the others lapse after the lease. Rows of another dimension, of NaN or of the wrong byte length are
-logged and ignored.
+released (``release_embeddings``), the others lapse after the lease. Rows
+of another dimension, of NaN or of the wrong byte length are logged and
+ignored.
 
 Never blocks, never loses: while the database is unreachable (or refuses the
 login, or its schema is too new), ``lookup`` finds nothing, ``claim`` grants

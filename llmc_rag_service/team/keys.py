@@ -24,7 +24,7 @@ from llmc_rag_service.models import Enrichment
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 #: Largest embedding dimension accepted from the team database.
 MAX_DIM = 16384
-#: Rows that must share a dimension before it is taken as the embedding model's (see :func:`usable_vectors`).
+#: Rows that must share a dimension before it is taken as the model's (see :func:`usable_vectors`).
 DIM_QUORUM = 2
 
 
