@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from llmc_rag_service import cli
 from llmc_rag_service.enrich.embed_text import embed_text, input_hash
 from llmc_rag_service.testing.emulator import OllamaEmulator
-from tests.helpers import wait_for
+from tests.helpers import make_config, wait_for
 from tests.teamkit import EMBED, SMALL_CODE_BASE, copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -158,3 +159,26 @@ def test_texts_a_teammate_failed_to_embed_are_free_at_once(pg, tmp_path, source,
     assert bob.vectors().keys() == bob.span_hashes()
     assert max(collections.Counter(inputs).values()) == 1
     assert "team_embed_deferred" not in {e["event"] for e in logs}
+
+
+def test_enrich_on_a_copy_a_teammate_embedded_says_where_the_vectors_came_from(pg, tmp_path, source, daemons,
+                                                                               capsys):
+    """`enrich` on another copy sends no text a teammate already embedded, and its summary line counts the
+    vectors taken from the team cache."""
+    with OllamaEmulator(embed_models=[EMBED]) as emu:
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        alice.start().wait_done()
+        wait_published(alice, emu)
+        sent = embed_inputs(emu)
+        repo = copy_code_base(tmp_path / "bob" / "repo", SMALL_CODE_BASE)
+        config = make_config(tmp_path / "bob", emu.url, [repo], team={"postgres": pg.dsn},
+                             search={"embed_model": EMBED})
+        assert cli.main(["enrich", "-c", str(config.source)]) == 0
+        inputs = embed_inputs(emu)
+    assert max(collections.Counter(inputs).values()) == 1 and not set(inputs[len(sent):]) & set(sent)
+    spans = len(alice.span_hashes())
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith(f"enrich: {spans}/{spans} spans"))
+    assert line.startswith(f"enrich: {spans}/{spans} spans enriched ({spans} from the team cache), {spans} embedded (")
+    assert " vectors from the team cache), 0 failed, 0 pending in " in line
+    taken = int(line.split(f"{spans} embedded (")[1].split(" vectors from the team cache)")[0])
+    assert taken >= spans  # every final vector, and the code-only ones Alice had made
