@@ -38,6 +38,7 @@ summary are never cut (the answer schema bounds the summary).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
@@ -139,3 +140,10 @@ def embed_text(code: str, summary: str | None = None, context_tokens: int = EMBE
     if head_cost + estimate_tokens(code) <= budget:
         return head + code
     return head + _head(code, budget - head_cost)
+
+
+def input_hash(text: str) -> str:
+    """The sha256 (64 lowercase hex) of ``text`` as sent to ``/api/embed``
+    (UTF-8): the team cache's key for its vector, which depends on that
+    text alone (and the model), not on which span made it."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

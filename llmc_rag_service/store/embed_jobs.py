@@ -24,6 +24,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.models import PROMPT_VERSION, Job
 from llmc_rag_service.store import vectors
@@ -123,11 +125,12 @@ class EmbedQueue(JobQueue):
         """The dimension of this model's stored vectors, None before the first."""
         return vectors.model_dim(self.store.conn, self.model)
 
-    def store_vectors(self, results: Sequence[tuple[Job, list[float], bool]]) -> int:
+    def store_vectors(self, results: Sequence[tuple[Job, Sequence[float] | np.ndarray, bool]]) -> int:
         """Store the vectors and mark their jobs done, in one transaction.
 
         Args:
-            results: ``(job, vector, enriched)``; ``enriched``: the text used
+            results: ``(job, vector, enriched)``; ``vector``: floats (Ollama's
+                answer) or a float32 array (a teammate's); ``enriched``: the text used
                 the span's enrichment. A job whose text did not, while an
                 enrichment exists now (it landed during the request), is
                 stored but set pending again, so the better text is embedded.
