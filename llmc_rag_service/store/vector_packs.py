@@ -24,7 +24,9 @@ Packs are append-only, so a pack row may be *stale*: its hash was embedded
 again (REPLACE gives the new vector a new rowid) or deleted. A reader checks
 only its best candidates: a candidate counts when its packed rowid is still
 the hash's rowid in ``embeddings`` (:func:`store.vectors.current_rowids`).
-When stale rows exceed a quarter of the packed ones the writer compacts.
+Whenever it writes a pack, the writer compacts if stale rows exceed a
+quarter of the packed ones (a vector written again reaches the tail and so
+a new pack; deletes alone, rare, wait for the next pack).
 """
 
 from __future__ import annotations
