@@ -312,8 +312,10 @@ def test_real_inotify_overflow_requests_rescan_of_that_repo_only(tmp_path, start
     with reader._lock:  # stall the reader so the kernel queue fills up
         # Alternate IN_MODIFY and IN_ATTRIB on one file: the kernel merges only an
         # event identical to the last one queued, so each call queues one event,
-        # at a fraction of the cost of creating thousands of files.
-        for i in range(limit + 500):
+        # at a fraction of the cost of creating thousands of files. Twice the
+        # queue's limit: the reader may have taken one buffer (64 KiB, ~2,000
+        # events) before it blocks on the lock.
+        for i in range(2 * limit):
             if i % 2:
                 os.utime(fd, ns=(i, i))
             else:
