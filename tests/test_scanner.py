@@ -23,17 +23,17 @@ def test_job_claimed_before_its_file_was_deleted_is_released_unsent(live, ollama
     (live.root / "keep.py").unlink()
     live.scanner.full_scan()
     queue, claimed = live.pipeline.queue, []
-    real_claim = queue.claim
+    real_claim = queue.claim_many
 
-    def claim_then_delete():  # the file is deleted between the worker's claim and its read
-        job = real_claim()
-        if job is not None and not claimed:
-            claimed.append(job)
+    def claim_then_delete(limit):  # the file is deleted between the worker's claim and its read
+        jobs = real_claim(limit)
+        if jobs and not claimed:
+            claimed.extend(jobs)
             (live.root / "src/e.py").unlink()
             live.scanner.process_paths({"src/e.py"})
-        return job
+        return jobs
 
-    queue.claim = claim_then_delete
+    queue.claim_many = claim_then_delete
     live.start_workers()
     wait_for(lambda: claimed and live.pipeline.store.conn.execute(
         "SELECT state FROM jobs WHERE id = ?", (claimed[0].id,)).fetchone()[0] == "pending", 10, "the release")

@@ -212,9 +212,9 @@ def test_store_errors_map_to_the_most_specific_fault(tmp_path):
 def test_corrupt_pages_met_by_a_worker_end_serve(tmp_path, notify, monkeypatch):
     """A worker meeting a corrupt page (SQLite's own "malformed" error) ends the daemon's loop: one store_corrupt error naming the file; run() returns the fault, so serve exits 74."""
     corrupt = _real_corrupt_error(tmp_path)
-    original = JobQueue.claim
+    original = JobQueue.claim_many
 
-    def claim(self):
+    def claim_many(self, limit):
         raise corrupt
 
     repo = tmp_path / "repo"
@@ -223,12 +223,12 @@ def test_corrupt_pages_met_by_a_worker_end_serve(tmp_path, notify, monkeypatch):
         config = make_config(tmp_path, emu.url, [repo])
         running = RunningDaemon(config, notify)
         try:
-            monkeypatch.setattr(JobQueue, "claim", claim)
+            monkeypatch.setattr(JobQueue, "claim_many", claim_many)
             running.daemon.pipeline.pool.notify_work()
             running.thread.join(20)
             assert not running.thread.is_alive()
         finally:
-            monkeypatch.setattr(JobQueue, "claim", original)
+            monkeypatch.setattr(JobQueue, "claim_many", original)
             running.stop()
     assert isinstance(running.daemon.fatal, StoreCorrupt) and running.error is None
     errors = [e for e in logs if e["log_level"] == "error"]

@@ -40,6 +40,7 @@ backs off, ``retry`` counts an attempt for each job.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
 from dataclasses import replace
@@ -91,16 +92,19 @@ class EmbedPool(WorkerPool):
         super().__init__(store, queue, clients, on_change, clock)
         self.queue: EmbedQueue = queue
         self.batch_size = batch_size
+        self.claim_batch = 1  # a turn claims the rest of its batch itself
         self.context_tokens = EMBED_CONTEXT_TOKENS
         self.team = team
         self.team_hits = 0
         self._team_turn = threading.local()  # per worker thread: see _process
 
+    READS_TEXT = False  # its inputs are read per batch (EmbedQueue.inputs)
+
     def warm_up(self) -> None:
         """Nothing: the first batch loads the embedding model (Ollama queues it behind the load)."""
 
     # -- one turn ----------------------------------------------------------
-    def _process(self, host: Host, job: Job) -> None:
+    def _process(self, host: Host, job: Job, row: sqlite3.Row | None = None) -> None:
         jobs = [job] + self.queue.claim_many(self.batch_size - 1)
         open_ = {j.id: j for j in jobs}  # claimed jobs without an outcome yet
         self._team_turn.admitted = set()  # texts the team gate admitted this turn and not yet published

@@ -7,6 +7,15 @@ cannot run yet, so with concurrency = the server's slots no slot idles. A job
 goes to whichever host has a free thread; the claim is one SQLite
 transaction, so each job runs on exactly one host at a time.
 
+Per-job costs are shared where the guarantees allow (issue 12): a claim takes
+up to one job per worker thread in one transaction, with their span texts in
+one query, and the threads take jobs from that batch before claiming again
+(jobs claimed ahead are ``running`` under this process id, so a kill -9
+returns them to pending at the next start, and stopping or retiring the pool
+puts them back); results of workers finishing together share one transaction
+(``JobQueue.complete`` -> group commit). A job claimed ahead is sent with the
+text read at its claim, at most one round of answers earlier.
+
 The policy of each error kind is the ``policy`` of its class in ``ollama.py``:
 
 * ``pause`` (Unavailable, ModelMissing): the job is released with its attempts
@@ -41,6 +50,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -131,6 +141,9 @@ class WorkerPool:
             (see :data:`AnswerRedactor`); None stores answers as they are.
     """
 
+    #: Whether a turn needs the span's text with its job (read with the claim).
+    READS_TEXT = True
+
     def __init__(self, store: Store, queue: JobQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
                  on_change: Callable[[], None] = lambda: None, clock: Clock = SYSTEM, gate: JobGate | None = None,
                  redact_answer: AnswerRedactor | None = None):
@@ -143,6 +156,10 @@ class WorkerPool:
         self._started: dict[int, tuple[Host, float]] = {}  # thread ident -> (host, monotonic start)
         self._lock = threading.Lock()
         self._stranded: list[tuple[Job, str]] = []  # claimed jobs the store could not take back yet
+        self._ahead: deque[tuple[Job, sqlite3.Row | None]] = deque()  # claimed, with their span text
+        self._claiming = threading.Lock()  # one claim at a time; the others take from its batch
+        #: Jobs one claim takes: one per worker thread, so a claim serves a whole round.
+        self.claim_batch = max(1, sum(h.client.concurrency for h in self.hosts))
         self.done = self.failed = 0
 
     @property
@@ -186,6 +203,8 @@ class WorkerPool:
         deadline = time.monotonic() + grace_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._ahead.clear()  # recover() below returns them with every job left running
         return self.queue.recover()
 
     def busy_threads(self) -> int:
@@ -223,10 +242,23 @@ class WorkerPool:
     def _run(self, host: Host) -> None:
         try:
             self._loop(host)
+            self._release_ahead()
         finally:
             # A finished thread's SQLite connection would otherwise stay open
             # until shutdown: every reload would leak file descriptors.
             self.store.release_thread()
+
+    def _release_ahead(self) -> None:
+        """Put back the jobs claimed ahead and not started (the pool stops or is
+        retired); if the store cannot take them now, the next start does (their
+        claim names this process)."""
+        with self._lock:
+            ahead, self._ahead = list(self._ahead), deque()
+        try:
+            for job, _ in ahead:
+                self.queue.release(job)
+        except Exception as exc:
+            log.warning("jobs_not_returned", count=len(ahead), error=f"{type(exc).__name__}: {exc}")
 
     def retire(self) -> None:
         """Stop claiming, without waiting: requests in flight finish in the
@@ -237,6 +269,7 @@ class WorkerPool:
         self.wake.set()
         for host in self.hosts:
             host.ok_event.set()
+        self._release_ahead()
 
     def dead(self) -> str | None:
         """Health check: a reason if a worker thread of a running pool died."""
@@ -271,17 +304,18 @@ class WorkerPool:
         # Clear before looking: a notify_work() after this point either
         # finds its job in the claim below or keeps the event set.
         self.wake.clear()
-        job = self.queue.claim()
-        if job is None:
+        taken = self._take()
+        if taken is None:
             if self.stopping.is_set():
                 return
             due = self.queue.next_due_s()
             self.clock.wait(self.wake, IDLE_CLAIM_WAIT_S if due is None
                             else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
             return
+        job, row = taken
         self.wake.set()  # there was work: let an idle worker look for more
         try:
-            self._process(host, job)
+            self._process(host, job, row)
         except Exception as exc:
             # E.g. the store locked by another process past busy_timeout, or
             # full: the job goes back (later, if the store cannot take even
@@ -296,6 +330,29 @@ class WorkerPool:
         # workers, maybe of another host, re-read the queue's next due time.
         self.wake.set()
         self.on_change()
+
+    def _take(self) -> tuple[Job, sqlite3.Row | None] | None:
+        """The next job and its span's text (None: the span is gone), from the
+        jobs claimed ahead, else from a new claim of up to :attr:`claim_batch`
+        jobs (one transaction, one read of their texts); None if none is ready."""
+        with self._lock:
+            if self._ahead:
+                return self._ahead.popleft()
+        with self._claiming:
+            with self._lock:
+                if self._ahead:  # another thread's claim filled it meanwhile
+                    return self._ahead.popleft()
+            jobs = self.queue.claim_many(self.claim_batch)
+            try:
+                rows = (self.store.span_texts([job.span_hash for job in jobs])
+                        if jobs and self.READS_TEXT else {})
+            except Exception:
+                with self._lock:  # claimed but unread: released on a later turn
+                    self._stranded.extend((job, "span text not read") for job in jobs)
+                raise
+            with self._lock:
+                self._ahead.extend((job, rows.get(job.span_hash)) for job in jobs)
+                return self._ahead.popleft() if self._ahead else None
 
     def _put_back(self, job: Job, error: str) -> None:
         """Release a job after an unexpected error; if the store cannot take
@@ -320,8 +377,7 @@ class WorkerPool:
                     self._stranded.append((job, error))
                 raise
 
-    def _process(self, host: Host, job: Job) -> None:
-        row = self.store.span_text(job.span_hash)
+    def _process(self, host: Host, job: Job, row: sqlite3.Row | None) -> None:
         if row is None:  # the span vanished after the claim
             self.queue.release(job)
             return

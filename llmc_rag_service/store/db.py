@@ -19,7 +19,8 @@ Tables::
           summary, inputs, ..., usage, created_at)    moved code is enriched once
     jobs(id, kind, span_hash, model, prompt_version,  the persistent queue (kinds enrich, embed),
           state, ..., basis)                          see jobs.py and embed_jobs.py
-    meta(key, value)                                  daemon status for ``status``
+    meta(key, value)                                  daemon status for ``status``; queue catch-up marks
+    job_tallies(kind, model, prompt_version, state, n) jobs per key and state, kept by triggers
     span_fts, span_fts_vocab, span_fts_dirty          full-text index of spans, see fts.py
     embeddings(span_hash, embed_model, input_version, one vector per content hash, see vectors.py
           dim, vector, created_at), embeddings_epoch(n)
@@ -33,6 +34,7 @@ file that is no store of ours raises ``StoreCorrupt`` (:func:`verify_store`).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -180,6 +182,29 @@ MIGRATIONS: tuple[str, ...] = (
         embed_model TEXT NOT NULL, input_version INTEGER NOT NULL,
         packed_upto INTEGER NOT NULL, rows INTEGER NOT NULL,
         PRIMARY KEY(embed_model, input_version));
+    """,
+    # 8: running job counts per key and state (store/jobs.py JobQueue.counts): kept by
+    # triggers in the transaction of every change, so they survive a crash exactly as
+    # the jobs do; STATUS reads them instead of counting every done job twice a second.
+    """
+    CREATE TABLE job_tallies(
+        kind TEXT NOT NULL, model TEXT NOT NULL, prompt_version INTEGER NOT NULL, state TEXT NOT NULL,
+        n INTEGER NOT NULL, PRIMARY KEY(kind, model, prompt_version, state)) WITHOUT ROWID;
+    INSERT INTO job_tallies(kind, model, prompt_version, state, n)
+        SELECT kind, model, prompt_version, state, COUNT(*) FROM jobs GROUP BY kind, model, prompt_version, state;
+    CREATE TRIGGER job_tallies_added AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_tallies(kind, model, prompt_version, state, n)
+            VALUES (new.kind, new.model, new.prompt_version, new.state, 1)
+            ON CONFLICT DO UPDATE SET n = n + 1; END;
+    CREATE TRIGGER job_tallies_gone AFTER DELETE ON jobs BEGIN
+        UPDATE job_tallies SET n = n - 1 WHERE kind = old.kind AND model = old.model
+            AND prompt_version = old.prompt_version AND state = old.state; END;
+    CREATE TRIGGER job_tallies_moved AFTER UPDATE OF state ON jobs WHEN old.state IS NOT new.state BEGIN
+        UPDATE job_tallies SET n = n - 1 WHERE kind = old.kind AND model = old.model
+            AND prompt_version = old.prompt_version AND state = old.state;
+        INSERT INTO job_tallies(kind, model, prompt_version, state, n)
+            VALUES (new.kind, new.model, new.prompt_version, new.state, 1)
+            ON CONFLICT DO UPDATE SET n = n + 1; END;
     """,
 )
 
@@ -396,6 +421,18 @@ class Store(Database):
                 "SELECT s.span_hash FROM spans s JOIN files f ON f.id = s.file_id WHERE f.repo_id = ? AND f.path = ?",
                 (repo_id, path))]
         return hashes
+
+    def span_texts(self, span_hashes: Sequence[str]) -> dict[str, sqlite3.Row]:
+        """:meth:`span_text` of many hashes in one query: hash -> row (hashes no
+        file holds any more are absent)."""
+        rows = self.conn.execute(
+            """SELECT h.value AS span_hash, t.language, t.text, r.path AS repo, f.path, s.kind, s.name,
+                      s.start_line, s.end_line
+               FROM json_each(?) h JOIN spans s ON s.id = (SELECT id FROM spans WHERE span_hash = h.value LIMIT 1)
+               JOIN files f ON f.id = s.file_id JOIN repos r ON r.id = f.repo_id
+               JOIN span_texts t ON t.span_hash = s.span_hash""",
+            (json.dumps(list(span_hashes)),))
+        return {row["span_hash"]: row for row in rows}
 
     def span_text(self, span_hash: str) -> sqlite3.Row | None:
         """``language`` and ``text`` of a span hash plus one current location

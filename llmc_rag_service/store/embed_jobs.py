@@ -15,7 +15,8 @@ embedding is redone when that changes: ``basis`` records the enrichment key
 * :meth:`EmbedQueue.store_vectors` -- vectors stored; a job whose text missed an
   enrichment that landed meanwhile stays pending;
 * :meth:`EmbedQueue.enqueue_missing` -- catch-up: spans without a vector, and
-  vectors made without the enrichment that now exists.
+  vectors made without the enrichment that now exists (a pass once per key, see
+  :meth:`JobQueue.enqueue_missing`).
 """
 
 from __future__ import annotations
@@ -90,11 +91,17 @@ class EmbedQueue(JobQueue):
                 WHERE jobs.state IN ('done', 'failed')""",
             self._params(h=span_hash, prio=PRIORITY_LIVE, now=self.clock.time()))
 
-    def enqueue_missing(self, tx: sqlite3.Connection, priority: int = PRIORITY_BACKFILL) -> int:
-        """Inside ``tx``: queue every span hash in the tree without a vector of
-        this model and version (reopening a done job whose vector is gone), and
-        reopen done jobs whose text was made without the enrichment that now
-        exists. Returns how many jobs were queued or reopened."""
+    @property
+    def complete_mark(self) -> str:
+        """As :attr:`JobQueue.complete_mark`, with the enrichment key the texts use
+        (another chat model makes every embedded text stale)."""
+        return f"{super().complete_mark}:{self.basis}"
+
+    def _missing_pass(self, tx: sqlite3.Connection, priority: int = PRIORITY_BACKFILL) -> int:
+        """The pass of :meth:`enqueue_missing`: queue every span hash in the tree
+        without a vector of this model and version (reopening a done job whose
+        vector is gone), and reopen done jobs whose text was made without the
+        enrichment that now exists. Returns how many jobs were queued or reopened."""
         params = self._params(prio=priority, now=self.clock.time(), cm=self.chat_model, pv=PROMPT_VERSION, basis=self.basis)
         missing = tx.execute(
             f"""INSERT INTO jobs(kind, span_hash, model, prompt_version, state, priority, created_at, updated_at)

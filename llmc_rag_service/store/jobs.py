@@ -46,6 +46,29 @@ BACKOFF_MAX_S = 300.0
 # A job is only claimable while some current span still has its hash.
 _HAS_SPAN = "EXISTS (SELECT 1 FROM spans s WHERE s.span_hash = jobs.span_hash)"
 
+#: Prefix of the ``meta`` keys marking a queue key's catch-up as complete (see JobQueue.enqueue_missing).
+COMPLETE_MARK = "queue_complete:"
+
+
+def is_complete(tx: sqlite3.Connection, mark: str) -> bool:
+    """Whether the catch-up mark ``mark`` is set (inside ``tx``)."""
+    return tx.execute("SELECT 1 FROM meta WHERE key = ?", (mark,)).fetchone() is not None
+
+
+def mark_complete(tx: sqlite3.Connection, mark: str) -> None:
+    """Set the catch-up mark ``mark`` (inside the transaction of its pass)."""
+    tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, '1')", (mark,))
+
+
+def forget_complete(tx: sqlite3.Connection, kept: Iterable[str], kind: str = "") -> None:
+    """Inside ``tx``, drop every catch-up mark (of ``kind``, or all kinds) but
+    ``kept``: spans were added and only the keys in ``kept`` got jobs for them,
+    or an enrichment was stored and no embedding queue was told."""
+    keep = list(kept)
+    prefix = COMPLETE_MARK + kind
+    tx.execute(f"DELETE FROM meta WHERE key >= ? AND key < ? AND key NOT IN ({','.join('?' * len(keep))})",
+               (prefix, prefix + "\U0010ffff", *keep))
+
 
 def backoff_s(attempt: int, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_MAX_S) -> float:
     """Jittered exponential backoff ("full jitter" between half and all of
@@ -126,25 +149,37 @@ class JobQueue:
         return {"kind": self.KIND, "model": self.model, "ver": self.version, **extra}
 
     def enqueue(self, tx: sqlite3.Connection, span_hashes: Iterable[str], priority: int) -> int:
-        """Inside ``tx``, add a pending job for each hash that has neither an
-        enrichment nor a job yet; raise the priority of waiting ones.
+        """Inside ``tx``, add a pending job for each hash that has neither a
+        result nor a job yet; raise the priority of waiting ones. New spans
+        were cut without the other job kinds' queues, if any: their catch-up
+        marks are dropped (see :meth:`enqueue_missing`).
 
         Returns the number of jobs created.
         """
-        now, created = self.clock.time(), 0
-        for span_hash in dict.fromkeys(span_hashes):
-            params = self._params(h=span_hash, prio=priority, now=now)
-            if tx.execute(f"SELECT {self.HAS_RESULT}", params).fetchone()[0]:
-                continue
-            cur = tx.execute(
-                """INSERT INTO jobs(kind, span_hash, model, prompt_version, state, priority, created_at, updated_at)
-                   VALUES (:kind, :h, :model, :ver, 'pending', :prio, :now, :now) ON CONFLICT DO NOTHING""", params)
-            if cur.rowcount:
-                created += 1
-            else:
-                tx.execute(
-                    """UPDATE jobs SET priority = MIN(priority, :prio) WHERE kind = :kind AND span_hash = :h
-                       AND model = :model AND prompt_version = :ver AND state = 'pending'""", params)
+        hashes = list(span_hashes)
+        created = self.add_jobs(tx, hashes, priority)
+        if hashes:
+            forget_complete(tx, [self.complete_mark])
+        return created
+
+    def add_jobs(self, tx: sqlite3.Connection, span_hashes: Iterable[str], priority: int) -> int:
+        """:meth:`enqueue` without touching the catch-up marks (the caller does).
+
+        Two statements for the whole batch (hashes passed as one JSON array),
+        not two per span: a cold scan queues every span of the tree.
+        """
+        hashes = json.dumps(list(dict.fromkeys(span_hashes)))
+        params = self._params(hashes=hashes, prio=priority, now=self.clock.time())
+        result = self.HAS_RESULT.replace(":h", "h.value")
+        created = tx.execute(
+            f"""INSERT INTO jobs(kind, span_hash, model, prompt_version, state, priority, created_at, updated_at)
+                SELECT :kind, h.value, :model, :ver, 'pending', :prio, :now, :now FROM json_each(:hashes) h
+                WHERE NOT {result} ON CONFLICT DO NOTHING""", params).rowcount
+        if priority < PRIORITY_BACKFILL:  # no job waits at a lower priority than a backfill's
+            tx.execute(
+                """UPDATE jobs SET priority = :prio WHERE kind = :kind AND model = :model AND prompt_version = :ver
+                   AND state = 'pending' AND priority > :prio AND span_hash IN (SELECT value FROM json_each(:hashes))""",
+                params)
         return created
 
     def cancel_orphans(self, tx: sqlite3.Connection, span_hashes: Iterable[str] | None = None) -> int:
@@ -163,10 +198,33 @@ class JobQueue:
                 (self.KIND, span_hash)).rowcount
         return cancelled
 
+    @property
+    def complete_mark(self) -> str:
+        """The ``meta`` key saying every span in the tree has a result or a job
+        of this queue's key (see :meth:`enqueue_missing`)."""
+        return f"{COMPLETE_MARK}{self.KIND}:{self.model}:{self.version}"
+
     def enqueue_missing(self, tx: sqlite3.Connection, priority: int = PRIORITY_BACKFILL) -> int:
-        """Inside ``tx``, queue every span hash in the tree that has neither an
-        enrichment nor a job for this model and prompt version (after the model
-        or prompt changed, or jobs were lost). Returns how many were queued."""
+        """Inside ``tx``, queue every span hash in the tree that has neither a
+        result nor a job for this model and version (after the model or prompt
+        changed, or spans were cut while this queue was not in force). Returns
+        how many were queued.
+
+        Incremental: once a pass has run, its mark (:attr:`complete_mark` in
+        ``meta``) stays while every new span is queued with this key, which
+        :meth:`enqueue` and :meth:`QueueSet.enqueue` see to (they drop the marks
+        of the keys they do not serve). With the mark in place nothing can be
+        missing and the pass is skipped: a full scan of an unchanged tree (every
+        restart) costs one ``meta`` read here, not a pass over every span.
+        """
+        if is_complete(tx, self.complete_mark):
+            return 0
+        queued = self._missing_pass(tx, priority)
+        mark_complete(tx, self.complete_mark)
+        return queued
+
+    def _missing_pass(self, tx: sqlite3.Connection, priority: int) -> int:
+        """The pass over every span of :meth:`enqueue_missing`."""
         result = self.HAS_RESULT.replace(":h", "s.span_hash")
         return tx.execute(
             f"""INSERT INTO jobs(kind, span_hash, model, prompt_version, state, priority, created_at, updated_at)
@@ -225,12 +283,25 @@ class JobQueue:
 
     def complete(self, job: Job, enrichment: Enrichment, duration_s: float | None) -> None:
         """Store the enrichment and mark the job done, in one transaction.
-        ``duration_s``: seconds the request took (None: taken from the team cache)."""
-        with self.store.write() as tx:
-            self._put_enrichment(tx, job.span_hash, enrichment, duration_s)
-            self.mark_done(tx, job)
-            if self.on_result is not None:
-                self.on_result(tx, job.span_hash)
+        ``duration_s``: seconds the request took (None: taken from the team cache).
+
+        Results of several workers finishing at once share one transaction
+        (:meth:`~llmc_rag_service.store.database.Database.write_grouped`): this
+        returns once this result is committed, and raises what made it fail."""
+        self.store.write_grouped(lambda tx: self._complete_in(tx, job, enrichment, duration_s))
+
+    def _complete_in(self, tx: sqlite3.Connection, job: Job, enrichment: Enrichment, duration_s: float | None) -> None:
+        self._put_enrichment(tx, job.span_hash, enrichment, duration_s)
+        self.mark_done(tx, job)
+        self._result_stored(tx, job.span_hash)
+
+    def _result_stored(self, tx: sqlite3.Connection, span_hash: str) -> None:
+        """An enrichment landed: tell ``on_result``; with none, no embedding
+        queue re-embedded the span, so their catch-up marks go."""
+        if self.on_result is not None:
+            self.on_result(tx, span_hash)
+        else:
+            forget_complete(tx, [], kind="embed")
 
     def mark_done(self, tx: sqlite3.Connection, job: Job, basis: str | None = None) -> None:
         """Inside ``tx``, mark a claimed job done (its attempt counted); ``basis``
@@ -277,17 +348,34 @@ class JobQueue:
 
     def counts(self) -> dict[str, int]:
         """Live job counts for this model: ``pending`` (incl. waiting for
-        backoff), ``ready`` (due now), ``running``, ``failed``, ``done``."""
-        now = self.clock.time()
+        backoff), ``ready`` (due now), ``running``, ``failed``, ``done``.
+
+        ``done`` and ``failed`` come from the running tallies (``job_tallies``,
+        kept by triggers), so the cost grows with the jobs still to do (pending
+        or running, whose span must still exist: a walk of the ``jobs_claim``
+        index), never with the jobs done."""
         row = self.store.conn.execute(
-            f"""SELECT
-                 SUM(state = 'pending'), SUM(state = 'pending' AND next_attempt_at <= ?),
-                 SUM(state = 'running'), SUM(state = 'failed'), SUM(state = 'done')
-               FROM jobs WHERE kind = ? AND model = ? AND prompt_version = ?
-               AND (state IN ('done', 'failed') OR {_HAS_SPAN})""",
-            (now, *self._key()),
+            f"""SELECT SUM(state = 'pending'), SUM(state = 'pending' AND next_attempt_at <= ?), SUM(state = 'running')
+               FROM jobs WHERE kind = ? AND state IN ('pending', 'running') AND model = ? AND prompt_version = ?
+               AND {_HAS_SPAN}""",
+            (self.clock.time(), *self._key()),
         ).fetchone()
-        return dict(zip(("pending", "ready", "running", "failed", "done"), (v or 0 for v in row)))
+        tallies = self.tallies()
+        return {**dict(zip(("pending", "ready", "running"), (v or 0 for v in row))),
+                "failed": tallies.get("failed", 0), "done": tallies.get("done", 0)}
+
+    def tallies(self) -> dict[str, int]:
+        """Jobs of this key per state, from the running tallies (every job,
+        whether its span exists or not; states without a job may be absent or 0)."""
+        return dict(self.store.conn.execute(
+            "SELECT state, n FROM job_tallies WHERE kind = ? AND model = ? AND prompt_version = ?", self._key()))
+
+    def recount(self) -> dict[str, int]:
+        """Jobs of this key per state, counted row by row: what :meth:`tallies`
+        must equal (a check for tests and ``doctor``; costs a pass over the jobs)."""
+        return dict(self.store.conn.execute(
+            "SELECT state, COUNT(*) FROM jobs WHERE kind = ? AND model = ? AND prompt_version = ? GROUP BY state",
+            self._key()))
 
     def next_due_s(self) -> float | None:
         """Seconds until the earliest pending job is due (0 if one is due), None if none."""
@@ -349,8 +437,7 @@ class JobQueue:
                     (now, span_hash, *self._key())).fetchone()
                 if row:
                     self._put_enrichment(tx, span_hash, enrichment, None)
-                    if self.on_result is not None:
-                        self.on_result(tx, span_hash)  # e.g. its re-embedding, as for a local result
+                    self._result_stored(tx, span_hash)  # e.g. its re-embedding, as for a local result
                     done.append((row[0], span_hash))
         return done
 
@@ -364,8 +451,13 @@ class QueueSet:
         self.queues = [q for q in queues if q is not None]
 
     def enqueue(self, tx: sqlite3.Connection, span_hashes: Iterable[str], priority: int) -> int:
+        """Queue the hashes in every queue (see :meth:`JobQueue.enqueue`); the
+        catch-up marks of other keys than these queues' are dropped."""
         hashes = list(span_hashes)
-        return sum(q.enqueue(tx, hashes, priority) for q in self.queues)
+        created = sum(q.add_jobs(tx, hashes, priority) for q in self.queues)
+        if hashes:
+            forget_complete(tx, [q.complete_mark for q in self.queues])
+        return created
 
     def cancel_orphans(self, tx: sqlite3.Connection, span_hashes: Iterable[str] | None = None) -> int:
         hashes = None if span_hashes is None else list(span_hashes)
