@@ -83,7 +83,7 @@ def test_a_store_error_does_not_kill_the_worker(tmp_path, ollama, pipelines, mon
     fast_backoffs(monkeypatch)
     monkeypatch.setattr(workers, "JOB_ERROR_PAUSE_S", 0.05)
     p = pipelines(tmp_path, ollama.url, files=3, ollama={"concurrency": 1})
-    real = p.pipeline.queue.complete
+    real = p.pipeline.queue.complete_many  # what the pool's result writer calls
     calls = []
 
     def locked_once(*args, **kwargs):
@@ -92,7 +92,7 @@ def test_a_store_error_does_not_kill_the_worker(tmp_path, ollama, pipelines, mon
             raise sqlite3.OperationalError("database is locked")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(p.pipeline.queue, "complete", locked_once)
+    monkeypatch.setattr(p.pipeline.queue, "complete_many", locked_once)
     with capture_logs() as logs:
         p.start()
         p.wait_done()

@@ -12,9 +12,10 @@ up to one job per worker thread in one transaction, with their span texts in
 one query, and the threads take jobs from that batch before claiming again
 (jobs claimed ahead are ``running`` under this process id, so a kill -9
 returns them to pending at the next start, and stopping or retiring the pool
-puts them back); results of workers finishing together share one transaction
-(``JobQueue.complete`` -> group commit). A job claimed ahead is sent with the
-text read at its claim, at most one round of answers earlier.
+puts them back); a worker hands its valid answer to the pool's result writer
+(``enrich/results.py``: one thread storing every result waiting, in one
+transaction) and sends its next request at once. A job claimed ahead is sent
+with the text read at its claim, at most one round of answers earlier.
 
 The policy of each error kind is the ``policy`` of its class in ``ollama.py``:
 
@@ -59,6 +60,7 @@ import structlog
 from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.enrich.gate import JobGate
+from llmc_rag_service.enrich.results import Result, ResultWriter
 from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
                                          parse_answer, plan_num_predict)
 from llmc_rag_service.models import Enrichment, Job
@@ -160,6 +162,8 @@ class WorkerPool:
         self._claiming = threading.Lock()  # one claim at a time; the others take from its batch
         #: Jobs one claim takes: one per worker thread, so a claim serves a whole round.
         self.claim_batch = max(1, sum(h.client.concurrency for h in self.hosts))
+        self.results = ResultWriter(queue, self._stored, self._not_stored)
+        self._live = 0  # worker threads not yet ended; the last one ends the result writer
         self.done = self.failed = 0
 
     @property
@@ -170,6 +174,8 @@ class WorkerPool:
     # -- lifecycle -----------------------------------------------------
     def start(self) -> None:
         """Start the worker threads (daemon threads: a hung request cannot block exit)."""
+        self._live = sum(host.client.concurrency for host in self.hosts)
+        self.results.start()
         for n, host in enumerate(self.hosts):
             for i in range(host.client.concurrency):
                 thread = threading.Thread(target=self._run, args=(host,), name=f"worker-{n}.{i}", daemon=True)
@@ -201,15 +207,16 @@ class WorkerPool:
         for host in self.hosts:
             host.ok_event.set()  # wake threads waiting on a down host; they see ``stopping``
         deadline = time.monotonic() + grace_s
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for thread in self._threads + [self.results.thread]:  # the writer ends after the last worker
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             self._ahead.clear()  # recover() below returns them with every job left running
         return self.queue.recover()
 
     def busy_threads(self) -> int:
-        """Worker threads still running (after stop(): those past the grace)."""
-        return sum(thread.is_alive() for thread in self._threads)
+        """Worker threads (and the result writer) still running (after stop(): those past the grace)."""
+        return sum(thread.is_alive() for thread in self._threads + [self.results.thread])
 
     def notify_work(self) -> None:
         """New jobs were queued: wake idle workers."""
@@ -247,6 +254,11 @@ class WorkerPool:
             # A finished thread's SQLite connection would otherwise stay open
             # until shutdown: every reload would leak file descriptors.
             self.store.release_thread()
+            with self._lock:
+                self._live -= 1
+                last = self._live == 0
+            if last:
+                self.results.finish()
 
     def _release_ahead(self) -> None:
         """Put back the jobs claimed ahead and not started (the pool stops or is
@@ -275,7 +287,7 @@ class WorkerPool:
         """Health check: a reason if a worker thread of a running pool died."""
         if self.stopping.is_set():
             return None
-        dead = [t.name for t in self._threads if not t.is_alive()]
+        dead = [t.name for t in self._threads + [self.results.thread] if t.ident is not None and not t.is_alive()]
         return f"worker thread dead: {', '.join(dead)}" if dead else None
 
     def _loop(self, host: Host) -> None:
@@ -413,15 +425,35 @@ class WorkerPool:
         except Exception:
             self._abandon(job)  # not stored: the job goes back (see _turn)
             raise
-        self.queue.complete(job, enrichment, duration)
-        if self.gate is not None:
-            self.gate.succeeded(job, enrichment)
         host.strikes = host.busy = 0
         self._host_ok(host)
+        # Stored by the result writer while this thread sends its next request.
+        self.results.put(Result(job, enrichment, duration, {
+            **fields, "duration_s": round(duration, 3), "eval_count": answer.get("eval_count"),
+            "prompt_eval_count": answer.get("prompt_eval_count")}))
+
+    def _stored(self, results: list[Result]) -> None:
+        """The result writer committed ``results`` (on its thread)."""
+        for result in results:
+            if self.gate is not None:
+                self.gate.succeeded(result.job, result.enrichment)
+            log.info("job_done", **result.fields)
         with self._lock:
-            self.done += 1
-        log.info("job_done", **fields, duration_s=round(duration, 3), eval_count=answer.get("eval_count"),
-                 prompt_eval_count=answer.get("prompt_eval_count"))
+            self.done += len(results)
+        self.on_change()
+
+    def _not_stored(self, results: list[Result], exc: Exception) -> None:
+        """The result writer could not commit ``results``: their jobs go back
+        (answers lost, sent again later), as when a worker's own write fails."""
+        fault = self.store.note_error(exc)
+        for result in results:
+            self._abandon(result.job)
+            (log.warning if fault else log.error)(
+                "job_error", job=result.job.id, error=str(fault) if fault else f"{type(exc).__name__}: {exc}",
+                exc_info=fault is None)
+            self._put_back(result.job, f"{type(exc).__name__}: {exc}")
+        self.wake.set()
+        self.on_change()
 
     def _redacted(self, enrichment: Enrichment, row: sqlite3.Row) -> Enrichment:
         """A model answer for the span of ``row`` with its secret values redacted

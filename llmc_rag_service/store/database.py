@@ -23,10 +23,9 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from llmc_rag_service.store.faults import StoreBusy, StoreReplaced, StoreUnusable, classify
-from llmc_rag_service.store.grouped import GroupCommit
 
 #: Seconds a connection waits for another writer before raising "database is locked".
 BUSY_TIMEOUT_S = 30.0
@@ -65,7 +64,6 @@ class Database:
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         self._writer = threading.RLock()  # this process's writers, one at a time (see write)
-        self._group = GroupCommit(self.write, self._writer)
         self._identity: tuple[int, int] | None = None
         self._fault: StoreUnusable | None = None
         self._fault_last = 0.0  # time.monotonic() of the fault's last failure
@@ -158,13 +156,6 @@ class Database:
             yield from self._transaction(conn, busy_timeout_s)
         finally:
             self._writer.release()
-
-    def write_grouped(self, work: Callable[[sqlite3.Connection], None]) -> None:
-        """Run ``work(tx)`` in a write transaction that other threads' small
-        writes may share (group commit, ``store/grouped.py``); returns once it
-        is committed. Raises as :meth:`write`, or what ``work`` raised (then
-        only its own changes are rolled back)."""
-        self._group.run(work)
 
     def _transaction(self, conn: sqlite3.Connection, busy_timeout_s: float | None) -> Iterator[sqlite3.Connection]:
         """The body of :meth:`write`, under this process's writer lock."""

@@ -283,12 +283,15 @@ class JobQueue:
 
     def complete(self, job: Job, enrichment: Enrichment, duration_s: float | None) -> None:
         """Store the enrichment and mark the job done, in one transaction.
-        ``duration_s``: seconds the request took (None: taken from the team cache).
+        ``duration_s``: seconds the request took (None: taken from the team cache)."""
+        self.complete_many([(job, enrichment, duration_s)])
 
-        Results of several workers finishing at once share one transaction
-        (:meth:`~llmc_rag_service.store.database.Database.write_grouped`): this
-        returns once this result is committed, and raises what made it fail."""
-        self.store.write_grouped(lambda tx: self._complete_in(tx, job, enrichment, duration_s))
+    def complete_many(self, results: Iterable[tuple[Job, Enrichment, float | None]]) -> None:
+        """:meth:`complete` for several ``(job, enrichment, duration_s)`` in one
+        transaction: all stored or none (the worker pool's result writer)."""
+        with self.store.write() as tx:
+            for job, enrichment, duration_s in results:
+                self._complete_in(tx, job, enrichment, duration_s)
 
     def _complete_in(self, tx: sqlite3.Connection, job: Job, enrichment: Enrichment, duration_s: float | None) -> None:
         self._put_enrichment(tx, job.span_hash, enrichment, duration_s)
