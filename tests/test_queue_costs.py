@@ -1,0 +1,178 @@
+"""The queue's per-job costs cut for issue 12 keep its guarantees: tallies equal a recount
+(also after kill -9), the catch-up pass runs only when something can be missing, and jobs
+claimed ahead go back when the pool stops claiming."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from llmc_rag_service.enrich.embed_text import INPUT_VERSION
+from llmc_rag_service.models import Enrichment, Span
+from llmc_rag_service.store.db import Store
+from llmc_rag_service.store.embed_jobs import EmbedQueue
+from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue, QueueSet
+from tests.helpers import wait_for
+
+E = Enrichment(summary="s", inputs=[], outputs=[], side_effects=[], pitfalls=[], usage="u")
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "state" / "llmc-rag.db")
+    yield s
+    s.close()
+
+
+def add_file(store, path, texts, queues=None, priority=PRIORITY_BACKFILL):
+    """Write a file of one span per text (and queue them in ``queues``, as a scan does)."""
+    spans = [Span("function", f"f{i}", i + 1, i + 1, t, "python") for i, t in enumerate(texts)]
+    repo_id = store.repo_id("/repo")
+    with store.write() as tx:
+        store.put_file(tx, repo_id, path, size=1, mtime_ns=1, content_hash=path,
+                       language="python", skipped=None, spans=spans)
+        if queues is not None:
+            queues.enqueue(tx, [s.span_hash for s in spans], priority)
+    return [s.span_hash for s in spans]
+
+
+def same(queue):
+    """Tallies without the zero rows of states left empty."""
+    return {state: n for state, n in queue.tallies().items() if n}
+
+
+def test_tallies_equal_a_recount_after_every_kind_of_change(store):
+    """Every queue operation (queue, claim, complete, retry, dead-letter, release, cancel, requeue, recover) keeps the tallies equal to a recount, and counts() reads done and failed from them."""
+    q = JobQueue(store, "m", max_attempts=2)
+    hashes = add_file(store, "a.py", [f"x = {i}" for i in range(8)], q)
+    jobs = q.claim_many(6)
+    q.complete(jobs[0], E, 1.0)
+    q.complete_many([(jobs[1], E, 1.0), (jobs[2], E, None)])
+    q.retry(jobs[3], "boom", delay_s=0)
+    q.fail(jobs[4], "bad request")
+    q.release(jobs[5])
+    assert same(q) == q.recount() == {"done": 3, "pending": 4, "failed": 1}
+    repo_id = store.repo_id("/repo")
+    q.requeue_failed([repo_id])
+    with store.write() as tx:
+        store.delete_files(tx, repo_id, ["a.py"])
+        q.cancel_orphans(tx, hashes)
+    assert same(q) == q.recount() == {"done": 3}
+    add_file(store, "b.py", ["y = 1", "y = 2"], q, PRIORITY_LIVE)
+    q.claim_many(2)
+    assert q.recover() == 2
+    assert same(q) == q.recount() == {"done": 3, "pending": 2}
+    assert q.counts() == {"pending": 2, "ready": 2, "running": 0, "failed": 0, "done": 3}
+
+
+def test_tallies_equal_a_recount_after_kill_9(store, tmp_path):
+    """A process killed with SIGKILL in the middle of claiming and completing jobs leaves tallies equal to a recount: they change in the same transactions as the jobs."""
+    q = JobQueue(store, "m")
+    add_file(store, "a.py", [f"x = {i}" for i in range(3000)], q)  # more than the child gets through
+    child = textwrap.dedent(f"""
+        import sys
+        from llmc_rag_service.models import Enrichment
+        from llmc_rag_service.store.db import Store
+        from llmc_rag_service.store.jobs import JobQueue
+        q = JobQueue(Store({str(store.path)!r}), "m")
+        e = Enrichment("s", [], [], [], [], "u")
+        print("working", flush=True)
+        while True:
+            jobs = q.claim_many(3)
+            if not jobs:
+                break
+            q.complete_many([(j, e, 0.1) for j in jobs[:2]])
+            q.retry(jobs[2], "again", delay_s=0)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "working\n"
+        wait_for(lambda: q.tallies().get("done", 0) >= 30, 20, "the child to complete some jobs")
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert same(q) == q.recount() and q.recount().get("done", 0) >= 30
+    q.recover()  # its running jobs come back, the tallies with them
+    assert same(q) == q.recount() and "running" not in q.recount()
+
+
+def test_an_unchanged_tree_skips_the_catch_up_pass(store, monkeypatch):
+    """enqueue_missing passes over the spans once per queue key; after that, with every new span queued by the scans, it costs one meta read."""
+    passes = []
+    for cls in (JobQueue, EmbedQueue):
+        def counted(self, tx, priority, real=cls._missing_pass):
+            passes.append(self.KIND)
+            return real(self, tx, priority)
+        monkeypatch.setattr(cls, "_missing_pass", counted)
+    enrich = JobQueue(store, "m")
+    embed = EmbedQueue(store, "emb", INPUT_VERSION, "m")
+    queues = QueueSet(enrich, embed)
+    add_file(store, "a.py", ["x = 1"])  # cut before any queue existed: only a pass finds it
+    with store.write() as tx:
+        assert queues.enqueue_missing(tx) == 2
+    add_file(store, "b.py", ["y = 2"], queues)
+    with store.write() as tx:
+        assert queues.enqueue_missing(tx) == 0
+    assert passes == ["enrich", "embed"]
+    assert enrich.counts()["pending"] == embed.counts()["pending"] == 2
+
+
+def test_spans_cut_without_the_embedding_queue_are_found_by_the_next_catch_up(store):
+    """Spans queued while embeddings were off drop the embedding queue's mark, so when they are on again the catch-up queues their embeddings."""
+    enrich = JobQueue(store, "m")
+    embed = EmbedQueue(store, "emb", INPUT_VERSION, "m")
+    add_file(store, "a.py", ["x = 1"], QueueSet(enrich, embed))
+    with store.write() as tx:
+        QueueSet(enrich, embed).enqueue_missing(tx)  # both marked complete
+    add_file(store, "b.py", ["y = 2"], QueueSet(enrich))  # embeddings off meanwhile
+    with store.write() as tx:
+        assert QueueSet(enrich, embed).enqueue_missing(tx) == 1
+    assert embed.counts()["pending"] == 2
+
+
+def test_an_enrichment_stored_without_the_embedding_lane_reopens_its_embedding_at_the_catch_up(store):
+    """An enrichment that lands while no embedding queue is told (embeddings off) drops the embedding marks, so the catch-up re-embeds the span with its summary."""
+    enrich = JobQueue(store, "m")
+    embed = EmbedQueue(store, "emb", INPUT_VERSION, "m")
+    [h] = add_file(store, "a.py", ["x = 1"], QueueSet(enrich, embed))
+    [job] = embed.claim_many(1)
+    embed.store_vectors([(job, [1.0, 0.0], False)])  # embedded from the code alone
+    with store.write() as tx:
+        QueueSet(enrich, embed).enqueue_missing(tx)
+    assert embed.counts()["done"] == 1
+    enrich.complete(enrich.claim(), E, 1.0)  # embeddings off: enrich.on_result is None
+    with store.write() as tx:
+        assert QueueSet(enrich, embed).enqueue_missing(tx) == 1
+    assert embed.upcoming(5) == [h]
+
+
+def test_enqueue_raises_the_priority_of_a_waiting_job_for_a_save(store):
+    """A save of a span already queued by a backfill makes its waiting job live, in the batch statement."""
+    q = JobQueue(store, "m")
+    hashes = add_file(store, "a.py", ["x = 1", "x = 2"], q, PRIORITY_BACKFILL)
+    with store.write() as tx:
+        assert q.enqueue(tx, [hashes[1]], PRIORITY_LIVE) == 0
+        assert q.enqueue(tx, [hashes[0]], PRIORITY_BACKFILL) == 0  # never lowered
+    assert q.upcoming(2) == [hashes[1], hashes[0]]
+
+
+@pytest.mark.timeout(30)
+def test_jobs_claimed_ahead_go_back_when_the_pool_is_retired(tmp_path, ollama, pipelines):
+    """Jobs a claim took ahead of the workers are running under this process only while they wait: retiring the pool puts them back to pending at once, and the requests in flight finish and are stored."""
+    ollama.inject("hang", count=2, seconds=2.0)
+    p = pipelines(tmp_path, ollama.url, files=6, ollama={"concurrency": 2})
+    pool = p.pipeline.pool
+    pool.claim_batch = 6  # one claim takes every job: two go out, four wait in memory
+    p.start()
+    wait_for(lambda: pool.in_flight == 2, 10, "two requests in flight")
+    assert p.pipeline.counts()["running"] == 6
+    pool.retire()
+    assert p.pipeline.counts()["running"] == 2 and p.pipeline.counts()["pending"] == 4
+    wait_for(lambda: pool.busy_threads() == 0, 10, "the retired workers and their writer to end")
+    assert p.pipeline.counts() == {"pending": 4, "ready": 4, "running": 0, "failed": 0, "done": 2, "in_flight": 0}
