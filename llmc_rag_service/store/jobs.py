@@ -291,12 +291,12 @@ class JobQueue:
         transaction: all stored or none (the worker pool's result writer)."""
         with self.store.write() as tx:
             for job, enrichment, duration_s in results:
-                self._complete_in(tx, job, enrichment, duration_s)
-
-    def _complete_in(self, tx: sqlite3.Connection, job: Job, enrichment: Enrichment, duration_s: float | None) -> None:
-        self._put_enrichment(tx, job.span_hash, enrichment, duration_s)
-        self.mark_done(tx, job)
-        self._result_stored(tx, job.span_hash)
+                self._put_enrichment(tx, job.span_hash, enrichment, duration_s)
+                self.mark_done(tx, job)
+                if self.on_result is not None:
+                    self.on_result(tx, job.span_hash)
+            if self.on_result is None:
+                forget_complete(tx, [], kind="embed")  # see _result_stored, once per transaction
 
     def _result_stored(self, tx: sqlite3.Connection, span_hash: str) -> None:
         """An enrichment landed: tell ``on_result``; with none, no embedding
