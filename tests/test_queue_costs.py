@@ -10,32 +10,22 @@ import textwrap
 import pytest
 
 from llmc_rag_service.enrich.embed_text import INPUT_VERSION
-from llmc_rag_service.models import Enrichment, Span
-from llmc_rag_service.store.db import Store
+from llmc_rag_service.models import Enrichment
 from llmc_rag_service.store.embed_jobs import EmbedQueue
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue, QueueSet
+from tests import queuekit
 from tests.helpers import wait_for
 
 E = Enrichment(summary="s", inputs=[], outputs=[], side_effects=[], pitfalls=[], usage="u")
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "state" / "llmc-rag.db")
-    yield s
-    s.close()
-
-
 def add_file(store, path, texts, queues=None, priority=PRIORITY_BACKFILL):
-    """Write a file of one span per text (and queue them in ``queues``, as a scan does)."""
-    spans = [Span("function", f"f{i}", i + 1, i + 1, t, "python") for i, t in enumerate(texts)]
-    repo_id = store.repo_id("/repo")
-    with store.write() as tx:
-        store.put_file(tx, repo_id, path, size=1, mtime_ns=1, content_hash=path,
-                       language="python", skipped=None, spans=spans)
-        if queues is not None:
-            queues.enqueue(tx, [s.span_hash for s in spans], priority)
-    return [s.span_hash for s in spans]
+    """Store a file of one span per text (queuekit) and queue them in ``queues``, as a scan does."""
+    hashes = queuekit.add_file(store, path, texts)
+    if queues is not None:
+        with store.write() as tx:
+            queues.enqueue(tx, hashes, priority)
+    return hashes
 
 
 def same(queue):
