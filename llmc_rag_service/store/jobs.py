@@ -176,9 +176,12 @@ class JobQueue:
                 SELECT :kind, h.value, :model, :ver, 'pending', :prio, :now, :now FROM json_each(:hashes) h
                 WHERE NOT {result} ON CONFLICT DO NOTHING""", params).rowcount
         if priority < PRIORITY_BACKFILL:  # no job waits at a lower priority than a backfill's
+            # CROSS JOIN keeps json_each outermost: one job-key index lookup per
+            # hash (the planner otherwise walks the jobs, seconds on a large queue).
             tx.execute(
-                """UPDATE jobs SET priority = :prio WHERE kind = :kind AND model = :model AND prompt_version = :ver
-                   AND state = 'pending' AND priority > :prio AND span_hash IN (SELECT value FROM json_each(:hashes))""",
+                """UPDATE jobs SET priority = :prio WHERE id IN (SELECT j.id FROM json_each(:hashes) h CROSS
+                   JOIN jobs j ON j.kind = :kind AND j.span_hash = h.value AND j.model = :model
+                   AND j.prompt_version = :ver WHERE j.state = 'pending' AND j.priority > :prio)""",
                 params)
         return created
 
