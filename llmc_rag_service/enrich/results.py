@@ -63,7 +63,9 @@ class ResultWriter:
         self.thread = threading.Thread(target=self._run, name="result-writer", daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        """Start the thread (once; a second call does nothing)."""
+        if self.thread.ident is None:
+            self.thread.start()
 
     def put(self, result: Result) -> None:
         """Hand a result over (returns at once)."""

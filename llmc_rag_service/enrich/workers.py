@@ -174,7 +174,8 @@ class WorkerPool:
     # -- lifecycle -----------------------------------------------------
     def start(self) -> None:
         """Start the worker threads (daemon threads: a hung request cannot block exit)."""
-        self._live = sum(host.client.concurrency for host in self.hosts)
+        with self._lock:  # += : a pool started twice (a reload before start_workers) runs both sets
+            self._live += sum(host.client.concurrency for host in self.hosts)
         self.results.start()
         for n, host in enumerate(self.hosts):
             for i in range(host.client.concurrency):
