@@ -164,5 +164,7 @@ def test_jobs_claimed_ahead_go_back_when_the_pool_is_retired(tmp_path, ollama, p
     assert p.pipeline.counts()["running"] == 6
     pool.retire()
     assert p.pipeline.counts()["running"] == 2 and p.pipeline.counts()["pending"] == 4
-    wait_for(lambda: pool.busy_threads() == 0, 10, "the retired workers and their writer to end")
+    wait_for(lambda: p.pipeline.counts()["done"] == 2, 10, "the two answers stored")
+    wait_for(lambda: pool.busy_threads() == 0 and not pool.results.thread.is_alive(), 10,
+             "the retired workers and their result writer to end")
     assert p.pipeline.counts() == {"pending": 4, "ready": 4, "running": 0, "failed": 0, "done": 2, "in_flight": 0}

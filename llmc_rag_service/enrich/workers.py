@@ -216,8 +216,10 @@ class WorkerPool:
         return self.queue.recover()
 
     def busy_threads(self) -> int:
-        """Worker threads (and the result writer) still running (after stop(): those past the grace)."""
-        return sum(thread.is_alive() for thread in self._threads + [self.results.thread])
+        """Worker threads still running (after stop(): those past the grace). The
+        result writer is not counted: it uses no client, ends by itself after the
+        last worker, and closes its own store connection."""
+        return sum(thread.is_alive() for thread in self._threads)
 
     def notify_work(self) -> None:
         """New jobs were queued: wake idle workers."""
