@@ -313,6 +313,8 @@ class WorkerPool:
     def _turn(self, host: Host) -> None:
         """One turn: probe a down host, or give back stranded jobs, claim one and process it."""
         if not host.ok_event.is_set():
+            if self._ahead and not any(h.ok_event.is_set() for h in self.hosts):
+                self._release_ahead()  # no host can take them now: pending again, attempts intact
             self._maybe_probe(host)
             return
         self._release_stranded()
