@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from structlog.testing import capture_logs
 
+from llmc_rag_service.service.teamembed import TeamEmbedGate
 from llmc_rag_service.team.keys import EmbeddingKey, EnrichmentKey, usable_vectors
 from llmc_rag_service.testing.postgres import free_port
 from tests.pg_fixture import TEST_SETTINGS, enrichment, key
@@ -156,3 +157,18 @@ def test_an_unreachable_team_grants_every_embedding_claim(team_factory):
     cache = team_factory(f"postgresql://llmc:pw@127.0.0.1:{free_port()}/llmc")
     assert cache.claim_embeddings([ekey(1), ekey(2)]) == {ekey(1), ekey(2)}
     assert cache.lookup_embeddings([ekey(1)], dim=2) == {}
+
+
+def test_a_lone_row_while_the_dimension_is_unknown_waits_once_then_is_embedded_here(pg, team_factory):
+    """A daemon with no vector yet does not let one row set the dimension, but neither does it embed a
+    published text at once: the text waits one turn (a teammate's further rows, or this daemon's own first
+    vectors, usually settle the dimension by then); the second time it is embedded here, unclaimed."""
+    alice = TeamEmbedGate(team_factory(pg.dsn), "nomic-embed-text", 1)
+    bob = TeamEmbedGate(team_factory(pg.dsn), "nomic-embed-text", 1)
+    alice.publish([("def a(): pass", [0.5, 1.0])])
+    found, send = bob.admit(["def a(): pass", "def b(): pass"], dim=None)
+    assert found == {} and send == {"def b(): pass"}  # a waits, b is claimed
+    found, send = bob.admit(["def a(): pass"], dim=None)
+    assert found == {} and send == {"def a(): pass"}
+    found, send = bob.admit(["def a(): pass"], dim=2)
+    assert list(found) == ["def a(): pass"] and send == set()

@@ -52,6 +52,8 @@ class TeamEmbedGate:
         self._lock = threading.Lock()
         #: Vectors taken from the team cache since start (``status --json``'s ``team.embed_hits``).
         self.hits = 0
+        #: Keys of rows not taken while this daemon knew no dimension, already sent back once.
+        self._waited: set[EmbeddingKey] = set()
 
     def key(self, text: str) -> EmbeddingKey:
         """The team key of the vector of ``text``."""
@@ -59,15 +61,28 @@ class TeamEmbedGate:
 
     def admit(self, texts: Sequence[str], dim: int | None) -> tuple[dict[str, np.ndarray], set[str]]:
         """``(found, send)`` for ``texts`` (see ``enrich.gate.EmbedGate``): one lookup, then one claim of
-        the texts not found. A text whose row failed validation (or could not yet be trusted to set the
-        dimension) is sent without a claim: its key is published, so nobody could claim it."""
+        the texts not found. A text whose row failed validation is sent without a claim (its key is
+        published, so nobody could claim it). While ``dim`` is None, a row not trusted to set the
+        dimension alone sends its text back for one turn first (neither found nor sent: the embedder
+        defers it), so two daemons started together do not both embed it."""
         keys = {self.key(text): text for text in texts}
         unusable: set[EmbeddingKey] = set()
         found = self.cache.lookup_embeddings(keys, dim, unusable)
-        missing = [key for key in keys if key not in found and key not in unusable]
-        send = self.cache.claim_embeddings(missing) | unusable if missing else unusable
         with self._lock:
             self.hits += len(found)
+            if dim is None:
+                # A lone row does not set the dimension (team.keys.usable_vectors), but it is
+                # usually sound and its teammates' rows follow: wait once (the job is looked up
+                # again after TEAM_WAIT_S, by when this daemon may know the dimension) rather
+                # than embed a published text again.
+                wait_once = unusable - self._waited
+                self._waited |= wait_once
+                unusable -= wait_once  # the rest waited once already: embedded here, unclaimed
+            else:
+                self._waited.clear()
+                wait_once = set()
+        missing = [key for key in keys if key not in found and key not in unusable and key not in wait_once]
+        send = self.cache.claim_embeddings(missing) | unusable if missing else unusable
         return ({keys[key]: np.frombuffer(vector, dtype="<f4") for key, vector in found.items()},
                 {keys[key] for key in send})
 
