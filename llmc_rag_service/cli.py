@@ -13,7 +13,7 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import structlog
 
@@ -286,31 +286,33 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _search(config: Config, args: argparse.Namespace) -> int:
-    from llmc_rag_service.search import QueryError, StoreUnusable, cli_view
+    from llmc_rag_service.search import cli_view
 
-    try:
+    def run() -> None:
         result = cli_view.run_search(config, " ".join(args.query), mode=args.mode, limit=args.limit, repo=args.repo,
                                      path=args.path, language=args.lang, kind=args.kind, err=sys.stderr)
-    except QueryError as exc:
-        _err(f"search: {exc}")
-        return EX_BAD_QUERY
-    except (StoreUnusable, sqlite3.Error) as exc:
-        _err(f"search: the store cannot be used: {exc}")
-        return EX_IOERR
-    cli_view.print_result(result, sys.stdout, sys.stderr, args.json)
-    return EX_OK
+        cli_view.print_result(result, sys.stdout, sys.stderr, args.json)
+
+    return _read_store("search", run)
 
 
 def _export(config: Config, args: argparse.Namespace) -> int:
-    from llmc_rag_service.search import QueryError, StoreUnusable, cli_view
+    from llmc_rag_service.search import cli_view
+
+    return _read_store("export", lambda: cli_view.run_export(config, sys.stdout, args.repo))
+
+
+def _read_store(command: str, run: Callable[[], object]) -> int:
+    """Run a read command: a bad query or filter exits 2, a store that cannot be read 74, each with one line."""
+    from llmc_rag_service.search import QueryError, StoreUnusable
 
     try:
-        cli_view.run_export(config, sys.stdout, args.repo)
+        run()
     except QueryError as exc:
-        _err(f"export: {exc}")
+        _err(f"{command}: {exc}")
         return EX_BAD_QUERY
     except (StoreUnusable, sqlite3.Error) as exc:
-        _err(f"export: the store cannot be used: {exc}")
+        _err(f"{command}: the store cannot be used: {exc}")
         return EX_IOERR
     return EX_OK
 
