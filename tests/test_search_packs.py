@@ -154,3 +154,16 @@ def test_the_embedding_lane_packs_a_store_written_before_packs(tmp_path, sr):
         client.close()
     assert vector_packs.packed_upto(sr.store.conn, EMBED, INPUT_VERSION) > 0
     assert vector_packs.packed_upto(sr.store.conn, EMBED, 1) == 0
+
+
+def test_a_vector_stored_after_the_top_packed_row_was_deleted_is_still_searched(sr):
+    """Eight vectors fill two packs and leave no tail; the top one is deleted (as Store.drop_unheld does
+    when a secret-holding file is edited) and a new vector stored: it must not take the deleted row's
+    rowid, which the packs cover, or no reader would ever see it."""
+    hashes = sr.hashes()
+    put(sr, hashes[:8])
+    with sr.store.write() as tx:
+        tx.execute("DELETE FROM embeddings WHERE span_hash = ?", (hashes[7],))
+    vectors.put_embeddings(sr.store, [(hashes[8], EMBED, 1, unit(8))])
+    index = fresh_index(sr)
+    assert hashes[8] in {index.hash_at(i) for i in range(len(index))}

@@ -93,10 +93,16 @@ def _put(tx: sqlite3.Connection, rows: Sequence[EmbeddingRow]) -> int:
             dims[model] = stored
     checked = [_checked(row, dims) for row in rows]
     now = time.time()
-    # REPLACE gives the row a new, higher rowid: readers of newer rows see it (see stamp).
+    # Every new row gets a rowid above any a pack covers, and REPLACE a new one:
+    # readers of newer rows see it (see stamp), and a pack never hides it. SQLite's
+    # own choice (max(rowid) + 1) would reuse the rowid of a deleted top row that a
+    # pack already covers, and the vector would never be searched.
+    base = tx.execute(
+        "SELECT max(coalesce((SELECT max(rowid) FROM embeddings), 0),"
+        " coalesce((SELECT max(packed_upto) FROM vector_pack_state), 0))").fetchone()[0]
     tx.executemany(
-        "INSERT OR REPLACE INTO embeddings(span_hash, embed_model, input_version, dim, vector, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)", [(*row, now) for row in checked])
+        "INSERT OR REPLACE INTO embeddings(rowid, span_hash, embed_model, input_version, dim, vector, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)", [(base + i, *row, now) for i, row in enumerate(checked, 1)])
     for model, version in {(row[1], row[2]) for row in checked}:
         vector_packs.refresh(tx, model, version)  # same transaction: packs never lag a reader's snapshot
     return len(checked)
