@@ -122,3 +122,11 @@ def test_a_malformed_answer_is_a_server_error(answer):
             embedder.embed(["a", "b"])
     finally:
         embedder.close()
+
+
+def test_the_embedding_length_is_read_from_api_show(emu, client):
+    """/api/show's model_info "<arch>.embedding_length" is the model's dimension; an unknown model is ModelMissing."""
+    c = client(emu.url)
+    assert c.embedding_length(EMBED) == 768
+    with pytest.raises(ol.ModelMissing):
+        c.embedding_length("no-such-embed-model")

@@ -91,6 +91,26 @@ def test_two_daemons_started_together_embed_each_text_once(pg, tmp_path, source,
     assert all(d.pipeline.team_status()["embed_hits"] > 0 for d in team)  # each took the other's work
 
 
+def test_a_teammates_vectors_of_another_dimension_are_refused_by_a_fresh_store(pg, tmp_path, source, daemons):
+    """Every published vector has another dimension than the model Bob's server serves (a teammate runs
+    another model under the same name): Bob, with no vector of his own yet, checks them against his
+    server's /api/show, refuses them all and embeds every text himself with the right dimension."""
+    with OllamaEmulator(embed_models=[EMBED]) as emu, capture_logs() as logs:
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        alice.start().wait_done()
+        wait_published(alice, emu)
+        texts = final_texts(alice)
+        pg.sql("UPDATE llmc_embeddings SET vector = substring(vector from 1 for 2048), dim = 512, "
+               "producer = 'mallory'")
+        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        bob.start().wait_done()
+    vectors = bob.vectors()
+    assert len(vectors) == len(texts) > 0
+    assert {np.frombuffer(v, dtype="<f4").size for v in vectors.values()} == {768}
+    assert bob.pipeline.team_status()["embed_hits"] == 0
+    assert {e["reason"] for e in logs if e["event"] == "team_row_invalid"} == {"dimension 512, but the model's is 768"}
+
+
 def test_a_poisoned_embedding_row_is_ignored_and_logged(pg, tmp_path, source, daemons):
     """Two of Alice's published vectors are spoiled (another dimension; a NaN): Bob refuses both, logs each
     with its producer, embeds those two texts himself and stores sound vectors."""

@@ -97,6 +97,7 @@ class EmbedPool(WorkerPool):
         self.team = team
         self.team_hits = 0
         self._team_turn = threading.local()  # per worker thread: see _process
+        self._server_dims: dict[ol.OllamaClient, int | None] = {}  # see _known_dim (benign race: same answer)
 
     READS_TEXT = False  # its inputs are read per batch (EmbedQueue.inputs)
 
@@ -113,7 +114,7 @@ class EmbedPool(WorkerPool):
             for gone in [j for j in jobs if j.span_hash not in inputs]:  # the span vanished after the claim
                 self._settle(open_, gone, lambda j: self.queue.release(j))
             items = [(j, inputs[j.span_hash]) for j in jobs if j.span_hash in inputs]
-            self._send(host, self._from_team(items, open_), open_)
+            self._send(host, self._from_team(items, open_, host), open_)
         finally:
             if self.team is not None and self._team_turn.admitted:
                 self.team.abandon(sorted(self._team_turn.admitted))
@@ -122,13 +123,28 @@ class EmbedPool(WorkerPool):
                 with contextlib.suppress(Exception):
                     self.queue.release(other, backoff_s(other.attempts + 1), "interrupted by an error")
 
-    def _from_team(self, items: list[_Item], open_: dict[int, Job]) -> list[_Item]:
+    def _known_dim(self, host: Host) -> int | None:
+        """The embed model's dimension: that of the vectors stored here, else what
+        ``host`` says of the model (``/api/show``, asked once per host): a fresh
+        store checks teammates' vectors against its own server's model, so a
+        teammate serving another model under the same name is refused."""
+        dim = self.queue.model_dim()
+        if dim is not None:
+            return dim
+        if host.client not in self._server_dims:
+            try:
+                self._server_dims[host.client] = host.client.embedding_length(self.queue.model)
+            except ol.OllamaError:
+                return None  # asked again next turn
+        return self._server_dims[host.client]
+
+    def _from_team(self, items: list[_Item], open_: dict[int, Job], host: Host) -> list[_Item]:
         """Store the teammates' vectors for ``items`` and put back the jobs whose
         text a teammate is embedding now (``EmbedGate.admit``); returns the items to send."""
         if self.team is None or not items:
             return items
         texts = [embed_text(inp.text, inp.summary, self.context_tokens, inp.name) for _, inp in items]
-        found, send = self.team.admit(texts, self.queue.model_dim())
+        found, send = self.team.admit(texts, self._known_dim(host))
         hits = [(job, found[text], inp.summary is not None) for (job, inp), text in zip(items, texts) if text in found]
         if hits and not self._store_hits(hits, open_):
             found, send = {}, set(texts)

@@ -416,6 +416,18 @@ class OllamaClient:
         entries = self._json_answer(response).get("models") or []
         return [str(m.get("name") or m.get("model")) for m in entries if isinstance(m, dict)]
 
+    def embedding_length(self, model: str) -> int | None:
+        """The dimension of ``model``'s embeddings as this server reports it:
+        ``model_info["<architecture>.embedding_length"]`` of ``POST /api/show``
+        (Ollama API doc, "Show Model Information"); None when the answer does
+        not say. Loads nothing. Raises OllamaError when the server cannot answer
+        (ModelMissing for an unknown model)."""
+        with _mapped(model):
+            response = self._http.post("/api/show", json={"model": model}, timeout=PROBE_TIMEOUT_S)
+        info = self._json_answer(response, model).get("model_info")
+        lengths = [v for k, v in info.items() if k.endswith(".embedding_length")] if isinstance(info, dict) else []
+        return lengths[0] if len(lengths) == 1 and isinstance(lengths[0], int) and lengths[0] > 0 else None
+
     def _json_answer(self, response: httpx.Response, model: str | None = None) -> dict[str, Any]:
         if response.status_code >= 400:
             raise error_for_status(response, model or self.cfg.model)
