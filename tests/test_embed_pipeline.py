@@ -238,6 +238,28 @@ def test_enrich_embeds_too_and_says_when_the_embed_model_is_missing(tmp_path, ca
         assert "2/2 spans enriched, 0 embedded" in err and f"run: ollama pull {EMBED}" in err
 
 
+def test_enrich_says_and_exits_1_when_embeddings_failed_for_good(tmp_path, capsys, monkeypatch):
+    """After a first run, every vector comes back with another dimension: the new spans' embeddings are
+    dead-lettered, and enrich says so (summary, the --retry-failed hint), exits 1 and status --json counts
+    them, as it does failed spans."""
+    from llmc_rag_service import cli
+
+    fast_backoffs(monkeypatch)
+    root = tmp_path / "repo"
+    write_tree(root, {"a.py": "def f(x):\n    return x\n"})
+    with OllamaEmulator(["test-model"], embed_models=[EMBED]) as emu:
+        config = make_config(tmp_path, emu.url, [root], search={"embed_model": EMBED}, queue={"max_attempts": 2})
+        assert cli.main(["enrich", "-c", str(config.source)]) == 0
+        write_tree(root, {"b.py": "def g(y):\n    return y\n", "c.py": "def h(z):\n    return z\n"})
+        emu.inject("wrong_dim", count=100, endpoint="embed", dim=384)
+        assert cli.main(["enrich", "-c", str(config.source)]) == 1
+        err = capsys.readouterr().err
+        assert "3/3 spans enriched, 1 embedded (2 failed), 0 failed" in err
+        assert "2 span embeddings failed for good" in err and "enrich --retry-failed" in err
+        report = json.loads(_status_json(cli, config, capsys))
+        assert report["totals"]["embed_failed"] == 2 and report["repos"][0]["embed_failed"] == 2
+
+
 def _status_json(cli, config, capsys) -> str:
     assert cli.main(["status", "--json", "-c", str(config.source)]) == 0
     return capsys.readouterr().out

@@ -253,7 +253,8 @@ def test_status_before_any_store_exists_is_all_zero(tmp_path, repo, capsys):
     assert run(config, "status", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["daemon"] == {"running": False, "pid": None, "status": None}
-    assert report["totals"] == {"files": 0, "spans": 0, "enriched": 0, "pending": 0, "failed": 0, "embedded": 0}
+    assert report["totals"] == {"files": 0, "spans": 0, "enriched": 0, "pending": 0, "failed": 0, "embedded": 0,
+                                "embed_failed": 0}
     assert not config.db_path.exists()
 
 

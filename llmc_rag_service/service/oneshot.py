@@ -103,7 +103,8 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     finally:
         pipeline.close(STOP_GRACE_S)
     totals = status_report(config)["totals"]
-    embedded = f", {totals['embedded']} embedded{_from_team(team, 'embed_hits', ' vectors')}" \
+    embed_failed = f" ({totals['embed_failed']} failed)" if totals["embed_failed"] else ""
+    embedded = f", {totals['embedded']} embedded{_from_team(team, 'embed_hits', ' vectors')}{embed_failed}" \
         if config.search.embed_model else ""
     stream.write(
         f"enrich: {totals['enriched']}/{totals['spans']} spans enriched{_from_team(team)}{embedded}, {totals['failed']} failed, "
@@ -116,9 +117,13 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     if totals["failed"] and code is Outcome.DONE:
         say(f"{totals['failed']} spans failed for good (llmc-rag show FILE gives each error); "
             "after fixing the cause, run: llmc-rag enrich --retry-failed")
+    if totals["embed_failed"] and code is Outcome.DONE:
+        say(f"{totals['embed_failed']} span embeddings failed for good (the log's job_failed lines give each "
+            "reason; those spans are found by lexical search only); after fixing the cause, run: "
+            "llmc-rag enrich --retry-failed")
     if code is Outcome.DONE and missing:
         return Outcome.REPO_MISSING
-    if code is Outcome.DONE and totals["failed"]:
+    if code is Outcome.DONE and (totals["failed"] or totals["embed_failed"]):
         code = Outcome.SOME_FAILED
     return code
 

@@ -77,7 +77,7 @@ def status_report(config: Config) -> dict[str, Any]:
                                                                  config.search.embed_model, INPUT_VERSION),
                       "secrets": reader.repo_secrets(r.path)} for r in config.repos]
             outbox = reader.team_outbox_count()
-    totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed", "embedded")}
+    totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed", "embedded", "embed_failed")}
     secrets = {k: sum(r["secrets"][k] for r in repos) for k in ("redacted", "secret_files_skipped")}
     pid = daemon_running(config.state_dir)
     states = json.loads(meta.get("repo_states") or "{}") if pid else {}

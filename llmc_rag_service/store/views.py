@@ -31,7 +31,8 @@ _COUNTS_SQL = """
 SELECT COUNT(DISTINCT f.id) AS files, COUNT(s.id) AS spans,
        COALESCE(SUM(e.span_hash IS NOT NULL), 0) AS enriched,
        COALESCE(SUM(e.span_hash IS NULL AND j.state = 'failed'), 0) AS failed,
-       COALESCE(SUM({embedded}), 0) AS embedded
+       COALESCE(SUM({embedded}), 0) AS embedded,
+       COALESCE(SUM({embed_failed}), 0) AS embed_failed
 FROM files f
 LEFT JOIN spans s ON s.file_id = f.id
 LEFT JOIN enrichments e ON e.span_hash = s.span_hash AND e.model = :model AND e.prompt_version = :pv
@@ -41,6 +42,9 @@ WHERE f.repo_id = (SELECT id FROM repos WHERE path = :repo) AND f.skipped IS NUL
 _EMBEDDED = ("EXISTS (SELECT 1 FROM embeddings v WHERE v.span_hash = s.span_hash AND v.embed_model = :em"
              " AND v.input_version = :iv)")
 _ENRICH_JOBS = "AND j.kind = 'enrich'"
+# A span without a vector whose embedding job is dead-lettered (schema 3 on: job kinds).
+_EMBED_FAILED = ("NOT " + _EMBEDDED + " AND EXISTS (SELECT 1 FROM jobs x WHERE x.kind = 'embed'"
+                 " AND x.span_hash = s.span_hash AND x.model = :em AND x.prompt_version = :iv AND x.state = 'failed')")
 
 _SECRETS_SQL = """
 SELECT COALESCE((SELECT SUM(f.redacted) FROM files f WHERE f.repo_id = r.id AND f.skipped IS NULL), 0) AS redacted,
@@ -125,16 +129,19 @@ class StoreReader:
 
     def repo_counts(self, repo: Path, model: str, prompt_version: int, embed_model: str | None = None,
                     input_version: int = 1) -> dict[str, int]:
-        """``{files, spans, enriched, pending, failed, embedded}`` for one repo's
-        indexed files; ``enriched + pending + failed == spans``; ``embedded``:
-        spans with a vector of ``embed_model`` and ``input_version`` (0 when None)."""
+        """``{files, spans, enriched, pending, failed, embedded, embed_failed}`` for
+        one repo's indexed files; ``enriched + pending + failed == spans``;
+        ``embedded``: spans with a vector of ``embed_model`` and ``input_version``
+        (0 when None); ``embed_failed``: spans without one whose embedding job
+        was dead-lettered (``enrich --retry-failed`` retries them)."""
         embedded = _EMBEDDED if embed_model and self.version >= 2 else "0"
-        sql = _COUNTS_SQL.format(kind=self._kind, embedded=embedded)
+        embed_failed = _EMBED_FAILED if embed_model and self.version >= 3 else "0"
+        sql = _COUNTS_SQL.format(kind=self._kind, embedded=embedded, embed_failed=embed_failed)
         row = self.conn.execute(sql, {"model": model, "pv": prompt_version, "repo": str(repo), "em": embed_model,
                                       "iv": input_version}).fetchone()
         counts = dict(files=row["files"], spans=row["spans"], enriched=row["enriched"], failed=row["failed"])
         counts["pending"] = counts["spans"] - counts["enriched"] - counts["failed"]
-        counts["embedded"] = row["embedded"]
+        counts["embedded"], counts["embed_failed"] = row["embedded"], row["embed_failed"]
         return counts
 
     def repo_secrets(self, repo: Path) -> dict[str, int]:
@@ -228,7 +235,7 @@ def _verified(conn: sqlite3.Connection, db_path: Path) -> tuple[sqlite3.Connecti
 
 def empty_counts() -> dict[str, Any]:
     """The counts of a repo before any store exists."""
-    return dict(files=0, spans=0, enriched=0, pending=0, failed=0, embedded=0)
+    return dict(files=0, spans=0, enriched=0, pending=0, failed=0, embedded=0, embed_failed=0)
 
 
 def empty_secrets() -> dict[str, int]:
