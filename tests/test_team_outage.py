@@ -41,6 +41,20 @@ def test_a_stopped_server_fails_once_then_is_skipped_until_it_returns(pg, team_f
     assert reader.lookup([key(1), key(2)]) == {key(1): enrichment(1), key(2): enrichment(2)}
 
 
+def test_a_flush_at_the_end_of_a_run_publishes_without_waiting_for_the_backoff(pg, team_factory):
+    """enrich's last step: the server came back while the breaker's next probe is not due; flush probes at
+    once, drains the outbox and says nothing waits; with the server still down it says what waits."""
+    clock = ManualClock()
+    cache, reader = team_factory(pg.dsn, clock=clock), team_factory(pg.dsn)
+    pg.stop()
+    assert cache.publish([(key(1), enrichment(1))]) == 0
+    assert cache.flush() == 1                             # still down: it waits in the outbox
+    pg.start()
+    assert cache.flush() == 0                             # no clock.advance: the backoff is not waited out
+    assert reader.lookup([key(1)]) == {key(1): enrichment(1)}
+    assert cache.status()["published"] == 1
+
+
 def test_a_running_daemon_recovers_by_itself_after_a_restart(pg, team_factory):
     """With its threads running, the cache notices the restart, recovers and publishes what waited."""
     cache = team_factory(pg.dsn, start=True)

@@ -99,6 +99,7 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         # status --json shows why this run gave up (and nothing once a run did not).
         pipeline.set_meta(ollama_last_error=pipeline.last_error() if code is Outcome.GAVE_UP else None)
         embed_missing = pipeline.embeds_down() == "model_missing"
+        outbox = pipeline.flush_team()
         team = pipeline.team_status()
     finally:
         pipeline.close(STOP_GRACE_S)
@@ -110,6 +111,9 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         f"enrich: {totals['enriched']}/{totals['spans']} spans enriched{_from_team(team)}{embedded}, {totals['failed']} failed, "
         f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
     )
+    if outbox:
+        say(f"{outbox} results wait in the team outbox: the team database did not answer at the end; "
+            "the next enrich or serve publishes them")
     if embed_missing:
         model = config.search.embed_model
         say(f"embed model {model} not found, run: ollama pull {model} (search is lexical until then; "

@@ -432,6 +432,11 @@ class Pipeline:
                     "embed_published": 0}
         return self.team.status()
 
+    def flush_team(self) -> int:
+        """Publish what waits in the team outbox now if the database answers
+        (``TeamCache.flush``); returns what still waits (0 with team mode off)."""
+        return self.team.cache.flush() if self.team is not None else 0
+
     def set_meta(self, busy_timeout_s: float | None = None, **values: str | None) -> None:
         """Record daemon facts (``daemon_pid``, ``daemon_status``…) for ``status``
         to read, waiting at most ``busy_timeout_s`` seconds for the write lock.

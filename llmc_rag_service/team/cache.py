@@ -270,6 +270,16 @@ class TeamCache:
                 "queries": self.db.queries}
 
     # -- maintenance ---------------------------------------------------------------
+    def flush(self) -> int:
+        """A last publication before a one-shot run exits: probe at once when the
+        database was unreachable (not waiting out the breaker's backoff), then
+        drain the outbox. Bounded by the connect and statement timeouts; returns
+        the items still waiting in the outbox (the next run or ``serve`` sends them)."""
+        if self.outbox.count() and (self.health.reachable is True or self.link.probe()):
+            drained = self.link.drain()
+            self._count(published=drained["enrichment"], embed_published=drained["embedding"])
+        return self.outbox.count()
+
     def maintain(self) -> None:
         """One round of housekeeping (the thread calls it about once a second):
         probe when due, renew claims every ``lease_s / 3``, drain the outbox,
