@@ -180,7 +180,7 @@ QUEUE = {"jobs/queue.py": "class JobQueue:\n    def __init__(self, store):\n    
          "jobs/use.py": "def drain(queue: JobQueue):\n    while queue.claim():\n        pass\n"}
 
 
-@pytest.mark.parametrize("query", ["JobQueue", "job queue", "where is the JobQueue class"])
+@pytest.mark.parametrize("query", ["JobQueue", "job queue", "jobqueue", "where is the JobQueue class"])
 @pytest.mark.parametrize("mode", ["lexical", "hybrid"])
 def test_a_class_the_query_names_ranks_above_its_own_methods(tmp_path, query, mode):
     """Narrowest-first does not bury an exact name match: a query naming the class gets the class first."""

@@ -92,7 +92,8 @@ class ParsedQuery:
     def names(self, name: str) -> bool:
         """Whether the query names the span ``name`` exactly: the identifier parts of
         its last dotted part (``Shape.area`` -> ``area``) are every word of the
-        query in order (``JobQueue``, ``job queue`` and ``area`` name ``JobQueue``,
+        query in order, or those words run together (``JobQueue``, ``job queue``,
+        ``jobqueue`` and ``area`` name ``JobQueue``,
         ``JobQueue`` and ``Shape.area``), or the words of one term of several
         words (the identifier ``JobQueue`` in "where is JobQueue built"); a
         single common word inside a sentence names nothing."""
@@ -100,7 +101,9 @@ class ParsedQuery:
         if not wanted:
             return False
         every = tuple(w for t in self.terms for w in t.words)
-        return wanted == every or any(len(t.words) > 1 and t.words == wanted for t in self.terms)
+        # "".join: the name typed without its case boundaries ("jobqueue" names JobQueue).
+        return wanted == every or "".join(wanted) == "".join(every) \
+            or any(len(t.words) > 1 and t.words == wanted for t in self.terms)
 
 
 def parse_query(text: str) -> ParsedQuery:
