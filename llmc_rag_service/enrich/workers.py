@@ -7,6 +7,12 @@ cannot run yet, so with concurrency = the server's slots no slot idles. A job
 goes to whichever host has a free thread; the claim is one SQLite
 transaction, so each job runs on exactly one host at a time.
 
+Each host also gets one live slot: a thread that claims only jobs of a save
+(``PRIORITY_LIVE``) and is woken only by new jobs. While every other thread
+waits on a backfill answer (seconds each on a real model), a save's request
+is sent at once; Ollama queues it at the head of what it cannot run yet, so
+it is answered next instead of after a backfill job's turn on every thread.
+
 The policy of each error kind is the ``policy`` of its class in ``ollama.py``:
 
 * ``pause`` (Unavailable, ModelMissing): the job is released with its attempts
@@ -52,7 +58,7 @@ from llmc_rag_service.enrich.gate import JobGate
 from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
                                          parse_answer, plan_num_predict)
 from llmc_rag_service.models import Enrichment, Job
-from llmc_rag_service.store.jobs import JobQueue, backoff_s
+from llmc_rag_service.store.jobs import PRIORITY_LIVE, JobQueue, backoff_s
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.secret_audit import count_answer_redactions
 
@@ -139,6 +145,9 @@ class WorkerPool:
         self.hosts = [Host(c, clock=clock) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
         self.stopping = threading.Event()
         self.wake = threading.Event()
+        # The live slots' own wake-up: new jobs only, not every job outcome
+        # (those set ``wake`` hundreds of times a second during a backfill).
+        self.live_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started: dict[int, tuple[Host, float]] = {}  # thread ident -> (host, monotonic start)
         self._lock = threading.Lock()
@@ -152,10 +161,12 @@ class WorkerPool:
 
     # -- lifecycle -----------------------------------------------------
     def start(self) -> None:
-        """Start the worker threads (daemon threads: a hung request cannot block exit)."""
+        """Start the worker threads, ``concurrency`` per host plus its live slot
+        (daemon threads: a hung request cannot block exit)."""
         for n, host in enumerate(self.hosts):
-            for i in range(host.client.concurrency):
-                thread = threading.Thread(target=self._run, args=(host,), name=f"worker-{n}.{i}", daemon=True)
+            slots = [(f"worker-{n}.{i}", False) for i in range(host.client.concurrency)]
+            for name, live in slots + [(f"worker-{n}.live", True)]:
+                thread = threading.Thread(target=self._run, args=(host, live), name=name, daemon=True)
                 thread.start()
                 self._threads.append(thread)
 
@@ -181,6 +192,7 @@ class WorkerPool:
         return jobs still running to pending. Returns how many were returned."""
         self.stopping.set()
         self.wake.set()
+        self.live_wake.set()
         for host in self.hosts:
             host.ok_event.set()  # wake threads waiting on a down host; they see ``stopping``
         deadline = time.monotonic() + grace_s
@@ -193,8 +205,9 @@ class WorkerPool:
         return sum(thread.is_alive() for thread in self._threads)
 
     def notify_work(self) -> None:
-        """New jobs were queued: wake idle workers."""
+        """New jobs were queued: wake idle workers and the live slots."""
         self.wake.set()
+        self.live_wake.set()
 
     @property
     def in_flight(self) -> int:
@@ -220,9 +233,9 @@ class WorkerPool:
         return None
 
     # -- the loop ------------------------------------------------------
-    def _run(self, host: Host) -> None:
+    def _run(self, host: Host, live: bool = False) -> None:
         try:
-            self._loop(host)
+            self._loop(host, live)
         finally:
             # A finished thread's SQLite connection would otherwise stay open
             # until shutdown: every reload would leak file descriptors.
@@ -235,6 +248,7 @@ class WorkerPool:
         caller, who closes them once :meth:`busy_threads` is 0."""
         self.stopping.set()
         self.wake.set()
+        self.live_wake.set()
         for host in self.hosts:
             host.ok_event.set()
 
@@ -245,10 +259,10 @@ class WorkerPool:
         dead = [t.name for t in self._threads if not t.is_alive()]
         return f"worker thread dead: {', '.join(dead)}" if dead else None
 
-    def _loop(self, host: Host) -> None:
+    def _loop(self, host: Host, live: bool = False) -> None:
         while not self.stopping.is_set():
             try:
-                self._turn(host)
+                self._turn(host, live)
             except Exception as exc:
                 # One guard around the whole turn, the claim included: no
                 # error (the disk full, the state file replaced, the store
@@ -262,22 +276,20 @@ class WorkerPool:
                 self.on_change()
                 self.clock.wait(self.stopping, JOB_ERROR_PAUSE_S)
 
-    def _turn(self, host: Host) -> None:
-        """One turn: probe a down host, or give back stranded jobs, claim one and process it."""
+    def _turn(self, host: Host, live: bool = False) -> None:
+        """One turn: probe a down host, or give back stranded jobs, claim one and
+        process it (``live``: the live slot, which takes only a save's job)."""
         if not host.ok_event.is_set():
             self._maybe_probe(host)
             return
         self._release_stranded()
         # Clear before looking: a notify_work() after this point either
         # finds its job in the claim below or keeps the event set.
-        self.wake.clear()
-        job = self.queue.claim()
+        (self.live_wake if live else self.wake).clear()
+        job = self.queue.claim(PRIORITY_LIVE if live else None)
         if job is None:
-            if self.stopping.is_set():
-                return
-            due = self.queue.next_due_s()
-            self.clock.wait(self.wake, IDLE_CLAIM_WAIT_S if due is None
-                            else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
+            if not self.stopping.is_set():
+                self._idle(live)
             return
         self.wake.set()  # there was work: let an idle worker look for more
         try:
@@ -296,6 +308,16 @@ class WorkerPool:
         # workers, maybe of another host, re-read the queue's next due time.
         self.wake.set()
         self.on_change()
+
+    def _idle(self, live: bool) -> None:
+        """Wait for work: the live slot until new jobs are queued (a save's job
+        retried later is taken by the other threads); the others also until
+        the next job in backoff is due."""
+        if live:
+            self.clock.wait(self.live_wake, IDLE_CLAIM_WAIT_S)
+            return
+        due = self.queue.next_due_s()
+        self.clock.wait(self.wake, IDLE_CLAIM_WAIT_S if due is None else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
 
     def _put_back(self, job: Job, error: str) -> None:
         """Release a job after an unexpected error; if the store cannot take

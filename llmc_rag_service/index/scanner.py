@@ -184,11 +184,14 @@ class Scanner:
         result.jobs += flushed.jobs
         result.failed += flushed.failed
 
-    def split_batch(self, relpaths: Iterable[str], max_live: int) -> tuple[list[str], list[str]]:
+    def split_batch(self, relpaths: Iterable[str], max_live: int,
+                    new_to_bulk: bool = False) -> tuple[list[str], list[str]]:
         """A batch as (saves, bulk): its top paths (see :func:`top_paths`) that are no
         directory now, if at most ``max_live`` of them, and the rest (directories moved
         or extracted in are walked: bulk work). A save polled together with the
-        directories of an extraction stays a save."""
+        directories of an extraction stays a save. ``new_to_bulk`` (a batch seen in a
+        burst of changes): files the store does not hold yet are no saves but the
+        tail of an extraction, and go to bulk too (one store lookup for the batch)."""
         live: list[str] = []
         bulk: list[str] = []
         for relpath in top_paths(relpaths):
@@ -197,6 +200,10 @@ class Scanner:
             except OSError:
                 is_dir = False
             (bulk if is_dir else live).append(relpath)
+        if new_to_bulk and live:
+            stored = self.store.stored_paths(self.repo_id, live)
+            bulk += [p for p in live if p not in stored]
+            live = [p for p in live if p in stored]
         if len(live) > max_live:
             return [], sorted(live + bulk)
         return live, bulk

@@ -33,6 +33,7 @@ file that is no store of ours raises ``StoreCorrupt`` (:func:`verify_store`).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -312,6 +313,13 @@ class Store(Database):
             f"{_FILE_COLUMNS} WHERE repo_id = ? AND path >= ? AND path < ?",
             (repo_id, under, repo_id, under + "/", under + "0"))
         return {r["path"]: FileRecord(*r) for r in rows}
+
+    def stored_paths(self, repo_id: int, paths: Sequence[str]) -> set[str]:
+        """Which of ``paths`` (relative) the store holds as files of the repo: one
+        query, a probe of the ``UNIQUE(repo_id, path)`` index per path."""
+        rows = self.conn.execute("SELECT path FROM files WHERE repo_id = ? AND path IN (SELECT value FROM json_each(?))",
+                                 (repo_id, json.dumps(list(paths))))
+        return {r[0] for r in rows}
 
     def file_spans(self, file_id: int) -> list[sqlite3.Row]:
         """Span rows of one file in line order."""
