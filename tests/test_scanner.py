@@ -25,8 +25,8 @@ def test_job_claimed_before_its_file_was_deleted_is_released_unsent(live, ollama
     queue, claimed = live.pipeline.queue, []
     real_claim = queue.claim
 
-    def claim_then_delete():  # the file is deleted between the worker's claim and its read
-        job = real_claim()
+    def claim_then_delete(**kwargs):  # the file is deleted between the worker's claim and its read
+        job = real_claim(**kwargs)
         if job is not None and not claimed:
             claimed.append(job)
             (live.root / "src/e.py").unlink()

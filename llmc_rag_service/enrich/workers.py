@@ -286,7 +286,7 @@ class WorkerPool:
         # Clear before looking: a notify_work() after this point either
         # finds its job in the claim below or keeps the event set.
         (self.live_wake if live else self.wake).clear()
-        job = self.queue.claim(PRIORITY_LIVE if live else None)
+        job = self.queue.claim(max_priority=PRIORITY_LIVE) if live else self.queue.claim()
         if job is None:
             if not self.stopping.is_set():
                 self._idle(live)
