@@ -27,7 +27,9 @@ With the generated tree (also a git repo with branches A and B, B changing one f
 7. the same cold-scan/restart/RSS measures on a 10,000-file tree: cost per file at 10k vs 100k.
 
 Usage: ``python bench/scale.py [--files 100000] [--small 10000] [--stdlib-files 100000]
-[--extract 20000] [--checkout 10000] [--idle-s 60] [--work DIR] [--out bench/RESULTS-scale.md]``.
+[--extract 20000] [--checkout 10000] [--idle-s 60] [--work DIR] [--keep] [--prepare]
+[--out bench/RESULTS-scale.md]`` (``--prepare``: only write the trees into ``--work``, for a
+later run with the same arguments; the raw measures also go to ``--out`` with ``.json``).
 Needs ``fs.inotify.max_user_watches`` above the tree's directory count (~11k at 100k files).
 Prints a markdown table and writes it to ``--out``.
 """
@@ -336,21 +338,34 @@ def make_tarball(work: Path, count: int) -> Path:
 
 # -- the runs ----------------------------------------------------------------------------
 
-def run_tree(kind: str, files: int, work: Path, args, serve_phases: bool, serve: bool = True) -> dict:
-    work.mkdir(parents=True, exist_ok=True)
-    root = work / "repo"
+def prepare_tree(kind: str, files: int, root: Path, args, serve_phases: bool) -> tuple[list[str], dict, int, str]:
+    """Write the tree (and its git branches): (relpaths, stats, spans changed by B, a file to save)."""
     started = time.monotonic()
     relpaths = generated_tree(root, files) if kind == "generated" else stdlib_tree(root, files)
     stats = tree_stats(root)
     note(f"{kind} tree: {stats['files']} files, {stats['dirs']} dirs, {stats['mb']:.0f} MB "
          f"in {time.monotonic() - started:.0f} s")
-    out: dict = {"kind": kind, "tree": stats}
     changed = 0
     if serve_phases and args.checkout:
         changed, save_rel = make_branches(root, relpaths, args.checkout)
         note(f"branches A/B: B changes {args.checkout} files, {changed} spans")
     else:
         save_rel = next(r for r in relpaths if r.endswith(".py"))
+    return relpaths, stats, changed, save_rel
+
+
+def run_tree(kind: str, files: int, work: Path, args, serve_phases: bool, serve: bool = True) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    root, made = work / "repo", work / "tree.json"
+    if made.exists():  # --prepare made it earlier (with these arguments): not regenerated
+        prepared = json.loads(made.read_text())
+        relpaths, stats, changed, save_rel = (prepared[k] for k in ("relpaths", "stats", "changed", "save_rel"))
+    else:
+        relpaths, stats, changed, save_rel = prepare_tree(kind, files, root, args, serve_phases)
+        made.write_text(json.dumps({"relpaths": relpaths, "stats": stats, "changed": changed, "save_rel": save_rel}))
+    if args.prepare:
+        return {}
+    out: dict = {"kind": kind, "tree": stats}
     with OllamaEmulator(models=[MODEL], latency_s=0.0) as emu:
         config = write_config(work, emu.url, root)
         out["cold"] = cold_scan(config, root, relpaths, fill=serve)
@@ -415,6 +430,8 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=60.0)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--prepare", action="store_true",
+                        help="only write the trees into --work (kept); a later run with the same --work uses them")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS-scale.md"))
     args = parser.parse_args()
     configure_logging("warning", "console")  # the bench's own process: the emulator and the in-process scans
@@ -429,8 +446,10 @@ def main() -> None:
         if args.stdlib_files:
             results["stdlib"] = run_tree("stdlib", args.stdlib_files, work / "stdlib", args, serve_phases=False)
     finally:
-        if not args.keep:
+        if not (args.keep or args.prepare):
             shutil.rmtree(work, ignore_errors=True)
+        if args.prepare:
+            return
         args.out.with_suffix(".json").write_text(json.dumps(
             {"results": results, "load": [load, os.getloadavg()]}, indent=1, default=str))
     try:

@@ -155,8 +155,19 @@ class ScanScheduler(threading.Thread):
     def _live_work(self, scanner: Scanner, repo: Path, paths: list[str], burst: bool) -> None:
         """A few saves, indexed at once; during a burst, files new to the store are not
         saves (the tail of an extraction) and queue behind them."""
-        self._guard(scanner, repo, "paths", paths, lambda: scanner.process_paths(
-            paths, PRIORITY_LIVE, new_priority=PRIORITY_BACKFILL if burst else None), "live")
+        def work() -> ScanResult:
+            result = scanner.process_paths(paths, PRIORITY_LIVE, new_priority=PRIORITY_BACKFILL if burst else None)
+            self._indexed(repo, "live", len(paths), result)
+            return result
+
+        self._guard(scanner, repo, "paths", paths, work, "live")
+
+    @staticmethod
+    def _indexed(repo: Path, lane: str, paths: int, result: ScanResult, cpu_s: float | None = None) -> None:
+        """One ``batch_indexed`` line per path batch of either lane."""
+        log.info("batch_indexed", repo=str(repo), lane=lane, paths=paths, files=result.seen, changed=result.changed,
+                 deleted=result.deleted, jobs=result.jobs, duration_s=round(result.duration_s, 3),
+                 **({} if cpu_s is None else {"cpu_s": round(cpu_s, 3)}))
 
     def _bulk_work(self, scanner: Scanner, repo: Path, kind: str, paths: list[str] | None) -> None:
         """A full scan or a bulk batch, pausing after each file for the saves that arrived."""
@@ -169,9 +180,7 @@ class ScanScheduler(threading.Thread):
             if kind == "full":
                 return scanner.full_scan(PRIORITY_BACKFILL, between=self._serve_live)
             result = scanner.process_paths(paths or (), PRIORITY_BACKFILL, between=self._serve_live)
-            log.info("batch_indexed", repo=str(repo), paths=len(paths or ()), files=result.seen,
-                     changed=result.changed, deleted=result.deleted, jobs=result.jobs,
-                     duration_s=round(result.duration_s, 3), cpu_s=round(time.thread_time() - cpu_started, 3))
+            self._indexed(repo, "bulk", len(paths or ()), result, time.thread_time() - cpu_started)
             return result
 
         try:

@@ -123,6 +123,7 @@ class Daemon:
         self.gate = HealthGate()
         self._status_at = -math.inf
         self._status_cost_s = 0.0  # seconds the last STATUS text took to compute (self.clock)
+        self._computed_at = -math.inf  # when it was computed
         self._status_text: str | None = None
         self._degraded: list[str] = []
         self._store_fault: str | None = None  # event name of the store fault last logged
@@ -238,8 +239,9 @@ class Daemon:
         due = self.pipeline.next_due_s()
         if due is not None:
             waits.append(due)
-        gap = self._dirty_gap_s() if self.status_dirty else STATUS_MAX_GAP_S
-        waits.append(self._status_at + gap - now)
+        waits.append(self._status_at + STATUS_MAX_GAP_S - now)
+        if self.status_dirty:
+            waits.append(max(self._computed_at + self._dirty_gap_s(), self._status_at + STATUS_MIN_GAP_S) - now)
         return max(0.0, min(waits))
 
     def shutdown(self) -> None:
@@ -357,18 +359,19 @@ class Daemon:
         if degraded != self._degraded:
             self._degraded, self.status_dirty = degraded, True
         heartbeat = now - self._status_at >= STATUS_MAX_GAP_S
-        if not (heartbeat or (self.status_dirty and now - self._status_at >= self._dirty_gap_s())):
+        recompute = (self.status_dirty and now - self._computed_at >= self._dirty_gap_s()
+                     and now - self._status_at >= STATUS_MIN_GAP_S)
+        if not (heartbeat or recompute):
             return
-        dirty, self.status_dirty = self.status_dirty, False
         # A heartbeat with nothing changed resends the last text: its counts are queries
         # over every job (seconds a minute on a store of a million jobs, for an idle
         # daemon), and they change only with a job outcome or a scan, which mark it dirty.
-        reuse = not dirty and self._status_text is not None and "retry in" not in self._status_text
-        if reuse and self._status_text is not None:
-            text = self._status_text
-        else:
+        if recompute or self._status_text is None or "retry in" in self._status_text:
+            self.status_dirty = False
             text = self.status_text()
-            self._status_cost_s = self.clock() - now
+            self._computed_at, self._status_cost_s = now, self.clock() - now
+        else:
+            text = self._status_text
         if self._send_status(text, heartbeat):
             try:
                 # Short wait: another process holding the store must not stall the loop.
