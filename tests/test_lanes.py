@@ -3,6 +3,8 @@ the files of a running full scan) and in the queue (its job is claimed before wa
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from llmc_rag_service.index.scheduler import ScanScheduler
@@ -139,3 +141,40 @@ def test_a_saves_request_is_sent_while_every_worker_waits_on_backfill(tmp_path):
             assert [r.t_end for r in sent[:1]] == [None]  # the backfill answer is still to come
         finally:
             live.pipeline.close(0)
+
+
+def test_a_save_is_indexed_while_a_scan_forgets_a_removed_directory(tmp_path):
+    """A full scan that forgets hundreds of removed files does it in chunks, serving a save that arrived
+    meanwhile between them (one transaction for all would hold the store's writer lock, and the save)."""
+    root = tmp_path / "repo"
+    write_tree(root, {**{f"gone/g{i:04}.py": f"def gone_{i}():\n    return {i}\n" for i in range(600)},
+                      "saved.py": "def saved():\n    return 'old'\n"})
+    live = Live(make_config(tmp_path, "http://127.0.0.1:9", [root]))
+    scanner, store = live.scanner, live.pipeline.store
+    scanner.full_scan()
+    shutil.rmtree(root / "gone")
+    (root / "saved.py").write_text("def saved():\n    return 'now'\n")
+    indexer = ScanScheduler(live.pipeline.scanners.get)
+    order: list[str] = []
+    real_delete, real_paths = store.delete_files, scanner.process_paths
+
+    def delete_files(tx, repo_id, paths):
+        if not order:
+            indexer.put_paths(root, {"saved.py"})  # the save arrives while the deletion runs
+        order.append("delete")
+        return real_delete(tx, repo_id, paths)
+
+    def process_paths(paths, priority=PRIORITY_LIVE, **kwargs):
+        order.append("save")
+        return real_paths(paths, priority, **kwargs)
+
+    store.delete_files, scanner.process_paths = delete_files, process_paths
+    indexer.put_full(root)
+    indexer.start()
+    try:
+        wait_for(lambda: not live.files(under="gone") and "save" in order, 30, "the removed files forgotten")
+    finally:
+        indexer.stop()
+        indexer.join(10)
+        live.pipeline.close(0)
+    assert order == ["delete", "save", "delete", "delete"]  # 600 files, 256 per transaction
