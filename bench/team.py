@@ -13,7 +13,9 @@ Three parts, each printing a markdown table:
    keys against one Ollama emulator (``--slots`` slots, ``--latency-s`` per
    answer). Reported: total chat requests (target: = distinct spans, + <= 1 %
    on lease expiry), duplicates, wall time until every daemon has every
-   result, and database statements per enriched span.
+   result, and database statements per enriched span; with ``serve`` daemons
+   also the ``/api/embed`` inputs in total against the distinct texts, and the
+   vectors each daemon took from the team cache (``--no-embed``: embeddings off).
 
 ``--daemon serve`` (the default) runs real daemons: one ``llmc-rag serve``
 process per copy of a real code base of over 2,000 spans (the standard
@@ -40,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from team_serve import serve_team_run
+from team_serve import EMBED_MODEL, serve_team_run
 
 import httpx
 
@@ -293,7 +295,7 @@ def team_part(args: argparse.Namespace, admin: str, daemons: int) -> dict:
     name = f"llmc_bench_team{daemons}"
     dsn = fresh_database(admin, name)
     if args.daemon == "serve":
-        return serve_team_run(dsn, daemons, args.slots, args.latency_s, args.workers)
+        return serve_team_run(dsn, daemons, args.slots, args.latency_s, args.workers, args.embed_model)
     return team_run(dsn, daemons, args.spans, args.slots, args.latency_s, args.workers)
 
 
@@ -319,6 +321,8 @@ def main() -> None:
     parser.add_argument("--latency-s", type=float, default=0.01)
     parser.add_argument("--daemon", choices=("serve", "simulated"), default="serve",
                         help="real llmc-rag serve processes on copies of a real code base, or simulated daemons")
+    parser.add_argument("--no-embed", dest="embed_model", action="store_const", const=None, default=EMBED_MODEL,
+                        help="serve daemons without embeddings (search.embed_model null)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the rows of serve daemons with team mode off")
     parser.add_argument("--parts", nargs="+", choices=("latency", "outage", "team"),
@@ -341,7 +345,7 @@ def main() -> None:
                   f"{args.workers} workers per daemon)\n")
             rows = [team_part(args, admin, n) for n in args.daemons]
             if args.daemon == "serve" and args.baseline:
-                rows += [serve_team_run(None, n, args.slots, args.latency_s, args.workers)
+                rows += [serve_team_run(None, n, args.slots, args.latency_s, args.workers, args.embed_model)
                          for n in sorted({min(args.daemons), max(args.daemons)})]
             print(markdown(rows))
     finally:

@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
+        p.set_defaults(subparser=p)  # main() reports late usage errors with this command's usage
         p.add_argument("-c", "--config", help="config file (default: $LLMC_RAG_CONFIG, "
                        "$XDG_CONFIG_HOME/llmc-rag/config.yaml, /etc/llmc-rag/config.yaml)")
         return p
@@ -77,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", help="only this language (python, javascript, typescript, tsx, go, rust, java, c, cpp, text)")
     p.add_argument("--kind", help="only this span kind (function, method, class, block, window, error)")
     p.add_argument("--mode", default="hybrid", help="hybrid (default), lexical or semantic")
-    p.add_argument("query", metavar="QUERY", nargs="+", help="words, identifiers or a question")
+    # nargs="*": main() says that QUERY is missing, with the '--' hint when an unknown option took its place.
+    p.add_argument("query", metavar="QUERY", nargs="*",
+                   help="words, identifiers or a question (a query starting with '-' goes after --: search -- -x)")
     p = add("export", "every span with its enrichment as JSON Lines on stdout")
     p.add_argument("--repo", help="only this configured repository")
     add("mcp", "serve the index to coding agents over MCP on stdio (extra [mcp])")
@@ -123,9 +126,28 @@ def _owner(path: Path) -> str:
         return "its owner"
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed arguments; a usage error exits 2 (argparse) naming the bad argument.
+
+    A search query that starts with '-' (``search -x``) reads as an unknown
+    option: the error says to put it after ``--`` (``search -- -x``).
+    """
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    command: argparse.ArgumentParser = getattr(args, "subparser", parser)
+    dashed = next((arg for arg in extra if arg.startswith("-")), None)
+    hint = (f"; a query that starts with '-' goes after --, as in: llmc-rag search -- {dashed}"
+            if args.command == "search" and dashed else "")
+    if extra:
+        command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    if args.command == "search" and not args.query:
+        command.error("the following arguments are required: QUERY")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     try:
         if args.command == "install-unit":
             return _install_unit(args)

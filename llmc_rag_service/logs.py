@@ -139,14 +139,32 @@ def _shared_processors() -> list[Any]:
     ]
 
 
-def _make_handler(stream: TextIO, as_json: bool, journal: bool) -> logging.Handler:
-    finish = _Finish(as_json, colors=_isatty(stream), journal=journal)
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler that writes to whatever ``sys.stderr`` is when a record is
+    emitted (as the stdlib's ``logging.lastResort`` does), not the object it was
+    at configuration: a replaced stderr (a test's capture, a closed pipe swapped
+    out) must not leave a thread logging into a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass  # always sys.stderr
+
+
+def _make_handler(stream: TextIO | None, as_json: bool, journal: bool) -> logging.Handler:
+    finish = _Finish(as_json, colors=_isatty(sys.stderr if stream is None else stream), journal=journal)
     tail = [structlog.processors.format_exc_info, finish] if as_json else [finish]
     formatter = structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
         foreign_pre_chain=_shared_processors(),
     )
-    handler = logging.StreamHandler(stream)
+    handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     return handler
 
@@ -169,9 +187,9 @@ def configure_logging(
     _parse_level(level)
     if fmt not in _FORMATS:
         raise ValueError(f"unknown log format {fmt!r}; use one of {', '.join(_FORMATS)}")
-    stream = sys.stderr if stream is None else stream
-    as_json = fmt == "json" or (fmt == "auto" and not _isatty(stream))
-    handler = _make_handler(stream, as_json, stream_is_journal(stream, env))
+    target = sys.stderr if stream is None else stream
+    as_json = fmt == "json" or (fmt == "auto" and not _isatty(target))
+    handler = _make_handler(stream, as_json, stream_is_journal(target, env))
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)

@@ -17,9 +17,13 @@ from tests.helpers import wait_for
 CODE_BASE = [Path(llmc_rag_service.__file__).parent / name for name in ("store", "team")]
 
 
-def copy_code_base(dest: Path) -> Path:
-    """A copy of :data:`CODE_BASE` at ``dest`` (the same relative paths in every copy)."""
-    for package in CODE_BASE:
+#: A smaller real code base (the team package alone, some 100 spans), for tests that embed too.
+SMALL_CODE_BASE = CODE_BASE[1:]
+
+
+def copy_code_base(dest: Path, packages: list[Path] = CODE_BASE) -> Path:
+    """A copy of ``packages`` (default :data:`CODE_BASE`) at ``dest`` (the same relative paths in every copy)."""
+    for package in packages:
         shutil.copytree(package, dest / package.name, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
@@ -30,12 +34,17 @@ def team_settings(lease_s: float = 30.0, **overrides: Any) -> TeamSettings:
                            "probe_max_s": 1.0, **overrides})
 
 
+#: The embedding model of :class:`Daemon` ``(embed=True)``; install it in the emulator (``embed_models=[EMBED]``).
+EMBED = "nomic-embed-text"
+
+
 class Daemon:
     """One developer's daemon: its own copy of the code base (or of ``source``) and its own state dir, a real
-    :class:`Pipeline` with team mode on ``dsn`` (workers not started until :meth:`start`)."""
+    :class:`Pipeline` with team mode on ``dsn`` (workers not started until :meth:`start`); with ``embed``, its
+    embedding lane on (:data:`EMBED`)."""
 
     def __init__(self, tmp_path: Path, name: str, url: str, dsn: str | None, settings: TeamSettings,
-                 concurrency: int = 2, source: Path | None = None):
+                 concurrency: int = 2, source: Path | None = None, embed: bool = False):
         home = tmp_path / name
         self.repo = home / "repo"
         if source is None:
@@ -44,7 +53,7 @@ class Daemon:
             shutil.copytree(source, self.repo)
         team = {"postgres": dsn, "lease_s": settings.lease_s} if dsn else {}
         self.config = make_config(home, url, [self.repo], team=team, logging={"level": "info"},
-                                  ollama={"concurrency": concurrency})
+                                  ollama={"concurrency": concurrency}, search={"embed_model": EMBED if embed else None})
         self.changed = threading.Event()
         self.pipeline = Pipeline(self.config, on_change=self.changed.set, team_settings=settings)
         self.pipeline.scan_all()
@@ -55,7 +64,8 @@ class Daemon:
 
     def settled(self) -> bool:
         counts = self.pipeline.counts()
-        return counts["pending"] + counts["running"] == 0
+        embeds = self.pipeline.embed_counts() or {"pending": 0, "running": 0}
+        return counts["pending"] + counts["running"] + embeds["pending"] + embeds["running"] == 0
 
     def wait_done(self, timeout_s: float = 40.0) -> None:
         wait_for(self.settled, timeout_s, f"{self.repo.parent.name}: every job done")
@@ -68,6 +78,12 @@ class Daemon:
 
     def enriched(self) -> set[str]:
         return self.rows("SELECT span_hash FROM enrichments")
+
+    def vectors(self) -> dict[str, bytes]:
+        """Span hash -> its stored vector (float32 bytes) of :data:`EMBED`."""
+        rows = self.pipeline.store.conn.execute("SELECT span_hash, vector FROM embeddings WHERE embed_model = ?",
+                                                (EMBED,))
+        return {r[0]: bytes(r[1]) for r in rows}
 
     def close(self) -> None:
         self.pipeline.close(2.0)

@@ -11,7 +11,7 @@ import pytest
 
 from llmc_rag_service.enrich import embedder
 from llmc_rag_service.models import PROMPT_VERSION
-from llmc_rag_service.enrich.embed_text import embed_text
+from llmc_rag_service.enrich.embed_text import INPUT_VERSION, embed_text
 from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.store import vectors
@@ -51,7 +51,7 @@ class Run:
         return [dict(r) for r in rows]
 
     def vectors(self) -> dict[str, np.ndarray]:
-        hashes, matrix = vectors.load_embeddings(self.pipeline.store.conn, EMBED, 1)
+        hashes, matrix = vectors.load_embeddings(self.pipeline.store.conn, EMBED, INPUT_VERSION)
         return dict(zip(hashes, matrix))
 
 
@@ -108,9 +108,9 @@ def test_every_span_is_embedded_in_batches_then_again_with_its_summary(tmp_path,
     stored = run.vectors()
     assert len(stored) == 20 and all(job["basis"] == f"test-model@{PROMPT_VERSION}" for job in run.jobs())
     row = run.pipeline.store.conn.execute(
-        "SELECT t.text, e.summary, t.span_hash FROM span_texts t JOIN enrichments e USING (span_hash) LIMIT 1"
-    ).fetchone()
-    expected = np.asarray(hashed_embedding(embed_text(row["text"], row["summary"])), dtype=np.float32)
+        "SELECT t.text, e.summary, t.span_hash, s.name FROM span_texts t JOIN enrichments e USING (span_hash)"
+        " JOIN spans s USING (span_hash) LIMIT 1").fetchone()
+    expected = np.asarray(hashed_embedding(embed_text(row["text"], row["summary"], name=row["name"])), dtype=np.float32)
     assert np.allclose(stored[row["span_hash"]], expected)
     assert status_report(run.config)["totals"]["embedded"] == 20
 
@@ -205,8 +205,8 @@ def test_a_changed_embed_model_re_embeds_lazily_and_never_mixes_vectors(tmp_path
     run.pipeline.apply_config(run.config, new)
     wait_for(lambda: run.embeds()["done"] == 6 and run.pipeline.embeds.model == other, 15, "re-embedded")
     conn = run.pipeline.store.conn
-    assert vectors.load_embeddings(conn, other, 1)[1].shape == (6, 1024)
-    assert vectors.load_embeddings(conn, EMBED, 1)[1].shape == (6, 768)
+    assert vectors.load_embeddings(conn, other, INPUT_VERSION)[1].shape == (6, 1024)
+    assert vectors.load_embeddings(conn, EMBED, INPUT_VERSION)[1].shape == (6, 768)
 
 
 def test_embeddings_off_sends_no_embed_request(tmp_path, runs, emulators):

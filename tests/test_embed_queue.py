@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from llmc_rag_service.models import Enrichment, Span
+from llmc_rag_service.models import Enrichment
+from tests.queuekit import add_file
 from llmc_rag_service.store import vectors
 from llmc_rag_service.store.db import MIGRATIONS, Store
 from llmc_rag_service.store.embed_jobs import EmbedQueue
@@ -16,22 +17,6 @@ from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, JobQueue, QueueSet
 
 E = Enrichment(summary="Parses JSON.", inputs=[], outputs=[], side_effects=[], pitfalls=[], usage="f()")
 CHAT, EMBED = "chat-m", "embed-m"
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "state" / "llmc-rag.db")
-    yield s
-    s.close()
-
-
-def add_file(store, path, texts, repo="/repo"):
-    spans = [Span("function", f"f{i}", i + 1, i + 1, t, "python") for i, t in enumerate(texts)]
-    rid = store.repo_id(repo)
-    with store.write() as tx:
-        store.put_file(tx, rid, path, size=1, mtime_ns=1, content_hash=path, language="python",
-                       skipped=None, spans=spans)
-    return [s.span_hash for s in spans]
 
 
 def queues(store, max_attempts=5):

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
+from llmc_rag_service.testing.clock import ManualClock
 from llmc_rag_service.testing.emulator import (
     BUSY_MSG,
     FOREVER_NS,
@@ -503,12 +504,16 @@ def test_stopped_server_refuses_connections(ollama: OllamaEmulator) -> None:
 
 def test_busy_model_keeps_its_old_expiry_so_ps_can_show_stopping(pool) -> None:
     """While a request holds a model, /api/ps keeps the expiry set when it last went idle: it may lie in the past."""
+    clock = ManualClock()
     with OllamaEmulator() as emu:
+        emu.scheduler.wall = clock.time
         chat(emu.url, keep_alive="200ms")
         emu.inject("slow", seconds=30)
         pool.submit(chat, emu.url, timeout=60)
-        wait_for(lambda: emu.in_flight_max.get("test-model") == 1)
-        wait_for(lambda: expires_in_s(ps_models(emu.url)[0]) < 0)
+        wait_for(lambda: any(runner.refs for runner in emu.scheduler.runners.values()))
+        assert expires_in_s(ps_models(emu.url)[0]) > 0
+        clock.advance(1.0)
+        assert expires_in_s(ps_models(emu.url)[0]) < 0
         assert emu.loaded_models() == ["test-model"]
 
 

@@ -173,3 +173,37 @@ def test_the_program_serves_the_default_embedding_model():
             proc.terminate()
             assert proc.wait(10) == 0
         assert "RuntimeWarning" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
+WORDLLAMA = "wordllama-256"
+
+
+def test_a_wordllama_model_answers_a_real_models_vectors():
+    """``EmbedModel.wordllama()`` answers 256-float unit vectors in which a paraphrase with no
+    word in common is nearer than an unrelated text (a bag of words cannot do that)."""
+    texts = ["open a network connection", "establish a socket link to a remote host", "sort a list of numbers"]
+    with OllamaEmulator(embed_models={WORDLLAMA: EmbedModel.wordllama()}) as server:
+        query, paraphrase, other = embed(server.url, texts, model=WORDLLAMA).json()["embeddings"]
+        again = embed(server.url, texts[:1], model=WORDLLAMA, dimensions=64).json()["embeddings"][0]
+    assert len(query) == 256 and math.isclose(math.sqrt(sum(x * x for x in query)), 1.0, rel_tol=1e-5)
+    assert cosine(query, paraphrase) > cosine(query, other) + 0.1
+    head = query[:64]
+    assert len(again) == 64 and cosine(again, head) / math.sqrt(cosine(head, head)) > 0.999  # the same vector's prefix
+
+
+def test_the_emulator_program_serves_wordllama_when_asked():
+    """``--embedder wordllama`` installs ``wordllama-256`` (256 dims); an unknown embedder is a usage error."""
+    with subprocess.Popen([sys.executable, "-m", "llmc_rag_service.testing", "--port", "0", "--model", "m",
+                           "--embedder", "wordllama"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            url = proc.stdout.readline().split()[-1]  # type: ignore[union-attr]
+            names = [m["name"] for m in httpx.get(f"{url}/api/tags", timeout=10).json()["models"]]
+            assert names == ["m:latest", f"{WORDLLAMA}:latest"]
+            assert len(embed(url, ["x"], model=WORDLLAMA).json()["embeddings"][0]) == 256
+        finally:
+            proc.terminate()
+            assert proc.wait(10) == 0
+    bad = subprocess.run([sys.executable, "-m", "llmc_rag_service.testing", "--embedder", "bert"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "invalid choice: 'bert'" in bad.stderr and "Traceback" not in bad.stderr

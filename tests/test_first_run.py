@@ -180,6 +180,7 @@ def enriched(tmp_path, repo, ollama):
 @pytest.mark.parametrize(("target", "said"), [
     ("a.py:5", "a.py:5: no span covers line 5 (a blank or skipped stretch between spans)"),
     ("a.py:99", "a.py:99: no span covers line 99: the file's spans end at line 8"),
+    ("a.py:0", "a.py:0: there is no line 0: line numbers start at 1 (its spans cover lines 1-8)"),
     ("blob.bin", "blob.bin: skipped: binary (it holds NUL bytes)"),
     ("big.py", "big.py: skipped: too large (over watch.max_file_bytes)"),
     (".env", ".env: excluded: a secret file (never read)"),

@@ -258,3 +258,16 @@ def test_uncaught_main_exception_hook_logs_one_line_and_reset_restores_python_ho
     assert line.startswith("<3>") and json.loads(line[3:])["event"] == "unhandled_exception"
     reset_logging()
     assert sys.excepthook is sys.__excepthook__ and threading.excepthook is threading.__excepthook__
+
+
+def test_the_default_stream_is_whatever_stderr_is_at_each_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configured for stderr, records follow a later swap of ``sys.stderr``: a
+    stderr replaced and closed (a test's capture, a dropped pipe) gets nothing
+    and raises nothing ("--- Logging error --- I/O operation on closed file")."""
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure_logging("info", "json")
+    monkeypatch.setattr("sys.stderr", second)
+    first.close()
+    structlog.get_logger("t").info("after_swap", n=1)
+    assert json.loads(second.getvalue())["event"] == "after_swap"

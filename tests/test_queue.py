@@ -5,27 +5,12 @@ import sys
 
 import pytest
 
-from llmc_rag_service.models import Enrichment, Span
+from llmc_rag_service.models import Enrichment
+from tests.queuekit import add_file
 from llmc_rag_service.store.jobs import PRIORITY_BACKFILL, PRIORITY_LIVE, JobQueue, backoff_s
 from llmc_rag_service.store.db import MIGRATIONS, Store
 
 E = Enrichment(summary="s", inputs=[], outputs=[], side_effects=[], pitfalls=[], usage="u")
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "state" / "llmc-rag.db")
-    yield s
-    s.close()
-
-
-def add_file(store, path, texts, repo="/repo"):
-    spans = [Span("function", f"f{i}", i + 1, i + 1, t, "python") for i, t in enumerate(texts)]
-    rid = store.repo_id(repo)
-    with store.write() as tx:
-        store.put_file(tx, rid, path, size=1, mtime_ns=1, content_hash=path, language="python",
-                       skipped=None, spans=spans)
-    return [s.span_hash for s in spans]
 
 
 def test_store_is_wal_with_schema_version(store):

@@ -109,6 +109,27 @@ def test_usage_errors_exit_2_with_a_clear_line(config, args, message):
     assert proc.returncode == 2 and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("args", [["-x"], ["parse", "-x"]])
+def test_a_query_starting_with_a_dash_says_to_put_it_after_double_dash(config, args):
+    """``search -x`` is read as an unknown option: exit 2, and the line says ``search -- -x`` works."""
+    proc = run_process(config, *args)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert "unrecognized arguments: " in err and "goes after --, as in: llmc-rag search -- -x" in err
+
+
+def test_a_query_after_double_dash_may_start_with_a_dash(config, capsys):
+    """``search -- -area`` searches for "-area": after ``--`` nothing is read as an option."""
+    assert run(config, "--json", "--mode", "lexical", "--", "-area") == 0
+    assert json.loads(capsys.readouterr().out)["query"] == "-area"
+
+
+def test_a_missing_query_is_a_usage_error(config):
+    """``search`` with no query exits 2 saying QUERY is required."""
+    proc = run_process(config)
+    assert proc.returncode == 2 and "the following arguments are required: QUERY" in proc.stderr.decode()
+
+
 def test_non_utf8_argument_is_refused_clearly(config):
     """A query argument that is not UTF-8 exits 2 saying so."""
     proc = run_process(config, b"caf\xe9")

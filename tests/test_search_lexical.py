@@ -172,3 +172,32 @@ def test_an_identifier_query_also_finds_its_parts_in_another_order(tmp_path):
         assert made.names("parseQueryParams", mode="lexical")[:1] == ["params_from_query"]
     finally:
         made.close()
+
+
+QUEUE = {"jobs/queue.py": "class JobQueue:\n    def __init__(self, store):\n        self.store = store\n\n"
+                          "    def claim(self):\n        return self.store.next_job_queue_row()\n\n"
+                          "    def complete(self, job):\n        self.store.finish(job)\n",
+         "jobs/use.py": "def drain(queue: JobQueue):\n    while queue.claim():\n        pass\n"}
+
+
+@pytest.mark.parametrize("query", ["JobQueue", "job queue", "where is the JobQueue class"])
+@pytest.mark.parametrize("mode", ["lexical", "hybrid"])
+def test_a_class_the_query_names_ranks_above_its_own_methods(tmp_path, query, mode):
+    """Narrowest-first does not bury an exact name match: a query naming the class gets the class first."""
+    sr = SearchRepo(tmp_path, QUEUE)
+    try:
+        sr.embed_all()
+        names = sr.names(query, mode=mode)
+        assert names[0] == "JobQueue" and "JobQueue.claim" in names
+    finally:
+        sr.close()
+
+
+def test_a_method_still_ranks_above_its_class_when_the_query_names_the_method(tmp_path):
+    """Naming the method ("claim") keeps narrowest-first: the method above its class."""
+    sr = SearchRepo(tmp_path, QUEUE)
+    try:
+        names = sr.names("claim", mode="lexical")
+        assert names[0] == "JobQueue.claim" and names.index("JobQueue.claim") < names.index("JobQueue")
+    finally:
+        sr.close()

@@ -16,23 +16,9 @@ from llmc_rag_service.service.status import status_report
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from llmc_rag_service.testing.postgres import free_port
 from tests.helpers import chats, make_config, wait_for
-from tests.teamkit import Daemon, copy_code_base, team_settings
+from tests.teamkit import copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def daemons():
-    """Makes :class:`Daemon` instances, all closed after the test."""
-    made: list[Daemon] = []
-
-    def make(*args, **kwargs) -> Daemon:
-        made.append(Daemon(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for daemon in made:
-        daemon.close()
 
 
 def team_rows(pg) -> set[str]:

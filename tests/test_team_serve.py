@@ -13,27 +13,14 @@ from structlog.testing import capture_logs
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import chats, make_config, wait_for, write_tree
-from tests.teamkit import Daemon, copy_code_base, team_settings
+from tests.teamkit import EMBED, SMALL_CODE_BASE, copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def daemons():
-    made: list[Daemon] = []
-
-    def make(*args, **kwargs) -> Daemon:
-        made.append(Daemon(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for daemon in made:
-        daemon.close()
-
-
-def team_config(home, url, repo, dsn, lease_s=120.0):
+def team_config(home, url, repo, dsn, lease_s=120.0, embed=False):
     return make_config(home, url, [repo], team={"postgres": dsn, "lease_s": lease_s},
-                       logging={"level": "info", "format": "json"})
+                       logging={"level": "info", "format": "json"}, search={"embed_model": EMBED if embed else None})
 
 
 def events(serve, name):
@@ -69,27 +56,34 @@ def test_a_daemon_killed_while_holding_a_claim_is_replaced_after_its_lease(pg, t
 
 
 def test_status_json_and_the_status_line_show_the_team(pg, tmp_path, serve_factory, daemons, notify):
-    """A teammate enriched the code base: serve on another copy takes every span from the team cache;
-    status --json says so without the password, and STATUS shows the hits. The role owns only its database."""
+    """A teammate enriched and embedded the code base: serve on another copy takes every span and every final
+    vector from the team cache; status --json says so without the password, and STATUS shows the hits. The
+    role owns only its database."""
     dsn = pg.create_role(f"llmc_{pg.dbname}", "pw-not-shown", own_database=f"{pg.dbname}_team")
-    with OllamaEmulator() as emu:
-        teammate = daemons(tmp_path, "teammate", emu.url, dsn, team_settings()).start()
+    with OllamaEmulator(embed_models=[EMBED]) as emu:
+        source = copy_code_base(tmp_path / "source", SMALL_CODE_BASE)
+        teammate = daemons(tmp_path, "teammate", emu.url, dsn, team_settings(), source=source, embed=True).start()
         teammate.wait_done()
         spans = len(teammate.span_hashes())
-        config = team_config(tmp_path / "me", emu.url, copy_code_base(tmp_path / "me" / "repo"), dsn)
+        config = team_config(tmp_path / "me", emu.url, copy_code_base(tmp_path / "me" / "repo", SMALL_CODE_BASE), dsn,
+                             embed=True)
         serve = serve_factory(config, notify)
         notify.wait(f"team: {spans} hits, 0 waiting for teammates", 30)
-        wait_for(lambda: (status_report(config)["team"] or {}).get("hits") == spans, 30, "the team counters stored")
+        wait_for(lambda: (status_report(config)["team"] or {}).get("hits") == spans
+                 and status_report(config)["totals"]["embedded"] == spans
+                 and status_report(config)["team"]["embed_hits"] >= spans, 30, "the team counters stored")
         assert len(chats(emu)) == spans  # all sent by the teammate, none by serve
         report = status_report(config)  # what status --json prints
         assert serve.stop() == 0
     team = report["team"]
     assert team.pop("queries") > 0
+    # Every final vector came from the teammate; serve may have shared vectors of code alone it made first.
+    assert team.pop("embed_hits") >= spans and isinstance(team.pop("embed_published"), int)
     assert team == {"url": f"postgresql://llmc_{pg.dbname}@{pg.cluster.host}:{pg.cluster.port}/{pg.dbname}_team",
                     "reachable": True, "hits": spans, "published": 0, "outbox": 0, "deferred": 0,
                     "last_error": None}
     assert report["totals"]["enriched"] == spans and "pw-not-shown" not in json.dumps(report)
-    assert len(events(serve, "team_hit")) == spans
+    assert len(events(serve, "team_hit")) == spans and len(events(serve, "team_embed_hit")) >= spans
 
 
 def test_a_wrong_password_is_said_once_at_start_and_the_daemon_works_alone(pg, tmp_path, serve_factory, notify):

@@ -338,9 +338,20 @@ def test_real_inotify_overflow_requests_rescan_of_that_repo_only(tmp_path, start
     watcher, other = start_watcher(flooded), start_watcher(quiet)
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     reader = watcher._observer._inotify_fd  # watchdog's inotify reader thread of this repo
+    target = flooded / "flood" / "f"
+    fd = os.open(target, os.O_CREAT | os.O_WRONLY, 0o644)
     with reader._lock:  # stall the reader so the kernel queue fills up
-        for i in range(limit // 2 + 500):  # create + close_write: two events each
-            os.close(os.open(flooded / "flood" / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+        # Alternate IN_MODIFY and IN_ATTRIB on one file: the kernel merges only an
+        # event identical to the last one queued, so each call queues one event,
+        # at a fraction of the cost of creating thousands of files. Twice the
+        # queue's limit: the reader may have taken one buffer (64 KiB, ~2,000
+        # events) before it blocks on the lock.
+        for i in range(2 * limit):
+            if i % 2:
+                os.utime(fd, ns=(i, i))
+            else:
+                os.pwrite(fd, b"x", 0)
+    os.close(fd)
     assert wait_for(watcher.take_rescan, timeout_s=20)
     assert not other.take_rescan()
 

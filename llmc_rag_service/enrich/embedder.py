@@ -20,6 +20,16 @@ callbacks, hang check) whose turn embeds a batch instead of one enrichment:
   the reason after ``queue.max_attempts``);
 * store the good vectors and mark their jobs done in one transaction.
 
+With an :class:`~llmc_rag_service.enrich.gate.EmbedGate` (team mode), the
+claimed batch's texts are first looked up in the team cache, in one
+statement: each vector a teammate published for the same text (same model,
+same recipe version) is stored as if Ollama had answered
+(``team_embed_hit``). The rest are claimed in one statement: a text a
+teammate is embedding right now goes back for :data:`TEAM_WAIT_S`
+(``team_embed_deferred``); only the texts claimed are sent. After an answer,
+the good vectors are published (kept in the outbox while the team database
+is unreachable). Texts re-cut after a 400 are not looked up again (rare).
+
 Every other error follows its class's policy (``enrich/ollama.py``), once
 per request: ``pause`` releases the batch and marks the host down (a missing
 embedding model is ``model_missing``: probed with ``/api/tags``, said in
@@ -43,6 +53,7 @@ from llmc_rag_service.config import HostConfig, OllamaConfig
 from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.enrich.embed_text import EMBED_CONTEXT_TOKENS, MIN_CONTEXT_TOKENS, embed_text, estimate_tokens
 from llmc_rag_service.enrich import workers as wk
+from llmc_rag_service.enrich.gate import EmbedGate
 from llmc_rag_service.enrich.workers import Host, WorkerPool
 from llmc_rag_service.models import Job
 from llmc_rag_service.store.db import Store
@@ -53,6 +64,8 @@ log = structlog.get_logger(__name__)
 
 #: Inputs sent in one ``/api/embed`` request.
 EMBED_BATCH = 16
+#: Seconds a job waits when a teammate is embedding its text right now (then it is looked up again).
+TEAM_WAIT_S = 1.0
 #: Embedding worker threads per host: one request in flight while the next is prepared.
 EMBED_THREADS_PER_HOST = 3
 
@@ -64,17 +77,24 @@ class EmbedPool(WorkerPool):
     (see the module docstring). ``clients`` are embed clients (their
     ``cfg.model`` is the embedding model, so probes and messages name it).
 
+    ``team``, asked before and after each request (team mode), or None.
+
     Attributes: ``context_tokens``, the embedding model's context assumed now
     (lowered when the server refuses an input as too long); ``done`` and
-    ``failed``, jobs finished by this pool.
+    ``failed``, jobs finished by this pool (``done`` includes ``team_hits``,
+    jobs done with a teammate's vector).
     """
 
     def __init__(self, store: Store, queue: EmbedQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
-                 on_change: Callable[[], None] = lambda: None, batch_size: int = EMBED_BATCH, clock: Clock = SYSTEM):
+                 on_change: Callable[[], None] = lambda: None, batch_size: int = EMBED_BATCH, clock: Clock = SYSTEM,
+                 team: EmbedGate | None = None):
         super().__init__(store, queue, clients, on_change, clock)
         self.queue: EmbedQueue = queue
         self.batch_size = batch_size
         self.context_tokens = EMBED_CONTEXT_TOKENS
+        self.team = team
+        self.team_hits = 0
+        self._team_turn = threading.local()  # per worker thread: see _process
 
     def warm_up(self) -> None:
         """Nothing: the first batch loads the embedding model (Ollama queues it behind the load)."""
@@ -83,16 +103,53 @@ class EmbedPool(WorkerPool):
     def _process(self, host: Host, job: Job) -> None:
         jobs = [job] + self.queue.claim_many(self.batch_size - 1)
         open_ = {j.id: j for j in jobs}  # claimed jobs without an outcome yet
+        self._team_turn.admitted = set()  # texts the team gate admitted this turn and not yet published
         try:
             inputs = self.queue.inputs([j.span_hash for j in jobs])
             for gone in [j for j in jobs if j.span_hash not in inputs]:  # the span vanished after the claim
                 self._settle(open_, gone, lambda j: self.queue.release(j))
-            self._send(host, [(j, inputs[j.span_hash]) for j in jobs if j.span_hash in inputs], open_)
+            items = [(j, inputs[j.span_hash]) for j in jobs if j.span_hash in inputs]
+            self._send(host, self._from_team(items, open_), open_)
         finally:
+            if self.team is not None and self._team_turn.admitted:
+                self.team.abandon(sorted(self._team_turn.admitted))
             # An unexpected error: the loop puts the first job back; the others go back here.
             for other in [j for j in open_.values() if j.id != job.id]:
                 with contextlib.suppress(Exception):
                     self.queue.release(other, backoff_s(other.attempts + 1), "interrupted by an error")
+
+    def _from_team(self, items: list[_Item], open_: dict[int, Job]) -> list[_Item]:
+        """Store the teammates' vectors for ``items`` and put back the jobs whose
+        text a teammate is embedding now (``EmbedGate.admit``); returns the items to send."""
+        if self.team is None or not items:
+            return items
+        texts = [embed_text(inp.text, inp.summary, self.context_tokens, inp.name) for _, inp in items]
+        found, send = self.team.admit(texts, self.queue.model_dim())
+        hits = [(job, found[text], inp.summary is not None) for (job, inp), text in zip(items, texts) if text in found]
+        if hits and not self._store_hits(hits, open_):
+            found, send = {}, set(texts)
+        waiting = [job for (job, _), text in zip(items, texts) if text not in found and text not in send]
+        for job in waiting:
+            self._settle(open_, job, lambda j: self.queue.release(j, TEAM_WAIT_S))
+        if waiting:
+            log.info("team_embed_deferred", model=self.queue.model, jobs=len(waiting), wait_s=TEAM_WAIT_S)
+        self._team_turn.admitted = send - found.keys()
+        return [item for item, text in zip(items, texts) if text in send and text not in found]
+
+    def _store_hits(self, hits: list[tuple[Job, np.ndarray, bool]], open_: dict[int, Job]) -> bool:
+        """Store teammates' vectors as answers to their jobs; False if the store refused them."""
+        try:
+            self.queue.store_vectors(hits)  # a job whose text missed an enrichment stays pending, as in _accept
+        except ValueError as exc:  # another worker stored this model's first vectors, of another dimension
+            log.warning("team_embed_refused", model=self.queue.model, vectors=len(hits), error=str(exc))
+            return False
+        for job, _, _ in hits:
+            open_.pop(job.id, None)
+            log.info("team_embed_hit", job=job.id, span_hash=job.span_hash, model=self.queue.model)
+        with self._lock:
+            self.done += len(hits)
+            self.team_hits += len(hits)
+        return True
 
     def _settle(self, open_: dict[int, Job], job: Job, outcome: Callable[[Job], object]) -> None:
         """Give ``job`` its one outcome."""
@@ -104,7 +161,7 @@ class EmbedPool(WorkerPool):
         if not items:
             return
         context = context or self.context_tokens
-        texts = [embed_text(inp.text, inp.summary, context) for _, inp in items]
+        texts = [embed_text(inp.text, inp.summary, context, inp.name) for _, inp in items]
         started = self.clock()
         with self._lock:
             self._started[threading.get_ident()] = (host, started)
@@ -172,6 +229,7 @@ class EmbedPool(WorkerPool):
         problems = self._problems(vectors, answer.get("prompt_eval_count"), texts)
         good = [(job, vector, inp.summary is not None) for (job, inp), vector, problem
                 in zip(items, vectors, problems) if problem is None]
+        shared = [(text, vector) for text, vector, problem in zip(texts, vectors, problems) if problem is None]
         for (job, _), problem in zip(items, problems):
             if problem is not None:
                 self._settle(open_, job, lambda j: self._retry(j, self._fields(host, j),
@@ -184,6 +242,9 @@ class EmbedPool(WorkerPool):
                 self.done += len(good)
             log.info("embed_done", host=host.url, model=self.queue.model, inputs=len(items), stored=len(good),
                      reopened=reopened, duration_s=round(duration, 3), prompt_eval_count=answer.get("prompt_eval_count"))
+            if self.team is not None:
+                self.team.publish(shared)
+                self._team_turn.admitted -= {text for text, _ in shared}
         host.strikes = host.busy = 0
         self._host_ok(host)
 

@@ -11,11 +11,22 @@ job is sent.
                -> Admission("defer", delay_s)   a teammate is on it: put the job back for delay_s
     succeeded(job, enrichment)                  share the result (never raises)
     abandoned(job)                              the job was put back or failed: let others take it
+
+The embedding workers ask an :class:`EmbedGate` instead, by the exact texts
+they are about to send::
+
+    admit(texts, dim) -> ({text: vector}, {text})   teammates' vectors (store them), and the texts to
+                                                    send now; any other text a teammate embeds right now
+    publish([(text, vector)])                       share what Ollama answered (never raises)
+    abandon(texts)                                  texts admitted but not embedded: let teammates take them
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
+
+import numpy as np
 
 from llmc_rag_service.models import Enrichment, Job
 
@@ -49,3 +60,22 @@ class JobGate(Protocol):
 
     def abandoned(self, job: Job) -> None:
         """``job`` was released, retried later or dead-lettered without a result."""
+
+
+class EmbedGate(Protocol):
+    """Consulted by the embedding workers before and after a request; every
+    method is called from worker threads, returns within a bounded time and
+    never raises (an unreachable team database finds nothing)."""
+
+    def admit(self, texts: Sequence[str], dim: int | None) -> tuple[dict[str, np.ndarray], set[str]]:
+        """``(found, send)``: validated vectors (1-D float32) teammates
+        published for some ``texts``, by text, and the texts this daemon
+        should embed now (all the others while the team is unreachable); a
+        text in neither is being embedded by a teammate right now. ``dim`` is
+        the model's dimension if known (its stored vectors)."""
+
+    def publish(self, results: Sequence[tuple[str, Sequence[float]]]) -> None:
+        """Share ``(text, vector)`` pairs just stored (or keep them for later)."""
+
+    def abandon(self, texts: Sequence[str]) -> None:
+        """``texts`` admitted to be sent got no vector (an error): teammates may embed them now."""

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmc_rag_service.enrich.embed_text import query_text
 from llmc_rag_service.index.syntax import GRAMMARS
 from llmc_rag_service.search import fusion, lexical, semantic
 from llmc_rag_service.search.query import ParsedQuery, QueryError, parse_query
@@ -163,8 +164,10 @@ def search(conn: sqlite3.Connection, query: str, settings: SearchSettings, *,
         lexical = _lexical(conn, parsed, filters, depth)
     used = "lexical" if degraded is not None else mode
     ranks = (fusion.rank_of([i for i, _ in lexical]), fusion.rank_of([i for i, _ in semantic_ids]))
-    hits = _hits(conn, _combine(used, lexical, semantic_ids), ranks, settings.chat_model, limit)
-    hits = fusion.narrowest_first(hits, lambda h: ((h.repo, h.path), h.start_line, h.end_line))
+    pool = _hits(conn, _combine(used, lexical, semantic_ids), ranks, settings.chat_model, min(depth, limit * 3))
+    hits = fusion.named_first(pool, lambda h: parsed.names(h.name))[:limit]
+    hits = fusion.narrowest_first(hits, lambda h: ((h.repo, h.path), h.start_line, h.end_line),
+                                  lambda h: parsed.names(h.name))
     return SearchResult(query, used, degraded, hits)
 
 
@@ -177,7 +180,8 @@ def _start_semantic(conn: sqlite3.Connection, query: str, settings: SearchSettin
             raise SemanticUnavailable("no query embedder is available")
     except SemanticUnavailable as exc:
         return None, str(exc)
-    return (version, PendingEmbedding(embed_query, query[:MAX_EMBED_CHARS], settings.embed_budget_s)), None
+    text = query_text(query[:MAX_EMBED_CHARS])  # read as the spans' embedded text is (enrich/embed_text.py)
+    return (version, PendingEmbedding(embed_query, text, settings.embed_budget_s)), None
 
 
 def _input_version(conn: sqlite3.Connection, settings: SearchSettings) -> int:

@@ -89,6 +89,19 @@ class ParsedQuery:
         """Every term OR-ed, in FTS5 syntax."""
         return " OR ".join(t.expression for t in self.terms)
 
+    def names(self, name: str) -> bool:
+        """Whether the query names the span ``name`` exactly: the identifier parts of
+        its last dotted part (``Shape.area`` -> ``area``) are every word of the
+        query in order (``JobQueue``, ``job queue`` and ``area`` name ``JobQueue``,
+        ``JobQueue`` and ``Shape.area``), or the words of one term of several
+        words (the identifier ``JobQueue`` in "where is JobQueue built"); a
+        single common word inside a sentence names nothing."""
+        wanted = tuple(identifier_parts(name.rsplit(".", 1)[-1]))
+        if not wanted:
+            return False
+        every = tuple(w for t in self.terms for w in t.words)
+        return wanted == every or any(len(t.words) > 1 and t.words == wanted for t in self.terms)
+
 
 def parse_query(text: str) -> ParsedQuery:
     """Read ``text`` as search terms (see the module docstring).

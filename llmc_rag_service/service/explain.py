@@ -94,6 +94,8 @@ def _stored_reason(config: Config, repo: Path, relpath: str, line: int | None) -
         return f"skipped: {SKIP_REASONS.get(record.skipped, record.skipped)}"
     if record.spans == 0:
         return "has no spans (empty)"
+    if line is not None and line < 1:
+        return f"there is no line {line}: line numbers start at 1 (its spans cover lines 1-{record.last_line})"
     if line is not None and line > record.last_line:
         return f"no span covers line {line}: the file's spans end at line {record.last_line}"
     return f"no span covers line {line} (a blank or skipped stretch between spans)"

@@ -103,7 +103,8 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     finally:
         pipeline.close(STOP_GRACE_S)
     totals = status_report(config)["totals"]
-    embedded = f", {totals['embedded']} embedded" if config.search.embed_model else ""
+    embedded = f", {totals['embedded']} embedded{_from_team(team, 'embed_hits', ' vectors')}" \
+        if config.search.embed_model else ""
     stream.write(
         f"enrich: {totals['enriched']}/{totals['spans']} spans enriched{_from_team(team)}{embedded}, {totals['failed']} failed, "
         f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
@@ -122,9 +123,9 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     return code
 
 
-def _from_team(team: dict[str, Any] | None) -> str:
-    """`` (N from the team cache)`` with team mode on, else nothing."""
-    return f" ({team['hits']} from the team cache)" if team else ""
+def _from_team(team: dict[str, Any] | None, counter: str = "hits", unit: str = "") -> str:
+    """`` (N from the team cache)`` (N: ``team[counter]``, followed by ``unit``) with team mode on, else nothing."""
+    return f" ({team[counter]}{unit} from the team cache)" if team else ""
 
 
 def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> Outcome:

@@ -47,6 +47,7 @@ import structlog
 
 from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.config import Config, RepoConfig, SecretsConfig
+from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.enrich.prompt import chat_client, span_char_budget
 from llmc_rag_service.enrich.workers import WorkerPool
@@ -125,8 +126,9 @@ class Pipeline:
         """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a
         pool over them; the embedding lane anew (None when ``search.embed_model`` is null)."""
         self.clients = [chat_client(self.config.ollama, host) for host in self.config.ollama.all_hosts()]
-        self.embeds = (EmbedLane(self.store, self.config, self.on_change, self.clock)
-                       if self.config.search.embed_model else None)
+        model = self.config.search.embed_model
+        team = self.team.embed_gate(model, INPUT_VERSION) if self.team is not None and model else None
+        self.embeds = EmbedLane(self.store, self.config, self.on_change, self.clock, team) if model else None
         # A stored enrichment improves the span's embedded text: re-embed it (same transaction).
         self.queue.on_result = self.embeds.queue.refresh if self.embeds else None
         return WorkerPool(self.store, self.queue, self.clients, self._on_outcome, clock=self.clock,
@@ -171,7 +173,8 @@ class Pipeline:
             return None
         settings = self._team_settings or TeamSettings(lease_s=config.team.lease_s)
         try:
-            return TeamGate(config.team.postgres, self.store, self.queue, settings, self.on_change,
+            # _on_outcome: a teammate's enrichment stored re-queues the span's embedding (wake that lane).
+            return TeamGate(config.team.postgres, self.store, self.queue, settings, self._on_outcome,
                             on_work=lambda: self.pool.notify_work(), clock=self.clock)
         except TeamError as err:
             self.team_error = str(err)
@@ -420,12 +423,13 @@ class Pipeline:
 
     def team_status(self) -> dict[str, Any] | None:
         """Team mode's ``{url, reachable, hits, published, outbox, deferred,
-        last_error}`` (see :meth:`TeamGate.status`), or None when it is off."""
+        last_error, queries, embed_hits, embed_published}`` (see :meth:`TeamGate.status`), or None when it is off."""
         if self.config.team.postgres is None:
             return None
         if self.team is None:  # the [postgres] extra is missing
             return {"url": redact_dsn(self.config.team.postgres), "reachable": False, "hits": 0, "published": 0,
-                    "outbox": 0, "deferred": 0, "last_error": self.team_error, "queries": 0}
+                    "outbox": 0, "deferred": 0, "last_error": self.team_error, "queries": 0, "embed_hits": 0,
+                    "embed_published": 0}
         return self.team.status()
 
     def set_meta(self, busy_timeout_s: float | None = None, **values: str | None) -> None:

@@ -31,8 +31,9 @@ from llmc_rag_service.team.settings import redact_dsn
 LOCK_NAME = "llmc-rag.lock"
 #: The ``meta`` key under which the daemon keeps its team cache's counters (JSON).
 TEAM_META = "team_status"
-#: What ``status --json`` shows of them (the contract's ``team`` object, plus ``last_error`` and ``queries``).
-TEAM_FIELDS = ("reachable", "hits", "published", "deferred", "last_error", "queries")
+#: What ``status --json`` shows of them (the contract's ``team`` object, plus ``last_error``, ``queries``
+#: and the embedding counters ``embed_hits`` and ``embed_published``).
+TEAM_FIELDS = ("reachable", "hits", "published", "deferred", "last_error", "queries", "embed_hits", "embed_published")
 
 
 def daemon_running(state_dir: Path) -> int | None:
@@ -95,8 +96,9 @@ def status_report(config: Config) -> dict[str, Any]:
 def team_report(config: Config, recorded: str | None, outbox: int) -> dict[str, Any] | None:
     """``status --json``'s ``team``: None when team mode is off, else
     ``{url (no password), reachable, hits, published, outbox, deferred,
-    last_error, queries}`` (``queries``: statements the daemon sent to the
-    team database since it started). ``recorded`` is the running daemon's :data:`TEAM_META`
+    last_error, queries, embed_hits, embed_published}`` (``queries``: statements the daemon sent to the
+    team database since it started; ``hits``/``published`` count enrichments,
+    ``embed_hits``/``embed_published`` vectors). ``recorded`` is the running daemon's :data:`TEAM_META`
     JSON (None when no daemon runs: ``reachable`` is then None and the
     counters 0); ``outbox`` is counted in the store, so it shows results
     waiting to be published even while the daemon is stopped."""
@@ -107,7 +109,8 @@ def team_report(config: Config, recorded: str | None, outbox: int) -> dict[str, 
     except ValueError:
         counters = {}
     report: dict[str, Any] = {"url": redact_dsn(config.team.postgres), "reachable": None, "hits": 0,
-                              "published": 0, "outbox": outbox, "deferred": 0, "last_error": None, "queries": 0}
+                              "published": 0, "outbox": outbox, "deferred": 0, "last_error": None, "queries": 0,
+                              "embed_hits": 0, "embed_published": 0}
     report.update({k: counters[k] for k in TEAM_FIELDS if k in counters})
     return report
 

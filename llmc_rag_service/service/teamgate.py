@@ -25,6 +25,10 @@ key ``(span_hash, model, prompt_version)`` of each job:
    is unreachable; the cache drains the outbox when it returns). A job that
    fails or goes back gives its claim up (:meth:`TeamGate.abandoned`).
 
+Embeddings are shared through the same cache by :class:`~llmc_rag_service.service.teamembed.TeamEmbedGate`
+(:meth:`TeamGate.embed_gate`): looked up by the exact text and claimed before a
+batch is sent (claims not renewed), published after.
+
 Never blocks: while the team database is unreachable the cache grants every
 claim and finds nothing, so the daemon enriches alone at full speed; each
 outage costs at most one bounded timeout. Nothing but hashes, model names and
@@ -43,6 +47,7 @@ from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.enrich.gate import SEND, Admission
 from llmc_rag_service.enrich.prompt import InvalidAnswer, validate_fields
 from llmc_rag_service.models import Enrichment, Job
+from llmc_rag_service.service.teamembed import TeamEmbedGate
 from llmc_rag_service.service.teamfeed import Ledger, TeamFeeder
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.jobs import JobQueue
@@ -91,6 +96,14 @@ class TeamGate:
         self.feeder = TeamFeeder(self, self.ledger)
         self.cache = TeamCache(dsn, validate=validate_enrichment, outbox=TeamOutbox(store), settings=settings,
                                on_published=self.feeder.on_published)
+        self._embed_gates: list[TeamEmbedGate] = []
+
+    def embed_gate(self, model: str, input_version: int) -> TeamEmbedGate:
+        """The embedding lane's gate on this cache for ``model`` (one per lane;
+        its hits count in :meth:`status`)."""
+        gate = TeamEmbedGate(self.cache, model, input_version)
+        self._embed_gates.append(gate)
+        return gate
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -124,16 +137,20 @@ class TeamGate:
             return self.ledger.hits
 
     def status(self) -> dict[str, Any]:
-        """``{url, reachable, hits, published, outbox, deferred, last_error, queries}`` (``status --json``'s
-        ``team``): ``hits`` = jobs completed with a teammate's result, ``deferred`` = jobs waiting for a
-        teammate, ``queries`` = statements sent to the team database since start (its load)."""
+        """``{url, reachable, hits, published, outbox, deferred, last_error, queries, embed_hits,
+        embed_published}`` (``status --json``'s ``team``): ``hits`` = enrichment jobs completed with a
+        teammate's result, ``published`` = enrichments this daemon shared, ``deferred`` = jobs waiting for a
+        teammate, ``queries`` = statements sent to the team database since start (its load),
+        ``embed_hits`` = vectors taken from teammates, ``embed_published`` = vectors shared; ``outbox``
+        counts both kinds waiting."""
         cache = self.cache.status()
         now = self.clock()
         with self.ledger.lock:
             deferred = sum(1 for deadline in self.ledger.deferred.values() if deadline > now)
         return {"url": cache["url"], "reachable": cache["reachable"], "hits": self.hits,
                 "published": cache["published"], "outbox": cache["outbox"], "deferred": deferred,
-                "last_error": cache["last_error"], "queries": cache["queries"]}
+                "last_error": cache["last_error"], "queries": cache["queries"],
+                "embed_hits": sum(g.hits for g in self._embed_gates), "embed_published": cache["embed_published"]}
 
     # -- the gate (worker threads) ---------------------------------------------
     def admit(self, job: Job) -> Admission:

@@ -24,6 +24,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.models import PROMPT_VERSION, Job
 from llmc_rag_service.store import vectors
@@ -38,11 +40,13 @@ _REOPEN = ("state = 'pending', attempts = 0, next_attempt_at = 0, last_error = N
 @dataclass(frozen=True)
 class EmbedInput:
     """What a span's embedded text is made from: ``language``, ``text`` (the
-    span's code) and the ``summary`` of its enrichment (None when not enriched)."""
+    span's code), the ``summary`` of its enrichment (None when not enriched)
+    and the ``name`` of a span holding that code (None: unnamed)."""
 
     language: str
     text: str
     summary: str | None
+    name: str | None = None
 
 
 class EmbedQueue(JobQueue):
@@ -108,22 +112,25 @@ class EmbedQueue(JobQueue):
         """What each span hash's text is made from (hashes no file holds any more are left out)."""
         marks = ",".join("?" * len(span_hashes))
         rows = self.store.conn.execute(
-            f"""SELECT t.span_hash, t.language, t.text, e.summary FROM span_texts t
+            f"""SELECT t.span_hash, t.language, t.text, e.summary,
+                       (SELECT MIN(s.name) FROM spans s WHERE s.span_hash = t.span_hash) AS name
+                FROM span_texts t
                 LEFT JOIN enrichments e ON e.span_hash = t.span_hash AND e.model = ? AND e.prompt_version = ?
                 WHERE t.span_hash IN ({marks})
                 AND EXISTS (SELECT 1 FROM spans s WHERE s.span_hash = t.span_hash)""",
             (self.chat_model, PROMPT_VERSION, *span_hashes)).fetchall()
-        return {r["span_hash"]: EmbedInput(r["language"], r["text"], r["summary"]) for r in rows}
+        return {r["span_hash"]: EmbedInput(r["language"], r["text"], r["summary"], r["name"]) for r in rows}
 
     def model_dim(self) -> int | None:
         """The dimension of this model's stored vectors, None before the first."""
         return vectors.model_dim(self.store.conn, self.model)
 
-    def store_vectors(self, results: Sequence[tuple[Job, list[float], bool]]) -> int:
+    def store_vectors(self, results: Sequence[tuple[Job, Sequence[float] | np.ndarray, bool]]) -> int:
         """Store the vectors and mark their jobs done, in one transaction.
 
         Args:
-            results: ``(job, vector, enriched)``; ``enriched``: the text used
+            results: ``(job, vector, enriched)``; ``vector``: floats (Ollama's
+                answer) or a float32 array (a teammate's); ``enriched``: the text used
                 the span's enrichment. A job whose text did not, while an
                 enrichment exists now (it landed during the request), is
                 stored but set pending again, so the better text is embedded.

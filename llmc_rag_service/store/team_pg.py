@@ -9,10 +9,11 @@ Tables (migration 1)::
     llmc_team_schema(version, applied_at)              applied migrations, forward only
     llmc_enrichments(span_hash, model, prompt_version, the team cache: keyed exactly like the
         fields jsonb, producer, created_at)            local enrichments table
-    llmc_embeddings(span_hash, embed_model,            vectors as float32 little-endian bytes
-        input_version, vector bytea, dim, producer, created_at)
-    llmc_claims(span_hash, model, prompt_version,      who is enriching a key now, until
-        holder, expires_at)                            expires_at (server clock)
+    llmc_embeddings(span_hash, embed_model,            vectors as float32 little-endian bytes;
+        input_version, vector bytea, dim, producer,    ``span_hash`` here is the sha256 of the exact
+        created_at)                                    text embedded (``enrich.embed_text.input_hash``)
+    llmc_claims(span_hash, model, prompt_version,      who is enriching (or embedding) a key now,
+        holder, expires_at)                            until expires_at (server clock)
 
 Keys are content hashes (a CHECK admits 64 hex digits only) and values are
 enrichment fields and vectors: no path, name or span text can be stored.
@@ -149,10 +150,11 @@ def publish_enrichments(conn: Any, rows: Sequence[tuple[Key, str]], producer: st
 
 
 # -- embeddings ------------------------------------------------------------------
-def lookup_embeddings(conn: Any, keys: Sequence[Key]) -> list[tuple[str, str, int, bytes, int]]:
-    """Rows ``(span_hash, embed_model, input_version, vector, dim)`` present for ``keys``."""
+def lookup_embeddings(conn: Any, keys: Sequence[Key]) -> list[tuple[str, str, int, bytes, int, str]]:
+    """Rows ``(span_hash, embed_model, input_version, vector, dim, producer)``
+    present for ``keys``; ``vector`` is not yet validated."""
     return conn.execute(
-        """SELECT e.span_hash, e.embed_model, e.input_version, e.vector, e.dim
+        """SELECT e.span_hash, e.embed_model, e.input_version, e.vector, e.dim, e.producer
            FROM unnest(%(h)s::text[], %(m)s::text[], %(v)s::integer[]) AS k(h, m, v)
            JOIN llmc_embeddings e ON e.span_hash = k.h AND e.embed_model = k.m AND e.input_version = k.v""",
         _columns(keys)).fetchall()
@@ -173,16 +175,24 @@ def publish_embeddings(conn: Any, rows: Sequence[tuple[Key, bytes, int]], produc
 
 
 # -- claims --------------------------------------------------------------------
-def claim(conn: Any, keys: Sequence[Key], holder: str, lease_s: float) -> list[Key]:
+#: What a claim's key may already be published as: kind -> (table, model column, version column).
+RESULTS = {"enrichment": ("llmc_enrichments", "model", "prompt_version"),
+           "embedding": ("llmc_embeddings", "embed_model", "input_version")}
+
+
+def claim(conn: Any, keys: Sequence[Key], holder: str, lease_s: float, kind: str = "enrichment") -> list[Key]:
     """Take the keys that nobody holds (or whose lease expired, or that
-    ``holder`` already holds) and that are not published yet, for ``lease_s``
-    seconds. ``keys`` must be distinct and sorted. Returns the keys taken."""
+    ``holder`` already holds) and that are not published yet as ``kind``
+    (:data:`RESULTS`), for ``lease_s`` seconds. ``keys`` must be distinct and
+    sorted. Returns the keys taken. (An embedding key is a text hash, so it
+    never meets an enrichment key in ``llmc_claims``.)"""
+    table, model, version = RESULTS[kind]
     rows = conn.execute(
-        """INSERT INTO llmc_claims AS c (span_hash, model, prompt_version, holder, expires_at)
+        f"""INSERT INTO llmc_claims AS c (span_hash, model, prompt_version, holder, expires_at)
            SELECT k.h, k.m, k.v, %(holder)s, now() + make_interval(secs => %(lease)s)
            FROM unnest(%(h)s::text[], %(m)s::text[], %(v)s::integer[]) AS k(h, m, v)
-           WHERE NOT EXISTS (SELECT 1 FROM llmc_enrichments e
-                             WHERE e.span_hash = k.h AND e.model = k.m AND e.prompt_version = k.v)
+           WHERE NOT EXISTS (SELECT 1 FROM {table} e
+                             WHERE e.span_hash = k.h AND e.{model} = k.m AND e.{version} = k.v)
            ORDER BY k.h, k.m, k.v
            ON CONFLICT (span_hash, model, prompt_version) DO UPDATE
                SET holder = excluded.holder, expires_at = excluded.expires_at

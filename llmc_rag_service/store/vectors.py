@@ -17,11 +17,14 @@ with the old ones in one ranking.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+
+from llmc_rag_service.store import vector_packs
 
 #: Rows read per step by :func:`iter_embeddings`.
 READ_BATCH = 4096
@@ -94,7 +97,36 @@ def _put(tx: sqlite3.Connection, rows: Sequence[EmbeddingRow]) -> int:
     tx.executemany(
         "INSERT OR REPLACE INTO embeddings(span_hash, embed_model, input_version, dim, vector, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?)", [(*row, now) for row in checked])
+    for model, version in {(row[1], row[2]) for row in checked}:
+        vector_packs.refresh(tx, model, version)  # same transaction: packs never lag a reader's snapshot
     return len(checked)
+
+
+def pack_all(store: Any, only: tuple[str, int] | None = None) -> int:
+    """Pack the unpacked vectors (a store written before packs, or a writer that
+    fell behind) of every model and version, or ``only`` one ``(model, version)``,
+    one bounded write transaction at a time; returns how many."""
+    total = 0
+    for model, version, _ in stored_models(store.conn):
+        if only is not None and (model, version) != only:
+            continue
+        while True:
+            with store.write() as tx:
+                packed = vector_packs.refresh(tx, model, version)
+            total += packed
+            if not packed:
+                break
+    return total
+
+
+def current_rowids(conn: sqlite3.Connection, embed_model: str, input_version: int,
+                   span_hashes: Iterable[str]) -> dict[str, int]:
+    """``span_hash -> rowid`` of the current vector of each hash that has one
+    (a packed vector whose rowid differs was replaced or deleted since)."""
+    rows = conn.execute("SELECT span_hash, rowid FROM embeddings WHERE embed_model = ? AND input_version = ?"
+                        " AND span_hash IN (SELECT value FROM json_each(?))",
+                        (embed_model, input_version, json.dumps(list(span_hashes))))
+    return {r[0]: r[1] for r in rows}
 
 
 def stamp(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -107,10 +139,10 @@ def stamp(conn: sqlite3.Connection) -> tuple[int, int]:
     return row[0], row[1]
 
 
-def count(conn: sqlite3.Connection, embed_model: str, input_version: int) -> int:
-    """How many vectors one model and input version has (scans its index entries)."""
-    return conn.execute("SELECT COUNT(*) FROM embeddings WHERE embed_model = ? AND input_version = ?",
-                        (embed_model, input_version)).fetchone()[0]
+def count(conn: sqlite3.Connection, embed_model: str, input_version: int, after_rowid: int = 0) -> int:
+    """How many vectors one model and input version has with rowid > ``after_rowid`` (scans their index entries)."""
+    return conn.execute("SELECT COUNT(*) FROM embeddings WHERE embed_model = ? AND input_version = ? AND rowid > ?",
+                        (embed_model, input_version, after_rowid)).fetchone()[0]
 
 
 def has_vectors(conn: sqlite3.Connection, embed_model: str, input_version: int) -> bool:
@@ -137,14 +169,22 @@ def iter_embeddings(conn: sqlite3.Connection, embed_model: str, input_version: i
     in rowid order, ``batch`` rows at a time: ``(span_hashes, float32 [k, dim])``.
     Rows whose dim differs from ``dim`` (default: the first row's) are skipped
     (put_embeddings never writes such rows)."""
-    cur = conn.execute("SELECT span_hash, dim, vector FROM embeddings WHERE embed_model = ? AND input_version = ?"
-                       " AND rowid > ? ORDER BY rowid", (embed_model, input_version, after_rowid))
+    for hashes, matrix, _ in iter_embedding_rows(conn, embed_model, input_version, batch, after_rowid, dim):
+        yield hashes, matrix
+
+
+def iter_embedding_rows(conn: sqlite3.Connection, embed_model: str, input_version: int, batch: int = READ_BATCH,
+                        after_rowid: int = 0, dim: int | None = None
+                        ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """As :func:`iter_embeddings`, with the rowid of each vector: ``(span_hashes, float32 [k, dim], int64 [k])``."""
+    cur = conn.execute("SELECT span_hash, dim, vector, rowid FROM embeddings WHERE embed_model = ?"
+                       " AND input_version = ? AND rowid > ? ORDER BY rowid", (embed_model, input_version, after_rowid))
     while rows := cur.fetchmany(batch):
         dim = dim or rows[0][1]
         kept = [r for r in rows if r[1] == dim and len(r[2]) == dim * 4]
         if kept:
             matrix = np.frombuffer(b"".join(r[2] for r in kept), dtype="<f4").reshape(len(kept), dim)
-            yield [r[0] for r in kept], matrix
+            yield [r[0] for r in kept], matrix, np.array([r[3] for r in kept], np.int64)
 
 
 def load_embeddings(conn: sqlite3.Connection, embed_model: str, input_version: int,

@@ -207,19 +207,18 @@ def _open_verified(db_path: Path) -> tuple[sqlite3.Connection, int]:
     """A read-only connection and the schema version, after :func:`verify_store`."""
     uri = f"file:{urllib.parse.quote(str(db_path))}"  # a '?' or '#' in the path is not a URI part
     try:
-        conn = _connect(f"{uri}?mode=ro")
-        try:
-            return conn, verify_store(conn, db_path)
-        except BaseException:
-            conn.close()
-            raise
+        return _verified(_connect(f"{uri}?mode=ro"), db_path)
     except sqlite3.OperationalError as exc:
         if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
             raise
     # A WAL database in a directory we cannot write (no -shm file and no
     # right to make one: "unable to open", or "readonly" on a read-only
     # mount) opens only as immutable; no daemon can be writing it then.
-    conn = _connect(f"{uri}?mode=ro&immutable=1")
+    return _verified(_connect(f"{uri}?mode=ro&immutable=1"), db_path)
+
+
+def _verified(conn: sqlite3.Connection, db_path: Path) -> tuple[sqlite3.Connection, int]:
+    """``conn`` and its schema version after :func:`verify_store`; closes ``conn`` if that raises."""
     try:
         return conn, verify_store(conn, db_path)
     except BaseException:

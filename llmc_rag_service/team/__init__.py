@@ -1,4 +1,4 @@
-"""Team mode: daemons of a team share one enrichment cache and work queue on PostgreSQL.
+"""Team mode: daemons of a team share one enrichment and embedding cache and work queue on PostgreSQL.
 
 Optional extra ``[postgres]`` (psycopg 3 + psycopg-pool); configured by
 ``team.postgres`` (a DSN, or null for none). Importing this package imports
@@ -32,8 +32,9 @@ database. The first daemon to connect creates the tables (``llmc_team_schema``,
 migrate them forward, one daemon at a time (advisory lock). Each daemon then
 uses ``team.postgres: postgresql://llmc@db.internal/llmc`` with the password
 in ``PGPASSWORD`` or a ``PGPASSFILE`` (mode 0600) and, across a network,
-``?sslmode=verify-full``. Shared: span hashes, enrichment fields, vectors,
-the producer (host name). Never shared: paths, names, span text.
+``?sslmode=verify-full``. Shared: span hashes, hashes of embedded texts,
+enrichment fields, vectors, the producer (host name). Never shared: paths,
+names, span text.
 """
 
 from llmc_rag_service.team.errors import TeamError

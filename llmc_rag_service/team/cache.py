@@ -14,6 +14,15 @@ The flow the daemon follows for enrichment keys (``EnrichmentKey``):
    up again); at ``settings.defer_deadline_s`` claim it again — a holder that
    died has lost its lease by then.
 
+For embedding keys (``EmbeddingKey``: the hash of the exact text embedded):
+``lookup_embeddings(keys, dim)`` before a batch is sent; ``claim_embeddings``
+for the keys not found (a key not claimed is being embedded by a teammate:
+look it up again a moment later); ``publish_embeddings`` after the answer.
+Embedding claims are not renewed; those of texts that got no vector are
+released (``release_embeddings``), the others lapse after the lease. Rows
+of another dimension, of NaN or of the wrong byte length are logged and
+ignored.
+
 Never blocks, never loses: while the database is unreachable (or refuses the
 login, or its schema is too new), ``lookup`` finds nothing, ``claim`` grants
 every key (work alone), ``publish`` keeps results in the outbox, and the
@@ -42,8 +51,8 @@ from llmc_rag_service.models import Enrichment
 from llmc_rag_service.store import team_pg
 from llmc_rag_service.store.team_outbox import OutboxItem
 from llmc_rag_service.team.claims import Claims
-from llmc_rag_service.team.keys import (EmbeddingKey, EnrichmentKey, distinct_keys, fields_json, vector_problem,
-                                        well_formed)
+from llmc_rag_service.team.keys import (EmbeddingKey, EnrichmentKey, distinct_keys, fields_json, usable_vectors,
+                                        vector_problem, well_formed)
 from llmc_rag_service.team.link import TeamLink
 from llmc_rag_service.team.listener import Listener
 from llmc_rag_service.team.outbox import MemoryOutbox, Outbox
@@ -144,36 +153,15 @@ class TeamCache:
         ``settings.batch`` keys); {} for anything unreachable. The keys of
         rows that fail validation are added to ``rejected`` when given: such
         a key can never be claimed (it is published), so the caller enriches it itself."""
-        found: dict[EnrichmentKey, Enrichment] = {}
-        for chunk in _chunks(distinct_keys(keys, EnrichmentKey), self.settings.batch):
-            ok, rows = self._call(team_pg.lookup_enrichments, chunk)
-            if not ok:
-                break
-            for span_hash, model, version, fields, producer in rows:
-                enrichment = self._checked(span_hash, fields, producer)
-                if enrichment is not None:
-                    found[EnrichmentKey(span_hash, model, version)] = enrichment
-                elif rejected is not None:
-                    rejected.add(EnrichmentKey(span_hash, model, version))
-        self._count(hits=len(found))
-        self.claims.undefer(found)
-        return found
+        return self._valid_enrichments(self._fetch(team_pg.lookup_enrichments, keys, EnrichmentKey), rejected)
 
     def publish(self, results: Iterable[tuple[EnrichmentKey, Enrichment]]) -> int:
         """Share validated results (first publisher wins); our claims on them
         are no longer renewed. What cannot be sent now goes to the outbox.
         Returns the rows the team database newly took."""
-        rows = sorted({EnrichmentKey(*k): fields_json(e) for k, e in results if well_formed(k)}.items())
-        self.claims.done(k for k, _ in rows)
-        inserted = 0
-        for start in range(0, len(rows), self.settings.batch):
-            ok, n = self._call(team_pg.publish_enrichments, rows[start:start + self.settings.batch], self.producer)
-            if not ok:
-                self.link.keep([OutboxItem("enrichment", *k, payload=f.encode()) for k, f in rows[start:]])
-                break
-            inserted += n
-        self._count(published=inserted)
-        return inserted
+        rows = {EnrichmentKey(*k): fields_json(e).encode() for k, e in results if well_formed(k)}
+        self.claims.done(rows)
+        return self._share([OutboxItem("enrichment", *k, payload=f) for k, f in sorted(rows.items())])["enrichment"]
 
     def claim(self, keys: Iterable[EnrichmentKey]) -> set[EnrichmentKey]:
         """Keys this daemon may now enrich (see :meth:`Claims.claim`); the rest are counted deferred."""
@@ -186,16 +174,7 @@ class TeamCache:
         valid), or neither: a teammate holds it (deferred), or its row failed
         validation (added to ``rejected`` when given, as in :meth:`lookup`)."""
         claimed, rows = self.claims.claim_fetching(keys)
-        found: dict[EnrichmentKey, Enrichment] = {}
-        for span_hash, model, version, fields, producer in rows:
-            enrichment = self._checked(span_hash, fields, producer)
-            if enrichment is not None:
-                found[EnrichmentKey(span_hash, model, version)] = enrichment
-            elif rejected is not None:
-                rejected.add(EnrichmentKey(span_hash, model, version))
-        self._count(hits=len(found))
-        self.claims.undefer(found)
-        return claimed, found
+        return claimed, self._valid_enrichments(rows, rejected)
 
     def renew(self) -> set[EnrichmentKey]:
         """Extend every held claim by ``lease_s``; returns those still held (the thread does this)."""
@@ -226,49 +205,67 @@ class TeamCache:
                 watch.wait(remaining)
 
     # -- embeddings --------------------------------------------------------------
-    def lookup_embeddings(self, keys: Iterable[EmbeddingKey]) -> dict[EmbeddingKey, bytes]:
-        """Published vectors (float32 little-endian bytes) for ``keys``; malformed rows are ignored."""
-        found: dict[EmbeddingKey, bytes] = {}
-        for chunk in _chunks(distinct_keys(keys, EmbeddingKey), self.settings.batch):
-            ok, rows = self._call(team_pg.lookup_embeddings, chunk)
-            if not ok:
-                break
-            for span_hash, model, version, vector, dim in rows:
-                problem = vector_problem(vector, dim)
-                if problem:
-                    self._reject(span_hash, "-", problem)
-                    continue
-                found[EmbeddingKey(span_hash, model, version)] = bytes(vector)
+    def lookup_embeddings(self, keys: Iterable[EmbeddingKey], dim: int | None = None,
+                          unusable: set[EmbeddingKey] | None = None) -> dict[EmbeddingKey, bytes]:
+        """Published vectors (float32 little-endian bytes) for ``keys``, one
+        statement per ``settings.batch`` keys; {} for anything unreachable.
+
+        A row is taken only if its bytes are ``dim`` finite float32 values:
+        ``dim`` is the embedding model's dimension as this daemon knows it
+        (None before its first vector: then the dimension most rows of this
+        lookup share, see ``keys.usable_vectors``). A row that fails is logged
+        (``team_row_invalid``) and ignored. The keys of rows present but not
+        taken (failed, or not trusted to set the dimension) are added to
+        ``unusable`` when given: they can never be claimed (they are
+        published), so the caller embeds them itself.
+        """
+        rows = self._fetch(team_pg.lookup_embeddings, keys, EmbeddingKey)
+        found, rejected = usable_vectors(rows, dim)
+        for span_hash, producer, reason in rejected:
+            self._reject(span_hash, producer, reason)
+        if unusable is not None:
+            unusable.update(k for k in (EmbeddingKey(*row[:3]) for row in rows) if k not in found)
         self._count(embed_hits=len(found))
         return found
 
+    def claim_embeddings(self, keys: Iterable[EmbeddingKey]) -> set[EmbeddingKey]:
+        """Keys this daemon may embed now: not published, and nobody else
+        claimed them within ``settings.lease_s`` (every key when the database
+        is unreachable). The claims are not renewed: they lapse after the
+        lease (a publication ends them earlier for everyone), unless released
+        with :meth:`release_embeddings`."""
+        claimed: set[EmbeddingKey] = set()
+        for chunk in _chunks(distinct_keys(keys, EmbeddingKey), self.settings.batch):
+            ok, rows = self._call(team_pg.claim, chunk, self.holder, self.settings.lease_s, "embedding")
+            claimed |= {EmbeddingKey(*r) for r in rows} if ok else set(chunk)
+        return claimed
+
+    def release_embeddings(self, keys: Iterable[EmbeddingKey]) -> None:
+        """Drop this daemon's claims on ``keys`` (no vector came), so teammates may embed them now."""
+        for chunk in _chunks(distinct_keys(keys, EmbeddingKey), self.settings.batch):
+            self._call(team_pg.release_claims, chunk, self.holder)
+
     def publish_embeddings(self, vectors: Iterable[tuple[EmbeddingKey, bytes]]) -> int:
-        """Share vectors (float32 little-endian bytes); the rest as :meth:`publish`."""
-        rows = sorted({EmbeddingKey(*k): bytes(v) for k, v in vectors
-                       if well_formed(k) and not vector_problem(v, len(v) // 4)}.items())
-        inserted = 0
-        for start in range(0, len(rows), self.settings.batch):
-            chunk = [(k, v, len(v) // 4) for k, v in rows[start:start + self.settings.batch]]
-            ok, n = self._call(team_pg.publish_embeddings, chunk, self.producer)
-            if not ok:
-                self.link.keep([OutboxItem("embedding", *k, payload=v, dim=len(v) // 4) for k, v in rows[start:]])
-                break
-            inserted += n
-        self._count(published=inserted)
-        return inserted
+        """Share vectors (float32 little-endian bytes; malformed ones are
+        dropped) as :meth:`publish` does. Returns the rows newly taken."""
+        rows = {EmbeddingKey(*k): bytes(v) for k, v in vectors if well_formed(k) and not vector_problem(v, len(v) // 4)}
+        return self._share([OutboxItem("embedding", *k, payload=v, dim=len(v) // 4)
+                            for k, v in sorted(rows.items())])["embedding"]
 
     # -- status --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """``{url, reachable, hits, published, outbox, deferred, last_error}``
         for ``status --json`` (url without password; reachable None before
-        the first contact), plus ``embed_hits``, ``held`` claims,
+        the first contact; ``hits`` and ``published`` count enrichments), plus
+        ``embed_hits`` and ``embed_published`` (vectors), ``held`` claims,
         ``rejected`` rows and ``queries`` sent (database load)."""
         with self._lock:
             counts = dict(self._counts)
         deferred, held = self.claims.deferred, self.claims.held
         return {"url": self.url, "reachable": self.health.reachable, "hits": counts.get("hits", 0),
                 "published": counts.get("published", 0), "outbox": self.outbox.count(), "deferred": deferred,
-                "last_error": self.health.last_error, "embed_hits": counts.get("embed_hits", 0), "held": held,
+                "last_error": self.health.last_error, "embed_hits": counts.get("embed_hits", 0),
+                "embed_published": counts.get("embed_published", 0), "held": held,
                 "rejected": counts.get("rejected", 0),
                 "queries": self.db.queries}
 
@@ -286,7 +283,8 @@ class TeamCache:
             self._renew_at = now + self.settings.lease_s / 3
             self.renew()
         if self.link.outbox_dirty:
-            self._count(published=self.link.drain())
+            drained = self.link.drain()
+            self._count(published=drained["enrichment"], embed_published=drained["embedding"])
         if now >= self._purge_at:
             self._purge_at = now + PURGE_EVERY_S
             self._call(team_pg.purge_expired_claims, PURGE_EVERY_S)
@@ -302,6 +300,47 @@ class TeamCache:
             self.link.failures.clear()
 
     # -- internals -------------------------------------------------------------------
+    def _fetch(self, statement: Callable[..., list[Any]], keys: Iterable[tuple[Any, ...]],
+               kind: type[Any]) -> list[Any]:
+        """The rows ``statement`` finds for ``keys`` (well-formed ones, as ``kind``),
+        one statement per ``settings.batch`` keys; stops at the first failure."""
+        rows: list[Any] = []
+        for chunk in _chunks(distinct_keys(keys, kind), self.settings.batch):
+            ok, found = self._call(statement, chunk)
+            if not ok:
+                break
+            rows += found
+        return rows
+
+    def _share(self, items: list[OutboxItem]) -> Counter[str]:
+        """Publish ``items``, ``settings.batch`` at a time; what the database
+        does not take goes to the outbox. Returns the rows newly taken, per kind."""
+        inserted: Counter[str] = Counter()
+        for start in range(0, len(items), self.settings.batch):
+            sent = self.link.send(items[start:start + self.settings.batch])
+            if sent is None:
+                self.link.keep(items[start:])
+                break
+            inserted += sent
+        self._count(published=inserted["enrichment"], embed_published=inserted["embedding"])
+        return inserted
+
+    def _valid_enrichments(self, rows: Iterable[tuple[str, str, int, Any, str]],
+                           rejected: set[EnrichmentKey] | None) -> dict[EnrichmentKey, Enrichment]:
+        """The rows ``(span_hash, model, prompt_version, fields, producer)`` that
+        pass ``validate``, counted as hits and no longer deferred; the keys of
+        the others go to ``rejected`` when given."""
+        found: dict[EnrichmentKey, Enrichment] = {}
+        for span_hash, model, version, fields, producer in rows:
+            enrichment = self._checked(span_hash, fields, producer)
+            if enrichment is not None:
+                found[EnrichmentKey(span_hash, model, version)] = enrichment
+            elif rejected is not None:
+                rejected.add(EnrichmentKey(span_hash, model, version))
+        self._count(hits=len(found))
+        self.claims.undefer(found)
+        return found
+
     def _checked(self, span_hash: str, fields: Any, producer: str) -> Enrichment | None:
         try:
             enrichment = self._validate(fields)

@@ -2,13 +2,15 @@
 
 :meth:`TeamLink.call` runs one ``store.team_pg`` statement or, while the
 database is known to be down, nothing at all: it never raises, it answers
-``(ok, result)``. Results that could not be published are kept with
-:meth:`keep` and sent again by :meth:`drain` once a probe succeeded.
+``(ok, result)``. :meth:`send` publishes results of any kind (the one
+publish path); those it could not are kept with :meth:`keep` and sent again
+by :meth:`drain` once a probe succeeded.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +25,12 @@ from llmc_rag_service.team.outbox import Outbox
 from llmc_rag_service.team.settings import TeamSettings
 
 log = structlog.get_logger("llmc_rag_service.team")
+
+#: Kind of an :class:`OutboxItem` -> (its publish statement, the statement's row of an item).
+_PUBLISH: dict[str, tuple[Callable[..., int], Callable[[OutboxItem], tuple[Any, ...]]]] = {
+    "enrichment": (team_pg.publish_enrichments, lambda i: ((i.span_hash, i.model, i.version), i.payload.decode())),
+    "embedding": (team_pg.publish_embeddings, lambda i: ((i.span_hash, i.model, i.version), i.payload, i.dim)),
+}
 
 
 class TeamLink:
@@ -106,25 +114,34 @@ class TeamLink:
         self.outbox.add(items)
         self.outbox_dirty = True
 
-    def drain(self) -> int:
+    def send(self, items: Sequence[OutboxItem]) -> Counter[str] | None:
+        """Publish ``items`` (``ON CONFLICT DO NOTHING``), one statement per kind
+        present; the rows the database newly took per kind (``enrichment``,
+        ``embedding``), or None if it did not take them all (nothing is kept:
+        see :meth:`keep`)."""
+        inserted: Counter[str] = Counter()
+        for kind, (statement, row) in _PUBLISH.items():
+            rows = sorted(row(i) for i in items if i.kind == kind)
+            if rows:
+                ok, n = self.call(statement, rows, self.producer)
+                if not ok:
+                    return None
+                inserted[kind] += n
+        return inserted
+
+    def drain(self) -> Counter[str]:
         """Publish the outbox, oldest first, until it is empty or a publish
         fails; an item leaves the outbox only once the database has it.
-        Returns the rows the database newly took."""
-        published = 0
+        Returns the rows the database newly took, per kind."""
+        published: Counter[str] = Counter()
         while True:
             items = self.outbox.oldest(self.settings.batch)
             if not items:
                 self.outbox_dirty = False
                 return published
-            enrichments = sorted(((i.span_hash, i.model, i.version), i.payload.decode()) for i in items
-                                 if i.kind == "enrichment")
-            vectors = sorted(((i.span_hash, i.model, i.version), i.payload, i.dim) for i in items
-                             if i.kind == "embedding")
-            ok1, n1 = self.call(team_pg.publish_enrichments, enrichments, self.producer) \
-                if enrichments else (True, 0)
-            ok2, n2 = self.call(team_pg.publish_embeddings, vectors, self.producer) if vectors else (True, 0)
-            if not (ok1 and ok2):
+            sent = self.send(items)
+            if sent is None:
                 return published
             self.outbox.remove([i.id for i in items])
-            published += n1 + n2
-            log.info("team_outbox_drained", sent=len(items), published=n1 + n2)
+            published += sent
+            log.info("team_outbox_drained", sent=len(items), published=sum(sent.values()))

@@ -10,7 +10,6 @@ expiry in the past: ``ollama ps`` prints "Stopping..." for it (O2).
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import TYPE_CHECKING, Any
 
 from llmc_rag_service.testing.wire import MODEL_SIZE, HttpError, canonical, expiry_iso, now_iso
@@ -50,9 +49,10 @@ def ps(emu: OllamaEmulator) -> dict[str, Any]:
     for runner in emu.scheduler.loaded():
         spec = emu.embed_models.get(runner.key)
         trained = spec.context_length if spec else emu.context_length
-        expires = runner.expires_at or time.time() + runner.session_s
+        now = emu.scheduler.wall()
+        expires = runner.expires_at or now + runner.session_s
         entry = _entry(emu, runner.key)
-        models.append({**entry, "expires_at": expiry_iso(expires), "size_vram": entry["size"],
+        models.append({**entry, "expires_at": expiry_iso(expires - now), "size_vram": entry["size"],
                        "context_length": emu.scheduler.context_of(runner, trained)})
     return {"models": models}
 

@@ -14,9 +14,12 @@ prompt_eval_count}`` (durations in nanoseconds). As in ``server/routes.go``
   counted with :func:`~llmc_rag_service.testing.wire.estimate_tokens`) is 400
   ``the input length exceeds the context length`` whatever ``truncate`` says,
   as recent Ollama versions answer.
-* Vectors are :func:`~llmc_rag_service.testing.vectors.hashed_embedding` of
-  each input (deterministic, texts sharing words are close), L2-normalised;
-  ``dimensions`` smaller than the model's cuts and re-normalises them.
+* Vectors come from the model's ``embedder``: ``hashed`` (the default) is
+  :func:`~llmc_rag_service.testing.vectors.hashed_embedding` of each input
+  (deterministic, texts sharing words are close); ``wordllama`` is a real
+  learned model, :mod:`~llmc_rag_service.testing.wordvectors` (extra
+  ``[wordllama]``, 256 dimensions). Both are L2-normalised; ``dimensions``
+  smaller than the model's cuts and re-normalises them.
 * Each input costs ``embed_latency_s`` on one of the runner's slots (see
   :mod:`~llmc_rag_service.testing.scheduling`); nothing is sent until all are done.
 * Faults (``inject(..., endpoint="embed")``): the exchange faults of
@@ -34,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from llmc_rag_service.testing import faults as fl
 from llmc_rag_service.testing.scheduling import load_options
 from llmc_rag_service.testing.vectors import hashed_embedding
+from llmc_rag_service.testing.wordvectors import WORDLLAMA_DIM, wordllama_embeddings
 from llmc_rag_service.testing.wire import HttpError, estimate_tokens, keep_alive_of
 
 if TYPE_CHECKING:
@@ -44,17 +48,32 @@ if TYPE_CHECKING:
 TOO_LONG_MSG = "the input length exceeds the context length"
 #: Dimension of the vectors a chat model answers to /api/embed.
 CHAT_MODEL_DIM = 1024
+#: What computes an embedding model's vectors (see :class:`EmbedModel`).
+EMBEDDERS = ("hashed", "wordllama")
 
 
 @dataclass(frozen=True)
 class EmbedModel:
     """An installed embedding model: vector ``dim``, trained ``context_length``
-    in tokens, cold ``load_delay_s`` in seconds. The defaults are nomic-embed-text's
-    (768 dimensions; ``nomic-bert.context_length`` 2048)."""
+    in tokens, cold ``load_delay_s`` in seconds, and the ``embedder`` that
+    computes its vectors (one of :data:`EMBEDDERS`). The defaults are
+    nomic-embed-text's shape (768 dimensions; ``nomic-bert.context_length``
+    2048) with hashed vectors; :meth:`wordllama` is a real model."""
 
     dim: int = 768
     context_length: int = 2048
     load_delay_s: float = 0.0
+    embedder: str = "hashed"
+
+    def __post_init__(self) -> None:
+        if self.embedder not in EMBEDDERS:
+            raise ValueError(f"unknown embedder {self.embedder!r}; use one of {', '.join(EMBEDDERS)}")
+
+    @classmethod
+    def wordllama(cls, load_delay_s: float = 0.0) -> EmbedModel:
+        """WordLlama's shape: 256 dimensions; its context is nomic-embed-text's
+        (the model itself has no limit: it averages token vectors)."""
+        return cls(dim=WORDLLAMA_DIM, load_delay_s=load_delay_s, embedder="wordllama")
 
 
 @dataclass
@@ -116,7 +135,7 @@ class Embedding:
             if extra and not self.sched.sleep(ex, extra):
                 return ex.drop()
             end = self.sched.reserve(runner, [self.emu.embed_latency_s] * len(req.inputs))
-            vectors = self._vectors(req, spec.dim, fault)  # while the slots are busy, not after
+            vectors = self._vectors(req, spec, fault)  # while the slots are busy, not after
             if not self.sched.sleep_until(ex, end):
                 return ex.drop()
             ex.send_json(200, {
@@ -143,11 +162,15 @@ class Embedding:
                                  10**9)
         return EmbedRequest(body["model"], inputs, keep_alive_s, options, load_opts, dimensions, time.monotonic())
 
-    def _vectors(self, req: EmbedRequest, dim: int, fault: fl.Fault | None) -> list[list[float]]:
+    def _vectors(self, req: EmbedRequest, spec: EmbedModel, fault: fl.Fault | None) -> list[list[float]]:
         """One unit vector per input, cut to ``dimensions`` and faulted as asked."""
+        dim = spec.dim
         if fault is not None and fault.kind == "wrong_dim":
             dim = int(fault.params.get("dim", max(1, dim // 2)))
-        vectors = [hashed_embedding(text, dim) for text in req.inputs]
+        if spec.embedder == "wordllama":
+            vectors = wordllama_embeddings(req.inputs, min(dim, WORDLLAMA_DIM))
+        else:
+            vectors = [hashed_embedding(text, dim) for text in req.inputs]
         if req.dimensions and 0 < req.dimensions < dim:
             vectors = [_unit(vector[:req.dimensions]) for vector in vectors]
         if fault is not None and fault.kind == "nan":

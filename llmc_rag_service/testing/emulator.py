@@ -18,7 +18,8 @@ and ``docs/api.md``. One module per concern:
 
 This module holds :class:`OllamaEmulator` (lifecycle, test controls, routing)
 and the program: ``python -m llmc_rag_service.testing --port 11434 --model M
---embed-model nomic-embed-text --latency-s 0.5`` (``-m llmc_rag_service.testing.emulator`` works too).
+--embed-model nomic-embed-text --latency-s 0.5`` (``-m llmc_rag_service.testing.emulator`` works too);
+``--embedder wordllama`` serves a real embedding model (extra ``[wordllama]``).
 
 Usage: ``with OllamaEmulator(latency_s=0.1) as emu: httpx.post(emu.url + "/api/chat", ...)``.
 """
@@ -38,12 +39,13 @@ import structlog
 
 from llmc_rag_service.testing import catalog
 from llmc_rag_service.testing.answers import default_answer, fill_schema
-from llmc_rag_service.testing.embedding import TOO_LONG_MSG, EmbedModel, Embedding
+from llmc_rag_service.testing.embedding import EMBEDDERS, TOO_LONG_MSG, EmbedModel, Embedding
 from llmc_rag_service.testing.faults import (BUSY_MSG, EMBED_FAULTS, FAULTS, LOAD_TIMEOUT_MSG, MIDSTREAM_MSG,
                                              RUNNER_CRASH_MSG, FaultQueue)
 from llmc_rag_service.testing.generation import Generation
 from llmc_rag_service.testing.scheduling import Scheduler
 from llmc_rag_service.testing.server import Conn, Handler, Server
+from llmc_rag_service.testing.wordvectors import WORDLLAMA_MODEL, WordLlamaMissing, wordllama_embeddings
 from llmc_rag_service.testing.wire import (DEFAULT_KEEP_ALIVE_S, FOREVER_NS, RecordedRequest, estimate_tokens,
                                           parse_go_duration, parse_keep_alive)
 
@@ -294,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--model", action="append", help="installed chat model (repeatable)")
     parser.add_argument("--embed-model", action="append",
-                        help="installed embedding model (repeatable; default nomic-embed-text)")
+                        help="installed embedding model (repeatable; default nomic-embed-text, "
+                             f"or {WORDLLAMA_MODEL} with --embedder wordllama)")
+    parser.add_argument("--embedder", choices=EMBEDDERS, default="hashed",
+                        help="what computes the embedding models' vectors: a hashed bag of words (768 dims), "
+                             "or the real WordLlama model (256 dims; needs the [wordllama] extra)")
     parser.add_argument("--latency-s", type=float, default=0.5)
     parser.add_argument("--embed-latency-s", type=float, default=0.005, help="seconds per embedded input")
     parser.add_argument("--parallel", type=int, default=4)
@@ -306,7 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
                         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     models = dict.fromkeys(args.model or ["qwen2.5:7b-instruct-q4_K_M"], args.load_delay_s)
-    embeds = dict.fromkeys(args.embed_model or ["nomic-embed-text"], EmbedModel(load_delay_s=args.load_delay_s))
+    if args.embedder == "wordllama":
+        try:
+            wordllama_embeddings(["load the model before the first request"])
+        except WordLlamaMissing as exc:
+            parser.error(str(exc))
+        spec = EmbedModel.wordllama(args.load_delay_s)
+        embeds = dict.fromkeys(args.embed_model or [WORDLLAMA_MODEL], spec)
+    else:
+        embeds = dict.fromkeys(args.embed_model or ["nomic-embed-text"], EmbedModel(load_delay_s=args.load_delay_s))
     emu = OllamaEmulator(models, embed_models=embeds, num_parallel=args.parallel, max_queue=args.max_queue,
                          latency_s=args.latency_s, embed_latency_s=args.embed_latency_s,
                          num_ctx_default=args.num_ctx, port=args.port)

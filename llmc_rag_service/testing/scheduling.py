@@ -92,6 +92,9 @@ class Scheduler:
         self.gen = 0  # bumped by stop(): requests of an older generation give up
         self.loads = self.unloads = self.aborted_loads = 0
         self.in_flight_max: dict[str, int] = {}
+        #: Wall-clock seconds for keep_alive expiries (``time.time``); a test
+        #: injects a manual clock to step past an expiry without sleeping.
+        self.wall: Callable[[], float] = time.time
 
     # -- installed models --------------------------------------------------
     def find(self, name: str) -> str:
@@ -142,7 +145,7 @@ class Scheduler:
 
     def reap(self) -> None:
         """Unload idle models whose keep_alive ran out (checked lazily). Lock held."""
-        now = time.time()
+        now = self.wall()
         for runner in list(self.runners.values()):
             if runner.ready and runner.refs == 0 and runner.expires_at <= now:
                 self._unload(runner)
@@ -176,7 +179,7 @@ class Scheduler:
                 if runner.draining or runner.session_s <= 0:
                     self._unload(runner)
                 else:
-                    runner.expires_at = time.time() + runner.session_s
+                    runner.expires_at = self.wall() + runner.session_s
             self.cond.notify_all()
 
     def _enter_load_queue(self, req: Ask) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -132,9 +131,10 @@ def now_iso() -> str:
     return iso(datetime.now(timezone.utc))
 
 
-def expiry_iso(expires_at: float) -> str:
-    """RFC 3339 time of a wall-clock expiry (seconds); ``inf`` (forever) is now + MaxInt64 ns."""
+def expiry_iso(remaining_s: float) -> str:
+    """RFC 3339 time of an expiry ``remaining_s`` seconds from now (negative: past);
+    ``inf`` (forever) is now + MaxInt64 ns."""
     now = datetime.now(timezone.utc)
-    if math.isinf(expires_at):
+    if math.isinf(remaining_s):
         return iso(now + timedelta(microseconds=FOREVER_NS // 1000))
-    return iso(now + timedelta(seconds=expires_at - time.time()))
+    return iso(now + timedelta(seconds=remaining_s))
