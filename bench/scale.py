@@ -27,7 +27,9 @@ With the generated tree (also a git repo with branches A and B, B changing one f
 7. the same cold-scan/restart/RSS measures on a 10,000-file tree: cost per file at 10k vs 100k.
 
 Usage: ``python bench/scale.py [--files 100000] [--small 10000] [--stdlib-files 100000]
-[--extract 20000] [--checkout 10000] [--idle-s 60] [--work DIR] [--out bench/RESULTS-scale.md]``.
+[--extract 20000] [--checkout 10000] [--idle-s 60] [--work DIR] [--keep] [--prepare]
+[--out bench/RESULTS-scale.md]`` (``--prepare``: only write the trees into ``--work``, for a
+later run with the same arguments; the raw measures also go to ``--out`` with ``.json``).
 Needs ``fs.inotify.max_user_watches`` above the tree's directory count (~11k at 100k files).
 Prints a markdown table and writes it to ``--out``.
 """
@@ -103,22 +105,26 @@ def write_config(work: Path, url: str, root: Path) -> Path:
 
 # -- in-process: cold scan, bare parse, fill ------------------------------------------
 
-def bare_parse_cpu(root: Path, relpaths: list[str]) -> tuple[float, float]:
-    """(CPU s of tree-sitter parsing every parsed-language file, CPU s of split_file on every file)."""
-    datas = [(rel, (root / rel).read_bytes()) for rel in relpaths]
-    started = time.process_time()
-    for rel, data in datas:
-        language = language_for(rel)
-        if language in GRAMMARS:
-            _parser_for("cpp" if language == "c" and rel.endswith(".h") else language).parse(data)
-    parse_s = time.process_time() - started
-    started = time.process_time()
-    for rel, data in datas:
-        try:
-            split_file(rel, data, max_file_bytes=1 << 20)
-        except SkipFile:
-            pass
-    return parse_s, time.process_time() - started
+def bare_parse_cpu(root: Path, relpaths: list[str], chunk: int = 2000) -> tuple[float, float]:
+    """(CPU s of tree-sitter parsing every parsed-language file, CPU s of split_file on every file);
+    the files are read ``chunk`` at a time (a 100k-file stdlib copy is 1.2 GB), the reads not timed."""
+    parse_s = split_s = 0.0
+    for start in range(0, len(relpaths), chunk):
+        datas = [(rel, (root / rel).read_bytes()) for rel in relpaths[start:start + chunk]]
+        started = time.process_time()
+        for rel, data in datas:
+            language = language_for(rel)
+            if language in GRAMMARS:
+                _parser_for("cpp" if language == "c" and rel.endswith(".h") else language).parse(data)
+        parse_s += time.process_time() - started
+        started = time.process_time()
+        for rel, data in datas:
+            try:
+                split_file(rel, data, max_file_bytes=1 << 20)
+            except SkipFile:
+                pass
+        split_s += time.process_time() - started
+    return parse_s, split_s
 
 
 class Filler:
@@ -136,10 +142,13 @@ class Filler:
             self.drain()
 
     def drain(self) -> None:
+        """Answer every waiting enrichment job, 500 per transaction (``complete_pending``,
+        as results from the team cache are stored): a transaction per job made the
+        answering of a 100k-file tree cost more than its scan."""
         started = time.process_time()
-        while (job := self.pipeline.queue.claim()) is not None:
-            self.pipeline.queue.complete(job, ANSWER, 0.0)
-            self.filled += 1
+        queue = self.pipeline.queue
+        while hashes := queue.upcoming(500):
+            self.filled += len(queue.complete_pending({h: ANSWER for h in hashes}))
         self.cpu_s += time.process_time() - started
 
 
@@ -329,34 +338,59 @@ def make_tarball(work: Path, count: int) -> Path:
 
 # -- the runs ----------------------------------------------------------------------------
 
-def run_tree(kind: str, files: int, work: Path, args, serve_phases: bool, serve: bool = True) -> dict:
-    work.mkdir(parents=True, exist_ok=True)
-    root = work / "repo"
+def prepare_tree(kind: str, files: int, root: Path, args, serve_phases: bool) -> tuple[list[str], dict, int, str]:
+    """Write the tree (and its git branches): (relpaths, stats, spans changed by B, a file to save)."""
     started = time.monotonic()
     relpaths = generated_tree(root, files) if kind == "generated" else stdlib_tree(root, files)
     stats = tree_stats(root)
     note(f"{kind} tree: {stats['files']} files, {stats['dirs']} dirs, {stats['mb']:.0f} MB "
          f"in {time.monotonic() - started:.0f} s")
-    out: dict = {"kind": kind, "tree": stats}
     changed = 0
     if serve_phases and args.checkout:
         changed, save_rel = make_branches(root, relpaths, args.checkout)
         note(f"branches A/B: B changes {args.checkout} files, {changed} spans")
     else:
         save_rel = next(r for r in relpaths if r.endswith(".py"))
+    return relpaths, stats, changed, save_rel
+
+
+def run_tree(kind: str, files: int, work: Path, args, serve_phases: bool, serve: bool = True) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    root, made = work / "repo", work / "tree.json"
+    if made.exists():  # --prepare made it earlier (with these arguments): not regenerated
+        prepared = json.loads(made.read_text())
+        relpaths, stats, changed, save_rel = (prepared[k] for k in ("relpaths", "stats", "changed", "save_rel"))
+    else:
+        relpaths, stats, changed, save_rel = prepare_tree(kind, files, root, args, serve_phases)
+        made.write_text(json.dumps({"relpaths": relpaths, "stats": stats, "changed": changed, "save_rel": save_rel}))
+    if args.prepare:
+        return {}
+    out: dict = {"kind": kind, "tree": stats}
     with OllamaEmulator(models=[MODEL], latency_s=0.0) as emu:
         config = write_config(work, emu.url, root)
         out["cold"] = cold_scan(config, root, relpaths, fill=serve)
         if not serve:
             return out
         serve, out["restart"] = restart(config, work, emu, "serve-restart")
-        note(f"restart: {out['restart']}")
+        note(f"restart: {out['restart']} load {os.getloadavg()[0]:.1f}")
         try:
             if serve_phases:
                 out.update(serve_phases_run(serve, root, emu, work, args, save_rel, changed))
+            elif args.idle_s:
+                out.update(idle_run(serve, args.idle_s))
             out["hwm_mb"] = serve.memory_mb("VmHWM")
         finally:
             serve.stop()
+    return out
+
+
+def idle_run(serve: Serve, idle_s: float) -> dict:
+    """CPU of the watching daemon over ``idle_s`` seconds, and its RSS."""
+    cpu0 = serve.cpu_s()
+    _WAIT.wait(idle_s)
+    out = {"idle_cpu_s": serve.cpu_s() - cpu0, "rss_watching_mb": serve.memory_mb()}
+    note(f"idle CPU {out['idle_cpu_s']:.3f} s over {idle_s} s, RSS {out['rss_watching_mb']:.0f} MB, "
+         f"load {os.getloadavg()[0]:.1f}")
     return out
 
 
@@ -396,6 +430,8 @@ def main() -> None:
     parser.add_argument("--idle-s", type=float, default=60.0)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--prepare", action="store_true",
+                        help="only write the trees into --work (kept); a later run with the same --work uses them")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS-scale.md"))
     args = parser.parse_args()
     configure_logging("warning", "console")  # the bench's own process: the emulator and the in-process scans
@@ -403,15 +439,19 @@ def main() -> None:
     load = os.getloadavg()
     results = {}
     try:
-        results["big"] = run_tree("generated", args.files, work / "big", args, serve_phases=True)
+        if args.files:
+            results["big"] = run_tree("generated", args.files, work / "big", args, serve_phases=True)
         if args.small:
             results["small"] = run_tree("generated", args.small, work / "small", args, serve_phases=False)
         if args.stdlib_files:
-            results["stdlib"] = run_tree("stdlib", args.stdlib_files, work / "stdlib", args, serve_phases=False,
-                                         serve=False)
+            results["stdlib"] = run_tree("stdlib", args.stdlib_files, work / "stdlib", args, serve_phases=False)
     finally:
-        if not args.keep:
+        if not (args.keep or args.prepare):
             shutil.rmtree(work, ignore_errors=True)
+        if args.prepare:
+            return
+        args.out.with_suffix(".json").write_text(json.dumps(
+            {"results": results, "load": [load, os.getloadavg()]}, indent=1, default=str))
     try:
         from bench.scale_report import report
     except ImportError:

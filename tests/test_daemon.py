@@ -333,3 +333,31 @@ def test_stop_lets_an_in_flight_job_finish_within_the_grace(tmp_path, repo, olla
     assert stopped and stopped[0]["returned_to_pending"] == 0
     assert [e["in_flight"] for e in logs if e["event"] == "daemon_stopping"] == [2]
     assert status_report(config)["totals"]["enriched"] == 2
+
+
+@pytest.mark.timeout(30)
+def test_a_slow_status_is_recomputed_at_most_every_ten_times_its_cost(tmp_path, repo, ollama, notify):
+    """While something changes all the time (a backfill's job outcomes), a STATUS text whose counts took
+    0.4 s is recomputed at most every 4 s, so the loop that hands saves to the indexer stays free."""
+    clock = ManualClock()
+    running = Running(make_config(tmp_path, ollama.url, [repo]), notify, clock)
+    computed: list[float] = []
+    try:
+        pipeline = running.daemon.pipeline
+        running.step_until(lambda: pipeline.activity() is None, "the catch-up scan done")
+        real = pipeline.status_line
+
+        def slow_status_line(activity=None):
+            computed.append(clock())
+            clock.advance(0.4)  # the counts of a store of a million jobs
+            return real(activity)
+
+        pipeline.status_line = slow_status_line
+        start = clock()
+        while clock() < start + 20.0:
+            running.daemon._mark_dirty()  # a job outcome, as the workers report one
+            running.step(min(clock.deadline_of(running.thread), clock() + 0.25))
+    finally:
+        running.stop()
+    gaps = [b - a for a, b in zip(computed, computed[1:])]
+    assert len(computed) >= 3 and min(gaps) >= 4.0 - 1e-6  # ten times 0.4 s

@@ -25,8 +25,8 @@ def test_job_claimed_before_its_file_was_deleted_is_released_unsent(live, ollama
     queue, claimed = live.pipeline.queue, []
     real_claim = queue.claim_many
 
-    def claim_then_delete(limit):  # the file is deleted between the worker's claim and its read
-        jobs = real_claim(limit)
+    def claim_then_delete(limit, **kwargs):  # the file is deleted between the worker's claim and its read
+        jobs = real_claim(limit, **kwargs)
         if jobs and not claimed:
             claimed.extend(jobs)
             (live.root / "src/e.py").unlink()

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from llmc_rag_service.index.ignore import RepoIgnore
+from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
+
 from llmc_rag_service.watch.debounce import Debouncer
 from llmc_rag_service.watch.repo import STOP_TIMEOUT_S, RepoWatcher
 
@@ -110,6 +112,35 @@ def test_debouncer_path_is_due_after_quiet_period():
     clock.advance(0.1)
     assert deb.due() == {"a.py"}
     assert deb.pending() == 0 and deb.next_due_s() is None and deb.due() == set()
+
+
+def test_debouncer_touch_restarts_only_a_pending_paths_quiet_period():
+    """touch() restarts the quiet period of a pending path (like add) and adds nothing new."""
+    clock = FakeClock()
+    deb = Debouncer(debounce_ms=500, max_delay_ms=5000, clock=clock)
+    assert deb.touch("new.py") is False and deb.pending() == 0
+    deb.add("a.py")
+    deb.add("b.py")
+    clock.advance(0.3)
+    assert deb.touch("a.py") is True
+    clock.advance(0.2)
+    assert deb.due() == {"b.py"}  # a.py's quiet period restarted 0.2 s ago; due order kept
+    clock.advance(0.3)
+    assert deb.due() == {"a.py"}
+
+
+def test_a_pending_paths_later_events_skip_the_ignore_check(tmp_path):
+    """The second and later events of a path already waiting cost no ignore-rule lookup
+    (an extraction's thousands of files must not back up the watcher thread)."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    ignore = RepoIgnore(tmp_path)
+    looked: list[str] = []
+    real = ignore.is_ignored
+    ignore.is_ignored = lambda rel, is_dir=False: looked.append(rel) or real(rel, is_dir=is_dir)  # type: ignore[method-assign]
+    watcher = RepoWatcher(tmp_path, ignore, debounce_ms=500, clock=FakeClock())
+    for event in (FileCreatedEvent, FileModifiedEvent, FileClosedEvent):
+        watcher._on_event(event(str(tmp_path / "a.py")))
+    assert looked == ["a.py"] and watcher.pending() == 1
 
 
 def test_debouncer_continuous_stream_flushes_at_max_delay():

@@ -241,9 +241,10 @@ class OllamaClient:
             base_url=self.url,
             timeout=httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=cfg.load_timeout_s,
                                   write=WRITE_TIMEOUT_S, pool=POOL_TIMEOUT_S),
-            # One spare connection for a probe or the warm-up beside the workers.
-            limits=httpx.Limits(max_connections=self.concurrency + 1,
-                                max_keepalive_connections=self.concurrency + 1),
+            # Beside the workers: the live slot (enrich/workers.py), and one spare
+            # connection for a probe or the warm-up.
+            limits=httpx.Limits(max_connections=self.concurrency + 2,
+                                max_keepalive_connections=self.concurrency + 2),
             transport=transport,
             verify=_ssl_context(),
             trust_env=False,

@@ -17,6 +17,13 @@ puts them back); a worker hands its valid answer to the pool's result writer
 transaction) and sends its next request at once. A job claimed ahead is sent
 with the text read at its claim, at most one round of answers earlier.
 
+Each host also gets one live slot: a thread that claims only jobs of a save
+(``PRIORITY_LIVE``), one at a time and never ahead, and is woken only by new
+jobs. While every other thread waits on a backfill answer (seconds each on a
+real model), a save's request is sent at once; Ollama queues it at the head of
+what it cannot run yet, so it is answered next instead of after a backfill
+job's turn on every thread.
+
 The policy of each error kind is the ``policy`` of its class in ``ollama.py``:
 
 * ``pause`` (Unavailable, ModelMissing): the job is released with its attempts
@@ -64,7 +71,7 @@ from llmc_rag_service.enrich.results import Result, ResultWriter
 from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
                                          parse_answer, plan_num_predict)
 from llmc_rag_service.models import Enrichment, Job
-from llmc_rag_service.store.jobs import JobQueue, backoff_s
+from llmc_rag_service.store.jobs import PRIORITY_LIVE, JobQueue, backoff_s
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.secret_audit import count_answer_redactions
 
@@ -154,6 +161,9 @@ class WorkerPool:
         self.hosts = [Host(c, clock=clock) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
         self.stopping = threading.Event()
         self.wake = threading.Event()
+        # The live slots' own wake-up: new jobs only, not every job outcome
+        # (those set ``wake`` hundreds of times a second during a backfill).
+        self.live_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started: dict[int, tuple[Host, float]] = {}  # thread ident -> (host, monotonic start)
         self._lock = threading.Lock()
@@ -173,13 +183,15 @@ class WorkerPool:
 
     # -- lifecycle -----------------------------------------------------
     def start(self) -> None:
-        """Start the worker threads (daemon threads: a hung request cannot block exit)."""
+        """Start the worker threads, ``concurrency`` per host plus its live slot
+        (daemon threads: a hung request cannot block exit)."""
         with self._lock:  # += : a pool started twice (a reload before start_workers) runs both sets
-            self._live += sum(host.client.concurrency for host in self.hosts)
+            self._live += sum(host.client.concurrency + 1 for host in self.hosts)
         self.results.start()
         for n, host in enumerate(self.hosts):
-            for i in range(host.client.concurrency):
-                thread = threading.Thread(target=self._run, args=(host,), name=f"worker-{n}.{i}", daemon=True)
+            slots = [(f"worker-{n}.{i}", False) for i in range(host.client.concurrency)]
+            for name, live in slots + [(f"worker-{n}.live", True)]:
+                thread = threading.Thread(target=self._run, args=(host, live), name=name, daemon=True)
                 thread.start()
                 self._threads.append(thread)
 
@@ -205,6 +217,7 @@ class WorkerPool:
         return jobs still running to pending. Returns how many were returned."""
         self.stopping.set()
         self.wake.set()
+        self.live_wake.set()
         for host in self.hosts:
             host.ok_event.set()  # wake threads waiting on a down host; they see ``stopping``
         deadline = time.monotonic() + grace_s
@@ -222,8 +235,9 @@ class WorkerPool:
         return sum(thread.is_alive() for thread in self._threads)
 
     def notify_work(self) -> None:
-        """New jobs were queued: wake idle workers."""
+        """New jobs were queued: wake idle workers and the live slots."""
         self.wake.set()
+        self.live_wake.set()
 
     @property
     def in_flight(self) -> int:
@@ -249,9 +263,9 @@ class WorkerPool:
         return None
 
     # -- the loop ------------------------------------------------------
-    def _run(self, host: Host) -> None:
+    def _run(self, host: Host, live: bool = False) -> None:
         try:
-            self._loop(host)
+            self._loop(host, live)
             self._release_ahead()
         finally:
             # A finished thread's SQLite connection would otherwise stay open
@@ -282,6 +296,7 @@ class WorkerPool:
         caller, who closes them once :meth:`busy_threads` is 0."""
         self.stopping.set()
         self.wake.set()
+        self.live_wake.set()
         for host in self.hosts:
             host.ok_event.set()
         self._release_ahead()
@@ -293,10 +308,10 @@ class WorkerPool:
         dead = [t.name for t in self._threads + [self.results.thread] if t.ident is not None and not t.is_alive()]
         return f"worker thread dead: {', '.join(dead)}" if dead else None
 
-    def _loop(self, host: Host) -> None:
+    def _loop(self, host: Host, live: bool = False) -> None:
         while not self.stopping.is_set():
             try:
-                self._turn(host)
+                self._turn(host, live)
             except Exception as exc:
                 # One guard around the whole turn, the claim included: no
                 # error (the disk full, the state file replaced, the store
@@ -310,8 +325,9 @@ class WorkerPool:
                 self.on_change()
                 self.clock.wait(self.stopping, JOB_ERROR_PAUSE_S)
 
-    def _turn(self, host: Host) -> None:
-        """One turn: probe a down host, or give back stranded jobs, claim one and process it."""
+    def _turn(self, host: Host, live: bool = False) -> None:
+        """One turn: probe a down host, or give back stranded jobs, claim one and
+        process it (``live``: the live slot, which takes only a save's job)."""
         if not host.ok_event.is_set():
             if self._ahead and not any(h.ok_event.is_set() for h in self.hosts):
                 self._release_ahead()  # no host can take them now: pending again, attempts intact
@@ -320,14 +336,11 @@ class WorkerPool:
         self._release_stranded()
         # Clear before looking: a notify_work() after this point either
         # finds its job in the claim below or keeps the event set.
-        self.wake.clear()
-        taken = self._take()
+        (self.live_wake if live else self.wake).clear()
+        taken = self._take_live() if live else self._take()
         if taken is None:
-            if self.stopping.is_set():
-                return
-            due = self.queue.next_due_s()
-            self.clock.wait(self.wake, IDLE_CLAIM_WAIT_S if due is None
-                            else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
+            if not self.stopping.is_set():
+                self._idle(live)
             return
         job, row = taken
         self.wake.set()  # there was work: let an idle worker look for more
@@ -360,16 +373,36 @@ class WorkerPool:
                 if self._ahead:  # another thread's claim filled it meanwhile
                     return self._ahead.popleft()
             jobs = self.queue.claim_many(self.claim_batch)
-            try:
-                rows = (self.store.span_texts([job.span_hash for job in jobs])
-                        if jobs and self.READS_TEXT else {})
-            except Exception:
-                with self._lock:  # claimed but unread: released on a later turn
-                    self._stranded.extend((job, "span text not read") for job in jobs)
-                raise
+            rows = self._texts(jobs)
             with self._lock:
                 self._ahead.extend((job, rows.get(job.span_hash)) for job in jobs)
                 return self._ahead.popleft() if self._ahead else None
+
+    def _take_live(self) -> tuple[Job, sqlite3.Row | None] | None:
+        """A save's job for the live slot, claimed alone (never ahead), with its span's text."""
+        job = self.queue.claim(max_priority=PRIORITY_LIVE)
+        return None if job is None else (job, self._texts([job]).get(job.span_hash))
+
+    def _texts(self, jobs: list[Job]) -> dict[str, sqlite3.Row]:
+        """The span texts of claimed ``jobs`` by span hash, in one query ({} when
+        this pool reads none); if the read fails the jobs are stranded (released
+        on a later turn) and the error raised."""
+        try:
+            return self.store.span_texts([job.span_hash for job in jobs]) if jobs and self.READS_TEXT else {}
+        except Exception:
+            with self._lock:
+                self._stranded.extend((job, "span text not read") for job in jobs)
+            raise
+
+    def _idle(self, live: bool) -> None:
+        """Wait for work: the live slot until new jobs are queued (a save's job
+        retried later is taken by the other threads); the others also until
+        the next job in backoff is due."""
+        if live:
+            self.clock.wait(self.live_wake, IDLE_CLAIM_WAIT_S)
+            return
+        due = self.queue.next_due_s()
+        self.clock.wait(self.wake, IDLE_CLAIM_WAIT_S if due is None else min(IDLE_CLAIM_WAIT_S, max(0.05, due)))
 
     def _put_back(self, job: Job, error: str) -> None:
         """Release a job after an unexpected error; if the store cannot take

@@ -48,6 +48,8 @@ log = structlog.get_logger(__name__)
 
 #: Identity of a directory: (st_dev, st_ino).
 RootId = tuple[int, int]
+#: Most files forgotten in one transaction.
+DELETE_CHUNK = 256
 
 
 def root_identity(path: Path | str) -> RootId | None:
@@ -131,7 +133,7 @@ class Scanner:
         finally:
             self.flush()
             self._result = outer
-        self._delete([p for p in stored if p not in present], result)
+        self._delete([p for p in stored if p not in present], result, between)
         with self.store.write() as tx:
             # Spans of unchanged files may still lack an enrichment for the
             # configured model (the model or prompt changed, jobs were lost).
@@ -184,11 +186,14 @@ class Scanner:
         result.jobs += flushed.jobs
         result.failed += flushed.failed
 
-    def split_batch(self, relpaths: Iterable[str], max_live: int) -> tuple[list[str], list[str]]:
+    def split_batch(self, relpaths: Iterable[str], max_live: int,
+                    new_to_bulk: bool = False) -> tuple[list[str], list[str]]:
         """A batch as (saves, bulk): its top paths (see :func:`top_paths`) that are no
         directory now, if at most ``max_live`` of them, and the rest (directories moved
         or extracted in are walked: bulk work). A save polled together with the
-        directories of an extraction stays a save."""
+        directories of an extraction stays a save. ``new_to_bulk`` (a batch seen in a
+        burst of changes): files the store does not hold yet are no saves but the
+        tail of an extraction, and go to bulk too (one store lookup for the batch)."""
         live: list[str] = []
         bulk: list[str] = []
         for relpath in top_paths(relpaths):
@@ -197,6 +202,10 @@ class Scanner:
             except OSError:
                 is_dir = False
             (bulk if is_dir else live).append(relpath)
+        if new_to_bulk and live:
+            stored = self.store.stored_paths(self.repo_id, live)
+            bulk += [p for p in live if p not in stored]
+            live = [p for p in live if p in stored]
         if len(live) > max_live:
             return [], sorted(live + bulk)
         return live, bulk
@@ -229,13 +238,13 @@ class Scanner:
                 self._update(sub, sub_st, stored.get(sub), priority, result)
                 if between is not None:
                     between()
-            self._delete([p for p in stored if p not in present], result)
+            self._delete([p for p in stored if p not in present], result, between)
         elif st is not None and stat.S_ISREG(st.st_mode) and not self.ignore.is_ignored(relpath):
             self._update(relpath, st, stored.get(relpath), priority, result)
             self._delete([p for p in stored if p != relpath], result)
         else:
-            # Gone, a symlink, ignored now, or a special file: forget it.
-            self._delete(list(stored), result)
+            # Gone, a symlink, ignored now, or a special file: forget it (a directory: all below).
+            self._delete(list(stored), result, between)
         if between is not None:
             between()
 
@@ -311,19 +320,27 @@ class Scanner:
                                      max_span_chars=self.max_span_chars, redact=redact)
         return spans, found
 
-    def _delete(self, relpaths: list[str], result: ScanResult) -> None:
+    def _delete(self, relpaths: list[str], result: ScanResult, between: Callable[[], None] | None = None) -> None:
+        """Forget files gone from the tree, :data:`DELETE_CHUNK` per transaction (a
+        directory of 10,000 files removed must not hold the store's writer lock, and
+        the saves behind it, for many seconds); ``between`` is called after each chunk."""
         if not relpaths:
             return
         self.flush()  # a deleted file's spans may live on in a file still pending
-        with self.store.write() as tx:
-            lost = self.store.span_hashes_of(tx, self.repo_id, relpaths)
-            self.store.delete_files(tx, self.repo_id, relpaths)
-            cancelled = self.queue.cancel_orphans(tx, lost)
-        result.deleted += len(relpaths)
-        for relpath in relpaths:
-            log.info("file_deleted", repo=str(self.root), path=relpath)
-        if cancelled:
-            log.info("jobs_cancelled", repo=str(self.root), count=cancelled, reason="span_gone")
+        for start in range(0, len(relpaths), DELETE_CHUNK):
+            chunk = relpaths[start:start + DELETE_CHUNK]
+            with self.store.write() as tx:
+                lost = self.store.span_hashes_of(tx, self.repo_id, chunk)
+                self.store.delete_files(tx, self.repo_id, chunk)
+                # A hash also held by a file of a later chunk is cancelled with that chunk.
+                cancelled = self.queue.cancel_orphans(tx, lost)
+            result.deleted += len(chunk)
+            for relpath in chunk:
+                log.info("file_deleted", repo=str(self.root), path=relpath)
+            if cancelled:
+                log.info("jobs_cancelled", repo=str(self.root), count=cancelled, reason="span_gone")
+            if between is not None and start + DELETE_CHUNK < len(relpaths):
+                between()
 
 
 def top_paths(relpaths: Iterable[str]) -> list[str]:

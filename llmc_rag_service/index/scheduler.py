@@ -6,9 +6,10 @@ it never blocks on file I/O, and scanners never race each other.
 Two lanes, through indexing and through the job queue:
 
 * live: a batch of at most :data:`LIVE_MAX_PATHS` paths, none a directory (a few
-  saves, a small checkout), indexed at once at :data:`PRIORITY_LIVE` (files new to
-  the store in a batch seen during a burst of changes, e.g. the tail of an
-  extraction, at :data:`PRIORITY_BACKFILL`: a save must not queue behind them);
+  saves, a small checkout), indexed at once at :data:`PRIORITY_LIVE`. In a batch
+  seen during a burst of changes (an archive being extracted), the files new to
+  the store are no saves: they go to the bulk lane, so a save indexes at once
+  instead of behind hundreds of small batches of the extraction's tail;
 * bulk: full scans (catch-up, rescans, reconcile) and large path batches (an
   archive extracted, a directory moved in, a checkout of thousands of files),
   indexed at :data:`PRIORITY_BACKFILL`, so the queue claims live jobs first.
@@ -16,7 +17,8 @@ Two lanes, through indexing and through the job queue:
 Bulk work can take minutes, so it calls back after every file, and the live
 batches that arrived meanwhile are indexed right there: a save never waits
 behind bulk indexing. Bulk items that arrive during bulk work wait for it to end
-(in order; a full scan already waiting for a repo is not queued twice).
+(in order; a full scan already waiting for a repo is not queued twice, and the
+path batches waiting for one repo are merged into one).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class ScanScheduler(threading.Thread):
         self.items: stdqueue.Queue[_Item | None] = stdqueue.Queue()
         self.busy: str | None = None
         self._deferred: collections.deque[_Item] = collections.deque()  # bulk items waiting
+        # (repo, root_id) -> the path set of the "paths" item waiting in _deferred, to merge into
+        self._deferred_paths: dict[tuple[Path, RootId | None], set[str]] = {}
         self._bulk: Scanner | None = None  # the scanner doing bulk work, whose writes are pending
 
     def run(self) -> None:
@@ -108,7 +112,26 @@ class ScanScheduler(threading.Thread):
         try:
             return self.items.get_nowait()
         except stdqueue.Empty:
-            return self._deferred.popleft()
+            item = self._deferred.popleft()
+            if item[0] == "paths":
+                self._deferred_paths.pop((item[1], item[3]), None)
+            return item
+
+    def _defer(self, item: _Item) -> None:
+        """Queue a bulk item behind the running bulk work: a full scan once per repo,
+        the path batches of one repo (and root) merged into one set."""
+        kind, repo, paths, root_id, burst = item
+        if kind == "full":
+            if item not in self._deferred:
+                self._deferred.append(item)
+            return
+        waiting = self._deferred_paths.get((repo, root_id))
+        if waiting is not None:
+            waiting |= paths or set()
+            return
+        merged = set(paths or ())
+        self._deferred_paths[(repo, root_id)] = merged
+        self._deferred.append(("paths", repo, merged, root_id, burst))
 
     def _run_item(self, kind: str, repo: Path, paths: set[str] | None, root_id: RootId | None = None,
                   burst: bool = False) -> None:
@@ -123,7 +146,7 @@ class ScanScheduler(threading.Thread):
         if kind == "full":
             self._bulk_work(scanner, repo, "full", None)
             return
-        live, bulk = scanner.split_batch(paths or (), LIVE_MAX_PATHS)
+        live, bulk = scanner.split_batch(paths or (), LIVE_MAX_PATHS, new_to_bulk=burst)
         if live:
             self._live_work(scanner, repo, live, burst)
         if bulk:
@@ -132,8 +155,19 @@ class ScanScheduler(threading.Thread):
     def _live_work(self, scanner: Scanner, repo: Path, paths: list[str], burst: bool) -> None:
         """A few saves, indexed at once; during a burst, files new to the store are not
         saves (the tail of an extraction) and queue behind them."""
-        self._guard(scanner, repo, "paths", paths, lambda: scanner.process_paths(
-            paths, PRIORITY_LIVE, new_priority=PRIORITY_BACKFILL if burst else None), "live")
+        def work() -> ScanResult:
+            result = scanner.process_paths(paths, PRIORITY_LIVE, new_priority=PRIORITY_BACKFILL if burst else None)
+            self._indexed(repo, "live", len(paths), result)
+            return result
+
+        self._guard(scanner, repo, "paths", paths, work, "live")
+
+    @staticmethod
+    def _indexed(repo: Path, lane: str, paths: int, result: ScanResult, cpu_s: float | None = None) -> None:
+        """One ``batch_indexed`` line per path batch of either lane."""
+        log.info("batch_indexed", repo=str(repo), lane=lane, paths=paths, files=result.seen, changed=result.changed,
+                 deleted=result.deleted, jobs=result.jobs, duration_s=round(result.duration_s, 3),
+                 **({} if cpu_s is None else {"cpu_s": round(cpu_s, 3)}))
 
     def _bulk_work(self, scanner: Scanner, repo: Path, kind: str, paths: list[str] | None) -> None:
         """A full scan or a bulk batch, pausing after each file for the saves that arrived."""
@@ -146,9 +180,7 @@ class ScanScheduler(threading.Thread):
             if kind == "full":
                 return scanner.full_scan(PRIORITY_BACKFILL, between=self._serve_live)
             result = scanner.process_paths(paths or (), PRIORITY_BACKFILL, between=self._serve_live)
-            log.info("batch_indexed", repo=str(repo), paths=len(paths or ()), files=result.seen,
-                     changed=result.changed, deleted=result.deleted, jobs=result.jobs,
-                     duration_s=round(result.duration_s, 3), cpu_s=round(time.thread_time() - cpu_started, 3))
+            self._indexed(repo, "bulk", len(paths or ()), result, time.thread_time() - cpu_started)
             return result
 
         try:
@@ -206,14 +238,13 @@ class ScanScheduler(threading.Thread):
             kind, repo, paths, root_id, burst = item
             scanner = self.scanner_of(repo)
             if kind == "full" or scanner is None:
-                if item not in self._deferred:
-                    self._deferred.append(item)
+                self._defer(item)
                 continue
-            live, bulk = scanner.split_batch(paths or (), LIVE_MAX_PATHS)
+            live, bulk = scanner.split_batch(paths or (), LIVE_MAX_PATHS, new_to_bulk=burst)
             if live and (root_id is None or root_identity(repo) == root_id):
                 self._live_work(scanner, repo, live, burst)
             if bulk:
-                self._deferred.append(("paths", repo, set(bulk), root_id, burst))
+                self._defer(("paths", repo, set(bulk), root_id, burst))
 
     def put(self, work: ScanWork) -> None:
         """Queue a work item (e.g. a :class:`~llmc_rag_service.watch.watchset.Work` from ``WatchSet.poll()``)."""

@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 #: Most files committed in one transaction.
 FLUSH_FILES = 64
 #: Seconds of indexing after which the files so far are committed.
-FLUSH_S = 0.05
+FLUSH_S = 0.2
 
 
 @dataclass

@@ -11,7 +11,8 @@
 * main loop: sleeps until something is due (at most :data:`TICK_S`) or an
   event wakes it; hands due watcher paths to
   the indexer, publishes STATUS (on a change of the text, at most every
-  :data:`STATUS_MIN_GAP_S`, at least every :data:`STATUS_MAX_GAP_S`) and pings
+  :data:`STATUS_MIN_GAP_S` or ten times what its counts took to compute, at
+  least every :data:`STATUS_MAX_GAP_S`) and pings
   the watchdog a little under half of ``WATCHDOG_USEC`` only while the health
   gate passes (watchers and indexer alive, no job past its deadline plus a
   grace, store writable). The ping is sent from the loop, so a stalled loop
@@ -69,6 +70,11 @@ STOP_GRACE_S = 20.0
 #: Seconds the indexer may take to finish its current scan on stop.
 INDEXER_JOIN_S = 5.0
 STATUS_MIN_GAP_S = 0.5
+#: A STATUS text that took d seconds to compute (its counts are queries over every
+#: job) is recomputed at most every STATUS_COST_FACTOR * d seconds (at least
+#: STATUS_MIN_GAP_S, at most STATUS_MAX_GAP_S): the loop that hands saves to
+#: the indexer spends at most a tenth of its time on it during a large backfill.
+STATUS_COST_FACTOR = 10.0
 #: Seconds the STATUS copy in the store may wait for the write lock.
 STATUS_META_TIMEOUT_S = 0.5
 #: Below the contract's 10 s, leaving room for one tick.
@@ -116,6 +122,8 @@ class Daemon:
         self._holding: str | None = None
         self.gate = HealthGate()
         self._status_at = -math.inf
+        self._status_cost_s = 0.0  # seconds the last STATUS text took to compute (self.clock)
+        self._computed_at = -math.inf  # when it was computed
         self._status_text: str | None = None
         self._degraded: list[str] = []
         self._store_fault: str | None = None  # event name of the store fault last logged
@@ -231,8 +239,9 @@ class Daemon:
         due = self.pipeline.next_due_s()
         if due is not None:
             waits.append(due)
-        gap = STATUS_MIN_GAP_S if self.status_dirty else STATUS_MAX_GAP_S
-        waits.append(self._status_at + gap - now)
+        waits.append(self._status_at + STATUS_MAX_GAP_S - now)
+        if self.status_dirty:
+            waits.append(max(self._computed_at + self._dirty_gap_s(), self._status_at + STATUS_MIN_GAP_S) - now)
         return max(0.0, min(waits))
 
     def shutdown(self) -> None:
@@ -340,20 +349,29 @@ class Daemon:
         self.notifier.status(text)
         return True
 
+    def _dirty_gap_s(self) -> float:
+        """Seconds between two computations of a changed STATUS (see :data:`STATUS_COST_FACTOR`)."""
+        return min(STATUS_MAX_GAP_S, max(STATUS_MIN_GAP_S, STATUS_COST_FACTOR * self._status_cost_s))
+
     def _maybe_publish_status(self, now: float) -> None:
         # A repo moved, missing or polling changes these notes (and status --json state).
         degraded = self.pipeline.degraded()
         if degraded != self._degraded:
             self._degraded, self.status_dirty = degraded, True
         heartbeat = now - self._status_at >= STATUS_MAX_GAP_S
-        if not (self.status_dirty or heartbeat) or now - self._status_at < STATUS_MIN_GAP_S:
+        recompute = (self.status_dirty and now - self._computed_at >= self._dirty_gap_s()
+                     and now - self._status_at >= STATUS_MIN_GAP_S)
+        if not (heartbeat or recompute):
             return
-        dirty, self.status_dirty = self.status_dirty, False
         # A heartbeat with nothing changed resends the last text: its counts are queries
         # over every job (seconds a minute on a store of a million jobs, for an idle
         # daemon), and they change only with a job outcome or a scan, which mark it dirty.
-        reuse = not dirty and self._status_text is not None and "retry in" not in self._status_text
-        text = self._status_text if reuse and self._status_text is not None else self.status_text()
+        if recompute or self._status_text is None or "retry in" in self._status_text:
+            self.status_dirty = False
+            text = self.status_text()
+            self._computed_at, self._status_cost_s = now, self.clock() - now
+        else:
+            text = self._status_text
         if self._send_status(text, heartbeat):
             try:
                 # Short wait: another process holding the store must not stall the loop.

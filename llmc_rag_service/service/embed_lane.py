@@ -71,10 +71,12 @@ class EmbedLane:
             return None
         return next((h.state for h in hosts if h.state != "ok"), "busy")
 
-    def note(self) -> str | None:
+    def note(self, pending: int | None = None) -> str | None:
         """The STATUS part for embeddings: what waits and why, or None when
-        nothing is pending (so an idle daemon's STATUS stays short)."""
-        state, pending = self.state(), self.remaining()
+        nothing is pending (so an idle daemon's STATUS stays short).
+        ``pending``: :meth:`remaining` when the caller has it (a query over every job)."""
+        state = self.state()
+        pending = self.remaining() if pending is None else pending
         if state == "model_missing":
             return (f"embed model {self.model} missing, run: ollama pull {self.model} "
                     f"({pending} spans wait; lexical search works)")

@@ -510,7 +510,13 @@ class Pipeline:
         before it ``paused: <reason>; `` while a store fault lasts (e.g. ``paused:
         no space for the state in /var/lib/llmc-rag (12.0 KiB free): …``)."""
         self._reap()
+        if self.embeds is None:
+            left, note = 0, None
+        else:  # one count of the embedding jobs for both parts (a query over every job)
+            remaining = self.embeds.remaining()
+            left = 0 if self.embeds.state() == "model_missing" else remaining
+            note = self.embeds.note(remaining)
         text = render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity,
-                      self.embeds_left(), self.embeds.note() if self.embeds else None, team=self.team_status())
+                      left, note, team=self.team_status())
         fault = self.store.fault
         return f"paused: {fault.reason}; {text}" if fault is not None else text

@@ -352,6 +352,13 @@ class Store(Database):
             (repo_id, under, repo_id, under + "/", under + "0"))
         return {r["path"]: FileRecord(*r) for r in rows}
 
+    def stored_paths(self, repo_id: int, paths: Sequence[str]) -> set[str]:
+        """Which of ``paths`` (relative) the store holds as files of the repo: one
+        query, a probe of the ``UNIQUE(repo_id, path)`` index per path."""
+        rows = self.conn.execute("SELECT path FROM files WHERE repo_id = ? AND path IN (SELECT value FROM json_each(?))",
+                                 (repo_id, json.dumps(list(paths))))
+        return {r[0] for r in rows}
+
     def file_spans(self, file_id: int) -> list[sqlite3.Row]:
         """Span rows of one file in line order."""
         return self.conn.execute(
@@ -368,17 +375,19 @@ class Store(Database):
 
         Returns the file id.
         """
-        tx.execute(
+        cur = tx.execute(
             """INSERT INTO files(repo_id, path, size, mtime_ns, content_hash, language, skipped, redacted, updated_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(repo_id, path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
                content_hash = excluded.content_hash, language = excluded.language,
-               skipped = excluded.skipped, redacted = excluded.redacted, updated_at = excluded.updated_at""",
+               skipped = excluded.skipped, redacted = excluded.redacted, updated_at = excluded.updated_at
+               RETURNING id, (SELECT COUNT(*) FROM spans WHERE file_id = files.id)""",
             (repo_id, path, size, mtime_ns, content_hash, language, skipped, redacted, time.time()),
         )
-        file_id = tx.execute("SELECT id FROM files WHERE repo_id = ? AND path = ?", (repo_id, path)).fetchone()[0]
+        file_id, held = cur.fetchone()
         if spans is not None:
-            tx.execute("DELETE FROM spans WHERE file_id = ?", (file_id,))
+            if held:  # a new file (most of a cold scan) has none to delete
+                tx.execute("DELETE FROM spans WHERE file_id = ?", (file_id,))
             tx.executemany(
                 "INSERT INTO spans(file_id, kind, name, start_line, end_line, span_hash) VALUES (?, ?, ?, ?, ?, ?)",
                 [(file_id, s.kind, s.name, s.start_line, s.end_line, s.span_hash) for s in spans],

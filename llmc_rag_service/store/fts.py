@@ -54,11 +54,18 @@ def identifier_parts(word: str) -> list[str]:
     return [p.lower() for run in _RUN.findall(word) for p in _parts(run)]
 
 
+# A run that can split into more than one part: an ASCII run splits only at an
+# upper-case letter after its first character (``fooBar``, ``HTTPServer``, ``x1Y``);
+# a run of another script stays whole (see _parts). Finding only these keeps the
+# Python work of a cold scan's search index on the few identifiers that split.
+_SPLITTABLE = re.compile(r"(?<![^\W_])[^\W_]+?[A-Z][^\W_]*")
+
+
 def split_terms(text: str) -> str:
     """The extra terms indexed after ``text``: the parts of each distinct
     camelCase identifier in it, space-separated (empty if there are none)."""
     extra: list[str] = []
-    for run in dict.fromkeys(_RUN.findall(text)):
+    for run in dict.fromkeys(_SPLITTABLE.findall(text)):
         parts = _parts(run)
         if len(parts) > 1:
             extra.extend(p.lower() for p in parts)

@@ -265,23 +265,26 @@ class JobQueue:
             )
         return len(stale)
 
-    def claim(self) -> Job | None:
+    def claim(self, max_priority: int | None = None) -> Job | None:
         """Atomically take the most urgent ready job (pending, due, span still
-        present) and mark it running by this process; None if there is none."""
-        jobs = self.claim_many(1)
+        present) and mark it running by this process; None if there is none.
+        ``max_priority``: only a job of that priority or a more urgent one
+        (:data:`PRIORITY_LIVE`: the workers' live slot takes saves only)."""
+        jobs = self.claim_many(1, max_priority)
         return jobs[0] if jobs else None
 
-    def claim_many(self, limit: int) -> list[Job]:
+    def claim_many(self, limit: int, max_priority: int | None = None) -> list[Job]:
         """Atomically take up to ``limit`` ready jobs, most urgent first (see :meth:`claim`)."""
         now = self.clock.time()
+        urgent = "" if max_priority is None else "AND priority <= :maxprio"
         with self.store.write() as tx:
             rows = tx.execute(
                 f"""UPDATE jobs SET state = 'running', claimed_by = :pid, claimed_at = :now, updated_at = :now
                     WHERE id IN (SELECT id FROM jobs WHERE state = 'pending' AND kind = :kind AND model = :model
-                                 AND prompt_version = :ver AND next_attempt_at <= :now AND {_HAS_SPAN}
+                                 AND prompt_version = :ver AND next_attempt_at <= :now AND {_HAS_SPAN} {urgent}
                                  ORDER BY priority, id LIMIT :limit)
                     RETURNING id, span_hash, model, attempts, priority""",
-                self._params(pid=os.getpid(), now=now, limit=limit)).fetchall()
+                self._params(pid=os.getpid(), now=now, limit=limit, maxprio=max_priority)).fetchall()
         return sorted((Job(*row) for row in rows), key=lambda job: (job.priority, job.id))
 
     def complete(self, job: Job, enrichment: Enrichment, duration_s: float | None) -> None:

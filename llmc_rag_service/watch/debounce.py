@@ -40,6 +40,18 @@ class Debouncer:
             self._first.setdefault(relpath, now)
         return was_empty
 
+    def touch(self, relpath: str) -> bool:
+        """Record an event for ``relpath`` now if it is pending already (then True);
+        else change nothing and return False. Lets the watcher skip its ignore
+        check for the second and later events of a file (a write is 2-4 events)."""
+        now = self._clock()
+        with self._lock:
+            if relpath not in self._last:
+                return False
+            del self._last[relpath]  # re-insert at the end: the order stays by time
+            self._last[relpath] = now
+        return True
+
     def due(self) -> set[str]:
         """Pop and return the paths that are due now."""
         now = self._clock()

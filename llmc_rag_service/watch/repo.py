@@ -369,6 +369,11 @@ class RepoWatcher:
                 self._on_git_event(rel)  # submodules added or removed: the gate looks again
             elif event.is_directory:
                 self._ignore.forget(rel)  # a directory moved in may bring other .gitignore files
+            elif self._debouncer.touch(rel):
+                # Pending already, so not ignored when its first event came (the
+                # scanner checks again): during an extraction of thousands of files
+                # this thread must keep up, or a save's events queue behind theirs.
+                continue
             if not self._ignore.is_ignored(rel, is_dir=event.is_directory):
                 # Only the first pending path needs to wake the caller: a later one is
                 # never due before the paths already waiting (see Debouncer).
