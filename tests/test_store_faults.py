@@ -214,7 +214,7 @@ def test_corrupt_pages_met_by_a_worker_end_serve(tmp_path, notify, monkeypatch):
     corrupt = _real_corrupt_error(tmp_path)
     original = JobQueue.claim_many
 
-    def claim_many(self, limit):
+    def claim_many(self, limit, max_priority=None):
         raise corrupt
 
     repo = tmp_path / "repo"
