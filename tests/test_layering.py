@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llmc_rag_service"
@@ -61,3 +63,14 @@ def test_no_module_shadows_the_standard_library():
 
     names = {p.stem for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__"}
     assert names & set(sys.stdlib_module_names) == set()
+
+
+def test_the_emulator_program_needs_only_structlog():
+    """The emulator runs from a venv holding structlog alone (tests/system runs it so, before and after
+    llmc-rag is installed): its modules must not import numpy, httpx or the other dependencies at load."""
+    blocked = ["numpy", "httpx", "yaml", "watchdog", "pathspec", "psycopg", "wordllama", "tree_sitter"]
+    code = ("import sys\n"
+            f"for name in {blocked!r}: sys.modules[name] = None\n"
+            "import llmc_rag_service.testing.emulator\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -24,7 +24,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 #: Dimension of the shipped weights.
 WORDLLAMA_DIM = 256
@@ -70,6 +69,10 @@ def wordllama_embeddings(texts: list[str], dim: int = WORDLLAMA_DIM) -> list[lis
         raise ValueError(f"wordllama embeds in 1..{WORDLLAMA_DIM} dimensions, not {dim}")
     if not texts:
         return []
+    # Imported here: the emulator's hashed vectors need only the standard library, so
+    # `python -m llmc_rag_service.testing` runs with structlog alone (as in tests/system).
+    import numpy as np
+
     matrix = np.asarray(_load().embed(texts, norm=False), dtype=np.float32)[:, :dim]
     matrix = np.nan_to_num(matrix)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
