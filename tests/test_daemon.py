@@ -356,6 +356,7 @@ def test_a_slow_status_is_recomputed_at_most_every_ten_times_its_cost(tmp_path, 
         start = clock()
         while clock() < start + 20.0:
             running.daemon._mark_dirty()  # a job outcome, as the workers report one
+            running.settle()  # asleep on the clock again: it has a deadline to read
             running.step(min(clock.deadline_of(running.thread), clock() + 0.25))
     finally:
         running.stop()

@@ -152,7 +152,9 @@ def test_reloads_do_not_leak_file_descriptors(tmp_path, repo, ollama, notify, se
     before = len(os.listdir(fd_dir))
     for i in range(20):
         reload_with(3 if i % 2 else 2)
-    wait_for(lambda: len(os.listdir(fd_dir)) <= before + 2, timeout_s=20, what="file descriptors back")
+    # A leak never gives them back; retired pools close theirs once their threads end, which on
+    # a loaded machine (parallel workers) has taken more than 20 s.
+    wait_for(lambda: len(os.listdir(fd_dir)) <= before + 2, timeout_s=60, what="file descriptors back")
     assert serve.stop() == 0
 
 
