@@ -250,9 +250,13 @@ def verify_store(conn: sqlite3.Connection, path: Path) -> int:
         sqlite3.DatabaseError: not a database, or malformed (reading the
             schema parses the first page).
     """
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    # One statement, so one snapshot: read apart, a daemon creating the store between the
+    # reads showed its new tables with the old version 0, as if the file were foreign.
+    app_id, version, names = conn.execute(
+        "SELECT (SELECT application_id FROM pragma_application_id()),"
+        " (SELECT user_version FROM pragma_user_version()),"
+        " (SELECT json_group_array(name) FROM sqlite_master WHERE type = 'table')").fetchone()
+    tables = set(json.loads(names))
     if app_id not in (0, APPLICATION_ID):
         raise StoreCorrupt(path, f"application_id {app_id:#x} is another application's")
     if (version == 0 and tables) or (version > 0 and not CORE_TABLES <= tables):
