@@ -82,8 +82,8 @@ class EmbedPool(WorkerPool):
 
     Attributes: ``context_tokens``, the embedding model's context assumed now
     (lowered when the server refuses an input as too long); ``done`` and
-    ``failed``, jobs finished by this pool (``done`` includes ``team_hits``,
-    jobs done with a teammate's vector).
+    ``failed``, jobs finished by this pool (``done`` includes the jobs done
+    with a teammate's vector).
     """
 
     def __init__(self, store: Store, queue: EmbedQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
@@ -95,7 +95,6 @@ class EmbedPool(WorkerPool):
         self.claim_batch = 1  # a turn claims the rest of its batch itself
         self.context_tokens = EMBED_CONTEXT_TOKENS
         self.team = team
-        self.team_hits = 0
         self._team_turn = threading.local()  # per worker thread: see _process
         self._server_dims: dict[ol.OllamaClient, int | None] = {}  # see _known_dim (benign race: same answer)
 
@@ -168,7 +167,6 @@ class EmbedPool(WorkerPool):
             log.info("team_embed_hit", job=job.id, span_hash=job.span_hash, model=self.queue.model)
         with self._lock:
             self.done += len(hits)
-            self.team_hits += len(hits)
         return True
 
     def _settle(self, open_: dict[int, Job], job: Job, outcome: Callable[[Job], object]) -> None:

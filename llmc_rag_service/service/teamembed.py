@@ -50,8 +50,6 @@ class TeamEmbedGate:
     def __init__(self, cache: TeamCache, model: str, input_version: int):
         self.cache, self.model, self.input_version = cache, model, input_version
         self._lock = threading.Lock()
-        #: Vectors taken from the team cache since start (``status --json``'s ``team.embed_hits``).
-        self.hits = 0
         #: Keys of rows not taken while this daemon knew no dimension, already sent back once.
         self._waited: set[EmbeddingKey] = set()
 
@@ -69,7 +67,6 @@ class TeamEmbedGate:
         unusable: set[EmbeddingKey] = set()
         found = self.cache.lookup_embeddings(keys, dim, unusable)
         with self._lock:
-            self.hits += len(found)
             if dim is None:
                 # A lone row does not set the dimension (team.keys.usable_vectors), but it is
                 # usually sound and its teammates' rows follow: wait once (the job is looked up

@@ -96,14 +96,11 @@ class TeamGate:
         self.feeder = TeamFeeder(self, self.ledger)
         self.cache = TeamCache(dsn, validate=validate_enrichment, outbox=TeamOutbox(store), settings=settings,
                                on_published=self.feeder.on_published)
-        self._embed_gates: list[TeamEmbedGate] = []
 
     def embed_gate(self, model: str, input_version: int) -> TeamEmbedGate:
         """The embedding lane's gate on this cache for ``model`` (one per lane;
-        its hits count in :meth:`status`)."""
-        gate = TeamEmbedGate(self.cache, model, input_version)
-        self._embed_gates.append(gate)
-        return gate
+        the cache counts its hits for :meth:`status`)."""
+        return TeamEmbedGate(self.cache, model, input_version)
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -150,7 +147,7 @@ class TeamGate:
         return {"url": cache["url"], "reachable": cache["reachable"], "hits": self.hits,
                 "published": cache["published"], "outbox": cache["outbox"], "deferred": deferred,
                 "last_error": cache["last_error"], "queries": cache["queries"],
-                "embed_hits": sum(g.hits for g in self._embed_gates), "embed_published": cache["embed_published"]}
+                "embed_hits": cache["embed_hits"], "embed_published": cache["embed_published"]}
 
     # -- the gate (worker threads) ---------------------------------------------
     def admit(self, job: Job) -> Admission:
