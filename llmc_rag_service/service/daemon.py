@@ -219,6 +219,7 @@ class Daemon:
             self.reload_requested = False
             self.reload()
         self._drain_watchers()
+        self.pipeline.reap_retired()
         now = self.clock()
         self._maybe_publish_status(now)
         if self.ping_every_s and now >= next_ping:

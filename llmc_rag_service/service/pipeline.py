@@ -337,7 +337,7 @@ class Pipeline:
         for pool, clients in self._lanes():
             pool.retire()
             self._retired.append((pool, clients))
-        self._reap()
+        self.reap_retired()
         self.config = config
         self.queue = JobQueue(self.store, config.ollama.model, config.queue.max_attempts, self.clock)
         if self.team is not None:
@@ -482,7 +482,7 @@ class Pipeline:
             self._retired.append((pool, clients))
         if self.team is not None:
             self.team.close()
-        self._reap()
+        self.reap_retired()
         if self._retired:
             # A worker still inside a request after the grace would get an
             # unmapped "client has been closed" error; its client is left to
@@ -496,8 +496,10 @@ class Pipeline:
         self.store.close()
         return returned
 
-    def _reap(self) -> None:
-        """Close the clients of retired pools whose last request has ended."""
+    def reap_retired(self) -> None:
+        """Close the clients of retired pools whose last request has ended (the
+        daemon's loop calls this every turn: an idle daemon computes no STATUS,
+        and a reload's old connections must not stay open until the next job)."""
         for pool, clients in list(self._retired):
             if not pool.busy_threads():
                 for client in clients:
@@ -509,7 +511,6 @@ class Pipeline:
         ``activity`` (e.g. ``scanning repo``) is prepended when given, and
         before it ``paused: <reason>; `` while a store fault lasts (e.g. ``paused:
         no space for the state in /var/lib/llmc-rag (12.0 KiB free): …``)."""
-        self._reap()
         if self.embeds is None:
             left, note = 0, None
         else:  # one count of the embedding jobs for both parts (a query over every job)
