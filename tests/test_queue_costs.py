@@ -2,6 +2,7 @@
 (also after kill -9), the catch-up pass runs only when something can be missing, and jobs
 claimed ahead go back when the pool stops claiming."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -168,3 +169,49 @@ def test_jobs_claimed_ahead_go_back_when_the_pool_is_retired(tmp_path, ollama, p
     wait_for(lambda: pool.busy_threads() == 0 and not pool.results.thread.is_alive(), 10,
              "the retired workers and their result writer to end")
     assert p.pipeline.counts() == {"pending": 4, "ready": 4, "running": 0, "failed": 0, "done": 2, "in_flight": 0}
+
+
+def test_a_files_rewrite_costs_the_same_whatever_the_number_of_pending_jobs(store, tmp_path):
+    """The scan's per-file write (spans, both queues, orphan jobs cancelled, unheld text dropped, search
+    index) reads no row per pending job: rewriting one file costs the same SQLite work with 200 and with
+    4,000 jobs pending. (cancel_orphans walked every pending job of its kind once per lost span: a
+    checkout of 10k files never settled on a large store.)"""
+    from pathlib import Path
+
+    from llmc_rag_service.index.writes import FileWrite, FileWrites
+    from llmc_rag_service.models import Span
+
+    queues = QueueSet(JobQueue(store, "m", 3), EmbedQueue(store, "e", INPUT_VERSION, "m"))
+    repo_id = store.repo_id("/repo")
+    writes = FileWrites(store, lambda: queues, repo_id, Path("/repo"))
+    (tmp_path / "edit.py").write_text("g = 0\n")
+    stat = os.stat(tmp_path / "edit.py")
+
+    def rewrite_steps(version: int) -> int:
+        """SQLite VM steps (in tens; the count restarts with each statement) of rewriting edit.py with 10 new spans."""
+        spans = [Span("function", f"g{i}", i + 1, i + 1, f"g{i} = {version}", "python") for i in range(10)]
+        steps = [0]
+
+        def count() -> int:
+            steps[0] += 1
+            return 0
+
+        store.conn.set_progress_handler(count, 10)
+        try:
+            assert writes.add(FileWrite("edit.py", stat, f"v{version}", "python", None, spans, PRIORITY_LIVE)) is None
+            assert writes.flush().files == 1
+        finally:
+            store.conn.set_progress_handler(None, 0)
+        return steps[0]
+
+    def grow_to(files: int) -> None:
+        for n in range(len(store.conn.execute("SELECT id FROM files WHERE path != 'edit.py'").fetchall()), files):
+            add_file(store, f"f{n}.py", [f"x = {n}.{i}" for i in range(10)], queues)
+
+    grow_to(10)
+    rewrite_steps(0)
+    small = rewrite_steps(1)
+    grow_to(200)
+    large = rewrite_steps(2)
+    assert queues.queues[1].counts()["pending"] >= 2000
+    assert large <= 1.5 * small, (small, large)

@@ -194,12 +194,13 @@ class JobQueue:
         if span_hashes is None:
             return tx.execute(f"DELETE FROM jobs WHERE kind = ? AND state = 'pending' AND NOT {_HAS_SPAN}",
                               (self.KIND,)).rowcount
-        cancelled = 0
-        for span_hash in set(span_hashes):
-            cancelled += tx.execute(
-                f"DELETE FROM jobs WHERE kind = ? AND span_hash = ? AND state = 'pending' AND NOT {_HAS_SPAN}",
-                (self.KIND, span_hash)).rowcount
-        return cancelled
+        # ``+state``: without it SQLite walks every pending job of the kind
+        # (jobs_claim's (kind, state) prefix) for each hash instead of the job
+        # key index's (kind, span_hash): quadratic in a checkout of 10k files.
+        return tx.execute(
+            f"""DELETE FROM jobs WHERE kind = ? AND span_hash IN (SELECT value FROM json_each(?))
+                AND +state = 'pending' AND NOT {_HAS_SPAN}""",
+            (self.KIND, json.dumps(sorted(set(span_hashes))))).rowcount
 
     @property
     def complete_mark(self) -> str:
