@@ -99,3 +99,38 @@ def test_a_store_error_does_not_kill_the_worker(tmp_path, ollama, pipelines, mon
     assert all(j["state"] == "done" for j in p.jobs())
     assert [e for e in logs if e["event"] == "job_error" and e["log_level"] == "error"]
     assert p.pipeline.pool.dead() is None
+
+
+def test_a_model_missing_for_long_changes_status_once_not_on_every_probe(tmp_path, ollama, pipelines, monkeypatch):
+    """Probes that find the model still missing change nothing a STATUS shows, so they do not ask for a new
+    STATUS (each costs a count of every pending job: on a large backlog that was the idle daemon's CPU);
+    the probe that finds the model pulled does."""
+    fast_backoffs(monkeypatch)
+    ollama.uninstall("test-model")
+    p = pipelines(tmp_path, ollama.url, files=2)
+    pool = p.pipeline.pool
+    p.start()
+    wait_for(lambda: pool.host.state == "model_missing", 10, "the model found missing")
+    changes: list[str] = []
+    pool.on_change = lambda: changes.append(pool.host.state)
+    probes = ollama.count("/api/tags")
+    wait_for(lambda: ollama.count("/api/tags") >= probes + 4, 10, "four more probes")
+    assert changes == []
+    ollama.install("test-model")
+    p.wait_done()
+    assert changes and changes[0] == "ok"
+
+
+def test_a_status_redrawn_without_a_recount_keeps_the_counts_and_moves_the_countdown(tmp_path, ollama, pipelines):
+    """status_line(recount=False) (the daemon's heartbeat while a host waits to be retried) reuses the last
+    job counts, which walk every pending job, and redraws the host's "retry in" countdown."""
+    p = pipelines(tmp_path, ollama.url, files=2)
+    host = p.pipeline.pool.host
+    host.state, host.error, host.retry_at = "unreachable", "connection refused", time.monotonic() + 20.4
+    assert p.pipeline.status_line().startswith("waiting: 2 pending,") and "retry in 20 s" in p.pipeline.status_line()
+    write_tree(p.root, {"new.py": "def g(x):\n    return x\n"})
+    p.pipeline.scan_all()
+    host.retry_at = time.monotonic() + 10.4
+    line = p.pipeline.status_line(recount=False)
+    assert line.startswith("waiting: 2 pending,") and line.endswith("retry in 10 s")
+    assert p.pipeline.status_line().startswith("waiting: 3 pending,")

@@ -602,13 +602,14 @@ class WorkerPool:
             self.clock.wait(host.ok_event, min(max(wait, 0.05), IDLE_WAIT_S))
             return
         healthy: bool | None = None
+        changed = False
         try:
             if host.ok_event.is_set() or self.stopping.is_set():
                 return
             healthy, error = self._probe(host)
             if not healthy:
                 host.failures += 1
-                host.error = error
+                changed, host.error = error != host.error, error
                 host.retry_at = self.clock() + backoff_s(host.failures + 1, PROBE_BASE_S, PROBE_MAX_S)
                 log.debug("ollama_probe_failed", url=host.url, error=error, retry_in_s=round(host.retry_in_s(), 1))
         finally:
@@ -617,7 +618,10 @@ class WorkerPool:
             return
         if healthy:
             self._host_ok(host)
-        else:
+        elif changed:
+            # Only a new error changes STATUS (its "retry in" countdown is redrawn by
+            # the daemon's heartbeat): a STATUS recount costs a walk of every pending
+            # job, and a model missing for hours must not cost one per probe.
             self.on_change()
 
     def _probe(self, host: Host) -> tuple[bool, str | None]:

@@ -367,10 +367,12 @@ class Daemon:
         # A heartbeat with nothing changed resends the last text: its counts are queries
         # over every job (seconds a minute on a store of a million jobs, for an idle
         # daemon), and they change only with a job outcome or a scan, which mark it dirty.
-        if recompute or self._status_text is None or "retry in" in self._status_text:
+        if recompute or self._status_text is None:
             self.status_dirty = False
             text = self.status_text()
             self._computed_at, self._status_cost_s = now, self.clock() - now
+        elif "retry in" in self._status_text:
+            text = self.status_text(recount=False)  # the countdown moves; the counts did not
         else:
             text = self._status_text
         if self._send_status(text, heartbeat):
@@ -384,9 +386,10 @@ class Daemon:
             except (sqlite3.Error, StoreUnusable) as exc:
                 log.debug("status_not_stored", error=str(exc))
 
-    def status_text(self) -> str:
-        """The one STATUS line: activity, queue counts, Ollama state, degraded notes."""
-        text = self.pipeline.status_line(self.pipeline.activity())
+    def status_text(self, recount: bool = True) -> str:
+        """The one STATUS line: activity, queue counts, Ollama state, degraded notes
+        (``recount=False``: the counts of the last line, see ``Pipeline.status_line``)."""
+        text = self.pipeline.status_line(self.pipeline.activity(), recount)
         if self._degraded:  # each note reads "degraded: polling /repo (...)"
             text += "; " + "; ".join(self._degraded)
         return text
