@@ -116,3 +116,14 @@ def test_only_the_head_is_looked_at():
     body = filler * (HEAD_BYTES // len(filler) + 1)
     assert is_secret_content("app.yaml", body + b"password: Tq7mZ2xW9pL4vK8sR3nB\n") is None
     assert is_secret_content("app.yaml", b"password: Tq7mZ2xW9pL4vK8sR3nB\n" + body) is not None
+
+
+def test_a_name_of_several_kinds_gets_the_first_kind_of_the_table_whatever_the_pattern_depth():
+    """secret_file_kind matches one regex per pattern depth (it runs for every path of every scan); where a
+    name fits patterns of several kinds, the kind listed first in SECRET_FILES wins, as one pattern at a
+    time in table order would give."""
+    assert secret_file_kind("deploy/.env.pem") == "dotenv"  # dotenv ".env.*" before private-key "*.pem"
+    assert secret_file_kind("x/.kube/config") == "kubeconfig"  # a two-component pattern
+    assert secret_file_kind("x/.docker/credentials.json") == "cloud-credentials"  # before docker-config's depth 2
+    assert secret_file_kind("A/.DOCKER/CONFIG.JSON") == "docker-config"
+    assert secret_file_kind("pkg/mod/config.json") is None and secret_file_kind("main.py") is None

@@ -18,7 +18,7 @@ redacted instead (``index/redact.py``), so the rest of it is still indexed.
 from __future__ import annotations
 
 import re
-from fnmatch import fnmatchcase
+from fnmatch import translate
 from pathlib import PurePosixPath
 
 #: How much of a config-format file :func:`is_secret_content` needs (bytes).
@@ -62,16 +62,34 @@ _K8S_SECRET = re.compile(r'^kind:[ \t]*["\']?Secret["\']?[ \t]*$|"kind"\s*:\s*"S
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 
 
-def secret_file_kind(relpath: str) -> str | None:
-    """The kind of secret file ``relpath`` (POSIX, relative to the repo) is by its
-    name, e.g. ``kubeconfig`` for ``ops/.kube/config``; None if its name says nothing."""
-    parts = relpath.lower().rstrip("/").split("/")
+def _by_depth() -> list[tuple[int, re.Pattern[str], list[str]]]:
+    """:data:`SECRET_FILES` as one regex per pattern depth (path components it
+    spans), each an alternation of the patterns in the table's order:
+    ``(depth, regex, kind of each alternative)``. One match per depth instead
+    of an fnmatch per pattern: this runs for every path of every scan."""
+    groups: dict[int, list[tuple[str, str]]] = {}
     for kind, patterns in SECRET_FILES.items():
         for pattern in patterns:
-            depth = pattern.count("/") + 1
-            if len(parts) >= depth and fnmatchcase("/".join(parts[-depth:]), pattern):
-                return kind
-    return None
+            groups.setdefault(pattern.count("/") + 1, []).append((kind, pattern))
+    return [(depth, re.compile("|".join(f"(?P<p{i}>{translate(p)})" for i, (_, p) in enumerate(items))),
+             [kind for kind, _ in items]) for depth, items in sorted(groups.items())]
+
+
+_ORDER = {kind: i for i, kind in enumerate(SECRET_FILES)}
+_BY_DEPTH = _by_depth()
+
+
+def secret_file_kind(relpath: str) -> str | None:
+    """The kind of secret file ``relpath`` (POSIX, relative to the repo) is by its
+    name, e.g. ``kubeconfig`` for ``ops/.kube/config``; None if its name says nothing.
+    When patterns of several kinds match, the first kind of :data:`SECRET_FILES` wins."""
+    parts = relpath.lower().rstrip("/").split("/")
+    found: list[str] = []
+    for depth, regex, kinds in _BY_DEPTH:
+        m = regex.match("/".join(parts[-depth:])) if len(parts) >= depth else None
+        if m is not None and m.lastgroup is not None:
+            found.append(kinds[int(m.lastgroup[1:])])
+    return min(found, key=_ORDER.__getitem__) if found else None
 
 
 def _key_says_secret(key: str) -> bool:
