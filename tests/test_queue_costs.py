@@ -215,3 +215,87 @@ def test_a_files_rewrite_costs_the_same_whatever_the_number_of_pending_jobs(stor
     large = rewrite_steps(2)
     assert queues.queues[1].counts()["pending"] >= 2000
     assert large <= 1.5 * small, (small, large)
+
+
+def test_no_pending_job_outlives_its_span(store):
+    """A job that goes back to pending after its span went (released, retried, recovered) is dropped in the
+    same transaction, as is one queued for a hash no span holds: the tallies' pending count is the work left."""
+    from llmc_rag_service.models import Span
+
+    q = JobQueue(store, "m", max_attempts=5)
+    hashes = add_file(store, "a.py", [f"x = {i}" for i in range(4)], q)
+    jobs = q.claim_many(3)
+    repo_id = store.repo_id("/repo")
+    with store.write() as tx:  # the file goes while its jobs run (a scan cancels only pending ones)
+        store.put_file(tx, repo_id, "a.py", size=1, mtime_ns=2, content_hash="b", language="python",
+                       skipped=None, spans=[Span("function", "y", 1, 1, "y = 0", "python")])
+        assert q.cancel_orphans(tx, hashes) == 1  # the one not claimed
+    q.release(jobs[0])
+    q.retry(jobs[1], "boom", delay_s=0)
+    with store.write() as tx:
+        tx.execute("UPDATE jobs SET claimed_by = NULL WHERE id = ?", (jobs[2].id,))  # a dead process's claim
+    assert q.recover() == 1
+    with store.write() as tx:
+        q.enqueue(tx, ["0" * 64], PRIORITY_BACKFILL)
+    assert q.recount() == {} and same(q) == {}
+    assert q.counts() == {"pending": 0, "ready": 0, "running": 0, "failed": 0, "done": 0}
+
+
+def test_counts_read_no_row_per_pending_job(store):
+    """counts() (every STATUS) costs the same SQLite work with 100 and with 3,000 jobs pending, and its ready
+    count leaves out the jobs waiting out a backoff."""
+    q = JobQueue(store, "m", max_attempts=5)
+
+    def steps() -> int:
+        n = [0]
+
+        def count() -> int:
+            n[0] += 1
+            return 0
+
+        store.conn.set_progress_handler(count, 10)
+        try:
+            q.counts()
+        finally:
+            store.conn.set_progress_handler(None, 0)
+        return n[0]
+
+    add_file(store, "a.py", [f"x = {i}" for i in range(50)], q)
+    add_file(store, "b.py", [f"y = {i}" for i in range(50)], q, PRIORITY_LIVE)
+    small = steps()  # one index range per priority present: the same two below
+    add_file(store, "c.py", [f"z = {i}" for i in range(2900)], q)
+    large = steps()
+    assert large <= small + 2, (small, large)
+    q.retry(q.claim(), "boom", delay_s=60)
+    assert q.counts() == {"pending": 3000, "ready": 2999, "running": 0, "failed": 0, "done": 0}
+
+
+def test_a_store_of_schema_8_loses_its_pending_jobs_without_a_span_and_keeps_the_rest(tmp_path):
+    """Migration 9 drops the pending jobs no span holds (an older store may have some: they were skipped by
+    claims and counts, never sent) and keeps every other job, the tallies with them."""
+    import sqlite3
+
+    from llmc_rag_service.store.db import MIGRATIONS, Store
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:8], start=1):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.execute("INSERT INTO repos(id, path, added_at) VALUES (1, '/repo', 0)")
+    conn.execute("INSERT INTO files(id, repo_id, path, size, mtime_ns, content_hash, updated_at)"
+                 " VALUES (1, 1, 'a.py', 1, 1, 'c', 0)")
+    conn.execute("INSERT INTO spans(file_id, kind, name, start_line, end_line, span_hash)"
+                 " VALUES (1, 'function', 'f', 1, 1, 'held')")
+    for i, (span_hash, state) in enumerate([("held", "pending"), ("gone", "pending"), ("gone", "done")]):
+        conn.execute("INSERT INTO jobs(kind, span_hash, model, prompt_version, state, priority, created_at,"
+                     f" updated_at) VALUES ('enrich', ?, 'm{i}', 1, ?, 0, 0, 0)", (span_hash, state))
+    conn.close()
+    store = Store(path)
+    try:
+        rows = store.conn.execute("SELECT span_hash, state FROM jobs ORDER BY id").fetchall()
+        assert [tuple(r) for r in rows] == [("held", "pending"), ("gone", "done")]
+        assert dict(store.conn.execute("SELECT model, n FROM job_tallies WHERE n > 0").fetchall()) == \
+            {"m0": 1, "m2": 1}
+    finally:
+        store.close()

@@ -206,6 +206,21 @@ MIGRATIONS: tuple[str, ...] = (
             VALUES (new.kind, new.model, new.prompt_version, new.state, 1)
             ON CONFLICT DO UPDATE SET n = n + 1; END;
     """,
+    # 9: no pending job without a span, so the tallies' pending count is the work
+    # left and STATUS reads no job row (a walk of every pending job took seconds
+    # at 800k jobs, on the loop that hands saves to the indexer). A scan cancels
+    # the pending jobs of the spans it removes (JobQueue.cancel_orphans); these
+    # triggers drop a job that becomes pending after its span went (a worker's job
+    # released or retried, a dead process's job recovered, a re-embedding).
+    """
+    DELETE FROM jobs WHERE state = 'pending' AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.span_hash = jobs.span_hash);
+    CREATE TRIGGER jobs_pending_without_span AFTER UPDATE OF state ON jobs
+        WHEN new.state = 'pending' AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.span_hash = new.span_hash)
+        BEGIN DELETE FROM jobs WHERE id = new.id; END;
+    CREATE TRIGGER jobs_queued_without_span AFTER INSERT ON jobs
+        WHEN new.state = 'pending' AND NOT EXISTS (SELECT 1 FROM spans s WHERE s.span_hash = new.span_hash)
+        BEGIN DELETE FROM jobs WHERE id = new.id; END;
+    """,
 )
 
 

@@ -46,6 +46,18 @@ BACKOFF_MAX_S = 300.0
 # A job is only claimable while some current span still has its hash.
 _HAS_SPAN = "EXISTS (SELECT 1 FROM spans s WHERE s.span_hash = jobs.span_hash)"
 
+# Pending jobs of one key not due yet (backoff, deferred): a skip-scan of jobs_ready
+# (kind, state, priority, next_attempt_at), one range per priority present.
+_NOT_DUE_SQL = """
+WITH RECURSIVE p(v) AS (
+    SELECT (SELECT MIN(priority) FROM jobs WHERE kind = :kind AND state = 'pending')
+    UNION ALL
+    SELECT (SELECT MIN(priority) FROM jobs WHERE kind = :kind AND state = 'pending' AND priority > p.v)
+    FROM p WHERE p.v IS NOT NULL)
+SELECT COUNT(*) FROM p JOIN jobs j ON j.kind = :kind AND j.state = 'pending' AND j.priority = p.v
+    AND j.next_attempt_at > :now
+WHERE j.model = :model AND j.prompt_version = :ver"""
+
 #: Prefix of the ``meta`` keys marking a queue key's catch-up as complete (see JobQueue.enqueue_missing).
 COMPLETE_MARK = "queue_complete:"
 
@@ -360,18 +372,15 @@ class JobQueue:
         """Live job counts for this model: ``pending`` (incl. waiting for
         backoff), ``ready`` (due now), ``running``, ``failed``, ``done``.
 
-        ``done`` and ``failed`` come from the running tallies (``job_tallies``,
-        kept by triggers), so the cost grows with the jobs still to do (pending
-        or running, whose span must still exist: a walk of the ``jobs_claim``
-        index), never with the jobs done."""
-        row = self.store.conn.execute(
-            f"""SELECT SUM(state = 'pending'), SUM(state = 'pending' AND next_attempt_at <= ?), SUM(state = 'running')
-               FROM jobs WHERE kind = ? AND state IN ('pending', 'running') AND model = ? AND prompt_version = ?
-               AND {_HAS_SPAN}""",
-            (self.clock.time(), *self._key()),
-        ).fetchone()
+        Every count but ``ready`` comes from the running tallies (``job_tallies``,
+        kept by triggers; no pending job outlives its span: migration 9), and
+        ``ready`` is ``pending`` less the jobs not yet due, found through the
+        ``jobs_ready`` index one priority at a time. So the cost grows with the
+        jobs waiting out a backoff or a teammate, never with the backlog."""
         tallies = self.tallies()
-        return {**dict(zip(("pending", "ready", "running"), (v or 0 for v in row))),
+        pending = tallies.get("pending", 0)
+        waiting = self.store.conn.execute(_NOT_DUE_SQL, self._params(now=self.clock.time())).fetchone()[0]
+        return {"pending": pending, "ready": pending - waiting, "running": tallies.get("running", 0),
                 "failed": tallies.get("failed", 0), "done": tallies.get("done", 0)}
 
     def tallies(self) -> dict[str, int]:
