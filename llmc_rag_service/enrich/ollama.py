@@ -45,7 +45,6 @@ import functools
 import json
 import re
 import ssl
-import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, ClassVar, Iterator, Sequence
@@ -238,37 +237,18 @@ class OllamaClient:
         self.url, self.concurrency = self.host.url, self.host.concurrency
         self.answer_format = answer_format
         self.options = dict(cfg.options) if options is None else options
-        self._transport = transport
-        # One httpx client per calling thread: each worker sends one request at a
-        # time, and 16 workers sharing one connection pool spent a third of their
-        # time on its lock (bench/RESULTS-throughput.md). Closed together by close().
-        self._local = threading.local()
-        self._clients: list[httpx.Client] = []
-        self._clients_lock = threading.Lock()
-        self._closed = False
-
-    @property
-    def _http(self) -> httpx.Client:
-        """The calling thread's httpx client (made on first use; at most two
-        connections: its request and a spare). RuntimeError once :meth:`close` ran."""
-        client: httpx.Client | None = getattr(self._local, "client", None)
-        if client is None:
-            client = httpx.Client(
-                base_url=self.url,
-                timeout=httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=self.cfg.load_timeout_s,
-                                      write=WRITE_TIMEOUT_S, pool=POOL_TIMEOUT_S),
-                limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
-                transport=self._transport,
-                verify=_ssl_context(),
-                trust_env=False,
-            )
-            with self._clients_lock:
-                if self._closed:
-                    client.close()
-                    raise RuntimeError("Cannot send a request, as the client has been closed.")
-                self._clients.append(client)
-            self._local.client = client
-        return client
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=cfg.load_timeout_s,
+                                  write=WRITE_TIMEOUT_S, pool=POOL_TIMEOUT_S),
+            # Beside the workers: the live slot (enrich/workers.py), and one spare
+            # connection for a probe or the warm-up.
+            limits=httpx.Limits(max_connections=self.concurrency + 2,
+                                max_keepalive_connections=self.concurrency + 2),
+            transport=transport,
+            verify=_ssl_context(),
+            trust_env=False,
+        )
 
     def max_request_s(self) -> float:
         """Longest a :meth:`chat` attempt can take, in seconds (see module docstring)."""
@@ -461,11 +441,8 @@ class OllamaClient:
         return answer
 
     def close(self) -> None:
-        """Close every thread's pooled connections; a request after this raises RuntimeError."""
-        with self._clients_lock:
-            self._closed, clients, self._clients = True, self._clients, []
-        for client in clients:
-            client.close()
+        """Close pooled connections."""
+        self._http.close()
 
 
 def _numbers(values: list[Any]) -> bool:
