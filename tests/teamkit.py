@@ -13,12 +13,14 @@ from llmc_rag_service.team.settings import TeamSettings
 from llmc_rag_service.testing.repos import make_config
 from tests.helpers import wait_for
 
-#: The real code base the daemons watch: two packages of this product's own source.
-CODE_BASE = [Path(llmc_rag_service.__file__).parent / name for name in ("store", "team")]
+_PACKAGES = Path(llmc_rag_service.__file__).parent
+#: The real code base the daemons watch: a package of this product's own source (the team package, some 130
+#: spans: enough for three daemons at two requests each to contend for spans; every span costs CPU, so no more).
+CODE_BASE = [_PACKAGES / "team"]
 
 
-#: A smaller real code base (the team package alone, some 100 spans), for tests that embed too.
-SMALL_CODE_BASE = CODE_BASE[1:]
+#: A smaller real code base (the search package, some 75 spans), for tests that embed too.
+SMALL_CODE_BASE = [_PACKAGES / "search"]
 
 
 def copy_code_base(dest: Path, packages: list[Path] = CODE_BASE) -> Path:
