@@ -41,7 +41,19 @@ def run(config, *args) -> int:
     return cli.main(["search", "-c", str(config.source), *args])
 
 
+def run_exit(config, capsys, *args: str) -> tuple[int, str]:
+    """``search`` in this process: its exit status (also an argparse usage error's ``SystemExit``) and stderr.
+    Only an exit status can leave: any other exception fails the test, as a traceback would."""
+    capsys.readouterr()
+    try:
+        code = cli.main(["search", "-c", str(config.source), *args])
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
 def run_process(config, *args: str | bytes) -> subprocess.CompletedProcess:
+    """``python -m llmc_rag_service search``: for what only a real process shows (the entry point, argv bytes)."""
     argv = [sys.executable, "-m", "llmc_rag_service", "search", "-c", str(config.source), *args]
     return subprocess.run(argv, capture_output=True, timeout=60)
 
@@ -102,19 +114,17 @@ def test_no_hits_is_success(config, capsys):
     ([""], "the query is empty"),
     (["?!"], "no letters or digits"),
 ])
-def test_usage_errors_exit_2_with_a_clear_line(config, args, message):
+def test_usage_errors_exit_2_with_a_clear_line(config, capsys, args, message):
     """Bad options and empty queries exit 2 with one line naming the problem, never a traceback."""
-    proc = run_process(config, *args)
-    err = proc.stderr.decode()
-    assert proc.returncode == 2 and message in err and "Traceback" not in err
+    code, err = run_exit(config, capsys, *args)
+    assert code == 2 and message in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("args", [["-x"], ["parse", "-x"]])
-def test_a_query_starting_with_a_dash_says_to_put_it_after_double_dash(config, args):
+def test_a_query_starting_with_a_dash_says_to_put_it_after_double_dash(config, capsys, args):
     """``search -x`` is read as an unknown option: exit 2, and the line says ``search -- -x`` works."""
-    proc = run_process(config, *args)
-    err = proc.stderr.decode()
-    assert proc.returncode == 2 and "Traceback" not in err
+    code, err = run_exit(config, capsys, *args)
+    assert code == 2 and "Traceback" not in err
     assert "unrecognized arguments: " in err and "goes after --, as in: llmc-rag search -- -x" in err
 
 
@@ -125,7 +135,7 @@ def test_a_query_after_double_dash_may_start_with_a_dash(config, capsys):
 
 
 def test_a_missing_query_is_a_usage_error(config):
-    """``search`` with no query exits 2 saying QUERY is required."""
+    """``search`` with no query exits 2 saying QUERY is required (through the real entry point)."""
     proc = run_process(config)
     assert proc.returncode == 2 and "the following arguments are required: QUERY" in proc.stderr.decode()
 
@@ -136,21 +146,20 @@ def test_non_utf8_argument_is_refused_clearly(config):
     assert proc.returncode == 2 and b"not valid UTF-8" in proc.stderr and b"Traceback" not in proc.stderr
 
 
-def test_corrupt_store_exits_74(config):
+def test_corrupt_store_exits_74(config, capsys):
     """A state file that is not a database: exit 74 with the path, no traceback."""
     config.db_path.write_bytes(b"this is not sqlite" * 100)
     for name in ("llmc-rag.db-wal", "llmc-rag.db-shm"):
         (config.db_path.parent / name).unlink(missing_ok=True)
-    proc = run_process(config, "x")
-    assert proc.returncode == 74 and str(config.db_path) in proc.stderr.decode()
-    assert b"Traceback" not in proc.stderr
+    code, err = run_exit(config, capsys, "x")
+    assert code == 74 and str(config.db_path) in err and "Traceback" not in err
 
 
-def test_store_from_a_newer_version_exits_74(config, sr):
+def test_store_from_a_newer_version_exits_74(config, sr, capsys):
     """A store whose schema is newer than this program: exit 74, saying so."""
     sr.store.conn.execute("PRAGMA user_version = 99")
-    proc = run_process(config, "x")
-    assert proc.returncode == 74 and b"newer than this llmc-rag" in proc.stderr
+    code, err = run_exit(config, capsys, "x")
+    assert code == 74 and "newer than this llmc-rag" in err
 
 
 def test_bad_config_exits_78(tmp_path):
