@@ -13,9 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters
-
 from llmc_rag_service.cli import main
 from llmc_rag_service.testing import OllamaEmulator
 from llmc_rag_service.testing.repos import make_config, write_tree
@@ -46,6 +43,11 @@ def indexed(tmp_path_factory):
 
 
 def _session(config_path: Path):
+    # Imported here, not at the top: the SDK takes most of a second to import, which every parallel
+    # worker would pay while collecting, though only the one running these tests needs it.
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
     params = StdioServerParameters(command=sys.executable, args=["-m", "llmc_rag_service", "mcp", "-c", str(config_path)])
     return Client(params, read_timeout_seconds=30)
 

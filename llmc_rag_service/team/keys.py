@@ -17,8 +17,6 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from llmc_rag_service.models import Enrichment
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -69,6 +67,9 @@ def vector_problem(vector: object, dim: object) -> str | None:
         return f"dim {dim!r} out of range"
     if len(vector) != 4 * dim:
         return f"vector of {len(vector)} bytes for dim {dim}"
+    # Imported here: config imports this package, and numpy would add a sixth of a second to every command.
+    import numpy as np
+
     if not np.isfinite(np.frombuffer(vector, dtype="<f4")).all():
         return "vector has NaN or infinite values"
     return None
