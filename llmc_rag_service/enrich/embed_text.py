@@ -55,6 +55,8 @@ RESERVED_TOKENS = 16
 MIN_CONTEXT_TOKENS = 64
 
 _PIECES = re.compile(r"[A-Za-z0-9]+|\s+|.", re.DOTALL)
+# The pieces of _PIECES by kind: runs of ASCII letters and digits, runs of whitespace, and what is neither.
+_WORDS, _SPACES, _NOT_OTHER = re.compile(r"[A-Za-z0-9]+"), re.compile(r"\s+"), re.compile(r"[A-Za-z0-9\s]+")
 
 
 def estimate_tokens(text: str) -> int:
@@ -66,15 +68,10 @@ def estimate_tokens(text: str) -> int:
     UTF-8 length in bytes (punctuation is a token of its own; a rare
     character may be one token per byte).
     """
-    count = 0
-    for piece in _PIECES.findall(text):
-        if piece[0].isascii() and piece[0].isalnum():
-            count += math.ceil(len(piece) / 3)
-        elif piece[0].isspace():
-            count += math.ceil(len(piece) / 4)
-        else:
-            count += len(piece.encode("utf-8"))
-    return count
+    # Three passes in C, not a Python step per piece: this runs on every span's text, several times.
+    words = sum((len(run) + 2) // 3 for run in _WORDS.findall(text))
+    spaces = sum((len(run) + 3) // 4 for run in _SPACES.findall(text))
+    return words + spaces + len(_NOT_OTHER.sub("", text).encode("utf-8"))
 
 
 def _head(text: str, budget: int) -> str:

@@ -13,6 +13,7 @@ randomness: the same text always gives the same vector, in any process.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -50,9 +51,23 @@ def embedding_words(text: str) -> list[str]:
     return [s for s in stems if s not in _STOP]
 
 
-def _add(vector: list[float], feature: str, weight: float) -> None:
+@functools.lru_cache(maxsize=1 << 16)
+def _slot(feature: str, dim: int) -> tuple[int, bool]:
+    """The bucket of ``feature`` in a vector of ``dim`` and whether its sign is +.
+    Cached: the same words and trigrams recur in every text, and hashing them was most of the work."""
     digest = int.from_bytes(hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest(), "little")
-    vector[digest % len(vector)] += weight if digest >> 63 else -weight
+    return digest % dim, bool(digest >> 63)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _trigram_slots(word: str, dim: int) -> tuple[tuple[int, bool], ...]:
+    """The :func:`_slot` of each character trigram of ``#word#``, in order."""
+    padded = f"#{word}#"
+    return tuple(_slot("3:" + padded[start:start + 3], dim) for start in range(len(padded) - 2))
+
+
+def _add(vector: list[float], bucket: int, positive: bool, weight: float) -> None:
+    vector[bucket] += weight if positive else -weight
 
 
 def hashed_embedding(text: str, dim: int = 768) -> list[float]:
@@ -65,10 +80,9 @@ def hashed_embedding(text: str, dim: int = 768) -> list[float]:
         raise ValueError(f"dim must be at least 1, not {dim}")
     vector = [0.0] * dim
     for word, count in Counter(embedding_words(text)).items():
-        _add(vector, word, 1.0 + math.log(count))
-        padded = f"#{word}#"
-        for start in range(len(padded) - 2):
-            _add(vector, "3:" + padded[start:start + 3], TRIGRAM_WEIGHT)
+        _add(vector, *_slot(word, dim), 1.0 + math.log(count))
+        for bucket, positive in _trigram_slots(word, dim):
+            _add(vector, bucket, positive, TRIGRAM_WEIGHT)
     norm = math.sqrt(sum(v * v for v in vector))
     if norm == 0:
         vector[0] = norm = 1.0
