@@ -312,12 +312,14 @@ def test_parallel_slots_bound_in_flight(pool) -> None:
 def test_waiting_requests_are_served_fifo(pool) -> None:
     """Requests waiting for a slot are served in arrival order (O4)."""
     with OllamaEmulator(num_parallel=1, latency_s=0.1) as emu:
-        emu.inject("slow", seconds=2.0)  # the first holds the slot while the others queue, even on a busy box
+        emu.pause()  # the first holds the slot until released, so the others queue however busy the box is
         futures = [pool.submit(chat, emu.url, "first")]
         wait_for(lambda: emu.in_flight_max.get("test-model") == 1)
         for n in range(1, 4):
             futures.append(pool.submit(chat, emu.url, f"n{n}"))
             wait_for(lambda n=n: emu.waiting_for_slot == n)
+        assert not any(f.done() for f in futures)  # the first is held, not answered
+        emu.pause(False)
         assert all(f.result().status_code == 200 for f in futures)
         ends = sorted(emu.requests, key=lambda r: r.t_end)
         assert [r.json["messages"][0]["content"] for r in ends] == ["first", "n1", "n2", "n3"]

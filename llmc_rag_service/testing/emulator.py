@@ -245,6 +245,12 @@ class OllamaEmulator:
         """Installed names of the models loaded or loading now (expired ones unloaded first)."""
         return [runner.key for runner in self.scheduler.loaded()]
 
+    def pause(self, paused: bool = True) -> None:
+        """Hold (True) or release (False) chat and generate answers: a request that
+        gets its slot keeps it and sends nothing until released, so others queue
+        behind it however slow the machine is (the time-free way to fill a queue)."""
+        self.scheduler.pause(paused)
+
     @property
     def waiting_for_slot(self) -> int:
         """Requests now waiting FIFO for a generation slot of a loaded model."""

@@ -135,6 +135,8 @@ class Generation:
         if not self.sched.take_slot(ex, runner):
             return ex.drop()
         try:
+            if not self.sched.hold(ex):  # paused: the slot stays taken, nothing is sent
+                return ex.drop()
             content, thinking, reason = self._compose(req, fault)
             midstream = fault is not None and fault.kind == "midstream_error"
             extra = fault.seconds() if fault and fault.kind == "slow" else 0.0

@@ -95,6 +95,8 @@ class Scheduler:
         #: Wall-clock seconds for keep_alive expiries (``time.time``); a test
         #: injects a manual clock to step past an expiry without sleeping.
         self.wall: Callable[[], float] = time.time
+        #: While True, a chat/generate request that has its slot waits before answering (see :meth:`hold`).
+        self.paused = False
 
     # -- installed models --------------------------------------------------
     def find(self, name: str) -> str:
@@ -126,6 +128,16 @@ class Scheduler:
                     return False
                 self.cond.wait(max(0.0, min(POLL_S, until - time.monotonic())))
         return True
+
+    def hold(self, ex: Exchange) -> bool:
+        """Wait while :attr:`paused` (a stuck runner keeping its slot); False if the client left or the server stopped."""
+        return self.wait_until(ex, lambda: not self.paused)
+
+    def pause(self, paused: bool) -> None:
+        """Set :attr:`paused` and wake the waits."""
+        with self.cond:
+            self.paused = paused
+            self.cond.notify_all()
 
     def sleep(self, ex: Exchange, seconds: float) -> bool:
         """Wait ``seconds``; False if the client left or the server stopped."""
