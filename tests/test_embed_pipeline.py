@@ -138,13 +138,14 @@ def test_a_400_for_a_batch_sends_each_member_alone(tmp_path, runs, emulators):
     """A batch answered 400 is split: every span is embedded by a request of its own, none fails."""
     emu = emulators(["test-model"], embed_models=[EMBED], latency_s=5.0)
     emu.inject("bad_request_400", endpoint="embed", message="invalid input")
-    run = runs(tmp_path, emu).start()
+    # One worker thread per lane: it claims all six queued spans as its first batch (with two, their
+    # turns could split the six, and a lone input refused would prove no split).
+    run = runs(tmp_path, emu, ollama={"concurrency": 1}).start()
     wait_for(lambda: run.embeds()["done"] == 6, 15, "six spans embedded")
     embeds = [r for r in emu.requests if r.path == "/api/embed"]
     attempts = [len(r.json["input"]) for r in embeds]
-    # The refused batch (usually all six; fewer when a worker claimed before the rest were
-    # due) is resent one input per request; every span is embedded once after the 400.
-    assert embeds[0].status == 400 and attempts[0] >= 2, attempts
+    # The refused batch is resent one input per request; every span is embedded once after the 400.
+    assert embeds[0].status == 400 and attempts[0] == 6, attempts
     assert attempts[1:].count(1) >= attempts[0] and sum(attempts[1:]) == 6, attempts
     assert run.embeds()["failed"] == 0
 
