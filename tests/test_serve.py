@@ -130,6 +130,17 @@ def test_sigterm_during_a_large_catch_up_scan_exits_cleanly(tmp_path, ollama, no
     assert "Traceback" not in serve.logs()
 
 
+def open_files(fd_dir: str) -> list[str]:
+    """What each open file descriptor of a process refers to (``/proc/PID/fd`` link targets), sorted."""
+    targets = []
+    for fd in os.listdir(fd_dir):
+        try:
+            targets.append(os.readlink(os.path.join(fd_dir, fd)))
+        except OSError:  # closed meanwhile
+            pass
+    return sorted(targets)
+
+
 @pytest.mark.timeout(90)
 def test_reloads_do_not_leak_file_descriptors(tmp_path, repo, ollama, notify, serve_factory):
     """Twenty reloads that rebuild the worker pool leave the daemon's open file count where it was."""
@@ -149,12 +160,15 @@ def test_reloads_do_not_leak_file_descriptors(tmp_path, repo, ollama, notify, se
 
     for concurrency in (3, 2, 3, 2):  # warm up: first reloads may open lasting files
         reload_with(concurrency)
-    before = len(os.listdir(fd_dir))
+    before = open_files(fd_dir)
     for i in range(20):
         reload_with(3 if i % 2 else 2)
     # A leak never gives them back; retired pools close theirs once their threads end, which on
     # a loaded machine (parallel workers) has taken more than 20 s.
-    wait_for(lambda: len(os.listdir(fd_dir)) <= before + 2, timeout_s=60, what="file descriptors back")
+    try:
+        wait_for(lambda: len(os.listdir(fd_dir)) <= len(before) + 2, timeout_s=60, what="file descriptors back")
+    except AssertionError as exc:  # say which files stayed open, for the diagnosis
+        raise AssertionError(f"{exc}: {before} before, {open_files(fd_dir)} now") from None
     assert serve.stop() == 0
 
 
