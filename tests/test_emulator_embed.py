@@ -12,6 +12,7 @@ import pytest
 
 from llmc_rag_service.testing.emulator import TOO_LONG_MSG, EmbedModel, OllamaEmulator
 from llmc_rag_service.testing.vectors import hashed_embedding
+from tests.helpers import wait_for
 
 EMBED = "nomic-embed-text"
 
@@ -97,7 +98,9 @@ def test_dimensions_cuts_and_renormalises(emu):
 def test_keep_alive_is_honoured_like_chat(emu):
     """keep_alive 0 unloads the embedding model once the request is done; a bad one is 400."""
     assert embed(emu.url, ["x"], keep_alive=0).status_code == 200
-    assert emu.loaded_models() == [] and emu.unloads == 1
+    # The runner is released just after the answer is sent (as Ollama's scheduler hears of it): wait for it.
+    wait_for(lambda: emu.loaded_models() == [], 10, "the embedding model unloaded")
+    assert emu.unloads == 1
     resp = embed(emu.url, ["x"], keep_alive="300")
     assert resp.status_code == 400 and resp.json() == {"error": 'time: missing unit in duration "300"'}
 
