@@ -58,6 +58,9 @@ def test_a_teammates_vectors_cost_no_embed_request(pg, tmp_path, source, daemons
         bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=source, embed=True)
         bob.start().wait_done()
         inputs = embed_inputs(emu)
+        # A hit is logged just after its job is done: wait for the lines inside capture_logs.
+        wait_for(lambda: {e["span_hash"] for e in logs if e["event"] == "team_embed_hit"} >= bob.span_hashes(), 10,
+                 "every hit logged")
     spans = alice.span_hashes()
     assert len(spans) > 40 and bob.span_hashes() == spans
     assert max(collections.Counter(inputs).values()) == 1  # no text embedded twice in the team

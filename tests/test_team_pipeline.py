@@ -35,12 +35,14 @@ def test_three_daemons_on_copies_of_one_code_base_send_each_span_once(pg, tmp_pa
         for daemon in team:
             daemon.wait_done()
         prompts = [r.json["messages"][-1]["content"] for r in chats(emu)]
-    spans = team[0].span_hashes()
+        spans = team[0].span_hashes()
+        # A hit is counted, then logged, just after its commit: give the counters and the log that moment
+        # (inside capture_logs, or the last lines are lost).
+        wait_for(lambda: sum(d.pipeline.team_status()["hits"] for d in team) == 2 * len(spans)
+                 and sum(e["event"] == "team_hit" for e in logs) >= 2 * len(spans), 10, "hits counted and logged")
     assert len(spans) > 100 and all(d.span_hashes() == spans for d in team)
     assert len(prompts) == len(spans) and max(collections.Counter(prompts).values()) == 1
     assert all(d.enriched() == spans for d in team)
-    # The feeder counts a hit just after its commit: give the counters that moment.
-    wait_for(lambda: sum(d.pipeline.team_status()["hits"] for d in team) == 2 * len(spans), 10, "hits counted")
     statuses = [d.pipeline.team_status() for d in team]
     assert sum(s["published"] for s in statuses) == len(spans) and team_rows(pg) == spans
     assert {s["deferred"] for s in statuses} == {0} and {s["outbox"] for s in statuses} == {0}
