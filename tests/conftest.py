@@ -35,6 +35,10 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     Most of the suite's wall time is spent waiting on real things (serve
     subprocesses, sockets, inotify, PostgreSQL), not on this process's CPU:
     measured on 2 cores, 4 workers took 85 s where 2 took 130 s and 1 took 178 s.
+    Each worker collects (imports, rewrites asserts) on its own, ~3 CPU s: on a
+    shared 2-core box (load 1-4) 2 workers cost ~80 CPU s but ~100 s wall,
+    3 and 4 workers ~86-93 CPU s and 72-82 s wall; the tests' own waits sum to
+    ~190 s, so more workers overlap them better on an idle machine.
     """
     cores = len(os.sched_getaffinity(0))
     return max(2, min(8, 2 * cores))
