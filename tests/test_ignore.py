@@ -196,3 +196,19 @@ def test_invalidate_reloads_edited_gitignore(tmp_path):
     ig.invalidate()
     assert ig.is_ignored("sub/keep.py")
     assert walked(ig) == [".gitignore"]
+
+
+def test_the_one_regex_of_the_excludes_says_what_pathspec_says(tmp_path):
+    """The default and configured excludes run as one regex (the patterns that match at any depth share one
+    optional prefix): for names at the root, deep, as files and as directories it gives pathspec's verdict."""
+    ignore = RepoIgnore(tmp_path, ["docs/", "/top.txt", "*.log", "a/**/b", "!keep.log"])
+    assert ignore._base_re is None  # a negation makes the order matter: pathspec decides then
+    ignore = RepoIgnore(tmp_path, ["docs/", "/top.txt", "*.log", "a/**/b"])
+    assert ignore._base_re is not None
+    names = ["main.py", ".git/", "x/.git/", "x/.git", "node_modules/", "a/node_modules/", "b/x.pyc", "vendor/bundle/",
+             "a/vendor/bundle/", "build/", "x/build", "x.egg-info/", "y/z.egg-info/", ".coverage", ".coverage.1",
+             "a/.coverage.x", "lib.so", "x/lib.so.1", "top.txt", "d/top.txt", "docs/", "q/docs/", "k.log",
+             "a/b/k.log", "a/x/y/b", "a/b", "dist", "dist/", "out/", "src/output.py", "venv2/", "my.venv/"]
+    said = {n: bool(ignore._base_re.search(n)) for n in names}
+    assert said == {n: bool(ignore._base.match_file(n)) for n in names}
+    assert said["a/vendor/bundle/"] is False and said["x/.git/"] and said["a/x/y/b"] and not said["d/top.txt"]

