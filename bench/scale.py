@@ -88,9 +88,10 @@ def note(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def git(root: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=b@b", *args], cwd=root, env=child_env(),
-                   check=True, capture_output=True)
+def git(root: Path, *args: str) -> str:
+    """Run git in ``root``; its stdout."""
+    return subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=b@b", *args], cwd=root, env=child_env(),
+                          check=True, capture_output=True, text=True).stdout
 
 
 def write_config(work: Path, url: str, root: Path) -> Path:
@@ -413,9 +414,11 @@ def serve_phases_run(serve: Serve, root: Path, emu: OllamaEmulator, work: Path, 
         wait_until(lambda: Chats(emu).count() >= args.extract, 900, "the extracted files' requests", 0.2)
     if args.checkout:
         _WAIT.wait(5.0)
-        out["checkout_b"] = checkout(serve, root, emu, "B", args.checkout, changed)
+        # The files git rewrites: a generated change may leave a file's text as it was.
+        differ = len(git(root, "diff", "--name-only", "A", "B").splitlines())
+        out["checkout_b"] = checkout(serve, root, emu, "B", differ, changed)
         note(f"checkout B: {out['checkout_b']}")
-        out["checkout_a"] = checkout(serve, root, emu, "A", args.checkout, 0)
+        out["checkout_a"] = checkout(serve, root, emu, "A", differ, 0)
         note(f"checkout A: {out['checkout_a']}")
     return out
 
