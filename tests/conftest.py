@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import compileall
 import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+import llmc_rag_service
 from tests.helpers import NotifySocket, TempPipeline, Serve, write_tree
 from tests.teamkit import Daemon
 from tests.threads import leftover_threads
@@ -27,6 +30,16 @@ THREAD_JOIN_S = 2.0
 #: session-scoped fixture's threads start before the first test that uses it, so
 #: they are not new to any test).
 PROCESS_THREADS: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the controller, before any worker starts: write the package's bytecode
+    once. The suite starts dozens of ``serve`` and CLI processes, and where the
+    environment sets PYTHONDONTWRITEBYTECODE (the machines this suite was timed on do) each of them,
+    and each worker, would compile every module from source again (~0.13 s per
+    process); reading bytecode is not what that variable turns off."""
+    if not hasattr(config, "workerinput"):
+        compileall.compile_dir(Path(llmc_rag_service.__file__).parent, quiet=1)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
