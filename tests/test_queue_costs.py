@@ -29,6 +29,23 @@ def add_file(store, path, texts, queues=None, priority=PRIORITY_BACKFILL):
     return hashes
 
 
+def vm_steps(store, work) -> int:
+    """SQLite VM steps, in tens, of ``work()`` on this thread's store connection (the
+    count restarts with each statement, so a statement's last few steps go uncounted)."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    store.conn.set_progress_handler(count, 10)
+    try:
+        work()
+    finally:
+        store.conn.set_progress_handler(None, 0)
+    return steps[0]
+
+
 def same(queue):
     """Tallies without the zero rows of states left empty."""
     return {state: n for state, n in queue.tallies().items() if n}
@@ -188,21 +205,14 @@ def test_a_files_rewrite_costs_the_same_whatever_the_number_of_pending_jobs(stor
     stat = os.stat(tmp_path / "edit.py")
 
     def rewrite_steps(version: int) -> int:
-        """SQLite VM steps (in tens; the count restarts with each statement) of rewriting edit.py with 10 new spans."""
+        """SQLite VM steps of rewriting edit.py with 10 new spans."""
         spans = [Span("function", f"g{i}", i + 1, i + 1, f"g{i} = {version}", "python") for i in range(10)]
-        steps = [0]
 
-        def count() -> int:
-            steps[0] += 1
-            return 0
-
-        store.conn.set_progress_handler(count, 10)
-        try:
+        def rewrite() -> None:
             assert writes.add(FileWrite("edit.py", stat, f"v{version}", "python", None, spans, PRIORITY_LIVE)) is None
             assert writes.flush().files == 1
-        finally:
-            store.conn.set_progress_handler(None, 0)
-        return steps[0]
+
+        return vm_steps(store, rewrite)
 
     def grow_to(files: int) -> None:
         for n in range(len(store.conn.execute("SELECT id FROM files WHERE path != 'edit.py'").fetchall()), files):
@@ -247,18 +257,7 @@ def test_counts_read_no_row_per_pending_job(store):
     q = JobQueue(store, "m", max_attempts=5)
 
     def steps() -> int:
-        n = [0]
-
-        def count() -> int:
-            n[0] += 1
-            return 0
-
-        store.conn.set_progress_handler(count, 10)
-        try:
-            q.counts()
-        finally:
-            store.conn.set_progress_handler(None, 0)
-        return n[0]
+        return vm_steps(store, q.counts)
 
     add_file(store, "a.py", [f"x = {i}" for i in range(50)], q)
     add_file(store, "b.py", [f"y = {i}" for i in range(50)], q, PRIORITY_LIVE)
