@@ -35,3 +35,12 @@ echo "== llmc-rag show $work/repo/decoder.py:340"
 .venv/bin/llmc-rag show -c "$work/config.yaml" "$work/repo/decoder.py:340"
 echo "== a second enrich on the unchanged repo sends no request"
 .venv/bin/llmc-rag enrich -c "$work/config.yaml"
+# The emulator stops with this script (trap above); the files stay for a look around.
+cat <<EOF2
+== done. The demo's files stay in $work (remove them with: rm -rf $work).
+   The emulator stops with this script, so search is then lexical only and doctor says Ollama is
+   unreachable; try:
+     .venv/bin/llmc-rag search -c $work/config.yaml "decode a JSON document"
+   or start the emulator again first (then search is hybrid):
+     .venv/bin/python -m llmc_rag_service.testing --port $port --model demo-model &
+EOF2

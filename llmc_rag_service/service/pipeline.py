@@ -150,8 +150,9 @@ class Pipeline:
         stored spans were cut with, every file is read and cut again by its next scan."""
         redactor = Redactor(secrets.allow)
         allow_key = hashlib.sha256(json.dumps(list(secrets.allow)).encode()).hexdigest()
-        if reread_files_for(self.store, allow_key):
-            log.info("files_marked_for_reread", reason="secrets.allow changed")
+        marked = reread_files_for(self.store, allow_key)
+        if marked:  # a new store has nothing to read again: no line that says something changed
+            log.info("files_marked_for_reread", reason="secrets.allow changed", files=marked)
         return redactor
 
     def redact_answer(self, enrichment: Enrichment, path: str, first_line: int) -> tuple[Enrichment, int]:

@@ -23,18 +23,18 @@ def count_answer_redactions(store: Database, count: int) -> None:
                       DO UPDATE SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT)""", (str(count), count))
 
 
-def reread_files_for(store: Database, allow_key: str) -> bool:
+def reread_files_for(store: Database, allow_key: str) -> int:
     """Make every indexed file be read and cut again by its next scan (its hash
     forgotten: see ``Scanner``) unless the stored spans were cut with the
-    ``secrets.allow`` list whose digest is ``allow_key``. Returns True if the
-    files were marked."""
+    ``secrets.allow`` list whose digest is ``allow_key``. Returns how many files
+    were marked (0 also for a new store: nothing was cut yet)."""
     row = store.conn.execute("SELECT value FROM meta WHERE key = 'secrets_allow'").fetchone()
     if row is not None and row[0] == allow_key:
-        return False
+        return 0
     with store.write() as tx:
-        tx.execute("UPDATE files SET content_hash = '' WHERE skipped IS NULL")
+        marked: int = tx.execute("UPDATE files SET content_hash = '' WHERE skipped IS NULL").rowcount
         tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('secrets_allow', ?)", (allow_key,))
-    return True
+    return marked
 
 
 def set_secret_files(tx: sqlite3.Connection, repo_id: int, count: int) -> None:
