@@ -251,3 +251,24 @@ def test_a_service_using_another_store_warns(setup, tmp_path, monkeypatch):
                                                  "config": str(setup.source), "started_at": 0}))
     (store,) = by_name(run_checks(str(setup.source)))["store"]
     assert store.status == "ok" and f"pid {os.getpid()}" in store.detail
+
+
+@pytest.mark.parametrize("booted", [False, True])
+def test_no_unit_and_no_systemd_says_so_instead_of_an_install_that_cannot_run(setup, tmp_path, monkeypatch, booted):
+    """systemctl cannot answer and no unit is installed: on a machine where systemd is not the init system
+    (no /run/systemd/system) doctor says to run serve by hand or under another supervisor, with no install
+    command; where systemd runs, it gives the install command."""
+    from llmc_rag_service.service import doctor_unit
+
+    fake_systemctl(tmp_path, monkeypatch, None, exit_code=1)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    run = tmp_path / "run-systemd"
+    if booted:
+        run.mkdir()
+    monkeypatch.setattr(doctor_unit, "RUN_SYSTEMD", run)
+    unit = by_name(run_checks(str(setup.source)))["unit"][0]
+    assert unit.status == "warn"
+    if booted:
+        assert unit.fix == "./scripts/install.sh --user --now"
+    else:
+        assert unit.fix is None and "systemd is not running here" in unit.detail and "by hand" in unit.detail

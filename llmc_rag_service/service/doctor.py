@@ -188,7 +188,8 @@ def check_ollama(config: Config) -> list[Check]:
             client.close()
         if probe.version is None:
             checks.append(Check("ollama", "fail", f"{host.url} unreachable: {probe.error}",
-                                f"start Ollama there (sudo systemctl start ollama) or fix ollama.url in {config.source}"))
+                                f"start the Ollama server at {host.url} (`ollama serve`, or `sudo systemctl start ollama` where it is "
+                                f"a service) or fix ollama.url in {config.source}"))
             continue
         checks.append(Check("ollama", "ok", f"{host.url} answers (version {probe.version})"))
         if probe.models is None:

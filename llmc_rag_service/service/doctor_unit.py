@@ -43,6 +43,10 @@ def systemctl_show(user_unit: bool, systemctl: str = "systemctl") -> dict[str, s
     return props if done.returncode == 0 and props.get("LoadState") else None
 
 
+#: Exists only while systemd is the init system (sd_booted(3), systemd.io "Detecting systemd").
+RUN_SYSTEMD = Path("/run/systemd/system")
+
+
 def read_unit_file(user_unit: bool) -> dict[str, str]:
     """The same properties from the unit file alone (``ActiveState`` unknown: empty)."""
     folder = default_unit_dir(user_unit)
@@ -68,6 +72,9 @@ def check_unit(user_unit: bool, systemctl: str = "systemctl") -> list[Check]:
     props = props or read_unit_file(user_unit)
     kind = "user" if user_unit else "system"
     if props.get("LoadState") != "loaded":
+        if not live and not RUN_SYSTEMD.is_dir():  # sd_booted(3): a unit could not run on this machine
+            return [Check("unit", "warn", f"no {kind} unit {UNIT_NAME} installed, and systemd is not running here "
+                          f"(no {RUN_SYSTEMD}): start `llmc-rag serve` by hand or under your own supervisor")]
         return [Check("unit", "warn", f"no {kind} unit {UNIT_NAME} installed: llmc-rag runs only when started by hand",
                       install)]
     match = re.search(r"path=([^ ;]+)", props.get("ExecStart", ""))
