@@ -220,7 +220,8 @@ def test_embeddings_off_sends_no_embed_request(tmp_path, runs, emulators):
 
 
 def test_enrich_embeds_too_and_says_when_the_embed_model_is_missing(tmp_path, capsys):
-    """The one-shot enrich embeds every span when it can; without the model it still exits 0 and says the pull."""
+    """The one-shot enrich embeds every span when it can, once, after its enrichment; without the model it
+    still exits 0 and says the pull."""
     from llmc_rag_service import cli
 
     root = tmp_path / "repo"
@@ -231,6 +232,12 @@ def test_enrich_embeds_too_and_says_when_the_embed_model_is_missing(tmp_path, ca
         assert "2/2 spans enriched, 2 embedded" in capsys.readouterr().err
         report = json.loads(_status_json(cli, config, capsys))
         assert report["repos"][0]["embedded"] == 2 and report["totals"]["embedded"] == 2
+        # Embedded once each, after the enrichments: every input holds its span's summary (the emulator's
+        # summaries name the prompt's first line), none is code alone.
+        inputs = [text for body in embed_requests(emu) for text in body["input"]]
+        last_chat = max(r.t_end for r in emu.requests if r.path == "/api/chat")
+        assert len(inputs) == 2 and all("summary: " in text for text in inputs), inputs
+        assert min(r.t_start for r in emu.requests if r.path == "/api/embed") >= last_chat
     (tmp_path / "b").mkdir()
     with OllamaEmulator(["test-model"]) as bare:
         config = make_config(tmp_path / "b", bare.url, [root], search={"embed_model": EMBED})

@@ -11,6 +11,11 @@ host is asked once whether it answers and has the model
 (``service.preflight``), so a missing model is said at once with the models
 the server has. Progress (rate, ETA, logs above the bar): ``service.progress``.
 
+Embeddings start once every enrichment is in (or Ollama cannot give more now):
+a span's embedded text includes its summary, so a span embedded before its
+enrichment lands is embedded again (``serve`` does that on purpose, so search
+is semantic early during a long backfill; a one-shot run waits for both anyway).
+
 A store that cannot be used (corrupt, replaced, or full or read-only for
 longer than :data:`STORE_WAIT_S`) raises its ``StoreUnusable``; the work done
 so far is kept.
@@ -94,7 +99,9 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
             pipeline.scan_all()
             if pipeline.counts()["pending"]:  # an unchanged tree sends no request at all
                 preflight(pipeline.clients, config.ollama.model, wait_s, say)
-            pipeline.start_workers()
+            # Embeddings start once the enrichments are in (see _wait_done): a span
+            # embedded before its enrichment lands is embedded again after it.
+            pipeline.start_workers(embeddings=False)
             code = _wait_done(pipeline, wait_s, progress, changed)
         # status --json shows why this run gave up (and nothing once a run did not).
         pipeline.set_meta(ollama_last_error=pipeline.last_error() if code is Outcome.GAVE_UP else None)
@@ -142,6 +149,8 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
     while True:
         c = pipeline.counts()
         enrich_left = c["pending"] + c["running"]
+        if not enrich_left or pipeline.ollama_down():  # every enrichment in, or none can come now
+            pipeline.start_embeddings()
         # Embeddings are waited for too, unless their model is missing (said
         # at the end): that must not hold back the enrichments.
         remaining = enrich_left + pipeline.embeds_left()

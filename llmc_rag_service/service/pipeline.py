@@ -113,6 +113,7 @@ class Pipeline:
         self.clients: list[OllamaClient] = []
         self._retired: list[tuple[WorkerPool, list[OllamaClient]]] = []  # pools retired by reloads
         self._counted: tuple[dict[str, int], int] | None = None  # status_line's last job counts
+        self._embeds_on = False  # the embedding lane's workers were started (start_embeddings)
         self.embeds: EmbedLane | None = None
         self.pool = self._new_pool()
         self.scanners: dict[Path, Scanner] = {}
@@ -190,13 +191,20 @@ class Pipeline:
         return self.clients[0]
 
     # -- running ----------------------------------------------------------
-    def start_workers(self) -> None:
-        """Start the worker threads (and team mode's): queued jobs go to Ollama from now on."""
+    def start_workers(self, embeddings: bool = True) -> None:
+        """Start the worker threads (and team mode's): queued jobs go to Ollama from now on.
+        ``embeddings=False`` leaves the embedding lane for :meth:`start_embeddings`."""
         self._workers_on = True
         if self.team is not None:
             self.team.start()
         self.pool.start()
-        if self.embeds:
+        if embeddings:
+            self.start_embeddings()
+
+    def start_embeddings(self) -> None:
+        """Start the embedding lane's workers, once (a no-op without ``search.embed_model``)."""
+        if self.embeds and not self._embeds_on:
+            self._embeds_on = True
             self.embeds.pool.start()
 
     def start_scheduler(self) -> None:
