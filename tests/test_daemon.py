@@ -347,10 +347,10 @@ def test_a_slow_status_is_recomputed_at_most_every_ten_times_its_cost(tmp_path, 
         running.step_until(lambda: pipeline.activity() is None, "the catch-up scan done")
         real = pipeline.status_line
 
-        def slow_status_line(activity=None, recount=True):
+        def slow_status_line(activity=None):
             computed.append(clock())
             clock.advance(0.4)  # the counts of a store of a million jobs
-            return real(activity, recount)
+            return real(activity)
 
         pipeline.status_line = slow_status_line
         start = clock()

@@ -620,8 +620,8 @@ class WorkerPool:
             self._host_ok(host)
         elif changed:
             # Only a new error changes STATUS (its "retry in" countdown is redrawn by
-            # the daemon's heartbeat): a STATUS recount costs a walk of every pending
-            # job, and a model missing for hours must not cost one per probe.
+            # the daemon's heartbeat): a model missing for hours asks for no new
+            # STATUS on each probe.
             self.on_change()
 
     def _probe(self, host: Host) -> tuple[bool, str | None]:

@@ -112,6 +112,10 @@ def _normalize(relpath: str) -> str:
     return "/".join(parts)
 
 
+# How pathspec's regex of a pattern without a leading or inner ``/`` begins.
+_ANY_DEPTH = "^(?:.+/)?"
+
+
 def _one_regex(spec: GitIgnoreSpec) -> re.Pattern[str] | None:
     """All of ``spec``'s patterns as one regex (one search per path instead of one
     per pattern: 40-odd default excludes), or None when a negation makes their
@@ -130,9 +134,6 @@ def _one_regex(spec: GitIgnoreSpec) -> re.Pattern[str] | None:
         rooted.insert(0, f"{_ANY_DEPTH}(?:{'|'.join(f'(?:{r})' for r in anywhere)})")
     return re.compile("|".join(rooted))
 
-
-# How pathspec's regex of a pattern without a leading or inner ``/`` begins.
-_ANY_DEPTH = "^(?:.+/)?"
 
 
 class RepoIgnore:

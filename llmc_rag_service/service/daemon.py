@@ -70,10 +70,10 @@ STOP_GRACE_S = 20.0
 #: Seconds the indexer may take to finish its current scan on stop.
 INDEXER_JOIN_S = 5.0
 STATUS_MIN_GAP_S = 0.5
-#: A STATUS text that took d seconds to compute (its counts are queries over every
-#: job) is recomputed at most every STATUS_COST_FACTOR * d seconds (at least
-#: STATUS_MIN_GAP_S, at most STATUS_MAX_GAP_S): the loop that hands saves to
-#: the indexer spends at most a tenth of its time on it during a large backfill.
+#: A STATUS text that took d seconds to compute (store queries, which a busy or
+#: slow disk can stretch) is recomputed at most every STATUS_COST_FACTOR * d seconds
+#: (at least STATUS_MIN_GAP_S, at most STATUS_MAX_GAP_S): the loop that hands saves
+#: to the indexer spends at most a tenth of its time on it.
 STATUS_COST_FACTOR = 10.0
 #: Seconds the STATUS copy in the store may wait for the write lock.
 STATUS_META_TIMEOUT_S = 0.5
@@ -364,15 +364,12 @@ class Daemon:
                      and now - self._status_at >= STATUS_MIN_GAP_S)
         if not (heartbeat or recompute):
             return
-        # A heartbeat with nothing changed resends the last text: its counts are queries
-        # over every job (seconds a minute on a store of a million jobs, for an idle
-        # daemon), and they change only with a job outcome or a scan, which mark it dirty.
-        if recompute or self._status_text is None:
+        # A heartbeat with nothing changed resends the last text: its counts change only
+        # with a job outcome or a scan, which mark it dirty; a "retry in" countdown moves.
+        if recompute or self._status_text is None or "retry in" in self._status_text:
             self.status_dirty = False
             text = self.status_text()
             self._computed_at, self._status_cost_s = now, self.clock() - now
-        elif "retry in" in self._status_text:
-            text = self.status_text(recount=False)  # the countdown moves; the counts did not
         else:
             text = self._status_text
         if self._send_status(text, heartbeat):
@@ -386,10 +383,9 @@ class Daemon:
             except (sqlite3.Error, StoreUnusable) as exc:
                 log.debug("status_not_stored", error=str(exc))
 
-    def status_text(self, recount: bool = True) -> str:
-        """The one STATUS line: activity, queue counts, Ollama state, degraded notes
-        (``recount=False``: the counts of the last line, see ``Pipeline.status_line``)."""
-        text = self.pipeline.status_line(self.pipeline.activity(), recount)
+    def status_text(self) -> str:
+        """The one STATUS line: activity, queue counts, Ollama state, degraded notes."""
+        text = self.pipeline.status_line(self.pipeline.activity())
         if self._degraded:  # each note reads "degraded: polling /repo (...)"
             text += "; " + "; ".join(self._degraded)
         return text

@@ -74,7 +74,7 @@ class EmbedLane:
     def note(self, pending: int | None = None) -> str | None:
         """The STATUS part for embeddings: what waits and why, or None when
         nothing is pending (so an idle daemon's STATUS stays short).
-        ``pending``: :meth:`remaining` when the caller has it (a query over every job)."""
+        ``pending``: :meth:`remaining` when the caller has it already."""
         state = self.state()
         pending = self.remaining() if pending is None else pending
         if state == "model_missing":

@@ -112,7 +112,6 @@ class Pipeline:
         self.team = self._new_team(config)
         self.clients: list[OllamaClient] = []
         self._retired: list[tuple[WorkerPool, list[OllamaClient]]] = []  # pools retired by reloads
-        self._counted: tuple[dict[str, int], int] | None = None  # status_line's last job counts
         self._embeds_on = False  # the embedding lane's workers were started (start_embeddings)
         self.embeds: EmbedLane | None = None
         self.pool = self._new_pool()
@@ -516,23 +515,18 @@ class Pipeline:
                     client.close()
                 self._retired.remove((pool, clients))
 
-    def status_line(self, activity: str | None = None, recount: bool = True) -> str:
+    def status_line(self, activity: str | None = None) -> str:
         """The one-line STATUS text (see :func:`~llmc_rag_service.service.statusline.render`);
         ``activity`` (e.g. ``scanning repo``) is prepended when given, and
         before it ``paused: <reason>; `` while a store fault lasts (e.g. ``paused:
-        no space for the state in /var/lib/llmc-rag (12.0 KiB free): …``).
-        ``recount=False`` reuses the job counts of the last call (they walk
-        every pending job) and redraws the rest, e.g. a host's "retry in" countdown."""
-        if recount or self._counted is None:
-            # One count of the embedding jobs for both parts (a query over every job).
-            self._counted = self.queue.counts(), self.embeds.remaining() if self.embeds else 0
-        counts, remaining = self._counted
+        no space for the state in /var/lib/llmc-rag (12.0 KiB free): …``)."""
         if self.embeds is None:
             left, note = 0, None
-        else:
+        else:  # one count of the embedding jobs for both parts
+            remaining = self.embeds.remaining()
             left = 0 if self.embeds.state() == "model_missing" else remaining
             note = self.embeds.note(remaining)
-        text = render({**counts, "in_flight": self.pool.in_flight}, self.pool.hosts, self.config.ollama.model,
-                      self.ollama_down(), activity, left, note, team=self.team_status())
+        text = render(self.counts(), self.pool.hosts, self.config.ollama.model, self.ollama_down(), activity,
+                      left, note, team=self.team_status())
         fault = self.store.fault
         return f"paused: {fault.reason}; {text}" if fault is not None else text
