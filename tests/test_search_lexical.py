@@ -201,3 +201,17 @@ def test_a_method_still_ranks_above_its_class_when_the_query_names_the_method(tm
         assert names[0] == "JobQueue.claim" and names.index("JobQueue.claim") < names.index("JobQueue")
     finally:
         sr.close()
+
+
+def test_a_named_class_comes_first_even_below_dozens_of_its_own_methods(tmp_path):
+    """A large class whose 40 methods (short documents, its name in each) all rank above it still comes
+    first for a query naming it, at any limit: named spans are taken from every candidate, not only from
+    the top few."""
+    methods = "".join(f"    def step_{i}(self):\n        return self.store.job_queue_step({i})\n\n" for i in range(40))
+    sr = SearchRepo(tmp_path, {"jobs/queue.py": f"class JobQueue:\n    '''The queue.'''\n\n{methods}"})
+    try:
+        for limit in (3, 10):
+            names = sr.names("JobQueue", mode="lexical", limit=limit)
+            assert names[0] == "JobQueue" and len(names) == limit, names
+    finally:
+        sr.close()

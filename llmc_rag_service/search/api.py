@@ -164,8 +164,12 @@ def search(conn: sqlite3.Connection, query: str, settings: SearchSettings, *,
         lexical = _lexical(conn, parsed, filters, depth)
     used = "lexical" if degraded is not None else mode
     ranks = (fusion.rank_of([i for i, _ in lexical]), fusion.rank_of([i for i, _ in semantic_ids]))
-    pool = _hits(conn, _combine(used, lexical, semantic_ids), ranks, settings.chat_model, min(depth, limit * 3))
-    hits = fusion.named_first(pool, lambda h: parsed.names(h.name))[:limit]
+    ordered = _combine(used, lexical, semantic_ids)
+    # A span the query names goes first from anywhere among the candidates, not only
+    # from the top limit * 3: a large class ranks below dozens of its own methods.
+    names = searchview.span_names(conn, [i for i, _ in ordered])
+    ordered = fusion.named_first(ordered, lambda item: parsed.names(names.get(item[0], "")))
+    hits = _hits(conn, ordered, ranks, settings.chat_model, limit)
     hits = fusion.narrowest_first(hits, lambda h: ((h.repo, h.path), h.start_line, h.end_line),
                                   lambda h: parsed.names(h.name))
     return SearchResult(query, used, degraded, hits)

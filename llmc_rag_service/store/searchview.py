@@ -88,6 +88,13 @@ WHERE s.id IN (SELECT value FROM json_each(:ids))
 """
 
 
+def span_names(conn: sqlite3.Connection, span_ids: Sequence[int]) -> dict[int, str]:
+    """The (qualified) name of each span row by id; ids no longer present are absent."""
+    rows = _cursor(conn).execute("SELECT id, name FROM spans WHERE id IN (SELECT value FROM json_each(?))",
+                                 (json.dumps(list(span_ids)),))
+    return {r[0]: r[1] for r in rows}
+
+
 def span_details(conn: sqlite3.Connection, span_ids: Sequence[int], chat_model: str) -> dict[int, sqlite3.Row]:
     """Details of span rows by id: ``repo``, ``path``, lines, ``kind``, ``name``,
     ``language``, ``span_hash``, the file's stored ``size`` (bytes) and
