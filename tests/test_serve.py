@@ -141,6 +141,11 @@ def open_files(fd_dir: str) -> list[str]:
     return sorted(targets)
 
 
+#: SQLite database descriptors a daemon may hold parked after reloads: one per thread of a
+#: pool pair that had a connection (workers, live slots, result writers of both lanes).
+PARKED_MAX = 10
+
+
 @pytest.mark.timeout(90)
 def test_reloads_do_not_leak_file_descriptors(tmp_path, repo, ollama, notify, serve_factory):
     """Twenty reloads that rebuild the worker pool leave the daemon's open file count where it was."""
@@ -163,10 +168,25 @@ def test_reloads_do_not_leak_file_descriptors(tmp_path, repo, ollama, notify, se
     before = open_files(fd_dir)
     for i in range(20):  # ends on 2 workers, as before: each thread's store connection is open while it lives
         reload_with(2 if i % 2 else 3)
-    # A leak never gives them back; retired pools close theirs once their threads end, which on
-    # a loaded machine (parallel workers) has taken more than 20 s.
+    db = str(config.db_path)
+
+    def back() -> bool:
+        """Every file back but SQLite's parked database descriptors: a closed connection's
+        descriptor of the database file stays open while other connections of the process
+        hold locks on it, and the next connection opened reuses it (os_unix.c, unixClose and
+        findReusableFd), so their number follows how many threads had a connection at once,
+        at most PARKED_MAX, never the number of reloads. Each open connection also holds its
+        own WAL descriptor, closed with it: a leaked connection shows there."""
+        now = open_files(fd_dir)
+        others = [f for f in now if f != db]
+        return (len(others) <= len([f for f in before if f != db]) + 2
+                and now.count(db) <= before.count(db) + PARKED_MAX)
+
+    # A leak never gives them back (20 reloads, each retiring 4 or more connections);
+    # retired pools close theirs once their threads end, which on a loaded machine
+    # (parallel workers) has taken more than 20 s.
     try:
-        wait_for(lambda: len(os.listdir(fd_dir)) <= len(before) + 2, timeout_s=60, what="file descriptors back")
+        wait_for(back, timeout_s=60, what="file descriptors back")
     except AssertionError as exc:  # say which files stayed open, for the diagnosis
         raise AssertionError(f"{exc}: {before} before, {open_files(fd_dir)} now") from None
     assert serve.stop() == 0
