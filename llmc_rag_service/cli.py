@@ -8,6 +8,7 @@ is one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sqlite3
@@ -199,7 +200,11 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.daemon import AlreadyRunning, Daemon
 
     try:
-        fatal = Daemon(config.source or find_config_path(args.config), config).run()
+        # A watchdog timeout's SIGABRT (or a fatal error) dumps every thread's
+        # stack to stderr, the journal, before the process dies.
+        faulthandler.enable(all_threads=True)
+        fatal = Daemon(config.source or find_config_path(args.config), config,
+                       on_stop_overdue=lambda: os._exit(EX_SOFTWARE)).run()
     except AlreadyRunning as exc:
         structlog.get_logger(__name__).error("already_running", error=str(exc), pid=exc.pid,
                                              state_dir=str(exc.state_dir))

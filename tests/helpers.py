@@ -180,9 +180,23 @@ class Serve:
                 stdout=subprocess.DEVNULL, stderr=stderr, env=full_env,
             )
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 50.0) -> int:
+        """Send ``sig`` and wait for the exit status. A serve still running
+        after ``timeout_s`` (longer than its own stop deadline) fails the test
+        with the end of its log, which holds its ``stop_overdue`` thread dump."""
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout_s)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"serve still running {timeout_s} s after signal {sig}; {self._tail()}") from None
+        if '"stop_overdue"' in self.logs():
+            raise AssertionError(f"serve's stop outlived its deadline; {self._tail()}")
+        return code
+
+    def _tail(self, lines: int = 60) -> str:
+        return "its log ends:\n" + "\n".join(self.logs().splitlines()[-lines:])
 
     def logs(self) -> str:
         return self.log.read_text()

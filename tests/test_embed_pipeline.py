@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -89,6 +90,8 @@ def runs(emulators):
         emu.stop()
     pools = [pool for run in made for pool, _ in run.pipeline._lanes()]
     wait_for(lambda: all(pool.busy_threads() == 0 for pool in pools), 10, "worker threads ended")
+    for run in made:
+        run.pipeline.reap_retired()  # clients of workers that outlived the grace
 
 
 def embed_requests(emu: OllamaEmulator) -> list[dict]:
@@ -300,3 +303,22 @@ def test_search_embeds_the_query_and_ranks_the_stored_vectors(tmp_path, capsys):
     assert result["mode"] == "semantic" and result["degraded"] is None
     assert result["hits"][0]["name"] == "parse_json_body" and result["hits"][0]["semantic_rank"] == 1
     assert queries["input"] == ["body of json"] and queries["model"] == EMBED
+
+
+@pytest.mark.timeout(30)
+def test_a_stop_gives_both_lanes_one_grace_not_one_each(tmp_path, runs, emulators):
+    """With a request hung in the enrichment lane and one in the embedding lane,
+    close() ends after one grace (the lanes share one deadline), and both jobs
+    go back to pending; one grace per lane would take twice as long, which the
+    unit's TimeoutStopSec cannot hold (2 x 20 s + the scan's join)."""
+    grace_s = 2.0
+    emu = emulators(["test-model"], embed_models=[EMBED])
+    emu.inject("hang", 50)
+    emu.inject("hang", 50, endpoint="embed")
+    run = runs(tmp_path, emu, files=2).start()
+    wait_for(lambda: emu.count("/api/chat") >= 1 and emu.count("/api/embed") >= 1, 10, "a request in each lane")
+    started = time.monotonic()
+    returned = run.pipeline.close(grace_s)
+    took_s = time.monotonic() - started
+    assert returned >= 2
+    assert grace_s <= took_s < 1.9 * grace_s, took_s

@@ -212,15 +212,16 @@ class WorkerPool:
         log.info("warm_up_done", url=host.url, model=host.client.cfg.model,
                  duration_s=round(time.monotonic() - started, 3), load_duration_ns=answer.get("load_duration"))
 
-    def stop(self, grace_s: float) -> int:
-        """Stop claiming; wait up to ``grace_s`` seconds for in-flight jobs;
-        return jobs still running to pending. Returns how many were returned."""
+    def stop(self, deadline: float) -> int:
+        """Stop claiming; wait for in-flight jobs until ``deadline`` (a
+        ``time.monotonic()`` value, in seconds: the lanes of one pipeline share
+        one stop deadline); return jobs still running to pending. Returns how
+        many were returned."""
         self.stopping.set()
         self.wake.set()
         self.live_wake.set()
         for host in self.hosts:
             host.ok_event.set()  # wake threads waiting on a down host; they see ``stopping``
-        deadline = time.monotonic() + grace_s
         for thread in self._threads + [self.results.thread]:  # the writer ends after the last worker
             if thread.ident is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))

@@ -23,6 +23,11 @@
   daemon can run inside a test process.
 * shutdown: ``STOPPING=1``, stop watchers and intake, give in-flight jobs
   :data:`STOP_GRACE_S` seconds, return the rest to pending, close the store.
+  A stop still under way after :data:`STOP_DEADLINE_S` logs ``stop_overdue``
+  with every thread's frames and ends the process
+  (:class:`~llmc_rag_service.service.overdue.StopDeadline`); a main loop too
+  stuck to begin the stop has Python's ``faulthandler`` dump the stacks to
+  stderr (the journal) and exit two seconds later.
 
 All scanning (catch-up and watcher batches) runs on one scan-scheduler
 thread, so the scanners never race each other and the main loop never blocks
@@ -34,6 +39,7 @@ and the watchdog.
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import json
 import math
@@ -54,6 +60,7 @@ from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.notify import (HealthGate, Notifier, TimeoutExtender, ping_every_s,
                                      unset_notify_environment, watchdog_interval_s)
 from llmc_rag_service.service import runtime
+from llmc_rag_service.service.overdue import StopDeadline
 from llmc_rag_service.service.status import LOCK_NAME, TEAM_META
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
@@ -67,8 +74,11 @@ SignalHandler = Union[Callable[[int, FrameType | None], Any], int, signal.Handle
 TICK_S = 5.0
 #: Seconds in-flight jobs get to finish on stop (below the unit's TimeoutStopSec=45).
 STOP_GRACE_S = 20.0
-#: Seconds the indexer may take to finish its current scan on stop.
+#: Seconds the indexer may take to finish its current scan on stop (within the grace).
 INDEXER_JOIN_S = 5.0
+#: Seconds the whole stop may take, from its start: below the unit's
+#: TimeoutStopSec=45, so a hung stop is logged before systemd's silent SIGKILL.
+STOP_DEADLINE_S = 40.0
 STATUS_MIN_GAP_S = 0.5
 #: A STATUS text that took d seconds to compute (store queries, which a busy or
 #: slow disk can stretch) is recomputed at most every STATUS_COST_FACTOR * d seconds
@@ -103,6 +113,9 @@ class Daemon:
         notifier: sd_notify sender (default: from ``$NOTIFY_SOCKET``).
         clock: Time of the main loop and of every part of the pipeline
             (ticks, STATUS gaps, watchdog pings, backoffs); tests pass a manual one.
+        on_stop_overdue: Called when a stop outlives :data:`STOP_DEADLINE_S`
+            seconds (real time), after ``stop_overdue`` is logged: ``serve``
+            exits there; None (a daemon inside a test) only logs.
 
     The watchdog interval is read from ``$WATCHDOG_USEC``/``$WATCHDOG_PID`` here;
     then those and ``$NOTIFY_SOCKET`` are removed from the environment, so no
@@ -110,8 +123,9 @@ class Daemon:
     """
 
     def __init__(self, config_path: Path, config: Config, notifier: Notifier | None = None,
-                 clock: Clock = SYSTEM):
+                 clock: Clock = SYSTEM, on_stop_overdue: Callable[[], None] | None = None):
         self.config_path, self.config, self.clock = config_path, config, clock
+        self.on_stop_overdue = on_stop_overdue
         self.notifier = notifier or Notifier()
         half_s = watchdog_interval_s()
         self.ping_every_s: float | None = ping_every_s(half_s) if half_s else None
@@ -134,6 +148,9 @@ class Daemon:
         if self.stop_requested:
             os._exit(128 + signum)  # second signal: at once; running jobs are recovered at next start
         self.stop_requested = True
+        # The backstop for a main loop too stuck to begin the stop (C-level:
+        # no lock is taken here, inside a signal handler); run() cancels it.
+        faulthandler.dump_traceback_later(STOP_DEADLINE_S + 2.0, exit=True)
         self.wake.set()
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
@@ -166,8 +183,14 @@ class Daemon:
             try:
                 self.main_loop()
             finally:
-                self.shutdown()
+                deadline = StopDeadline(STOP_DEADLINE_S, self.on_stop_overdue)
+                deadline.start()
+                try:
+                    self.shutdown()
+                finally:
+                    deadline.cancel()
         finally:
+            faulthandler.cancel_dump_traceback_later()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return self.fatal

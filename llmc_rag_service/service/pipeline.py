@@ -471,9 +471,11 @@ class Pipeline:
     def close(self, grace_s: float, join_s: float = 5.0, meta: dict[str, str | None] | None = None) -> int:
         """Stop in a fixed order: watchers, the scheduler (waiting up to
         ``join_s`` seconds for its current file), the workers (in-flight
-        requests get ``grace_s`` seconds), ``meta`` written to the store, then
+        requests of every lane get ``grace_s`` seconds from here, together: one
+        deadline, not one grace per lane), ``meta`` written to the store, then
         clients and store closed. Returns the number of running jobs returned
         to pending."""
+        grace_ends = time.monotonic() + (grace_s if self._workers_on else 0.0)
         self.watches.stop_all()
         if self.scheduler.is_alive():
             self.scheduler.stop()
@@ -483,7 +485,7 @@ class Pipeline:
         returned = 0
         for pool, clients in self._lanes():
             try:
-                returned += pool.stop(grace_s if self._workers_on else 0.0)
+                returned += pool.stop(grace_ends)
             except (StoreUnusable, sqlite3.Error) as exc:
                 # Jobs still marked running name this process: the next start
                 # returns them to pending (the pid is dead by then).
