@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 from llmc_rag_service import cli
 from llmc_rag_service.config import load_config
-from llmc_rag_service.service.progress import Progress, format_eta
+from llmc_rag_service.service.progress import Lane, Progress, format_eta
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import make_config, write_tree
@@ -45,28 +46,60 @@ class _Tty(io.StringIO):
 # -- progress ---------------------------------------------------------------------------------
 
 def test_progress_shows_rate_and_eta_from_the_clock():
-    """10 jobs done in 5 s of 40: 2.0 jobs/s and 0:15 left, on the bar and on plain lines."""
+    """10 spans enriched in 5 s of 40: 2.0 spans/s and 0:15 left on the bar; the embedding lane,
+    not started, adds nothing to the ETA yet."""
     now = [100.0]
     bar = Progress(_Tty(), clock=lambda: now[0], width=200)
-    bar.update(0, 40, "starting")
+    bar.update([Lane("enriched", 0, 40), Lane("embedded", 0, 40)], "starting")
     now[0] += 5
-    bar.update(10, 40, "enriching")
-    assert "10/40 jobs  2.0 jobs/s  ETA 0:15  enriching" in bar.stream.getvalue()
-    plain = Progress(io.StringIO(), clock=lambda: now[0])
-    plain.update(0, 40, "x")
-    now[0] += 10
-    plain.update(20, 40, "y", final=True)
-    assert plain.stream.getvalue().splitlines()[-1] == "enrich: 20/40 jobs, 2.0 jobs/s, ETA 0:10; y"
+    bar.update([Lane("enriched", 10, 40), Lane("embedded", 0, 40)], "enriching")
+    assert "] 10/40 enriched  0/40 embedded  2.0 spans/s  ETA 0:15  enriching" in bar.stream.getvalue()
     assert (format_eta(None), format_eta(3725)) == ("--:--", "1:02:05")
+
+
+def test_the_eta_adds_each_lanes_spans_left_over_its_own_rate():
+    """Enrichment at 2 spans/s with 36 left, embedding at 16 spans/s with 8 left: 18 s + 0.5 s, the
+    rate shown is the current lane's (enrichment's); once enrichment is done, embedding's."""
+    now = [0.0]
+    bar = Progress(_Tty(), clock=lambda: now[0], width=200)
+    bar.update([Lane("enriched", 0, 40), Lane("embedded", 0, 40)], "")
+    now[0] += 2
+    assert bar.rate_and_eta([Lane("enriched", 4, 40), Lane("embedded", 32, 40)]) == (2.0, 18.5)
+    done = Progress(_Tty(), clock=lambda: now[0], width=200)
+    done.update([Lane("enriched", 40, 40), Lane("embedded", 0, 40)], "")
+    now[0] += 2
+    assert done.rate_and_eta([Lane("enriched", 40, 40), Lane("embedded", 32, 40)]) == (16.0, 0.5)
+
+
+def test_off_a_terminal_progress_is_a_log_event_every_10_s_not_a_text_line():
+    """A pipe or file gets enrich_progress events in the log's format (one per 10 s, none for the
+    final state: the summary says it), never a bar or a bare text line among the log lines."""
+    now = [0.0]
+    plain = Progress(io.StringIO(), clock=lambda: now[0])
+    with capture_logs() as logs:
+        plain.update([Lane("enriched", 0, 40), Lane("embedded", 0, 40)], "starting")
+        now[0] += 5
+        plain.update([Lane("enriched", 10, 40), Lane("embedded", 0, 40)], "enriching")  # within 10 s: nothing
+        now[0] += 5
+        plain.update([Lane("enriched", 20, 40), Lane("embedded", 0, 40)], "enriching")
+        now[0] += 10
+        plain.update([Lane("enriched", 40, 40), Lane("embedded", 40, 40)], "idle", final=True)
+    assert plain.stream.getvalue() == ""
+    assert [e["event"] for e in logs] == ["enrich_progress", "enrich_progress"]
+    assert logs[1]["log_level"] == "info" and {k: logs[1][k] for k in (
+        "enriched", "enriched_total", "embedded", "embedded_total", "rate_per_s", "eta_s", "status")} == {
+        "enriched": 20, "enriched_total": 40, "embedded": 0, "embedded_total": 40, "rate_per_s": 2.0,
+        "eta_s": 10, "status": "enriching"}
 
 
 def test_a_log_line_is_written_above_the_bar_never_into_it():
     """A record written while the bar shows erases the bar, takes its own line, and the bar is drawn again."""
     bar = Progress(_Tty(), clock=lambda: 0.0, width=200)
-    bar.update(1, 4, "working")
+    lanes = [Lane("enriched", 1, 4)]
+    bar.update(lanes, "working")
     bar.log_stream().write("job_retry something\n")
     out = bar.stream.getvalue()
-    assert out.endswith("\r\x1b[Kjob_retry something\n" + bar.text(1, 4, "working"))
+    assert out.endswith("\r\x1b[Kjob_retry something\n" + bar.text(lanes, "working"))
 
 
 def _screen(raw: str) -> list[str]:
@@ -130,10 +163,10 @@ def test_enrich_on_a_terminal_shows_one_bar_and_only_warnings_above_it(tmp_path,
         os.close(primary)
     raw = b"".join(chunks).decode("utf-8", "replace")
     screen = [line for line in _screen(raw) if line]
-    assert any("jobs/s" in line and "ETA" in line for line in screen), screen
-    assert "job_done" not in raw  # the bar counts jobs; no line per job
+    assert any("/40 enriched" in line and "spans/s" in line and "ETA" in line for line in screen), screen
+    assert "job_done" not in raw  # the bar counts spans; no line per job
     retry = [line for line in screen if "job_retry" in line]
-    assert len(retry) == 1 and not retry[0].startswith("[") and "jobs/s" not in retry[0]
+    assert len(retry) == 1 and not retry[0].startswith("[") and "spans/s" not in retry[0]
     assert len(screen) <= 5, screen
     assert screen[-1].startswith("enrich: 40/40 spans enriched")
 

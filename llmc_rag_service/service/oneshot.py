@@ -36,7 +36,7 @@ import structlog
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.preflight import preflight
-from llmc_rag_service.service.progress import Progress
+from llmc_rag_service.service.progress import Lane, Progress
 from llmc_rag_service.service.status import status_report
 
 log = structlog.get_logger(__name__)
@@ -144,6 +144,15 @@ def _from_team(team: dict[str, Any] | None, counter: str = "hits", unit: str = "
     return f" ({team[counter]}{unit} from the team cache)" if team else ""
 
 
+def _lanes(pipeline: Pipeline, enrich_left: int, embed_left: int) -> list[Lane]:
+    """The progress lanes, in spans: enriched, and embedded when embeddings are on."""
+    enriched, embedded = pipeline.finished_per_lane()
+    lanes = [Lane("enriched", enriched, enriched + enrich_left)]
+    if pipeline.config.search.embed_model:
+        lanes.append(Lane("embedded", embedded, embedded + embed_left))
+    return lanes
+
+
 def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> Outcome:
     down_since = paused_since = None
     while True:
@@ -153,24 +162,24 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
             pipeline.start_embeddings()
         # Embeddings are waited for too, unless their model is missing (said
         # at the end): that must not hold back the enrichments.
-        remaining = enrich_left + pipeline.embeds_left()
-        total = remaining + pipeline.finished()
-        if remaining == 0:
-            progress.update(total, total, pipeline.status_line(), final=True)
+        embed_left = pipeline.embeds_left()
+        lanes = _lanes(pipeline, enrich_left, embed_left)
+        if enrich_left + embed_left == 0:
+            progress.update(lanes, pipeline.status_line(), final=True)
             return Outcome.DONE
-        progress.update(total - remaining, total, pipeline.status_line())
+        progress.update(lanes, pipeline.status_line())
         fault = pipeline.store_fault()
         paused_since = (paused_since or time.monotonic()) if fault else None
         if fault and paused_since is not None and (not fault.pauses or time.monotonic() - paused_since > STORE_WAIT_S):
-            progress.update(total - remaining, total, pipeline.status_line(), final=True)
+            progress.update(lanes, pipeline.status_line(), final=True)
             raise fault  # cli.py says it in one line
         down = pipeline.ollama_down() if enrich_left else pipeline.embeds_down()
         if down:
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > wait_s:
-                progress.update(total - remaining, total, pipeline.status_line(), final=True)
+                progress.update(lanes, pipeline.status_line(), final=True)
                 log.error("enrich_gave_up", reason=down, error=pipeline.last_error(),
-                          waited_s=round(wait_s, 1), pending=remaining)
+                          waited_s=round(wait_s, 1), pending=enrich_left + embed_left)
                 return Outcome.GAVE_UP
         else:
             down_since = None

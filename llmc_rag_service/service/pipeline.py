@@ -412,8 +412,13 @@ class Pipeline:
     def finished(self) -> int:
         """Jobs (enrichment and embedding) this pipeline finished (done, dead-lettered,
         or taken from the team cache) since it started."""
-        return (self.pool.done + self.pool.failed + (self.embeds.finished() if self.embeds else 0)
-                + (self.team.hits if self.team is not None else 0))
+        return sum(self.finished_per_lane())
+
+    def finished_per_lane(self) -> tuple[int, int]:
+        """(enrichment jobs, embedding jobs) this pipeline finished since it
+        started, as :meth:`finished` counts them."""
+        enriched = self.pool.done + self.pool.failed + (self.team.hits if self.team is not None else 0)
+        return enriched, self.embeds.finished() if self.embeds else 0
 
     def embed_counts(self) -> dict[str, int] | None:
         """The embedding lane's counts (see :meth:`EmbedLane.counts`), None when it is off."""

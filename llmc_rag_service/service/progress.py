@@ -1,16 +1,25 @@
-"""``enrich``'s progress: a bar with rate and ETA on a terminal, a plain line every 10 s otherwise.
+"""``enrich``'s progress: a bar with rate and ETA on a terminal, an ``enrich_progress`` log event every 10 s otherwise.
 
-On a terminal the bar is one line redrawn in place (``\\r`` and erase-line,
-``ESC [ K``). Log records must not land in the middle of it, so while the bar
-is shown (:meth:`Progress.logs_above`) logging writes through
-:meth:`Progress.log_stream`: each record erases the bar, is written on its own
-line, and the bar is drawn again below it. The level is raised to warning
-while the bar is shown (unless ``logging.level`` is debug): one ``job_done``
-line per span would flood the terminal, and the bar already counts them.
+Progress is counted per lane, in spans: enriched, then embedded (``enrich``
+embeds once the enrichments are in). On a terminal the bar is one line redrawn
+in place (``\\r`` and erase-line, ``ESC [ K``):
+``[######..............] 14/40 enriched  0/40 embedded  2.0 spans/s  ETA 0:13  <STATUS>``.
+Log records must not land in the middle of it, so while the bar is shown
+(:meth:`Progress.logs_above`) logging writes through :meth:`Progress.log_stream`:
+each record erases the bar, is written on its own line, and the bar is drawn
+again below it. The level is raised to warning while the bar is shown (unless
+``logging.level`` is debug): one ``job_done`` line per span would flood the
+terminal, and the bar already counts them. Elsewhere (a pipe, a file, a
+journal) progress is a log event like every other line of the stream, in the
+configured format: ``enrich_progress`` with ``enriched``, ``enriched_total``,
+``embedded``, ``embedded_total``, ``rate_per_s``, ``eta_s`` and ``status``.
 
-Rate is jobs finished per second over the last :data:`RATE_WINDOW_S` seconds;
-ETA is the jobs left divided by that rate. Time comes from ``clock``
-(default ``time.monotonic``, seconds), so tests drive it.
+Rate is the spans the current lane (the first with spans left) finished per
+second over the last :data:`RATE_WINDOW_S` seconds. ETA adds up, per lane, the
+spans left over that lane's own rate: embeddings go in batches, far faster
+than enrichments, so one rate for both would overstate the time left. A lane
+that has not started yet adds nothing until it has a rate. Time comes from
+``clock`` (default ``time.monotonic``, seconds), so tests drive it.
 """
 
 from __future__ import annotations
@@ -20,15 +29,27 @@ import contextlib
 import os
 import threading
 import time
-from typing import Callable, Iterator, TextIO, cast
+from typing import Callable, Iterator, NamedTuple, Sequence, TextIO, cast
+
+import structlog
 
 from llmc_rag_service import logs as logsetup
 
-#: Seconds between plain progress lines when the stream is not a terminal.
+log = structlog.get_logger(__name__)
+
+#: Seconds between ``enrich_progress`` events when the stream is not a terminal.
 PLAIN_EVERY_S = 10.0
-#: Seconds of history the rate is measured over.
+#: Seconds of history a rate is measured over.
 RATE_WINDOW_S = 30.0
 _ERASE = "\r\x1b[K"
+
+
+class Lane(NamedTuple):
+    """One lane's count: ``label`` (``enriched``, ``embedded``), spans ``done`` of ``total``."""
+
+    label: str
+    done: int
+    total: int
 
 
 def format_eta(seconds: float | None) -> str:
@@ -41,8 +62,28 @@ def format_eta(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+class _Rate:
+    """Spans per second of one lane over the last :data:`RATE_WINDOW_S` seconds."""
+
+    def __init__(self) -> None:
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, now: float, done: int) -> float | None:
+        """Record ``done`` at ``now``; the rate, None while not known (less than
+        half a second of history, or nothing finished in it)."""
+        samples = self.samples
+        if not samples or samples[-1][1] != done or now - samples[-1][0] >= 1.0:
+            samples.append((now, done))
+        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_S:
+            samples.popleft()
+        (t0, d0), (t1, d1) = samples[0], samples[-1]
+        if t1 - t0 < 0.5 or d1 <= d0:
+            return None
+        return (d1 - d0) / (t1 - t0)
+
+
 class Progress:
-    """Progress of ``done`` out of ``total`` jobs on ``stream``.
+    """Progress of ``enrich``'s lanes on ``stream``.
 
     Args:
         stream: Where to draw (stderr); a bar if it is a terminal.
@@ -54,47 +95,48 @@ class Progress:
         self.stream, self.clock = stream, clock
         self.tty = _isatty(stream)
         self.width = width or _columns(stream)
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._rates: dict[str, _Rate] = {}
         self._lock = threading.RLock()
         self._bar = ""  # the bar as last drawn ("" = none on screen)
         self._plain_at = -PLAIN_EVERY_S
 
-    def rate_and_eta(self, done: int, total: int) -> tuple[float | None, float | None]:
-        """(jobs per second over the window, seconds left), None when not known yet."""
+    def rate_and_eta(self, lanes: Sequence[Lane]) -> tuple[float | None, float | None]:
+        """(spans per second of the current lane, seconds left for every lane),
+        None when not known yet (the current lane has no rate)."""
         now = self.clock()
-        samples = self._samples
-        if not samples or samples[-1][1] != done or now - samples[-1][0] >= 1.0:
-            samples.append((now, done))
-        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_S:
-            samples.popleft()
-        (t0, d0), (t1, d1) = samples[0], samples[-1]
-        if t1 - t0 < 0.5 or d1 <= d0:
+        rates = [self._rates.setdefault(lane.label, _Rate()).add(now, lane.done) for lane in lanes]
+        left = [(max(0, lane.total - lane.done), rate) for lane, rate in zip(lanes, rates)]
+        current = next((i for i, (n, _) in enumerate(left) if n), len(left) - 1)
+        if not lanes or rates[current] is None:
             return None, None
-        rate = (d1 - d0) / (t1 - t0)
-        return rate, max(0, total - done) / rate
+        return rates[current], sum(n / rate for n, rate in left if n and rate)
 
-    def text(self, done: int, total: int, line: str) -> str:
-        """The progress text, without control characters."""
-        rate, eta = self.rate_and_eta(done, total)
-        speed = f"{rate:.1f} jobs/s" if rate is not None else "-- jobs/s"
-        if self.tty:
-            filled = int(20 * done / total) if total else 20
-            head = f"[{'#' * filled}{'.' * (20 - filled)}] {done}/{total} jobs  {speed}  ETA {format_eta(eta)}  "
-            return (head + line)[: max(20, self.width - 1)]
-        return f"enrich: {done}/{total} jobs, {speed}, ETA {format_eta(eta)}; {line}"
+    def text(self, lanes: Sequence[Lane], line: str) -> str:
+        """The bar's text, without control characters."""
+        rate, eta = self.rate_and_eta(lanes)
+        done, total = sum(lane.done for lane in lanes), sum(lane.total for lane in lanes)
+        filled = int(20 * done / total) if total else 20
+        counts = "  ".join(f"{lane.done}/{lane.total} {lane.label}" for lane in lanes)
+        speed = f"{rate:.1f} spans/s" if rate is not None else "-- spans/s"
+        head = f"[{'#' * filled}{'.' * (20 - filled)}] {counts}  {speed}  ETA {format_eta(eta)}  "
+        return (head + line)[: max(20, self.width - 1)]
 
-    def update(self, done: int, total: int, line: str, final: bool = False) -> None:
-        """Redraw the bar (a terminal), or write a plain line at most every
-        :data:`PLAIN_EVERY_S` seconds and on ``final``."""
+    def update(self, lanes: Sequence[Lane], line: str, final: bool = False) -> None:
+        """Redraw the bar (a terminal; ``final`` ends its line), or log
+        ``enrich_progress`` at most every :data:`PLAIN_EVERY_S` seconds (not on
+        ``final``: the summary that follows says it)."""
         with self._lock:
-            text = self.text(done, total, line)
             if self.tty:
+                text = self.text(lanes, line)
                 self.stream.write(_ERASE + text + ("\n" if final else ""))
                 self._bar = "" if final else text
-            elif final or self.clock() - self._plain_at >= PLAIN_EVERY_S:
-                self.stream.write(text + "\n")
+                self.stream.flush()
+            elif not final and self.clock() - self._plain_at >= PLAIN_EVERY_S:
+                rate, eta = self.rate_and_eta(lanes)
+                counts = {k: v for lane in lanes for k, v in ((lane.label, lane.done), (f"{lane.label}_total", lane.total))}
+                log.info("enrich_progress", **counts, rate_per_s=None if rate is None else round(rate, 2),
+                         eta_s=None if eta is None else round(eta), status=line)
                 self._plain_at = self.clock()
-            self.stream.flush()
 
     def write_above(self, text: str) -> None:
         """Write ``text`` (whole lines) above the bar, then draw the bar again."""
