@@ -236,10 +236,10 @@ def test_enrich_embeds_too_and_says_when_the_embed_model_is_missing(tmp_path, ca
         report = json.loads(_status_json(cli, config, capsys))
         assert report["repos"][0]["embedded"] == 2 and report["totals"]["embedded"] == 2
         # Embedded once each, after the enrichments: every input holds its span's summary (the emulator's
-        # summaries name the prompt's first line), none is code alone.
+        # summaries say "emulated summary for" the prompt's first lines), none is code alone.
         inputs = [text for body in embed_requests(emu) for text in body["input"]]
         last_chat = max(r.t_end for r in emu.requests if r.path == "/api/chat")
-        assert len(inputs) == 2 and all("summary: " in text for text in inputs), inputs
+        assert len(inputs) == 2 and all("emulated summary for" in text for text in inputs), inputs
         assert min(r.t_start for r in emu.requests if r.path == "/api/embed") >= last_chat
     (tmp_path / "b").mkdir()
     with OllamaEmulator(["test-model"]) as bare:

@@ -55,17 +55,24 @@ def _fill_typed(kind: str, schema: dict[str, Any], hint: str, root: Any, name: s
         return True
     if kind == "null":
         return None
-    text = f"{name}: {hint}"
+    text = f"emulated {name} for {hint}"
     text = text.ljust(schema.get("minLength", 0), ".")
     return text[: schema["maxLength"]] if "maxLength" in schema else text
 
 
+#: Non-empty lines of the last user message that an answer mentions, and their most characters.
+HINT_LINES, HINT_CHARS = 3, 100
+
+
 def hint(request: dict[str, Any]) -> str:
-    """The first line of the last user message (or the prompt), at most 60 chars."""
+    """The first :data:`HINT_LINES` non-empty lines of the last user message (or
+    the prompt) joined by ``; ``, at most :data:`HINT_CHARS` characters: for this
+    project's prompt ``File: x.py; Language: python; Span: function f (lines 3-9)``,
+    so each span's placeholder answer names that span."""
     users = [m for m in request.get("messages") or [] if m.get("role") == "user"]
     text = str(users[-1].get("content") or "") if users else str(request.get("prompt") or "")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[0] if lines else "nothing")[:60]
+    return ("; ".join(lines[:HINT_LINES]) if lines else "nothing")[:HINT_CHARS]
 
 
 def default_answer(request: dict[str, Any]) -> str:
