@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from llmc_rag_service import cli
+from llmc_rag_service.service import doctor_unit
 from llmc_rag_service.service.doctor import Limits, run_checks
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import make_config, write_tree
@@ -36,6 +37,7 @@ def setup(tmp_path, emu, monkeypatch):
     config = make_config(tmp_path, emu.url, [repo], logging={"level": "error"},
                          search={"embed_model": "nomic-embed-text"})
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(doctor_unit, "running_as_root", lambda: False)  # a developer's own account
     assert cli.main(["enrich", "-c", str(config.source)]) == 0
     return config
 
@@ -258,8 +260,6 @@ def test_no_unit_and_no_systemd_says_so_instead_of_an_install_that_cannot_run(se
     """systemctl cannot answer and no unit is installed: on a machine where systemd is not the init system
     (no /run/systemd/system) doctor says to run serve by hand or under another supervisor, with no install
     command; where systemd runs, it gives the install command."""
-    from llmc_rag_service.service import doctor_unit
-
     fake_systemctl(tmp_path, monkeypatch, None, exit_code=1)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     run = tmp_path / "run-systemd"
@@ -272,3 +272,21 @@ def test_no_unit_and_no_systemd_says_so_instead_of_an_install_that_cannot_run(se
         assert unit.fix == "./scripts/install.sh --user --now"
     else:
         assert unit.fix is None and "systemd is not running here" in unit.detail and "by hand" in unit.detail
+
+
+@pytest.mark.parametrize(("props", "fix"), [
+    ({"LoadState": "not-found"}, "./scripts/install.sh --run-as USER --now"),
+    (healthy_unit(ActiveState="failed"), "systemctl restart llmc-rag"),
+])
+def test_as_root_the_unit_checked_is_the_system_one_and_fixes_need_no_sudo(setup, tmp_path, monkeypatch, props, fix):
+    """root running doctor on its own config: the system unit is checked (root has no user manager to
+    host a --user unit on a server), and the fix is the system install or systemctl, without sudo."""
+    monkeypatch.setattr(doctor_unit, "running_as_root", lambda: True)
+    calls = tmp_path / "calls"
+    fake_systemctl(tmp_path, monkeypatch, props)
+    (tmp_path / "fakebin" / "systemctl").write_text(
+        (tmp_path / "fakebin" / "systemctl").read_text().replace("#!/bin/sh\n", f"#!/bin/sh\necho \"$@\" >> {calls}\n"))
+    checks = by_name(run_checks(str(setup.source)))
+    worst = [c for c in checks["unit"] + checks.get("service", []) if c.status != "ok"]
+    assert worst[0].fix == fix
+    assert "--user" not in calls.read_text()

@@ -46,6 +46,7 @@ from llmc_rag_service.config import SYSTEM_CONFIG, Config, ConfigError, find_con
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.index.ignore import RepoIgnore
 from llmc_rag_service.service import runtime
+from llmc_rag_service.service import doctor_unit
 from llmc_rag_service.service.doctor_unit import Check, check_unit
 from llmc_rag_service.service.preflight import has_model, missing_model_message, probe_host
 from llmc_rag_service.store.faults import StoreUnusable
@@ -89,7 +90,8 @@ def run_checks(config_arg: str | None, env: Mapping[str, str] | None = None, lim
         checks += [check_repos(config), *check_state(config), check_disk(config.state_dir, limits)]
         checks += check_ollama(config)
         checks.append(check_inotify(config, limits.max_user_watches))
-    checks += check_unit(user_unit=Path(os.path.abspath(path)) != SYSTEM_CONFIG, systemctl=systemctl)
+    user_unit = Path(os.path.abspath(path)) != SYSTEM_CONFIG and not doctor_unit.running_as_root()
+    checks += check_unit(user_unit=user_unit, systemctl=systemctl)
     if config is not None:
         checks.append(check_service_store(config, env))
         checks.append(check_team(config))

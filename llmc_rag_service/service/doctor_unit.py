@@ -63,10 +63,18 @@ def read_unit_file(user_unit: bool) -> dict[str, str]:
             "MainPID": "", "ExecStart": f"path={exe}", "FragmentPath": str(path)}
 
 
+def running_as_root() -> bool:
+    """True when this process runs as root (effective uid 0): its unit is the
+    system one, whatever config it reads (a server has no user manager for
+    root to host a ``--user`` unit), and its fixes need no ``sudo``."""
+    return os.geteuid() == 0
+
+
 def check_unit(user_unit: bool, systemctl: str = "systemctl") -> list[Check]:
     """``unit`` (installed, ExecStart present) and ``service`` (enabled, active) checks."""
-    scope, sudo = ("--user ", "") if user_unit else ("", "sudo ")
-    install = "./scripts/install.sh --user --now" if user_unit else "sudo ./scripts/install.sh --run-as USER --now"
+    scope = "--user " if user_unit else ""
+    sudo = "" if user_unit or running_as_root() else "sudo "
+    install = "./scripts/install.sh --user --now" if user_unit else f"{sudo}./scripts/install.sh --run-as USER --now"
     props = systemctl_show(user_unit, systemctl)
     live = props is not None
     props = props or read_unit_file(user_unit)
