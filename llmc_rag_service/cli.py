@@ -241,8 +241,9 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     o = report["ollama"]
     print(f"ollama: {o['url']} model {o['model']}" + (f" (last error: {o['last_error']})" if o["last_error"] else ""))
     for r in report["repos"] + [{"path": "total", **report["totals"]}]:
+        note = " (not in the config: searchable, not watched)" if r.get("state") == "unwatched" else ""
         print(f"{r['path']}: {r['files']} files, {r['spans']} spans, {r['enriched']} enriched, "
-              f"{r['pending']} pending, {r['failed']} failed")
+              f"{r['pending']} pending, {r['failed']} failed{note}")
     return EX_OK
 
 

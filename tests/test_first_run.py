@@ -268,6 +268,27 @@ def test_a_missing_repo_path_exits_66_naming_it_and_enriches_the_others(tmp_path
     assert f"repo {gone}: no such directory\n" in capsys.readouterr().err
 
 
+def test_a_directory_enriched_by_path_outside_the_config_is_in_status_and_show(tmp_path, repo, ollama, capsys):
+    """enrich PATH on a directory the config does not name: status lists it (state unwatched, plain
+    status says it is not watched) and counts it in the totals, and show answers for its files,
+    as search already did."""
+    config = make_config(tmp_path, ollama.url, [repo], logging={"level": "error"})
+    other = tmp_path / "other"
+    write_tree(other, {"z.py": "def zebra_walk(n):\n    return n * 2\n"})
+    assert run(config, "enrich", str(other)) == 0
+    report = status_report(config)
+    assert [(r["path"], r["state"]) for r in report["repos"]] == [(str(repo), "ok"), (str(other), "unwatched")]
+    assert report["repos"][1]["enriched"] == 1 and report["totals"]["spans"] == report["repos"][1]["spans"]
+    capsys.readouterr()
+    assert run(config, "status") == 0
+    assert f"{other}: 1 files, 1 spans, 1 enriched, 0 pending, 0 failed (not in the config" in capsys.readouterr().out
+    assert run(config, "show", str(other / "z.py")) == 0
+    assert "function zebra_walk [enriched]" in capsys.readouterr().out
+    assert run(config, "enrich") == 0  # the configured repo too: the totals add both
+    report = status_report(config)
+    assert report["totals"]["spans"] == sum(r["spans"] for r in report["repos"]) > 1
+
+
 @pytest.mark.parametrize(("text", "line", "key"), [
     ("", 1, "repos"),
     ("repos: []\n", 1, "repos"),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.index.ignore import RepoIgnore, is_editor_temp, is_secret
-from llmc_rag_service.service.status import resolve_file
+from llmc_rag_service.service.status import known_repos, resolve_file
 from llmc_rag_service.store.views import StoreReader
 
 #: What the scanner's ``skipped`` reasons mean.
@@ -56,7 +56,7 @@ def why_no_spans(config: Config, path: str, line: int | None = None) -> str:
         repos = ", ".join(str(r.path) for r in config.repos)
         return f"{shown}: not in a configured repo (repos: {repos}; config {config.source})"
     repo_path, relpath = where
-    repo = next(r for r in config.repos if r.path == repo_path)
+    repo = next(r for r in known_repos(config) if r.path == repo_path)
     if not repo_path.is_dir():
         return f"{shown}: its repo {repo_path} is missing (not a directory)"
     if not utf8_name(relpath):

@@ -22,7 +22,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from llmc_rag_service.config import Config
+from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.models import PROMPT_VERSION
 from llmc_rag_service.store.views import StoreReader, empty_counts, empty_secrets
@@ -63,8 +63,33 @@ def repo_state(path: Path, states: dict[str, str], running: bool) -> str:
     return "ok" if path.is_dir() else "missing"
 
 
+#: ``state`` of a repo the store holds but the config does not name (indexed by
+#: ``enrich PATH``, or dropped from the config): searchable, never watched.
+UNWATCHED = "unwatched"
+
+
+def _repo_paths(config: Config, reader: StoreReader) -> list[Path]:
+    """The configured repos, then those only the store holds."""
+    configured = [r.path for r in config.repos]
+    return configured + [p for p in reader.repo_paths() if p not in set(configured)]
+
+
+def known_repos(config: Config) -> list[RepoConfig]:
+    """The configured repos, then (default settings) those only the store holds:
+    what ``show`` and ``search`` can answer about."""
+    reader = StoreReader.open(config.db_path)
+    if reader is None:
+        return list(config.repos)
+    with reader:
+        paths = _repo_paths(config, reader)
+    by_path = {r.path: r for r in config.repos}
+    return [by_path.get(p, RepoConfig(path=p)) for p in paths]
+
+
 def status_report(config: Config) -> dict[str, Any]:
-    """The ``status --json`` object (DESIGN.md contract)."""
+    """The ``status --json`` object (DESIGN.md contract). Its ``repos`` are the
+    configured ones, then any other the store holds files of, with ``state``
+    :data:`UNWATCHED`; ``totals`` add them all up."""
     reader = StoreReader.open(config.db_path)
     answers_redacted = outbox = 0
     if reader is None:
@@ -73,15 +98,17 @@ def status_report(config: Config) -> dict[str, Any]:
     else:
         with reader:
             meta, answers_redacted = reader.meta(), reader.answers_redacted()
-            repos = [{"path": str(r.path), **reader.repo_counts(r.path, config.ollama.model, PROMPT_VERSION,
-                                                                 config.search.embed_model, INPUT_VERSION),
-                      "secrets": reader.repo_secrets(r.path)} for r in config.repos]
+            repos = [{"path": str(path), **reader.repo_counts(path, config.ollama.model, PROMPT_VERSION,
+                                                               config.search.embed_model, INPUT_VERSION),
+                      "secrets": reader.repo_secrets(path)} for path in _repo_paths(config, reader)]
             outbox = reader.team_outbox_count()
     totals = {k: sum(r[k] for r in repos) for k in ("files", "spans", "enriched", "pending", "failed", "embedded", "embed_failed")}
     secrets = {k: sum(r["secrets"][k] for r in repos) for k in ("redacted", "secret_files_skipped")}
     pid = daemon_running(config.state_dir)
     states = json.loads(meta.get("repo_states") or "{}") if pid else {}
-    repos = [{"path": r["path"], "state": repo_state(Path(r["path"]), states, pid is not None), **r} for r in repos]
+    configured = {str(r.path) for r in config.repos}
+    repos = [{"path": r["path"], "state": repo_state(Path(r["path"]), states, pid is not None)
+              if r["path"] in configured else UNWATCHED, **r} for r in repos]
     return {
         "daemon": {"running": pid is not None, "pid": pid, "status": meta.get("daemon_status") if pid else None},
         "ollama": {"url": ", ".join(h.url for h in config.ollama.all_hosts()), "model": config.ollama.model,
@@ -118,7 +145,7 @@ def team_report(config: Config, recorded: str | None, outbox: int) -> dict[str, 
 def resolve_file(config: Config, path: str) -> tuple[Path, str] | None:
     """Map a user path (absolute or relative to the cwd) to (repo, relpath)."""
     target = Path(path).expanduser().resolve()
-    for repo in sorted(config.repos, key=lambda r: len(str(r.path)), reverse=True):
+    for repo in sorted(known_repos(config), key=lambda r: len(str(r.path)), reverse=True):
         try:
             return repo.path, target.relative_to(repo.path).as_posix()
         except ValueError:

@@ -127,6 +127,12 @@ class StoreReader:
         """The daemon facts in ``meta`` (``daemon_status``, ``ollama_last_error``…)."""
         return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
 
+    def repo_paths(self) -> list[Path]:
+        """Every repo root the store holds files of, sorted: the configured ones,
+        and any indexed by ``enrich PATH`` or dropped from the config since."""
+        return [Path(r[0]) for r in self.conn.execute(
+            "SELECT r.path FROM repos r WHERE EXISTS (SELECT 1 FROM files f WHERE f.repo_id = r.id) ORDER BY r.path")]
+
     def repo_counts(self, repo: Path, model: str, prompt_version: int, embed_model: str | None = None,
                     input_version: int = 1) -> dict[str, int]:
         """``{files, spans, enriched, pending, failed, embedded, embed_failed}`` for
