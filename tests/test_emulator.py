@@ -238,10 +238,15 @@ def test_keep_alive_zero_unloads_after_request(ollama: OllamaEmulator) -> None:
 
 
 def test_keep_alive_expiry_unloads(ollama: OllamaEmulator) -> None:
-    """A model idle past its keep_alive is unloaded and leaves /api/ps."""
+    """A model idle past its keep_alive is unloaded and leaves /api/ps (wall time injected: a loaded
+    machine cannot make the model expire before it is first listed)."""
+    clock = ManualClock()
+    ollama.scheduler.wall = clock.time
     chat(ollama.url, keep_alive="1s")
-    assert len(ps_models(ollama.url)) == 1
-    wait_for(lambda: ps_models(ollama.url) == [])
+    clock.advance(0.9)
+    assert len(ps_models(ollama.url)) == 1 and ollama.unloads == 0
+    clock.advance(0.2)
+    assert ps_models(ollama.url) == []
     assert ollama.unloads == 1 and ollama.loaded_models() == []
 
 
