@@ -14,7 +14,7 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import structlog
 
@@ -32,21 +32,34 @@ EX_USAGE = 64
 EX_NOINPUT = 66
 #: Ollama unreachable, busy or the model missing for longer than --wait-s (enrich).
 EX_UNAVAILABLE = 69
-#: Another serve holds the state directory.
+#: Another serve holds the state directory, or serve's stop outlived its deadline (stop_overdue).
 EX_SOFTWARE = 70
 #: The state store is unusable (sysexits EX_IOERR): unreadable, corrupt or another
 #: application's, read-only, full, or deleted/replaced under a running serve.
 EX_IOERR = 74
 #: Bad config.
 EX_CONFIG = 78
-#: A bad search query or option (search, export): argparse's own usage code, as DESIGN.md lists for search.
+#: A malformed command line (any command), or a bad search query or option
+#: (search, export): argparse's own usage code, as DESIGN.md lists for search.
 EX_BAD_QUERY = 2
 #: Ctrl-C (128 + SIGINT).
 EX_INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, as every other error of this
+    CLI (``llmc-rag: search: argument --limit: must be ...; see llmc-rag search
+    --help``), exit :data:`EX_BAD_QUERY`, instead of the usage block and the
+    error. Sub-commands' parsers are made of this class too (add_subparsers)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("llmc-rag").strip()
+        _err(f"{command + ': ' if command else ''}{message}; see {self.prog} --help")
+        sys.exit(EX_BAD_QUERY)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmc-rag", description="Keep an LLM enrichment of code repositories fresh.")
+    parser = _Parser(prog="llmc-rag", description="Keep an LLM enrichment of code repositories fresh.")
     parser.add_argument("--version", action="version", version=f"llmc-rag {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -59,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add("serve", "run the daemon in the foreground (systemd's ExecStart)")
     p = add("enrich", "scan and enrich every pending span, then exit")
-    p.add_argument("--wait-s", type=float, default=300.0,
+    p.add_argument("--wait-s", type=_wait_s, default=300.0,
                    help="give up (exit 69) when Ollama is unreachable or the model missing this long (seconds)")
     p.add_argument("--retry-failed", action="store_true",
                    help="first give dead-lettered spans a fresh start (after fixing the cause)")
@@ -90,6 +103,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run-as", help="system unit: the user that owns the repos")
     p.add_argument("--dest", help="directory to write to (default: the systemd unit directory)")
     return parser
+
+
+def _wait_s(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, not {text!r}")
+    return value
 
 
 def _limit(text: str) -> int:
@@ -134,6 +157,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     option: the error says to put it after ``--`` (``search -- -x``).
     """
     parser = _parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help(sys.stderr)  # a bare `llmc-rag`: the commands, not an error line
+        sys.exit(EX_BAD_QUERY)
     args, extra = parser.parse_known_args(argv)
     command: argparse.ArgumentParser = getattr(args, "subparser", parser)
     dashed = next((arg for arg in extra if arg.startswith("-")), None)
@@ -174,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _store_unusable(args.command, config, exc)
     except KeyboardInterrupt:
         # enrich: pending work stays in the store for the next run.
-        print("llmc-rag: interrupted", file=sys.stderr)
+        more = "; the pending work is kept: run llmc-rag enrich again to go on" if args.command == "enrich" else ""
+        print(f"llmc-rag: interrupted{more}", file=sys.stderr)
         return EX_INTERRUPTED
     except BrokenPipeError:
         # `llmc-rag status --json | head`: the reader left; say nothing more.

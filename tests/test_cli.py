@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from llmc_rag_service import cli
 from tests.helpers import make_config
 
@@ -29,7 +31,29 @@ def test_interrupt_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(oneshot, "run_enrich", interrupted)
     assert cli.main(["enrich", "-c", str(config.source)]) == 130
-    assert capsys.readouterr().err.strip() == "llmc-rag: interrupted"
+    assert capsys.readouterr().err == ("llmc-rag: interrupted; the pending work is kept: "
+                                       "run llmc-rag enrich again to go on\n")
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["enrich", "--wait-s", "-1"], "enrich: argument --wait-s: must be a number of seconds, 0 or more, not '-1'"),
+    (["enrich", "--wait-s", "abc"], "enrich: argument --wait-s: must be a number of seconds, 0 or more, not 'abc'"),
+    (["status", "--bogus"], "status: unrecognized arguments: --bogus"),
+    (["frob"], "argument command: invalid choice: 'frob'"),
+])
+def test_a_malformed_command_line_is_one_line_naming_the_argument_and_exits_2(capsys, args, said):
+    """argparse's usage block is not printed: one line, the command, the argument, and where help is."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith(f"llmc-rag: {said}") and err.count("\n") == 1
+    assert err.rstrip().endswith("--help")
+
+
+def test_a_bare_llmc_rag_prints_the_commands(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main([])
+    assert exited.value.code == 2 and "enrich" in capsys.readouterr().err.splitlines()[1]
 
 
 def test_install_unit_warns_about_the_placeholder_user(tmp_path, capsys):

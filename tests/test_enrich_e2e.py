@@ -145,6 +145,8 @@ def test_missing_model_exits_69_and_keeps_attempts(tmp_path, repo, ollama, capsy
         assert db.execute("SELECT MAX(attempts) FROM jobs").fetchone()[0] == 0
     err = capsys.readouterr().err
     assert "ollama pull test-model" in err and "model_missing" in err
+    assert "llmc-rag: gave up after 0 s (--wait-s) waiting for Ollama: " in err
+    assert f"the pending work is kept: once ollama pull test-model (on {ollama.url}), run llmc-rag enrich again" in err
 
 
 def test_model_appearing_later_resumes_work(tmp_path, repo, ollama):
@@ -171,13 +173,15 @@ def test_model_appearing_later_resumes_work(tmp_path, repo, ollama):
     assert status_report(config)["totals"]["pending"] == 0
 
 
-def test_unreachable_ollama_exits_69(tmp_path, repo):
-    """With nothing listening at the URL, enrich exits 69 after --wait-s and keeps the work pending."""
+def test_unreachable_ollama_exits_69(tmp_path, repo, capsys):
+    """With nothing listening at the URL, enrich exits 69 after --wait-s, keeps the work pending, and
+    says to start Ollama at that URL and run enrich again."""
     with OllamaEmulator() as emu:
         url = emu.url
     config = make_config(tmp_path, url, [repo])
     assert run(config, "enrich", "--wait-s", "0.2") == 69
     assert status_report(config)["totals"]["pending"] > 0
+    assert f"once start Ollama at {url} (ollama serve" in capsys.readouterr().err
 
 
 def test_bad_config_exits_78_without_touching_the_store(tmp_path, capsys):

@@ -72,21 +72,23 @@ def test_the_eta_adds_each_lanes_spans_left_over_its_own_rate():
 
 
 def test_off_a_terminal_progress_is_a_log_event_every_10_s_not_a_text_line():
-    """A pipe or file gets enrich_progress events in the log's format (one per 10 s, none for the
-    final state: the summary says it), never a bar or a bare text line among the log lines."""
+    """A pipe or file gets enrich_progress events in the log's format (one per 10 s from the start, none
+    for the final state: the summary says it), never a bar or a bare text line among the log lines."""
     now = [0.0]
     plain = Progress(io.StringIO(), clock=lambda: now[0])
     with capture_logs() as logs:
-        plain.update([Lane("enriched", 0, 40), Lane("embedded", 0, 40)], "starting")
+        plain.update([Lane("enriched", 0, 40), Lane("embedded", 0, 40)], "starting")  # nothing known yet
         now[0] += 5
         plain.update([Lane("enriched", 10, 40), Lane("embedded", 0, 40)], "enriching")  # within 10 s: nothing
         now[0] += 5
         plain.update([Lane("enriched", 20, 40), Lane("embedded", 0, 40)], "enriching")
-        now[0] += 10
+        now[0] += 5
+        plain.update([Lane("enriched", 30, 40), Lane("embedded", 0, 40)], "enriching")  # 5 s after the last
+        now[0] += 5
         plain.update([Lane("enriched", 40, 40), Lane("embedded", 40, 40)], "idle", final=True)
     assert plain.stream.getvalue() == ""
-    assert [e["event"] for e in logs] == ["enrich_progress", "enrich_progress"]
-    assert logs[1]["log_level"] == "info" and {k: logs[1][k] for k in (
+    assert [e["event"] for e in logs] == ["enrich_progress"]
+    assert logs[0]["log_level"] == "info" and {k: logs[0][k] for k in (
         "enriched", "enriched_total", "embedded", "embedded_total", "rate_per_s", "eta_s", "status")} == {
         "enriched": 20, "enriched_total": 40, "embedded": 0, "embedded_total": 40, "rate_per_s": 2.0,
         "eta_s": 10, "status": "enriching"}

@@ -117,7 +117,7 @@ def test_no_hits_is_success(config, capsys):
 def test_usage_errors_exit_2_with_a_clear_line(config, capsys, args, message):
     """Bad options and empty queries exit 2 with one line naming the problem, never a traceback."""
     code, err = run_exit(config, capsys, *args)
-    assert code == 2 and message in err and "Traceback" not in err
+    assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("args", [["-x"], ["parse", "-x"]])

@@ -106,6 +106,8 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         # status --json shows why this run gave up (and nothing once a run did not).
         pipeline.set_meta(ollama_last_error=pipeline.last_error() if code is Outcome.GAVE_UP else None)
         embed_missing = pipeline.embeds_down() == "model_missing"
+        gave_up = _gave_up_advice(config, pipeline.ollama_down() or pipeline.embeds_down(), pipeline.last_error(),
+                                  wait_s) if code is Outcome.GAVE_UP else None
         outbox = pipeline.flush_team()
         team = pipeline.team_status()
     finally:
@@ -118,6 +120,8 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         f"enrich: {totals['enriched']}/{totals['spans']} spans enriched{_from_team(team)}{embedded}, {totals['failed']} failed, "
         f"{totals['pending']} pending in {time.monotonic() - started:.1f} s\n"
     )
+    if gave_up:
+        say(gave_up)
     if outbox:
         say(f"{outbox} results wait in the team outbox: the team database did not answer at the end; "
             "the next enrich or serve publishes them")
@@ -137,6 +141,17 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     if code is Outcome.DONE and (totals["failed"] or totals["embed_failed"]):
         code = Outcome.SOME_FAILED
     return code
+
+
+def _gave_up_advice(config: Config, down: str | None, error: str | None, wait_s: float) -> str:
+    """What to do after giving up on Ollama: the reason, that the work is kept, the fix."""
+    hosts = ", ".join(h.url for h in config.ollama.all_hosts())
+    fix = {"model_missing": f"ollama pull {config.ollama.model} (on {hosts})",
+           "unreachable": f"start Ollama at {hosts} (ollama serve, or systemctl start ollama)",
+           "busy": "the server's queue drains (it answered 503: busy)",
+           }.get(down or "", "the server answers again (llmc-rag doctor checks it)")
+    return (f"gave up after {wait_s:.0f} s (--wait-s) waiting for Ollama: {error or down}; "
+            f"the pending work is kept: once {fix}, run llmc-rag enrich again")
 
 
 def _from_team(team: dict[str, Any] | None, counter: str = "hits", unit: str = "") -> str:

@@ -98,7 +98,9 @@ class Progress:
         self._rates: dict[str, _Rate] = {}
         self._lock = threading.RLock()
         self._bar = ""  # the bar as last drawn ("" = none on screen)
-        self._plain_at = -PLAIN_EVERY_S
+        # The first event comes after PLAIN_EVERY_S: at the start nothing is known yet
+        # (no rate; the hosts not tried: "ollama ok" before the first request failed).
+        self._plain_at = clock()
 
     def rate_and_eta(self, lanes: Sequence[Lane]) -> tuple[float | None, float | None]:
         """(spans per second of the current lane, seconds left for every lane),
@@ -123,16 +125,17 @@ class Progress:
 
     def update(self, lanes: Sequence[Lane], line: str, final: bool = False) -> None:
         """Redraw the bar (a terminal; ``final`` ends its line), or log
-        ``enrich_progress`` at most every :data:`PLAIN_EVERY_S` seconds (not on
-        ``final``: the summary that follows says it)."""
+        ``enrich_progress`` every :data:`PLAIN_EVERY_S` seconds from the start
+        (not on ``final``: the summary that follows says it)."""
         with self._lock:
             if self.tty:
                 text = self.text(lanes, line)
                 self.stream.write(_ERASE + text + ("\n" if final else ""))
                 self._bar = "" if final else text
                 self.stream.flush()
-            elif not final and self.clock() - self._plain_at >= PLAIN_EVERY_S:
-                rate, eta = self.rate_and_eta(lanes)
+                return
+            rate, eta = self.rate_and_eta(lanes)  # every update is a sample of the rate
+            if not final and self.clock() - self._plain_at >= PLAIN_EVERY_S:
                 counts = {k: v for lane in lanes for k, v in ((lane.label, lane.done), (f"{lane.label}_total", lane.total))}
                 log.info("enrich_progress", **counts, rate_per_s=None if rate is None else round(rate, 2),
                          eta_s=None if eta is None else round(eta), status=line)
