@@ -297,8 +297,10 @@ class OllamaEmulator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until SIGINT/SIGTERM: ``python -m llmc_rag_service.testing --port 11434 --model M``."""
-    parser = argparse.ArgumentParser(description="Protocol-faithful Ollama emulator.")
+    """Serve until SIGINT/SIGTERM: ``python -m llmc_rag_service.testing --port 11434 --model M``.
+    Returns 0, or 1 when the port cannot be bound (one line on stderr says so)."""
+    parser = argparse.ArgumentParser(prog="python -m llmc_rag_service.testing",
+                                     description="Protocol-faithful Ollama emulator.")
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--model", action="append", help="installed chat model (repeatable)")
     parser.add_argument("--embed-model", action="append",
@@ -333,7 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())  # handlers only record
-    sys.stdout.write(f"ollama emulator listening on {emu.start()}\n")
+    try:
+        url = emu.start()
+    except OSError as exc:  # e.g. the port is taken (a real Ollama on 11434, another emulator)
+        sys.stderr.write(f"ollama emulator: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}; "
+                         "pick another --port\n")
+        return 1
+    sys.stdout.write(f"ollama emulator listening on {url}\n")
     sys.stdout.flush()
     stop.wait()
     emu.stop()
