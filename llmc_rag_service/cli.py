@@ -252,6 +252,12 @@ def _enrich(config: Config, args: argparse.Namespace) -> int:
             Outcome.GAVE_UP: EX_UNAVAILABLE}[outcome]
 
 
+#: What plain ``status`` says after a repo's counts for each ``state`` but ok.
+_STATE_NOTES = {"missing": " (missing: no directory at this path)",
+                "polling": " (watched by polling: the inotify limits are reached, see doctor)",
+                "unwatched": " (not in the config: searchable, not watched)"}
+
+
 def _status(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.runtime import describe_store, store_report
     from llmc_rag_service.service.status import status_report
@@ -262,15 +268,16 @@ def _status(config: Config, args: argparse.Namespace) -> int:
         return EX_OK
     print(describe_store(report["store"]))
     d = report["daemon"]
-    print(f"daemon: {'running, pid ' + str(d['pid']) if d['running'] else 'not running'}")
+    by_hand = " (started by hand, not by systemd)" if d["running"] and report["store"]["service"] is None else ""
+    print(f"daemon: {'running, pid ' + str(d['pid']) + by_hand if d['running'] else 'not running'}")
     if d["status"]:
         print(f"status: {d['status']}")
     o = report["ollama"]
     print(f"ollama: {o['url']} model {o['model']}" + (f" (last error: {o['last_error']})" if o["last_error"] else ""))
     for r in report["repos"] + [{"path": "total", **report["totals"]}]:
-        note = " (not in the config: searchable, not watched)" if r.get("state") == "unwatched" else ""
-        print(f"{r['path']}: {r['files']} files, {r['spans']} spans, {r['enriched']} enriched, "
-              f"{r['pending']} pending, {r['failed']} failed{note}")
+        embedded = f", {r['embedded']} embedded" if config.search.embed_model else ""
+        print(f"{r['path']}: {r['files']} files, {r['spans']} spans, {r['enriched']} enriched{embedded}, "
+              f"{r['pending']} pending, {r['failed']} failed{_STATE_NOTES.get(r.get('state', 'ok'), '')}")
     return EX_OK
 
 

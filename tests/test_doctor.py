@@ -119,14 +119,23 @@ def test_a_missing_repo_fails(setup, tmp_path):
     assert repos.fix.startswith(f"mkdir -p {gone}")
 
 
-def test_a_damaged_store_fails_quick_check(setup):
-    """A store file overwritten with garbage: state fails with the move-aside command."""
+def test_a_damaged_store_fails_quick_check(setup, tmp_path):
+    """A store file overwritten with garbage: state fails with the move-aside command the store's own
+    error gives (.bad); systemctl around it only when a service under systemd uses that store."""
     setup.db_path.write_bytes(b"this is not a database" * 200)
     for extra in ("-wal", "-shm"):
         setup.db_path.with_name(setup.db_path.name + extra).unlink(missing_ok=True)
     (state,) = by_name(run_checks(str(setup.source)))["state"]
     assert state.status == "fail" and "damaged" in state.detail
-    assert f"mv {setup.db_path} {setup.db_path}.damaged" in state.fix
+    assert state.fix == (f"mv {setup.db_path} {setup.db_path}.bad (stop a serve that uses it first), "
+                         "then run llmc-rag enrich or serve")
+    run = tmp_path / "run" / "llmc-rag"  # the user unit's RuntimeDirectory, naming this store
+    run.mkdir(parents=True)
+    (run / "daemon.json").write_text(json.dumps({"pid": os.getpid(), "state_dir": str(setup.state_dir),
+                                                 "config": str(setup.source), "started_at": 0}))
+    (state,) = by_name(run_checks(str(setup.source)))["state"]
+    assert state.fix == (f"systemctl --user stop llmc-rag && mv {setup.db_path} {setup.db_path}.bad && "
+                         "systemctl --user start llmc-rag")
 
 
 def test_a_state_dir_open_to_others_warns(setup):

@@ -270,6 +270,22 @@ def test_a_missing_repo_path_exits_66_naming_it_and_enriches_the_others(tmp_path
     assert f"repo {gone}: no such directory\n" in capsys.readouterr().err
 
 
+def test_plain_status_says_a_repo_is_missing_and_counts_embeddings(tmp_path, repo, ollama, capsys):
+    """Plain status (not only --json) says when a repo's directory is missing, and gives the embedded
+    count when embeddings are on."""
+    ollama.install_embed("nomic-embed-text")
+    gone = tmp_path / "gone"
+    config = make_config(tmp_path, ollama.url, [repo, gone], logging={"level": "error"},
+                         search={"embed_model": "nomic-embed-text"})
+    assert run(config, "enrich", str(repo)) == 0
+    capsys.readouterr()
+    assert run(config, "status") == 0
+    lines = capsys.readouterr().out.splitlines()
+    spans = status_report(config)["totals"]["spans"]
+    assert f"{repo}: 3 files, {spans} spans, {spans} enriched, {spans} embedded, 0 pending, 0 failed" in lines
+    assert f"{gone}: 0 files, 0 spans, 0 enriched, 0 embedded, 0 pending, 0 failed (missing: no directory at this path)" in lines
+
+
 def test_a_directory_enriched_by_path_outside_the_config_is_in_status_and_show(tmp_path, repo, ollama, capsys):
     """enrich PATH on a directory the config does not name: status lists it (state unwatched, plain
     status says it is not watched) and counts it in the totals, and show answers for its files,

@@ -51,7 +51,8 @@ def test_status_says_it_reads_the_running_services_store(tmp_path, repo, ollama,
     assert serve.stop() == 0
     assert not (runtime / "daemon.json").exists()
     assert cli.main(["status", "-c", str(config.source)]) == 0
-    assert capsys.readouterr().out.splitlines()[0].endswith("; no systemd llmc-rag service running (a serve started by hand is shown below)")
+    assert capsys.readouterr().out.splitlines()[:2] == [f"store: {config.db_path}; no llmc-rag service runs under systemd",
+                                                         "daemon: not running"]
 
 
 def test_a_runtime_file_of_a_dead_process_is_ignored(tmp_path, repo, monkeypatch, capsys):

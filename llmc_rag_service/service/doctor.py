@@ -45,10 +45,10 @@ from urllib.parse import urlsplit
 from llmc_rag_service.config import SYSTEM_CONFIG, Config, ConfigError, find_config_path, load_config
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.index.ignore import RepoIgnore
-from llmc_rag_service.service import runtime
-from llmc_rag_service.service import doctor_unit
+from llmc_rag_service.service import doctor_unit, runtime
 from llmc_rag_service.service.doctor_unit import Check, check_unit
 from llmc_rag_service.service.preflight import has_model, missing_model_message, probe_host
+from llmc_rag_service.service.status import daemon_running
 from llmc_rag_service.store.faults import StoreUnusable
 from llmc_rag_service.store.views import StoreReader
 from llmc_rag_service.team.client import probe_once
@@ -155,9 +155,21 @@ def _check_store(config: Config) -> Check:
     except (sqlite3.Error, StoreUnusable) as exc:
         problems = [str(exc)]
     if problems:
-        return Check("state", "fail", f"{db} is damaged: {'; '.join(problems)}",
-                     f"sudo systemctl stop llmc-rag && mv {db} {db}.damaged && sudo systemctl start llmc-rag")
+        return Check("state", "fail", f"{db} is damaged: {'; '.join(problems)}", _move_aside_fix(config))
     return Check("state", "ok", f"{db}: intact (quick_check), {db.stat().st_size / 2**20:.1f} MiB")
+
+
+def _move_aside_fix(config: Config) -> str:
+    """The command that moves a damaged store aside (as the store's own error
+    says: ``.bad``), around a stop and start of the service that uses it, if
+    one runs under systemd; a new store is made and the repos rescanned."""
+    db, ours = config.db_path, config.state_dir.absolute()
+    service = next((s for s in runtime.running_services() if s.state_dir and s.state_dir.absolute() == ours), None)
+    if service is None:
+        return f"mv {db} {db}.bad (stop a serve that uses it first), then run llmc-rag enrich or serve"
+    user = "" if service.runtime_file.parent == runtime.SYSTEM_RUNTIME_DIR else "--user "
+    sudo = "" if user or doctor_unit.running_as_root() else "sudo "
+    return f"{sudo}systemctl {user}stop llmc-rag && mv {db} {db}.bad && {sudo}systemctl {user}start llmc-rag"
 
 
 def check_disk(state_dir: Path, limits: Limits) -> Check:
@@ -254,7 +266,9 @@ def check_service_store(config: Config, env: Mapping[str, str]) -> Check:
     report = runtime.store_report(config, env)
     service = report["service"]
     if service is None:
-        return Check("store", "ok", f"{config.db_path}; no llmc-rag service running")
+        pid = daemon_running(config.state_dir)
+        by_hand = f"; a serve started by hand (pid {pid}) uses it" if pid else ""
+        return Check("store", "ok", f"{config.db_path}; no llmc-rag service runs under systemd{by_hand}")
     if report["service_uses_this_store"]:
         return Check("store", "ok", f"{config.db_path} is the running service's store (pid {service['pid']})")
     if service["state_dir"] is None:

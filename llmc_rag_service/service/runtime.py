@@ -146,7 +146,7 @@ def describe_store(report: dict[str, Any]) -> str:
     line = f"store: {report['path']}" + ("" if report["exists"] else " (not created yet)")
     service = report["service"]
     if service is None:
-        return line + "; no systemd llmc-rag service running (a serve started by hand is shown below)"
+        return line + "; no llmc-rag service runs under systemd"
     if report["service_uses_this_store"]:
         return line + f"; written by the running service (pid {service['pid']})"
     if service["state_dir"] is None:
