@@ -301,6 +301,9 @@ def _show(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(spans, indent=2))
         return EX_OK
+    if not spans[0]["fresh"]:
+        _err(f"{path} changed since it was indexed: the line numbers below may be off until it is indexed "
+             "again (a running serve does it within seconds; else run llmc-rag enrich)")
     for s in spans:
         print(f"{s['path']}:{s['start_line']}-{s['end_line']} {s['kind']} {s['name']} [{s['state']}]")
         if s["enrichment"]:

@@ -277,6 +277,24 @@ def test_show_by_line_and_unknown_path(tmp_path, repo, ollama, capsys, monkeypat
     assert run(config, "show", "nope.py") == 1
 
 
+def test_show_says_when_a_file_changed_since_it_was_indexed(tmp_path, repo, ollama, capsys):
+    """A line added at the top after indexing: show's spans say fresh false (--json), and plain show warns
+    once that the line numbers may be off, as search marks such hits."""
+    config = make_config(tmp_path, ollama.url, [repo])
+    assert run(config, "enrich") == 0
+    capsys.readouterr()
+    assert run(config, "show", "--json", str(repo / "src" / "a.py")) == 0
+    assert {s["fresh"] for s in json.loads(capsys.readouterr().out)} == {True}
+    path = repo / "src" / "a.py"
+    path.write_text("# a new first line\n" + path.read_text())
+    assert run(config, "show", "--json", str(path)) == 0
+    assert {s["fresh"] for s in json.loads(capsys.readouterr().out)} == {False}
+    assert run(config, "show", str(path)) == 0
+    err = capsys.readouterr().err
+    assert err == (f"llmc-rag: {path} changed since it was indexed: the line numbers below may be off until it is "
+                   "indexed again (a running serve does it within seconds; else run llmc-rag enrich)\n")
+
+
 def test_a_server_that_stays_busy_ends_enrich_with_69(tmp_path, repo, ollama, monkeypatch):
     """503 on every request: jobs keep their attempts, and enrich gives up with 69 after --wait-s (every wait has a deadline)."""
     from llmc_rag_service.enrich import workers

@@ -15,7 +15,7 @@ from typing import Any
 from llmc_rag_service.config import Config
 from llmc_rag_service.models import PROMPT_VERSION
 from llmc_rag_service.service.status import resolve_file, span_json, status_report
-from llmc_rag_service.store.views import StoreReader
+from llmc_rag_service.store.views import StoreReader, file_freshness
 
 
 class ToolInputError(Exception):
@@ -69,7 +69,7 @@ def get_span(config: Config, path: str, line: int) -> dict[str, Any]:
         span = span_json(where[1], row, config.ollama.model)
         span["text"] = reader.span_text(row["span_hash"])
     span["repo"] = str(where[0])
-    span["fresh"] = _fresh(where[0] / where[1], record["size"], record["mtime_ns"])
+    span["fresh"] = file_freshness(where[0] / where[1], record["size"], record["mtime_ns"]) is True
     return span
 
 
@@ -94,9 +94,3 @@ def _locate(config: Config, path: str) -> tuple[Path, str]:
                          f"({', '.join(str(r.path) for r in config.repos)}); pass an absolute path")
 
 
-def _fresh(path: Path, size: int, mtime_ns: int) -> bool:
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    return st.st_size == size and st.st_mtime_ns == mtime_ns

@@ -16,7 +16,6 @@ never appear, even before the daemon notices the deletion).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from llmc_rag_service.search import fusion, lexical, semantic
 from llmc_rag_service.search.query import ParsedQuery, QueryError, parse_query
 from llmc_rag_service.search.semantic import EmbedQuery, PendingEmbedding, SemanticUnavailable
 from llmc_rag_service.store import reader, fts, searchview, vectors
+from llmc_rag_service.store.views import file_freshness
 from llmc_rag_service.store.reader import StoreUnusable
 from llmc_rag_service.store.searchview import SpanFilter
 
@@ -241,15 +241,8 @@ def _hits(conn: sqlite3.Connection, ordered: list[tuple[int, float]], ranks: tup
 
 
 def _freshness(row: sqlite3.Row) -> bool | None:
-    """True if the file still has the indexed size and mtime, False if it
-    changed (or cannot be checked), None if it is gone."""
-    try:
-        st = os.stat(Path(row["repo"]) / row["path"])
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError:
-        return False
-    return bool(st.st_size == row["size"] and st.st_mtime_ns == row["mtime_ns"])
+    """:func:`~llmc_rag_service.store.views.file_freshness` of a hit's file."""
+    return file_freshness(Path(row["repo"]) / row["path"], row["size"], row["mtime_ns"])
 
 
 def _hit(row: sqlite3.Row, fresh: bool, score: float, lexical_rank: int | None, semantic_rank: int | None) -> Hit:

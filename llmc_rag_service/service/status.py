@@ -25,7 +25,7 @@ from typing import Any
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.models import PROMPT_VERSION
-from llmc_rag_service.store.views import StoreReader, empty_counts, empty_secrets
+from llmc_rag_service.store.views import StoreReader, empty_counts, empty_secrets, file_freshness
 from llmc_rag_service.team.settings import redact_dsn
 
 LOCK_NAME = "llmc-rag.lock"
@@ -154,7 +154,9 @@ def resolve_file(config: Config, path: str) -> tuple[Path, str] | None:
 
 
 def show_report(config: Config, path: str, line: int | None = None) -> list[dict[str, Any]] | None:
-    """The ``show --json`` list for one file, or None if the file is unknown."""
+    """The ``show --json`` list for one file, or None if the file is unknown.
+    Each span carries ``fresh``: the file unchanged since it was indexed (when
+    false, its line numbers may be off until it is indexed again)."""
     where = resolve_file(config, path)
     reader = StoreReader.open(config.db_path)
     if where is None or reader is None:
@@ -165,7 +167,8 @@ def show_report(config: Config, path: str, line: int | None = None) -> list[dict
         if record is None:
             return None
         rows = reader.file_spans(record["id"], config.ollama.model, PROMPT_VERSION)
-    spans = [span_json(relpath, r, config.ollama.model) for r in rows]
+    fresh = file_freshness(repo / relpath, record["size"], record["mtime_ns"]) is True
+    spans = [{**span_json(relpath, r, config.ollama.model), "fresh": fresh} for r in rows]
     if line is not None:
         spans = [s for s in spans if s["start_line"] <= line <= s["end_line"]]
     return spans

@@ -13,6 +13,7 @@ so every reading command says it in one line (``cli.py`` exits 74).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import urllib.parse
 from dataclasses import dataclass
@@ -72,6 +73,20 @@ class StoredFile:
     skipped: str | None
     spans: int
     last_line: int
+
+
+def file_freshness(path: Path, size: int, mtime_ns: int) -> bool | None:
+    """Whether the file at ``path`` still has the ``size`` (bytes) and
+    ``mtime_ns`` (nanoseconds) its stored record was indexed with: True,
+    False when it changed (or cannot be checked), None when it is gone. A
+    changed file's stored line numbers may be off until it is indexed again."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        return False
+    return bool(st.st_size == size and st.st_mtime_ns == mtime_ns)
 
 
 class StoreReader:
