@@ -334,7 +334,8 @@ def _search(config: Config, args: argparse.Namespace) -> int:
     def run() -> None:
         result = cli_view.run_search(config, " ".join(args.query), mode=args.mode, limit=args.limit, repo=args.repo,
                                      path=args.path, language=args.lang, kind=args.kind, err=sys.stderr)
-        cli_view.print_result(result, sys.stdout, sys.stderr, args.json)
+        if args.json or config.db_path.exists():  # else run_search said nothing is indexed yet
+            cli_view.print_result(result, sys.stdout, sys.stderr, args.json)
 
     return _read_store("search", run)
 
@@ -342,7 +343,7 @@ def _search(config: Config, args: argparse.Namespace) -> int:
 def _export(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.search import cli_view
 
-    return _read_store("export", lambda: cli_view.run_export(config, sys.stdout, args.repo))
+    return _read_store("export", lambda: cli_view.run_export(config, sys.stdout, args.repo, sys.stderr))
 
 
 def _read_store(command: str, run: Callable[[], object]) -> int:

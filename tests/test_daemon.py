@@ -174,6 +174,27 @@ def test_a_deleted_repo_degrades_and_comes_back(tmp_path, repo, ollama, notify, 
 
 
 @pytest.mark.timeout(30)
+def test_a_repo_missing_at_start_is_said_once_and_scanned_when_it_appears(tmp_path, repo, ollama, notify):
+    """A configured repo with no directory at start: one error (repo_unwatchable, no second repo_missing
+    from a catch-up scan of nothing); once the directory appears it is watched and scanned."""
+    later = tmp_path / "later"
+    config = make_config(tmp_path, ollama.url, [repo, later])
+    clock = ManualClock()
+    asked = lambda text: any(text in r.json["messages"][-1]["content"] for r in chats(ollama))  # noqa: E731
+    with capture_logs() as logs:
+        running = Running(config, notify, clock)
+        try:
+            wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, 10, "the present repo enriched")
+            write_tree(later, {"l.py": "def late():\n    return 'here'\n"})
+            running.step_until(lambda: asked("return 'here'"), "the repo scanned once it appeared")
+        finally:
+            running.stop()
+    errors = [e["event"] for e in logs if e["log_level"] == "error"]
+    assert errors == ["repo_unwatchable"]
+    assert [e["event"] for e in logs].count("repo_back") == 1
+
+
+@pytest.mark.timeout(30)
 def test_a_long_start_extends_the_timeout_and_is_ready_only_after_the_watches(tmp_path, repo, ollama, notify, monkeypatch):
     """While adding watches takes long, EXTEND_TIMEOUT_USEC arrives repeatedly; READY=1 comes only after the watches are in place."""
     monkeypatch.setattr(daemon_mod, "EXTEND_EVERY_S", 0.05)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 
 import pytest
 from structlog.testing import capture_logs
@@ -14,7 +15,8 @@ from watchdog.observers import inotify_c
 
 from llmc_rag_service.config import WatchConfig
 from llmc_rag_service.index.ignore import RepoIgnore
-from llmc_rag_service.watch.watchset import WatchSet
+from llmc_rag_service.testing.clock import ManualClock
+from llmc_rag_service.watch.watchset import RESTART_RETRY_S, WatchSet
 from tests.helpers import make_config, wait_for, write_tree
 from tests.live import Live, chats, now_wall
 
@@ -122,6 +124,30 @@ def test_reconcile_runs_every_reconcile_s_and_reads_nothing_when_unchanged(tmp_p
     result = live.scanner.full_scan()
     assert result.seen == 1 and reads == [] and result.jobs == 0
     live.pipeline.close(0)
+
+
+def test_a_root_retried_while_missing_leaks_no_thread_and_no_descriptor(tmp_path):
+    """A configured root that is missing is retried every RESTART_RETRY_S seconds; 20 retries leave no
+    inotify reader thread and no file descriptor behind (watchdog 7 makes both when an observer is made:
+    each retry leaked one thread and 3 fds, an unmounted repo would exhaust the daemon's fds)."""
+    root = tmp_path / "not-yet"
+    clock = ManualClock()
+    watching = WatchSet(WatchConfig(), clock=clock)
+    before, fds = set(threading.enumerate()), len(os.listdir("/proc/self/fd"))
+    try:
+        with capture_logs() as logs:
+            watching.start(root, RepoIgnore(root))
+            for _ in range(20):
+                clock.advance(RESTART_RETRY_S + 0.1)
+                assert watching.poll() == []
+        assert [e["event"] for e in logs] == ["repo_unwatchable"]
+        assert [t.name for t in threading.enumerate() if t not in before] == []
+        assert len(os.listdir("/proc/self/fd")) == fds
+        write_tree(root, {"a.py": A})  # it appears: watched again, and a full scan is due
+        clock.advance(RESTART_RETRY_S + 0.1)
+        assert [w.kind for w in watching.poll()] == ["full"]
+    finally:
+        watching.stop_all()
 
 
 @pytest.mark.timeout(30)

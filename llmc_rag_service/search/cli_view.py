@@ -84,8 +84,7 @@ def run_search(config: Any, query: str, *, mode: str, limit: int, repo: str | No
     except FileNotFoundError:
         validate(mode, limit, filters)
         parse_query(query)
-        err.write(f"llmc-rag: nothing is indexed yet ({config.db_path} does not exist); "
-                  "start llmc-rag serve or run llmc-rag enrich\n")
+        err.write(_nothing_indexed(config))
         return SearchResult(query, mode, None)
     try:
         embed_query = embed_query if embed_query is not None else query_embedder(config)
@@ -94,12 +93,19 @@ def run_search(config: Any, query: str, *, mode: str, limit: int, repo: str | No
         conn.close()
 
 
-def run_export(config: Any, out: TextIO, repo: str | None) -> int:
-    """Export the configured store (or one repo) to ``out``; returns the lines written (0 with no store)."""
+def _nothing_indexed(config: Any) -> str:
+    return (f"llmc-rag: nothing is indexed yet ({config.db_path} does not exist); "
+            "start llmc-rag serve or run llmc-rag enrich\n")
+
+
+def run_export(config: Any, out: TextIO, repo: str | None, err: TextIO) -> int:
+    """Export the configured store (or one repo) to ``out``; returns the lines
+    written (0 with no store: a note on ``err`` says so)."""
     repo_path = repo_filter(config, repo)
     try:
         conn = open_store(config.db_path)
     except FileNotFoundError:
+        err.write(_nothing_indexed(config))
         return 0
     try:
         return export_jsonl(conn, out, config.ollama.model, repo_path)

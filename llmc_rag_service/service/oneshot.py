@@ -85,7 +85,8 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
 
     repos, missing = select_repos(config, repo_paths)
     for path in missing:
-        say(f"repo {path}: no such directory" + ("; enriching the other repos" if repos else ""))
+        what = "not a directory" if path.exists() else "no such directory"
+        say(f"repo {path}: {what}" + ("; enriching the other repos" if repos else ""))
     if not repos:
         return Outcome.REPO_MISSING
     config = replace(config, repos=repos)

@@ -221,7 +221,8 @@ class Pipeline:
             started = time.monotonic()
             self.watches.start(repo.path, self.scanners[repo.path].ignore)
             log.info("repo_watched", repo=str(repo.path), duration_s=round(time.monotonic() - started, 3))
-            if catch_up:
+            # A missing root was said once (repo_unwatchable); its full scan comes when it is back.
+            if catch_up and self.watches.states().get(repo.path) != "missing":
                 self.scheduler.put_full(repo.path)
 
     def drain_events(self) -> list[Work]:

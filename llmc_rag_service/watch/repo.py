@@ -164,7 +164,7 @@ class RepoWatcher:
         self.stop()  # a dead observer's leftovers
         if self.degraded is None:
             try:
-                self._start_observer(make_inotify_observer(self._prune, self._on_limit, self._on_root_gone))
+                self._start_observer(lambda: make_inotify_observer(self._prune, self._on_limit, self._on_root_gone))
                 if self._limit_error is None:
                     return
             except OSError as exc:
@@ -173,17 +173,27 @@ class RepoWatcher:
                 self._limit_error = exc
             self.stop()
             self._degrade(self._limit_error)
-        self._start_observer(make_polling_observer(self._prune, self._poll_interval_s))
+        self._start_observer(lambda: make_polling_observer(self._prune, self._poll_interval_s))
 
-    def _start_observer(self, observer: BaseObserver) -> None:
+    def _start_observer(self, make: Callable[[], BaseObserver]) -> None:
+        """Make an observer with ``make`` once the root is a directory, schedule
+        and start it. An observer that could not be scheduled is stopped before
+        the error is raised: watchdog 7's InotifyObserver starts its inotify
+        reader thread (and opens an inotify fd and a pipe) when it is made, so a
+        root retried while missing leaked one of each per try."""
         identity = root_identity(self.root_str)
         if identity is None:
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", self.root_str)
         with self._lock:
             self.identity, self._root_gone = identity, False
-        observer.schedule(_Handler(self), self.root_str, recursive=True, event_filter=EVENT_FILTER)
-        if self.outside_git_dir and os.path.isdir(self.outside_git_dir):
-            observer.schedule(_Handler(self), self.outside_git_dir, recursive=False, event_filter=EVENT_FILTER)
+        observer = make()
+        try:
+            observer.schedule(_Handler(self), self.root_str, recursive=True, event_filter=EVENT_FILTER)
+            if self.outside_git_dir and os.path.isdir(self.outside_git_dir):
+                observer.schedule(_Handler(self), self.outside_git_dir, recursive=False, event_filter=EVENT_FILTER)
+        except BaseException:
+            observer.stop()  # never started: stop() only releases what making it took
+            raise
         with self._lock:
             self._observer, self._death_reported = observer, False
         _LOST_EVENTS.register(self, on=True)
