@@ -132,6 +132,9 @@ def _load(args: argparse.Namespace) -> Config:
                           "$XDG_CONFIG_HOME/llmc-rag/config.yaml (~/.config) and /etc/llmc-rag/config.yaml; "
                           "start from etc/llmc-rag.yaml")
     config = load_config(path)
+    from llmc_rag_service.enrich.prompt import check_num_ctx
+
+    check_num_ctx(config)
     logsetup.configure_logging(config.logging.level, config.logging.format)
     return config
 

@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from llmc_rag_service import cli
 from llmc_rag_service.config import load_config
+from llmc_rag_service.enrich.prompt import min_num_ctx
 from llmc_rag_service.service.progress import Lane, Progress, format_eta
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.testing.emulator import OllamaEmulator
@@ -305,6 +306,23 @@ def test_a_directory_enriched_by_path_outside_the_config_is_in_status_and_show(t
     assert run(config, "enrich") == 0  # the configured repo too: the totals add both
     report = status_report(config)
     assert report["totals"]["spans"] == sum(r["spans"] for r in report["repos"]) > 1
+
+
+def test_a_num_ctx_no_request_fits_in_is_a_config_error_not_every_span_failed(tmp_path, repo, ollama, capsys):
+    """num_ctx 256 cannot hold the fixed prompt and the shortest bounded answer: enrich exits 78 naming
+    the key and the least that works, before any request; doctor's config check fails the same way."""
+    config = make_config(tmp_path, ollama.url, [repo], ollama={"options": {"num_ctx": 256}})
+    assert run(config, "enrich") == 78
+    err = capsys.readouterr().err
+    assert err.startswith(f"llmc-rag: config error: {config.source}: ollama.options.num_ctx: 256 tokens cannot hold "
+                          "one request") and f"at least {min_num_ctx()}" in err and err.count("\n") == 1
+    assert ollama.count("/api/chat") == 0 and not config.db_path.exists()
+    assert cli.main(["doctor", "-c", str(config.source)]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    assert f"a `num_ctx` below {min_num_ctx()}," in (ROOT / "README.md").read_text()  # the README's number is true
+    ok = make_config(tmp_path, ollama.url, [repo], ollama={"options": {"num_ctx": min_num_ctx()}},
+                     logging={"level": "error"})
+    assert run(ok, "enrich") == 0
 
 
 @pytest.mark.parametrize(("text", "line", "key"), [

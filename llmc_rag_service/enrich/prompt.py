@@ -16,7 +16,7 @@ import math
 from typing import Any, Mapping
 
 from llmc_rag_service.models import Enrichment, budget_units
-from llmc_rag_service.config import HostConfig, OllamaConfig
+from llmc_rag_service.config import Config, ConfigError, HostConfig, OllamaConfig
 from llmc_rag_service.enrich.answer_schema import LIST_FIELDS, answer_schema, bounds, minimum_tokens
 from llmc_rag_service.enrich.ollama import OllamaClient
 
@@ -133,7 +133,34 @@ def span_char_budget(options: Mapping[str, Any]) -> int:
     text; a non-ASCII UTF-8 byte counts as a whole token)."""
     opts = effective_options(options)
     tokens = num_ctx_of(opts) - int(opts["num_predict"]) - PROMPT_OVERHEAD_TOKENS
-    return max(400, int(tokens * CHARS_PER_TOKEN / NUMBERING_GROWTH))
+    return max(MIN_SPAN_CHARS, int(tokens * CHARS_PER_TOKEN / NUMBERING_GROWTH))
+
+
+#: The shortest span piece files are split into, in ``budget_units``.
+MIN_SPAN_CHARS = 400
+
+
+def min_num_ctx() -> int:
+    """The smallest ``num_ctx`` (tokens) with room for a prompt of the
+    shortest span piece and the shortest bounded answer: below it every
+    request would be refused as ``prompt_too_large``."""
+    span_tokens = math.ceil(MIN_SPAN_CHARS * NUMBERING_GROWTH / CHARS_PER_TOKEN)
+    return PROMPT_OVERHEAD_TOKENS + MIN_NUM_PREDICT + span_tokens
+
+
+def check_num_ctx(config: Config) -> None:
+    """Refuse a ``num_ctx`` no request can fit in (e.g. 256), at load time,
+    instead of dead-lettering every span.
+
+    Raises:
+        ConfigError: ``ollama.options.num_ctx`` below :func:`min_num_ctx`.
+    """
+    num_ctx = num_ctx_of(config.ollama.options)
+    if num_ctx < min_num_ctx():
+        raise ConfigError(config.source or "config", "ollama.options.num_ctx",
+                          f"{num_ctx} tokens cannot hold one request: the fixed prompt (~{PROMPT_OVERHEAD_TOKENS}), "
+                          f"the shortest bounded answer ({MIN_NUM_PREDICT}) and a span need at least "
+                          f"{min_num_ctx()}; use 8192 (the model's context, if smaller)")
 
 
 def plan_num_predict(messages: list[dict[str, Any]], options: Mapping[str, Any], attempt: int = 1) -> int:

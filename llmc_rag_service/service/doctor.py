@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 
 from llmc_rag_service.config import SYSTEM_CONFIG, Config, ConfigError, find_config_path, load_config
 from llmc_rag_service.enrich.ollama import OllamaClient
+from llmc_rag_service.enrich.prompt import check_num_ctx
 from llmc_rag_service.index.ignore import RepoIgnore
 from llmc_rag_service.service import doctor_unit, runtime
 from llmc_rag_service.service.doctor_unit import Check, check_unit
@@ -102,7 +103,9 @@ def _load(config_arg: str | None, path: Path, env: Mapping[str, str]) -> Config:
     if config_arg is None and not path.exists():
         raise ConfigError(path, "", "no config file found (looked at -c, $LLMC_RAG_CONFIG, "
                           "$XDG_CONFIG_HOME/llmc-rag/config.yaml and /etc/llmc-rag/config.yaml)")
-    return load_config(path, env)
+    config = load_config(path, env)
+    check_num_ctx(config)
+    return config
 
 
 def _config_fix(exc: ConfigError, path: Path) -> str:
