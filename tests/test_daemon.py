@@ -11,11 +11,13 @@ else is the real code, real sockets, real HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 
 import pytest
 from structlog.testing import capture_logs
@@ -144,6 +146,22 @@ def test_status_heartbeat_while_busy_and_unchanged(tmp_path, repo, ollama, notif
     assert not any(m.startswith("STATUS=idle") for _, m in status), status
 
 
+def asked(ollama, text: str) -> bool:
+    """Whether the prompt of a chat request the emulator received holds ``text``."""
+    return any(text in r.json["messages"][-1]["content"] for r in chats(ollama))
+
+
+@contextlib.contextmanager
+def running_logged(config, notify) -> Iterator[tuple[Running, list]]:
+    """A daemon on a manual clock, its logs captured, stopped on exit."""
+    with capture_logs() as logs:
+        running = Running(config, notify, ManualClock())
+        try:
+            yield running, logs
+        finally:
+            running.stop()
+
+
 @pytest.mark.timeout(30)
 def test_a_deleted_repo_degrades_and_comes_back(tmp_path, repo, ollama, notify, monkeypatch):
     """Deleting one watched repo keeps the daemon running (STATUS says so, one error, no watchdog failure); other repos still work; the repo is picked up again when it reappears."""
@@ -151,22 +169,16 @@ def test_a_deleted_repo_degrades_and_comes_back(tmp_path, repo, ollama, notify, 
     other = tmp_path / "other"
     write_tree(other, {"o.py": "def o():\n    return 0\n"})
     config = make_config(tmp_path, ollama.url, [repo, other])
-    clock = ManualClock()
-    asked = lambda text: any(text in r.json["messages"][-1]["content"] for r in chats(ollama))  # noqa: E731
-    with capture_logs() as logs:
-        running = Running(config, notify, clock)
-        try:
-            wait_for(lambda: status_report(config)["totals"]["enriched"] == 3, 10, "both repos enriched")
-            shutil.rmtree(repo)
-            running.step_until(lambda: any("degraded: repo missing" in m for m in running.notifier.messages()),
-                               "STATUS saying so")
-            (other / "o.py").write_text("def o():\n    return 1\n")
-            running.step_until(lambda: asked("return 1"), "the other repo still watched")
-            write_tree(repo, {"src/a.py": "def f(x):\n    return x * 3\n"})
-            running.step_until(lambda: asked("x * 3"), "the repo picked up again")
-            assert running.thread.is_alive()
-        finally:
-            running.stop()
+    with running_logged(config, notify) as (running, logs):
+        wait_for(lambda: status_report(config)["totals"]["enriched"] == 3, 10, "both repos enriched")
+        shutil.rmtree(repo)
+        running.step_until(lambda: any("degraded: repo missing" in m for m in running.notifier.messages()),
+                           "STATUS saying so")
+        (other / "o.py").write_text("def o():\n    return 1\n")
+        running.step_until(lambda: asked(ollama, "return 1"), "the other repo still watched")
+        write_tree(repo, {"src/a.py": "def f(x):\n    return x * 3\n"})
+        running.step_until(lambda: asked(ollama, "x * 3"), "the repo picked up again")
+        assert running.thread.is_alive()
     events = [e["event"] for e in logs]
     # one error: the root moved away (watch identity) or, if seen only on a restart, unwatchable
     assert events.count("repo_moved") + events.count("repo_unwatchable") == 1 and events.count("repo_back") == 1
@@ -179,16 +191,10 @@ def test_a_repo_missing_at_start_is_said_once_and_scanned_when_it_appears(tmp_pa
     from a catch-up scan of nothing); once the directory appears it is watched and scanned."""
     later = tmp_path / "later"
     config = make_config(tmp_path, ollama.url, [repo, later])
-    clock = ManualClock()
-    asked = lambda text: any(text in r.json["messages"][-1]["content"] for r in chats(ollama))  # noqa: E731
-    with capture_logs() as logs:
-        running = Running(config, notify, clock)
-        try:
-            wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, 10, "the present repo enriched")
-            write_tree(later, {"l.py": "def late():\n    return 'here'\n"})
-            running.step_until(lambda: asked("return 'here'"), "the repo scanned once it appeared")
-        finally:
-            running.stop()
+    with running_logged(config, notify) as (running, logs):
+        wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, 10, "the present repo enriched")
+        write_tree(later, {"l.py": "def late():\n    return 'here'\n"})
+        running.step_until(lambda: asked(ollama, "return 'here'"), "the repo scanned once it appeared")
     errors = [e["event"] for e in logs if e["log_level"] == "error"]
     assert errors == ["repo_unwatchable"]
     assert [e["event"] for e in logs].count("repo_back") == 1
