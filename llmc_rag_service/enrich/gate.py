@@ -24,11 +24,12 @@ they are about to send::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from llmc_rag_service.models import Enrichment, Job
+
+if TYPE_CHECKING:  # only a type here: serve starts without importing numpy for it
+    import numpy as np
 
 
 class Admission(NamedTuple):
