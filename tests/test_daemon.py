@@ -16,6 +16,8 @@ import fcntl
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -309,6 +311,39 @@ def test_run_in_process_reloads_and_stops_on_signals_and_restores_the_handlers(t
     assert len(reloading) == 1 and messages[reloading[0] + 1:].count("READY=1") == 1
     assert messages[-1] == "STOPPING=1"
     assert status_report(config)["daemon"]["running"] is False
+
+
+_HANDLER_PROBE = """
+import os, signal, sys
+from pathlib import Path
+from llmc_rag_service.config import load_config
+from llmc_rag_service.service.daemon import Daemon
+config_path = Path(sys.argv[1])
+daemon = Daemon(config_path, load_config(config_path))
+previous = daemon.install_signals()
+# The main loop's wake.wait()/wake.clear() hold wake's lock for a few bytecodes; a handler
+# runs between two bytecodes of the main thread, so it may run right there.
+with daemon.wake._cond:
+    os.kill(os.getpid(), signal.SIG{name})
+    sum(range(10))  # any bytecode: the handler runs here
+print("handler returned", flush=True)
+assert daemon.wake.wait(10), "the waker thread set the event"
+daemon.restore_signals(previous)
+print("woken", daemon.stop_requested or daemon.reload_requested, flush=True)
+"""
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["TERM", "HUP"])
+def test_a_signal_that_lands_while_the_main_thread_holds_the_wake_lock_is_handled(tmp_path, repo, name):
+    """A signal handled while the main thread is inside wake.wait()/clear() (holding the event's lock):
+    the handler returns at once (it only sets a flag; it used to call wake.set() and wait forever on a
+    lock its own thread held: the main loop hung, SIGTERM stopped nothing), and the waker thread wakes
+    the loop as soon as the lock is free (breakstop's reproduction; the likely CI hang)."""
+    config = make_config(tmp_path, "http://127.0.0.1:9", [repo])
+    proc = subprocess.run([sys.executable, "-c", _HANDLER_PROBE.replace("{name}", name), str(config.source)],
+                          capture_output=True, text=True, timeout=20)
+    assert proc.stdout.splitlines() == ["handler returned", "woken True"], proc.stderr
 
 
 def test_run_restores_the_handlers_when_start_up_fails(tmp_path, repo, ollama, own_handlers):

@@ -17,8 +17,10 @@
   gate passes (watchers and indexer alive, no job past its deadline plus a
   grace, store writable). The ping is sent from the loop, so a stalled loop
   stops it too; a failed check logs one error naming it.
-* signals only record (set a flag, wake the loop): SIGHUP reloads, SIGTERM and
-  SIGINT stop; a second SIGTERM/SIGINT exits at once (status 128 + signal).
+* signals only record (set a flag; a thread woken by the signal's byte on a
+  ``set_wakeup_fd`` pipe wakes the loop, ``service/signals.py``: a handler
+  that took the loop's lock could deadlock its own thread): SIGHUP reloads,
+  SIGTERM and SIGINT stop; a second SIGTERM/SIGINT exits at once (status 128 + signal).
   ``run()`` puts the previous handlers back when it returns (or raises), so a
   daemon can run inside a test process.
 * shutdown: ``STOPPING=1``, stop watchers and intake, give in-flight jobs
@@ -61,6 +63,7 @@ from llmc_rag_service.service.notify import (HealthGate, Notifier, TimeoutExtend
                                      unset_notify_environment, watchdog_interval_s)
 from llmc_rag_service.service import runtime
 from llmc_rag_service.service.overdue import StopDeadline
+from llmc_rag_service.service.signals import SignalWaker
 from llmc_rag_service.service.status import LOCK_NAME, TEAM_META
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
@@ -142,26 +145,39 @@ class Daemon:
         self._degraded: list[str] = []
         self._store_fault: str | None = None  # event name of the store fault last logged
         self.fatal: StoreUnusable | None = None  # what ended the main loop, if not a signal
+        self._waker: SignalWaker | None = None
 
     # -- signals: record only --------------------------------------------
+    # A handler takes no lock (not even self.wake's): it runs on the main thread
+    # between two bytecodes, maybe inside wake.wait()/clear() holding that lock.
+    # The SignalWaker's thread sets self.wake for it (service/signals.py).
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         if self.stop_requested:
             os._exit(128 + signum)  # second signal: at once; running jobs are recovered at next start
         self.stop_requested = True
-        # The backstop for a main loop too stuck to begin the stop (C-level:
-        # no lock is taken here, inside a signal handler); run() cancels it.
+        # The backstop for a main loop too stuck to begin the stop (C-level,
+        # no Python lock); run() cancels it.
         faulthandler.dump_traceback_later(STOP_DEADLINE_S + 2.0, exit=True)
-        self.wake.set()
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self.reload_requested = True
-        self.wake.set()
 
     def install_signals(self) -> dict[signal.Signals, SignalHandler]:
-        """Install the handlers (main thread only); returns the previous ones."""
+        """Start the :class:`SignalWaker` and install the handlers (main thread
+        only); returns the previous handlers, for :meth:`restore_signals`."""
+        self._waker = SignalWaker(self.wake)
+        self._waker.start()
         handlers = {signal.SIGTERM: self._on_term, signal.SIGINT: self._on_term, signal.SIGHUP: self._on_hup}
         # None: the previous handler was not set from Python; the default is put back then.
         return {signum: signal.signal(signum, handler) or signal.SIG_DFL for signum, handler in handlers.items()}
+
+    def restore_signals(self, previous: dict[signal.Signals, SignalHandler]) -> None:
+        """Put ``previous`` handlers back and stop the waker (main thread only)."""
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if self._waker is not None:
+            self._waker.stop()
+            self._waker = None
 
     # -- lifecycle --------------------------------------------------------
     def run(self) -> StoreUnusable | None:
@@ -191,8 +207,7 @@ class Daemon:
                     deadline.cancel()
         finally:
             faulthandler.cancel_dump_traceback_later()
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            self.restore_signals(previous)
         return self.fatal
 
     def startup(self) -> None:
