@@ -68,6 +68,11 @@ def test_a_state_file_deleted_or_replaced_under_serve_ends_it_with_74(tmp_path, 
         assert len(replaced) == 1 and replaced[0]["level"] == "error"
         assert replaced[0]["path"] == str(config.db_path) and how in replaced[0]["error"]
         assert "Traceback" not in logs
+        # The old file's WAL is not left to be replayed into whatever is at the path now.
+        assert '"stale_wal_removed"' in logs
+        assert not any(p.name.endswith(("-wal", "-shm")) for p in config.state_dir.iterdir())
+        if how == "replaced":
+            assert status_report(config)["totals"]["spans"] == 0  # the replacement, an empty store
         emu.latency_s = 0.0  # the slow answers only had to keep work under way until now
         again = serve_factory(config, notify)
         wait_for(lambda: status_report(config)["totals"]["enriched"] == 30, 60, "a full rescan and enrichment")

@@ -511,6 +511,8 @@ class Pipeline:
             except (StoreUnusable, sqlite3.Error) as exc:
                 log.warning("meta_not_stored", error=str(exc))
         self.store.close()
+        if self.store.dropped:  # the old file's WAL must not be replayed into the new one
+            log.info("stale_wal_removed", path=str(self.store.path), files=self.store.dropped)
         return returned
 
     def reap_retired(self) -> None:

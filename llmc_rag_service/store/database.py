@@ -67,6 +67,8 @@ class Database:
         self._identity: tuple[int, int] | None = None
         self._fault: StoreUnusable | None = None
         self._fault_last = 0.0  # time.monotonic() of the fault's last failure
+        #: ``-wal``/``-shm`` files of a deleted or replaced file that :meth:`close` unlinked.
+        self.dropped: list[str] = []
         with self.opening():
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.conn  # noqa: B018 (opens the file and records its identity)
@@ -199,7 +201,16 @@ class Database:
         """Close this thread's connection and those of threads that ended (call
         at shutdown). A connection of a thread still running (a worker past the
         stop grace) is left open: closing it under that thread can crash the
-        process; the OS closes it at exit and WAL recovery makes that safe."""
+        process; the OS closes it at exit and WAL recovery makes that safe.
+
+        After the file was deleted or replaced (:class:`StoreReplaced`), the
+        ``-wal`` and ``-shm`` files at the path are the old file's: SQLite
+        neither checkpoints nor deletes the WAL of a file moved away, and the
+        next opener of whatever file is at the path now would replay the old
+        frames into it (a fresh store got the old one's spans and jobs back).
+        Those of them this process has open are unlinked (their names in
+        :attr:`dropped`); one it never opened is left alone."""
+        held = _open_inodes() if isinstance(self._fault, StoreReplaced) else set()
         with self._lock:
             keep = []
             for thread, conn in self._all:
@@ -210,6 +221,13 @@ class Database:
                     keep.append((thread, conn))
             self._all = keep
         self._local = threading.local()
+        for suffix in ("-wal", "-shm") if held else ():
+            side = self.path.with_name(self.path.name + suffix)
+            with contextlib.suppress(OSError):
+                st = os.stat(side)
+                if (st.st_dev, st.st_ino) in held:
+                    side.unlink()
+                    self.dropped.append(str(side))
 
     # -- faults and health ---------------------------------------------
     @property
@@ -270,3 +288,14 @@ class Database:
         except (sqlite3.Error, StoreUnusable) as exc:
             return f"store not writable: {exc}"
         return None
+
+
+def _open_inodes() -> set[tuple[int, int]]:
+    """``(st_dev, st_ino)`` of every file this process has open (``/proc/self/fd``)."""
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                st = os.stat(f"/proc/self/fd/{fd}")
+                found.add((st.st_dev, st.st_ino))
+    return found
