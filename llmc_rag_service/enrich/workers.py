@@ -212,11 +212,17 @@ class WorkerPool:
         log.info("warm_up_done", url=host.url, model=host.client.cfg.model,
                  duration_s=round(time.monotonic() - started, 3), load_duration_ns=answer.get("load_duration"))
 
-    def stop(self, deadline: float) -> int:
+    def stop(self, deadline: float, store_wait_s: float | None = None) -> int:
         """Stop claiming; wait for in-flight jobs until ``deadline`` (a
         ``time.monotonic()`` value, in seconds: the lanes of one pipeline share
-        one stop deadline); return jobs still running to pending. Returns how
-        many were returned."""
+        one stop deadline); return jobs still running to pending, waiting at
+        most ``store_wait_s`` seconds for the store's write lock (default: the
+        store's busy timeout). Returns how many were returned.
+
+        Raises:
+            sqlite3.OperationalError: the write lock stayed taken (the jobs stay
+                marked running by this process; the next start returns them).
+        """
         self.stopping.set()
         self.wake.set()
         self.live_wake.set()
@@ -227,7 +233,7 @@ class WorkerPool:
                 thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             self._ahead.clear()  # recover() below returns them with every job left running
-        return self.queue.recover()
+        return self.queue.recover(busy_timeout_s=store_wait_s)
 
     def busy_threads(self) -> int:
         """Worker threads still running (after stop(): those past the grace). The

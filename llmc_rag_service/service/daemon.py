@@ -258,6 +258,7 @@ class Daemon:
             self.reload()
         self._drain_watchers()
         self.pipeline.reap_retired()
+        self.pipeline.queue_missing()
         now = self.clock()
         self._maybe_publish_status(now)
         if self.ping_every_s and now >= next_ping:

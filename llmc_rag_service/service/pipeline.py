@@ -69,6 +69,14 @@ from llmc_rag_service.watch.watchset import WatchSet, Work
 
 log = structlog.get_logger(__name__)
 
+#: Seconds a reload's store write may wait for the write lock on the main loop's
+#: thread (another process may hold it for long); a busy store is tried again.
+RELOAD_STORE_WAIT_S = 2.0
+#: Seconds each store write of a stop (running jobs back to pending, the last
+#: meta) may wait for the write lock: past it, jobs still marked running name
+#: this process and the next start returns them.
+STOP_STORE_WAIT_S = 2.0
+
 
 class Pipeline:
     """Store + queue + Ollama clients + workers + scanners + scan scheduler +
@@ -122,6 +130,7 @@ class Pipeline:
         self.watches = WatchSet(config.watch, poll_interval_s=poll_interval_s, on_activity=on_activity,
                                 clock=clock, **watch_args)
         self._workers_on = False
+        self._missing_due = self._missing_warned = False  # see queue_missing()
 
     def _new_pool(self) -> WorkerPool:
         """Fresh clients (one per host of ``ollama.hosts`` or ``ollama.url``) and a
@@ -356,14 +365,33 @@ class Pipeline:
         scan_queue = self._scan_queue()
         for scanner in self.scanners.values():
             scanner.queue = scan_queue  # type: ignore[assignment]
-        with self.store.write() as tx:
-            queued = scan_queue.enqueue_missing(tx)
-        if queued:
-            log.info("jobs_queued", count=queued, trigger="config_changed")
         if self.team is not None and self._workers_on:
             self.team.start()
         for pool, _ in self._lanes():
             pool.start()
+        # After the new pools run (a store held by another process must not leave
+        # none), and never a long wait on the main loop's thread: queue_missing()
+        # tries again every loop turn while the store is busy.
+        self._missing_due = True
+        self.queue_missing()
+
+    def queue_missing(self) -> None:
+        """If a reload left it due: queue the spans without an enrichment for the
+        (possibly new) model, waiting at most :data:`RELOAD_STORE_WAIT_S` for the
+        store's write lock; when it is busy, the daemon's next loop turn tries again."""
+        if not self._missing_due:
+            return
+        try:
+            with self.store.write(busy_timeout_s=RELOAD_STORE_WAIT_S) as tx:
+                queued = self._scan_queue().enqueue_missing(tx)
+        except (sqlite3.OperationalError, StoreUnusable) as exc:
+            if not self._missing_warned:  # once per wait, not every loop turn
+                log.warning("jobs_not_queued_yet", trigger="config_changed", error=str(exc))
+                self._missing_warned = True
+            return
+        self._missing_due = self._missing_warned = False
+        if queued:
+            log.info("jobs_queued", count=queued, trigger="config_changed")
 
     def _lanes(self) -> list[tuple[WorkerPool, list[OllamaClient]]]:
         """The worker pools in force with their clients: enrichment's, then embedding's."""
@@ -491,7 +519,7 @@ class Pipeline:
         returned = 0
         for pool, clients in self._lanes():
             try:
-                returned += pool.stop(grace_ends)
+                returned += pool.stop(grace_ends, STOP_STORE_WAIT_S)
             except (StoreUnusable, sqlite3.Error) as exc:
                 # Jobs still marked running name this process: the next start
                 # returns them to pending (the pid is dead by then).
@@ -507,7 +535,7 @@ class Pipeline:
             log.warning("workers_still_busy", count=sum(p.busy_threads() for p, _ in self._retired))
         if meta and (self.store.fault is None or self.store.fault.pauses):
             try:
-                self.store.set_meta(None, **meta)
+                self.store.set_meta(STOP_STORE_WAIT_S, **meta)
             except (StoreUnusable, sqlite3.Error) as exc:
                 log.warning("meta_not_stored", error=str(exc))
         self.store.close()

@@ -262,16 +262,18 @@ class JobQueue:
                 (self.clock.time(), *self._key(), *ids),
             ).rowcount
 
-    def recover(self, every_kind: bool = False) -> int:
+    def recover(self, every_kind: bool = False, busy_timeout_s: float | None = None) -> int:
         """Return jobs of this kind (or of ``every_kind``) left ``running`` by a
-        dead process (or by an earlier life of this one) to pending. Returns how many."""
+        dead process (or by an earlier life of this one) to pending, waiting at
+        most ``busy_timeout_s`` seconds for the write lock (default the store's).
+        Returns how many."""
         kinds = KINDS if every_kind else (self.KIND,)
         rows = self.store.conn.execute(
             f"SELECT id, claimed_by, claimed_at FROM jobs WHERE state = 'running' "
             f"AND kind IN ({','.join('?' * len(kinds))})", kinds).fetchall()
         stale = [r["id"] for r in rows if r["claimed_by"] in (None, os.getpid())
                  or not _pid_alive(r["claimed_by"], r["claimed_at"])]
-        with self.store.write() as tx:
+        with self.store.write(busy_timeout_s) as tx:
             tx.executemany(
                 "UPDATE jobs SET state = 'pending', claimed_by = NULL WHERE id = ? AND state = 'running'",
                 [(i,) for i in stale],
