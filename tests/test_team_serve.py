@@ -38,11 +38,12 @@ def test_a_daemon_killed_while_holding_a_claim_is_replaced_after_its_lease(pg, t
         write_tree(holder_repo, {"calc.py": (source / "calc.py").read_text()})
         serve = serve_factory(team_config(tmp_path / "holder", emu.url, holder_repo, pg.dsn, lease_s=5))
         wait_for(lambda: chats(emu), 30, "the holder's request")
+        asked_at = time.monotonic()  # the lease ends no earlier than this + what the server says is left
         (holder, remaining_s), = pg.sql("SELECT holder, extract(epoch FROM expires_at - now())::float8 FROM llmc_claims")
+        lease_ends = asked_at + remaining_s  # (a renewal before the kill only moves the end later)
         assert f":{serve.proc.pid}:" in holder
         serve.proc.send_signal(signal.SIGKILL)
         serve.proc.wait(10)
-        lease_ends = time.monotonic() + remaining_s
         with capture_logs() as logs:
             teammate = daemons(tmp_path, "teammate", emu.url, pg.dsn, team_settings(lease_s=5, defer_s=1),
                                source=source).start()
