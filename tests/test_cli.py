@@ -108,6 +108,7 @@ def test_show_finds_a_file_whose_name_looks_like_path_line(tmp_path, capsys):
 
     repo = tmp_path / "repo"
     repo.mkdir()
+    (repo / "x:12").write_text("hello\n")  # show answers for files that still exist
     config = make_config(tmp_path, "http://127.0.0.1:9", [repo])
     store = Store(config.db_path)
     rid = store.repo_id(repo)

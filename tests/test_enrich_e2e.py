@@ -146,7 +146,7 @@ def test_missing_model_exits_69_and_keeps_attempts(tmp_path, repo, ollama, capsy
     err = capsys.readouterr().err
     assert "ollama pull test-model" in err and "model_missing" in err
     assert "llmc-rag: gave up after 0 s (--wait-s) waiting for Ollama: " in err
-    assert f"the pending work is kept: once ollama pull test-model (on {ollama.url}), run llmc-rag enrich again" in err
+    assert f"the pending work is kept: run ollama pull test-model (on {ollama.url}), then run llmc-rag enrich again" in err
 
 
 def test_model_appearing_later_resumes_work(tmp_path, repo, ollama):
@@ -181,7 +181,7 @@ def test_unreachable_ollama_exits_69(tmp_path, repo, capsys):
     config = make_config(tmp_path, url, [repo])
     assert run(config, "enrich", "--wait-s", "0.2") == 69
     assert status_report(config)["totals"]["pending"] > 0
-    assert f"once start Ollama at {url} (ollama serve" in capsys.readouterr().err
+    assert f"the pending work is kept: start Ollama at {url} (ollama serve" in capsys.readouterr().err
 
 
 def test_bad_config_exits_78_without_touching_the_store(tmp_path, capsys):
@@ -293,6 +293,9 @@ def test_show_says_when_a_file_changed_since_it_was_indexed(tmp_path, repo, olla
     err = capsys.readouterr().err
     assert err == (f"llmc-rag: {path} changed since it was indexed: the line numbers below may be off until it is "
                    "indexed again (a running serve does it within seconds; else run llmc-rag enrich)\n")
+    path.unlink()  # deleted since: nothing to show, as search hides it
+    assert run(config, "show", str(path)) == 1
+    assert capsys.readouterr().err == f"llmc-rag: {path}: no such file\n"
 
 
 def test_a_server_that_stays_busy_ends_enrich_with_69(tmp_path, repo, ollama, monkeypatch):

@@ -58,7 +58,7 @@ def test_export_repo_filter(config, repos, capsys):
 
 def test_export_unknown_repo_is_a_usage_error(config, capsys):
     assert cli.main(["export", "-c", str(config.source), "--repo", "/elsewhere"]) == 2
-    assert "not a configured repository" in capsys.readouterr().err
+    assert "not a configured or indexed repository" in capsys.readouterr().err
 
 
 def test_export_streams_in_constant_memory(tmp_path):

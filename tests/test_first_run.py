@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,19 @@ def test_a_log_line_is_written_above_the_bar_never_into_it():
     bar.log_stream().write("job_retry something\n")
     out = bar.stream.getvalue()
     assert out.endswith("\r\x1b[Kjob_retry something\n" + bar.text(lanes, "working"))
+
+
+def test_leaving_the_bar_early_ends_its_line_before_anything_else_is_written(monkeypatch):
+    """Ctrl-C (or an error) inside logs_above: the bar's line is ended, so the records logged after it
+    (the stop's job_done lines) do not run on at the end of the bar."""
+    from llmc_rag_service import logs
+
+    monkeypatch.setattr(logs, "configure_logging", lambda *args, **kwargs: None)  # this process's logging stays
+    bar = Progress(_Tty(), clock=lambda: 0.0, width=200)
+    with pytest.raises(KeyboardInterrupt), bar.logs_above("info", "console"):
+        bar.update([Lane("enriched", 1, 4)], "working")
+        raise KeyboardInterrupt
+    assert bar.stream.getvalue().endswith(bar.text([Lane("enriched", 1, 4)], "working") + "\n")
 
 
 def _screen(raw: str) -> list[str]:
@@ -303,9 +317,18 @@ def test_a_directory_enriched_by_path_outside_the_config_is_in_status_and_show(t
     assert f"{other}: 1 files, 1 spans, 1 enriched, 0 pending, 0 failed (not in the config" in capsys.readouterr().out
     assert run(config, "show", str(other / "z.py")) == 0
     assert "function zebra_walk [enriched]" in capsys.readouterr().out
+    assert run(config, "search", "--mode", "lexical", "--repo", str(other), "zebra_walk") == 0
+    assert "zebra_walk" in capsys.readouterr().out
     assert run(config, "enrich") == 0  # the configured repo too: the totals add both
     report = status_report(config)
     assert report["totals"]["spans"] == sum(r["spans"] for r in report["repos"]) > 1
+    capsys.readouterr()
+    assert run(config, "enrich", str(other)) == 0  # its summary counts that directory only
+    assert "enrich: 1/1 spans enriched" in capsys.readouterr().err
+    assert run(config, "enrich", str(repo / "gen")) == 0  # a directory of a configured repo is that repo
+    assert [r["path"] for r in status_report(config)["repos"]] == [str(repo), str(other)]
+    shutil.rmtree(other)
+    assert status_report(config)["repos"][1]["state"] == "missing"
 
 
 def test_a_num_ctx_no_request_fits_in_is_a_config_error_not_every_span_failed(tmp_path, repo, ollama, capsys):

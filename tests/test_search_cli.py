@@ -110,7 +110,7 @@ def test_no_hits_is_success(config, capsys):
     (["--lang", "pyhton", "x"], "unknown language 'pyhton'"),
     (["--kind", "func", "x"], "unknown kind 'func'"),
     (["--mode", "fuzzy", "x"], "unknown mode 'fuzzy'"),
-    (["--repo", "/not/a/repo", "x"], "not a configured repository"),
+    (["--repo", "/not/a/repo", "x"], "not a configured or indexed repository"),
     ([""], "the query is empty"),
     (["?!"], "no letters or digits"),
 ])

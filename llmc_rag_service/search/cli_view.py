@@ -31,13 +31,15 @@ from llmc_rag_service.search.export import export_jsonl
 from llmc_rag_service.search.query import QueryError, parse_query
 from llmc_rag_service.search.semantic import EmbedQuery
 from llmc_rag_service.store.searchview import SpanFilter
+from llmc_rag_service.store.views import StoreReader
 
 _STYLE = {"loc": "\033[36m", "name": "\033[1m", "dim": "\033[2m", "warn": "\033[33m", "bad": "\033[31m"}
 _RESET = "\033[0m"
 
 
 def repo_filter(config: Any, repo: str | None) -> str | None:
-    """The configured repo root that ``--repo`` names (any spelling of its path), or QueryError."""
+    """The repo root that ``--repo`` names (any spelling of its path): a
+    configured one, or one the store holds files of (``enrich PATH``); else QueryError."""
     if repo is None:
         return None
     try:
@@ -45,10 +47,19 @@ def repo_filter(config: Any, repo: str | None) -> str | None:
     except (OSError, ValueError) as exc:
         raise QueryError(f"--repo {repo!r}: {exc}") from None
     known = [Path(r.path) for r in config.repos]
-    if wanted not in known:
-        names = ", ".join(str(p) for p in known)
-        raise QueryError(f"--repo {repo!r}: not a configured repository (configured: {names})")
+    if wanted in known:
+        return str(wanted)
+    reader = StoreReader.open(config.db_path)
+    stored = [] if reader is None else _paths_of(reader)
+    if wanted not in stored:
+        names = ", ".join(str(p) for p in dict.fromkeys(known + stored))
+        raise QueryError(f"--repo {repo!r}: not a configured or indexed repository (known: {names})")
     return str(wanted)
+
+
+def _paths_of(reader: StoreReader) -> list[Path]:
+    with reader:
+        return reader.repo_paths()
 
 
 def query_embedder(config: Any) -> EmbedQuery | None:

@@ -60,13 +60,30 @@ STORE_WAIT_S = 10.0
 
 def select_repos(config: Config, paths: Sequence[str]) -> tuple[tuple[RepoConfig, ...], tuple[Path, ...]]:
     """(repos to enrich, paths that are not directories): the configured
-    repos, or the given directories (keeping the excludes of a configured
-    repo at the same path)."""
-    known = {r.path: r for r in config.repos}
-    wanted = [known.get(p, RepoConfig(path=p)) for p in (Path(x).expanduser().resolve() for x in paths)] \
-        if paths else list(config.repos)
+    repos, or the given directories (a directory in a configured repo means
+    that repo, with its excludes)."""
+    wanted = [_repo_of(config, Path(x).expanduser().resolve()) for x in paths] if paths else list(config.repos)
+    wanted = list(dict.fromkeys(wanted))  # two directories of one configured repo: it once
     present = tuple(r for r in wanted if r.path.is_dir())
     return present, tuple(r.path for r in wanted if not r.path.is_dir())
+
+
+def _totals_of(report: dict[str, Any], repos: Sequence[RepoConfig]) -> dict[str, int]:
+    """``status --json`` counts summed over ``repos`` only (the report also holds
+    every other repo of the store)."""
+    chosen = {str(r.path) for r in repos}
+    keys = ("spans", "enriched", "failed", "pending", "embedded", "embed_failed")
+    return {k: sum(r[k] for r in report["repos"] if r["path"] in chosen) for k in keys}
+
+
+def _repo_of(config: Config, path: Path) -> RepoConfig:
+    """The configured repo at or above ``path`` (a directory inside a repo is
+    enriched as that repo, not as a second, nested one that would index its
+    files twice), else a repo of its own with default settings."""
+    for repo in sorted(config.repos, key=lambda r: len(r.path.parts), reverse=True):
+        if path == repo.path or (repo.path in path.parents and path.is_dir()):
+            return repo
+    return RepoConfig(path=path)
 
 
 def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 300.0,
@@ -113,7 +130,7 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         team = pipeline.team_status()
     finally:
         pipeline.close(STOP_GRACE_S)
-    totals = status_report(config)["totals"]
+    totals = _totals_of(status_report(config), repos)
     embed_failed = f" ({totals['embed_failed']} failed)" if totals["embed_failed"] else ""
     embedded = f", {totals['embedded']} embedded{_from_team(team, 'embed_hits', ' vectors')}{embed_failed}" \
         if config.search.embed_model else ""
@@ -147,12 +164,12 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
 def _gave_up_advice(config: Config, down: str | None, error: str | None, wait_s: float) -> str:
     """What to do after giving up on Ollama: the reason, that the work is kept, the fix."""
     hosts = ", ".join(h.url for h in config.ollama.all_hosts())
-    fix = {"model_missing": f"ollama pull {config.ollama.model} (on {hosts})",
+    fix = {"model_missing": f"run ollama pull {config.ollama.model} (on {hosts})",
            "unreachable": f"start Ollama at {hosts} (ollama serve, or systemctl start ollama)",
-           "busy": "the server's queue drains (it answered 503: busy)",
-           }.get(down or "", "the server answers again (llmc-rag doctor checks it)")
+           "busy": "wait until the server's queue drains (it answered 503: busy)",
+           }.get(down or "", "check the server (llmc-rag doctor)")
     return (f"gave up after {wait_s:.0f} s (--wait-s) waiting for Ollama: {error or down}; "
-            f"the pending work is kept: once {fix}, run llmc-rag enrich again")
+            f"the pending work is kept: {fix}, then run llmc-rag enrich again")
 
 
 def _from_team(team: dict[str, Any] | None, counter: str = "hits", unit: str = "") -> str:
@@ -195,7 +212,7 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
             if time.monotonic() - down_since > wait_s:
                 progress.update(lanes, pipeline.status_line(), final=True)
                 log.error("enrich_gave_up", reason=down, error=pipeline.last_error(),
-                          waited_s=round(wait_s, 1), pending=enrich_left + embed_left)
+                          waited_s=round(wait_s, 1), pending=enrich_left, embed_pending=embed_left)
                 return Outcome.GAVE_UP
         else:
             down_since = None

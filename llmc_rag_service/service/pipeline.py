@@ -392,6 +392,8 @@ class Pipeline:
         self._missing_due = self._missing_warned = False
         if queued:
             log.info("jobs_queued", count=queued, trigger="config_changed")
+            for pool, _ in self._lanes():
+                pool.notify_work()  # idle workers would look again only after IDLE_CLAIM_WAIT_S
 
     def _lanes(self) -> list[tuple[WorkerPool, list[OllamaClient]]]:
         """The worker pools in force with their clients: enrichment's, then embedding's."""

@@ -168,7 +168,16 @@ class Progress:
         try:
             yield
         finally:
+            self.end_bar()  # e.g. Ctrl-C: what is logged next starts on a line of its own
             logsetup.configure_logging(level, fmt, stream=self.stream)
+
+    def end_bar(self) -> None:
+        """End the bar's line if one is shown (it stays on screen as it was)."""
+        with self._lock:
+            if self._bar:
+                self.stream.write("\n")
+                self.stream.flush()
+                self._bar = ""
 
 
 class _AboveBar:

@@ -108,7 +108,8 @@ def status_report(config: Config) -> dict[str, Any]:
     states = json.loads(meta.get("repo_states") or "{}") if pid else {}
     configured = {str(r.path) for r in config.repos}
     repos = [{"path": r["path"], "state": repo_state(Path(r["path"]), states, pid is not None)
-              if r["path"] in configured else UNWATCHED, **r} for r in repos]
+              if r["path"] in configured else UNWATCHED if Path(r["path"]).is_dir() else "missing", **r}
+             for r in repos]
     return {
         "daemon": {"running": pid is not None, "pid": pid, "status": meta.get("daemon_status") if pid else None},
         "ollama": {"url": ", ".join(h.url for h in config.ollama.all_hosts()), "model": config.ollama.model,
@@ -154,7 +155,7 @@ def resolve_file(config: Config, path: str) -> tuple[Path, str] | None:
 
 
 def show_report(config: Config, path: str, line: int | None = None) -> list[dict[str, Any]] | None:
-    """The ``show --json`` list for one file, or None if the file is unknown.
+    """The ``show --json`` list for one file, or None if the file is unknown or gone.
     Each span carries ``fresh``: the file unchanged since it was indexed (when
     false, its line numbers may be off until it is indexed again)."""
     where = resolve_file(config, path)
@@ -167,7 +168,9 @@ def show_report(config: Config, path: str, line: int | None = None) -> list[dict
         if record is None:
             return None
         rows = reader.file_spans(record["id"], config.ollama.model, PROMPT_VERSION)
-    fresh = file_freshness(repo / relpath, record["size"], record["mtime_ns"]) is True
+    fresh = file_freshness(repo / relpath, record["size"], record["mtime_ns"])
+    if fresh is None:  # deleted since it was indexed: nothing to show (search hides it too)
+        return None
     spans = [{**span_json(relpath, r, config.ollama.model), "fresh": fresh} for r in rows]
     if line is not None:
         spans = [s for s in spans if s["start_line"] <= line <= s["end_line"]]
