@@ -199,3 +199,20 @@ def test_compact_matrices_rank_like_float32(dtype):
         a, b = exact.scores(query), compact.scores(query)
         assert np.abs(a - b).max() < 0.01 and int(np.argmax(b)) == row
     assert compact.nbytes < exact.nbytes
+
+
+def test_hybrid_hits_that_hold_none_of_the_words_are_said_to_be_by_meaning_only(sr):
+    """Semantic ranking always has nearest neighbours: when no hybrid hit holds a word of the query,
+    the plain output says so on stderr instead of passing them off as matches; one lexical hit is enough
+    to say nothing."""
+    import io
+
+    from llmc_rag_service.search.cli_view import print_result
+
+    target = vector_of(sr, "load_settings")
+    for query, said in (("zebra giraffe", True), ("socket", False)):
+        out, err = io.StringIO(), io.StringIO()
+        print_result(sr.search(query, embed_query=lambda text: target), out, err, as_json=False)
+        assert out.getvalue()  # the hits are shown either way
+        assert (err.getvalue() == f"llmc-rag: no span holds the words of {query!r}; these are the nearest by meaning\n") \
+            is said, err.getvalue()

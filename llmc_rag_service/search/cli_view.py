@@ -134,6 +134,9 @@ def print_result(result: SearchResult, out: TextIO, err: TextIO, as_json: bool) 
         err.write(f"llmc-rag: {result.mode} results only: {result.degraded}\n")
     if not result.hits:
         err.write(f"llmc-rag: no matches for {result.query!r}\n")
+    elif result.mode == "hybrid" and all(hit.lexical_rank is None for hit in result.hits):
+        # Semantic ranking always has nearest neighbours, related or not: say none matched a word.
+        err.write(f"llmc-rag: no span holds the words of {result.query!r}; these are the nearest by meaning\n")
     for number, hit in enumerate(result.hits):
         if number:
             out.write("\n")
