@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import sqlite3
 import threading
 
@@ -20,7 +21,7 @@ from llmc_rag_service import cli
 from llmc_rag_service.models import Span
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.store.db import Store
-from llmc_rag_service.store.faults import StoreCorrupt, StoreFull, StoreReadOnly, classify
+from llmc_rag_service.store.faults import StoreCorrupt, StoreFull, StoreReadOnly, StoreReplaced, classify
 from llmc_rag_service.store.jobs import JobQueue
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import RunningDaemon, make_config, wait_for, write_tree
@@ -69,8 +70,9 @@ def test_a_state_file_deleted_or_replaced_under_serve_ends_it_with_74(tmp_path, 
         assert replaced[0]["path"] == str(config.db_path) and how in replaced[0]["error"]
         assert "Traceback" not in logs
         # The old file's WAL is not left to be replayed into whatever is at the path now.
-        assert '"stale_wal_removed"' in logs
+        assert '"stale_wal_moved"' in logs  # renamed aside, never deleted
         assert not any(p.name.endswith(("-wal", "-shm")) for p in config.state_dir.iterdir())
+        assert any(".db-wal.stale-" in p.name for p in config.state_dir.iterdir())
         if how == "replaced":
             assert status_report(config)["totals"]["spans"] == 0  # the replacement, an empty store
         emu.latency_s = 0.0  # the slow answers only had to keep work under way until now
@@ -252,3 +254,64 @@ def _real_corrupt_error(tmp_path) -> sqlite3.DatabaseError:
     except sqlite3.DatabaseError as exc:
         return exc
     raise AssertionError("garbage pages read as a database")
+
+
+def test_a_replacement_wal_copied_over_the_old_one_is_not_moved_aside(tmp_path):
+    """A store restored the way `rm llmc-rag.db && cp backup/llmc-rag.db* state/` does it: the main file
+    is new, but cp writes the backup's -wal into the existing -wal file (the same inode, the one the
+    running process has open). Its header is not the one seen when the fault was found, so close()
+    leaves it where it is (break2's finding: it was unlinked by inode alone). SQLite's own
+    checkpoint when this process closes its last connection can still consume a WAL copied over a
+    live one: restore a store with serve stopped (README)."""
+    path = tmp_path / "state" / "llmc-rag.db"
+    store = Store(path)
+    with store.write() as tx:
+        tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('who', 'old')")
+    wal = path.with_name(path.name + "-wal")
+    assert wal.exists()
+    backup = tmp_path / "backup" / "llmc-rag.db"
+    Store(backup).close()
+    writer = sqlite3.connect(backup, isolation_level=None)
+    writer.execute("PRAGMA wal_autocheckpoint = 0")  # the backup's last commit stays in its WAL
+    writer.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('marker', 'only in the backup''s WAL')")
+    path.unlink()
+    with pytest.raises(StoreReplaced):
+        store.check()  # the fault is found before the copy: the WAL seen then is the old file's
+    shutil.copyfile(backup, path)
+    shutil.copyfile(backup.with_name(backup.name + "-wal"), wal)  # written into the existing file, as cp(1) does
+    writer.close()
+    store.close()
+    assert store.dropped == [] and not any(".stale-" in p.name for p in path.parent.iterdir())
+
+
+def test_a_state_file_moved_away_and_back_keeps_its_wal(tmp_path):
+    """The state file moved away and back (``mv llmc-rag.db x && mv x llmc-rag.db``) while a worker's
+    connection outlives close() (a request past the stop grace): the file at the path is the opened
+    one again, so its -wal holds its own last commits and must stay. Unlinked, those commits --
+    here the whole schema, never checkpointed -- are lost when the process ends without closing
+    that connection (serve's os._exit on stop_overdue, or any kill)."""
+    path = tmp_path / "state" / "llmc-rag.db"
+    store = Store(path)
+    holding, release = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        with store.write() as tx:
+            tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('w', 'worker')")
+        holding.set()
+        release.wait(20)
+
+    thread = threading.Thread(target=worker, name="late-worker")
+    thread.start()
+    try:
+        assert holding.wait(10)
+        os.rename(path, tmp_path / "away.db")
+        with pytest.raises(StoreReplaced):
+            store.check()
+        os.rename(tmp_path / "away.db", path)
+        store.close()
+        assert store.dropped == [] and path.with_name(path.name + "-wal").exists()
+    finally:
+        release.set()
+        thread.join(10)
+        for _, conn in store._all:
+            conn.close()

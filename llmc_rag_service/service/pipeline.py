@@ -542,7 +542,7 @@ class Pipeline:
                 log.warning("meta_not_stored", error=str(exc))
         self.store.close()
         if self.store.dropped:  # the old file's WAL must not be replayed into the new one
-            log.info("stale_wal_removed", path=str(self.store.path), files=self.store.dropped)
+            log.info("stale_wal_moved", path=str(self.store.path), moved_to=self.store.dropped)
         return returned
 
     def reap_retired(self) -> None:

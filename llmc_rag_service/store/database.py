@@ -67,8 +67,9 @@ class Database:
         self._identity: tuple[int, int] | None = None
         self._fault: StoreUnusable | None = None
         self._fault_last = 0.0  # time.monotonic() of the fault's last failure
-        #: ``-wal``/``-shm`` files of a deleted or replaced file that :meth:`close` unlinked.
+        #: Where :meth:`close` moved the ``-wal`` of a deleted or replaced file.
         self.dropped: list[str] = []
+        self._wal_seen: tuple[int, int, bytes] | None = None  # see _record and close
         with self.opening():
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.conn  # noqa: B018 (opens the file and records its identity)
@@ -204,13 +205,17 @@ class Database:
         process; the OS closes it at exit and WAL recovery makes that safe.
 
         After the file was deleted or replaced (:class:`StoreReplaced`), the
-        ``-wal`` and ``-shm`` files at the path are the old file's: SQLite
-        neither checkpoints nor deletes the WAL of a file moved away, and the
-        next opener of whatever file is at the path now would replay the old
-        frames into it (a fresh store got the old one's spans and jobs back).
-        Those of them this process has open are unlinked (their names in
-        :attr:`dropped`); one it never opened is left alone."""
-        held = _open_inodes() if isinstance(self._fault, StoreReplaced) else set()
+        ``-wal`` at the path may be the old file's: SQLite neither checkpoints
+        nor deletes the WAL of a file moved away, and the next opener of
+        whatever file is at the path now would replay the old frames into it
+        (a fresh store got the old one's spans and jobs back). It is renamed
+        aside (``-wal.stale-<pid>``: nothing is deleted) only if it is still
+        exactly the WAL seen when the fault was found (same inode, one this
+        process has open, same header: not a backup's copied over it) and the
+        path does not name the opened file again (moved away and back); the
+        ``-shm`` (an index, no data) goes with it. :attr:`dropped` names the
+        files moved or removed."""
+        stale = self._stale_wal()
         with self._lock:
             keep = []
             for thread, conn in self._all:
@@ -221,13 +226,24 @@ class Database:
                     keep.append((thread, conn))
             self._all = keep
         self._local = threading.local()
-        for suffix in ("-wal", "-shm") if held else ():
-            side = self.path.with_name(self.path.name + suffix)
+        if stale:
+            wal, shm = self._side("-wal"), self._side("-shm")
             with contextlib.suppress(OSError):
-                st = os.stat(side)
-                if (st.st_dev, st.st_ino) in held:
-                    side.unlink()
-                    self.dropped.append(str(side))
+                aside = wal.with_name(f"{wal.name}.stale-{os.getpid()}")
+                os.rename(wal, aside)
+                self.dropped.append(str(aside))
+                shm.unlink(missing_ok=True)
+
+    def _side(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
+
+    def _stale_wal(self) -> bool:
+        """Whether the ``-wal`` at the path is the one :meth:`_record` saw when
+        the file was found deleted or replaced (see :meth:`close`)."""
+        seen = self._wal_seen
+        if seen is None or _identity(self.path) == self._identity:
+            return False
+        return _wal_mark(self._side("-wal"), _open_inodes()) == seen
 
     # -- faults and health ---------------------------------------------
     @property
@@ -269,6 +285,8 @@ class Database:
             previous = self._fault
             if previous is None or previous.pauses:  # a fatal fault stays the one reported
                 self._fault, self._fault_last = fault, time.monotonic()
+                if isinstance(fault, StoreReplaced):  # the old file's WAL, as it is now (see close)
+                    self._wal_seen = _wal_mark(self._side("-wal"), _open_inodes())
         return fault
 
     def _note_success(self) -> None:
@@ -299,3 +317,20 @@ def _open_inodes() -> set[tuple[int, int]]:
                 st = os.stat(f"/proc/self/fd/{fd}")
                 found.add((st.st_dev, st.st_ino))
     return found
+
+
+#: Bytes of a WAL file's header: magic, format, page size, checkpoint
+#: sequence, two salts, two checksums (https://sqlite.org/fileformat2.html#walformat).
+WAL_HEADER_BYTES = 32
+
+
+def _wal_mark(wal: Path, held: set[tuple[int, int]]) -> tuple[int, int, bytes] | None:
+    """``(st_dev, st_ino, header)`` of ``wal`` if this process has it open
+    (``held``: :func:`_open_inodes`), else None."""
+    try:
+        with open(wal, "rb") as f:
+            st = os.fstat(f.fileno())
+            header = f.read(WAL_HEADER_BYTES)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, header) if (st.st_dev, st.st_ino) in held else None
