@@ -154,3 +154,30 @@ def test_a_reload_whose_store_write_times_out_keeps_workers(tmp_path, notify, se
         before = emu.count("/api/chat")
         wait_for(lambda: emu.count("/api/chat") > before + 5, 30, "requests again after the lock is gone")
         _timed_stop(serve)
+
+
+@pytest.mark.timeout(90)
+def test_a_write_lock_held_by_another_process_does_not_stop_the_watchdog_pings(tmp_path, ollama, notify,
+                                                                               serve_factory):
+    """A sqlite3 shell left inside a write transaction (BEGIN IMMEDIATE) for 10 s, with WATCHDOG_USEC=6 s:
+    serve keeps pinging (its work waits, as for every other lock wait; the health gate calls it degraded).
+    The store check used to fail the gate: no ping past the watchdog interval, so systemd (WatchdogSec=60)
+    would kill serve whenever another process held the lock for a minute (break2's finding)."""
+    repo = tmp_path / "repo"
+    write_tree(repo, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(5)})
+    config = make_config(tmp_path, ollama.url, [repo])
+    serve = serve_factory(config, notify, env={"WATCHDOG_USEC": "6000000"})
+    notify.wait("READY=1")
+    wait_for(lambda: notify.drain().count("WATCHDOG=1") >= 2, 20, "pings")
+    shell = sqlite3.connect(config.db_path, isolation_level=None, timeout=30)
+    try:
+        shell.execute("BEGIN IMMEDIATE")
+        held_until = time.monotonic() + 10.0
+        wait_for(lambda: time.monotonic() >= held_until, 15, "10 s under the held lock")
+        shell.execute("ROLLBACK")
+    finally:
+        shell.close()
+    wait_for(lambda: notify.drain().count("WATCHDOG=1") >= 5, 20, "pings after the lock")
+    pings = [t for t, m in list(notify.messages) if m == "WATCHDOG=1"]
+    assert serve.stop() == 0
+    assert max(b - a for a, b in zip(pings, pings[1:])) < 6.0

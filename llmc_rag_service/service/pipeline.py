@@ -60,7 +60,7 @@ from llmc_rag_service.service.notify import Degraded
 from llmc_rag_service.service.statusline import render
 from llmc_rag_service.service.teamgate import TeamGate
 from llmc_rag_service.store.db import Store
-from llmc_rag_service.store.faults import StoreUnusable
+from llmc_rag_service.store.faults import StoreBusy, StoreUnusable
 from llmc_rag_service.store.secret_audit import reread_files_for
 from llmc_rag_service.store.jobs import JobQueue, QueueSet
 from llmc_rag_service.team.errors import TeamError
@@ -277,12 +277,16 @@ class Pipeline:
 
     def store_health(self) -> str | None:
         """Watchdog check of the store: None while a write can be taken; a
-        pausing fault (disk full, read-only) as :class:`Degraded` (work is
-        paused and resumes by itself; a restart would not help); else the reason."""
+        pausing fault (disk full, read-only) or the write lock held by another
+        process as :class:`Degraded` (work waits and resumes by itself; a
+        restart would not help, and a lock held past WatchdogSec must not get
+        the daemon killed); else the reason."""
         reason = self.store.writable()  # also notices when a paused store can write again
         fault = self.store.fault
         if fault is not None:
             return Degraded(str(fault)) if fault.pauses else str(fault)
+        if isinstance(reason, StoreBusy):
+            return Degraded(str(reason))
         return reason
 
     def store_fault(self) -> StoreUnusable | None:

@@ -297,14 +297,18 @@ class Database:
             if fault is not None and fault.pauses and time.monotonic() - self._fault_last >= FAULT_HOLD_S:
                 self._fault = None
 
-    def writable(self) -> str | None:
+    def writable(self) -> str | StoreBusy | None:
         """Health check: None if a write transaction can be taken, else the
-        reason. Also the probe that notices when a paused store can write again."""
+        reason: a :class:`StoreBusy` when another process (or a long write of
+        this one) holds the write lock past :data:`HEALTH_TIMEOUT_S` -- a wait,
+        not a fault -- else a text. Also the probe that notices when a paused
+        store can write again."""
         try:
             with self.write(HEALTH_TIMEOUT_S) as tx:
                 tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('health_at', ?)", (str(time.time()),))
         except (sqlite3.Error, StoreUnusable) as exc:
-            return f"store not writable: {exc}"
+            fault = exc if isinstance(exc, StoreUnusable) else classify(exc, self.path)
+            return fault if isinstance(fault, StoreBusy) else f"store not writable: {exc}"
         return None
 
 
