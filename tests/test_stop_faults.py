@@ -15,12 +15,13 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 
 import pytest
 
 from llmc_rag_service.testing.emulator import OllamaEmulator
-from tests.helpers import make_config, wait_for, write_tree
+from tests.helpers import NotifySocket, make_config, wait_for, write_tree
 
 pytestmark = pytest.mark.slow
 
@@ -181,3 +182,86 @@ def test_a_write_lock_held_by_another_process_does_not_stop_the_watchdog_pings(t
     pings = [t for t, m in list(notify.messages) if m == "WATCHDOG=1"]
     assert serve.stop() == 0
     assert max(b - a for a, b in zip(pings, pings[1:])) < 6.0
+
+
+_SLOW_START = """
+import sys, time
+from llmc_rag_service.service import daemon
+from llmc_rag_service.watch.watchset import WatchSet
+daemon.STOP_DEADLINE_S = float(sys.argv[1])
+original = WatchSet.start
+def slow_start(self, *args, **kwargs):
+    time.sleep(float(sys.argv[2]))  # stands in for walking a tree of many directories
+    return original(self, *args, **kwargs)
+WatchSet.start = slow_start
+from llmc_rag_service import cli
+sys.exit(cli.main(["serve", "-c", sys.argv[3]]))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_during_a_long_start_stops_cleanly(tmp_path, ollama):
+    """SIGTERM while serve places its watches (8 repos, 1 s each; deadline scaled to 1 s, so the
+    faulthandler backstop fires at 3 s): no further repo is started, serve stops cleanly (STOPPING=1,
+    exit 0). It used to place every watch first and be ended by faulthandler's timeout (exit 1)."""
+    repos = []
+    for i in range(8):
+        root = tmp_path / f"repo{i}"
+        write_tree(root, {"a.py": f"def f{i}():\n    return {i}\n"})
+        repos.append(root)
+    config = make_config(tmp_path, ollama.url, repos)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    log = tmp_path / "serve.log"
+    try:
+        with open(log, "wb") as stderr:
+            proc = subprocess.Popen([sys.executable, "-c", _SLOW_START, "1.0", "1.0", str(config.source)],
+                                    stdout=subprocess.DEVNULL, stderr=stderr,
+                                    env={**os.environ, "NOTIFY_SOCKET": notify.path})
+        try:
+            notify.wait("STATUS=starting: watching", 20)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        text = log.read_text()
+        assert "Timeout (" not in text, text[-2000:]
+        assert code == 0 and "STOPPING=1" in notify.drain()
+    finally:
+        notify.close()
+
+
+_IN_PROCESS = """
+import os, signal, sys, tempfile, threading, time
+from pathlib import Path
+from llmc_rag_service.service import daemon
+from llmc_rag_service.testing.emulator import OllamaEmulator
+from llmc_rag_service.testing.repos import make_config, write_tree
+daemon.STOP_DEADLINE_S, daemon.STOP_GRACE_S = 1.0, 5.0
+base = Path(sys.argv[1])
+write_tree(base / "repo", {"a.py": "def f():\\n    return 1\\n"})
+emu = OllamaEmulator(); emu.start(); emu.inject("hang", 100)
+config = make_config(base, emu.url, [base / "repo"], ollama={"timeout_s": 600})
+d = daemon.Daemon(config.source, config)  # on_stop_overdue=None: 'a daemon inside a test only logs'
+def drive():
+    while not (getattr(d, "pipeline", None) and d.pipeline.in_flight()):
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=drive, daemon=True).start()
+d.run()
+print("run returned", flush=True)
+emu.stop()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_an_in_process_daemon_without_on_stop_overdue_only_logs(tmp_path):
+    """Daemon(on_stop_overdue=None) in a process of its own (a test's): SIGTERM while a request hangs,
+    the stop (grace 5 s) outlives the deadline (scaled to 1 s): stop_overdue is logged, and run()
+    returns as documented: the process is not ended by faulthandler (it is armed only for serve's own
+    process, by the signal-waker thread)."""
+    proc = subprocess.run([sys.executable, "-c", _IN_PROCESS, str(tmp_path)], capture_output=True, text=True,
+                          timeout=50)
+    assert "stop_overdue" in proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "run returned" in proc.stdout, proc.stderr[-1500:]

@@ -29,7 +29,9 @@
   with every thread's frames and ends the process
   (:class:`~llmc_rag_service.service.overdue.StopDeadline`); a main loop too
   stuck to begin the stop has Python's ``faulthandler`` dump the stacks to
-  stderr (the journal) and exit two seconds later.
+  stderr (the journal) and exit two seconds later (armed by the signal-waker
+  thread as SIGTERM arrives, in serve's own process only). SIGTERM during a
+  long start starts no further repo's watches.
 
 All scanning (catch-up and watcher batches) runs on one scan-scheduler
 thread, so the scanners never race each other and the main loop never blocks
@@ -146,6 +148,7 @@ class Daemon:
         self._store_fault: str | None = None  # event name of the store fault last logged
         self.fatal: StoreUnusable | None = None  # what ended the main loop, if not a signal
         self._waker: SignalWaker | None = None
+        self._backstop_armed = False
 
     # -- signals: record only --------------------------------------------
     # A handler takes no lock (not even self.wake's): it runs on the main thread
@@ -155,9 +158,6 @@ class Daemon:
         if self.stop_requested:
             os._exit(128 + signum)  # second signal: at once; running jobs are recovered at next start
         self.stop_requested = True
-        # The backstop for a main loop too stuck to begin the stop (C-level,
-        # no Python lock); run() cancels it.
-        faulthandler.dump_traceback_later(STOP_DEADLINE_S + 2.0, exit=True)
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self.reload_requested = True
@@ -165,11 +165,22 @@ class Daemon:
     def install_signals(self) -> dict[signal.Signals, SignalHandler]:
         """Start the :class:`SignalWaker` and install the handlers (main thread
         only); returns the previous handlers, for :meth:`restore_signals`."""
-        self._waker = SignalWaker(self.wake)
+        self._waker = SignalWaker(self.wake, self._arm_backstop if self.on_stop_overdue else None)
         self._waker.start()
         handlers = {signal.SIGTERM: self._on_term, signal.SIGINT: self._on_term, signal.SIGHUP: self._on_hup}
         # None: the previous handler was not set from Python; the default is put back then.
         return {signum: signal.signal(signum, handler) or signal.SIG_DFL for signum, handler in handlers.items()}
+
+    def _arm_backstop(self, signum: int) -> None:
+        """On the waker thread, as SIGTERM/SIGINT arrives (even while the main
+        thread is inside a long C call): if the process is still alive
+        :data:`STOP_DEADLINE_S` + 2 s later, faulthandler dumps every thread's
+        stack to stderr and exits (run() cancels it). Only for ``serve``'s own
+        process (``on_stop_overdue`` set): a daemon inside a test process must
+        not end that process."""
+        if signum in (signal.SIGTERM, signal.SIGINT) and not self._backstop_armed:
+            self._backstop_armed = True
+            faulthandler.dump_traceback_later(STOP_DEADLINE_S + 2.0, exit=True)
 
     def restore_signals(self, previous: dict[signal.Signals, SignalHandler]) -> None:
         """Put ``previous`` handlers back and stop the waker (main thread only)."""
@@ -220,7 +231,7 @@ class Daemon:
                                      clock=self.clock)
             self.pipeline.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
             self.pipeline.start_scheduler()
-            self.pipeline.watch(on_repo=self._on_repo)
+            self.pipeline.watch(on_repo=self._on_repo, stop=lambda: self.stop_requested)
         for name, check in self.pipeline.health().items():
             self.gate.add_check(name, check)
         self.pipeline.start_workers()

@@ -220,12 +220,17 @@ class Pipeline:
         self.scheduler.start()
 
     def watch(self, repos: Iterable[RepoConfig] | None = None, *, catch_up: bool = True,
-              on_repo: Callable[[int, int, Path], None] = lambda i, n, path: None) -> None:
+              on_repo: Callable[[int, int, Path], None] = lambda i, n, path: None,
+              stop: Callable[[], bool] = lambda: False) -> None:
         """Watch each repo (returns once its watches are in place), then queue
         its catch-up scan on the scheduler unless ``catch_up`` is False.
-        ``on_repo(i, n, path)`` is called before each (1-based)."""
+        ``on_repo(i, n, path)`` is called before each (1-based); once ``stop()``
+        is true no further repo is started (SIGTERM during a long start)."""
         chosen = list(self.config.repos if repos is None else repos)
         for i, repo in enumerate(chosen, 1):
+            if stop():
+                log.info("watch_start_stopped", remaining=len(chosen) - i + 1)
+                return
             on_repo(i, len(chosen), repo.path)
             started = time.monotonic()
             self.watches.start(repo.path, self.scanners[repo.path].ignore)

@@ -20,10 +20,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from typing import Callable
 
 
 class SignalWaker:
-    """Set ``event`` whenever a signal with a Python handler arrives.
+    """Set ``event`` whenever a signal with a Python handler arrives, after
+    calling ``on_signal(signum)`` (on this thread, at once: even while the main
+    thread is stuck inside a long C call and its Python handler cannot run yet).
 
     :meth:`start` on the main thread (``set_wakeup_fd`` requires it), before
     the handlers are installed; :meth:`stop` on the main thread puts back the
@@ -31,8 +34,8 @@ class SignalWaker:
     ``set_wakeup_fd`` when started off the main thread.
     """
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    def __init__(self, event: threading.Event, on_signal: Callable[[int], None] | None = None):
+        self.event, self.on_signal = event, on_signal
         self._read_fd = self._write_fd = -1
         self._previous = -1
         self._closing = False
@@ -67,6 +70,9 @@ class SignalWaker:
             data = os.read(self._read_fd, 512)
             if not data or self._closing:
                 return
+            if self.on_signal is not None:
+                for signum in data:
+                    self.on_signal(signum)
             self.event.set()
 
     def _close_fds(self) -> None:
