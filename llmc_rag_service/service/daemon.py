@@ -317,8 +317,16 @@ class Daemon:
                 except ConfigError as exc:
                     log.error("reload_failed", error=str(exc), config=str(self.config_path))
                     return
-                old, self.config = self.config, new
-                changed = self._apply(old, new)
+                try:
+                    changed = self._apply(self.config, new)
+                except (sqlite3.Error, OSError) as exc:
+                    # E.g. a new repo's row while another process holds the store's write
+                    # lock: the old config stays on record, so the next SIGHUP applies
+                    # the whole difference again (a repo added now is not lost for good).
+                    log.error("reload_failed", error=f"{type(exc).__name__}: {exc}", config=str(self.config_path),
+                              retry="send SIGHUP again once the store is free")
+                    return
+                self.config = new
             log.info("reloaded", config=str(self.config_path), **changed)
             self.status_dirty = True
         finally:
