@@ -31,6 +31,7 @@ from llmc_rag_service.service.daemon import AlreadyRunning, Daemon
 from llmc_rag_service.service.notify import Notifier
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.service.status import LOCK_NAME, status_report
+from llmc_rag_service.store.faults import StoreCorrupt
 from llmc_rag_service.testing.clock import ManualClock
 from llmc_rag_service.watch.watchset import WatchSet
 from tests.helpers import RunningDaemon as Running
@@ -424,3 +425,30 @@ def test_a_slow_status_is_recomputed_at_most_every_ten_times_its_cost(tmp_path, 
         running.stop()
     gaps = [b - a for a, b in zip(computed, computed[1:])]
     assert len(computed) >= 3 and min(gaps) >= 4.0 - 1e-6  # ten times 0.4 s
+
+
+@pytest.mark.timeout(60)
+def test_run_again_in_the_same_process_after_a_failed_start(tmp_path, repo, ollama, notify, own_handlers):
+    """Daemon.run() whose start-up fails (a damaged store) raises StoreCorrupt and leaves nothing held;
+    once the store is gone, a second Daemon.run() in the same process starts and stops cleanly (it used
+    to raise AlreadyRunning naming its own pid: the failed start kept the state dir's lock; break2)."""
+    config = make_config(tmp_path, ollama.url, [repo])
+    config.state_dir.mkdir(parents=True)
+    config.db_path.write_bytes(b"not a store " * 400)
+    with pytest.raises(StoreCorrupt):
+        Daemon(config.source, config, Notifier(notify.path)).run()
+    config.db_path.unlink()
+    ended = threading.Event()
+
+    def drive() -> None:
+        wait_for(lambda: ended.is_set() or "READY=1" in notify.drain(), 20, "READY=1")
+        if not ended.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    driver = threading.Thread(target=drive, name="test-driver")
+    driver.start()
+    try:
+        assert Daemon(config.source, config, Notifier(notify.path)).run() is None
+    finally:
+        ended.set()
+        driver.join(25)

@@ -149,6 +149,8 @@ class Daemon:
         self.fatal: StoreUnusable | None = None  # what ended the main loop, if not a signal
         self._waker: SignalWaker | None = None
         self._backstop_armed = False
+        self._lock_fd: int | None = None  # the state dir's lock, from startup() to shutdown()
+        self._runtime_file: Path | None = None
 
     # -- signals: record only --------------------------------------------
     # A handler takes no lock (not even self.wake's): it runs on the main thread
@@ -206,7 +208,11 @@ class Daemon:
         """
         previous = self.install_signals()
         try:
-            self.startup()
+            try:
+                self.startup()
+            except BaseException:
+                self._undo_startup()  # a run() after a failed one finds nothing held
+                raise
             try:
                 self.main_loop()
             finally:
@@ -220,6 +226,18 @@ class Daemon:
             faulthandler.cancel_dump_traceback_later()
             self.restore_signals(previous)
         return self.fatal
+
+    def _undo_startup(self) -> None:
+        """After a failed :meth:`startup`: close what it opened (the pipeline's
+        threads and store, the runtime file, the state-dir lock, the notify socket)."""
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None:
+            pipeline.close(0.0, INDEXER_JOIN_S)
+        runtime.remove_runtime_file(self._runtime_file)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self.notifier.close()
 
     def startup(self) -> None:
         """Everything READY=1 promises: lock, store migrated, every watch in place."""
@@ -303,7 +321,9 @@ class Daemon:
                                        meta={"daemon_status": "stopped", "daemon_pid": None, TEAM_META: None})
         log.info("daemon_stopped", returned_to_pending=returned)
         runtime.remove_runtime_file(self._runtime_file)
-        os.close(self._lock_fd)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         self.notifier.close()  # nothing is sent after STOPPING=1 (a daemon in a test process must not leak it)
 
     # -- reload -------------------------------------------------------------
