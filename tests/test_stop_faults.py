@@ -21,6 +21,7 @@ import time
 import pytest
 
 from llmc_rag_service.testing.emulator import OllamaEmulator
+from llmc_rag_service.store.db import Store
 from tests.helpers import NotifySocket, make_config, wait_for, write_tree
 
 pytestmark = pytest.mark.slow
@@ -323,3 +324,49 @@ def test_a_repo_added_by_a_reload_under_a_held_write_lock_is_watched_once_the_lo
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_on_enrich_waiting_for_another_process_write_lock_ends_it_within_seconds(tmp_path, ollama):
+    """`llmc-rag enrich` while a sqlite3 shell holds the write lock: Ctrl-C (SIGINT) ends it within
+    5 s with the 'interrupted' line and exit 130, not when the 30 s busy timeout runs out (the wait for
+    the lock is taken in 0.5 s steps, so Python handles the signal between them; break2's finding)."""
+    repo = tmp_path / "repo"
+    write_tree(repo, {f"m{i}.py": f"def f{i}():\n    return {i}\n" for i in range(5)})
+    config = make_config(tmp_path, ollama.url, [repo])
+    Store(config.db_path).close()
+    shell = sqlite3.connect(config.db_path, isolation_level=None)
+    shell.execute("BEGIN IMMEDIATE")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "llmc_rag_service", "enrich", "-c", str(config.source)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: proc.poll() is not None or _has_open(proc.pid, config.db_path), 20, "enrich at the lock")
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
+    assert proc.returncode == 130 and "interrupted" in err
+    assert took < 5.0, f"enrich ended {took:.1f} s after Ctrl-C"
+
+
+def _has_open(pid: int, path) -> bool:
+    """True once process ``pid`` has ``path`` open (it is inside SQLite, waiting for the lock)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+        except OSError:
+            continue
+    return False

@@ -31,6 +31,8 @@ from llmc_rag_service.store.faults import StoreBusy, StoreReplaced, StoreUnusabl
 BUSY_TIMEOUT_S = 30.0
 #: Seconds the watchdog's writability check waits for another writer.
 HEALTH_TIMEOUT_S = 2.0
+#: Seconds of one step of a wait for the write lock (see ``Database._begin``).
+BEGIN_STEP_S = 0.5
 #: Seconds a pausing fault (disk full) stays reported after its last failure.
 #: On a full disk some writes still fit into reused WAL space (or, under a page
 #: limit, update existing pages); without this hold the fault would flap and
@@ -163,13 +165,7 @@ class Database:
     def _transaction(self, conn: sqlite3.Connection, busy_timeout_s: float | None) -> Iterator[sqlite3.Connection]:
         """The body of :meth:`write`, under this process's writer lock."""
         try:
-            if busy_timeout_s is not None:
-                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            finally:
-                if busy_timeout_s is not None:
-                    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._begin(conn, BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s)
             yield conn
             self.before_commit(conn)
             self.check()  # never commit into a file that is no longer the store
@@ -186,6 +182,30 @@ class Database:
                 raise fault from exc
             raise
         self._note_success()
+
+    @staticmethod
+    def _begin(conn: sqlite3.Connection, wait_s: float) -> None:
+        """``BEGIN IMMEDIATE``, waiting at most ``wait_s`` seconds for another
+        process's writer, in steps of :data:`BEGIN_STEP_S`: SQLite's busy handler
+        waits inside one C call, and Python handles a signal (Ctrl-C on enrich,
+        SIGTERM) only when it returns, so one 30 s wait held Ctrl-C for 30 s.
+
+        Raises:
+            sqlite3.OperationalError: still locked after ``wait_s``.
+        """
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                step = max(0.0, min(BEGIN_STEP_S, deadline - time.monotonic()))
+                conn.execute(f"PRAGMA busy_timeout = {int(step * 1000)}")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if not isinstance(classify(exc, ""), StoreBusy) or time.monotonic() >= deadline:
+                        raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
     def release_thread(self) -> None:
         """Close the calling thread's connection (a thread about to end)."""
