@@ -327,11 +327,11 @@ class Pipeline:
         old_repos = {r.path: r for r in old.repos}
         restart = [r.path for r in new.repos if r.path in old_repos and (rebuild_all or old_repos[r.path] != r)]
         kept = [r for r in new.repos if r.path in old_repos and r.path not in restart]
-        _, removed = self.set_repos(kept)
+        _, removed = self.set_repos(kept, RELOAD_STORE_WAIT_S)
         for path in removed:
             self.watches.stop(path)
         self.watches.watch = new.watch
-        added, _ = self.set_repos(new.repos)
+        added, _ = self.set_repos(new.repos, RELOAD_STORE_WAIT_S)
         self.watch([r for r in new.repos if r.path in added])
         gone = [p for p in removed if p not in restart]
         return {"sections": sections, "added": [str(p) for p in added if p not in restart],
@@ -346,14 +346,18 @@ class Pipeline:
                        max_file_bytes=self.config.watch.max_file_bytes,
                        max_span_chars=span_char_budget(self.config.ollama.options), redactor=self.redactor)
 
-    def set_repos(self, repos: Iterable[RepoConfig]) -> tuple[list[Path], list[Path]]:
-        """Make the scanners match ``repos``; returns (added, removed) paths."""
+    def set_repos(self, repos: Iterable[RepoConfig],
+                  busy_timeout_s: float | None = None) -> tuple[list[Path], list[Path]]:
+        """Make the scanners match ``repos``; returns (added, removed) paths. A
+        new repo's row waits at most ``busy_timeout_s`` for the write lock (a
+        reload: :data:`RELOAD_STORE_WAIT_S`, on the main loop's thread)."""
         wanted = {r.path: r for r in repos}
         removed = [p for p in self.scanners if p not in wanted]
         for path in removed:
             del self.scanners[path]
         added = [p for p in wanted if p not in self.scanners]
         for path in added:
+            self.store.repo_id(path, busy_timeout_s)  # the scanner then finds its row
             self.scanners[path] = self.scanner_for(wanted[path])
         return added, removed
 

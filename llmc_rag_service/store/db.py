@@ -347,13 +347,14 @@ class Store(Database):
         return row[0] if row else None
 
     # -- repos and files -----------------------------------------------
-    def repo_id(self, path: Path | str) -> int:
-        """The id of the repo at absolute ``path``, created on first use."""
+    def repo_id(self, path: Path | str, busy_timeout_s: float | None = None) -> int:
+        """The id of the repo at absolute ``path``, created on first use
+        (waiting at most ``busy_timeout_s`` for the write lock, see :meth:`write`)."""
         path = str(path)
         row = self.conn.execute("SELECT id FROM repos WHERE path = ?", (path,)).fetchone()
         if row:
             return row[0]
-        with self.write() as tx:
+        with self.write(busy_timeout_s) as tx:
             tx.execute("INSERT OR IGNORE INTO repos(path, added_at) VALUES (?, ?)", (path, time.time()))
         return self.conn.execute("SELECT id FROM repos WHERE path = ?", (path,)).fetchone()[0]
 
