@@ -337,8 +337,7 @@ def _search(config: Config, args: argparse.Namespace) -> int:
     def run() -> None:
         result = cli_view.run_search(config, " ".join(args.query), mode=args.mode, limit=args.limit, repo=args.repo,
                                      path=args.path, language=args.lang, kind=args.kind, err=sys.stderr)
-        if args.json or config.db_path.exists():  # else run_search said nothing is indexed yet
-            cli_view.print_result(result, sys.stdout, sys.stderr, args.json)
+        cli_view.print_result(result, sys.stdout, sys.stderr, args.json)
 
     return _read_store("search", run)
 

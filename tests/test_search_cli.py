@@ -176,6 +176,11 @@ def test_no_store_yet_is_an_empty_answer(tmp_path, capsys):
     assert cli.main(["search", "-c", str(config.source), "--json", "x"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["hits"] == [] and "nothing is indexed yet" in captured.err
+    assert cli.main(["search", "-c", str(config.source), "x"]) == 0
+    captured = capsys.readouterr()  # the note once, and no "no matches" after it
+    assert captured.out == "" and captured.err.count("\n") == 1 and "nothing is indexed yet" in captured.err
+    assert cli.main(["export", "-c", str(config.source)]) == 0
+    assert "nothing is indexed yet" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("lock", ["IMMEDIATE", "EXCLUSIVE"])

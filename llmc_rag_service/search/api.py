@@ -89,12 +89,14 @@ class Hit:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The answer: ``mode`` used, ``degraded`` (None, or why semantic ranking was not used), hits best first."""
+    """The answer: ``mode`` used, ``degraded`` (None, or why semantic ranking was not used), hits best first;
+    ``indexed`` False when there was no store to search (not part of the JSON: the hits are simply none)."""
 
     query: str
     mode: str
     degraded: str | None
     hits: list[Hit] = field(default_factory=list)
+    indexed: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """The ``search --json`` object."""

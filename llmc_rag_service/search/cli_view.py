@@ -96,7 +96,7 @@ def run_search(config: Any, query: str, *, mode: str, limit: int, repo: str | No
         validate(mode, limit, filters)
         parse_query(query)
         err.write(_nothing_indexed(config))
-        return SearchResult(query, mode, None)
+        return SearchResult(query, mode, None, indexed=False)
     try:
         embed_query = embed_query if embed_query is not None else query_embedder(config)
         return search(conn, query, settings, embed_query=embed_query, mode=mode, limit=limit, filters=filters)
@@ -133,7 +133,8 @@ def print_result(result: SearchResult, out: TextIO, err: TextIO, as_json: bool) 
     if result.degraded:
         err.write(f"llmc-rag: {result.mode} results only: {result.degraded}\n")
     if not result.hits:
-        err.write(f"llmc-rag: no matches for {result.query!r}\n")
+        if result.indexed:  # with no store, run_search said so already
+            err.write(f"llmc-rag: no matches for {result.query!r}\n")
     elif result.mode == "hybrid" and all(hit.lexical_rank is None for hit in result.hits):
         # Semantic ranking always has nearest neighbours, related or not: say none matched a word.
         err.write(f"llmc-rag: no span holds the words of {result.query!r}; these are the nearest by meaning\n")

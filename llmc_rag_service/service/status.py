@@ -55,23 +55,25 @@ def daemon_running(state_dir: Path) -> int | None:
     return None
 
 
-def repo_state(path: Path, states: dict[str, str], running: bool) -> str:
-    """``ok``, ``missing`` or ``polling``: as the running daemon last published it
-    (``WatchSet.states``), else ``missing`` when no directory is at the path."""
-    if running:
-        return states.get(str(path), "ok")
-    return "ok" if path.is_dir() else "missing"
-
-
 #: ``state`` of a repo the store holds but the config does not name (indexed by
 #: ``enrich PATH``, or dropped from the config): searchable, never watched.
 UNWATCHED = "unwatched"
 
 
+def repo_state(path: Path, states: dict[str, str], running: bool, configured: bool = True) -> str:
+    """``ok``, ``missing`` or ``polling``: as the running daemon last published it
+    (``WatchSet.states``), else ``missing`` when no directory is at the path. A
+    repo the config does not name is :data:`UNWATCHED` (or ``missing``): no daemon watches it."""
+    if running and configured:
+        return states.get(str(path), "ok")
+    return ("ok" if configured else UNWATCHED) if path.is_dir() else "missing"
+
+
 def _repo_paths(config: Config, reader: StoreReader) -> list[Path]:
     """The configured repos, then those only the store holds."""
     configured = [r.path for r in config.repos]
-    return configured + [p for p in reader.repo_paths() if p not in set(configured)]
+    named = set(configured)
+    return configured + [p for p in reader.repo_paths() if p not in named]
 
 
 def known_repos(config: Config) -> list[RepoConfig]:
@@ -107,9 +109,8 @@ def status_report(config: Config) -> dict[str, Any]:
     pid = daemon_running(config.state_dir)
     states = json.loads(meta.get("repo_states") or "{}") if pid else {}
     configured = {str(r.path) for r in config.repos}
-    repos = [{"path": r["path"], "state": repo_state(Path(r["path"]), states, pid is not None)
-              if r["path"] in configured else UNWATCHED if Path(r["path"]).is_dir() else "missing", **r}
-             for r in repos]
+    repos = [{"path": r["path"], "state": repo_state(Path(r["path"]), states, pid is not None, r["path"] in configured),
+              **r} for r in repos]
     return {
         "daemon": {"running": pid is not None, "pid": pid, "status": meta.get("daemon_status") if pid else None},
         "ollama": {"url": ", ".join(h.url for h in config.ollama.all_hosts()), "model": config.ollama.model,
