@@ -26,7 +26,8 @@ ollama:
 logging:
   level: warning
 YAML
-for _ in $(seq 50); do grep -q listening "$work/emulator.log" && break; sleep 0.1; done
+# grep -s: the log file may not exist yet in the first turns (the emulator is still starting)
+for _ in $(seq 50); do grep -qs listening "$work/emulator.log" && break; sleep 0.1; done
 echo "== llmc-rag enrich (config: $work/config.yaml)"
 .venv/bin/llmc-rag enrich -c "$work/config.yaml"
 echo "== llmc-rag status"
