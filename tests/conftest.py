@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import compileall
+import contextlib
+import importlib.util
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -40,6 +42,40 @@ def pytest_configure(config: pytest.Config) -> None:
     process); reading bytecode is not what that variable turns off."""
     if not hasattr(config, "workerinput"):
         compileall.compile_dir(Path(llmc_rag_service.__file__).parent, quiet=1)
+        if config.getoption("numprocesses", None):
+            _write_test_bytecode(config)
+
+
+def _write_test_bytecode(config: pytest.Config) -> None:
+    """Before xdist's workers start: write the tests' bytecode once, so no worker
+    compiles it again. With PYTHONDONTWRITEBYTECODE set, pytest reads but never
+    writes the assertion-rewritten bytecode of test modules, so each of the
+    workers parsed, rewrote and compiled all of them (about 2 s of CPU per
+    worker in a fresh clone). Here the controller writes it with pytest's own
+    rewriting functions (the same pyc pytest would write itself, hash-checked
+    on read, so a stale one is never used); the helper modules get ordinary
+    bytecode. If this pytest has no such functions, the workers rewrite as before."""
+    tests = Path(__file__).parent
+    compileall.compile_dir(tests, quiet=1)  # helpers imported without rewriting
+    try:
+        from _pytest.assertion.rewrite import PYC_TAIL, _rewrite_test, _write_pyc, assertstate_key, get_cache_dir
+    except ImportError:
+        return
+    state = config.stash.get(assertstate_key, None)
+    if state is None:  # --assert=plain: nothing is rewritten
+        return
+    rewritten = {tests.parent.joinpath(*name.split(".")).with_suffix(".py") for name in pytest_plugins}
+    for source in sorted(tests.rglob("*.py")):
+        if not (source.name.startswith("test_") or source.name == "conftest.py" or source in rewritten):
+            continue
+        pyc = get_cache_dir(source) / (source.name[:-3] + PYC_TAIL)
+        header = importlib.util.MAGIC_NUMBER + b"\x03\x00\x00\x00" + importlib.util.source_hash(source.read_bytes())
+        with contextlib.suppress(OSError), pyc.open("rb") as existing:
+            if existing.read(len(header)) == header:
+                continue  # up to date (pytest checks the same hash when it reads it)
+        pyc.parent.mkdir(exist_ok=True)
+        source_hash, code = _rewrite_test(source, config)
+        _write_pyc(state, code, source_hash, pyc)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
