@@ -20,7 +20,7 @@ import structlog
 
 from llmc_rag_service import __version__
 from llmc_rag_service import logs as logsetup
-from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config
+from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config, locate_config
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
 EX_OK = 0
@@ -126,12 +126,7 @@ def _limit(text: str) -> int:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    path = find_config_path(args.config)
-    if args.config is None and not path.exists():
-        raise ConfigError(path, "", "no config file found; looked at -c, $LLMC_RAG_CONFIG, "
-                          "$XDG_CONFIG_HOME/llmc-rag/config.yaml (~/.config) and /etc/llmc-rag/config.yaml; "
-                          "start from etc/llmc-rag.yaml")
-    config = load_config(path)
+    config = load_config(locate_config(args.config))
     from llmc_rag_service.enrich.prompt import check_num_ctx
 
     check_num_ctx(config)
