@@ -85,7 +85,7 @@ def run_checks(config_arg: str | None, env: Mapping[str, str] | None = None, lim
         config = _load(config_arg, env)
         checks.append(Check("config", "ok", f"{path}: valid, {len(config.repos)} repo{'s' if len(config.repos) > 1 else ''}"))
     except ConfigError as exc:
-        checks.append(Check("config", "fail", str(exc), _config_fix(exc, path)))
+        checks.append(Check("config", "fail", str(exc), _config_fix(exc, path, bool(config_arg))))
         config = None
     if config is not None:
         checks += [check_repos(config), *check_state(config), check_disk(config.state_dir, limits)]
@@ -105,7 +105,9 @@ def _load(config_arg: str | None, env: Mapping[str, str]) -> Config:
     return config
 
 
-def _config_fix(exc: ConfigError, path: Path) -> str:
+def _config_fix(exc: ConfigError, path: Path, explicit: bool = False) -> str:
+    if not path.exists() and explicit:
+        return f"the cp above creates {path}; or drop -c"
     if not path.exists() and doctor_unit.running_as_root():
         return "./scripts/install.sh --run-as USER (writes /etc/llmc-rag/config.yaml from the sample)"
     if not path.exists():
