@@ -11,8 +11,10 @@ import argparse
 import faulthandler
 import json
 import os
+import signal
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -20,7 +22,7 @@ import structlog
 
 from llmc_rag_service import __version__
 from llmc_rag_service import logs as logsetup
-from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config
+from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config, locate_config
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
 EX_OK = 0
@@ -44,6 +46,13 @@ EX_CONFIG = 78
 EX_BAD_QUERY = 2
 #: Ctrl-C (128 + SIGINT).
 EX_INTERRUPTED = 130
+#: SIGTERM under enrich (128 + SIGTERM, what a shell reports for a process the
+#: signal killed), after the same clean stop as Ctrl-C.
+EX_TERMINATED = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during ``enrich``: unwinds like Ctrl-C (the work kept), then exits :data:`EX_TERMINATED`."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,12 +135,7 @@ def _limit(text: str) -> int:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    path = find_config_path(args.config)
-    if args.config is None and not path.exists():
-        raise ConfigError(path, "", "no config file found; looked at -c, $LLMC_RAG_CONFIG, "
-                          "$XDG_CONFIG_HOME/llmc-rag/config.yaml (~/.config) and /etc/llmc-rag/config.yaml; "
-                          "start from etc/llmc-rag.yaml")
-    config = load_config(path)
+    config = load_config(locate_config(args.config))
     from llmc_rag_service.enrich.prompt import check_num_ctx
 
     check_num_ctx(config)
@@ -201,11 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (StoreUnusable, OSError, sqlite3.Error) as exc:
             # A corrupt, unwritable, full or replaced store: one line naming it, no traceback.
             return _store_unusable(args.command, config, exc)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # enrich: pending work stays in the store for the next run.
         more = "; the pending work is kept: run llmc-rag enrich again to go on" if args.command == "enrich" else ""
-        print(f"llmc-rag: interrupted{more}", file=sys.stderr)
-        return EX_INTERRUPTED
+        by = " by SIGTERM" if isinstance(exc, _Terminated) else ""
+        print(f"llmc-rag: interrupted{by}{more}", file=sys.stderr)
+        return EX_TERMINATED if isinstance(exc, _Terminated) else EX_INTERRUPTED
     except BrokenPipeError:
         # `llmc-rag status --json | head`: the reader left; say nothing more.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -250,9 +255,29 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 def _enrich(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.oneshot import Outcome, run_enrich
 
-    outcome = run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
+    # SIGTERM (kill, a script's cleanup, a CI timeout) stops it as Ctrl-C does, with
+    # the same closing line. SIGINT is left as inherited: a shell starts a
+    # background job (`llmc-rag enrich &`) with SIGINT ignored, on purpose, so a
+    # Ctrl-C at the terminal does not reach it; Python keeps that. A SIGTERM
+    # inherited ignored stays ignored too (glibc manual, "Basic Signal Handling").
+    # Only the main thread may set handlers (an embedding program may call main() elsewhere).
+    previous = signal.getsignal(signal.SIGTERM)
+    install = previous is not signal.SIG_IGN and threading.current_thread() is threading.main_thread()
+    if install:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        outcome = run_enrich(config, args.repos, args.wait_s, retry_failed=args.retry_failed)
+    finally:
+        if install:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return {Outcome.DONE: EX_OK, Outcome.SOME_FAILED: EX_FAILED, Outcome.REPO_MISSING: EX_NOINPUT,
             Outcome.GAVE_UP: EX_UNAVAILABLE}[outcome]
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    # Raised in the main thread, as Python raises KeyboardInterrupt for SIGINT,
+    # so a long scan stops too, not only the wait for answers.
+    raise _Terminated
 
 
 #: What plain ``status`` says after a repo's counts for each ``state`` but ok.

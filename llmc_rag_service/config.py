@@ -5,7 +5,8 @@ The key set is the contract in DESIGN.md ("Contract: config"). Every error is a
 knows it, the line; only ``cli.py`` turns it into exit status 78 (EX_CONFIG).
 
 Lookup order (:func:`find_config_path`): ``-c``, ``$LLMC_RAG_CONFIG``,
-``$XDG_CONFIG_HOME/llmc-rag/config.yaml``, ``/etc/llmc-rag/config.yaml``.
+``$XDG_CONFIG_HOME/llmc-rag/config.yaml``, ``/etc/llmc-rag/config.yaml``;
+:func:`locate_config` says what to do when no file is there.
 The state directory when the file sets none: :func:`default_state_dir`.
 """
 
@@ -218,9 +219,57 @@ def find_config_path(explicit: str | None, env: Mapping[str, str] | None = None)
         return Path(explicit)
     if env.get("LLMC_RAG_CONFIG"):
         return Path(env["LLMC_RAG_CONFIG"])
-    xdg = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    user = Path(xdg) / "llmc-rag" / "config.yaml"
+    user = user_config_path(env)
     return user if user.exists() else SYSTEM_CONFIG
+
+
+def user_config_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/llmc-rag/config.yaml`` (default ``~/.config/llmc-rag/config.yaml``)."""
+    env = os.environ if env is None else env
+    return Path(env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")) / "llmc-rag" / "config.yaml"
+
+
+def locate_config(explicit: str | None, env: Mapping[str, str] | None = None, *, root: bool | None = None) -> Path:
+    """:func:`find_config_path`, and the file must be there.
+
+    Raises:
+        ConfigError: no file at the path found, in one line saying what to do:
+            create it from the commented sample, or drop ``-c`` / unset
+            ``$LLMC_RAG_CONFIG`` to use the default lookup. With neither given,
+            the path named first is the one this user would create: the user
+            config, or :data:`SYSTEM_CONFIG` for root (``root`` defaults to
+            the effective uid being 0).
+    """
+    env = os.environ if env is None else env
+    path = find_config_path(explicit, env)
+    try:
+        os.stat(path)
+        return path
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError:
+        return path  # there but unreadable: load_config names the OS error
+    user = user_config_path(env)
+    if explicit or env.get("LLMC_RAG_CONFIG"):
+        drop = "drop -c" if explicit else "unset LLMC_RAG_CONFIG"
+        raise ConfigError(path, "", f"no such file; create it from the commented sample: {_copy_sample(path)} "
+                          f"(then set repos), or {drop} to use the default ({user}, else {SYSTEM_CONFIG})")
+    root = os.geteuid() == 0 if root is None else root
+    first, other = (SYSTEM_CONFIG, user) if root else (user, SYSTEM_CONFIG)
+    raise ConfigError(first, "", f"no config file found here, nor at {other}, nor named by -c or "
+                      f"$LLMC_RAG_CONFIG; create it from the commented sample: {_copy_sample(first)} "
+                      "(then set repos)" + ("; or ./scripts/install.sh --run-as USER from a clone writes "
+                                            "it for the system service" if root else ""))
+
+
+def _copy_sample(dest: Path) -> str:
+    """The command that copies the shipped sample (``etc/llmc-rag.yaml`` of the
+    source tree) to ``dest``: its absolute path when this package runs from a
+    clone or an editable install, else the name in the source tree."""
+    sample = Path(__file__).resolve().parent.parent / "etc" / "llmc-rag.yaml"
+    source = str(sample) if sample.is_file() else "etc/llmc-rag.yaml (in the llmc-rag-service source)"
+    mkdir = "" if dest.parent.is_dir() else f"mkdir -p {dest.parent} && "
+    return f"{mkdir}cp {source} {dest}"
 
 
 def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Config:

@@ -132,6 +132,15 @@ def test_status_on_a_store_file_not_yet_migrated_is_all_zero(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["totals"]["spans"] == 0
 
 
+def test_a_missing_dash_c_file_is_one_line_with_the_fix_and_exit_78(tmp_path, capsys):
+    """`-c` naming no file: one line naming it and what to do, exit 78 (config error)."""
+    missing = tmp_path / "nope.yaml"
+    assert cli.main(["status", "-c", str(missing)]) == 78
+    err = capsys.readouterr().err
+    assert err.startswith(f"llmc-rag: config error: {missing}: no such file; create it from the commented sample: cp ")
+    assert "drop -c" in err and err.count("\n") == 1
+
+
 def test_no_config_anywhere_names_the_lookup_order(tmp_path, monkeypatch, capsys):
     """Without -c and with no config in any default place, the error lists where it looked."""
     monkeypatch.delenv("LLMC_RAG_CONFIG", raising=False)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from llmc_rag_service import config as config_mod
-from llmc_rag_service.config import ConfigError, default_state_dir, find_config_path, load_config
+from llmc_rag_service.config import ConfigError, default_state_dir, find_config_path, load_config, locate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,6 +182,42 @@ def test_missing_file_is_a_config_error(tmp_path):
     """A config file that does not exist is a ConfigError naming it."""
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_missing_dash_c_file_says_how_to_create_it_or_drop_c(tmp_path):
+    """-c naming no file: one line naming it, the cp of the shipped sample and 'drop -c'."""
+    missing = tmp_path / "conf" / "mine.yaml"
+    with pytest.raises(ConfigError) as err:
+        locate_config(str(missing), {})
+    text = str(err.value)
+    assert text.startswith(f"{missing}: no such file; create it from the commented sample: ")
+    assert f"mkdir -p {missing.parent} && cp {ROOT / 'etc' / 'llmc-rag.yaml'} {missing}" in text
+    assert "drop -c to use the default" in text and "\n" not in text
+
+
+def test_a_missing_env_config_says_to_unset_it(tmp_path):
+    """$LLMC_RAG_CONFIG naming no file: the advice is to create it or unset the variable."""
+    with pytest.raises(ConfigError, match="unset LLMC_RAG_CONFIG to use the default"):
+        locate_config(None, {"LLMC_RAG_CONFIG": str(tmp_path / "x.yaml")})
+
+
+@pytest.mark.parametrize("root", [False, True])
+def test_no_config_names_first_the_file_this_user_would_create(tmp_path, root):
+    """With no config anywhere, a user's error names their own config file first; root's names /etc's."""
+    if Path("/etc/llmc-rag/config.yaml").exists():
+        pytest.fail("this machine has /etc/llmc-rag/config.yaml; the test needs none")
+    user = tmp_path / "llmc-rag" / "config.yaml"
+    with pytest.raises(ConfigError) as err:
+        locate_config(None, {"XDG_CONFIG_HOME": str(tmp_path)}, root=root)
+    first, other = (Path("/etc/llmc-rag/config.yaml"), user) if root else (user, Path("/etc/llmc-rag/config.yaml"))
+    assert str(err.value).startswith(f"{first}: no config file found here, nor at {other}")
+    assert f"cp {ROOT / 'etc' / 'llmc-rag.yaml'}" in str(err.value)
+    assert ("scripts/install.sh" in str(err.value)) is root
+
+
+def test_an_existing_config_is_located(tmp_path):
+    path = write(tmp_path, "")
+    assert locate_config(str(path), {}) == path
 
 
 def test_hosts_list_and_single_host_form(tmp_path):

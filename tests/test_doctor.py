@@ -97,6 +97,15 @@ def test_an_invalid_config_fails_naming_file_line_and_key(tmp_path, monkeypatch,
     assert f"fix: edit {path} line 5 (ollama.model)" in out
 
 
+def test_a_missing_dash_c_file_fails_with_the_cp_of_the_sample(tmp_path, monkeypatch):
+    """doctor -c naming no file: the detail gives the cp of the shipped sample, the fix says it or drop -c."""
+    fake_systemctl(tmp_path, monkeypatch, None, exit_code=1)
+    missing = tmp_path / "mine.yaml"
+    (config,) = [c for c in run_checks(str(missing), {**os.environ}) if c.name == "config"]
+    assert config.status == "fail" and config.detail.startswith(f"{missing}: no such file;")
+    assert f"etc/llmc-rag.yaml {missing}" in config.detail and config.fix == f"the cp above creates {missing}; or drop -c"
+
+
 def test_no_config_anywhere_fails_with_the_install_command(tmp_path, monkeypatch):
     """Without -c and no config in the lookup places, the fix is the install script."""
     monkeypatch.delenv("LLMC_RAG_CONFIG", raising=False)

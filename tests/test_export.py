@@ -13,8 +13,8 @@ from llmc_rag_service.search import export_jsonl
 from tests.helpers import make_config
 from tests.searchkit import MODEL, SearchRepo, enrichment
 
-KEYS = ["schema", "repo", "path", "start_line", "end_line", "kind", "name", "language", "span_hash", "text",
-        "enrichment"]
+KEYS = ["schema", "repo", "path", "start_line", "end_line", "kind", "name", "language", "span_hash", "fresh",
+        "deleted", "text", "enrichment"]
 ENRICHMENT_KEYS = ["summary", "inputs", "outputs", "side_effects", "pitfalls", "usage", "model", "created_at"]
 
 
@@ -43,6 +43,7 @@ def test_export_writes_one_contract_object_per_span(config, repos, capsys):
     rows = lines(capsys)
     assert [(r["path"], r["name"]) for r in rows] == [("a.py", "f"), ("a.py", "g"), ("b.js", "h")]
     assert all(list(r) == KEYS and r["schema"] == 1 for r in rows)
+    assert all(r["fresh"] is True and r["deleted"] is False for r in rows)
     f, g, h = rows
     assert f["repo"] == str(repos[0].root) and f["text"] == "def f():\n    return 1" and f["language"] == "python"
     assert list(f["enrichment"]) == ENRICHMENT_KEYS and f["enrichment"]["summary"] == "f returns a number."
@@ -61,6 +62,32 @@ def test_export_unknown_repo_is_a_usage_error(config, capsys):
     assert "not a configured or indexed repository" in capsys.readouterr().err
 
 
+def test_export_flags_spans_of_a_deleted_file_and_counts_them(config, repos, capsys):
+    """Spans of a file deleted since it was indexed are exported with fresh false and
+    deleted true, and one warning line on stderr counts them; the exit is still 0."""
+    repos[0].delete("a.py", rescan=False)
+    assert cli.main(["export", "-c", str(config.source)]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["path"], r["fresh"], r["deleted"]) for r in rows] == [
+        ("a.py", False, True), ("a.py", False, True), ("b.js", True, False)]
+    assert err.count("\n") == 1 and err.startswith("llmc-rag: export: warning: 2 of 3 records are of 1 file deleted")
+
+
+def test_export_fresh_means_what_show_says(config, repos, capsys):
+    """A file changed on disk since it was indexed: export and show --json both say fresh false."""
+    path = repos[1].root / "b.js"
+    path.write_text("function h() {\n  return 33;\n}\n")
+    assert cli.main(["show", "--json", "-c", str(config.source), str(path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert cli.main(["export", "-c", str(config.source)]) == 0
+    out, err = capsys.readouterr()
+    exported = [json.loads(line) for line in out.splitlines() if json.loads(line)["path"] == "b.js"]
+    assert [s["fresh"] for s in shown] == [r["fresh"] for r in exported] == [False]
+    assert exported[0]["deleted"] is False
+    assert "1 of 3 records are of files changed since indexed" in err and err.count("\n") == 1
+
+
 def test_export_streams_in_constant_memory(tmp_path):
     """Exporting 4x more spans does not raise the Python heap peak: rows stream from the cursor."""
     peaks = []
@@ -70,7 +97,7 @@ def test_export_streams_in_constant_memory(tmp_path):
         conn = sr.reader()
         out = _CountingSink()
         tracemalloc.start()
-        assert export_jsonl(conn, out, MODEL) == count
+        assert export_jsonl(conn, out, MODEL).lines == count
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert out.chars > count * 100

@@ -55,6 +55,7 @@ from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.enrich.embed_text import EMBED_CONTEXT_TOKENS, MIN_CONTEXT_TOKENS, embed_text, estimate_tokens
 from llmc_rag_service.enrich import workers as wk
 from llmc_rag_service.enrich.gate import EmbedGate
+from llmc_rag_service.enrich.outages import HostOutages
 from llmc_rag_service.enrich.workers import Host, WorkerPool
 from llmc_rag_service.models import Job
 from llmc_rag_service.store.db import Store
@@ -78,7 +79,8 @@ class EmbedPool(WorkerPool):
     (see the module docstring). ``clients`` are embed clients (their
     ``cfg.model`` is the embedding model, so probes and messages name it).
 
-    ``team``, asked before and after each request (team mode), or None.
+    ``team``, asked before and after each request (team mode), or None;
+    ``outages``, shared with the enrichment pool (one error line per host outage).
 
     Attributes: ``context_tokens``, the embedding model's context assumed now
     (lowered when the server refuses an input as too long); ``done`` and
@@ -88,8 +90,8 @@ class EmbedPool(WorkerPool):
 
     def __init__(self, store: Store, queue: EmbedQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
                  on_change: Callable[[], None] = lambda: None, batch_size: int = EMBED_BATCH, clock: Clock = SYSTEM,
-                 team: EmbedGate | None = None):
-        super().__init__(store, queue, clients, on_change, clock)
+                 team: EmbedGate | None = None, outages: HostOutages | None = None):
+        super().__init__(store, queue, clients, on_change, clock, outages=outages)
         self.queue: EmbedQueue = queue
         self.batch_size = batch_size
         self.claim_batch = 1  # a turn claims the rest of its batch itself
@@ -99,6 +101,7 @@ class EmbedPool(WorkerPool):
         self._server_dims: dict[ol.OllamaClient, int | None] = {}  # see _known_dim (benign race: same answer)
 
     READS_TEXT = False  # its inputs are read per batch (EmbedQueue.inputs)
+    LANE = "embed"
 
     def warm_up(self) -> None:
         """Nothing: the first batch loads the embedding model (Ollama queues it behind the load)."""

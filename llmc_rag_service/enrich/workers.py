@@ -67,6 +67,7 @@ import structlog
 from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.enrich import ollama as ol
 from llmc_rag_service.enrich.gate import JobGate
+from llmc_rag_service.enrich.outages import HostOutages
 from llmc_rag_service.enrich.results import Result, ResultWriter
 from llmc_rag_service.enrich.prompt import (InvalidAnswer, PromptTooLarge, build_messages, estimate_prompt_tokens,
                                          parse_answer, plan_num_predict)
@@ -148,16 +149,21 @@ class WorkerPool:
         gate: Asked before each job is sent (team mode), or None: send every job.
         redact_answer: Applied to every valid answer before it is stored
             (see :data:`AnswerRedactor`); None stores answers as they are.
+        outages: Shared with the other lanes' pools, so one outage of a host
+            is one error line (``enrich/outages.py``); None: this pool's own.
     """
 
     #: Whether a turn needs the span's text with its job (read with the claim).
     READS_TEXT = True
+    #: The ``lane`` field of this pool's host log lines.
+    LANE = "enrich"
 
     def __init__(self, store: Store, queue: JobQueue, clients: ol.OllamaClient | Sequence[ol.OllamaClient],
                  on_change: Callable[[], None] = lambda: None, clock: Clock = SYSTEM, gate: JobGate | None = None,
-                 redact_answer: AnswerRedactor | None = None):
+                 redact_answer: AnswerRedactor | None = None, outages: HostOutages | None = None):
         self.store, self.queue, self.on_change, self.clock, self.gate = store, queue, on_change, clock, gate
         self.redact_answer = redact_answer
+        self.outages = outages if outages is not None else HostOutages()
         self.hosts = [Host(c, clock=clock) for c in ([clients] if isinstance(clients, ol.OllamaClient) else clients)]
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -228,6 +234,7 @@ class WorkerPool:
         self.live_wake.set()
         for host in self.hosts:
             host.ok_event.set()  # wake threads waiting on a down host; they see ``stopping``
+        self.outages.forget(self)
         for thread in self._threads + [self.results.thread]:  # the writer ends after the last worker
             if thread.ident is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -306,6 +313,7 @@ class WorkerPool:
         self.live_wake.set()
         for host in self.hosts:
             host.ok_event.set()
+        self.outages.forget(self)
         self._release_ahead()
 
     def dead(self) -> str | None:
@@ -585,12 +593,18 @@ class WorkerPool:
         if not changed:
             return
         model = host.client.cfg.model
+        if state != "unreachable":
+            self.outages.up(host.url, self)
         if state == "model_missing":
             log.error("model_missing", url=host.url, model=model, error=error, hint=f"ollama pull {model}")
         elif state == "quarantined":
             log.warning("ollama_quarantined", url=host.url, error=error, retry_in_s=round(host.retry_in_s(), 1))
-        else:
-            log.error("ollama_unreachable", url=host.url, error=error, retry_in_s=round(host.retry_in_s(), 1))
+        elif self.outages.down(host.url, self):
+            log.error("ollama_unreachable", url=host.url, lane=self.LANE, error=error,
+                      retry_in_s=round(host.retry_in_s(), 1))
+        else:  # another lane said it already: this one waits on the same host
+            log.info("ollama_unreachable", url=host.url, lane=self.LANE, error=error,
+                     retry_in_s=round(host.retry_in_s(), 1), already_reported=True)
         self.on_change()
 
     def _host_ok(self, host: Host) -> None:
@@ -599,7 +613,8 @@ class WorkerPool:
         with host.lock:
             previous, host.state, host.error, host.failures = host.state, "ok", None, 0
             host.ok_event.set()
-        log.info("ollama_recovered", url=host.url, previous=previous)
+        self.outages.up(host.url, self)
+        log.info("ollama_recovered", url=host.url, lane=self.LANE, previous=previous)
         self.on_change()
 
     def _maybe_probe(self, host: Host) -> None:

@@ -27,7 +27,7 @@ from llmc_rag_service.enrich.embedder import embed_client
 
 from llmc_rag_service.search.access import open_store
 from llmc_rag_service.search.api import EMBED_BUDGET_S, Hit, SearchResult, SearchSettings, search, validate
-from llmc_rag_service.search.export import export_jsonl
+from llmc_rag_service.search.export import ExportCounts, export_jsonl
 from llmc_rag_service.search.query import QueryError, parse_query
 from llmc_rag_service.search.semantic import EmbedQuery
 from llmc_rag_service.store.searchview import SpanFilter
@@ -111,7 +111,9 @@ def _nothing_indexed(config: Any) -> str:
 
 def run_export(config: Any, out: TextIO, repo: str | None, err: TextIO) -> int:
     """Export the configured store (or one repo) to ``out``; returns the lines
-    written (0 with no store: a note on ``err`` says so)."""
+    written (0 with no store: a note on ``err`` says so). Spans of files
+    deleted or changed since they were indexed are written flagged
+    (``deleted``, ``fresh: false``), and one line on ``err`` counts them."""
     repo_path = repo_filter(config, repo)
     try:
         conn = open_store(config.db_path)
@@ -119,9 +121,26 @@ def run_export(config: Any, out: TextIO, repo: str | None, err: TextIO) -> int:
         err.write(_nothing_indexed(config))
         return 0
     try:
-        return export_jsonl(conn, out, config.ollama.model, repo_path)
+        counts = export_jsonl(conn, out, config.ollama.model, repo_path)
     finally:
         conn.close()
+    if counts.deleted or counts.changed:
+        err.write(_stale_note(counts))
+    return counts.lines
+
+
+def _stale_note(counts: ExportCounts) -> str:
+    """One warning line counting the exported records whose file is gone or changed."""
+    parts = []
+    if counts.deleted:
+        files = "1 file" if counts.deleted_files == 1 else f"{counts.deleted_files} files"
+        parts.append(f"{counts.deleted} of {counts.lines} records are of {files} deleted since indexed "
+                     "(\"deleted\": true)")
+    if counts.changed:
+        parts.append(f"{counts.changed} of {counts.lines} records are of files changed since indexed "
+                     "(line numbers may be off)")
+    return (f"llmc-rag: export: warning: {'; '.join(parts)}; all have \"fresh\": false; a running serve or "
+            "llmc-rag enrich brings the store up to date\n")
 
 
 def print_result(result: SearchResult, out: TextIO, err: TextIO, as_json: bool) -> None:

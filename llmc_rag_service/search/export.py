@@ -2,43 +2,75 @@
 
 One object per line, ``"schema": 1`` first; spans ordered by repo, path and
 line; ``enrichment`` is null or the configured chat model's answer in the
-shape of ``show --json``. Rows stream from one SQLite cursor to the output, so
-memory stays constant however large the store is.
+shape of ``show --json``. Each record says whether its file is as it was
+indexed (``fresh``, the meaning of ``show``/``search``) and whether it was
+deleted since (``deleted``: then ``fresh`` is false too). Export dumps the
+store as it is, so spans of a file deleted on disk but not yet dropped by a
+scan are written, flagged, never passed off as current. Rows stream from one
+SQLite cursor to the output, so memory stays constant however large the
+store is (freshness is checked once per file, the rows of a file being
+consecutive).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from llmc_rag_service.store import searchview
+from llmc_rag_service.store.views import file_freshness
 
-#: Version of the export line format; bumped on any incompatible change.
+#: Version of the export line format; bumped on any incompatible change
+#: (``fresh`` and ``deleted`` were added compatibly, within version 1).
 EXPORT_SCHEMA = 1
 _LIST_FIELDS = ("inputs", "outputs", "side_effects", "pitfalls")
 
 
-def export_record(row: sqlite3.Row, chat_model: str) -> dict[str, Any]:
-    """One export object from a :func:`store.searchview.export_rows` row."""
+@dataclass
+class ExportCounts:
+    """What one export wrote: ``lines`` (one per span); of those, ``changed``
+    records of files changed since they were indexed and ``deleted`` records
+    of files deleted since (in ``deleted_files`` distinct files)."""
+
+    lines: int = 0
+    changed: int = 0
+    deleted: int = 0
+    deleted_files: int = 0
+
+
+def export_record(row: sqlite3.Row, chat_model: str, freshness: bool | None) -> dict[str, Any]:
+    """One export object from a :func:`store.searchview.export_rows` row;
+    ``freshness`` is :func:`store.views.file_freshness` of its file (None: deleted)."""
     enrichment = None
     if row["summary"] is not None:
         enrichment = {"summary": row["summary"], **{k: json.loads(row[k]) for k in _LIST_FIELDS},
                       "usage": row["usage"], "model": chat_model, "created_at": row["created_at"]}
     return {"schema": EXPORT_SCHEMA, "repo": row["repo"], "path": row["path"], "start_line": row["start_line"],
             "end_line": row["end_line"], "kind": row["kind"], "name": row["name"], "language": row["language"],
-            "span_hash": row["span_hash"], "text": row["text"], "enrichment": enrichment}
+            "span_hash": row["span_hash"], "fresh": freshness is True, "deleted": freshness is None,
+            "text": row["text"], "enrichment": enrichment}
 
 
-def export_jsonl(conn: sqlite3.Connection, out: TextIO, chat_model: str, repo: str | None = None) -> int:
+def export_jsonl(conn: sqlite3.Connection, out: TextIO, chat_model: str, repo: str | None = None) -> ExportCounts:
     """Write every span of the store (or of the repo at absolute path ``repo``)
-    to ``out``, one JSON object per line. Returns the number of lines.
+    to ``out``, one JSON object per line. Returns what was written.
 
     Raises sqlite3.Error if the store cannot be read, OSError (e.g.
     BrokenPipeError) if ``out`` cannot be written.
     """
-    count = 0
+    counts = ExportCounts()
+    last_file: tuple[str, str] | None = None
+    freshness: bool | None = True
     for row in searchview.export_rows(conn, chat_model, repo):
-        out.write(json.dumps(export_record(row, chat_model), ensure_ascii=False) + "\n")
-        count += 1
-    return count
+        if (row["repo"], row["path"]) != last_file:
+            last_file = (row["repo"], row["path"])
+            freshness = file_freshness(Path(row["repo"]) / row["path"], row["size"], row["mtime_ns"])
+            counts.deleted_files += freshness is None
+        out.write(json.dumps(export_record(row, chat_model, freshness), ensure_ascii=False) + "\n")
+        counts.lines += 1
+        counts.changed += freshness is False
+        counts.deleted += freshness is None
+    return counts

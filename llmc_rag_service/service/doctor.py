@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from llmc_rag_service.config import SYSTEM_CONFIG, Config, ConfigError, find_config_path, load_config
+from llmc_rag_service.config import SYSTEM_CONFIG, Config, ConfigError, find_config_path, load_config, locate_config
 from llmc_rag_service.enrich.ollama import OllamaClient
 from llmc_rag_service.enrich.prompt import check_num_ctx
 from llmc_rag_service.index.ignore import RepoIgnore
@@ -82,10 +82,10 @@ def run_checks(config_arg: str | None, env: Mapping[str, str] | None = None, lim
     path = find_config_path(config_arg, env)
     checks: list[Check] = []
     try:
-        config = _load(config_arg, path, env)
+        config = _load(config_arg, env)
         checks.append(Check("config", "ok", f"{path}: valid, {len(config.repos)} repo{'s' if len(config.repos) > 1 else ''}"))
     except ConfigError as exc:
-        checks.append(Check("config", "fail", str(exc), _config_fix(exc, path)))
+        checks.append(Check("config", "fail", str(exc), _config_fix(exc, path, bool(config_arg))))
         config = None
     if config is not None:
         checks += [check_repos(config), *check_state(config), check_disk(config.state_dir, limits)]
@@ -99,18 +99,20 @@ def run_checks(config_arg: str | None, env: Mapping[str, str] | None = None, lim
     return checks
 
 
-def _load(config_arg: str | None, path: Path, env: Mapping[str, str]) -> Config:
-    if config_arg is None and not path.exists():
-        raise ConfigError(path, "", "no config file found (looked at -c, $LLMC_RAG_CONFIG, "
-                          "$XDG_CONFIG_HOME/llmc-rag/config.yaml and /etc/llmc-rag/config.yaml)")
-    config = load_config(path, env)
+def _load(config_arg: str | None, env: Mapping[str, str]) -> Config:
+    config = load_config(locate_config(config_arg, env), env)
     check_num_ctx(config)
     return config
 
 
-def _config_fix(exc: ConfigError, path: Path) -> str:
+def _config_fix(exc: ConfigError, path: Path, explicit: bool = False) -> str:
+    if not path.exists() and explicit:
+        return f"the cp above creates {path}; or drop -c"
+    if not path.exists() and doctor_unit.running_as_root():
+        return "./scripts/install.sh --run-as USER (writes /etc/llmc-rag/config.yaml from the sample)"
     if not path.exists():
-        return "sudo ./scripts/install.sh --run-as USER (writes /etc/llmc-rag/config.yaml from the sample)"
+        return ("./scripts/install.sh --user (writes ~/.config/llmc-rag/config.yaml from the sample), "
+                "or the cp above")
     where = f" line {exc.line}" if exc.line else ""
     return f"edit {path}{where}" + (f" ({exc.key})" if exc.key else "")
 

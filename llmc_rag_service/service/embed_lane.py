@@ -22,6 +22,7 @@ from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.enrich.embedder import EmbedPool, embed_client
 from llmc_rag_service.enrich.gate import EmbedGate
 from llmc_rag_service.enrich.ollama import OllamaClient
+from llmc_rag_service.enrich.outages import HostOutages
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store import vectors
 from llmc_rag_service.store.embed_jobs import EmbedQueue
@@ -36,10 +37,12 @@ class EmbedLane:
         on_change: Called after job outcomes and host state changes.
         clock: Time of its queue and workers (see :mod:`llmc_rag_service.clock`).
         team: Team mode's gate (``TeamGate.embed_gate``), or None: every text is sent.
+        outages: The host outages shared with the enrichment pool (one error line
+            per host outage), or None: this lane's own.
     """
 
     def __init__(self, store: Store, config: Config, on_change: Callable[[], None] = lambda: None,
-                 clock: Clock = SYSTEM, team: EmbedGate | None = None):
+                 clock: Clock = SYSTEM, team: EmbedGate | None = None, outages: HostOutages | None = None):
         model = config.search.embed_model
         if not model:
             raise ValueError("search.embed_model is null: no embedding lane")
@@ -48,7 +51,7 @@ class EmbedLane:
                                 clock)
         self.clients: list[OllamaClient] = [embed_client(config.ollama, model, host)
                                             for host in config.ollama.all_hosts()]
-        self.pool = EmbedPool(store, self.queue, self.clients, on_change, clock=clock, team=team)
+        self.pool = EmbedPool(store, self.queue, self.clients, on_change, clock=clock, team=team, outages=outages)
         # Vectors stored before packs existed (or while the writer fell behind) get packed
         # once here, so a new search process never has to read them row by row.
         vectors.pack_all(store, (model, INPUT_VERSION))

@@ -49,6 +49,7 @@ from llmc_rag_service.clock import SYSTEM, Clock
 from llmc_rag_service.config import Config, RepoConfig, SecretsConfig
 from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.enrich.ollama import OllamaClient
+from llmc_rag_service.enrich.outages import HostOutages
 from llmc_rag_service.enrich.prompt import chat_client, span_char_budget
 from llmc_rag_service.enrich.workers import WorkerPool
 from llmc_rag_service.index.redact import Redactor
@@ -122,6 +123,7 @@ class Pipeline:
         self._retired: list[tuple[WorkerPool, list[OllamaClient]]] = []  # pools retired by reloads
         self._embeds_on = False  # the embedding lane's workers were started (start_embeddings)
         self.embeds: EmbedLane | None = None
+        self.outages = HostOutages()  # both lanes' pools: one error line per host outage
         self.pool = self._new_pool()
         self.scanners: dict[Path, Scanner] = {}
         self.set_repos(config.repos)
@@ -138,11 +140,12 @@ class Pipeline:
         self.clients = [chat_client(self.config.ollama, host) for host in self.config.ollama.all_hosts()]
         model = self.config.search.embed_model
         team = self.team.embed_gate(model, INPUT_VERSION) if self.team is not None and model else None
-        self.embeds = EmbedLane(self.store, self.config, self.on_change, self.clock, team) if model else None
+        self.embeds = EmbedLane(self.store, self.config, self.on_change, self.clock, team,
+                                self.outages) if model else None
         # A stored enrichment improves the span's embedded text: re-embed it (same transaction).
         self.queue.on_result = self.embeds.queue.refresh if self.embeds else None
         return WorkerPool(self.store, self.queue, self.clients, self._on_outcome, clock=self.clock,
-                          gate=self.team, redact_answer=self.redact_answer)
+                          gate=self.team, redact_answer=self.redact_answer, outages=self.outages)
 
     def _scan_queue(self) -> QueueSet:
         """What scans fill: the enrichment queue and, when on, the embedding queue."""

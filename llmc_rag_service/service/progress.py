@@ -3,7 +3,8 @@
 Progress is counted per lane, in spans: enriched, then embedded (``enrich``
 embeds once the enrichments are in). On a terminal the bar is one line redrawn
 in place (``\\r`` and erase-line, ``ESC [ K``):
-``[######..............] 14/40 enriched  0/40 embedded  2.0 spans/s  ETA 0:13  <STATUS>``.
+``[######..............] 14/40 enriched  0/40 embedded  2.0 spans/s  ETA 0:13  <STATUS>``,
+cut to the terminal's width at a word boundary with an ellipsis (:func:`fit_words`).
 Log records must not land in the middle of it, so while the bar is shown
 (:meth:`Progress.logs_above`) logging writes through :meth:`Progress.log_stream`:
 each record erases the bar, is written on its own line, and the bar is drawn
@@ -62,6 +63,21 @@ def format_eta(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def fit_words(text: str, width: int, ellipsis: str = "…") -> str:
+    """``text`` if it has at most ``width`` characters, else cut at the last
+    space that leaves room for ``ellipsis`` (trailing ``;,:`` dropped), never
+    inside a word or a number; just the ellipsis if the first word is too long,
+    "" if even that does not fit."""
+    if len(text) <= width:
+        return text
+    room = width - len(ellipsis)
+    if room < 0:
+        return ""
+    space = text.rfind(" ", 0, room + 1)  # a space right after the room is a boundary too
+    kept = text[:space].rstrip(" ;,:") if space > 0 else ""
+    return kept + ellipsis
+
+
 class _Rate:
     """Spans per second of one lane over the last :data:`RATE_WINDOW_S` seconds."""
 
@@ -96,6 +112,7 @@ class Progress:
         self.tty = _isatty(stream)
         self.width = width or _columns(stream)
         self._rates: dict[str, _Rate] = {}
+        self._ellipsis = _ellipsis(stream)
         self._lock = threading.RLock()
         self._bar = ""  # the bar as last drawn ("" = none on screen)
         # The first event comes after PLAIN_EVERY_S: at the start nothing is known yet
@@ -121,7 +138,8 @@ class Progress:
         counts = "  ".join(f"{lane.done}/{lane.total} {lane.label}" for lane in lanes)
         speed = f"{rate:.1f} spans/s" if rate is not None else "-- spans/s"
         head = f"[{'#' * filled}{'.' * (20 - filled)}] {counts}  {speed}  ETA {format_eta(eta)}  "
-        return (head + line)[: max(20, self.width - 1)]
+        # One column spare: a line exactly as wide as the terminal wraps on some.
+        return fit_words(head + line, max(20, self.width - 1), self._ellipsis)
 
     def update(self, lanes: Sequence[Lane], line: str, final: bool = False) -> None:
         """Redraw the bar (a terminal; ``final`` ends its line), or log
@@ -205,6 +223,15 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError, OSError):
         return False
+
+
+def _ellipsis(stream: TextIO) -> str:
+    """"…" (one column) where the stream's encoding has it, else "..."."""
+    try:
+        "…".encode(getattr(stream, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return "..."
+    return "…"
 
 
 def _columns(stream: TextIO) -> int:

@@ -115,8 +115,8 @@ def state_of(summary: str | None, job_state: str | None) -> str:
 # CROSS JOIN keeps files the outer loop: files by (repo_id, path), then each
 # file's spans by (file_id, start_line) -- index order, so no sort of all rows.
 _EXPORT_SQL = """
-SELECT r.path AS repo, f.path, s.start_line, s.end_line, s.kind, s.name, t.language, s.span_hash, t.text,
-       e.summary, e.inputs, e.outputs, e.side_effects, e.pitfalls, e.usage, e.created_at
+SELECT r.path AS repo, f.path, f.size, f.mtime_ns, s.start_line, s.end_line, s.kind, s.name, t.language,
+       s.span_hash, t.text, e.summary, e.inputs, e.outputs, e.side_effects, e.pitfalls, e.usage, e.created_at
 FROM files f CROSS JOIN spans s ON s.file_id = f.id JOIN repos r ON r.id = f.repo_id
 JOIN span_texts t ON t.span_hash = s.span_hash
 LEFT JOIN enrichments e ON e.span_hash = s.span_hash AND e.model = :model AND e.prompt_version = :pv
@@ -127,7 +127,8 @@ ORDER BY f.repo_id, f.path, s.start_line, s.id
 
 def export_rows(conn: sqlite3.Connection, chat_model: str, repo: str | None = None) -> Iterator[sqlite3.Row]:
     """Every current span with its text and ``chat_model`` enrichment (columns
-    as in :data:`_EXPORT_SQL`; JSON list fields as text), ordered by repo
+    as in :data:`_EXPORT_SQL`: the file's stored ``size`` in bytes and
+    ``mtime_ns`` in ns for freshness; JSON list fields as text), ordered by repo
     (in the order they were added), path and line. Walks the files and spans
     indexes in that order, so rows stream from the cursor with no sort:
     constant memory on any store."""

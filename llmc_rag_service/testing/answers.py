@@ -55,24 +55,54 @@ def _fill_typed(kind: str, schema: dict[str, Any], hint: str, root: Any, name: s
         return True
     if kind == "null":
         return None
-    text = f"emulated {name} for {hint}"
-    text = text.ljust(schema.get("minLength", 0), ".")
-    return text[: schema["maxLength"]] if "maxLength" in schema else text
+    limit = schema.get("maxLength")
+    text = placeholder(name, hint, limit).ljust(schema.get("minLength", 0), ".")
+    return text[:limit] if limit is not None else text
+
+
+def placeholder(name: str, hint: str, limit: int | None = None) -> str:
+    """``"emulated NAME for HINT"`` in at most ``limit`` characters, never cut
+    inside a word or a number: the hint as :func:`fit_tail` fits it after
+    ``emulated NAME for``, else after the shorter ``NAME``, else alone (a list
+    item of the smallest schema: ``(lines 12-30)``), else ``emulated NAME``
+    (cut only if even that is longer than ``limit``)."""
+    if limit is None:
+        return f"emulated {name} for {hint}"
+    for prefix in (f"emulated {name} for ", f"{name} ", ""):
+        tail = fit_tail(hint, limit - len(prefix))
+        if tail:
+            return prefix + tail
+    return f"emulated {name}"[:limit]
+
+
+def fit_tail(text: str, limit: int) -> str | None:
+    """``text`` if it has at most ``limit`` characters; else without its leading
+    ``"; "`` parts (``File: …; Language: …``), then without the leading words of
+    its last part, so its end (``(lines 3-9)``) stays whole: never starting
+    inside parentheses; None if nothing fits."""
+    parts = text.split("; ")
+    words = parts[-1].split(" ")
+    tails = ["; ".join(parts[i:]) for i in range(len(parts))] + [" ".join(words[k:]) for k in range(1, len(words))]
+    return next((tail for tail in tails if len(tail) <= limit and tail.count("(") == tail.count(")")), None)
 
 
 #: Non-empty lines of the last user message that an answer mentions, and their most characters.
-HINT_LINES, HINT_CHARS = 3, 100
+HINT_LINES, HINT_CHARS = 3, 200
 
 
 def hint(request: dict[str, Any]) -> str:
     """The first :data:`HINT_LINES` non-empty lines of the last user message (or
-    the prompt) joined by ``; ``, at most :data:`HINT_CHARS` characters: for this
-    project's prompt ``File: x.py; Language: python; Span: function f (lines 3-9)``,
-    so each span's placeholder answer names that span."""
+    the prompt) joined by ``; ``, at most :data:`HINT_CHARS` characters (longer:
+    whole leading lines, then leading words dropped, see :func:`fit_tail`):
+    for this project's prompt ``File: x.py; Language: python; Span: function f
+    (lines 3-9)``, so each span's placeholder answer names that span."""
     users = [m for m in request.get("messages") or [] if m.get("role") == "user"]
     text = str(users[-1].get("content") or "") if users else str(request.get("prompt") or "")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return ("; ".join(lines[:HINT_LINES]) if lines else "nothing")[:HINT_CHARS]
+    if not lines:
+        return "nothing"
+    joined = "; ".join(lines[:HINT_LINES])
+    return fit_tail(joined, HINT_CHARS) or joined[:HINT_CHARS]
 
 
 def default_answer(request: dict[str, Any]) -> str:

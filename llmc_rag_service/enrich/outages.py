@@ -1,0 +1,51 @@
+"""Which worker pools see each Ollama host unreachable now, so one outage is one error line.
+
+The enrichment and the embedding lanes keep their own host states (a missing
+embed model must not stop enrichment, and STATUS says each lane's state), but
+they talk to the same servers: when a host stops answering, both notice. The
+first pool to mark a host unreachable logs ``ollama_unreachable`` at error
+level; a pool that finds it already marked by another logs the same event at
+info level with ``already_reported=True`` (it waits on the same host). Once
+every pool that marked it has seen it answer again (or was stopped), the next
+outage is reported at error level again.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class HostOutages:
+    """The set of pools (any hashable owner, e.g. a ``WorkerPool``) that see each
+    host URL unreachable. Thread-safe: worker threads of several pools call it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down: dict[str, set[object]] = {}
+
+    def down(self, url: str, owner: object) -> bool:
+        """Mark ``url`` unreachable for ``owner``. True if no other owner had it
+        marked: this is a new outage, to be reported at error level."""
+        with self._lock:
+            owners = self._down.setdefault(url, set())
+            first = not (owners - {owner})
+            owners.add(owner)
+            return first
+
+    def up(self, url: str, owner: object) -> None:
+        """``owner`` sees ``url`` answer again (or in another state than unreachable)."""
+        with self._lock:
+            self._up(url, owner)
+
+    def forget(self, owner: object) -> None:
+        """``owner`` stopped: it marks no host any more."""
+        with self._lock:
+            for url in list(self._down):
+                self._up(url, owner)
+
+    def _up(self, url: str, owner: object) -> None:
+        owners = self._down.get(url)
+        if owners is not None:
+            owners.discard(owner)
+            if not owners:
+                del self._down[url]

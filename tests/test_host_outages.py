@@ -1,0 +1,58 @@
+"""One Ollama host outage is one error line, though both lanes (enrichment, embedding) wait on the host."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from structlog.testing import capture_logs
+
+from llmc_rag_service.enrich.outages import HostOutages
+from llmc_rag_service.service.pipeline import Pipeline
+from tests.helpers import make_config, wait_for, write_tree
+
+
+def test_the_first_owner_to_mark_a_host_down_reports_it_until_every_owner_saw_it_up():
+    """A second pool marking the same host is no new outage; once all marks are gone, the next one is."""
+    outages, enrich, embed = HostOutages(), object(), object()
+    assert outages.down("http://h:1", enrich) is True
+    assert outages.down("http://h:1", embed) is False
+    assert outages.down("http://other:2", embed) is True  # hosts are separate
+    outages.up("http://h:1", enrich)
+    assert outages.down("http://h:1", enrich) is False  # the embed pool still waits on it: the same outage
+    outages.up("http://h:1", enrich)
+    outages.forget(embed)  # a stopped pool marks nothing
+    assert outages.down("http://h:1", embed) is True
+
+
+@pytest.fixture
+def dead_url():
+    """The URL of a loopback port nobody listens on (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.timeout(60)
+def test_an_unreachable_host_is_one_error_line_and_both_lanes_say_it_in_status(tmp_path, dead_url):
+    """Both lanes find the host down: one ollama_unreachable at error level, the other lane's at info
+    (already_reported), and STATUS still says for each lane that it waits."""
+    repo = tmp_path / "repo"
+    write_tree(repo, {"a.py": "def f(x):\n    return x\n"})
+    config = make_config(tmp_path, dead_url, [repo], search={"embed_model": "nomic-embed-text"})
+    pipeline = Pipeline(config)
+    try:
+        pipeline.scan_all()
+        with capture_logs() as logs:
+            pipeline.start_workers()
+            wait_for(lambda: pipeline.ollama_down() == "unreachable" and pipeline.embeds_down() == "unreachable",
+                     30, "both lanes to find the host down")
+        status = pipeline.status_line()
+    finally:
+        pipeline.close(0.0)
+    said = [e for e in logs if e["event"] == "ollama_unreachable"]
+    assert [e["log_level"] for e in said] == ["error", "info"], said
+    assert {e["lane"] for e in said} == {"enrich", "embed"} and all(e["url"] == dead_url for e in said)
+    assert said[1]["already_reported"] is True
+    assert "ollama unreachable" in status and "embeddings waiting: unreachable" in status, status
