@@ -14,7 +14,7 @@ from llmc_rag_service import cli
 from llmc_rag_service.enrich.embed_text import embed_text, input_hash
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import make_config, wait_for
-from tests.teamkit import CODE_BASE, EMBED, SMALL_CODE_BASE, copy_code_base, team_settings
+from tests.teamkit import EMBED, SMALL_CODE_BASE, copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,8 +80,8 @@ def test_a_teammates_vectors_cost_no_embed_request(pg, tmp_path, source, daemons
 def test_two_daemons_started_together_embed_each_text_once(pg, tmp_path, daemons):
     """Two daemons start on copies of the same code at once and walk their queues in the same order: claims
     split the texts between them, so the emulator receives each distinct embed input once in total."""
-    # The larger code base: with fewer texts one daemon could be done before the other took any of its work.
-    source = copy_code_base(tmp_path / "source", CODE_BASE)
+    # Some 75 texts: each daemon still takes part of the other's (asserted below), at a fraction of the CPU.
+    source = copy_code_base(tmp_path / "source", SMALL_CODE_BASE)
     with OllamaEmulator(embed_models=[EMBED], embed_latency_s=0.002) as emu:
         team = [daemons(tmp_path, f"dev{i}", emu.url, pg.dsn, team_settings(), source=source, embed=True)
                 for i in range(2)]
