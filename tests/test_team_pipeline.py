@@ -16,7 +16,7 @@ from llmc_rag_service.service.status import status_report
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from llmc_rag_service.testing.postgres import free_port
 from tests.helpers import chats, make_config, wait_for
-from tests.teamkit import copy_code_base, team_settings
+from tests.teamkit import SMALL_CODE_BASE, copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,8 +71,11 @@ def test_a_span_in_the_team_cache_costs_no_request(pg, tmp_path, daemons, capsys
 def test_the_team_server_stopped_mid_run_and_restarted_loses_nothing(pg, tmp_path, daemons):
     """PostgreSQL stops while two daemons work: both finish alone, keeping what they could not publish in
     their outboxes; when it is back every result is in the team cache and the outboxes are empty."""
+    source = copy_code_base(tmp_path / "source", SMALL_CODE_BASE)  # some 75 spans: 20 before the outage, most after
     with OllamaEmulator(latency_s=0.01, num_parallel=2) as emu:
-        team = [daemons(tmp_path, f"dev{i}", emu.url, pg.dsn, team_settings()) for i in range(2)]
+        # Reconnection attempts at most 0.25 s apart: the test waits for the first one after the restart.
+        team = [daemons(tmp_path, f"dev{i}", emu.url, pg.dsn, team_settings(probe_max_s=0.25), source=source)
+                for i in range(2)]
         for daemon in team:
             daemon.start()
         wait_for(lambda: len(chats(emu)) >= 20, 30, "some work before the outage")
