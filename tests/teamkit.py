@@ -22,6 +22,9 @@ CODE_BASE = [_PACKAGES / "team"]
 #: A smaller real code base (the search package, some 75 spans), for tests that embed too.
 SMALL_CODE_BASE = [_PACKAGES / "search"]
 
+#: A tiny real code base (the mcp package, some 15 spans), for tests of what happens to a few texts or spans.
+TINY_CODE_BASE = [_PACKAGES / "mcp"]
+
 
 def copy_code_base(dest: Path, packages: list[Path] = CODE_BASE) -> Path:
     """A copy of ``packages`` (default :data:`CODE_BASE`) at ``dest`` (the same relative paths in every copy)."""

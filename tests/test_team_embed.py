@@ -14,7 +14,7 @@ from llmc_rag_service import cli
 from llmc_rag_service.enrich.embed_text import embed_text, input_hash
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import make_config, wait_for
-from tests.teamkit import EMBED, SMALL_CODE_BASE, copy_code_base, team_settings
+from tests.teamkit import EMBED, SMALL_CODE_BASE, TINY_CODE_BASE, copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,6 +23,12 @@ pytestmark = pytest.mark.timeout(60)
 def source(tmp_path):
     """A small real code base every daemon copies."""
     return copy_code_base(tmp_path / "source", SMALL_CODE_BASE)
+
+
+@pytest.fixture
+def tiny_source(tmp_path):
+    """A tiny real code base (a few texts) every daemon copies."""
+    return copy_code_base(tmp_path / "source", TINY_CODE_BASE)
 
 
 def embed_inputs(emu: OllamaEmulator) -> list[str]:
@@ -96,18 +102,18 @@ def test_two_daemons_started_together_embed_each_text_once(pg, tmp_path, daemons
     assert all(d.pipeline.team_status()["embed_hits"] > 0 for d in team)  # each took the other's work
 
 
-def test_a_teammates_vectors_of_another_dimension_are_refused_by_a_fresh_store(pg, tmp_path, source, daemons):
+def test_a_teammates_vectors_of_another_dimension_are_refused_by_a_fresh_store(pg, tmp_path, tiny_source, daemons):
     """Every published vector has another dimension than the model Bob's server serves (a teammate runs
     another model under the same name): Bob, with no vector of his own yet, checks them against his
     server's /api/show, refuses them all and embeds every text himself with the right dimension."""
     with OllamaEmulator(embed_models=[EMBED]) as emu, capture_logs() as logs:
-        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=tiny_source, embed=True)
         alice.start().wait_done()
         wait_published(alice, emu)
         texts = final_texts(alice)
         pg.sql("UPDATE llmc_embeddings SET vector = substring(vector from 1 for 2048), dim = 512, "
                "producer = 'mallory'")
-        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=tiny_source, embed=True)
         bob.start().wait_done()
     vectors = bob.vectors()
     assert len(vectors) == len(texts) > 0
@@ -116,11 +122,11 @@ def test_a_teammates_vectors_of_another_dimension_are_refused_by_a_fresh_store(p
     assert {e["reason"] for e in logs if e["event"] == "team_row_invalid"} == {"dimension 512, but the model's is 768"}
 
 
-def test_a_poisoned_embedding_row_is_ignored_and_logged(pg, tmp_path, source, daemons):
+def test_a_poisoned_embedding_row_is_ignored_and_logged(pg, tmp_path, tiny_source, daemons):
     """Two of Alice's published vectors are spoiled (another dimension; a NaN): Bob refuses both, logs each
     with its producer, embeds those two texts himself and stores sound vectors."""
     with OllamaEmulator(embed_models=[EMBED]) as emu, capture_logs() as logs:
-        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=tiny_source, embed=True)
         alice.start().wait_done()
         wait_published(alice, emu)
         sent = len(embed_inputs(emu))
@@ -131,7 +137,7 @@ def test_a_poisoned_embedding_row_is_ignored_and_logged(pg, tmp_path, source, da
         spoiled = struct.pack("<768f", *([float("nan")] + [0.0] * 767))
         pg.sql("UPDATE llmc_embeddings SET vector = %s, producer = 'mallory' WHERE span_hash = %s",
                (spoiled, input_hash(texts[nan])))
-        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=tiny_source, embed=True)
         bob.start().wait_done()
         resent = embed_inputs(emu)[sent:]
     assert texts[wrong_dim] in resent and texts[nan] in resent

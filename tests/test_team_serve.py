@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import chats, make_config, wait_for, write_tree
-from tests.teamkit import EMBED, SMALL_CODE_BASE, copy_code_base, team_settings
+from tests.teamkit import EMBED, TINY_CODE_BASE, copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,11 +68,11 @@ def test_status_json_and_the_status_line_show_the_team(pg, tmp_path, serve_facto
     role owns only its database."""
     dsn = pg.create_role(f"llmc_{pg.dbname}", "pw-not-shown", own_database=f"{pg.dbname}_team")
     with OllamaEmulator(embed_models=[EMBED]) as emu:
-        source = copy_code_base(tmp_path / "source", SMALL_CODE_BASE)
+        source = copy_code_base(tmp_path / "source", TINY_CODE_BASE)
         teammate = daemons(tmp_path, "teammate", emu.url, dsn, team_settings(), source=source, embed=True).start()
         teammate.wait_done()
         spans = len(teammate.span_hashes())
-        config = team_config(tmp_path / "me", emu.url, copy_code_base(tmp_path / "me" / "repo", SMALL_CODE_BASE), dsn,
+        config = team_config(tmp_path / "me", emu.url, copy_code_base(tmp_path / "me" / "repo", TINY_CODE_BASE), dsn,
                              embed=True)
         serve = serve_factory(config, notify)
         notify.wait(f"team: {spans} hits, 0 waiting for teammates", 30)
