@@ -98,7 +98,7 @@ def test_a_wrong_password_is_said_once_at_start_and_the_daemon_works_alone(pg, t
     the results kept in the outbox, and status --json and STATUS say why."""
     dsn = pg.cluster.dsn(pg.dbname, password="wrong-pw")
     with OllamaEmulator() as emu:
-        repo = copy_code_base(tmp_path / "me" / "repo")
+        repo = copy_code_base(tmp_path / "me" / "repo", TINY_CODE_BASE)
         config = team_config(tmp_path / "me", emu.url, repo, dsn)
         serve = serve_factory(config, notify)
         line = notify.wait("password authentication failed", 30)
