@@ -174,17 +174,17 @@ def test_embeddings_wait_in_the_outbox_while_the_team_server_is_down(pg, tmp_pat
     assert team_vectors(pg).keys() == {input_hash(t) for t in inputs}
 
 
-def test_texts_a_teammate_failed_to_embed_are_free_at_once(pg, tmp_path, source, daemons):
+def test_texts_a_teammate_failed_to_embed_are_free_at_once(pg, tmp_path, tiny_source, daemons):
     """Alice's Ollama lacks the embed model: her first batches fail and she gives their claims up at once,
     so Bob (whose Ollama has it) embeds every text without waiting for her lease to run out."""
     with OllamaEmulator() as alices, OllamaEmulator(embed_models=[EMBED]) as bobs, capture_logs() as logs:
-        alice = daemons(tmp_path, "alice", alices.url, pg.dsn, team_settings(lease_s=60), source=source, embed=True)
+        alice = daemons(tmp_path, "alice", alices.url, pg.dsn, team_settings(lease_s=60), source=tiny_source, embed=True)
         alice.start()
         wait_for(lambda: alice.pipeline.embeds_down() == "model_missing", 10, "alice's embed model missing")
         assert embed_inputs(alices)  # she had claimed and sent a batch
         wait_for(lambda: not pg.sql("SELECT 1 FROM llmc_claims WHERE model = %s", (EMBED,)), 10,
                  "alice's embedding claims released")
-        bob = daemons(tmp_path, "bob", bobs.url, pg.dsn, team_settings(lease_s=60), source=source, embed=True)
+        bob = daemons(tmp_path, "bob", bobs.url, pg.dsn, team_settings(lease_s=60), source=tiny_source, embed=True)
         bob.start().wait_done(20)
         inputs = embed_inputs(bobs)
     assert bob.vectors().keys() == bob.span_hashes()
@@ -192,16 +192,16 @@ def test_texts_a_teammate_failed_to_embed_are_free_at_once(pg, tmp_path, source,
     assert "team_embed_deferred" not in {e["event"] for e in logs}
 
 
-def test_enrich_on_a_copy_a_teammate_embedded_says_where_the_vectors_came_from(pg, tmp_path, source, daemons,
+def test_enrich_on_a_copy_a_teammate_embedded_says_where_the_vectors_came_from(pg, tmp_path, tiny_source, daemons,
                                                                                capsys):
     """`enrich` on another copy sends no text a teammate already embedded, and its summary line counts the
     vectors taken from the team cache."""
     with OllamaEmulator(embed_models=[EMBED]) as emu:
-        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=tiny_source, embed=True)
         alice.start().wait_done()
         wait_published(alice, emu)
         sent = embed_inputs(emu)
-        repo = copy_code_base(tmp_path / "bob" / "repo", SMALL_CODE_BASE)
+        repo = copy_code_base(tmp_path / "bob" / "repo", TINY_CODE_BASE)
         config = make_config(tmp_path / "bob", emu.url, [repo], team={"postgres": pg.dsn},
                              search={"embed_model": EMBED})
         assert cli.main(["enrich", "-c", str(config.source)]) == 0
