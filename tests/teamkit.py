@@ -22,6 +22,9 @@ CODE_BASE = [_PACKAGES / "team"]
 #: A smaller real code base (the search package, some 75 spans), for tests that embed too.
 SMALL_CODE_BASE = [_PACKAGES / "search"]
 
+#: A tiny real code base (the mcp package, some 15 spans), for tests of what happens to a few texts or spans.
+TINY_CODE_BASE = [_PACKAGES / "mcp"]
+
 
 def copy_code_base(dest: Path, packages: list[Path] = CODE_BASE) -> Path:
     """A copy of ``packages`` (default :data:`CODE_BASE`) at ``dest`` (the same relative paths in every copy)."""
@@ -31,9 +34,11 @@ def copy_code_base(dest: Path, packages: list[Path] = CODE_BASE) -> Path:
 
 
 def team_settings(lease_s: float = 30.0, **overrides: Any) -> TeamSettings:
-    """Short timeouts for tests (an unreachable server costs ~2 s, libpq's minimum connect_timeout)."""
+    """Short timeouts for tests (an unreachable server costs ~2 s, libpq's minimum connect_timeout), probes
+    at most 0.25 s apart (a test that restarts the server waits for the first one after), and a short wait
+    for a text a teammate embeds right now (its vector comes within a few requests' time)."""
     return TeamSettings(**{"connect_timeout_s": 2.0, "statement_timeout_s": 2.0, "lease_s": lease_s,
-                           "probe_max_s": 1.0, **overrides})
+                           "probe_max_s": 0.25, "embed_wait_s": 0.1, **overrides})
 
 
 #: The embedding model of :class:`Daemon` ``(embed=True)``; install it in the emulator (``embed_models=[EMBED]``).

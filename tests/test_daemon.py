@@ -149,6 +149,25 @@ def test_status_heartbeat_while_busy_and_unchanged(tmp_path, repo, ollama, notif
     assert not any(m.startswith("STATUS=idle") for _, m in status), status
 
 
+@pytest.mark.timeout(30)
+def test_status_is_rate_limited_and_ends_on_the_final_state(tmp_path, notify, ollama):
+    """Many job outcomes give STATUS messages at most twice a second, and the last one tells the final state."""
+    root = tmp_path / "many"
+    write_tree(root, {f"m{i}.py": "".join(f"def f{i}_{j}(x):\n    return x + {j}\n\n\n" for j in range(10))
+                      for i in range(6)})
+    config = make_config(tmp_path, ollama.url, [root])
+    running = Running(config, notify, ManualClock())
+    try:
+        final = "STATUS=idle: 0 pending, 0 in flight, 60 done"
+        running.step_until(lambda: any(m.startswith(final) for m in running.notifier.messages()), "the final STATUS")
+    finally:
+        running.stop()
+    stamps = running.notifier.times("STATUS=")  # clock seconds
+    assert len(stamps) >= 2
+    assert min(b - a for a, b in zip(stamps, stamps[1:])) >= daemon_mod.STATUS_MIN_GAP_S
+    assert [m for m in running.notifier.messages() if m.startswith("STATUS=")][-1].startswith(final)
+
+
 def asked(ollama, text: str) -> bool:
     """Whether the prompt of a chat request the emulator received holds ``text``."""
     return any(text in r.json["messages"][-1]["content"] for r in chats(ollama))

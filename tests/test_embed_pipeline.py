@@ -311,7 +311,7 @@ def test_a_stop_gives_both_lanes_one_grace_not_one_each(tmp_path, runs, emulator
     close() ends after one grace (the lanes share one deadline), and both jobs
     go back to pending; one grace per lane would take twice as long, which the
     unit's TimeoutStopSec cannot hold (2 x 20 s + the scan's join)."""
-    grace_s = 2.0
+    grace_s = 1.2
     emu = emulators(["test-model"], embed_models=[EMBED])
     emu.inject("hang", 50)
     emu.inject("hang", 50, endpoint="embed")

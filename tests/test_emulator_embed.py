@@ -196,9 +196,12 @@ def test_a_wordllama_model_answers_a_real_models_vectors():
 
 def test_the_emulator_program_serves_wordllama_when_asked():
     """``--embedder wordllama`` installs ``wordllama-256`` (256 dims); an unknown embedder is a usage error."""
-    with subprocess.Popen([sys.executable, "-m", "llmc_rag_service.testing", "--port", "0", "--model", "m",
-                           "--embedder", "wordllama"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as proc:
+    # The two programs are independent: they start side by side.
+    with subprocess.Popen([sys.executable, "-m", "llmc_rag_service.testing", "--embedder", "bert"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as bad, \
+            subprocess.Popen([sys.executable, "-m", "llmc_rag_service.testing", "--port", "0", "--model", "m",
+                              "--embedder", "wordllama"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) as proc:
         try:
             url = proc.stdout.readline().split()[-1]  # type: ignore[union-attr]
             names = [m["name"] for m in httpx.get(f"{url}/api/tags", timeout=10).json()["models"]]
@@ -207,6 +210,5 @@ def test_the_emulator_program_serves_wordllama_when_asked():
         finally:
             proc.terminate()
             assert proc.wait(10) == 0
-    bad = subprocess.run([sys.executable, "-m", "llmc_rag_service.testing", "--embedder", "bert"],
-                         capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 2 and "invalid choice: 'bert'" in bad.stderr and "Traceback" not in bad.stderr
+        _, bad_stderr = bad.communicate(timeout=30)
+    assert bad.returncode == 2 and "invalid choice: 'bert'" in bad_stderr and "Traceback" not in bad_stderr

@@ -56,6 +56,10 @@ def origin(tmp_path) -> Path:
     return root
 
 
+#: The git gate's quiet time before it lets saves through, seconds (the daemon's default is longer).
+GATE_SETTLE_S = 0.1
+
+
 @pytest.mark.timeout(90)
 def test_a_directory_that_becomes_a_git_repo_gets_the_gate_for_a_slow_rebase(tmp_path, ollama, origin):
     """A plain directory watched, then made a git repo (git init + fetch): a rebase replaying five
@@ -63,7 +67,7 @@ def test_a_directory_that_becomes_a_git_repo_gets_the_gate_for_a_slow_rebase(tmp
     for f's intermediate versions."""
     root = tmp_path / "repo"
     write_tree(root, {"m.py": f_version(5), "other.py": g_version(0)})  # topic's tree, not yet a repo
-    live = Live(make_config(tmp_path, ollama.url, [root]))
+    live = Live(make_config(tmp_path, ollama.url, [root]), settle_s=GATE_SETTLE_S)
     try:
         live.enrich_existing()
         live.start()
@@ -74,7 +78,8 @@ def test_a_directory_that_becomes_a_git_repo_gets_the_gate_for_a_slow_rebase(tmp
         live.start_workers()  # as in the daemon: an intermediate state indexed would be sent at once
         t0, before = now_wall(), len(chats(ollama))
         # Each step's exec runs while the rebase is under way (a test suite per commit, say).
-        git(root, "rebase", "-q", "--exec", "sleep 0.3", "o/base")
+        # Twice the gate's settle time: without the rebase seen, the gate would open between steps.
+        git(root, "rebase", "-q", "--exec", f"sleep {2 * GATE_SETTLE_S}", "o/base")
         live.settle()
         wait_for(live.drained, 30, "the rebase's jobs")
     finally:

@@ -73,7 +73,8 @@ def test_o1_model_loaded_forever_work_starts_at_once_without_ps_or_subprocess(tm
 
 def test_o2_model_listed_while_loading_requests_are_sent_and_wait_at_the_server(tmp_path, pipelines, monkeypatch):
     """Seed (b): /api/ps lists the model during a long load; requests are sent during it and succeed after it."""
-    with ThreadPoolExecutor(1) as other, OllamaEmulator({"test-model": 2.0}) as emu:
+    # A 1 s load: the workers start and send within a tenth of that.
+    with ThreadPoolExecutor(1) as other, OllamaEmulator({"test-model": 1.0}) as emu:
         p = pipelines(tmp_path, emu.url, files=3)
         loading = other.submit(load, emu, "15m")
         wait_for(lambda: ps_expiries(emu), 5, "the loading model listed by /api/ps")

@@ -147,8 +147,10 @@ def test_stall_after_the_first_chunk_hits_the_chunk_deadline(monkeypatch):
 
 def test_whole_answer_deadline_counts_from_the_first_byte():
     """An answer still trickling timeout_s after its first byte is a RequestTimeout."""
-    with OllamaEmulator(latency_s=3.0) as emu:
-        client = chat_client(OllamaConfig(url=emu.url, model="test-model", load_timeout_s=20, timeout_s=0.6))
+    # The first byte comes at half the latency (0.75 s), the answer ends at 1.5 s: 0.3 s after the first byte
+    # it is still trickling.
+    with OllamaEmulator(latency_s=1.5) as emu:
+        client = chat_client(OllamaConfig(url=emu.url, model="test-model", load_timeout_s=20, timeout_s=0.3))
         with pytest.raises(ol.RequestTimeout, match="timeout_s"):
             client.chat(MESSAGES)
 

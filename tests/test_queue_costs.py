@@ -173,7 +173,7 @@ def test_enqueue_raises_the_priority_of_a_waiting_job_for_a_save(store):
 @pytest.mark.timeout(30)
 def test_jobs_claimed_ahead_go_back_when_the_pool_is_retired(tmp_path, ollama, pipelines):
     """Jobs a claim took ahead of the workers are running under this process only while they wait: retiring the pool puts them back to pending at once, and the requests in flight finish and are stored."""
-    ollama.inject("hang", count=2, seconds=2.0)
+    ollama.inject("hang", count=2, seconds=1.0)  # long enough to retire the pool while both are in flight
     p = pipelines(tmp_path, ollama.url, files=6, ollama={"concurrency": 2})
     pool = p.pipeline.pool
     pool.claim_batch = 6  # one claim takes every job: two go out, four wait in memory

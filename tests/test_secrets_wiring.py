@@ -19,7 +19,7 @@ from llmc_rag_service.service.status import status_report
 from llmc_rag_service.store import db as store_mod
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.jobs import JobQueue
-from tests.helpers import TempPipeline, chats, make_config, wait_for, write_tree
+from tests.helpers import TempPipeline, chats, fast_backoffs, make_config, wait_for, write_tree
 
 TOKEN = "ghp_aMxxNDi9LE1Ki3ylOjt6o0NpUmkVO8JmR8y4"
 CLIENT = f'import os\n\nTOKEN = "{TOKEN}"\n\n\ndef client():\n    return os.environ.get("X", TOKEN)\n'
@@ -209,6 +209,7 @@ def test_show_explains_a_credential_file_by_content(tmp_path):
 def test_an_answer_whose_redaction_fails_is_not_stored(tmp_path, ollama, monkeypatch):
     """If the answer cannot be scanned for secrets, it is not stored: the job goes back, and the next try stores it."""
     monkeypatch.setattr(workers, "JOB_ERROR_PAUSE_S", 0.05)
+    fast_backoffs(monkeypatch)  # the job's retry comes after a tenth of a second, not 1-2 s
     temp = TempPipeline(tmp_path, ollama.url, files=1)
     real, calls = temp.pipeline.redactor.redact_enrichment, []
 

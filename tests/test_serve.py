@@ -115,19 +115,26 @@ def test_second_serve_on_the_same_state_refuses(tmp_path, repo, ollama, notify, 
     assert first.stop() == 0
 
 
+#: Files of the "large" catch-up scan: far more than a serve indexes between READY and the test's SIGTERM
+#: (a few), so every stop lands mid-scan (asserted: no scan_done).
+LARGE_SCAN_FILES = 1000
+
+
 @pytest.mark.timeout(90)
 def test_sigterm_during_a_large_catch_up_scan_exits_cleanly(tmp_path, ollama, notify, serve_factory):
-    """SIGTERM while the catch-up scan of 3,000 files runs: STOPPING=1 and exit 0 (no crash), three times over."""
+    """SIGTERM while the catch-up scan of 1,000 files runs: STOPPING=1 and exit 0 (no crash), three times over."""
     root = tmp_path / "big"
-    write_tree(root, {f"pkg{i // 100}/m{i}.py": f"def f{i}():\n    return {i}\n" for i in range(3000)})
+    write_tree(root, {f"pkg{i // 100}/m{i}.py": f"def f{i}():\n    return {i}\n" for i in range(LARGE_SCAN_FILES)})
     config = make_config(tmp_path, ollama.url, [root])
     for _ in range(3):
         notify.messages.clear()  # each round waits for its own process's READY
         serve = serve_factory(config, notify)
         notify.wait("READY=1")
         assert serve.stop() == 0
+        assert "STOPPING=1" in notify.drain()
         assert "daemon_stopped" in serve.logs()
     assert "Traceback" not in serve.logs()
+    assert '"scan_done"' not in serve.logs()  # each SIGTERM came while the catch-up scan ran
 
 
 def open_files(fd_dir: str) -> list[str]:

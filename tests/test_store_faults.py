@@ -13,6 +13,7 @@ import os
 import shutil
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from structlog.testing import capture_logs
@@ -47,12 +48,16 @@ def sample_store(tmp_path):
     return store.path
 
 
+#: One span each: enough that work is under way (2 at a time, 0.2 s each) when the file goes.
+FILES = 12
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_a_state_file_deleted_or_replaced_under_serve_ends_it_with_74(tmp_path, notify, serve_factory, how):
     """serve notices within seconds that its state file was deleted or replaced, logs one store_replaced error naming it and exits 74; started again (as systemd does), it builds a new store and enriches everything."""
     repo = tmp_path / "repo"
-    write_tree(repo, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(30)})
+    write_tree(repo, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(FILES)})
     with OllamaEmulator(latency_s=0.2) as emu:
         config = make_config(tmp_path, emu.url, [repo], ollama={"concurrency": 2})
         serve = serve_factory(config, notify)
@@ -77,7 +82,7 @@ def test_a_state_file_deleted_or_replaced_under_serve_ends_it_with_74(tmp_path, 
             assert status_report(config)["totals"]["spans"] == 0  # the replacement, an empty store
         emu.latency_s = 0.0  # the slow answers only had to keep work under way until now
         again = serve_factory(config, notify)
-        wait_for(lambda: status_report(config)["totals"]["enriched"] == 30, 60, "a full rescan and enrichment")
+        wait_for(lambda: status_report(config)["totals"]["enriched"] == FILES, 60, "a full rescan and enrichment")
         assert again.stop() == 0
 
 
@@ -121,11 +126,12 @@ def test_a_read_only_state_dir(tmp_path, ollama):
     write_tree(repo, {"a.py": "def f(x):\n    return x\n\n\ndef g(y):\n    return y\n"})
     config = make_config(tmp_path, ollama.url, [repo], logging={"level": "warning"})
     assert cli.main(["enrich", "-c", str(config.source)]) == cli.EX_OK
-    with read_only(config.state_dir):
-        serve = run_without_root_powers(["serve", "-c", str(config.source)])
-        enrich = run_without_root_powers(["enrich", "-c", str(config.source)])
-        status = run_without_root_powers(["status", "--json", "-c", str(config.source)])
-        show = run_without_root_powers(["show", "--json", "-c", str(config.source), str(repo / "a.py")])
+    commands = [["serve", "-c", str(config.source)], ["enrich", "-c", str(config.source)],
+                ["status", "--json", "-c", str(config.source)],
+                ["show", "--json", "-c", str(config.source), str(repo / "a.py")]]
+    # The four processes run side by side: none can change the read-only state, so none sees another's work.
+    with read_only(config.state_dir), ThreadPoolExecutor(len(commands)) as pool:
+        serve, enrich, status, show = pool.map(run_without_root_powers, commands)
     assert serve.returncode == cli.EX_IOERR and "Traceback" not in serve.stderr
     errors = [e for e in _events(serve.stderr) if e["level"] == "error"]
     assert len(errors) == 1 and f"{config.state_dir} is read-only" in errors[0]["error"]

@@ -14,7 +14,7 @@ from llmc_rag_service import cli
 from llmc_rag_service.enrich.embed_text import embed_text, input_hash
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import make_config, wait_for
-from tests.teamkit import CODE_BASE, EMBED, SMALL_CODE_BASE, copy_code_base, team_settings
+from tests.teamkit import EMBED, SMALL_CODE_BASE, TINY_CODE_BASE, copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -23,6 +23,12 @@ pytestmark = pytest.mark.timeout(60)
 def source(tmp_path):
     """A small real code base every daemon copies."""
     return copy_code_base(tmp_path / "source", SMALL_CODE_BASE)
+
+
+@pytest.fixture
+def tiny_source(tmp_path):
+    """A tiny real code base (a few texts) every daemon copies."""
+    return copy_code_base(tmp_path / "source", TINY_CODE_BASE)
 
 
 def embed_inputs(emu: OllamaEmulator) -> list[str]:
@@ -80,8 +86,8 @@ def test_a_teammates_vectors_cost_no_embed_request(pg, tmp_path, source, daemons
 def test_two_daemons_started_together_embed_each_text_once(pg, tmp_path, daemons):
     """Two daemons start on copies of the same code at once and walk their queues in the same order: claims
     split the texts between them, so the emulator receives each distinct embed input once in total."""
-    # The larger code base: with fewer texts one daemon could be done before the other took any of its work.
-    source = copy_code_base(tmp_path / "source", CODE_BASE)
+    # Some 75 texts: each daemon still takes part of the other's (asserted below), at a fraction of the CPU.
+    source = copy_code_base(tmp_path / "source", SMALL_CODE_BASE)
     with OllamaEmulator(embed_models=[EMBED], embed_latency_s=0.002) as emu:
         team = [daemons(tmp_path, f"dev{i}", emu.url, pg.dsn, team_settings(), source=source, embed=True)
                 for i in range(2)]
@@ -96,18 +102,18 @@ def test_two_daemons_started_together_embed_each_text_once(pg, tmp_path, daemons
     assert all(d.pipeline.team_status()["embed_hits"] > 0 for d in team)  # each took the other's work
 
 
-def test_a_teammates_vectors_of_another_dimension_are_refused_by_a_fresh_store(pg, tmp_path, source, daemons):
+def test_a_teammates_vectors_of_another_dimension_are_refused_by_a_fresh_store(pg, tmp_path, tiny_source, daemons):
     """Every published vector has another dimension than the model Bob's server serves (a teammate runs
     another model under the same name): Bob, with no vector of his own yet, checks them against his
     server's /api/show, refuses them all and embeds every text himself with the right dimension."""
     with OllamaEmulator(embed_models=[EMBED]) as emu, capture_logs() as logs:
-        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=tiny_source, embed=True)
         alice.start().wait_done()
         wait_published(alice, emu)
         texts = final_texts(alice)
         pg.sql("UPDATE llmc_embeddings SET vector = substring(vector from 1 for 2048), dim = 512, "
                "producer = 'mallory'")
-        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=tiny_source, embed=True)
         bob.start().wait_done()
     vectors = bob.vectors()
     assert len(vectors) == len(texts) > 0
@@ -116,11 +122,11 @@ def test_a_teammates_vectors_of_another_dimension_are_refused_by_a_fresh_store(p
     assert {e["reason"] for e in logs if e["event"] == "team_row_invalid"} == {"dimension 512, but the model's is 768"}
 
 
-def test_a_poisoned_embedding_row_is_ignored_and_logged(pg, tmp_path, source, daemons):
+def test_a_poisoned_embedding_row_is_ignored_and_logged(pg, tmp_path, tiny_source, daemons):
     """Two of Alice's published vectors are spoiled (another dimension; a NaN): Bob refuses both, logs each
     with its producer, embeds those two texts himself and stores sound vectors."""
     with OllamaEmulator(embed_models=[EMBED]) as emu, capture_logs() as logs:
-        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=tiny_source, embed=True)
         alice.start().wait_done()
         wait_published(alice, emu)
         sent = len(embed_inputs(emu))
@@ -131,7 +137,7 @@ def test_a_poisoned_embedding_row_is_ignored_and_logged(pg, tmp_path, source, da
         spoiled = struct.pack("<768f", *([float("nan")] + [0.0] * 767))
         pg.sql("UPDATE llmc_embeddings SET vector = %s, producer = 'mallory' WHERE span_hash = %s",
                (spoiled, input_hash(texts[nan])))
-        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        bob = daemons(tmp_path, "bob", emu.url, pg.dsn, team_settings(), source=tiny_source, embed=True)
         bob.start().wait_done()
         resent = embed_inputs(emu)[sent:]
     assert texts[wrong_dim] in resent and texts[nan] in resent
@@ -168,17 +174,17 @@ def test_embeddings_wait_in_the_outbox_while_the_team_server_is_down(pg, tmp_pat
     assert team_vectors(pg).keys() == {input_hash(t) for t in inputs}
 
 
-def test_texts_a_teammate_failed_to_embed_are_free_at_once(pg, tmp_path, source, daemons):
+def test_texts_a_teammate_failed_to_embed_are_free_at_once(pg, tmp_path, tiny_source, daemons):
     """Alice's Ollama lacks the embed model: her first batches fail and she gives their claims up at once,
     so Bob (whose Ollama has it) embeds every text without waiting for her lease to run out."""
     with OllamaEmulator() as alices, OllamaEmulator(embed_models=[EMBED]) as bobs, capture_logs() as logs:
-        alice = daemons(tmp_path, "alice", alices.url, pg.dsn, team_settings(lease_s=60), source=source, embed=True)
+        alice = daemons(tmp_path, "alice", alices.url, pg.dsn, team_settings(lease_s=60), source=tiny_source, embed=True)
         alice.start()
         wait_for(lambda: alice.pipeline.embeds_down() == "model_missing", 10, "alice's embed model missing")
         assert embed_inputs(alices)  # she had claimed and sent a batch
         wait_for(lambda: not pg.sql("SELECT 1 FROM llmc_claims WHERE model = %s", (EMBED,)), 10,
                  "alice's embedding claims released")
-        bob = daemons(tmp_path, "bob", bobs.url, pg.dsn, team_settings(lease_s=60), source=source, embed=True)
+        bob = daemons(tmp_path, "bob", bobs.url, pg.dsn, team_settings(lease_s=60), source=tiny_source, embed=True)
         bob.start().wait_done(20)
         inputs = embed_inputs(bobs)
     assert bob.vectors().keys() == bob.span_hashes()
@@ -186,16 +192,16 @@ def test_texts_a_teammate_failed_to_embed_are_free_at_once(pg, tmp_path, source,
     assert "team_embed_deferred" not in {e["event"] for e in logs}
 
 
-def test_enrich_on_a_copy_a_teammate_embedded_says_where_the_vectors_came_from(pg, tmp_path, source, daemons,
+def test_enrich_on_a_copy_a_teammate_embedded_says_where_the_vectors_came_from(pg, tmp_path, tiny_source, daemons,
                                                                                capsys):
     """`enrich` on another copy sends no text a teammate already embedded, and its summary line counts the
     vectors taken from the team cache."""
     with OllamaEmulator(embed_models=[EMBED]) as emu:
-        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source, embed=True)
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=tiny_source, embed=True)
         alice.start().wait_done()
         wait_published(alice, emu)
         sent = embed_inputs(emu)
-        repo = copy_code_base(tmp_path / "bob" / "repo", SMALL_CODE_BASE)
+        repo = copy_code_base(tmp_path / "bob" / "repo", TINY_CODE_BASE)
         config = make_config(tmp_path / "bob", emu.url, [repo], team={"postgres": pg.dsn},
                              search={"embed_model": EMBED})
         assert cli.main(["enrich", "-c", str(config.source)]) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -11,7 +12,7 @@ from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.team_outbox import TeamOutbox
 from llmc_rag_service.team.errors import TeamAuthFailed, TeamDatabaseMissing, TeamUnreachable
 from llmc_rag_service.testing.postgres import free_port
-from tests.pg_fixture import ManualClock, enrichment, key
+from tests.pg_fixture import TEST_SETTINGS, ManualClock, enrichment, key
 
 
 def test_a_stopped_server_fails_once_then_is_skipped_until_it_returns(pg, team_factory):
@@ -146,7 +147,7 @@ def test_a_statement_stuck_on_a_lock_gives_up_at_its_timeout(pg, team_factory):
     alone) and naming the timeout; the caller is not blocked indefinitely."""
     import psycopg
 
-    cache = team_factory(pg.dsn)
+    cache = team_factory(pg.dsn, settings=replace(TEST_SETTINGS, statement_timeout_s=0.5))  # the wait under test
     cache.check()
     team_factory(pg.dsn).claim([key(1)])
     with psycopg.connect(pg.dsn) as blocker:  # an open transaction holding key(1)'s claim row

@@ -16,7 +16,7 @@ from llmc_rag_service.service.status import status_report
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from llmc_rag_service.testing.postgres import free_port
 from tests.helpers import chats, make_config, wait_for
-from tests.teamkit import copy_code_base, team_settings
+from tests.teamkit import SMALL_CODE_BASE, TINY_CODE_BASE, copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,11 +55,12 @@ def test_three_daemons_on_copies_of_one_code_base_send_each_span_once(pg, tmp_pa
 def test_a_span_in_the_team_cache_costs_no_request(pg, tmp_path, daemons, capsys):
     """A teammate enriched the code base; `enrich` on another copy sends nothing and says where the results
     came from."""
+    source = copy_code_base(tmp_path / "source", TINY_CODE_BASE)
     with OllamaEmulator() as emu:
-        first = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings()).start()
+        first = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source).start()
         first.wait_done()
         sent = len(chats(emu))
-        repo = copy_code_base(tmp_path / "bob" / "repo")
+        repo = copy_code_base(tmp_path / "bob" / "repo", TINY_CODE_BASE)
         config = make_config(tmp_path / "bob", emu.url, [repo], team={"postgres": pg.dsn})
         assert cli.main(["enrich", "-c", str(config.source)]) == 0
         assert len(chats(emu)) == sent
@@ -71,8 +72,10 @@ def test_a_span_in_the_team_cache_costs_no_request(pg, tmp_path, daemons, capsys
 def test_the_team_server_stopped_mid_run_and_restarted_loses_nothing(pg, tmp_path, daemons):
     """PostgreSQL stops while two daemons work: both finish alone, keeping what they could not publish in
     their outboxes; when it is back every result is in the team cache and the outboxes are empty."""
+    source = copy_code_base(tmp_path / "source", SMALL_CODE_BASE)  # some 75 spans: 20 before the outage, most after
     with OllamaEmulator(latency_s=0.01, num_parallel=2) as emu:
-        team = [daemons(tmp_path, f"dev{i}", emu.url, pg.dsn, team_settings()) for i in range(2)]
+        team = [daemons(tmp_path, f"dev{i}", emu.url, pg.dsn, team_settings(), source=source)
+                for i in range(2)]
         for daemon in team:
             daemon.start()
         wait_for(lambda: len(chats(emu)) >= 20, 30, "some work before the outage")
@@ -94,7 +97,8 @@ def test_the_team_server_stopped_mid_run_and_restarted_loses_nothing(pg, tmp_pat
 def test_a_poisoned_row_in_the_team_cache_is_ignored(pg, tmp_path, daemons):
     """A row that fails the enrichment schema is never stored: the daemon logs it and enriches the span itself."""
     with OllamaEmulator() as emu:
-        daemon = daemons(tmp_path, "dev", emu.url, pg.dsn, team_settings())
+        daemon = daemons(tmp_path, "dev", emu.url, pg.dsn, team_settings(),
+                         source=copy_code_base(tmp_path / "source", TINY_CODE_BASE))
         victim = sorted(daemon.span_hashes())[0]
         daemon.pipeline.team.cache.check()  # the first contact creates the tables; then one key is poisoned
         pg.sql("INSERT INTO llmc_enrichments(span_hash, model, prompt_version, fields, producer) "
@@ -115,7 +119,8 @@ def test_an_unreachable_team_database_from_the_start_does_not_hold_local_work(tm
     result in its outbox for later."""
     dsn = f"postgresql://llmc:secret@127.0.0.1:{free_port()}/llmc"
     with OllamaEmulator() as emu, capture_logs() as logs:
-        daemon = daemons(tmp_path, "dev", emu.url, dsn, team_settings()).start()
+        daemon = daemons(tmp_path, "dev", emu.url, dsn, team_settings(),
+                         source=copy_code_base(tmp_path / "source", TINY_CODE_BASE)).start()
         daemon.wait_done(60)
     spans = daemon.span_hashes()
     assert daemon.enriched() == spans and len(chats(emu)) == len(spans)
@@ -131,11 +136,12 @@ def test_an_unreachable_team_database_from_the_start_does_not_hold_local_work(tm
 def test_a_reload_turns_team_mode_on_and_off(pg, tmp_path, daemons):
     """A reload that sets team.postgres gives the workers a team gate (the teammate's results cost no
     request); one that removes it closes the gate and its threads."""
+    source = copy_code_base(tmp_path / "source", TINY_CODE_BASE)
     with OllamaEmulator() as emu:
-        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings()).start()
+        alice = daemons(tmp_path, "alice", emu.url, pg.dsn, team_settings(), source=source).start()
         alice.wait_done()
         sent = len(chats(emu))
-        bob = daemons(tmp_path, "bob", emu.url, None, team_settings())
+        bob = daemons(tmp_path, "bob", emu.url, None, team_settings(), source=source)
         assert bob.pipeline.team_status() is None
         on = replace(bob.config, team=TeamConfig(postgres=pg.dsn, lease_s=30.0))
         assert "team" in bob.pipeline.apply_config(bob.config, on)["sections"]

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.testing.emulator import OllamaEmulator
 from tests.helpers import chats, make_config, wait_for, write_tree
-from tests.teamkit import EMBED, SMALL_CODE_BASE, copy_code_base, team_settings
+from tests.teamkit import EMBED, TINY_CODE_BASE, copy_code_base, team_settings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,6 +27,11 @@ def events(serve, name):
     return [e for e in map(json.loads, serve.logs().splitlines()) if e.get("event") == name]
 
 
+#: The dead holder's lease (seconds): what the teammate must wait out. Short, yet three renewal periods
+#: (``lease_s / 3``) long, so a holder alive at the kill still holds a live claim.
+HOLDER_LEASE_S = 1.5
+
+
 def test_a_daemon_killed_while_holding_a_claim_is_replaced_after_its_lease(pg, tmp_path, serve_factory, daemons):
     """serve sends a span and is killed with SIGKILL while the request hangs: its claim stays until its lease
     ends; a teammate defers the span meanwhile, then claims it and enriches it."""
@@ -36,7 +41,10 @@ def test_a_daemon_killed_while_holding_a_claim_is_replaced_after_its_lease(pg, t
         emu.inject("hang")  # the first request never gets its answer
         holder_repo = tmp_path / "holder" / "repo"
         write_tree(holder_repo, {"calc.py": (source / "calc.py").read_text()})
-        serve = serve_factory(team_config(tmp_path / "holder", emu.url, holder_repo, pg.dsn, lease_s=5))
+        serve = serve_factory(team_config(tmp_path / "holder", emu.url, holder_repo, pg.dsn, lease_s=HOLDER_LEASE_S))
+        # Built (store, scan) before the kill, so it asks for the span while the dead holder's lease still runs.
+        teammate = daemons(tmp_path, "teammate", emu.url, pg.dsn, team_settings(lease_s=5, defer_s=0.2),
+                           source=source)
         wait_for(lambda: chats(emu), 30, "the holder's request")
         asked_at = time.monotonic()  # the lease ends no earlier than this + what the server says is left
         (holder, remaining_s), = pg.sql("SELECT holder, extract(epoch FROM expires_at - now())::float8 FROM llmc_claims")
@@ -45,9 +53,7 @@ def test_a_daemon_killed_while_holding_a_claim_is_replaced_after_its_lease(pg, t
         serve.proc.send_signal(signal.SIGKILL)
         serve.proc.wait(10)
         with capture_logs() as logs:
-            teammate = daemons(tmp_path, "teammate", emu.url, pg.dsn, team_settings(lease_s=5, defer_s=1),
-                               source=source).start()
-            teammate.wait_done(30)
+            teammate.start().wait_done(30)
         sent = chats(emu)
     assert teammate.enriched() == teammate.span_hashes() and len(teammate.span_hashes()) == 1
     assert len(sent) == 2 and sent[1].t_start >= lease_ends - 0.5  # not before the dead holder's lease ran out
@@ -62,11 +68,11 @@ def test_status_json_and_the_status_line_show_the_team(pg, tmp_path, serve_facto
     role owns only its database."""
     dsn = pg.create_role(f"llmc_{pg.dbname}", "pw-not-shown", own_database=f"{pg.dbname}_team")
     with OllamaEmulator(embed_models=[EMBED]) as emu:
-        source = copy_code_base(tmp_path / "source", SMALL_CODE_BASE)
+        source = copy_code_base(tmp_path / "source", TINY_CODE_BASE)
         teammate = daemons(tmp_path, "teammate", emu.url, dsn, team_settings(), source=source, embed=True).start()
         teammate.wait_done()
         spans = len(teammate.span_hashes())
-        config = team_config(tmp_path / "me", emu.url, copy_code_base(tmp_path / "me" / "repo", SMALL_CODE_BASE), dsn,
+        config = team_config(tmp_path / "me", emu.url, copy_code_base(tmp_path / "me" / "repo", TINY_CODE_BASE), dsn,
                              embed=True)
         serve = serve_factory(config, notify)
         notify.wait(f"team: {spans} hits, 0 waiting for teammates", 30)
@@ -92,7 +98,7 @@ def test_a_wrong_password_is_said_once_at_start_and_the_daemon_works_alone(pg, t
     the results kept in the outbox, and status --json and STATUS say why."""
     dsn = pg.cluster.dsn(pg.dbname, password="wrong-pw")
     with OllamaEmulator() as emu:
-        repo = copy_code_base(tmp_path / "me" / "repo")
+        repo = copy_code_base(tmp_path / "me" / "repo", TINY_CODE_BASE)
         config = team_config(tmp_path / "me", emu.url, repo, dsn)
         serve = serve_factory(config, notify)
         line = notify.wait("password authentication failed", 30)

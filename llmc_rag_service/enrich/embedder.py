@@ -25,7 +25,7 @@ claimed batch's texts are first looked up in the team cache, in one
 statement: each vector a teammate published for the same text (same model,
 same recipe version) is stored as if Ollama had answered
 (``team_embed_hit``). The rest are claimed in one statement: a text a
-teammate is embedding right now goes back for :data:`TEAM_WAIT_S`
+teammate is embedding right now goes back for the gate's ``wait_s``
 (``team_embed_deferred``); only the texts claimed are sent. After an answer,
 the good vectors are published (kept in the outbox while the team database
 is unreachable). Texts re-cut after a 400 are not looked up again (rare).
@@ -66,8 +66,6 @@ log = structlog.get_logger(__name__)
 
 #: Inputs sent in one ``/api/embed`` request.
 EMBED_BATCH = 16
-#: Seconds a job waits when a teammate is embedding its text right now (then it is looked up again).
-TEAM_WAIT_S = 1.0
 #: Embedding worker threads per host: one request in flight while the next is prepared.
 EMBED_THREADS_PER_HOST = 3
 
@@ -151,10 +149,11 @@ class EmbedPool(WorkerPool):
         if hits and not self._store_hits(hits, open_):
             found, send = {}, set(texts)
         waiting = [job for (job, _), text in zip(items, texts) if text not in found and text not in send]
+        wait_s = self.team.wait_s
         for job in waiting:
-            self._settle(open_, job, lambda j: self.queue.release(j, TEAM_WAIT_S))
+            self._settle(open_, job, lambda j: self.queue.release(j, wait_s))
         if waiting:
-            log.info("team_embed_deferred", model=self.queue.model, jobs=len(waiting), wait_s=TEAM_WAIT_S)
+            log.info("team_embed_deferred", model=self.queue.model, jobs=len(waiting), wait_s=wait_s)
         self._team_turn.admitted = send - found.keys()
         return [item for item, text in zip(items, texts) if text in send and text not in found]
 

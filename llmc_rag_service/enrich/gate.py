@@ -66,7 +66,14 @@ class JobGate(Protocol):
 class EmbedGate(Protocol):
     """Consulted by the embedding workers before and after a request; every
     method is called from worker threads, returns within a bounded time and
-    never raises (an unreachable team database finds nothing)."""
+    never raises (an unreachable team database finds nothing).
+
+    Attributes:
+        wait_s: seconds a text that is neither found nor to be sent (a teammate
+            embeds it right now) waits before it is looked up again.
+    """
+
+    wait_s: float
 
     def admit(self, texts: Sequence[str], dim: int | None) -> tuple[dict[str, np.ndarray], set[str]]:
         """``(found, send)``: validated vectors (1-D float32) teammates

@@ -14,7 +14,7 @@ they are about to send to ``/api/embed``:
    (``llmc_claims``, for ``settings.lease_s``): daemons started together on
    the same code walk their queues in the same order, and without claims both
    would embed every text. A text a teammate claimed is being embedded right
-   now: its job waits :data:`~llmc_rag_service.enrich.embedder.TEAM_WAIT_S`
+   now: its job waits ``settings.embed_wait_s`` (:class:`~llmc_rag_service.team.settings.TeamSettings`)
    and is looked up again (``team_embed_deferred``). The claims are not
    renewed (a request rarely outlives the lease); those of texts that got no
    vector (an error) are released at once, those of published texts lapse
@@ -49,6 +49,7 @@ class TeamEmbedGate:
 
     def __init__(self, cache: TeamCache, model: str, input_version: int):
         self.cache, self.model, self.input_version = cache, model, input_version
+        self.wait_s = cache.settings.embed_wait_s  # see EmbedGate.wait_s
         self._lock = threading.Lock()
         #: Keys of rows not taken while this daemon knew no dimension, already sent back once.
         self._waited: set[EmbeddingKey] = set()
@@ -70,7 +71,7 @@ class TeamEmbedGate:
             if dim is None:
                 # A lone row does not set the dimension (team.keys.usable_vectors), but it is
                 # usually sound and its teammates' rows follow: wait once (the job is looked up
-                # again after TEAM_WAIT_S, by when this daemon may know the dimension) rather
+                # again after wait_s, by when this daemon may know the dimension) rather
                 # than embed a published text again.
                 wait_once = unusable - self._waited
                 self._waited |= wait_once

@@ -281,7 +281,8 @@ class TeamCache:
         return self.outbox.count()
 
     def maintain(self) -> None:
-        """One round of housekeeping (the thread calls it about once a second):
+        """One round of housekeeping (the thread calls it about once a second, or
+        every ``probe_max_s`` if shorter):
         probe when due, renew claims every ``lease_s / 3``, drain the outbox,
         purge long-expired claims hourly."""
         if self.health.reachable is not True and self.health.probe_due():
@@ -300,7 +301,8 @@ class TeamCache:
             self._call(team_pg.purge_expired_claims, PURGE_EVERY_S)
 
     def _maintenance_loop(self) -> None:
-        tick = min(1.0, self.settings.lease_s / 3)
+        # Probes may be due as often as probe_max_s apart (TeamHealth): the tick must not be longer.
+        tick = min(1.0, self.settings.lease_s / 3, self.settings.probe_max_s)
         while not self._stop.is_set():
             try:
                 self.maintain()

@@ -39,6 +39,8 @@ class TeamSettings:
             died blocks nobody longer than this. Renewed every ``lease_s / 3``.
         defer_s: longest a deferred key waits for a teammate's result before
             the caller claims it itself (default: one lease).
+        embed_wait_s: how long an embedding job waits when a teammate is
+            embedding its text right now, before its text is looked up again.
         batch: keys per statement in lookups and publishes.
         pool_size: most connections this daemon opens (plus one listener).
         probe_max_s: longest pause between reconnection attempts while unreachable.
@@ -48,6 +50,7 @@ class TeamSettings:
     statement_timeout_s: float = 3.0
     lease_s: float = 120.0
     defer_s: float | None = None
+    embed_wait_s: float = 1.0
     batch: int = 500
     pool_size: int = 4
     probe_max_s: float = 30.0
