@@ -22,6 +22,7 @@ from typing import Any, Mapping, cast
 import pathspec
 import yaml
 
+from llmc_rag_service.paths import expand_user
 from llmc_rag_service.team.settings import check_dsn
 
 #: Ollama options that are fixed when the model is loaded: sending a
@@ -194,6 +195,24 @@ class Config:
     def db_path(self) -> Path:
         """The state database, ``<state_dir>/llmc-rag.db``."""
         return self.state_dir / "llmc-rag.db"
+
+
+#: The store's files in ``state_dir`` (the database, its WAL/SHM/journal, the lock).
+STATE_FILES = ("llmc-rag.db*", "llmc-rag.lock")
+
+
+def _without_state(repo: RepoConfig, state_dir: Path) -> RepoConfig:
+    """``repo`` with the store excluded when ``state_dir`` lies inside it. Else every
+    commit's WAL write is a file event, indexing it writes the store, and so on
+    forever (a batch per debounce, the lock file sent to the model)."""
+    try:
+        rel = Path(os.path.realpath(state_dir)).relative_to(repo.path)
+    except ValueError:
+        return repo
+    # Anchored and escaped, so the pattern names this directory only (gitignore syntax).
+    here = re.sub(r"([\\*?\[\]!# ])", r"\\\1", rel.as_posix()) + "/" if rel.parts else ""
+    extra = [f"/{here}"] if here else [f"/{name}" for name in STATE_FILES]
+    return RepoConfig(path=repo.path, exclude=repo.exclude + tuple(extra))
 
 
 def default_state_dir(env: Mapping[str, str] | None = None, config_path: Path | str | None = None) -> Path:
@@ -389,10 +408,10 @@ class _Validator:
                                       "secrets", "team"})
         state_dir = default_state_dir(self.env, self.path)
         if "state_dir" in top:
-            state_dir = Path(os.path.expanduser(self.typed("state_dir", top["state_dir"], str)))
+            state_dir = self.absolute("state_dir", self.typed("state_dir", top["state_dir"], str))
         config = Config(
             state_dir=state_dir,
-            repos=self.repos(top.get("repos", []) or []),
+            repos=tuple(_without_state(r, state_dir) for r in self.repos(top.get("repos", []) or [])),
             ollama=self.ollama(top),
             watch=self.section("watch", top, WatchConfig, {"debounce_ms": (int, 0), "max_file_bytes": (int, 1),
                                                            "max_delay_ms": (int, 0),
@@ -421,13 +440,31 @@ class _Validator:
             raw_path = self.typed(f"{key}.path", raw["path"], str)
             if not raw_path.strip():
                 raise self.fail(f"{key}.path", "must not be empty")
-            path = Path(os.path.expanduser(raw_path)).resolve()
+            # os.path.realpath, not Path.resolve: a symlink loop is a missing repo, not a RuntimeError.
+            path = Path(os.path.realpath(self.absolute(f"{key}.path", raw_path)))
+            twin = next((j for j, repo in enumerate(out) if repo.path == path), None)
+            if twin is not None:  # two watchers on one tree, its files counted twice
+                raise self.fail(f"{key}.path", f"{path} is already listed as repos[{twin}].path")
             # Not checked against the disk: a missing (unmounted, deleted, not
             # yet cloned) or replaced path is reported by the daemon as
             # "degraded: repo missing" and picked up when it is a directory
             # again; refusing the config would stop every other repo too.
             out.append(RepoConfig(path=path, exclude=self.patterns(f"{key}.exclude", raw.get("exclude", []) or [])))
         return tuple(out)
+
+    def absolute(self, key: str, raw: str) -> Path:
+        """``raw`` with ``~``/``~user`` expanded, as an absolute path; a relative one
+        (whose meaning would change with each command's working directory: ``/``
+        under systemd), an unknown ``~user`` or a NUL byte is a ConfigError."""
+        if "\x00" in raw:
+            raise self.fail(key, f"must not contain a NUL character, got {raw!r}")
+        expanded = expand_user(raw)
+        if expanded is None:
+            raise self.fail(key, f"cannot expand {raw.split('/', 1)[0]!r}: no such user, got {raw!r}")
+        if not os.path.isabs(expanded):
+            raise self.fail(key, f"must be an absolute path or start with ~/ (a relative one would depend on the "
+                                 f"directory each command runs in), got {raw!r}")
+        return Path(expanded)
 
     def patterns(self, key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(p, str) for p in value):

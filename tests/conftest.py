@@ -6,6 +6,7 @@ import compileall
 import contextlib
 import importlib.util
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,7 +57,9 @@ def _write_test_bytecode(config: pytest.Config) -> None:
     on read, so a stale one is never used); the helper modules get ordinary
     bytecode. If this pytest has no such functions, the workers rewrite as before."""
     tests = Path(__file__).parent
-    compileall.compile_dir(tests, quiet=1)  # helpers imported without rewriting
+    # Helpers imported without rewriting; never tests/data: its files are cases copied into repos
+    # whole (a __pycache__ there became a directory test_awkward_files_follow_the_cases copied).
+    compileall.compile_dir(tests, quiet=1, rx=re.compile(r"/tests/data/"))
     try:
         from _pytest.assertion.rewrite import PYC_TAIL, _rewrite_test, _write_pyc, assertstate_key, get_cache_dir
     except ImportError:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmc_rag_service.enrich.embedder import embed_client
-
+from llmc_rag_service.paths import real_path
 from llmc_rag_service.search.access import open_store
 from llmc_rag_service.search.api import EMBED_BUDGET_S, Hit, SearchResult, SearchSettings, search, validate
 from llmc_rag_service.search.export import ExportCounts, export_jsonl
@@ -42,10 +42,9 @@ def repo_filter(config: Any, repo: str | None) -> str | None:
     configured one, or one the store holds files of (``enrich PATH``); else QueryError."""
     if repo is None:
         return None
-    try:
-        wanted = Path(repo).expanduser().resolve()
-    except (OSError, ValueError) as exc:
-        raise QueryError(f"--repo {repo!r}: {exc}") from None
+    wanted = real_path(repo)
+    if wanted is None:
+        raise QueryError(f"--repo {repo!r}: no directory can have this name (a NUL byte or an unknown ~user)")
     known = [Path(r.path) for r in config.repos]
     if wanted in known:
         return str(wanted)

@@ -8,7 +8,8 @@ this order:
 * its name is not valid UTF-8 (never indexed: SQLite text is UTF-8);
 * it is excluded: a secret file, an editor temp file, or by ignore rules
   (``.gitignore``, ``repos[].exclude``, the default excludes);
-* it does not exist, or is a directory;
+* it is a symlink (never followed), a directory, does not exist, or is no
+  regular file (a FIFO, socket or device: never read);
 * it was skipped when scanned, with the reason the scanner stored
   (``binary``, ``too_large``, ``decode_error``, ...);
 * it has not been scanned yet (no store, or not in it);
@@ -65,10 +66,14 @@ def why_no_spans(config: Config, path: str, line: int | None = None) -> str:
     if reason:
         return f"{shown}: excluded: {reason}"
     full = repo_path / relpath
-    if full.is_dir():
+    if os.path.islink(full):
+        return f"{shown}: a symlink (to {printable(os.readlink(full))}); symlinks are never followed: show the file itself"
+    if os.path.isdir(full):
         return f"{shown}: a directory; show takes a file"
-    if not full.exists():
+    if not os.path.exists(full):  # os.path, not Path: a name too long is "no such file", not an OSError
         return f"{shown}: no such file"
+    if not os.path.isfile(full):
+        return f"{shown}: not a regular file (a FIFO, socket or device); only regular files are indexed"
     return f"{shown}: {_stored_reason(config, repo_path, relpath, line)}"
 
 
