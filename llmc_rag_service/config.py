@@ -431,7 +431,7 @@ class _Validator:
     def repos(self, value: Any) -> tuple[RepoConfig, ...]:
         if not isinstance(value, list):
             raise self.fail("repos", f"must be a list, got {type(value).__name__}")
-        out = []
+        out: list[RepoConfig] = []
         for i, item in enumerate(value):
             key = f"repos[{i}]"
             raw = self.mapping(key, item, {"path", "exclude"})
