@@ -201,18 +201,25 @@ class Config:
 STATE_FILES = ("llmc-rag.db*", "llmc-rag.lock")
 
 
-def _without_state(repo: RepoConfig, state_dir: Path) -> RepoConfig:
-    """``repo`` with the store excluded when ``state_dir`` lies inside it. Else every
-    commit's WAL write is a file event, indexing it writes the store, and so on
-    forever (a batch per debounce, the lock file sent to the model)."""
+def _anchored(rel: Path) -> str:
+    """A gitignore pattern naming exactly the directory ``rel`` of a repo (anchored, escaped)."""
+    return "/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", rel.as_posix()) + "/"
+
+
+def _owned(repo: RepoConfig, repos: tuple[RepoConfig, ...], state_dir: Path) -> RepoConfig:
+    """``repo`` with what it must not index excluded: a repo listed inside it (whose
+    own entry, with its own excludes, indexes those files: else each is stored, searched
+    and counted twice), and the store when ``state_dir`` lies inside it (else every
+    commit's WAL write is a file event, indexing it writes the store, and so on forever)."""
+    extra = [_anchored(other.path.relative_to(repo.path)) for other in repos
+             if other.path != repo.path and repo.path in other.path.parents]
     try:
         rel = Path(os.path.realpath(state_dir)).relative_to(repo.path)
     except ValueError:
-        return repo
-    # Anchored and escaped, so the pattern names this directory only (gitignore syntax).
-    here = re.sub(r"([\\*?\[\]!# ])", r"\\\1", rel.as_posix()) + "/" if rel.parts else ""
-    extra = [f"/{here}"] if here else [f"/{name}" for name in STATE_FILES]
-    return RepoConfig(path=repo.path, exclude=repo.exclude + tuple(extra))
+        rel = None
+    if rel is not None:
+        extra += [_anchored(rel)] if rel.parts else [f"/{name}" for name in STATE_FILES]
+    return RepoConfig(path=repo.path, exclude=repo.exclude + tuple(extra)) if extra else repo
 
 
 def default_state_dir(env: Mapping[str, str] | None = None, config_path: Path | str | None = None) -> Path:
@@ -409,9 +416,10 @@ class _Validator:
         state_dir = default_state_dir(self.env, self.path)
         if "state_dir" in top:
             state_dir = self.absolute("state_dir", self.typed("state_dir", top["state_dir"], str))
+        repos = self.repos(top.get("repos", []) or [])
         config = Config(
             state_dir=state_dir,
-            repos=tuple(_without_state(r, state_dir) for r in self.repos(top.get("repos", []) or [])),
+            repos=tuple(_owned(r, repos, state_dir) for r in repos),
             ollama=self.ollama(top),
             watch=self.section("watch", top, WatchConfig, {"debounce_ms": (int, 0), "max_file_bytes": (int, 1),
                                                            "max_delay_ms": (int, 0),

@@ -348,3 +348,16 @@ def test_a_state_dir_inside_a_repo_is_excluded_from_it(tmp_path):
         assert not ignore.is_ignored(kept) and not ignore.is_ignored("a.py")
     cfg = load_config(write(tmp_path, f"state_dir: {tmp_path}/state\nrepos:\n  - path: {repo}\n"))
     assert cfg.repos[0].exclude == ()
+
+
+def test_a_repo_inside_another_is_excluded_from_the_outer_one(tmp_path):
+    """A repo listed inside another is indexed by its own entry only (with its own excludes):
+    the outer one excludes it, so no file is stored, searched or counted twice."""
+    from llmc_rag_service.index.ignore import RepoIgnore
+
+    outer, inner = tmp_path / "mono", tmp_path / "mono" / "libs" / "a b"
+    inner.mkdir(parents=True)
+    cfg = load_config(write(tmp_path, f"state_dir: {tmp_path}/state\nrepos:\n  - path: {outer}\n  - path: {inner}\n"))
+    ignore = RepoIgnore(cfg.repos[0].path, cfg.repos[0].exclude)
+    assert ignore.is_ignored("libs/a b/x.py") and not ignore.is_ignored("libs/ab/x.py")
+    assert cfg.repos[1].exclude == ()
