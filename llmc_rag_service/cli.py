@@ -24,6 +24,7 @@ from llmc_rag_service import __version__
 from llmc_rag_service import logs as logsetup
 from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config, locate_config
 from llmc_rag_service.output import CheckedOutput, OutputError, discard_stdout
+from llmc_rag_service.paths import printable_name
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
 EX_OK = 0
@@ -355,17 +356,18 @@ def _show(config: Config, args: argparse.Namespace) -> int:
         _err(f"{path} changed since it was indexed: the line numbers below may be off until it is indexed "
              "again (a running serve does it within seconds; else run llmc-rag enrich)")
     for s in spans:
-        print(f"{s['path']}:{s['start_line']}-{s['end_line']} {s['kind']} {s['name']} [{s['state']}]")
+        # Names and model text escaped: a hostile name (or a model echoing it) may hold ESC sequences.
+        print(printable_name(f"{s['path']}:{s['start_line']}-{s['end_line']} {s['kind']} {s['name']} [{s['state']}]"))
         if s["enrichment"]:
             e = s["enrichment"]
-            print(f"  {e['summary']}")
+            print(f"  {printable_name(e['summary'])}")
             for key in ("inputs", "outputs", "side_effects", "pitfalls"):
                 if e[key]:
-                    print(f"  {key}: " + "; ".join(e[key]))
+                    print(f"  {key}: " + printable_name("; ".join(e[key])))
             if e["usage"]:
-                print(f"  usage: {e['usage']}")
+                print(f"  usage: {printable_name(e['usage'])}")
         elif s["error"]:
-            print(f"  error: {s['error']}")
+            print(f"  error: {printable_name(s['error'])}")
     return EX_OK
 
 

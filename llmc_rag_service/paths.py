@@ -12,6 +12,7 @@ caller says so in one line instead of printing a traceback.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -48,3 +49,15 @@ def real_path(text: str, follow_last: bool = True) -> Path | None:
     if follow_last or name in ("", ".", ".."):
         return Path(os.path.realpath(full))
     return Path(os.path.realpath(head)) / name
+
+
+#: C0 and C1 control characters, DEL, and lone surrogates (undecodable bytes of a name).
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable_name(name: str) -> str:
+    """``name`` safe to print on a terminal: each control character (a newline, an
+    ESC starting a terminal sequence a hostile file name could carry, or a model
+    echoed) or undecodable byte as a ``\\n``/``\\x1b``/``\\udcNN`` escape, so one name is one line and changes nothing
+    but its own text."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), name)

@@ -76,3 +76,23 @@ def test_a_stdout_that_cannot_be_written_is_named_not_the_store(enriched, args):
                               stdout=full, stderr=subprocess.PIPE, text=True, cwd=repo, timeout=60)
     assert proc.returncode == 74
     assert proc.stderr == f"llmc-rag: {args[0]}: cannot write the output to stdout: No space left on device\n"
+
+
+def test_a_file_name_with_control_characters_prints_escaped(tmp_path, ollama, capsys):
+    """A name holding ESC (a terminal sequence) or a newline is printed escaped by search, show
+    and show's reasons: one name, one line, and nothing sent to the terminal but text."""
+    repo = tmp_path / "repo"
+    write_tree(repo, {"evil\x1b[2Jx.py": "def wiped_screen():\n    return 1\n",
+                      "two\nlines.py": "def split_name():\n    return 2\n"})
+    config = make_config(tmp_path, ollama.url, [repo], logging={"level": "error"})
+    assert cli.main(["enrich", "-c", str(config.source)]) == 0
+    capsys.readouterr()
+    assert cli.main(["search", "-c", str(config.source), "--mode", "lexical", "wiped_screen"]) == 0
+    assert cli.main(["search", "-c", str(config.source), "--mode", "lexical", "split_name"]) == 0
+    assert cli.main(["show", "-c", str(config.source), str(repo / "evil\x1b[2Jx.py")]) == 0
+    assert cli.main(["show", "-c", str(config.source), str(repo / "two\nlines.py:9")]) == 1
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err
+    assert f"{repo}/evil\\x1b[2Jx.py:1-2  function wiped_screen" in out and "evil\\x1b[2Jx.py:1-2 function" in out
+    assert f"{repo}/two\\nlines.py:1-2  function split_name" in out
+    assert err == f"llmc-rag: {repo}/two\\nlines.py:9: no span covers line 9: the file's spans end at line 2\n"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.index.ignore import RepoIgnore, is_editor_temp, is_secret
+from llmc_rag_service.paths import printable_name
 from llmc_rag_service.service.status import known_repos, resolve_file
 from llmc_rag_service.store.views import StoreReader
 
@@ -45,8 +46,9 @@ def utf8_name(path: str) -> bool:
 
 
 def printable(text: str) -> str:
-    """``text`` with undecodable bytes as ``\\xNN``-style escapes, safe to print anywhere."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """``text`` with undecodable bytes and control characters as ``\\xNN``-style escapes,
+    safe to print anywhere (:func:`~llmc_rag_service.paths.printable_name`)."""
+    return printable_name(text)
 
 
 def why_no_spans(config: Config, path: str, line: int | None = None) -> str:
