@@ -16,13 +16,15 @@ import sqlite3
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence, TextIO, cast
 
 import structlog
 
 from llmc_rag_service import __version__
 from llmc_rag_service import logs as logsetup
 from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config, locate_config
+from llmc_rag_service.output import CheckedOutput, OutputError, discard_stdout
+from llmc_rag_service.paths import printable_name
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
 EX_OK = 0
@@ -182,6 +184,27 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parse(argv)
+    stdout = sys.stdout
+    if args.command not in ("serve", "mcp"):  # mcp: stdout is the protocol's, left to the SDK
+        sys.stdout = cast(TextIO, CheckedOutput(stdout))
+    try:
+        status = _run(args)
+        sys.stdout.flush()  # what is still buffered fails here, not unreported at exit
+        return status
+    except OutputError as exc:
+        # Disk full or an I/O error under `> file`: the output's fault, not the store's.
+        _err(f"{args.command}: cannot write the output to stdout: {exc}")
+        discard_stdout()
+        return EX_IOERR
+    except BrokenPipeError:
+        discard_stdout()
+        return EX_OK
+    finally:
+        sys.stdout = stdout
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; returns the exit status."""
     try:
         if args.command == "install-unit":
             return _install_unit(args)
@@ -333,17 +356,18 @@ def _show(config: Config, args: argparse.Namespace) -> int:
         _err(f"{path} changed since it was indexed: the line numbers below may be off until it is indexed "
              "again (a running serve does it within seconds; else run llmc-rag enrich)")
     for s in spans:
-        print(f"{s['path']}:{s['start_line']}-{s['end_line']} {s['kind']} {s['name']} [{s['state']}]")
+        # Names and model text escaped: a hostile name (or a model echoing it) may hold ESC sequences.
+        print(printable_name(f"{s['path']}:{s['start_line']}-{s['end_line']} {s['kind']} {s['name']} [{s['state']}]"))
         if s["enrichment"]:
             e = s["enrichment"]
-            print(f"  {e['summary']}")
+            print(f"  {printable_name(e['summary'])}")
             for key in ("inputs", "outputs", "side_effects", "pitfalls"):
                 if e[key]:
-                    print(f"  {key}: " + "; ".join(e[key]))
+                    print(f"  {key}: " + printable_name("; ".join(e[key])))
             if e["usage"]:
-                print(f"  usage: {e['usage']}")
+                print(f"  usage: {printable_name(e['usage'])}")
         elif s["error"]:
-            print(f"  error: {s['error']}")
+            print(f"  error: {printable_name(s['error'])}")
     return EX_OK
 
 

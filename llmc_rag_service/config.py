@@ -22,6 +22,7 @@ from typing import Any, Mapping, cast
 import pathspec
 import yaml
 
+from llmc_rag_service.paths import expand_user
 from llmc_rag_service.team.settings import check_dsn
 
 #: Ollama options that are fixed when the model is loaded: sending a
@@ -194,6 +195,31 @@ class Config:
     def db_path(self) -> Path:
         """The state database, ``<state_dir>/llmc-rag.db``."""
         return self.state_dir / "llmc-rag.db"
+
+
+#: The store's files in ``state_dir`` (the database, its WAL/SHM/journal, the lock).
+STATE_FILES = ("llmc-rag.db*", "llmc-rag.lock")
+
+
+def _anchored(rel: Path) -> str:
+    """A gitignore pattern naming exactly the directory ``rel`` of a repo (anchored, escaped)."""
+    return "/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", rel.as_posix()) + "/"
+
+
+def _owned(repo: RepoConfig, repos: tuple[RepoConfig, ...], state_dir: Path) -> RepoConfig:
+    """``repo`` with what it must not index excluded: a repo listed inside it (whose
+    own entry, with its own excludes, indexes those files: else each is stored, searched
+    and counted twice), and the store when ``state_dir`` lies inside it (else every
+    commit's WAL write is a file event, indexing it writes the store, and so on forever)."""
+    extra = [_anchored(other.path.relative_to(repo.path)) for other in repos
+             if other.path != repo.path and repo.path in other.path.parents]
+    try:
+        rel = Path(os.path.realpath(state_dir)).relative_to(repo.path)
+    except ValueError:
+        rel = None
+    if rel is not None:
+        extra += [_anchored(rel)] if rel.parts else [f"/{name}" for name in STATE_FILES]
+    return RepoConfig(path=repo.path, exclude=repo.exclude + tuple(extra)) if extra else repo
 
 
 def default_state_dir(env: Mapping[str, str] | None = None, config_path: Path | str | None = None) -> Path:
@@ -389,10 +415,11 @@ class _Validator:
                                       "secrets", "team"})
         state_dir = default_state_dir(self.env, self.path)
         if "state_dir" in top:
-            state_dir = Path(os.path.expanduser(self.typed("state_dir", top["state_dir"], str)))
+            state_dir = self.absolute("state_dir", self.typed("state_dir", top["state_dir"], str))
+        repos = self.repos(top.get("repos", []) or [])
         config = Config(
             state_dir=state_dir,
-            repos=self.repos(top.get("repos", []) or []),
+            repos=tuple(_owned(r, repos, state_dir) for r in repos),
             ollama=self.ollama(top),
             watch=self.section("watch", top, WatchConfig, {"debounce_ms": (int, 0), "max_file_bytes": (int, 1),
                                                            "max_delay_ms": (int, 0),
@@ -412,7 +439,7 @@ class _Validator:
     def repos(self, value: Any) -> tuple[RepoConfig, ...]:
         if not isinstance(value, list):
             raise self.fail("repos", f"must be a list, got {type(value).__name__}")
-        out = []
+        out: list[RepoConfig] = []
         for i, item in enumerate(value):
             key = f"repos[{i}]"
             raw = self.mapping(key, item, {"path", "exclude"})
@@ -421,13 +448,31 @@ class _Validator:
             raw_path = self.typed(f"{key}.path", raw["path"], str)
             if not raw_path.strip():
                 raise self.fail(f"{key}.path", "must not be empty")
-            path = Path(os.path.expanduser(raw_path)).resolve()
+            # os.path.realpath, not Path.resolve: a symlink loop is a missing repo, not a RuntimeError.
+            path = Path(os.path.realpath(self.absolute(f"{key}.path", raw_path)))
+            twin = next((j for j, repo in enumerate(out) if repo.path == path), None)
+            if twin is not None:  # two watchers on one tree, its files counted twice
+                raise self.fail(f"{key}.path", f"{path} is already listed as repos[{twin}].path")
             # Not checked against the disk: a missing (unmounted, deleted, not
             # yet cloned) or replaced path is reported by the daemon as
             # "degraded: repo missing" and picked up when it is a directory
             # again; refusing the config would stop every other repo too.
             out.append(RepoConfig(path=path, exclude=self.patterns(f"{key}.exclude", raw.get("exclude", []) or [])))
         return tuple(out)
+
+    def absolute(self, key: str, raw: str) -> Path:
+        """``raw`` with ``~``/``~user`` expanded, as an absolute path; a relative one
+        (whose meaning would change with each command's working directory: ``/``
+        under systemd), an unknown ``~user`` or a NUL byte is a ConfigError."""
+        if "\x00" in raw:
+            raise self.fail(key, f"must not contain a NUL character, got {raw!r}")
+        expanded = expand_user(raw)
+        if expanded is None:
+            raise self.fail(key, f"cannot expand {raw.split('/', 1)[0]!r}: no such user, got {raw!r}")
+        if not os.path.isabs(expanded):
+            raise self.fail(key, f"must be an absolute path or start with ~/ (a relative one would depend on the "
+                                 f"directory each command runs in), got {raw!r}")
+        return Path(expanded)
 
     def patterns(self, key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(p, str) for p in value):

@@ -57,8 +57,9 @@ def _write_test_bytecode(config: pytest.Config) -> None:
     on read, so a stale one is never used); the helper modules get ordinary
     bytecode. If this pytest has no such functions, the workers rewrite as before."""
     tests = Path(__file__).parent
-    # Helpers imported without rewriting; not the case data (tests/data/), which tests copy and read as files.
-    compileall.compile_dir(tests, quiet=1, rx=re.compile(r"[/\\]data[/\\]"))
+    # Helpers imported without rewriting; never tests/data: its files are cases copied into repos
+    # whole (a __pycache__ there became a directory test_awkward_files_follow_the_cases copied).
+    compileall.compile_dir(tests, quiet=1, rx=re.compile(r"/tests/data/"))
     try:
         from _pytest.assertion.rewrite import PYC_TAIL, _rewrite_test, _write_pyc, assertstate_key, get_cache_dir
     except ImportError:
@@ -66,9 +67,12 @@ def _write_test_bytecode(config: pytest.Config) -> None:
     state = config.stash.get(assertstate_key, None)
     if state is None:  # --assert=plain: nothing is rewritten
         return
+    data = tests / "data"
     rewritten = {tests.parent.joinpath(*name.split(".")).with_suffix(".py") for name in pytest_plugins}
     for source in sorted(tests.rglob("*.py")):
         if not (source.name.startswith("test_") or source.name == "conftest.py" or source in rewritten):
+            continue
+        if data in source.parents:  # case files, copied and read as files
             continue
         pyc = get_cache_dir(source) / (source.name[:-3] + PYC_TAIL)
         header = importlib.util.MAGIC_NUMBER + b"\x03\x00\x00\x00" + importlib.util.source_hash(source.read_bytes())

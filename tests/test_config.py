@@ -290,3 +290,74 @@ def test_self_referencing_aliases_and_syntax_errors_are_one_line(tmp_path, text,
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert expect in str(err.value) and "\n" not in str(err.value)
+
+
+# -- paths from outside: relative, ~user, NUL, twice, loops, the store inside a repo --------------
+
+@pytest.mark.parametrize(("text", "key", "said"), [
+    ("state_dir: rel/state\nrepos:\n  - path: /srv\n", "state_dir", "must be an absolute path or start with ~/"),
+    ("repos:\n  - path: src/app\n", "repos[0].path", "must be an absolute path or start with ~/"),
+    ("repos:\n  - path: $HOME/src\n", "repos[0].path", "must be an absolute path or start with ~/"),
+    ("repos:\n  - path: ~nosuchuser-llmc/src\n", "repos[0].path", "cannot expand '~nosuchuser-llmc': no such user"),
+    ("state_dir: ~nosuchuser-llmc/s\nrepos:\n  - path: /srv\n", "state_dir", "no such user"),
+    ('repos:\n  - path: "/srv/a\\0b"\n', "repos[0].path", "must not contain a NUL character"),
+])
+def test_a_path_whose_meaning_depends_on_the_working_directory_is_refused(tmp_path, text, key, said):
+    """A relative path (or an unknown ~user, which stays one) would name another directory for each
+    command's working directory (/ under systemd); it is refused naming the key, as is a NUL byte."""
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f": {key}: " in str(err.value) and said in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_repo_listed_twice_under_two_spellings_is_refused(tmp_path):
+    """`/x` and `/x/` (or a symlink to it) are one tree: watched twice and counted twice, so refused."""
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "repo")
+    for second in (f"{tmp_path}/repo/", f"{tmp_path}/alias"):
+        path = tmp_path / "config.yaml"
+        path.write_text(f"repos:\n  - path: {tmp_path}/repo\n  - path: {second}\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert f"config.yaml:3: repos[1].path: {tmp_path / 'repo'} is already listed as repos[0].path" in str(err.value)
+
+
+def test_a_repo_path_that_is_a_symlink_loop_loads_as_a_missing_repo(tmp_path):
+    """A symlink loop at a repo's path is no RuntimeError traceback: the path loads, and is no directory."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    cfg = load_config(write(tmp_path, f"repos:\n  - path: {tmp_path}/a\n"))
+    assert not cfg.repos[0].path.is_dir()
+
+
+def test_a_state_dir_inside_a_repo_is_excluded_from_it(tmp_path):
+    """The store's own files are never indexed (each commit's WAL write would be a file event that
+    writes the store again, forever): the state dir inside a repo, or the store files at its root."""
+    from llmc_rag_service.index.ignore import RepoIgnore
+
+    repo = tmp_path / "my repo"
+    (repo / "st[1]").mkdir(parents=True)
+    for state, ignored, kept in ((repo / "st[1]", "st[1]/llmc-rag.db-wal", "st1/llmc-rag.db-wal"),
+                                 (repo, "llmc-rag.db-wal", "src/llmc-rag.db-wal")):
+        cfg = load_config(write(tmp_path, f"state_dir: {state}\nrepos:\n  - path: {repo}\n    exclude: ['*.log']\n"))
+        ignore = RepoIgnore(cfg.repos[0].path, cfg.repos[0].exclude)
+        assert ignore.is_ignored(ignored) and ignore.is_ignored("x.log")
+        assert not ignore.is_ignored(kept) and not ignore.is_ignored("a.py")
+    cfg = load_config(write(tmp_path, f"state_dir: {tmp_path}/state\nrepos:\n  - path: {repo}\n"))
+    assert cfg.repos[0].exclude == ()
+
+
+def test_a_repo_inside_another_is_excluded_from_the_outer_one(tmp_path):
+    """A repo listed inside another is indexed by its own entry only (with its own excludes):
+    the outer one excludes it, so no file is stored, searched or counted twice."""
+    from llmc_rag_service.index.ignore import RepoIgnore
+
+    outer, inner = tmp_path / "mono", tmp_path / "mono" / "libs" / "a b"
+    inner.mkdir(parents=True)
+    cfg = load_config(write(tmp_path, f"state_dir: {tmp_path}/state\nrepos:\n  - path: {outer}\n  - path: {inner}\n"))
+    ignore = RepoIgnore(cfg.repos[0].path, cfg.repos[0].exclude)
+    assert ignore.is_ignored("libs/a b/x.py") and not ignore.is_ignored("libs/ab/x.py")
+    assert cfg.repos[1].exclude == ()

@@ -104,7 +104,43 @@ def test_non_ascii_spans_fit_num_ctx_counted_by_utf8_bytes(line):
 
 
 def test_budget_units_count_ascii_by_characters_and_other_text_by_bytes():
-    """ASCII text costs one unit a character; each UTF-8 byte of other text costs three."""
-    assert budget_units("def f(): pass") == 13
+    """ASCII text costs one unit a character, but a digit three (a token of its own); each UTF-8
+    byte of other text costs three."""
+    assert budget_units("def f(): pass") == 13 and budget_units("x = 12") == 10 and budget_units("a字1") == 13
     assert budget_units("é") == 6 and budget_units("字") == 9 and budget_units("🚀") == 12
     assert budget_units("a字b") == 11
+
+
+def _digit_tokens_and_ceiling(span, options) -> tuple[int, int]:
+    """(the prompt's ASCII digits, its planned ceiling in tokens) for ``span``."""
+    messages = build_messages(path="data.py", language="python", kind=span.kind, name=span.name,
+                              start_line=span.start_line, text=span.text)
+    digits = sum(ch.isascii() and ch.isdigit() for m in messages for ch in m["content"])
+    return digits, plan_num_predict(messages, options)
+
+
+def test_a_table_of_numbers_is_cut_so_its_digits_alone_fit_num_ctx():
+    """Qwen2's (the default model's), Llama 2's and Mistral's tokenizers make each digit a token:
+    a span of a numeric table is cut so that its digits alone, line numbers included, plus the
+    answer cap fit num_ctx (counted as 3 characters a token it overflowed 8192 by 1.7x)."""
+    options = {"num_ctx": 8192}
+    rows = "".join(f"    {', '.join(str(1000000 + 7919 * (r * 8 + c)) for c in range(8))},\n" for r in range(1500))
+    spans = split_file("data.py", f"TABLE = [\n{rows}]\n".encode(), max_file_bytes=MAX,
+                       max_span_chars=span_char_budget(options))
+    assert len(spans) > 1
+    for span in spans:
+        digits, cap = _digit_tokens_and_ceiling(span, options)
+        assert digits + cap <= options["num_ctx"]
+        assert cap == effective_options(options)["num_predict"]
+
+
+def test_a_span_of_blank_lines_is_cut_before_its_numbered_prompt_outgrows_num_ctx():
+    """Each line of the prompt carries its number ("5001 | "): a function holding 5000 blank lines
+    (1 unit each as text) is cut into parts that each keep the full answer cap, instead of one
+    span whose prompt was refused as prompt_too_large and dead-lettered."""
+    options = {"num_ctx": 8192}
+    spans = split_file("blank.py", ("def f():\n" + "\n" * 5000 + "    return 1\n").encode(), max_file_bytes=MAX,
+                       max_span_chars=span_char_budget(options))
+    assert len(spans) > 1 and spans[0].start_line == 1 and spans[-1].end_line == 5002
+    for span in spans:
+        assert _digit_tokens_and_ceiling(span, options)[1] == effective_options(options)["num_predict"]

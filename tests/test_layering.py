@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llmc_rag_service"
 #: What each subpackage may import from the product, besides itself and the shared
-#: top-level modules (config, models, logs, clock). Lower stages never import higher ones.
+#: top-level modules (config, models, logs, clock, paths). Lower stages never import higher ones.
 ALLOWED: dict[str, set[str]] = {
     "store": set(),
     "index": {"store"},
@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "mcp": {"store", "search", "service"},
     "testing": set(),
 }
-SHARED = {"config", "models", "logs", "clock", "__init__", "__version__"}
+SHARED = {"config", "models", "logs", "clock", "paths", "__init__", "__version__"}
 
 
 def _imports(path: Path) -> set[str]:

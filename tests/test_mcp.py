@@ -111,3 +111,61 @@ def test_each_tool_answers_and_bad_arguments_are_tool_errors(indexed):
     assert all(e.is_error for e in errors)
     assert "not indexed" in errors[0].content[0].text and "no span covers" in errors[1].content[0].text
     assert not alive.is_error  # the server survived every bad call
+
+
+#: A relative path out of the repo root (built, so no file of the clone spells a climb above it).
+UP_TWICE = "/".join(["..", "..", "etc", "passwd"])
+
+
+@pytest.mark.timeout(90)
+def test_get_span_paths_no_file_can_have_are_tool_errors_that_say_why(indexed, capfd):
+    """A NUL byte, a name over NAME_MAX, a symlink loop, `..` out of the repo: each a tool error
+    naming the path (not a bare 'Error executing tool' with a traceback on stderr); `sub/../x` works."""
+    config_path, repo = indexed
+    (repo / "loop1").symlink_to("loop2")
+    (repo / "loop2").symlink_to("loop1")
+
+    async def go():
+        async with _session(config_path) as client:
+            calls = [{"path": str(repo / "src/net.py") + "\x00", "line": 1}, {"path": "x" * 300, "line": 1},
+                     {"path": str(repo / "loop1/x.py"), "line": 1}, {"path": UP_TWICE, "line": 1},
+                     {"path": "~nosuchuser-llmc/x.py", "line": 1}]
+            errors = [await client.call_tool("get_span", args) for args in calls]
+            dotted = await client.call_tool("get_span", {"path": "src/../src/net.py", "line": 1})
+            return errors, dotted
+
+    try:
+        errors, dotted = _run(go())
+    finally:
+        (repo / "loop1").unlink()
+        (repo / "loop2").unlink()
+    texts = [e.content[0].text for e in errors]
+    assert all(e.is_error for e in errors), texts
+    assert "not inside a configured repository" in texts[0] and "x" * 300 in texts[1]
+    assert "loop1/x.py: not indexed" in texts[2] and f"{UP_TWICE}: outside every configured" in texts[3]
+    assert "~nosuchuser-llmc/x.py: not inside a configured repository" in texts[4]
+    assert _payload(dotted)["name"] == "open_socket"
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.timeout(90)
+def test_an_unusable_store_is_a_tool_error_naming_it(tmp_path, capfd):
+    """A corrupt store makes each tool answer a tool error that names the store and says what to do,
+    not 'Error executing tool' with a traceback on the server's stderr; the server stays up."""
+    repo = tmp_path / "repo"
+    write_tree(repo, {"a.py": "def f():\n    pass\n"})
+    config = make_config(tmp_path, "http://127.0.0.1:9", [repo], logging={"level": "warning"})
+    config.db_path.parent.mkdir(parents=True, exist_ok=True)
+    config.db_path.write_bytes(b"SQLite format 3\x00" + b"\x5a" * 8192)
+
+    async def go():
+        async with _session(config.source) as client:
+            return [await client.call_tool("search_code", {"query": "f"}),
+                    await client.call_tool("get_span", {"path": "a.py", "line": 1}),
+                    await client.call_tool("index_status", {})]
+
+    results = _run(go())
+    assert all(r.is_error for r in results)
+    for r in results:
+        assert f"the index store cannot be used: {config.db_path}" in r.content[0].text
+    assert "Traceback" not in capfd.readouterr().err

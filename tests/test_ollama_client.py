@@ -156,16 +156,21 @@ def test_whole_answer_deadline_counts_from_the_first_byte():
 
 
 def test_prompt_at_the_span_budget_fits_num_ctx_with_the_answer():
-    """A span cut to the budget (lines of 20+ chars) gives a prompt that leaves num_predict room in num_ctx (O10)."""
+    """Every part of a span cut to the budget (lines of 20+ chars, line numbers past 9990) gives a
+    prompt that leaves num_predict room in num_ctx (O10)."""
+    from llmc_rag_service.index.spans import split_source
+
     for options in ({"num_ctx": 8192}, {"num_ctx": 2048, "num_predict": 1000}, {}):
-        budget = span_char_budget(options)
         cap = effective_options(options)["num_predict"]
-        text = "\n".join("    value = compute(x)" for _ in range(budget // 23))[:budget]
-        messages = build_messages(path="pkg/module.py", language="python", kind="function",
-                                  name="Klass.method", start_line=9990, text=text)
-        num_ctx = options.get("num_ctx", 2048)
-        assert estimate_prompt_tokens(messages) + cap <= num_ctx
-        assert plan_num_predict(messages, options) == cap == options.get("num_predict", min(3072, num_ctx // 2))
+        source = "\n" * 9988 + "def method(x):\n" + "    value = compute(x)\n" * 3000
+        parts = split_source(source, "python", max_span_chars=span_char_budget(options))
+        assert len(parts) > 1
+        for part in parts:
+            messages = build_messages(path="pkg/module.py", language="python", kind="function",
+                                      name=part.name, start_line=part.start_line, text=part.text)
+            num_ctx = options.get("num_ctx", 2048)
+            assert estimate_prompt_tokens(messages) + cap <= num_ctx
+            assert plan_num_predict(messages, options) == cap == options.get("num_predict", min(3072, num_ctx // 2))
 
 
 def test_num_predict_grows_on_retries_within_the_context():

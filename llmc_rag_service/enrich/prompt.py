@@ -133,7 +133,8 @@ def span_char_budget(options: Mapping[str, Any]) -> int:
     text; a non-ASCII UTF-8 byte counts as a whole token)."""
     opts = effective_options(options)
     tokens = num_ctx_of(opts) - int(opts["num_predict"]) - PROMPT_OVERHEAD_TOKENS
-    return max(MIN_SPAN_CHARS, int(tokens * CHARS_PER_TOKEN / NUMBERING_GROWTH))
+    # Not divided by NUMBERING_GROWTH: the cutter counts each line's number itself.
+    return max(MIN_SPAN_CHARS, int(tokens * CHARS_PER_TOKEN))
 
 
 #: The shortest span piece files are split into, in ``budget_units``.

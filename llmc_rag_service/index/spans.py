@@ -37,7 +37,9 @@ pinned in pyproject.toml; one role table serves every language):
 - Any span longer than ``max_span_chars`` is cut into ``(part i/n)`` spans on
   line boundaries (an over-long line is cut into pieces); nothing is dropped.
   Length is measured in :func:`~llmc_rag_service.models.budget_units` (an ASCII
-  character is 1, a non-ASCII UTF-8 byte 3), so CJK or emoji text is cut shorter.
+  character is 1, an ASCII digit or a non-ASCII UTF-8 byte 3), so CJK, emoji or
+  numeric text is cut shorter, with the number the prompt puts before each line
+  counted too (a span of blank lines is cut like any other).
 
 ``.h`` files are C unless their text looks like C++. Parsers are built lazily,
 one per language per thread (tree-sitter parsers are not thread-safe;
@@ -144,7 +146,7 @@ def _parsed_items(lines: list[str], language: str) -> list[_Item]:
 def _cut(text: str, max_units: int) -> list[str]:
     """``text`` in consecutive pieces of at most ``max_units`` budget units each
     (one piece if it fits; a character over the cap alone still makes a piece)."""
-    if text.isascii():
+    if budget_units(text) == len(text):  # ASCII without digits: a unit per character
         return [text[start:start + max_units] for start in range(0, max(len(text), 1), max_units)]
     pieces, start, size = [], 0, 0
     for index, char in enumerate(text):
@@ -180,17 +182,28 @@ def _attach_tiny_blocks(blocks: list[_Item], heads: list[_Item], lines: list[str
     return kept, heads
 
 
+def _prefix_units(last_line: int) -> int:
+    """Budget units of the ``"1234 | "`` number the prompt puts before each line
+    of a span ending at ``last_line`` (``enrich/prompt.py`` ``build_messages``):
+    its digits, each a token, and ``" | "``. Counted per line, so a span of
+    blank or very short lines is cut before its numbered prompt outgrows ``num_ctx``."""
+    return budget_units(f"{last_line} | ")
+
+
 def _pack(pieces: list[Piece], max_units: int) -> list[list[Piece]]:
-    """Consecutive groups of pieces whose joined text is at most ``max_units`` long,
-    measured in :func:`~llmc_rag_service.models.budget_units`."""
+    """Consecutive groups of pieces whose joined text, each line with its prompt line
+    number, is at most ``max_units`` long, measured in
+    :func:`~llmc_rag_service.models.budget_units`."""
     parts: list[list[Piece]] = []
     current: list[Piece] = []
-    size = -1  # budget units of "\n".join(current)
+    prefix = _prefix_units(pieces[-1].last_row + 1)
+    size = -1  # budget units of "\n".join(current), line numbers included
     for piece in (line for run in pieces for line in _line_pieces(run)):
-        units = budget_units(piece.text)
-        chunks = [piece.text] if units <= max_units else _cut(piece.text, max_units)
+        units = budget_units(piece.text) + prefix
+        room = max(1, max_units - prefix)
+        chunks = [piece.text] if units <= max_units else _cut(piece.text, room)
         for text in chunks:
-            units = budget_units(text) if len(chunks) > 1 else units
+            units = budget_units(text) + prefix if len(chunks) > 1 else units
             if current and size + 1 + units > max_units:
                 parts.append(current)
                 current, size = [], -1
@@ -203,7 +216,10 @@ def _pack(pieces: list[Piece], max_units: int) -> list[list[Piece]]:
 def _capped(item: _Item, language: str, max_chars: int) -> list[Span]:
     kind, name, pieces = item
     text = "\n".join(piece.text for piece in pieces)
-    if budget_units(text) <= max_chars:  # the common case: one span, nothing to pack
+    numbering = _prefix_units(pieces[-1].last_row + 1) * (text.count("\n") + 1)
+    # The common case: one span, nothing to pack (short ASCII needs no digit count: 3 units a character at most).
+    if (3 * len(text) if text.isascii() else budget_units(text)) + numbering <= max_chars \
+            or budget_units(text) + numbering <= max_chars:
         return [Span(kind, name, pieces[0].first_row + 1, pieces[-1].last_row + 1, text, language)]
     parts = _pack(pieces, max_chars)
     spans = []

@@ -9,6 +9,7 @@ The store is read-only here (``mode=ro``), so the server runs beside ``serve``.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -19,6 +20,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from llmc_rag_service import __version__
 from llmc_rag_service.config import Config
 from llmc_rag_service.mcp import tools
+from llmc_rag_service.store.faults import StoreUnusable, classify
 
 INSTRUCTIONS = """\
 An index of this project's code, kept fresh by the llmc-rag daemon: every function, method and class
@@ -72,13 +74,16 @@ def build_server(config: Config, embed_query: Any = None) -> MCPServer:
     return server
 
 
-def _call(fn: Any, *args: Any) -> dict[str, Any]:
-    """Run a tool function; an input the agent can fix, or an unusable store, becomes a ToolError."""
+def _call(fn: Any, config: Config, *args: Any) -> dict[str, Any]:
+    """Run a tool function; an input the agent can fix, or an unusable store (corrupt, another
+    application's, unreadable), becomes a ToolError whose message says which, with no traceback."""
     try:
-        result: dict[str, Any] = fn(*args)
+        result: dict[str, Any] = fn(config, *args)
         return result
     except tools.ToolInputError as exc:
         raise ToolError(str(exc)) from None
+    except (StoreUnusable, sqlite3.Error, OSError) as exc:
+        raise ToolError(f"the index store cannot be used: {classify(exc, config.db_path) or exc}") from None
 
 
 def run(config: Config) -> None:

@@ -79,18 +79,23 @@ def index_status(config: Config) -> dict[str, Any]:
 
 
 def _locate(config: Config, path: str) -> tuple[Path, str]:
-    """(repo root, relative POSIX path) for an absolute path or one relative to a repo root."""
-    if os.path.isabs(path):
+    """(repo root, relative POSIX path) for an absolute path or one relative to a repo root.
+    Resolved as ``show`` resolves it (``..`` and symlinked directories followed, never out of
+    a repo; a name no file can have is simply not found), never raising anything but ToolInputError."""
+    if os.path.isabs(path) or path.startswith("~"):
         where = resolve_file(config, path)
         if where is None:
             raise ToolInputError(f"{path}: not inside a configured repository")
         return where
-    for repo in config.repos:
-        if (repo.path / path).exists():
-            return repo.path, Path(path).as_posix()
-    if len(config.repos) == 1:
-        return config.repos[0].path, Path(path).as_posix()
+    # os.path.lexists, not Path.exists: it is False (not an OSError) for a name too long or with a NUL.
+    candidates = [r.path / path for r in config.repos if os.path.lexists(r.path / path)]
+    if not candidates and len(config.repos) == 1:
+        candidates = [config.repos[0].path / path]
+    for candidate in candidates:
+        where = resolve_file(config, str(candidate))
+        if where is not None:
+            return where
+    if candidates:
+        raise ToolInputError(f"{path}: outside every configured repository")
     raise ToolInputError(f"{path}: not found in any configured repository "
                          f"({', '.join(str(r.path) for r in config.repos)}); pass an absolute path")
-
-

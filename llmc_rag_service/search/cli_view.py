@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmc_rag_service.enrich.embedder import embed_client
-
+from llmc_rag_service.paths import printable_name, real_path
 from llmc_rag_service.search.access import open_store
 from llmc_rag_service.search.api import EMBED_BUDGET_S, Hit, SearchResult, SearchSettings, search, validate
 from llmc_rag_service.search.export import ExportCounts, export_jsonl
@@ -42,10 +42,9 @@ def repo_filter(config: Any, repo: str | None) -> str | None:
     configured one, or one the store holds files of (``enrich PATH``); else QueryError."""
     if repo is None:
         return None
-    try:
-        wanted = Path(repo).expanduser().resolve()
-    except (OSError, ValueError) as exc:
-        raise QueryError(f"--repo {repo!r}: {exc}") from None
+    wanted = real_path(repo)
+    if wanted is None:
+        raise QueryError(f"--repo {repo!r}: no directory can have this name (a NUL byte or an unknown ~user)")
     known = [Path(r.path) for r in config.repos]
     if wanted in known:
         return str(wanted)
@@ -172,23 +171,24 @@ def _paint(text: str, style: str, color: bool) -> str:
 
 
 def location(hit: Hit, cwd: Path) -> str:
-    """``path:start-end``, the path relative to ``cwd`` when under it, else absolute."""
+    """``path:start-end``, the path relative to ``cwd`` when under it, else absolute (control
+    characters of a hostile name escaped: see :func:`~llmc_rag_service.paths.printable_name`)."""
     full = Path(hit.repo) / hit.path
     shown = os.path.relpath(full, cwd) if full.is_relative_to(cwd) else str(full)
-    return f"{shown}:{hit.start_line}-{hit.end_line}"
+    return f"{printable_name(shown)}:{hit.start_line}-{hit.end_line}"
 
 
 def render_hit(hit: Hit, color: bool, cwd: Path) -> str:
     """One hit as a human block (head line, summary, pitfalls), ending in a newline."""
-    head = f"{_paint(location(hit, cwd), 'loc', color)}  {_paint(hit.kind, 'dim', color)} {_paint(hit.name, 'name', color)}"
+    head = f"{_paint(location(hit, cwd), 'loc', color)}  {_paint(hit.kind, 'dim', color)} {_paint(printable_name(hit.name), 'name', color)}"
     if not hit.fresh:
         head += "  " + _paint("[changed since indexed]", "warn", color)
     if hit.state != "enriched":
         head += "  " + _paint(f"[{hit.state}]", "bad" if hit.state == "failed" else "dim", color)
     lines = [head]
     if hit.summary:
-        lines.append(f"    {hit.summary}")
+        lines.append(f"    {printable_name(hit.summary)}")
     if hit.pitfalls:
-        lines.append("    " + _paint("pitfalls: ", "warn", color) + "; ".join(hit.pitfalls))
+        lines.append("    " + _paint("pitfalls: ", "warn", color) + printable_name("; ".join(hit.pitfalls)))
     return "\n".join(lines) + "\n"
 

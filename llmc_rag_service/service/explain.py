@@ -8,7 +8,8 @@ this order:
 * its name is not valid UTF-8 (never indexed: SQLite text is UTF-8);
 * it is excluded: a secret file, an editor temp file, or by ignore rules
   (``.gitignore``, ``repos[].exclude``, the default excludes);
-* it does not exist, or is a directory;
+* it is a symlink (never followed), a directory, does not exist, or is no
+  regular file (a FIFO, socket or device: never read);
 * it was skipped when scanned, with the reason the scanner stored
   (``binary``, ``too_large``, ``decode_error``, ...);
 * it has not been scanned yet (no store, or not in it);
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.index.ignore import RepoIgnore, is_editor_temp, is_secret
+from llmc_rag_service.paths import printable_name
 from llmc_rag_service.service.status import known_repos, resolve_file
 from llmc_rag_service.store.views import StoreReader
 
@@ -44,8 +46,9 @@ def utf8_name(path: str) -> bool:
 
 
 def printable(text: str) -> str:
-    """``text`` with undecodable bytes as ``\\xNN``-style escapes, safe to print anywhere."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """``text`` with undecodable bytes and control characters as ``\\xNN``-style escapes,
+    safe to print anywhere (:func:`~llmc_rag_service.paths.printable_name`)."""
+    return printable_name(text)
 
 
 def why_no_spans(config: Config, path: str, line: int | None = None) -> str:
@@ -65,10 +68,14 @@ def why_no_spans(config: Config, path: str, line: int | None = None) -> str:
     if reason:
         return f"{shown}: excluded: {reason}"
     full = repo_path / relpath
-    if full.is_dir():
+    if os.path.islink(full):
+        return f"{shown}: a symlink (to {printable(os.readlink(full))}); symlinks are never followed: show the file itself"
+    if os.path.isdir(full):
         return f"{shown}: a directory; show takes a file"
-    if not full.exists():
+    if not os.path.exists(full):  # os.path, not Path: a name too long is "no such file", not an OSError
         return f"{shown}: no such file"
+    if not os.path.isfile(full):
+        return f"{shown}: not a regular file (a FIFO, socket or device); only regular files are indexed"
     return f"{shown}: {_stored_reason(config, repo_path, relpath, line)}"
 
 

@@ -24,6 +24,7 @@ so far is kept.
 from __future__ import annotations
 
 import enum
+import os
 import sys
 import threading
 import time
@@ -34,6 +35,7 @@ from typing import Any, Sequence, TextIO
 import structlog
 
 from llmc_rag_service.config import Config, RepoConfig
+from llmc_rag_service.paths import real_path
 from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.preflight import preflight
 from llmc_rag_service.service.progress import Lane, Progress
@@ -62,10 +64,12 @@ def select_repos(config: Config, paths: Sequence[str]) -> tuple[tuple[RepoConfig
     """(repos to enrich, paths that are not directories): the configured
     repos, or the given directories (a directory in a configured repo means
     that repo, with its excludes)."""
-    wanted = [_repo_of(config, Path(x).expanduser().resolve()) for x in paths] if paths else list(config.repos)
+    # A name no directory can have (NUL, unknown ~user) stays as given: reported as not a directory.
+    wanted = [_repo_of(config, real_path(x) or Path(x)) for x in paths] if paths else list(config.repos)
     wanted = list(dict.fromkeys(wanted))  # two directories of one configured repo: it once
-    present = tuple(r for r in wanted if r.path.is_dir())
-    return present, tuple(r.path for r in wanted if not r.path.is_dir())
+    # os.path.isdir, not Path.is_dir: a name too long is "not a directory", not an OSError (exit 74).
+    present = tuple(r for r in wanted if os.path.isdir(r.path))
+    return present, tuple(r.path for r in wanted if not os.path.isdir(r.path))
 
 
 def _totals_of(report: dict[str, Any], repos: Sequence[RepoConfig]) -> dict[str, int]:
@@ -81,7 +85,7 @@ def _repo_of(config: Config, path: Path) -> RepoConfig:
     enriched as that repo, not as a second, nested one that would index its
     files twice), else a repo of its own with default settings."""
     for repo in sorted(config.repos, key=lambda r: len(r.path.parts), reverse=True):
-        if path == repo.path or (repo.path in path.parents and path.is_dir()):
+        if path == repo.path or (repo.path in path.parents and os.path.isdir(path)):
             return repo
     return RepoConfig(path=path)
 
@@ -102,7 +106,7 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
 
     repos, missing = select_repos(config, repo_paths)
     for path in missing:
-        what = "not a directory" if path.exists() else "no such directory"
+        what = "not a directory" if os.path.lexists(path) else "no such directory"
         say(f"repo {path}: {what}" + ("; enriching the other repos" if repos else ""))
     if not repos:
         return Outcome.REPO_MISSING

@@ -25,6 +25,7 @@ from typing import Any
 from llmc_rag_service.config import Config, RepoConfig
 from llmc_rag_service.enrich.embed_text import INPUT_VERSION
 from llmc_rag_service.models import PROMPT_VERSION
+from llmc_rag_service.paths import real_path
 from llmc_rag_service.store.views import StoreReader, empty_counts, empty_secrets, file_freshness
 from llmc_rag_service.team.settings import redact_dsn
 
@@ -145,8 +146,12 @@ def team_report(config: Config, recorded: str | None, outbox: int) -> dict[str, 
 
 
 def resolve_file(config: Config, path: str) -> tuple[Path, str] | None:
-    """Map a user path (absolute or relative to the cwd) to (repo, relpath)."""
-    target = Path(path).expanduser().resolve()
+    """Map a user path (absolute, relative to the cwd, or ``~``) to (repo, relpath);
+    None when it is in no repo or no file can have that name (see :mod:`llmc_rag_service.paths`).
+    A symlink keeps its own name (the scanner never follows one); the directories above it are resolved."""
+    target = real_path(path, follow_last=False)
+    if target is None:
+        return None
     for repo in sorted(known_repos(config), key=lambda r: len(str(r.path)), reverse=True):
         try:
             return repo.path, target.relative_to(repo.path).as_posix()
