@@ -81,9 +81,19 @@ def find_bindir() -> Path:
 MEMORY_DIR = "/dev/shm"
 
 
+#: Free bytes :data:`MEMORY_DIR` must have to be used: a template and one cluster per
+#: test worker (~40 MB each after initdb, growing with the tests' databases). A
+#: container's /dev/shm is often 64 MB (Docker's default): too small, so the disk it is.
+MEMORY_DIR_MIN_FREE = 1 << 30
+
+
 def scratch_dir() -> str | None:
-    """:data:`MEMORY_DIR` if this process can write there, else None (the default temp dir)."""
-    return MEMORY_DIR if os.path.isdir(MEMORY_DIR) and os.access(MEMORY_DIR, os.W_OK | os.X_OK) else None
+    """:data:`MEMORY_DIR` if this process can write there and it has
+    :data:`MEMORY_DIR_MIN_FREE` bytes free, else None (the default temp dir)."""
+    if not (os.path.isdir(MEMORY_DIR) and os.access(MEMORY_DIR, os.W_OK | os.X_OK)):
+        return None
+    stat = os.statvfs(MEMORY_DIR)
+    return MEMORY_DIR if stat.f_bavail * stat.f_frsize >= MEMORY_DIR_MIN_FREE else None
 
 
 def make_template(password: str, run_as: str | None = None) -> Path:
