@@ -461,18 +461,20 @@ class _Validator:
         return tuple(out)
 
     def absolute(self, key: str, raw: str) -> Path:
-        """``raw`` with ``~``/``~user`` expanded, as an absolute path; a relative one
-        (whose meaning would change with each command's working directory: ``/``
-        under systemd), an unknown ``~user`` or a NUL byte is a ConfigError."""
+        """``raw`` with ``~``/``~user`` expanded, as an absolute path. A relative
+        path is taken relative to the config file's directory, never to each
+        command's working directory (``/`` under systemd). An unknown ``~user``,
+        a ``$VARIABLE`` (not expanded: it would silently become a directory
+        named ``$VARIABLE``) or a NUL byte is a ConfigError."""
         if "\x00" in raw:
             raise self.fail(key, f"must not contain a NUL character, got {raw!r}")
+        if raw.startswith("$"):
+            raise self.fail(key, f"environment variables are not expanded; write the path itself "
+                                 f"(absolute, ~/..., or relative to {self.path.parent}), got {raw!r}")
         expanded = expand_user(raw)
         if expanded is None:
             raise self.fail(key, f"cannot expand {raw.split('/', 1)[0]!r}: no such user, got {raw!r}")
-        if not os.path.isabs(expanded):
-            raise self.fail(key, f"must be an absolute path or start with ~/ (a relative one would depend on the "
-                                 f"directory each command runs in), got {raw!r}")
-        return Path(expanded)
+        return Path(os.path.abspath(os.path.join(os.path.abspath(self.path.parent), expanded)))
 
     def patterns(self, key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(p, str) for p in value):

@@ -295,22 +295,33 @@ def test_self_referencing_aliases_and_syntax_errors_are_one_line(tmp_path, text,
 # -- paths from outside: relative, ~user, NUL, twice, loops, the store inside a repo --------------
 
 @pytest.mark.parametrize(("text", "key", "said"), [
-    ("state_dir: rel/state\nrepos:\n  - path: /srv\n", "state_dir", "must be an absolute path or start with ~/"),
-    ("repos:\n  - path: src/app\n", "repos[0].path", "must be an absolute path or start with ~/"),
-    ("repos:\n  - path: $HOME/src\n", "repos[0].path", "must be an absolute path or start with ~/"),
+    ("repos:\n  - path: $HOME/src\n", "repos[0].path", "environment variables are not expanded"),
     ("repos:\n  - path: ~nosuchuser-llmc/src\n", "repos[0].path", "cannot expand '~nosuchuser-llmc': no such user"),
     ("state_dir: ~nosuchuser-llmc/s\nrepos:\n  - path: /srv\n", "state_dir", "no such user"),
     ('repos:\n  - path: "/srv/a\\0b"\n', "repos[0].path", "must not contain a NUL character"),
 ])
-def test_a_path_whose_meaning_depends_on_the_working_directory_is_refused(tmp_path, text, key, said):
-    """A relative path (or an unknown ~user, which stays one) would name another directory for each
-    command's working directory (/ under systemd); it is refused naming the key, as is a NUL byte."""
+def test_a_path_no_directory_can_have_is_refused(tmp_path, text, key, said):
+    """An unknown ~user, a $VARIABLE (not expanded: it would name a directory called
+    "$HOME") or a NUL byte is refused naming the key, in one line."""
     path = tmp_path / "config.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert f": {key}: " in str(err.value) and said in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_relative_paths_are_relative_to_the_config_file_not_the_working_directory(tmp_path, monkeypatch):
+    """A relative state_dir or repo path names the same directory whatever directory a
+    command runs in (/ under systemd): it is taken relative to the config file's directory."""
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    path = conf_dir / "config.yaml"
+    path.write_text("state_dir: state\nrepos:\n  - path: ../src/app\n  - path: ./lib\n")
+    monkeypatch.chdir("/")
+    config = load_config(path)
+    assert config.state_dir == conf_dir / "state"
+    assert [r.path for r in config.repos] == [tmp_path / "src" / "app", conf_dir / "lib"]
 
 
 def test_a_repo_listed_twice_under_two_spellings_is_refused(tmp_path):
