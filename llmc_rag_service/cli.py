@@ -327,9 +327,14 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     print(f"ollama: {o['url']} model {o['model']}" + (f" (last error: {o['last_error']})" if o["last_error"] else ""))
     for r in report["repos"] + [{"path": "total", **report["totals"]}]:
         embedded = f", {r['embedded']} embedded" if config.search.embed_model else ""
-        print(f"{r['path']}: {r['files']} files, {r['spans']} spans, {r['enriched']} enriched{embedded}, "
+        print(f"{r['path']}: {_count(r['files'], 'file')}, {_count(r['spans'], 'span')}, {r['enriched']} enriched{embedded}, "
               f"{r['pending']} pending, {r['failed']} failed{_STATE_NOTES.get(r.get('state', 'ok'), '')}")
     return EX_OK
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 file``, ``3 files``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _show(config: Config, args: argparse.Namespace) -> int:
@@ -433,7 +438,8 @@ def _install_unit(args: argparse.Namespace) -> int:
     scope = "--user " if args.user else ""
     print(f"wrote {path}")
     exec_line = next((line for line in path.read_text().splitlines() if line.startswith("ExecStart=")), "")
-    if "/tmp/" in exec_line or "/var/tmp/" in exec_line:
+    private_tmp = "PrivateTmp=yes" in path.read_text().splitlines()  # the system unit's; the user unit has none
+    if private_tmp and ("/tmp/" in exec_line or "/var/tmp/" in exec_line):
         print("llmc-rag: warning: ExecStart points into a temporary directory, which the unit's "
               "PrivateTmp=yes hides from the service; install llmc-rag elsewhere", file=sys.stderr)
     if not args.user and not args.run_as:

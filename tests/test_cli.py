@@ -68,6 +68,19 @@ def test_install_unit_warns_about_the_placeholder_user(tmp_path, capsys):
     assert "User=nobody" in (tmp_path / "llmc-rag.service").read_text()
 
 
+@pytest.mark.parametrize("user", [False, True])
+def test_install_unit_warns_of_a_tmp_exec_start_only_under_private_tmp(tmp_path, capsys, monkeypatch, user):
+    """An ExecStart under /tmp is hidden by the system unit's PrivateTmp=yes: warned. The user
+    unit has no PrivateTmp=, so the same installation there gets no such warning."""
+    from llmc_rag_service.service import units
+
+    monkeypatch.setattr(units, "this_installation", lambda: ("/tmp/venv/bin/llmc-rag", ()))
+    args = ["install-unit", "--dest", str(tmp_path)] + (["--user"] if user else ["--run-as", "nobody"])
+    assert cli.main(args) == 0
+    assert ("PrivateTmp=yes" in (tmp_path / "llmc-rag.service").read_text()) != user
+    assert ("temporary directory" in capsys.readouterr().err) != user
+
+
 def test_status_with_a_missing_config_exits_78(tmp_path, capsys):
     """status needs a readable config too: 78 naming the file."""
     assert cli.main(["status", "-c", str(tmp_path / "none.yaml")]) == 78

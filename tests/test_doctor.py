@@ -106,17 +106,26 @@ def test_a_missing_dash_c_file_fails_with_the_cp_of_the_sample(tmp_path, monkeyp
     assert f"etc/llmc-rag.yaml {missing}" in config.detail and config.fix == f"the cp above creates {missing}; or drop -c"
 
 
-def test_no_config_anywhere_fails_with_the_install_command(tmp_path, monkeypatch):
-    """Without -c and no config in the lookup places, the fix is the install script."""
+@pytest.mark.parametrize("booted", [True, False])
+def test_no_config_anywhere_fails_with_the_install_command_where_systemd_runs(tmp_path, monkeypatch, booted):
+    """Without -c and no config in the lookup places, the fix is the install script where
+    systemd runs (sd_booted: /run/systemd/system exists), else the cp of the sample and serve by hand."""
+    from llmc_rag_service.service import doctor_unit
+
     monkeypatch.delenv("LLMC_RAG_CONFIG", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     fake_systemctl(tmp_path, monkeypatch, None, exit_code=1)
+    run_systemd = tmp_path / "run-systemd-system"
+    if booted:
+        run_systemd.mkdir()
+    monkeypatch.setattr(doctor_unit, "RUN_SYSTEMD", run_systemd)
     env = {**os.environ}
     if Path("/etc/llmc-rag/config.yaml").exists():
         pytest.fail("this machine has /etc/llmc-rag/config.yaml; the test needs none")
     (config,) = [c for c in run_checks(None, env) if c.name == "config"]
     assert config.status == "fail" and "no config file found" in config.detail
-    assert "scripts/install.sh" in config.fix
+    assert ("scripts/install.sh" in config.fix) == booted
+    assert booted or config.fix.startswith("the cp above") and "llmc-rag serve by hand" in config.fix
 
 
 def test_a_missing_repo_fails(setup, tmp_path):

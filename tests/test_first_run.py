@@ -314,7 +314,7 @@ def test_a_directory_enriched_by_path_outside_the_config_is_in_status_and_show(t
     assert report["repos"][1]["enriched"] == 1 and report["totals"]["spans"] == report["repos"][1]["spans"]
     capsys.readouterr()
     assert run(config, "status") == 0
-    assert f"{other}: 1 files, 1 spans, 1 enriched, 0 pending, 0 failed (not in the config" in capsys.readouterr().out
+    assert f"{other}: 1 file, 1 span, 1 enriched, 0 pending, 0 failed (not in the config" in capsys.readouterr().out
     assert run(config, "show", str(other / "z.py")) == 0
     assert "function zebra_walk [enriched]" in capsys.readouterr().out
     assert run(config, "search", "--mode", "lexical", "--repo", str(other), "zebra_walk") == 0

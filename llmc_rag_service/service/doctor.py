@@ -108,6 +108,8 @@ def _load(config_arg: str | None, env: Mapping[str, str]) -> Config:
 def _config_fix(exc: ConfigError, path: Path, explicit: bool = False) -> str:
     if not path.exists() and explicit:
         return f"the cp above creates {path}; or drop -c"
+    if not path.exists() and not doctor_unit.RUN_SYSTEMD.is_dir():  # sd_booted(3): no unit could run here
+        return "the cp above, then run llmc-rag serve by hand or under your own supervisor"
     if not path.exists() and doctor_unit.running_as_root():
         return "./scripts/install.sh --run-as USER (writes /etc/llmc-rag/config.yaml from the sample)"
     if not path.exists():
