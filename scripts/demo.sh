@@ -6,7 +6,8 @@
 # script and run: llmc-rag enrich -c etc/llmc-rag.yaml (after editing repos).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/llmc-rag ] || { python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'; }
+[ -x .venv/bin/llmc-rag ] || { echo "== installing into .venv (pip, about a minute on a fresh machine)"
+  python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/llmc-rag-demo.XXXXXX")
 cp -r "$(.venv/bin/python -c 'import json, os; print(os.path.dirname(json.__file__))')" "$work/repo"
 port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
