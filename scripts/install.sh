@@ -22,7 +22,7 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 ARGS="$*"
 PYTHON=${PYTHON:-python3}
 usage() {  # $1: exit status (0 for --help, 64 for a bad argument)
-  if [ "${1:-64}" = 0 ]; then sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; else sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; fi
+  if [ "${1:-64}" = 0 ]; then sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; else sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; fi
   exit "${1:-64}"
 }
 say() { printf 'install.sh: %s\n' "$*"; }
