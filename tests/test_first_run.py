@@ -140,7 +140,7 @@ def test_after_the_bar_info_records_stay_hidden_until_the_process_ends():
     assert "job_retry" in out and "job_done" not in out
 
 
-def test_the_bar_counts_failed_spans_apart_and_not_as_left(tmp_path):
+def test_the_bar_counts_failed_spans_apart_and_not_as_left():
     """37 of 40 enriched and 3 failed for good: the bar says so, is full, and nothing is left (ETA 0:00)."""
     now = [0.0]
     bar = Progress(_Tty(), clock=lambda: now[0], width=200)

@@ -224,7 +224,7 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
         if down:
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > wait_s:
-                progress.update(lanes, pipeline.status_line(), final=True)
+                progress.update(counted.now(fresh=True), pipeline.status_line(), final=True)
                 log.error("enrich_gave_up", reason=down, error=pipeline.last_error(),
                           waited_s=round(wait_s, 1), pending=enrich_left, embed_pending=embed_left)
                 return Outcome.GAVE_UP
