@@ -24,7 +24,7 @@ from llmc_rag_service import __version__
 from llmc_rag_service import logs as logsetup
 from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config, locate_config
 from llmc_rag_service.output import CheckedOutput, OutputError, discard_stdout
-from llmc_rag_service.paths import printable_name
+from llmc_rag_service.paths import printable_name, shown_path
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
 EX_OK = 0
@@ -339,7 +339,7 @@ def _count(n: int, noun: str) -> str:
 
 def _show(config: Config, args: argparse.Namespace) -> int:
     from llmc_rag_service.service.explain import utf8_name, why_no_spans
-    from llmc_rag_service.service.status import show_report
+    from llmc_rag_service.service.status import resolve_file, show_report
 
     def spans_of(path: str, line: int | None = None) -> list[dict[str, Any]] | None:
         # A name that is not UTF-8 was never stored (and cannot be looked up).
@@ -360,9 +360,13 @@ def _show(config: Config, args: argparse.Namespace) -> int:
     if not spans[0]["fresh"]:
         _err(f"{path} changed since it was indexed: the line numbers below may be off until it is indexed "
              "again (a running serve does it within seconds; else run llmc-rag enrich)")
+    where = resolve_file(config, path)  # the repo: show_report found the file in it
     for s in spans:
+        # As search prints it (relative to the cwd when under it, else absolute), so it can be pasted.
+        shown = shown_path(where[0] / s["path"], Path.cwd()) if where else printable_name(s["path"])
         # Names and model text escaped: a hostile name (or a model echoing it) may hold ESC sequences.
-        print(printable_name(f"{s['path']}:{s['start_line']}-{s['end_line']} {s['kind']} {s['name']} [{s['state']}]"))
+        print(f"{shown}:{s['start_line']}-{s['end_line']} "
+              + printable_name(f"{s['kind']} {s['name']} [{s['state']}]"))
         if s["enrichment"]:
             e = s["enrichment"]
             print(f"  {printable_name(e['summary'])}")

@@ -6,7 +6,8 @@ config all take paths from outside: relative to the working directory,
 NUL byte, a component over ``NAME_MAX``, an unknown ``~user``, a symlink
 loop). ``pathlib``'s own ``resolve()``/``expanduser()`` raise ``RuntimeError``
 or ``ValueError`` on the last three; here each is simply "no such path", so a
-caller says so in one line instead of printing a traceback.
+caller says so in one line instead of printing a traceback. The other way:
+:func:`shown_path`, how plain ``search`` and ``show`` print a file.
 """
 
 from __future__ import annotations
@@ -61,3 +62,11 @@ def printable_name(name: str) -> str:
     echoed) or undecodable byte as a ``\\n``/``\\x1b``/``\\udcNN`` escape, so one name is one line and changes nothing
     but its own text."""
     return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), name)
+
+
+def shown_path(full: Path, cwd: Path) -> str:
+    """How plain ``search`` and ``show`` print the file ``full`` (absolute): relative
+    to ``cwd`` when under it, else absolute, so it can be pasted into a shell or an
+    editor from there; escaped by :func:`printable_name`."""
+    shown = os.path.relpath(full, cwd) if full.is_relative_to(cwd) else str(full)
+    return printable_name(shown)

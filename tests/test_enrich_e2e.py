@@ -277,6 +277,23 @@ def test_show_by_line_and_unknown_path(tmp_path, repo, ollama, capsys, monkeypat
     assert run(config, "show", "nope.py") == 1
 
 
+def test_plain_show_prints_each_path_as_search_does(tmp_path, repo, ollama, capsys, monkeypatch):
+    """Plain show prints a span's file relative to the cwd when under it, else absolute (pasteable, as
+    search prints its hits); --json keeps the repo-relative path."""
+    config = make_config(tmp_path, ollama.url, [repo], logging={"level": "error"})
+    assert run(config, "enrich") == 0
+    for cwd, shown in ((repo / "src", "a.py"), (tmp_path, "repo/src/a.py"), (repo / "lib", str(repo / "src" / "a.py"))):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        assert run(config, "show", str(repo / "src" / "a.py") + ":9") == 0
+        show_lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+        assert show_lines == [f"{shown}:8-10 class A [enriched]", f"{shown}:9-10 method A.m [enriched]"]
+        assert run(config, "search", "--mode", "lexical", "--path", "src/a.py", "A.m") == 0
+        assert f"\n{shown}:9-10  method A.m" in "\n" + capsys.readouterr().out
+    assert run(config, "show", "--json", "../src/a.py:9") == 0
+    assert {s["path"] for s in json.loads(capsys.readouterr().out)} == {"src/a.py"}
+
+
 def test_show_says_when_a_file_changed_since_it_was_indexed(tmp_path, repo, ollama, capsys):
     """A line added at the top after indexing: show's spans say fresh false (--json), and plain show warns
     once that the line numbers may be off, as search marks such hits."""

@@ -119,6 +119,66 @@ def test_leaving_the_bar_early_ends_its_line_before_anything_else_is_written(mon
     assert bar.stream.getvalue().endswith(bar.text([Lane("enriched", 1, 4)], "working") + "\n")
 
 
+def test_after_the_bar_info_records_stay_hidden_until_the_process_ends():
+    """Ctrl-C inside logs_above: the records the stop logs after the bar is gone (the in-flight jobs'
+    job_done) stay hidden as under the bar; a warning still shows."""
+    import structlog
+
+    from llmc_rag_service import logs
+
+    bar = Progress(_Tty(), clock=lambda: 0.0, width=200)
+    log = structlog.get_logger("tests.first_run")
+    try:
+        with pytest.raises(KeyboardInterrupt), bar.logs_above("info", "console"):
+            bar.update([Lane("enriched", 1, 4)], "working")
+            raise KeyboardInterrupt
+        log.info("job_done", span="a.py:1-2")
+        log.warning("job_retry", span="b.py:1-2")
+    finally:
+        logs.reset_logging()
+    out = bar.stream.getvalue()
+    assert "job_retry" in out and "job_done" not in out
+
+
+def test_the_bar_counts_failed_spans_apart_and_not_as_left():
+    """37 of 40 enriched and 3 failed for good: the bar says so, is full, and nothing is left (ETA 0:00)."""
+    now = [0.0]
+    bar = Progress(_Tty(), clock=lambda: now[0], width=200)
+    bar.update([Lane("enriched", 30, 40, 3)], "")
+    now[0] += 2
+    text = bar.text([Lane("enriched", 37, 40, 3)], "idle")
+    assert text.startswith("[####################] 37/40 enriched (3 failed)  3.5 spans/s  ETA 0:00"), text
+
+
+@pytest.mark.timeout(60)
+def test_the_bar_counts_spans_as_the_summary_does_with_a_total_that_never_moves(tmp_path, ollama):
+    """Spans of identical content share one enrichment (one job): the bar still counts spans, as the
+    closing summary and status do; every bar drawn has all the spans the scan found as its total, and
+    the last one is full."""
+    from llmc_rag_service import logs
+    from llmc_rag_service.service.oneshot import Outcome, run_enrich
+
+    repo = tmp_path / "repo"
+    same = "def same(x):\n    return x + 1\n"
+    write_tree(repo, {**{f"d{i}.py": same for i in range(12)},
+                      **{f"u{i}.py": f"def u{i}(x):\n    return x * {i}\n" for i in range(6)}})
+    ollama.install_embed("nomic-embed-text")
+    config = make_config(tmp_path, ollama.url, [repo], search={"embed_model": "nomic-embed-text"},
+                         logging={"level": "error", "format": "console"})
+    stream = _Tty()
+    try:
+        assert run_enrich(config, stream=stream) is Outcome.DONE
+    finally:
+        logs.reset_logging()
+    spans = status_report(config)["totals"]["spans"]
+    chats = [r for r in ollama.requests if r.path == "/api/chat"]
+    assert spans >= 18 and len(chats) < spans  # fewer jobs than spans
+    bars = re.findall(r"\] (\d+)/(\d+) enriched  (\d+)/(\d+) embedded", stream.getvalue())
+    assert bars and {(int(b[1]), int(b[3])) for b in bars} == {(spans, spans)}, bars
+    assert bars[-1] == (str(spans),) * 4
+    assert f"enrich: {spans}/{spans} spans enriched, {spans} embedded" in stream.getvalue()
+
+
 def _screen(raw: str) -> list[str]:
     """What a terminal shows for ``raw``: \\r returns to column 0, ESC[K erases the rest of the line."""
     raw = re.sub(r"\x1b\[[0-9;]*m", "", raw)  # colours
@@ -191,27 +251,50 @@ def test_enrich_on_a_terminal_shows_one_bar_and_only_warnings_above_it(tmp_path,
 # -- a missing model, at once ----------------------------------------------------------------
 
 def test_a_missing_model_is_said_at_once_with_what_the_server_has(tmp_path, repo, capsys):
-    """Before any waiting (and before any chat request) enrich names the models the server has and the pull."""
+    """Before any waiting (and before any chat request) enrich names the models the server has and the pull;
+    off a terminal as an error log record (preflight_model_missing), like every line before the summary."""
     with OllamaEmulator(["qwen2.5:7b", "nomic-embed-text"]) as emu:
         config = make_config(tmp_path, emu.url, [repo], logging={"level": "error"})
         assert run(config, "enrich", "--wait-s", "0.5") == 69
         paths = [r.path for r in emu.requests]
     err = capsys.readouterr().err
-    said = f"llmc-rag: model test-model not found on {emu.url}; this server has: nomic-embed-text:latest, " \
-           "qwen2.5:7b; run: ollama pull test-model; waiting up to 0 s (--wait-s)"
-    assert said in err
-    assert err.index(said) < err.index("enrich_gave_up")
+    records = [json.loads(line) for line in err[:err.index("\nenrich: ") + 1].splitlines()]  # each one a record
+    (said,) = [r for r in records if r["event"] == "preflight_model_missing"]
+    assert {k: said[k] for k in ("level", "url", "model", "models", "wait_s", "hint")} == {
+        "level": "error", "url": emu.url, "model": "test-model", "models": ["nomic-embed-text:latest", "qwen2.5:7b"],
+        "wait_s": 0.5, "hint": "ollama pull test-model"}
+    assert [r["event"] for r in records].index("preflight_model_missing") < \
+        [r["event"] for r in records].index("enrich_gave_up")
     assert paths[:2] == ["/api/version", "/api/tags"] and "/api/chat" not in paths[:2]
 
 
+def test_on_a_terminal_a_missing_model_is_one_readable_line(tmp_path, repo):
+    """On a terminal the same news is a sentence naming the models the server has, the pull and the wait."""
+    from llmc_rag_service import logs
+    from llmc_rag_service.service.oneshot import Outcome, run_enrich
+
+    stream = _Tty()
+    with OllamaEmulator(["qwen2.5:7b"]) as emu:
+        config = make_config(tmp_path, emu.url, [repo], logging={"level": "error", "format": "console"})
+        try:
+            assert run_enrich(config, wait_s=0.5, stream=stream) is Outcome.GAVE_UP
+        finally:
+            logs.reset_logging()
+    said = f"llmc-rag: model test-model not found on {emu.url}; this server has: qwen2.5:7b; " \
+           "run: ollama pull test-model; waiting up to 0 s (--wait-s)"
+    assert said in _screen(stream.getvalue())
+
+
 def test_an_unreachable_server_is_said_at_once(tmp_path, repo, capsys):
-    """Nothing listening: one line at once, then the give-up after --wait-s."""
+    """Nothing listening: one record at once (off a terminal), then the give-up after --wait-s."""
     with OllamaEmulator() as emu:
         url = emu.url
     config = make_config(tmp_path, url, [repo], logging={"level": "error"})
     assert run(config, "enrich", "--wait-s", "0.2") == 69
     err = capsys.readouterr().err
-    assert f"llmc-rag: ollama unreachable at {url}: " in err and "(--wait-s)" in err
+    records = [json.loads(line) for line in err[:err.index("\nenrich: ") + 1].splitlines()]
+    (said,) = [r for r in records if r["event"] == "preflight_unreachable"]
+    assert said["url"] == url and said["wait_s"] == 0.2 and said["error"] and said["level"] == "error"
 
 
 # -- show says why ---------------------------------------------------------------------------

@@ -216,3 +216,24 @@ def test_hybrid_hits_that_hold_none_of_the_words_are_said_to_be_by_meaning_only(
         assert out.getvalue()  # the hits are shown either way
         assert (err.getvalue() == f"llmc-rag: no span holds the words of {query!r}; these are the nearest by meaning\n") \
             is said, err.getvalue()
+
+
+def test_semantic_hits_that_hold_none_of_the_words_are_said_to_be_by_meaning_only(sr):
+    """--mode semantic says it too when no hit holds a word of the query (and not when one does);
+    --json is unchanged (no such note or field)."""
+    import io
+    import json
+
+    from llmc_rag_service.search.cli_view import print_result
+
+    target = vector_of(sr, "load_settings")
+    for query, said in (("zebra giraffe", True), ("socket", False)):
+        result = sr.search(query, mode="semantic", embed_query=lambda text: target)
+        assert result.mode == "semantic" and result.hits
+        out, err = io.StringIO(), io.StringIO()
+        print_result(result, out, err, as_json=False)
+        assert (err.getvalue() == f"llmc-rag: no span holds the words of {query!r}; these are the nearest by meaning\n") \
+            is said, err.getvalue()
+        out, err = io.StringIO(), io.StringIO()
+        print_result(result, out, err, as_json=True)
+        assert set(json.loads(out.getvalue())) == {"query", "mode", "degraded", "hits"} and err.getvalue() == ""

@@ -90,13 +90,16 @@ class Hit:
 @dataclass(frozen=True)
 class SearchResult:
     """The answer: ``mode`` used, ``degraded`` (None, or why semantic ranking was not used), hits best first;
-    ``indexed`` False when there was no store to search (not part of the JSON: the hits are simply none)."""
+    ``indexed`` False when there was no store to search; ``by_meaning_only`` True when
+    semantic ranking gave hits and none of them holds a word of the query (neither is
+    part of the JSON: plain output says them)."""
 
     query: str
     mode: str
     degraded: str | None
     hits: list[Hit] = field(default_factory=list)
     indexed: bool = True
+    by_meaning_only: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The ``search --json`` object."""
@@ -171,10 +174,20 @@ def search(conn: sqlite3.Connection, query: str, settings: SearchSettings, *,
     # from the top limit * 3: a large class ranks below dozens of its own methods.
     names = searchview.span_names(conn, [i for i, _ in ordered])
     ordered = fusion.named_first(ordered, lambda item: parsed.names(names.get(item[0], "")))
-    hits = _hits(conn, ordered, ranks, settings.chat_model, limit)
-    hits = fusion.narrowest_first(hits, lambda h: ((h.repo, h.path), h.start_line, h.end_line),
+    found = _hits(conn, ordered, ranks, settings.chat_model, limit)
+    hits = fusion.narrowest_first([hit for _, hit in found], lambda h: ((h.repo, h.path), h.start_line, h.end_line),
                                   lambda h: parsed.names(h.name))
-    return SearchResult(query, used, degraded, hits)
+    return SearchResult(query, used, degraded, hits, by_meaning_only=_by_meaning_only(conn, used, parsed, found))
+
+
+def _by_meaning_only(conn: sqlite3.Connection, mode: str, parsed: ParsedQuery, found: list[tuple[int, Hit]]) -> bool:
+    """Whether semantic ranking gave ``found`` (``(span_id, hit)``) and no hit holds a word of the query:
+    in hybrid mode none has a lexical rank; in semantic mode none matches the lexical terms."""
+    if mode == "lexical" or not found:
+        return False
+    if mode == "hybrid":
+        return all(hit.lexical_rank is None for _, hit in found)
+    return not lexical.holding(conn, parsed, [span_id for span_id, _ in found])
 
 
 def _start_semantic(conn: sqlite3.Connection, query: str, settings: SearchSettings,
@@ -226,9 +239,9 @@ def _combine(mode: str, lexical: list[tuple[int, float]], semantic_ids: list[tup
 
 
 def _hits(conn: sqlite3.Connection, ordered: list[tuple[int, float]], ranks: tuple[dict[int, int], dict[int, int]],
-          chat_model: str, limit: int) -> list[Hit]:
-    """The first ``limit`` of ``ordered`` whose span and file still exist, as hits."""
-    hits: list[Hit] = []
+          chat_model: str, limit: int) -> list[tuple[int, Hit]]:
+    """The first ``limit`` of ``ordered`` whose span and file still exist, as ``(span_id, hit)``."""
+    hits: list[tuple[int, Hit]] = []
     for start in range(0, len(ordered), limit * 2):
         batch = ordered[start:start + limit * 2]
         details = searchview.span_details(conn, [i for i, _ in batch], chat_model)
@@ -236,7 +249,7 @@ def _hits(conn: sqlite3.Connection, ordered: list[tuple[int, float]], ranks: tup
             row = details.get(span_id)
             fresh = _freshness(row) if row is not None else None
             if row is not None and fresh is not None:
-                hits.append(_hit(row, fresh, score, ranks[0].get(span_id), ranks[1].get(span_id)))
+                hits.append((span_id, _hit(row, fresh, score, ranks[0].get(span_id), ranks[1].get(span_id))))
                 if len(hits) == limit:
                     return hits
     return hits

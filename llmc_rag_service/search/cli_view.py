@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmc_rag_service.enrich.embedder import embed_client
-from llmc_rag_service.paths import printable_name, real_path
+from llmc_rag_service.paths import printable_name, real_path, shown_path
 from llmc_rag_service.search.access import open_store
 from llmc_rag_service.search.api import EMBED_BUDGET_S, Hit, SearchResult, SearchSettings, search, validate
 from llmc_rag_service.search.export import ExportCounts, export_jsonl
@@ -153,7 +153,7 @@ def print_result(result: SearchResult, out: TextIO, err: TextIO, as_json: bool) 
     if not result.hits:
         if result.indexed:  # with no store, run_search said so already
             err.write(f"llmc-rag: no matches for {result.query!r}\n")
-    elif result.mode == "hybrid" and all(hit.lexical_rank is None for hit in result.hits):
+    elif result.by_meaning_only:
         # Semantic ranking always has nearest neighbours, related or not: say none matched a word.
         err.write(f"llmc-rag: no span holds the words of {result.query!r}; these are the nearest by meaning\n")
     for number, hit in enumerate(result.hits):
@@ -172,10 +172,8 @@ def _paint(text: str, style: str, color: bool) -> str:
 
 def location(hit: Hit, cwd: Path) -> str:
     """``path:start-end``, the path relative to ``cwd`` when under it, else absolute (control
-    characters of a hostile name escaped: see :func:`~llmc_rag_service.paths.printable_name`)."""
-    full = Path(hit.repo) / hit.path
-    shown = os.path.relpath(full, cwd) if full.is_relative_to(cwd) else str(full)
-    return f"{printable_name(shown)}:{hit.start_line}-{hit.end_line}"
+    characters of a hostile name escaped): :func:`~llmc_rag_service.paths.shown_path`."""
+    return f"{shown_path(Path(hit.repo) / hit.path, cwd)}:{hit.start_line}-{hit.end_line}"
 
 
 def render_hit(hit: Hit, color: bool, cwd: Path) -> str:

@@ -49,3 +49,11 @@ def ranked(conn: sqlite3.Connection, parsed: ParsedQuery, filt: SpanFilter, dept
     if not terms:
         return []
     return fts.ranked(conn, " OR ".join(t.expression for t in terms), searchview.filter_sql(filt), depth)
+
+
+def holding(conn: sqlite3.Connection, parsed: ParsedQuery, span_ids: list[int]) -> set[int]:
+    """Which of ``span_ids`` hold a word of the query (the terms :func:`ranked` ranks by)."""
+    terms = affordable_terms(conn, parsed)
+    if not terms or not span_ids:
+        return set()
+    return fts.matching_ids(conn, " OR ".join(t.expression for t in terms), span_ids)

@@ -9,7 +9,9 @@ longer than ``wait_s`` (pending work is kept for next time).
 After the scan, when there is work and before anything waits, each Ollama
 host is asked once whether it answers and has the model
 (``service.preflight``), so a missing model is said at once with the models
-the server has. Progress (rate, ETA, logs above the bar): ``service.progress``.
+the server has. Progress (rate, ETA, logs above the bar): ``service.progress``;
+its lanes count spans as ``status`` and the closing summary do (a job's result
+serves every span with its content), out of the spans the scan found.
 
 Embeddings start once every enrichment is in (or Ollama cannot give more now):
 a span's embedded text includes its summary, so a span embedded before its
@@ -39,7 +41,7 @@ from llmc_rag_service.paths import real_path
 from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.preflight import preflight
 from llmc_rag_service.service.progress import Lane, Progress
-from llmc_rag_service.service.status import status_report
+from llmc_rag_service.service.status import span_totals
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +57,8 @@ class Outcome(enum.Enum):
 
 #: Seconds a stop may wait for in-flight requests after the work is done.
 STOP_GRACE_S = 5.0
+#: Seconds between two counts of the bar's spans in the store (every job outcome wakes the loop).
+COUNT_EVERY_S = 0.25
 #: Seconds the workers may stay paused by a store fault (disk full, read-only)
 #: before enrich gives up: a one-shot run should say so, not wait for space.
 STORE_WAIT_S = 10.0
@@ -70,14 +74,6 @@ def select_repos(config: Config, paths: Sequence[str]) -> tuple[tuple[RepoConfig
     # os.path.isdir, not Path.is_dir: a name too long is "not a directory", not an OSError (exit 74).
     present = tuple(r for r in wanted if os.path.isdir(r.path))
     return present, tuple(r.path for r in wanted if not os.path.isdir(r.path))
-
-
-def _totals_of(report: dict[str, Any], repos: Sequence[RepoConfig]) -> dict[str, int]:
-    """``status --json`` counts summed over ``repos`` only (the report also holds
-    every other repo of the store)."""
-    chosen = {str(r.path) for r in repos}
-    keys = ("spans", "enriched", "failed", "pending", "embedded", "embed_failed")
-    return {k: sum(r[k] for r in report["repos"] if r["path"] in chosen) for k in keys}
 
 
 def _repo_of(config: Config, path: Path) -> RepoConfig:
@@ -120,7 +116,8 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
                 log.info("jobs_requeued", count=pipeline.requeue_failed(), reason="--retry-failed")
             pipeline.scan_all()
             if pipeline.counts()["pending"]:  # an unchanged tree sends no request at all
-                preflight(pipeline.clients, config.ollama.model, wait_s, say)
+                # A line on a terminal; elsewhere every line but the closing ones is a log record.
+                preflight(pipeline.clients, config.ollama.model, wait_s, say if progress.tty else None)
             # Embeddings start once the enrichments are in (see _wait_done): a span
             # embedded before its enrichment lands is embedded again after it.
             pipeline.start_workers(embeddings=False)
@@ -134,7 +131,7 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         team = pipeline.team_status()
     finally:
         pipeline.close(STOP_GRACE_S)
-    totals = _totals_of(status_report(config), repos)
+    totals = span_totals(config, repos)
     embed_failed = f" ({totals['embed_failed']} failed)" if totals["embed_failed"] else ""
     embedded = f", {totals['embedded']} embedded{_from_team(team, 'embed_hits', ' vectors')}{embed_failed}" \
         if config.search.embed_model else ""
@@ -181,17 +178,30 @@ def _from_team(team: dict[str, Any] | None, counter: str = "hits", unit: str = "
     return f" ({team[counter]}{unit} from the team cache)" if team else ""
 
 
-def _lanes(pipeline: Pipeline, enrich_left: int, embed_left: int) -> list[Lane]:
-    """The progress lanes, in spans: enriched, and embedded when embeddings are on."""
-    enriched, embedded = pipeline.finished_per_lane()
-    lanes = [Lane("enriched", enriched, enriched + enrich_left)]
-    if pipeline.config.search.embed_model:
-        lanes.append(Lane("embedded", embedded, embedded + embed_left))
-    return lanes
+class _SpanLanes:
+    """The progress lanes, in spans of ``config.repos`` as ``status`` counts them:
+    enriched, and embedded when embeddings are on; counted in the store at most
+    every :data:`COUNT_EVERY_S` seconds (the last count in between)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._lanes: list[Lane] = []
+        self._at = 0.0
+
+    def now(self, fresh: bool = False) -> list[Lane]:
+        """The lanes; ``fresh``: counted now (the last bar must match the summary)."""
+        if fresh or not self._lanes or time.monotonic() - self._at >= COUNT_EVERY_S:
+            t = span_totals(self.config, self.config.repos)
+            self._lanes = [Lane("enriched", t["enriched"], t["spans"], t["failed"])]
+            if self.config.search.embed_model:
+                self._lanes.append(Lane("embedded", t["embedded"], t["spans"], t["embed_failed"]))
+            self._at = time.monotonic()
+        return self._lanes
 
 
 def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: threading.Event) -> Outcome:
     down_since = paused_since = None
+    counted = _SpanLanes(pipeline.config)
     while True:
         c = pipeline.counts()
         enrich_left = c["pending"] + c["running"]
@@ -200,7 +210,7 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
         # Embeddings are waited for too, unless their model is missing (said
         # at the end): that must not hold back the enrichments.
         embed_left = pipeline.embeds_left()
-        lanes = _lanes(pipeline, enrich_left, embed_left)
+        lanes = counted.now(fresh=not enrich_left + embed_left)
         if enrich_left + embed_left == 0:
             progress.update(lanes, pipeline.status_line(), final=True)
             return Outcome.DONE
@@ -214,7 +224,7 @@ def _wait_done(pipeline: Pipeline, wait_s: float, progress: Progress, changed: t
         if down:
             down_since = down_since or time.monotonic()
             if time.monotonic() - down_since > wait_s:
-                progress.update(lanes, pipeline.status_line(), final=True)
+                progress.update(counted.now(fresh=True), pipeline.status_line(), final=True)
                 log.error("enrich_gave_up", reason=down, error=pipeline.last_error(),
                           waited_s=round(wait_s, 1), pending=enrich_left, embed_pending=embed_left)
                 return Outcome.GAVE_UP

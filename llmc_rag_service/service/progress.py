@@ -1,19 +1,22 @@
 """``enrich``'s progress: a bar with rate and ETA on a terminal, an ``enrich_progress`` log event every 10 s otherwise.
 
-Progress is counted per lane, in spans: enriched, then embedded (``enrich``
-embeds once the enrichments are in). On a terminal the bar is one line redrawn
-in place (``\\r`` and erase-line, ``ESC [ K``):
+Progress is counted per lane, in spans, as ``status`` counts them: enriched,
+then embedded (``enrich`` embeds once the enrichments are in), each of the
+spans the scan found (the total is fixed once the scan is done); spans that
+failed for good are said (``(3 failed)``) and are not left to do. On a
+terminal the bar is one line redrawn in place (``\\r`` and erase-line, ``ESC [ K``):
 ``[######..............] 14/40 enriched  0/40 embedded  2.0 spans/s  ETA 0:13  <STATUS>``,
 cut to the terminal's width at a word boundary with an ellipsis (:func:`fit_words`).
 Log records must not land in the middle of it, so while the bar is shown
 (:meth:`Progress.logs_above`) logging writes through :meth:`Progress.log_stream`:
 each record erases the bar, is written on its own line, and the bar is drawn
 again below it. The level is raised to warning while the bar is shown (unless
-``logging.level`` is debug): one ``job_done`` line per span would flood the
-terminal, and the bar already counts them. Elsewhere (a pipe, a file, a
+``logging.level`` is debug), and stays there until the process ends: one
+``job_done`` line per span would flood the terminal, and the bar already counts them. Elsewhere (a pipe, a file, a
 journal) progress is a log event like every other line of the stream, in the
 configured format: ``enrich_progress`` with ``enriched``, ``enriched_total``,
-``embedded``, ``embedded_total``, ``rate_per_s``, ``eta_s`` and ``status``.
+``enriched_failed``, ``embedded``, ``embedded_total``, ``embedded_failed``,
+``rate_per_s``, ``eta_s`` and ``status``.
 
 Rate is the spans the current lane (the first with spans left) finished per
 second over the last :data:`RATE_WINDOW_S` seconds. ETA adds up, per lane, the
@@ -46,11 +49,22 @@ _ERASE = "\r\x1b[K"
 
 
 class Lane(NamedTuple):
-    """One lane's count: ``label`` (``enriched``, ``embedded``), spans ``done`` of ``total``."""
+    """One lane's count: ``label`` (``enriched``, ``embedded``), spans ``done`` of
+    ``total``, of which ``failed`` failed for good (neither done nor left to do)."""
 
     label: str
     done: int
     total: int
+    failed: int = 0
+
+    @property
+    def left(self) -> int:
+        """Spans still to do."""
+        return max(0, self.total - self.done - self.failed)
+
+    def counts(self) -> str:
+        """``14/40 enriched``, ``37/40 enriched (3 failed)``."""
+        return f"{self.done}/{self.total} {self.label}" + (f" ({self.failed} failed)" if self.failed else "")
 
 
 def format_eta(seconds: float | None) -> str:
@@ -124,7 +138,7 @@ class Progress:
         None when not known yet (the current lane has no rate)."""
         now = self.clock()
         rates = [self._rates.setdefault(lane.label, _Rate()).add(now, lane.done) for lane in lanes]
-        left = [(max(0, lane.total - lane.done), rate) for lane, rate in zip(lanes, rates)]
+        left = [(lane.left, rate) for lane, rate in zip(lanes, rates)]
         current = next((i for i, (n, _) in enumerate(left) if n), len(left) - 1)
         if not lanes or rates[current] is None:
             return None, None
@@ -133,9 +147,9 @@ class Progress:
     def text(self, lanes: Sequence[Lane], line: str) -> str:
         """The bar's text, without control characters."""
         rate, eta = self.rate_and_eta(lanes)
-        done, total = sum(lane.done for lane in lanes), sum(lane.total for lane in lanes)
-        filled = int(20 * done / total) if total else 20
-        counts = "  ".join(f"{lane.done}/{lane.total} {lane.label}" for lane in lanes)
+        left, total = sum(lane.left for lane in lanes), sum(lane.total for lane in lanes)
+        filled = int(20 * (total - left) / total) if total else 20
+        counts = "  ".join(lane.counts() for lane in lanes)
         speed = f"{rate:.1f} spans/s" if rate is not None else "-- spans/s"
         head = f"[{'#' * filled}{'.' * (20 - filled)}] {counts}  {speed}  ETA {format_eta(eta)}  "
         # One column spare: a line exactly as wide as the terminal wraps on some.
@@ -154,7 +168,8 @@ class Progress:
                 return
             rate, eta = self.rate_and_eta(lanes)  # every update is a sample of the rate
             if not final and self.clock() - self._plain_at >= PLAIN_EVERY_S:
-                counts = {k: v for lane in lanes for k, v in ((lane.label, lane.done), (f"{lane.label}_total", lane.total))}
+                counts = {k: v for lane in lanes for k, v in ((lane.label, lane.done), (f"{lane.label}_total", lane.total),
+                                                              (f"{lane.label}_failed", lane.failed))}
                 log.info("enrich_progress", **counts, rate_per_s=None if rate is None else round(rate, 2),
                          eta_s=None if eta is None else round(eta), status=line)
                 self._plain_at = self.clock()
@@ -177,7 +192,9 @@ class Progress:
     def logs_above(self, level: str, fmt: str) -> Iterator[None]:
         """While the block runs on a terminal, route logging through
         :meth:`log_stream` at warning (or ``level`` when it is debug or error);
-        afterwards restore logging to ``stream`` at ``level``. Elsewhere a no-op."""
+        afterwards logging writes to ``stream`` again, at that same level until
+        the process ends (the summary follows; info records would only be the
+        stop's ``job_done`` lines). Elsewhere a no-op."""
         if not self.tty:
             yield
             return
@@ -187,7 +204,9 @@ class Progress:
             yield
         finally:
             self.end_bar()  # e.g. Ctrl-C: what is logged next starts on a line of its own
-            logsetup.configure_logging(level, fmt, stream=self.stream)
+            # Still at the bar's level: the stop after it (Ctrl-C's in-flight jobs) must not
+            # print a job_done line per span under the bar the user just saw.
+            logsetup.configure_logging(shown, fmt, stream=self.stream)
 
     def end_bar(self) -> None:
         """End the bar's line if one is shown (it stays on screen as it was)."""

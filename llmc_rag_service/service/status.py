@@ -123,6 +123,22 @@ def status_report(config: Config) -> dict[str, Any]:
     }
 
 
+def span_totals(config: Config, repos: list[RepoConfig] | tuple[RepoConfig, ...]) -> dict[str, int]:
+    """``status --json``'s counts (``files``, ``spans``, ``enriched``, ``pending``,
+    ``failed``, ``embedded``, ``embed_failed``) summed over ``repos`` only; all 0
+    before the store exists."""
+    totals: dict[str, int] = empty_counts()
+    reader = StoreReader.open(config.db_path)
+    if reader is None:
+        return totals
+    with reader:
+        for repo in repos:
+            counts = reader.repo_counts(repo.path, config.ollama.model, PROMPT_VERSION, config.search.embed_model,
+                                        INPUT_VERSION)
+            totals = {k: v + counts[k] for k, v in totals.items()}
+    return totals
+
+
 def team_report(config: Config, recorded: str | None, outbox: int) -> dict[str, Any] | None:
     """``status --json``'s ``team``: None when team mode is off, else
     ``{url (no password), reachable, hits, published, outbox, deferred,

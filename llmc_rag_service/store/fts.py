@@ -143,6 +143,13 @@ def indexed_ids(conn: sqlite3.Connection, span_ids: Iterable[int]) -> set[int]:
     return {r[0] for r in rows}
 
 
+def matching_ids(conn: sqlite3.Connection, match: str, span_ids: Iterable[int]) -> set[int]:
+    """Which of ``span_ids`` match the FTS5 expression ``match``."""
+    rows = conn.execute("SELECT rowid FROM span_fts WHERE span_fts MATCH ? AND rowid IN (SELECT value FROM json_each(?))",
+                        (match, json.dumps(list(span_ids))))
+    return {r[0] for r in rows}
+
+
 def ranked(conn: sqlite3.Connection, match: str, filter_sql: tuple[str, str, Sequence[Any]], depth: int,
            weights: Sequence[float] = WEIGHTS) -> list[tuple[int, float]]:
     """Span ids matching the FTS5 expression ``match``, best first, at most ``depth``.
