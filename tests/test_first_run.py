@@ -362,7 +362,11 @@ def test_a_missing_repo_path_exits_66_naming_it_and_enriches_the_others(tmp_path
     config = make_config(tmp_path, ollama.url, [repo, gone], logging={"level": "error"})
     assert run(config, "enrich") == 66
     err = capsys.readouterr().err
-    assert f"llmc-rag: repo {gone}: no such directory; enriching the other repos" in err
+    # Off a terminal every line before the summary is a log record (at error level: the run exits 66).
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert {"event": "enrich_repo_missing", "path": str(gone), "reason": "no such directory"}.items() <= next(
+        r for r in records if r.get("event") == "enrich_repo_missing").items()
+    assert f"repo {gone}: no such directory" not in err.replace('"', "")
     assert status_report(config)["repos"][0]["enriched"] > 0
     assert run(config, "enrich", str(gone)) == 66
     assert f"repo {gone}: no such directory\n" in capsys.readouterr().err

@@ -103,7 +103,10 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     repos, missing = select_repos(config, repo_paths)
     for path in missing:
         what = "not a directory" if os.path.lexists(path) else "no such directory"
-        say(f"repo {path}: {what}" + ("; enriching the other repos" if repos else ""))
+        if repos and not progress.tty:  # mid-run off a terminal: a log record like every other line
+            log.error("enrich_repo_missing", path=str(path), reason=what, action="enriching the other repos")
+        else:
+            say(f"repo {path}: {what}" + ("; enriching the other repos" if repos else ""))
     if not repos:
         return Outcome.REPO_MISSING
     config = replace(config, repos=repos)
