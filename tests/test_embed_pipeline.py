@@ -147,9 +147,12 @@ def test_a_400_for_a_batch_sends_each_member_alone(tmp_path, runs, emulators):
     wait_for(lambda: run.embeds()["done"] == 6, 15, "six spans embedded")
     embeds = [r for r in emu.requests if r.path == "/api/embed"]
     attempts = [len(r.json["input"]) for r in embeds]
-    # The refused batch is resent one input per request; every span is embedded once after the 400.
-    assert embeds[0].status == 400 and attempts[0] == 6, attempts
-    assert attempts[1:].count(1) >= attempts[0] and sum(attempts[1:]) == 6, attempts
+    # The refused batch (all six, or five when a turn's claim raced the first; seen 1 run in 20 under
+    # load) is resent one input per request; every span is embedded once after the 400.
+    assert embeds[0].status == 400 and attempts[0] >= 5, attempts
+    alone = [r.json["input"][0] for r in embeds[1:] if len(r.json["input"]) == 1]
+    assert all(text in alone for text in embeds[0].json["input"]), attempts
+    assert sum(attempts[1:]) == 6, attempts
     assert run.embeds()["failed"] == 0
 
 
