@@ -62,19 +62,26 @@ def _kept(config) -> dict[str, int]:
     return totals
 
 
+def _signalled(emu, proc, pid: int, *signals: str) -> str:
+    """Once ``proc`` is enriching, send ``signals`` (``kill`` options) to ``pid`` in order;
+    returns its stderr once it ended (killed after 30 s)."""
+    try:
+        _started(emu, proc)
+        for sig in signals:
+            subprocess.run(["kill", sig, str(pid)], check=True)
+        return proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 @pytest.mark.timeout(60)
 def test_sigterm_stops_a_background_enrich_like_ctrl_c(config, emu):
     """SIGTERM to `llmc-rag enrich &`: the closing line says the work is kept, exit 143, no traceback,
     the enrichments done so far are stored and the rest is pending."""
     proc, pid = _background(config)
-    try:
-        _started(emu, proc)
-        subprocess.run(["kill", "-TERM", str(pid)], check=True)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    err = _signalled(emu, proc, pid, "-TERM")
     assert proc.returncode == 143
     assert err.endswith(f"llmc-rag: interrupted by SIGTERM; {ADVICE}") and "Traceback" not in err
     assert err.count("\n") == 1, err
@@ -87,15 +94,7 @@ def test_a_background_enrich_keeps_ignoring_sigint_as_the_shell_set_it(config, e
     """SIGINT then SIGTERM to `llmc-rag enrich &`: the SIGINT the shell set to ignored stays ignored
     (Python handles signals in number order, so an honoured SIGINT would end it first, with 130)."""
     proc, pid = _background(config)
-    try:
-        _started(emu, proc)
-        subprocess.run(["kill", "-INT", str(pid)], check=True)
-        subprocess.run(["kill", "-TERM", str(pid)], check=True)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    err = _signalled(emu, proc, pid, "-INT", "-TERM")
     assert proc.returncode == 143 and err.endswith(f"llmc-rag: interrupted by SIGTERM; {ADVICE}"), err
 
 
