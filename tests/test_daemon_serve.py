@@ -142,3 +142,25 @@ def test_an_unhandled_exception_is_one_error_line_in_the_journal(tmp_path, repo,
     assert "main loop broke" in record["exception"] and "Traceback" in record["exception"]
     assert all(line.startswith("<") for line in lines)
     assert '"daemon_stopped"' in log_path.read_text()  # shutdown still ran
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_that_moves_state_dir_out_of_the_repo_is_refused(tmp_path, ollama, notify, serve_factory):
+    """state_dir inside the repo, then a reload naming another one: the daemon keeps its
+    open store, so the reload is refused (one reload_failed naming state_dir) and the repo
+    keeps excluding the store: its WAL and lock never become indexed files."""
+    repo = tmp_path / "repo"
+    write_tree(repo, {"a.py": "def f(x):\n    return x\n"})
+    config = make_config(tmp_path, ollama.url, [repo], state_dir=str(repo / ".state"))
+    serve = serve_factory(config, notify)
+    notify.wait("READY=1")
+    wait_for(lambda: status_report(config)["totals"]["enriched"] == 1, 20, "the repo enriched")
+    edit_config(config, state_dir=str(tmp_path / "elsewhere"))
+    reload_and_wait(serve, notify)
+    failed = [json.loads(line) for line in serve.logs().splitlines() if '"reload_failed"' in line]
+    assert len(failed) == 1 and "state_dir: changed from" in failed[0]["error"], serve.logs()
+    (repo / "a.py").write_text("def f(x):\n    return x + 1\n")  # a job: the store writes its WAL
+    wait_for(lambda: status_report(config)["totals"]["enriched"] == 1
+             and status_report(config)["totals"]["pending"] == 0, 20, "the save enriched")
+    assert status_report(config)["totals"]["files"] == 1, serve.logs()
+    assert serve.stop() == 0

@@ -337,6 +337,13 @@ class Daemon:
                 except ConfigError as exc:
                     log.error("reload_failed", error=str(exc), config=str(self.config_path))
                     return
+                if os.path.realpath(new.state_dir) != os.path.realpath(self.config.state_dir):
+                    # The store stays open where it is; the new config's repos would
+                    # no longer exclude it (its WAL indexed forever) and status reads elsewhere.
+                    log.error("reload_failed", config=str(self.config_path),
+                              error=f"{self.config_path}: state_dir: changed from {self.config.state_dir} to "
+                                    f"{new.state_dir}; a reload keeps the open store: restart the service to move it")
+                    return
                 try:
                     changed = self._apply(self.config, new)
                 except (sqlite3.Error, OSError) as exc:
