@@ -76,6 +76,18 @@ def select_repos(config: Config, paths: Sequence[str]) -> tuple[tuple[RepoConfig
     return present, tuple(r.path for r in wanted if not os.path.isdir(r.path))
 
 
+def _close(pipeline: Pipeline) -> None:
+    """``pipeline.close`` giving in-flight requests :data:`STOP_GRACE_S` seconds. A second
+    Ctrl-C or SIGTERM during that wait ends the wait, but the jobs this run claimed still go
+    back to pending before it propagates: left ``running``, a ``serve`` on the same store
+    would never retry them (it returns a dead process's jobs only when it starts)."""
+    try:
+        pipeline.close(STOP_GRACE_S)
+    except KeyboardInterrupt:
+        pipeline.close(0.0)
+        raise
+
+
 def _repo_of(config: Config, path: Path) -> RepoConfig:
     """The configured repo at or above ``path`` (a directory inside a repo is
     enriched as that repo, not as a second, nested one that would index its
@@ -133,7 +145,7 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         outbox = pipeline.flush_team()
         team = pipeline.team_status()
     finally:
-        pipeline.close(STOP_GRACE_S)
+        _close(pipeline)
     totals = span_totals(config, repos)
     embed_failed = f" ({totals['embed_failed']} failed)" if totals["embed_failed"] else ""
     embedded = f", {totals['embedded']} embedded{_from_team(team, 'embed_hits', ' vectors')}{embed_failed}" \
