@@ -14,7 +14,7 @@ from tests.helpers import make_config, wait_for, write_tree
 
 def test_the_first_owner_to_mark_a_host_down_reports_it_until_every_owner_saw_it_up():
     """A second pool marking the same host is no new outage; once all marks are gone, the next one is."""
-    outages, enrich, embed = HostOutages(), object(), object()
+    outages, enrich, embed = HostOutages(), Pool(), Pool()
     assert outages.down("http://h:1", enrich) is True
     assert outages.down("http://h:1", embed) is False
     assert outages.down("http://other:2", embed) is True  # hosts are separate
@@ -22,7 +22,23 @@ def test_the_first_owner_to_mark_a_host_down_reports_it_until_every_owner_saw_it
     assert outages.down("http://h:1", enrich) is False  # the embed pool still waits on it: the same outage
     outages.up("http://h:1", enrich)
     outages.forget(embed)  # a stopped pool marks nothing
-    assert outages.down("http://h:1", embed) is True
+    assert outages.down("http://h:1", enrich) is True
+
+
+class Pool:
+    """An owner as the pools are: compared by identity, weakly referable."""
+
+
+def test_a_retired_pools_late_failure_does_not_mute_the_next_outage():
+    """A reload retires a pool while its request is in flight; the host goes down, the old
+    pool's request fails after it was forgotten, the new pool waits too; the host comes back.
+    The next outage is a new one (error level), not 'already reported' by the old pool."""
+    outages, old, new = HostOutages(), Pool(), Pool()
+    outages.forget(old)  # retired by the reload
+    assert outages.down("http://h:1", old) is False  # its late failure: the new pool reports
+    assert outages.down("http://h:1", new) is True
+    outages.up("http://h:1", new)
+    assert outages.down("http://h:1", new) is True
 
 
 @pytest.fixture

@@ -7,12 +7,16 @@ first pool to mark a host unreachable logs ``ollama_unreachable`` at error
 level; a pool that finds it already marked by another logs the same event at
 info level with ``already_reported=True`` (it waits on the same host). Once
 every pool that marked it has seen it answer again (or was stopped), the next
-outage is reported at error level again.
+outage is reported at error level again. A pool stopped or retired (a reload
+replaced it) whose request still in flight fails later marks nothing: it would
+stay marked for ever, and every later outage would be reported at info only.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
+from typing import Any
 
 
 class HostOutages:
@@ -22,11 +26,16 @@ class HostOutages:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._down: dict[str, set[object]] = {}
+        self._forgotten: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def down(self, url: str, owner: object) -> bool:
         """Mark ``url`` unreachable for ``owner``. True if no other owner had it
-        marked: this is a new outage, to be reported at error level."""
+        marked: this is a new outage, to be reported at error level. False, and
+        nothing marked, for an owner already :meth:`forget`-ten (a stopped pool's
+        late failure: the pool that replaced it reports the outage)."""
         with self._lock:
+            if owner in self._forgotten:
+                return False
             owners = self._down.setdefault(url, set())
             first = not (owners - {owner})
             owners.add(owner)
@@ -38,8 +47,9 @@ class HostOutages:
             self._up(url, owner)
 
     def forget(self, owner: object) -> None:
-        """``owner`` stopped: it marks no host any more."""
+        """``owner`` stopped: it marks no host any more, now or later (weakly held)."""
         with self._lock:
+            self._forgotten.add(owner)
             for url in list(self._down):
                 self._up(url, owner)
 
