@@ -13,6 +13,7 @@ import sys
 import pytest
 import yaml
 
+from llmc_rag_service.config import load_config
 from llmc_rag_service.service.status import status_report
 from tests.helpers import NotifySocket, chats, make_config, wait_for, write_tree
 from llmc_rag_service.testing.emulator import OllamaEmulator
@@ -163,4 +164,25 @@ def test_a_reload_that_moves_state_dir_out_of_the_repo_is_refused(tmp_path, olla
     wait_for(lambda: status_report(config)["totals"]["enriched"] == 1
              and status_report(config)["totals"]["pending"] == 0, 20, "the save enriched")
     assert status_report(config)["totals"]["files"] == 1, serve.logs()
+    assert serve.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_nested_repo_dropped_by_a_reload_is_not_stored_twice(tmp_path, ollama, notify, serve_factory):
+    """outer/ and outer/inner/ configured, then inner dropped by a reload: the outer repo indexes
+    inner's files now, and inner's own rows are dropped, so each file is stored, counted and
+    found once (they were kept as an 'unwatched' repo: every inner file twice)."""
+    outer = tmp_path / "outer"
+    write_tree(outer, {"a.py": "def f(x):\n    return x\n", "inner/b.py": "def g(y):\n    return y\n"})
+    config = make_config(tmp_path, ollama.url, [outer, outer / "inner"])
+    serve = serve_factory(config, notify)
+    notify.wait("READY=1")
+    wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, 20, "both repos enriched")
+    edit_config(config, repos=[{"path": str(outer)}])
+    reload_and_wait(serve, notify)
+    now = load_config(config.source)
+    wait_for(lambda: [(r["path"], r["files"]) for r in status_report(now)["repos"]] == [(str(outer), 2)], 20,
+             "inner's file indexed by the outer repo and inner's rows dropped")
+    assert status_report(now)["totals"]["files"] == 2
+    assert '"nested_repo_dropped"' in serve.logs()
     assert serve.stop() == 0

@@ -248,6 +248,7 @@ class Daemon:
             self.pipeline = Pipeline(self.config, on_change=self._mark_dirty, on_activity=self.wake.set,
                                      clock=self.clock)
             self.pipeline.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
+            self.pipeline.drop_nested(self.config.repos)
             self.pipeline.start_scheduler()
             self.pipeline.watch(on_repo=self._on_repo, stop=lambda: self.stop_requested)
         for name, check in self.pipeline.health().items():

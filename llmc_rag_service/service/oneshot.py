@@ -127,6 +127,8 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     started = time.monotonic()
     try:
         with progress.logs_above(config.logging.level, config.logging.format):
+            if not repo_paths:  # the configured repos: a nested one dropped from them is the outer one's now
+                pipeline.drop_nested(repos)
             if retry_failed:
                 log.info("jobs_requeued", count=pipeline.requeue_failed(), reason="--retry-failed")
             pipeline.scan_all()
