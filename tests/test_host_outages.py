@@ -25,6 +25,17 @@ def test_the_first_owner_to_mark_a_host_down_reports_it_until_every_owner_saw_it
     assert outages.down("http://h:1", enrich) is True
 
 
+def test_a_reload_during_an_outage_is_not_a_second_outage():
+    """The host is down and reported; a reload replaces the pool; the new pool finds it down:
+    the same outage (info), until a pool sees the host answer. Then the next outage is new."""
+    outages, old, new = HostOutages(), Pool(), Pool()
+    assert outages.down("http://h:1", old) is True
+    outages.forget(old)  # the reload retires it
+    assert outages.down("http://h:1", new) is False
+    outages.up("http://h:1", new)
+    assert outages.down("http://h:1", new) is True
+
+
 class Pool:
     """An owner as the pools are: compared by identity, weakly referable."""
 

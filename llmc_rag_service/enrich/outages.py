@@ -10,6 +10,8 @@ every pool that marked it has seen it answer again (or was stopped), the next
 outage is reported at error level again. A pool stopped or retired (a reload
 replaced it) whose request still in flight fails later marks nothing: it would
 stay marked for ever, and every later outage would be reported at info only.
+An outage whose last marking pool was retired before any pool saw the host
+answer stays reported: the pools a reload starts meanwhile find the same outage.
 """
 
 from __future__ import annotations
@@ -27,30 +29,38 @@ class HostOutages:
         self._lock = threading.Lock()
         self._down: dict[str, set[object]] = {}
         self._forgotten: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._answered: set[str] = set()  # down hosts that some pool saw answer meanwhile
+        self._unrecovered: set[str] = set()  # reported, its pools retired, not yet seen answering
 
     def down(self, url: str, owner: object) -> bool:
         """Mark ``url`` unreachable for ``owner``. True if no other owner had it
-        marked: this is a new outage, to be reported at error level. False, and
-        nothing marked, for an owner already :meth:`forget`-ten (a stopped pool's
-        late failure: the pool that replaced it reports the outage)."""
+        marked (nor a retired one, the host unseen since): a new outage, to be
+        reported at error level. False, and nothing marked, for an owner
+        already :meth:`forget`-ten (a stopped pool's late failure: the pool that
+        replaced it reports the outage)."""
         with self._lock:
             if owner in self._forgotten:
                 return False
             owners = self._down.setdefault(url, set())
-            first = not (owners - {owner})
+            first = not (owners - {owner}) and url not in self._unrecovered
             owners.add(owner)
             return first
 
     def up(self, url: str, owner: object) -> None:
         """``owner`` sees ``url`` answer again (or in another state than unreachable)."""
         with self._lock:
+            self._unrecovered.discard(url)
             self._up(url, owner)
+            if url in self._down:
+                self._answered.add(url)
 
     def forget(self, owner: object) -> None:
         """``owner`` stopped: it marks no host any more, now or later (weakly held)."""
         with self._lock:
             self._forgotten.add(owner)
-            for url in list(self._down):
+            for url, owners in list(self._down.items()):
+                if owners == {owner} and url not in self._answered:
+                    self._unrecovered.add(url)
                 self._up(url, owner)
 
     def _up(self, url: str, owner: object) -> None:
@@ -59,3 +69,4 @@ class HostOutages:
             owners.discard(owner)
             if not owners:
                 del self._down[url]
+                self._answered.discard(url)
