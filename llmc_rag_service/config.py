@@ -210,7 +210,7 @@ def _anchored(rel: Path) -> str:
     return "/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", rel.as_posix()) + "/"
 
 
-def _owned(repo: RepoConfig, repos: tuple[RepoConfig, ...], state_dir: Path) -> RepoConfig:
+def exclude_owned(repo: RepoConfig, repos: tuple[RepoConfig, ...], state_dir: Path) -> RepoConfig:
     """``repo`` with what it must not index excluded: a repo listed inside it (whose
     own entry, with its own excludes, indexes those files: else each is stored, searched
     and counted twice), and the store when ``state_dir`` lies inside it (else every
@@ -423,7 +423,7 @@ class _Validator:
         repos = self.repos(top.get("repos", []) or [])
         config = Config(
             state_dir=state_dir,
-            repos=tuple(_owned(r, repos, state_dir) for r in repos),
+            repos=tuple(exclude_owned(r, repos, state_dir) for r in repos),
             ollama=self.ollama(top),
             watch=self.section("watch", top, WatchConfig, {"debounce_ms": (int, 0), "max_file_bytes": (int, 1),
                                                            "max_delay_ms": (int, 0),

@@ -36,7 +36,7 @@ from typing import Any, Sequence, TextIO
 
 import structlog
 
-from llmc_rag_service.config import Config, RepoConfig
+from llmc_rag_service.config import Config, RepoConfig, exclude_owned
 from llmc_rag_service.paths import real_path
 from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.preflight import preflight
@@ -91,11 +91,12 @@ def _close(pipeline: Pipeline) -> None:
 def _repo_of(config: Config, path: Path) -> RepoConfig:
     """The configured repo at or above ``path`` (a directory inside a repo is
     enriched as that repo, not as a second, nested one that would index its
-    files twice), else a repo of its own with default settings."""
+    files twice), else a repo of its own with default settings, excluding the
+    configured repos and the store inside it (each indexed by its own entry)."""
     for repo in sorted(config.repos, key=lambda r: len(r.path.parts), reverse=True):
         if path == repo.path or (repo.path in path.parents and os.path.isdir(path)):
             return repo
-    return RepoConfig(path=path)
+    return exclude_owned(RepoConfig(path=path), config.repos, config.state_dir)
 
 
 def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 300.0,
