@@ -83,3 +83,25 @@ def test_an_unreachable_host_is_one_error_line_and_both_lanes_say_it_in_status(t
     assert {e["lane"] for e in said} == {"enrich", "embed"} and all(e["url"] == dead_url for e in said)
     assert said[1]["already_reported"] is True
     assert "ollama unreachable" in status and "embeddings waiting: unreachable" in status, status
+
+
+def test_an_answer_to_a_request_sent_before_the_outage_does_not_end_it(tmp_path, dead_url):
+    """A request in flight as the server stopped gets its answer after another thread found the
+    host down: no ollama_recovered (the outage goes on; the next failure would be a second error
+    line); an answer to a request sent after the host was marked down, or a probe, ends it."""
+    repo = tmp_path / "repo"
+    write_tree(repo, {"a.py": "def f(x):\n    return x\n"})
+    pipeline = Pipeline(make_config(tmp_path, dead_url, [repo]))
+    try:
+        pool = pipeline.pool
+        host = pool.hosts[0]
+        sent = pool.clock() - 1.0  # a request sent a second ago, still in flight
+        with capture_logs() as logs:
+            pool._host_down(host, "unreachable", "connection refused")
+            pool._host_ok(host, sent)
+            assert host.state == "unreachable"
+            pool._host_ok(host, pool.clock())
+        assert host.state == "ok"
+    finally:
+        pipeline.close(0.0)
+    assert [e["event"] for e in logs] == ["ollama_unreachable", "ollama_recovered"], logs
