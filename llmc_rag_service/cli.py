@@ -24,7 +24,7 @@ from llmc_rag_service import __version__
 from llmc_rag_service import logs as logsetup
 from llmc_rag_service.config import Config, ConfigError, find_config_path, load_config, locate_config
 from llmc_rag_service.output import CheckedOutput, OutputError, discard_stdout
-from llmc_rag_service.paths import printable_name, shown_path
+from llmc_rag_service.paths import printable_name, shown_path, working_dir
 from llmc_rag_service.store.faults import StoreUnusable, classify
 
 EX_OK = 0
@@ -363,7 +363,7 @@ def _show(config: Config, args: argparse.Namespace) -> int:
     where = resolve_file(config, path)  # the repo: show_report found the file in it
     for s in spans:
         # As search prints it (relative to the cwd when under it, else absolute), so it can be pasted.
-        shown = shown_path(where[0] / s["path"], Path.cwd()) if where else printable_name(s["path"])
+        shown = shown_path(where[0] / s["path"], working_dir()) if where else printable_name(s["path"])
         # Names and model text escaped: a hostile name (or a model echoing it) may hold ESC sequences.
         print(f"{shown}:{s['start_line']}-{s['end_line']} "
               + printable_name(f"{s['kind']} {s['name']} [{s['state']}]"))

@@ -59,6 +59,10 @@ def is_fingerprint(entry: str) -> bool:
 _GO_DURATION = re.compile(r"^[+-]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$|^0$")
 
 
+# $NAME or ${NAME} anywhere in a path: a shell would expand it, YAML does not.
+_SHELL_VARIABLE = re.compile(r"\$\{?[A-Za-z_]")
+
+
 class ConfigError(Exception):
     """A config file is missing, unreadable or invalid.
 
@@ -206,7 +210,7 @@ def _anchored(rel: Path) -> str:
     return "/" + re.sub(r"([\\*?\[\]!# ])", r"\\\1", rel.as_posix()) + "/"
 
 
-def _owned(repo: RepoConfig, repos: tuple[RepoConfig, ...], state_dir: Path) -> RepoConfig:
+def exclude_owned(repo: RepoConfig, repos: tuple[RepoConfig, ...], state_dir: Path) -> RepoConfig:
     """``repo`` with what it must not index excluded: a repo listed inside it (whose
     own entry, with its own excludes, indexes those files: else each is stored, searched
     and counted twice), and the store when ``state_dir`` lies inside it (else every
@@ -419,7 +423,7 @@ class _Validator:
         repos = self.repos(top.get("repos", []) or [])
         config = Config(
             state_dir=state_dir,
-            repos=tuple(_owned(r, repos, state_dir) for r in repos),
+            repos=tuple(exclude_owned(r, repos, state_dir) for r in repos),
             ollama=self.ollama(top),
             watch=self.section("watch", top, WatchConfig, {"debounce_ms": (int, 0), "max_file_bytes": (int, 1),
                                                            "max_delay_ms": (int, 0),
@@ -449,7 +453,7 @@ class _Validator:
             if not raw_path.strip():
                 raise self.fail(f"{key}.path", "must not be empty")
             # os.path.realpath, not Path.resolve: a symlink loop is a missing repo, not a RuntimeError.
-            path = Path(os.path.realpath(self.absolute(f"{key}.path", raw_path)))
+            path = Path(os.path.realpath(self.absolute(f"{key}.path", raw_path, lexical=False)))
             twin = next((j for j, repo in enumerate(out) if repo.path == path), None)
             if twin is not None:  # two watchers on one tree, its files counted twice
                 raise self.fail(f"{key}.path", f"{path} is already listed as repos[{twin}].path")
@@ -460,21 +464,27 @@ class _Validator:
             out.append(RepoConfig(path=path, exclude=self.patterns(f"{key}.exclude", raw.get("exclude", []) or [])))
         return tuple(out)
 
-    def absolute(self, key: str, raw: str) -> Path:
+    def absolute(self, key: str, raw: str, lexical: bool = True) -> Path:
         """``raw`` with ``~``/``~user`` expanded, as an absolute path. A relative
-        path is taken relative to the config file's directory, never to each
-        command's working directory (``/`` under systemd). An unknown ``~user``,
-        a ``$VARIABLE`` (not expanded: it would silently become a directory
-        named ``$VARIABLE``) or a NUL byte is a ConfigError."""
+        path is taken relative to the directory of the config file itself (a
+        symlinked config: its target's), never to each command's working
+        directory (``/`` under systemd) nor to the name it was given by, so one
+        file means the same paths however it is named. ``lexical``: ``..`` is
+        cut from the text (else left for the caller's ``realpath``, which goes
+        where the kernel goes through a symlinked directory). An unknown
+        ``~user``, a ``$VARIABLE`` anywhere (not expanded: it would silently
+        become a directory named ``$VARIABLE``) or a NUL byte is a ConfigError."""
+        base = os.path.dirname(os.path.realpath(self.path))
         if "\x00" in raw:
             raise self.fail(key, f"must not contain a NUL character, got {raw!r}")
-        if raw.startswith("$"):
+        if _SHELL_VARIABLE.search(raw):
             raise self.fail(key, f"environment variables are not expanded; write the path itself "
-                                 f"(absolute, ~/..., or relative to {self.path.parent}), got {raw!r}")
+                                 f"(absolute, ~/..., or relative to {base}), got {raw!r}")
         expanded = expand_user(raw)
         if expanded is None:
             raise self.fail(key, f"cannot expand {raw.split('/', 1)[0]!r}: no such user, got {raw!r}")
-        return Path(os.path.abspath(os.path.join(os.path.abspath(self.path.parent), expanded)))
+        joined = os.path.join(base, expanded)
+        return Path(os.path.abspath(joined) if lexical else joined)
 
     def patterns(self, key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(p, str) for p in value):

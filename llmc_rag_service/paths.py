@@ -43,7 +43,8 @@ def real_path(text: str, follow_last: bool = True) -> Path | None:
         return None
     try:
         # Joined, not abspath(): "link/.." must go where the kernel goes, not be cut lexically.
-        full = os.path.join(os.getcwd(), expanded)
+        # An absolute path needs no working directory (which may have been deleted).
+        full = expanded if os.path.isabs(expanded) else os.path.join(os.getcwd(), expanded)
     except OSError:  # the working directory was deleted
         return None
     head, name = os.path.split(full)
@@ -64,9 +65,18 @@ def printable_name(name: str) -> str:
     return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), name)
 
 
-def shown_path(full: Path, cwd: Path) -> str:
+def working_dir() -> Path | None:
+    """The working directory, or None when it was deleted (``os.getcwd`` then raises)."""
+    try:
+        return Path(os.getcwd())
+    except OSError:
+        return None
+
+
+def shown_path(full: Path, cwd: Path | None) -> str:
     """How plain ``search`` and ``show`` print the file ``full`` (absolute): relative
     to ``cwd`` when under it, else absolute, so it can be pasted into a shell or an
-    editor from there; escaped by :func:`printable_name`."""
-    shown = os.path.relpath(full, cwd) if full.is_relative_to(cwd) else str(full)
-    return printable_name(shown)
+    editor from there; escaped by :func:`printable_name`. Absolute too with no
+    working directory (``cwd`` None: deleted) or ``/`` (``tmp/x.py`` reads as a typo)."""
+    under = cwd is not None and cwd != Path(cwd.anchor) and full.is_relative_to(cwd)
+    return printable_name(os.path.relpath(full, cwd) if under else str(full))

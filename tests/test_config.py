@@ -372,3 +372,26 @@ def test_a_repo_inside_another_is_excluded_from_the_outer_one(tmp_path):
     ignore = RepoIgnore(cfg.repos[0].path, cfg.repos[0].exclude)
     assert ignore.is_ignored("libs/a b/x.py") and not ignore.is_ignored("libs/ab/x.py")
     assert cfg.repos[1].exclude == ()
+
+
+def test_a_symlinked_config_means_the_same_paths_under_either_name(tmp_path):
+    """~/.config/llmc-rag/config.yaml linked to a dotfiles copy, a service given one name and
+    a person the other: relative paths are taken from the file itself (the link's target's
+    directory), so both open one store and watch one tree."""
+    real = tmp_path / "dotfiles" / "llmc"
+    real.mkdir(parents=True)
+    (real / "config.yaml").write_text("state_dir: state\nrepos:\n  - path: ../src\n")
+    (tmp_path / "etc" / "deep").mkdir(parents=True)
+    link = tmp_path / "etc" / "deep" / "config.yaml"
+    link.symlink_to(real / "config.yaml")
+    by_link, by_target = load_config(link), load_config(real / "config.yaml")
+    assert by_link.state_dir == by_target.state_dir == real / "state"
+    assert [r.path for r in by_link.repos] == [r.path for r in by_target.repos] == [tmp_path / "dotfiles" / "src"]
+
+
+def test_a_variable_inside_a_path_is_refused_too(tmp_path):
+    """`~/src/$PROJECT` would be a directory named "$PROJECT" (a repo missing for good): refused like a leading one."""
+    path = write(tmp_path, "repos:\n  - path: ~/src/${PROJECT}\n  - path: /srv/$NAME/x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert ": repos[0].path: environment variables are not expanded" in str(err.value)

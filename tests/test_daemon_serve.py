@@ -13,6 +13,7 @@ import sys
 import pytest
 import yaml
 
+from llmc_rag_service.config import load_config
 from llmc_rag_service.service.status import status_report
 from tests.helpers import NotifySocket, chats, make_config, wait_for, write_tree
 from llmc_rag_service.testing.emulator import OllamaEmulator
@@ -142,3 +143,46 @@ def test_an_unhandled_exception_is_one_error_line_in_the_journal(tmp_path, repo,
     assert "main loop broke" in record["exception"] and "Traceback" in record["exception"]
     assert all(line.startswith("<") for line in lines)
     assert '"daemon_stopped"' in log_path.read_text()  # shutdown still ran
+
+
+@pytest.mark.timeout(60)
+def test_a_reload_that_moves_state_dir_out_of_the_repo_is_refused(tmp_path, ollama, notify, serve_factory):
+    """state_dir inside the repo, then a reload naming another one: the daemon keeps its
+    open store, so the reload is refused (one reload_failed naming state_dir) and the repo
+    keeps excluding the store: its WAL and lock never become indexed files."""
+    repo = tmp_path / "repo"
+    write_tree(repo, {"a.py": "def f(x):\n    return x\n"})
+    config = make_config(tmp_path, ollama.url, [repo], state_dir=str(repo / ".state"))
+    serve = serve_factory(config, notify)
+    notify.wait("READY=1")
+    wait_for(lambda: status_report(config)["totals"]["enriched"] == 1, 20, "the repo enriched")
+    edit_config(config, state_dir=str(tmp_path / "elsewhere"))
+    reload_and_wait(serve, notify)
+    failed = [json.loads(line) for line in serve.logs().splitlines() if '"reload_failed"' in line]
+    assert len(failed) == 1 and "state_dir: changed from" in failed[0]["error"], serve.logs()
+    (repo / "a.py").write_text("def f(x):\n    return x + 1\n")  # a job: the store writes its WAL
+    wait_for(lambda: status_report(config)["totals"]["enriched"] == 1
+             and status_report(config)["totals"]["pending"] == 0, 20, "the save enriched")
+    assert status_report(config)["totals"]["files"] == 1, serve.logs()
+    assert serve.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_nested_repo_dropped_by_a_reload_is_not_stored_twice(tmp_path, ollama, notify, serve_factory):
+    """outer/ and outer/inner/ configured, then inner dropped by a reload: the outer repo indexes
+    inner's files now, and inner's own rows are dropped, so each file is stored, counted and
+    found once (they were kept as an 'unwatched' repo: every inner file twice)."""
+    outer = tmp_path / "outer"
+    write_tree(outer, {"a.py": "def f(x):\n    return x\n", "inner/b.py": "def g(y):\n    return y\n"})
+    config = make_config(tmp_path, ollama.url, [outer, outer / "inner"])
+    serve = serve_factory(config, notify)
+    notify.wait("READY=1")
+    wait_for(lambda: status_report(config)["totals"]["enriched"] == 2, 20, "both repos enriched")
+    edit_config(config, repos=[{"path": str(outer)}])
+    reload_and_wait(serve, notify)
+    now = load_config(config.source)
+    wait_for(lambda: [(r["path"], r["files"]) for r in status_report(now)["repos"]] == [(str(outer), 2)], 20,
+             "inner's file indexed by the outer repo and inner's rows dropped")
+    assert status_report(now)["totals"]["files"] == 2
+    assert '"nested_repo_dropped"' in serve.logs()
+    assert serve.stop() == 0

@@ -359,3 +359,16 @@ def test_changing_the_model_enriches_unchanged_spans_for_the_new_model(tmp_path,
     assert totals["enriched"] == totals["spans"] and totals["pending"] == 0
     assert len(chats(ollama)) == 2 * first
     assert {r.json["model"] for r in chats(ollama)[first:]} == {"other-model"}
+
+
+def test_enrich_of_a_directory_holding_a_configured_repo_stores_its_files_once(tmp_path, ollama):
+    """`enrich PARENT` of a directory the config does not name, holding a configured repo (and the
+    store): PARENT indexes its own files only; the configured repo's stay its own, counted once."""
+    parent = tmp_path / "parent"
+    write_tree(parent, {"p.py": "def p(x):\n    return 2\n", "child/c.py": "def c(x):\n    return 1\n"})
+    config = make_config(tmp_path, ollama.url, [parent / "child"], state_dir=str(parent / "state"))
+    assert cli.main(["enrich", "-c", str(config.source)]) == 0
+    assert cli.main(["enrich", "-c", str(config.source), str(parent)]) == 0
+    report = status_report(config)
+    assert [(r["path"], r["files"]) for r in report["repos"]] == [(str(parent / "child"), 1), (str(parent), 1)]
+    assert report["totals"]["files"] == 2

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
+from llmc_rag_service.cli import main
 from llmc_rag_service.service.status import status_report
 from llmc_rag_service.store.db import Store
 from llmc_rag_service.store.jobs import JobQueue
@@ -113,3 +116,40 @@ def test_sigint_in_the_foreground_still_exits_130_with_the_same_advice(config, e
             proc.communicate()
     assert proc.returncode == 130 and err == f"llmc-rag: interrupted; {ADVICE}"
     assert _kept(config)["pending"] > 0
+
+
+def _in_close() -> bool:
+    """True while the main thread is inside ``Pipeline.close`` (enrich waiting for in-flight answers)."""
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "close" and frame.f_code.co_filename.endswith("pipeline.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.mark.timeout(60)
+def test_a_second_sigterm_while_enrich_waits_for_answers_leaves_no_job_running(tmp_path):
+    """SIGTERM, then another while the stop waits for the requests in flight: exit 143 at once,
+    and no job is left ``running`` (a serve on the same store would never retry those spans)."""
+    repo = tmp_path / "repo"
+    write_tree(repo, {f"m{i}.py": f"def f{i}(x):\n    return x * {i}\n" for i in range(4)})
+    with OllamaEmulator(latency_s=3.0) as slow:
+        config = make_config(tmp_path, slow.url, [repo], logging={"level": "error"})
+
+        def signal_twice() -> None:
+            wait_for(lambda: len([r for r in slow.requests if r.path == "/api/chat"]) >= 2, 20, "two requests")
+            os.kill(os.getpid(), signal.SIGTERM)
+            wait_for(_in_close, 20, "the stop waiting for the answers")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        sender = threading.Thread(target=signal_twice)
+        sender.start()
+        code = main(["enrich", "-c", str(config.source)])
+        sender.join(30)
+    assert code == 143
+    store = Store(config.db_path)
+    try:
+        assert JobQueue(store, config.ollama.model).counts()["running"] == 0
+    finally:
+        store.close()

@@ -113,3 +113,22 @@ class _CountingSink(io.TextIOBase):
     def write(self, text: str) -> int:
         self.chars += len(text)
         return len(text)
+
+
+def test_a_file_replaced_by_a_symlink_to_itself_is_not_fresh(config, repos, capsys):
+    """`mv a.py moved.py; ln -s moved.py a.py`: the scanner never follows the symlink (the next
+    scan drops a.py), so export flags a.py's spans deleted, search hides them and show has
+    none, though the symlink's target has a.py's very size and mtime."""
+    root = repos[0].root
+    (root / "a.py").rename(root / "moved.py")
+    (root / "a.py").symlink_to("moved.py")
+    assert cli.main(["export", "-c", str(config.source)]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["path"], r["fresh"], r["deleted"]) for r in rows] == [
+        ("a.py", False, True), ("a.py", False, True), ("b.js", True, False)]
+    assert err.startswith("llmc-rag: export: warning: 2 of 3 records are of 1 file deleted")
+    assert cli.main(["search", "--json", "-c", str(config.source), "returns a number"]) == 0
+    assert [h["path"] for h in json.loads(capsys.readouterr().out)["hits"]] == []
+    assert cli.main(["show", "-c", str(config.source), str(root / "a.py")]) == 1
+    assert "symlink" in capsys.readouterr().err

@@ -96,3 +96,29 @@ def test_a_file_name_with_control_characters_prints_escaped(tmp_path, ollama, ca
     assert f"{repo}/evil\\x1b[2Jx.py:1-2  function wiped_screen" in out and "evil\\x1b[2Jx.py:1-2 function" in out
     assert f"{repo}/two\\nlines.py:1-2  function split_name" in out
     assert err == f"llmc-rag: {repo}/two\\nlines.py:9: no span covers line 9: the file's spans end at line 2\n"
+
+
+def test_show_and_search_from_a_deleted_working_directory_print_absolute_paths(enriched, tmp_path, monkeypatch,
+                                                                              capsys):
+    """A shell still in a directory removed since (`rm -rf` of a build dir): show of an absolute path
+    shows it (was 'not in a configured repo', exit 1) and search prints hits absolute (was 'state
+    unusable ... No such file or directory', exit 74, blaming the store)."""
+    config, repo = enriched
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    capsys.readouterr()
+    assert cli.main(["show", "-c", str(config.source), str(repo / "a.py")]) == 0
+    assert capsys.readouterr().out.startswith(f"{repo}/a.py:1-2 function f")
+    assert cli.main(["search", "-c", str(config.source), "f"]) == 0
+    assert capsys.readouterr().out.startswith(f"{repo}/a.py:1-2")
+
+
+def test_a_file_is_shown_absolute_from_the_root_directory(enriched, monkeypatch, capsys):
+    """From / every path is "under" the working directory; `tmp/.../a.py` reads as a typo: absolute."""
+    config, repo = enriched
+    monkeypatch.chdir("/")
+    capsys.readouterr()
+    assert cli.main(["show", "-c", str(config.source), str(repo / "a.py")]) == 0
+    assert capsys.readouterr().out.startswith(f"{repo}/a.py:1-2 function f")

@@ -266,7 +266,7 @@ class EmbedPool(WorkerPool):
                 self.team.publish(shared)
                 self._team_turn.admitted -= {text for text, _ in shared}
         host.strikes = host.busy = 0
-        self._host_ok(host)
+        self._host_ok(host, self.clock() - duration)
 
     def _problems(self, vectors: list[list[float]], evaluated: object, texts: list[str]) -> list[str | None]:
         """Why each vector cannot be stored (None: it can)."""

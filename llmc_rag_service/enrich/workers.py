@@ -109,7 +109,9 @@ class Host:
 
     ``state``: ``ok``, ``unreachable``, ``model_missing`` or ``quarantined``;
     ``retry_at``: ``clock()`` of the next probe; ``failures``: failed
-    probes in a row; ``strikes``: failed attempts in a row; ``busy``: 503s in a row.
+    probes in a row; ``strikes``: failed attempts in a row; ``busy``: 503s in a row;
+    ``down_at``: ``clock()`` when it was last marked down (an answer to a request
+    sent before that says nothing of the host now).
     """
 
     client: ol.OllamaClient
@@ -119,6 +121,7 @@ class Host:
     failures: int = 0
     strikes: int = 0
     busy: int = 0
+    down_at: float = float("-inf")
     ok_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     clock: Clock = field(default=SYSTEM, repr=False)
@@ -479,7 +482,7 @@ class WorkerPool:
             self._abandon(job)  # not stored: the job goes back (see _turn)
             raise
         host.strikes = host.busy = 0
-        self._host_ok(host)
+        self._host_ok(host, started)
         # Stored by the result writer while this thread sends its next request.
         self.results.put(Result(job, enrichment, duration, {
             **fields, "duration_s": round(duration, 3), "eval_count": answer.get("eval_count"),
@@ -589,6 +592,7 @@ class WorkerPool:
                 host.state, host.error = state, error
                 attempt = host.failures + 1 if state != "quarantined" else host.strikes - QUARANTINE_AFTER + 1
                 host.retry_at = self.clock() + backoff_s(attempt, PROBE_BASE_S, PROBE_MAX_S)
+                host.down_at = self.clock()
                 host.ok_event.clear()
         if not changed:
             return
@@ -607,8 +611,12 @@ class WorkerPool:
                      retry_in_s=round(host.retry_in_s(), 1), already_reported=True)
         self.on_change()
 
-    def _host_ok(self, host: Host) -> None:
-        if host.ok_event.is_set():
+    def _host_ok(self, host: Host, sent_at: float | None = None) -> None:
+        """``host`` answered: recovered if it was down, unless the answer is to a
+        request sent (``sent_at``, ``clock()``) before it was marked down: a request
+        in flight as the server stopped must not end the outage it is part of
+        (a false ``ollama_recovered``, then a second error line for one outage)."""
+        if host.ok_event.is_set() or (sent_at is not None and sent_at < host.down_at):
             return
         with host.lock:
             previous, host.state, host.error, host.failures = host.state, "ok", None, 0

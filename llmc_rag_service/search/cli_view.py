@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmc_rag_service.enrich.embedder import embed_client
-from llmc_rag_service.paths import printable_name, real_path, shown_path
+from llmc_rag_service.paths import printable_name, real_path, shown_path, working_dir
 from llmc_rag_service.search.access import open_store
 from llmc_rag_service.search.api import EMBED_BUDGET_S, Hit, SearchResult, SearchSettings, search, validate
 from llmc_rag_service.search.export import ExportCounts, export_jsonl
@@ -159,7 +159,7 @@ def print_result(result: SearchResult, out: TextIO, err: TextIO, as_json: bool) 
     for number, hit in enumerate(result.hits):
         if number:
             out.write("\n")
-        out.write(render_hit(hit, color, Path.cwd()))
+        out.write(render_hit(hit, color, working_dir()))
 
 
 def _use_color(out: TextIO) -> bool:
@@ -170,13 +170,13 @@ def _paint(text: str, style: str, color: bool) -> str:
     return f"{_STYLE[style]}{text}{_RESET}" if color else text
 
 
-def location(hit: Hit, cwd: Path) -> str:
+def location(hit: Hit, cwd: Path | None) -> str:
     """``path:start-end``, the path relative to ``cwd`` when under it, else absolute (control
     characters of a hostile name escaped): :func:`~llmc_rag_service.paths.shown_path`."""
     return f"{shown_path(Path(hit.repo) / hit.path, cwd)}:{hit.start_line}-{hit.end_line}"
 
 
-def render_hit(hit: Hit, color: bool, cwd: Path) -> str:
+def render_hit(hit: Hit, color: bool, cwd: Path | None) -> str:
     """One hit as a human block (head line, summary, pitfalls), ending in a newline."""
     head = f"{_paint(location(hit, cwd), 'loc', color)}  {_paint(hit.kind, 'dim', color)} {_paint(printable_name(hit.name), 'name', color)}"
     if not hit.fresh:

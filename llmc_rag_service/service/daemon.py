@@ -248,6 +248,7 @@ class Daemon:
             self.pipeline = Pipeline(self.config, on_change=self._mark_dirty, on_activity=self.wake.set,
                                      clock=self.clock)
             self.pipeline.set_meta(daemon_pid=str(os.getpid()), daemon_status="starting")
+            self.pipeline.drop_nested(self.config.repos)
             self.pipeline.start_scheduler()
             self.pipeline.watch(on_repo=self._on_repo, stop=lambda: self.stop_requested)
         for name, check in self.pipeline.health().items():
@@ -336,6 +337,13 @@ class Daemon:
                     new = load_config(self.config_path)
                 except ConfigError as exc:
                     log.error("reload_failed", error=str(exc), config=str(self.config_path))
+                    return
+                if os.path.realpath(new.state_dir) != os.path.realpath(self.config.state_dir):
+                    # The store stays open where it is; the new config's repos would
+                    # no longer exclude it (its WAL indexed forever) and status reads elsewhere.
+                    log.error("reload_failed", config=str(self.config_path),
+                              error=f"{self.config_path}: state_dir: changed from {self.config.state_dir} to "
+                                    f"{new.state_dir}; a reload keeps the open store: restart the service to move it")
                     return
                 try:
                     changed = self._apply(self.config, new)

@@ -36,7 +36,7 @@ from typing import Any, Sequence, TextIO
 
 import structlog
 
-from llmc_rag_service.config import Config, RepoConfig
+from llmc_rag_service.config import Config, RepoConfig, exclude_owned
 from llmc_rag_service.paths import real_path
 from llmc_rag_service.service.pipeline import Pipeline
 from llmc_rag_service.service.preflight import preflight
@@ -76,14 +76,27 @@ def select_repos(config: Config, paths: Sequence[str]) -> tuple[tuple[RepoConfig
     return present, tuple(r.path for r in wanted if not os.path.isdir(r.path))
 
 
+def _close(pipeline: Pipeline) -> None:
+    """``pipeline.close`` giving in-flight requests :data:`STOP_GRACE_S` seconds. A second
+    Ctrl-C or SIGTERM during that wait ends the wait, but the jobs this run claimed still go
+    back to pending before it propagates: left ``running``, a ``serve`` on the same store
+    would never retry them (it returns a dead process's jobs only when it starts)."""
+    try:
+        pipeline.close(STOP_GRACE_S)
+    except KeyboardInterrupt:
+        pipeline.close(0.0)
+        raise
+
+
 def _repo_of(config: Config, path: Path) -> RepoConfig:
     """The configured repo at or above ``path`` (a directory inside a repo is
     enriched as that repo, not as a second, nested one that would index its
-    files twice), else a repo of its own with default settings."""
+    files twice), else a repo of its own with default settings, excluding the
+    configured repos and the store inside it (each indexed by its own entry)."""
     for repo in sorted(config.repos, key=lambda r: len(r.path.parts), reverse=True):
         if path == repo.path or (repo.path in path.parents and os.path.isdir(path)):
             return repo
-    return RepoConfig(path=path)
+    return exclude_owned(RepoConfig(path=path), config.repos, config.state_dir)
 
 
 def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 300.0,
@@ -115,6 +128,8 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
     started = time.monotonic()
     try:
         with progress.logs_above(config.logging.level, config.logging.format):
+            if not repo_paths:  # the configured repos: a nested one dropped from them is the outer one's now
+                pipeline.drop_nested(repos)
             if retry_failed:
                 log.info("jobs_requeued", count=pipeline.requeue_failed(), reason="--retry-failed")
             pipeline.scan_all()
@@ -133,7 +148,7 @@ def run_enrich(config: Config, repo_paths: Sequence[str] = (), wait_s: float = 3
         outbox = pipeline.flush_team()
         team = pipeline.team_status()
     finally:
-        pipeline.close(STOP_GRACE_S)
+        _close(pipeline)
     totals = span_totals(config, repos)
     embed_failed = f" ({totals['embed_failed']} failed)" if totals["embed_failed"] else ""
     embedded = f", {totals['embedded']} embedded{_from_team(team, 'embed_hits', ' vectors')}{embed_failed}" \

@@ -335,6 +335,7 @@ class Pipeline:
             self.watches.stop(path)
         self.watches.watch = new.watch
         added, _ = self.set_repos(new.repos, RELOAD_STORE_WAIT_S)
+        self.drop_nested(new.repos, RELOAD_STORE_WAIT_S)
         self.watch([r for r in new.repos if r.path in added])
         gone = [p for p in removed if p not in restart]
         return {"sections": sections, "added": [str(p) for p in added if p not in restart],
@@ -363,6 +364,12 @@ class Pipeline:
             self.store.repo_id(path, busy_timeout_s)  # the scanner then finds its row
             self.scanners[path] = self.scanner_for(wanted[path])
         return added, removed
+
+    def drop_nested(self, repos: Iterable[RepoConfig], busy_timeout_s: float | None = None) -> None:
+        """Drop from the store each repo no longer configured that lies inside a
+        configured one (see Store.drop_repos_inside): the outer repo's scan indexes its files now."""
+        for path in self.store.drop_repos_inside([r.path for r in repos], busy_timeout_s):
+            log.info("nested_repo_dropped", repo=str(path), reason="not configured; inside a configured repo")
 
     def replace_client(self, config: Config) -> None:
         """Swap in new Ollama/queue settings without waiting: the old pool is

@@ -358,6 +358,21 @@ class Store(Database):
             tx.execute("INSERT OR IGNORE INTO repos(path, added_at) VALUES (?, ?)", (path, time.time()))
         return self.conn.execute("SELECT id FROM repos WHERE path = ?", (path,)).fetchone()[0]
 
+    def drop_repos_inside(self, configured: Sequence[Path], busy_timeout_s: float | None = None) -> list[Path]:
+        """Delete each stored repo that is not one of ``configured`` (absolute
+        paths) but lies inside one of them, with its files and spans (cascade):
+        a nested repo dropped from the config, whose files the outer repo now
+        indexes (else each is stored, searched and counted twice). Enrichments
+        stay (keyed by content: the outer repo's copies hold the same hashes).
+        Waits at most ``busy_timeout_s`` for the write lock. Returns the paths."""
+        kept = set(configured)
+        stored = [Path(r[0]) for r in self.conn.execute("SELECT path FROM repos")]
+        inside = [p for p in stored if p not in kept and any(k in p.parents for k in kept)]
+        if inside:
+            with self.write(busy_timeout_s) as tx:
+                tx.executemany("DELETE FROM repos WHERE path = ?", [(str(p),) for p in inside])
+        return inside
+
     def files(self, repo_id: int, under: str | None = None) -> dict[str, FileRecord]:
         """Stored files of a repo by relative path; ``under`` limits to that path and
         its subtree. A subtree is a range of the ``UNIQUE(repo_id, path)`` index

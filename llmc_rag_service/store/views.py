@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +80,18 @@ def file_freshness(path: Path, size: int, mtime_ns: int) -> bool | None:
     """Whether the file at ``path`` still has the ``size`` (bytes) and
     ``mtime_ns`` (nanoseconds) its stored record was indexed with: True,
     False when it changed (or cannot be checked), None when it is gone. A
-    changed file's stored line numbers may be off until it is indexed again."""
+    changed file's stored line numbers may be off until it is indexed again.
+    Not followed, as the scanner follows no symlink: a symlink, directory or
+    FIFO now at ``path`` is gone too (the next scan drops the file), even a
+    symlink to the renamed file itself (``mv a.py b.py; ln -s b.py a.py``)."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError:
         return False
+    if not stat.S_ISREG(st.st_mode):
+        return None
     return bool(st.st_size == size and st.st_mtime_ns == mtime_ns)
 
 
