@@ -74,6 +74,22 @@ def test_export_flags_spans_of_a_deleted_file_and_counts_them(config, repos, cap
     assert err.count("\n") == 1 and err.startswith("llmc-rag: export: warning: 2 of 3 records are of 1 file deleted")
 
 
+def test_a_missing_repo_directory_is_named_with_advice_a_scan_cannot_follow(config, repos, capsys):
+    """A repo whose whole directory is gone (unmounted, moved): its records are deleted ones, and
+    the warning names the repo and says its records stay (serve keeps a missing repo's index)
+    instead of promising that a scan brings the store up to date."""
+    moved = repos[0].root.with_name("moved-away")
+    repos[0].root.rename(moved)
+    try:
+        assert cli.main(["export", "-c", str(config.source)]) == 0
+        err = capsys.readouterr().err
+    finally:
+        moved.rename(repos[0].root)
+    assert err.count("\n") == 1 and "2 of 3 records are of 1 file deleted" in err
+    assert f"repo directory missing: {repos[0].root} (its records stay until it is back" in err
+    assert "brings the store up to date" not in err
+
+
 def test_export_fresh_means_what_show_says(config, repos, capsys):
     """A file changed on disk since it was indexed: export and show --json both say fresh false."""
     path = repos[1].root / "b.js"

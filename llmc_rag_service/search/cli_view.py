@@ -138,8 +138,14 @@ def _stale_note(counts: ExportCounts) -> str:
     if counts.changed:
         parts.append(f"{counts.changed} of {counts.lines} records are of files changed since indexed "
                      "(line numbers may be off)")
-    return (f"llmc-rag: export: warning: {'; '.join(parts)}; all have \"fresh\": false; a running serve or "
-            "llmc-rag enrich brings the store up to date\n")
+    if counts.missing_repos:
+        # serve keeps a missing repo's index (an unmounted disk comes back); a scan cannot drop it.
+        gone = ", ".join(sorted(counts.missing_repos))
+        advice = (f"repo directory missing: {gone} (its records stay until it is back; "
+                  "remove it from the config and restart serve to drop them)")
+    else:
+        advice = "a running serve or llmc-rag enrich brings the store up to date"
+    return f"llmc-rag: export: warning: {'; '.join(parts)}; all have \"fresh\": false; {advice}\n"
 
 
 def print_result(result: SearchResult, out: TextIO, err: TextIO, as_json: bool) -> None:

@@ -15,8 +15,9 @@ consecutive).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,12 +34,15 @@ _LIST_FIELDS = ("inputs", "outputs", "side_effects", "pitfalls")
 class ExportCounts:
     """What one export wrote: ``lines`` (one per span); of those, ``changed``
     records of files changed since they were indexed and ``deleted`` records
-    of files deleted since (in ``deleted_files`` distinct files)."""
+    of files deleted since (in ``deleted_files`` distinct files);
+    ``missing_repos``: repo roots of such records that are no directory now
+    (unmounted, moved: the daemon keeps their index until they are back)."""
 
     lines: int = 0
     changed: int = 0
     deleted: int = 0
     deleted_files: int = 0
+    missing_repos: set[str] = field(default_factory=set)
 
 
 def export_record(row: sqlite3.Row, chat_model: str, freshness: bool | None) -> dict[str, Any]:
@@ -69,6 +73,8 @@ def export_jsonl(conn: sqlite3.Connection, out: TextIO, chat_model: str, repo: s
             last_file = (row["repo"], row["path"])
             freshness = file_freshness(Path(row["repo"]) / row["path"], row["size"], row["mtime_ns"])
             counts.deleted_files += freshness is None
+            if freshness is None and not os.path.isdir(row["repo"]):
+                counts.missing_repos.add(row["repo"])
         out.write(json.dumps(export_record(row, chat_model, freshness), ensure_ascii=False) + "\n")
         counts.lines += 1
         counts.changed += freshness is False
